@@ -1,0 +1,21 @@
+"""ClinBench engine: from labelled clinical letters to comparable classifier scores.
+
+A plain Python package (it never imports streamlit); the dashboard and the CLI
+(`python -m engine --help`) are thin layers over it.
+
+Layers, each importing only from the ones above it:
+
+    errors     ClinBenchError and its kinds, the messages a user sees
+    config     where things live (cache folder, bundled resources), package versions
+    storage    cache layout, content hashes, atomic writes, manifests, checked artifacts
+    devices    CUDA or CPU, dtype, autocast, free memory
+    data       loading CSV/JSONL, validation report, stratified split
+    models     registry (bundled, presets, hub ids, local folders), memory estimate, loading
+    features   embedding extraction (pooling, batching, streaming to disk, cache)
+    methods    classifiers on embeddings (scaler -> SMOTE -> SVC / logistic regression)
+    evaluation metrics, bootstrap confidence intervals, repeated cross-validation
+    experiment specs (YAML/JSON) expanded into steps, and the functions that run them
+    cli        `python -m engine ...`
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,4 @@
+"""`python -m engine` entry point."""
+from engine.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Which device and dtype a model runs on, and how much memory is free there.
+
+CUDA when present (bf16, or fp16 where the GPU lacks bf16), else the CPU: bf16 when the
+CPU has native bf16 instructions (AVX512-BF16 or AMX), fp32 otherwise. Override with
+the environment variables CLINBENCH_DEVICE (cpu|cuda) and CLINBENCH_DTYPE
+(float32|bfloat16|float16), or per call.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cpu" or "cuda"
+    dtype: str  # a key of DTYPES
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(0) if self.device == "cuda" else "CPU"
+        return f"{self.device} ({name}), {self.dtype}"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU executes bf16 natively (AVX512-BF16 or AMX), where bf16 is faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def choose(device: str | None = None, dtype: str | None = None) -> Placement:
+    """The placement for a run: explicit arguments, then environment, then the best available."""
+    device = device or os.environ.get("CLINBENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA GPU is visible to torch; use --device cpu.")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"Unknown device {device!r}; use 'cpu' or 'cuda'.")
+    dtype = dtype or os.environ.get("CLINBENCH_DTYPE")
+    if dtype is None:
+        if device == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    return Placement(device, dtype)
+
+
+def free_memory_bytes(device: str) -> int:
+    """Memory that a new model could use on `device` right now."""
+    if device == "cuda":
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    return int(psutil.virtual_memory().available)

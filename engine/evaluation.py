@@ -1,0 +1,82 @@
+"""Scores of a classifier on the test split: per-class precision/recall/F1, macro/micro/
+weighted averages, confusion matrix, a bootstrap 95% CI for macro-F1, the majority-class
+baseline, and optional repeated stratified cross-validation (mean ± sd)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+
+def _macro_f1_from_confusion(cm: np.ndarray) -> float:
+    """Macro-F1 over the classes present in truth or prediction (scikit-learn's default label set)."""
+    tp = np.diag(cm).astype(float)
+    pred, true = cm.sum(0), cm.sum(1)
+    present = (pred + true) > 0
+    denom = pred + true
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def bootstrap_macro_f1(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of macro-F1, resampling test letters with replacement."""
+    labels = sorted(set(y_true) | set(y_pred))
+    index = {lab: i for i, lab in enumerate(labels)}
+    t = np.array([index[v] for v in y_true])
+    p = np.array([index[v] for v in y_pred])
+    k, n = len(labels), len(t)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        cm = np.bincount(t[idx] * k + p[idx], minlength=k * k).reshape(k, k)
+        stats[b] = _macro_f1_from_confusion(cm)
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def metrics(y_true, y_pred, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """All test-split scores of one classifier, JSON-ready."""
+    y_true, y_pred = [str(v) for v in y_true], [str(v) for v in y_pred]
+    labels = sorted(set(y_true) | set(y_pred))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    out = {"n_test": len(y_true), "accuracy": float(accuracy_score(y_true, y_pred))}
+    for avg in ("macro", "micro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(ap), float(ar), float(af)
+    out["macro_f1_ci"] = list(bootstrap_macro_f1(y_true, y_pred, n_boot=n_boot, seed=seed))
+    out["per_class"] = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                        for i, lab in enumerate(labels)}
+    out["confusion_matrix"] = {"labels": labels, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
+    return out
+
+
+def majority_baseline(y_train, y_test) -> dict:
+    """Macro-F1 and accuracy of always predicting the most frequent training label."""
+    values, counts = np.unique(np.asarray(y_train, dtype=str), return_counts=True)
+    majority = str(values[np.argmax(counts)])
+    pred = [majority] * len(y_test)
+    _, _, f1, _ = precision_recall_fscore_support([str(v) for v in y_test], pred, average="macro", zero_division=0)
+    return {"label": majority, "macro_f1": float(f1), "accuracy": float(accuracy_score([str(v) for v in y_test], pred))}
+
+
+def repeated_cv(X: np.ndarray, y, cfg, n_splits: int = 5, n_repeats: int = 3) -> dict:
+    """Nested repeated stratified CV of the whole fitting procedure (search included): macro-F1 mean ± sd."""
+    from collections import Counter
+
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    from engine.methods import fit
+
+    y = np.asarray(y, dtype=str)
+    n_splits = min(n_splits, min(Counter(y).values()))
+    if n_splits < 2:
+        return {"n_splits": 0, "n_repeats": 0, "scores": [], "mean": None, "sd": None,
+                "note": "skipped: a label has a single letter"}
+    rskf = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=cfg.seed)
+    scores = []
+    for train, test in rskf.split(X, y):
+        est = fit(X[train], y[train], cfg).estimator
+        _, _, f1, _ = precision_recall_fscore_support(y[test], est.predict(X[test]), average="macro", zero_division=0)
+        scores.append(float(f1))
+    return {"n_splits": n_splits, "n_repeats": n_repeats, "scores": scores,
+            "mean": float(np.mean(scores)), "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0}

@@ -1,0 +1,239 @@
+"""Experiments: a spec (dataset x models x methods + options) expanded into steps, and the
+step function that turns one (dataset, model, method) into stored, checked results.
+
+Spec (YAML or JSON):
+
+    name: my-comparison
+    data: default            # or {path: letters.csv, text_column: text, label_column: label, label_sep: "|"}
+    models: [minilm, smollm2]
+    methods: [svc, logreg]
+    options: {pooling: mean, max_length: 512, smote: true, class_weight: null, grid: true,
+              seed: 0, test_size: 0.2, cv_repeats: 0}
+
+`evaluate_step` is pure in the sense the run system needs: its inputs are plain data, its
+outputs are files in the cache, and repeating it with the same inputs recomputes nothing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine import data as data_mod
+from engine import evaluation, features, methods
+from engine.config import package_versions
+from engine.errors import ClinBenchError, SpecError
+from engine.storage import atomic_dir, evaluations_dir, read_manifest, seal_artifact, sha256_json
+
+DEFAULT_OPTIONS = {"pooling": "mean", "max_length": features.DEFAULT_MAX_LENGTH, "smote": True, "class_weight": None,
+                   "grid": True, "seed": 0, "test_size": 0.2, "cv_repeats": 0, "n_boot": 1000}
+OPTION_TYPES = {"pooling": str, "max_length": int, "smote": bool, "class_weight": (str, type(None)), "grid": bool,
+                "seed": int, "test_size": float, "cv_repeats": int, "n_boot": int}
+METHOD_TITLES = {"svc": "frozen embeddings → SVC", "logreg": "frozen embeddings → logistic regression",
+                 "linear-probe": "linear head (before fine-tuning)", "lora": "LoRA fine-tuning", "lora-svc": "LoRA-tuned embeddings → SVC",
+                 "domain-adapt": "domain adaptation (LM objective)"}
+
+
+@dataclass
+class DataSpec:
+    path: str = data_mod.DEFAULT_NAME
+    text_column: str = data_mod.DEFAULT_COLUMNS[0]
+    label_column: str = data_mod.DEFAULT_COLUMNS[1]
+    label_sep: str | None = None
+
+    def load(self) -> data_mod.Dataset:
+        return data_mod.load_dataset(self.path, self.text_column, self.label_column, label_sep=self.label_sep)
+
+
+@dataclass
+class Spec:
+    name: str
+    data: DataSpec
+    models: list[str]
+    methods: list[str]
+    options: dict = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "data": asdict(self.data), "models": self.models, "methods": self.methods, "options": self.options}
+
+    def steps(self) -> list[dict]:
+        """One step per model x method, in a stable order."""
+        return [{"model": m, "method": meth, "title": f"{m} · {METHOD_TITLES[meth]}"} for m in self.models for meth in self.methods]
+
+
+def parse_spec(obj: Any, where: str = "spec") -> Spec:
+    """Validate a spec object (already parsed from YAML/JSON); every problem is named with its key."""
+    if not isinstance(obj, dict):
+        raise SpecError(f"{where}: expected a mapping with keys name, data, models, methods; got {type(obj).__name__}.")
+    unknown = set(obj) - {"name", "data", "models", "methods", "options"}
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}. Allowed: name, data, models, methods, options.")
+    name = obj.get("name") or "experiment"
+    raw = obj.get("data", "default")
+    if raw == data_mod.DEFAULT_NAME or raw is None:
+        ds = DataSpec()
+    elif isinstance(raw, dict):
+        missing = [k for k in ("path", "text_column", "label_column") if not raw.get(k)]
+        if missing:
+            raise SpecError(f"{where}: data needs {', '.join(missing)} (or write data: default for the bundled dataset).")
+        extra = set(raw) - {"path", "text_column", "label_column", "label_sep"}
+        if extra:
+            raise SpecError(f"{where}: unknown data key(s) {', '.join(sorted(extra))}.")
+        ds = DataSpec(str(raw["path"]), str(raw["text_column"]), str(raw["label_column"]), raw.get("label_sep"))
+    else:
+        raise SpecError(f"{where}: data must be 'default' or a mapping with path, text_column, label_column.")
+    models_ = obj.get("models")
+    if not models_ or not isinstance(models_, list) or not all(isinstance(m, str) and m.strip() for m in models_):
+        raise SpecError(f"{where}: models must be a non-empty list of model names, e.g. [minilm, smollm2].")
+    methods_ = obj.get("methods") or ["svc"]
+    if not isinstance(methods_, list):
+        raise SpecError(f"{where}: methods must be a list, e.g. [svc, logreg].")
+    for m in methods_:
+        if m not in methods.ALL_METHODS:
+            raise SpecError(f"{where}: unknown method {m!r}. Methods: {', '.join(methods.ALL_METHODS)}.")
+        if m not in methods.EMBEDDING_METHODS:
+            raise SpecError(f"{where}: method {m!r} (fine-tuning stage) is not available in this version yet; "
+                            f"available now: {', '.join(methods.EMBEDDING_METHODS)}.")
+    options = dict(DEFAULT_OPTIONS)
+    for key, value in (obj.get("options") or {}).items():
+        if key not in OPTION_TYPES:
+            raise SpecError(f"{where}: unknown option {key!r}. Options: {', '.join(OPTION_TYPES)}.")
+        typ = OPTION_TYPES[key]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise SpecError(f"{where}: option {key} has the wrong type ({value!r}); expected {getattr(typ, '__name__', 'string or null')}.")
+        options[key] = value
+    if options["class_weight"] not in (None, "balanced"):
+        raise SpecError(f"{where}: option class_weight must be null or 'balanced'.")
+    if options["pooling"] not in features.POOLINGS:
+        raise SpecError(f"{where}: option pooling must be one of {', '.join(features.POOLINGS)}.")
+    return Spec(str(name), ds, [m.strip() for m in models_], list(dict.fromkeys(methods_)), options)
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"Spec file not found: {path}.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            obj = json.loads(text)
+        else:
+            import yaml
+
+            obj = yaml.safe_load(text)
+    except (ValueError, Exception) as exc:  # yaml.YAMLError or json.JSONDecodeError
+        raise SpecError(f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
+    return parse_spec(obj, where=path.name)
+
+
+# --- the step function -------------------------------------------------------
+
+@dataclass
+class StepResult:
+    model: str
+    method: str
+    metrics: dict
+    artifact: str  # folder with manifest.json, classifier.joblib, predictions.json
+    cache_hit: bool
+    manifest: dict
+
+
+def evaluate_step(dataset: data_mod.Dataset, model: str, method: str, options: dict | None = None, *,
+                  progress: features.Progress | None = None, should_stop: Callable[[], bool] | None = None) -> StepResult:
+    """Embed the letters, fit on the training split, score the test split once, store everything."""
+    from engine import models as models_mod
+    from engine.devices import choose
+
+    opts = {**DEFAULT_OPTIONS, **(options or {})}
+    if method not in methods.EMBEDDING_METHODS:
+        raise ClinBenchError(f"Method {method!r} is not available in this version; available: {', '.join(methods.EMBEDDING_METHODS)}.")
+    if dataset.multi_label:
+        raise ClinBenchError("This dataset is multi-label (several labels per letter); multi-label evaluation is not available in this "
+                             "version. Choose a label column with one label per letter.")
+    t_start = time.perf_counter()
+    placement = choose()
+    entry = models_mod.resolve(model)
+    split = data_mod.split(dataset, test_size=opts["test_size"], seed=opts["seed"])
+    X, estats = features.embed(model, dataset.texts, pooling=opts["pooling"], max_length=opts["max_length"], placement=placement,
+                               progress=progress, should_stop=should_stop)
+    cfg = methods.ClassifierConfig(method=method, smote=opts["smote"], class_weight=opts["class_weight"], grid=opts["grid"],
+                                   seed=opts["seed"])
+    key = sha256_json({"embeddings": estats.key, "classifier": cfg.to_dict(), "split": split.hash,
+                       "cv_repeats": opts["cv_repeats"], "n_boot": opts["n_boot"]})[:32]
+    folder = evaluations_dir() / key
+    if (folder / "manifest.json").exists():
+        try:
+            manifest = read_manifest(folder)
+            return StepResult(model, method, manifest["metrics"], str(folder), True, manifest)
+        except (ClinBenchError, KeyError):
+            pass  # foreign or damaged: recompute and replace it
+    if should_stop and should_stop():
+        from engine.errors import Cancelled
+
+        raise Cancelled("Cancelled before fitting the classifier.")
+    if progress:
+        progress(0, 1, f"fitting {method}")
+    y = np.asarray(dataset.labels, dtype=str)
+    X = np.asarray(X)
+    fitted = methods.fit(X[split.train], y[split.train], cfg)
+    t_pred = time.perf_counter()
+    y_pred = fitted.estimator.predict(X[split.test])
+    predict_s = time.perf_counter() - t_pred
+    m = evaluation.metrics(y[split.test], y_pred, n_boot=opts["n_boot"], seed=opts["seed"])
+    m["baseline"] = evaluation.majority_baseline(y[split.train], y[split.test])
+    if opts["cv_repeats"] > 0:
+        m["repeated_cv"] = evaluation.repeated_cv(X, y, cfg, n_repeats=opts["cv_repeats"])
+    classes, score_matrix, score_kind = methods.scores(fitted.estimator, X[split.test])
+    manifest = {
+        "kind": "evaluation", "key": key, "model": estats_model_identity(entry.name, estats), "method": method,
+        "method_title": METHOD_TITLES[method], "config": {**opts, "classifier": cfg.to_dict()},
+        "data": {"source": dataset.source, "text_column": dataset.text_column, "label_column": dataset.label_column,
+                 "n_letters": len(dataset), "data_hash": dataset.data_hash, "text_hash": dataset.text_hash, "classes": dataset.classes},
+        "split": {"seed": split.seed, "test_size": split.test_size, "n_train": int(len(split.train)), "n_test": int(len(split.test)),
+                  "hash": split.hash},
+        "embeddings": {k: v for k, v in asdict(estats).items()},
+        "placement": {"device": placement.device, "dtype": placement.dtype},
+        "classifier": {"best_params": fitted.best_params, "inner_cv_macro_f1": fitted.inner_cv_macro_f1,
+                       "inner_folds": fitted.inner_folds, "smote": fitted.smote},
+        "timings": {"embed_s": estats.seconds, "embed_cache_hit": estats.cache_hit, "fit_s": fitted.seconds,
+                    "predict_s": predict_s, "total_s": time.perf_counter() - t_start},
+        "versions": package_versions(), "metrics": m, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    import joblib
+
+    with atomic_dir(folder) as tmp:
+        joblib.dump(fitted.estimator, tmp / "classifier.joblib")
+        (tmp / "predictions.json").write_text(json.dumps({
+            "test_index": split.test.tolist(), "y_true": y[split.test].tolist(), "y_pred": [str(v) for v in y_pred],
+            "classes": classes, "score_kind": score_kind, "scores": np.round(score_matrix, 6).tolist()}))
+        manifest = seal_artifact(tmp, manifest)
+    if progress:
+        progress(1, 1, "done")
+    return StepResult(model, method, m, str(folder), False, manifest)
+
+
+def estats_model_identity(name: str, estats: features.EmbedStats) -> dict:
+    """The model identity as recorded with its embeddings (one source of truth for cache keys)."""
+    from engine.storage import embeddings_dir
+
+    meta = json.loads((embeddings_dir() / f"{estats.key}.json").read_text())
+    return {"name": name, **meta["model"]}
+
+
+def run(spec: Spec, *, progress_for: Callable[[dict], features.Progress | None] | None = None) -> list[StepResult | dict]:
+    """Run every step in this process, one after another. A failing step is recorded and the next one runs."""
+    dataset = spec.data.load()
+    results: list[StepResult | dict] = []
+    for step in spec.steps():
+        try:
+            results.append(evaluate_step(dataset, step["model"], step["method"], spec.options,
+                                         progress=progress_for(step) if progress_for else None))
+        except ClinBenchError as exc:
+            results.append({**step, "error": str(exc)})
+    return results

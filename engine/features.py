@@ -1,0 +1,212 @@
+"""Embedding extraction: one vector per letter from a model's hidden states.
+
+* Pooling: `mean` (mask-aware mean over real tokens), `last` (the last real token,
+  correct under left or right padding), `cls` (first token; encoders only).
+* Letters are tokenised once, truncated to `max_length` tokens (the number truncated is
+  reported), sorted by length and cut into batches under a token budget, so little
+  compute goes to padding. Forward passes run under `torch.inference_mode` in the
+  placement's dtype (bf16 on CPUs with native bf16, see engine.devices).
+* Vectors are written batch by batch into a memory-mapped .npy beside its final name and
+  renamed when complete: memory does not grow with the number of letters, and a
+  cancelled or crashed extraction leaves no file under a real name.
+* Content-addressed cache: the key covers model identity (id + weights hash or revision),
+  pooling, max_length, dtype and the hash of the letters. A repeated request loads the
+  stored vectors and runs no forward pass.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.errors import Cancelled, ClinBenchError
+from engine.storage import atomic_path, atomic_write_json, embeddings_dir, sha256_file, sha256_json, sha256_texts
+
+POOLINGS = ("mean", "last", "cls")
+DEFAULT_MAX_LENGTH = 512
+FEATURES_VERSION = 1  # bump when extraction changes its numbers, to invalidate cached vectors
+
+# Counts forward passes in this process; tests use it to prove a cache hit computed nothing.
+FORWARD_PASSES = 0
+
+Progress = Callable[[int, int, str], None]  # (done, total, stage)
+
+
+@dataclass
+class EmbedStats:
+    key: str
+    n_letters: int
+    dim: int
+    n_tokens: int  # real (non-padding) tokens fed to the model
+    n_truncated: int  # letters longer than max_length, cut to it
+    pooling: str
+    max_length: int
+    dtype: str
+    device: str
+    seconds: float
+    cache_hit: bool
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def default_batch_tokens(device: str) -> int:
+    """Token budget per forward pass: moderate on CPU (cache-friendly), large on GPU."""
+    return 4096 if device == "cpu" else 32768
+
+
+def embedding_key(identity: dict, pooling: str, max_length: int, dtype: str, text_hash: str) -> str:
+    return sha256_json({"v": FEATURES_VERSION, "model": identity, "pooling": pooling, "max_length": max_length,
+                        "dtype": dtype, "texts": text_hash})[:32]
+
+
+def check_pooling(pooling: str, kind: str) -> None:
+    if pooling not in POOLINGS:
+        raise ClinBenchError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
+    if pooling == "cls" and kind == "decoder":
+        raise ClinBenchError("CLS pooling needs an encoder: a decoder's first token sees nothing of the letter. Use 'mean' or 'last'.")
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 512) -> tuple[list[np.ndarray], int]:
+    """Token ids per letter (int32 arrays, special tokens included, cut to max_length) and the number cut."""
+    ids: list[np.ndarray] = []
+    n_truncated = 0
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+        full = tokenizer(part, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        long = [i for i, x in enumerate(full) if len(x) > max_length]
+        if long:  # let the tokenizer truncate, so closing special tokens stay in place
+            cut = tokenizer([part[i] for i in long], add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+            for i, x in zip(long, cut):
+                full[i] = x
+            n_truncated += len(long)
+        ids.extend(np.asarray(x, dtype=np.int32) for x in full)
+    return ids, n_truncated
+
+
+def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 256) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each padded size (count x longest) within the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        n = lengths[i]
+        longest_if = max(longest, n)
+        if current and (len(current) + 1) * longest_if > batch_tokens or len(current) >= max_batch:
+            batches.append(current)
+            current, longest_if = [], n
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pool(hidden, mask, pooling: str):
+    """(batch, tokens, dim) hidden states and (batch, tokens) mask -> (batch, dim) float32."""
+    import torch
+
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).float()
+        return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+    if pooling == "last":
+        # position of the last 1 in each mask row: right padding -> length-1, left padding -> T-1
+        last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+    if pooling == "cls":
+        return hidden[:, 0].float()
+    raise ClinBenchError(f"Unknown pooling {pooling!r}")
+
+
+def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH,
+            batch_tokens: int | None = None, progress: Progress | None = None,
+            should_stop: Callable[[], bool] | None = None) -> EmbedStats:
+    """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically)."""
+    global FORWARD_PASSES
+    import torch
+
+    check_pooling(pooling, loaded.kind)
+    tok, model, placement = loaded.tokenizer, loaded.model, loaded.placement
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max_length > limit and loaded.kind == "encoder":
+        raise ClinBenchError(f"max_length {max_length} exceeds what {loaded.entry.name} can read ({limit} tokens). Use --max-length {limit} or less.")
+    t0 = time.perf_counter()
+    if progress:
+        progress(0, len(texts), "tokenising")
+    ids, n_truncated = tokenize(tok, texts, max_length)
+    lengths = [len(x) for x in ids]
+    batches = plan_batches(lengths, batch_tokens or default_batch_tokens(placement.device))
+    dim = model.config.hidden_size
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    done = 0
+    with atomic_path(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+        with torch.inference_mode():
+            for batch in batches:
+                if should_stop and should_stop():
+                    del out
+                    raise Cancelled("Embedding extraction was cancelled; no vectors were stored.")
+                longest = lengths[batch[0]]
+                input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+                mask = np.zeros((len(batch), longest), dtype=np.int64)
+                for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
+                    input_ids[row, :lengths[i]] = ids[i]
+                    mask[row, :lengths[i]] = 1
+                input_t = torch.from_numpy(input_ids).to(placement.device)
+                mask_t = torch.from_numpy(mask).to(placement.device)
+                hidden = model(input_ids=input_t, attention_mask=mask_t).last_hidden_state
+                FORWARD_PASSES += 1
+                out[batch] = pool(hidden, mask_t, pooling).cpu().numpy()
+                done += len(batch)
+                if progress:
+                    progress(done, len(texts), "embedding")
+        out.flush()
+        del out
+    seconds = time.perf_counter() - t0
+    return EmbedStats("", len(texts), dim, int(sum(lengths)), n_truncated, pooling, max_length, placement.dtype,
+                      placement.device, seconds, cache_hit=False)
+
+
+def embed(model_name_or_loaded, texts: list[str], *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH,
+          placement=None, batch_tokens: int | None = None, use_cache: bool = True, progress: Progress | None = None,
+          should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, EmbedStats]:
+    """Vectors for `texts` (a read-only memory map, one row per letter), from the cache when possible.
+
+    `model_name_or_loaded` is a registry name / hub id / folder, or an already loaded model.
+    """
+    from engine import models
+    from engine.devices import choose
+
+    if isinstance(model_name_or_loaded, str):
+        entry = models.resolve(model_name_or_loaded)
+        placement = placement or choose()
+        _folder, identity = models.locate(entry)
+        identity = {**identity}
+        loaded = None
+    else:
+        loaded = model_name_or_loaded
+        placement = loaded.placement
+        identity = {k: v for k, v in loaded.identity.items() if k not in ("model_type", "kind")}
+    key = embedding_key(identity, pooling, max_length, placement.dtype, sha256_texts(texts))
+    npy, meta_path = embeddings_dir() / f"{key}.npy", embeddings_dir() / f"{key}.json"
+    if use_cache and meta_path.exists() and npy.exists():
+        t0 = time.perf_counter()
+        meta = json.loads(meta_path.read_text())
+        if meta.get("npy_sha256") == sha256_file(npy):
+            vectors = np.load(npy, mmap_mode="r")
+            if vectors.shape[0] == len(texts):
+                stats = EmbedStats(**{**meta["stats"], "seconds": time.perf_counter() - t0, "cache_hit": True})
+                if progress:
+                    progress(len(texts), len(texts), "loaded from cache")
+                return vectors, stats
+    if loaded is None:
+        loaded = models.load(model_name_or_loaded, placement)
+    stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens,
+                    progress=progress, should_stop=should_stop)
+    stats.key = key
+    atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
+    return np.load(npy, mmap_mode="r"), stats

@@ -1,0 +1,196 @@
+"""The cache folder's layout, content hashes, atomic writes and checked artifacts.
+
+Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
+
+    models/<name>-<hash>/        bundled models converted for fast reload (SmolLM2 GGUF -> safetensors)
+    embeddings/<key>.npy         one row per letter, float32, in the dataset's order
+    embeddings/<key>.json        what produced it: model identity, pooling, max_length, dtype, text hash, stats
+    evaluations/<key>/           one evaluation: manifest.json, classifier.joblib, predictions.json
+    hashes.json                  memo of weight-file hashes keyed by (path, size, mtime)
+
+Every file is written to a temporary name beside its destination and renamed when
+complete, so a crash or a cancel never leaves a half-written artifact under a real
+name. An artifact directory carries a manifest with `producer: clinbench` and the
+sha256 of every file in it; `load_artifact_file` refuses anything else (joblib files
+are pickles: only files this project wrote and whose hashes match are loaded).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.config import cache_dir
+from engine.errors import ArtifactError
+
+PRODUCER = "clinbench"
+MANIFEST_SCHEMA = 1
+MANIFEST = "manifest.json"
+
+
+def models_dir() -> Path:
+    return _sub("models")
+
+
+def embeddings_dir() -> Path:
+    return _sub("embeddings")
+
+
+def evaluations_dir() -> Path:
+    return _sub("evaluations")
+
+
+def _sub(name: str) -> Path:
+    path = cache_dir() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- hashing -----------------------------------------------------------------
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able object in canonical form (sorted keys, no spaces)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+def sha256_texts(texts: list[str]) -> str:
+    """Order-sensitive hash of a list of strings (length-prefixed, so no two lists collide by joining)."""
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def memo_file_hash(path: Path) -> str:
+    """sha256 of a (large) file, memoised in cache/hashes.json by path, size and mtime."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    memo_path = cache_dir() / "hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_file(path)
+        atomic_write_json(memo_path, memo)
+    return memo[key]
+
+
+# --- atomic writes -----------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- artifacts ---------------------------------------------------------------
+
+def seal_artifact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write manifest.json into `directory`, listing the sha256 of every other file there."""
+    files = {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST}
+    full = {"producer": PRODUCER, "schema": MANIFEST_SCHEMA, **manifest, "files": files}
+    atomic_write_json(Path(directory) / MANIFEST, full)
+    return full
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"No manifest at {path}: this folder was not written by ClinBench, or it was interrupted. Re-run the evaluation.") from None
+    except ValueError as exc:
+        raise ArtifactError(f"The manifest {path} is not valid JSON ({exc}). Delete the folder and re-run the evaluation.") from None
+    if manifest.get("producer") != PRODUCER:
+        raise ArtifactError(f"{path} was not written by ClinBench (producer={manifest.get('producer')!r}); refusing to load it.")
+    return manifest
+
+
+def verified_file(directory: Path, name: str) -> Path:
+    """Path of `name` in an artifact folder after checking it against the manifest's sha256."""
+    manifest = read_manifest(directory)
+    expected = manifest.get("files", {}).get(name)
+    path = Path(directory) / name
+    if expected is None:
+        raise ArtifactError(f"{name} is not listed in {Path(directory) / MANIFEST}; refusing to load an unlisted file.")
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing. Re-run the evaluation to recreate it.")
+    if sha256_file(path) != expected:
+        raise ArtifactError(f"{path} does not match the hash in its manifest (changed or corrupted). Delete {directory} and re-run the evaluation.")
+    return path
+
+
+def load_joblib_artifact(directory: Path, name: str = "classifier.joblib") -> Any:
+    import joblib
+
+    return joblib.load(verified_file(directory, name))
