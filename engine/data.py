@@ -122,8 +122,8 @@ class Split:
 
 # --- loading -----------------------------------------------------------------
 
-def max_file_bytes() -> int:
-    return int(float(os.environ.get(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB)) * 1024 * 1024)
+def max_file_mb() -> float:
+    return float(os.environ.get(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -140,10 +140,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv or .jsonl (one JSON object per line).")
-    size, limit = path.stat().st_size, max_file_bytes()
-    if size > limit:
+    size, limit_mb = path.stat().st_size, max_file_mb()
+    if size > limit_mb * 2**20:
         raise DataError(
-            f"{path.name} is {size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit. Split it into smaller files, "
+            f"{path.name} is {size / 2**20:.2g} MB, over the {limit_mb:g} MB limit. Split it into smaller files, "
             f"or raise the limit with the environment variable {MAX_FILE_MB_ENV}."
         )
     raw = path.read_bytes()

@@ -1,0 +1,94 @@
+"""Shared fixtures: an isolated cache folder, tiny random models, small datasets."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+# Every test session writes into its own cache, never into the repo's cache/.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="clinbench-test-cache-")
+os.environ["CLINBENCH_CACHE"] = _SESSION_CACHE
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _word_tokenizer(texts: list[str], size: int = 3000):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Counter(w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower()))
+    vocab = {"[UNK]": 0, "</s>": 1, "[CLS]": 2, "[PAD]": 3}
+    for w, _ in words.most_common(size):
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.normalizer = __import__("tokenizers").normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="</s>"), len(vocab)
+
+
+@pytest.fixture(scope="session")
+def default_ds():
+    from engine.data import default_dataset
+
+    return default_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory, default_ds) -> Path:
+    """A 2-layer random Llama with a word-level tokenizer that has no pad token (like many decoders)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok, vocab = _word_tokenizer(default_ds.texts)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=1, bos_token_id=1, pad_token_id=None)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, default_ds) -> Path:
+    """A 2-layer random BERT with a word-level tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    tok, vocab = _word_tokenizer(default_ds.texts)
+    tok.pad_token, tok.cls_token = "[PAD]", "[CLS]"
+    cfg = BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     max_position_embeddings=512, pad_token_id=3)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertForMaskedLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    fieldnames = fieldnames or list(rows[0])
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def small_csv(tmp_path, default_ds) -> Path:
+    """60 real letters (12 per label) from the default dataset, as a user's CSV."""
+    per = Counter()
+    rows = []
+    for t, lab in zip(default_ds.texts, default_ds.labels):
+        if per[lab] < 12:
+            per[lab] += 1
+            rows.append({"letter": t, "specialty": lab})
+    return write_csv(tmp_path / "letters.csv", rows)

