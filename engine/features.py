@@ -60,6 +60,31 @@ def default_batch_tokens(device: str) -> int:
     return 4096 if device == "cpu" else 32768
 
 
+_MALLOC_TUNED = False
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed activation buffers instead of handing them back to the OS.
+
+    By default glibc serves big blocks (activations of a batch are MBs) with fresh mmap
+    pages and unmaps them on free, so every forward pass pays page faults to zero the
+    same memory again. A higher mmap threshold (32 MB, glibc's maximum) and trim threshold
+    let the heap reuse them. No-op off glibc.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def embedding_key(identity: dict, pooling: str, max_length: int, dtype: str, text_hash: str) -> str:
     return sha256_json({"v": FEATURES_VERSION, "model": identity, "pooling": pooling, "max_length": max_length,
                         "dtype": dtype, "texts": text_hash})[:32]
@@ -89,9 +114,14 @@ def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 512) -> 
     return ids, n_truncated
 
 
-def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 256) -> list[list[int]]:
-    """Indices grouped into batches, longest first, each padded size (count x longest) within the budget."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 256, tiebreak: list | None = None) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each padded size (count x longest) within the budget.
+
+    `tiebreak` (e.g. each letter's token bytes) orders letters of equal length by content, not
+    by position, so the batches - and hence the padding each letter gets, which moves bf16
+    results in the last bit - do not depend on the order of the letters.
+    """
+    order = sorted(range(len(lengths)), key=(lambda i: -lengths[i]) if tiebreak is None else (lambda i: (-lengths[i], tiebreak[i])))
     batches, current, longest = [], [], 0
     for i in order:
         n = lengths[i]
@@ -111,8 +141,9 @@ def pool(hidden, mask, pooling: str):
     import torch
 
     if pooling == "mean":
-        m = mask.unsqueeze(-1).float()
-        return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+        # zero the padding in the model's dtype (exact), then sum with float32 accumulation: no float copy
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1, dtype=torch.float32) / mask.sum(1, keepdim=True).clamp(min=1).float()
     if pooling == "last":
         # position of the last 1 in each mask row: right padding -> length-1, left padding -> T-1
         last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)
@@ -139,9 +170,14 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
         progress(0, len(texts), "tokenising")
     ids, n_truncated = tokenize(tok, texts, max_length)
     lengths = [len(x) for x in ids]
-    batches = plan_batches(lengths, batch_tokens or default_batch_tokens(placement.device))
+    batches = plan_batches(lengths, batch_tokens or default_batch_tokens(placement.device), tiebreak=[x.tobytes() for x in ids])
     dim = model.config.hidden_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    # Decoders get no attention mask: with right padding, causal attention already keeps every
+    # real token from seeing the padding after it (positions are 0..n-1 either way), and the
+    # unmasked causal kernel skips the upper triangle. Pooling below still uses the mask.
+    use_mask = loaded.kind != "decoder"
+    _keep_freed_memory()
     done = 0
     with atomic_path(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
@@ -150,7 +186,7 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
                 if should_stop and should_stop():
                     del out
                     raise Cancelled("Embedding extraction was cancelled; no vectors were stored.")
-                longest = lengths[batch[0]]
+                longest = lengths[batch[0]]  # (rounding up to a multiple of 8 or 16 measured no faster)
                 input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
                 mask = np.zeros((len(batch), longest), dtype=np.int64)
                 for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
@@ -158,7 +194,7 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
                     mask[row, :lengths[i]] = 1
                 input_t = torch.from_numpy(input_ids).to(placement.device)
                 mask_t = torch.from_numpy(mask).to(placement.device)
-                hidden = model(input_ids=input_t, attention_mask=mask_t).last_hidden_state
+                hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
                 FORWARD_PASSES += 1
                 out[batch] = pool(hidden, mask_t, pooling).cpu().numpy()
                 done += len(batch)

@@ -113,3 +113,10 @@ def test_progress_is_reported(encoder, default_ds):
     features.embed(encoder, default_ds.texts[:8], max_length=32, use_cache=False, batch_tokens=64,
                    progress=lambda d, t, s: seen.append((d, t, s)))
     assert seen[-1][0] == seen[-1][1] == 8 and any(s == "embedding" for *_, s in seen)
+
+
+def test_vectors_do_not_depend_on_letter_order(decoder, default_ds):
+    texts = default_ds.texts[:20] + default_ds.texts[:4]  # duplicates make equal-length ties
+    a, _ = features.embed(decoder, texts, max_length=48, batch_tokens=96, use_cache=False)
+    b, _ = features.embed(decoder, texts[::-1], max_length=48, batch_tokens=96, use_cache=False)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[::-1])
