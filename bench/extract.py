@@ -1,0 +1,298 @@
+"""Throughput of ClinBench's embedding extractor against the alternatives and the hardware limit.
+
+    python bench/extract.py [--quick] --json PATH
+
+For MiniLM (encoder) and SmolLM2 (decoder), on the bundled default letters and, when
+present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
+(non-padding) tokens per second of:
+
+* engine  - `engine.features.extract`: max_length 512, mean pooling, the default placement
+            (bf16 on a CPU with native bf16);
+* naive   - the original study's way: transformers `pipeline("feature-extraction")`, one letter
+            at a time, fp32, last token, truncation at 512 (measured on a subset of letters);
+* st      - sentence-transformers `SentenceTransformer(<minilm folder>).encode` in bf16 with
+            max_seq_length 512 and its default batch size (MiniLM only);
+* limit   - the physical limit: the peak bf16 matmul FLOP/s measured in this run (square
+            matmuls, same thread count) divided by the FLOPs per token,
+            2 x non-embedding parameters + 4 x layers x hidden x mean tokens per letter.
+
+Every method's tokens are counted the same way (the tokenizer's counts, truncated at 512).
+Each timing follows warm-up passes. The machine may be shared: before each timing the
+script waits (a while) for the CPUs to be quiet, and it reports the CPU time other
+processes used during each timing, so a disturbed number can be recognised.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CLINBENCH_CACHE", tempfile.mkdtemp(prefix="clinbench-bench-"))  # keep the repo cache clean
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from engine import data, features, models  # noqa: E402
+from engine.devices import choose  # noqa: E402
+
+MAX_LENGTH = 512
+MTSAMPLES = ROOT.parent / "shared" / "data" / "mtsamples.csv"
+TARGETS = {  # (model, metric): minimum
+    ("minilm", "speedup_vs_naive"): 5.0,
+    ("minilm", "speedup_vs_st"): 1.5,
+    ("minilm", "fraction_of_limit"): 0.5,
+    ("smollm2", "speedup_vs_naive"): 5.0,
+    ("smollm2", "fraction_of_limit"): 0.6,
+}
+
+
+# --- measuring under a possibly shared machine ---------------------------------
+
+def _cpu_snapshot() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = (sum(v[:8]) - v[3] - v[4]) / tick  # all but idle and iowait
+    t = os.times()
+    return busy, t.user + t.system
+
+
+def wait_quiet(max_wait: float = 60.0, threshold: float = 0.9) -> None:
+    """Wait (up to max_wait s) until the machine is at least `threshold` idle."""
+    if not Path("/proc/stat").exists():
+        return
+    deadline = time.time() + max_wait
+    while time.time() < deadline:
+        b0, s0 = _cpu_snapshot()
+        time.sleep(0.3)
+        b1, s1 = _cpu_snapshot()
+        if (b1 - b0) - (s1 - s0) < (1 - threshold) * 0.3 * os.cpu_count():
+            return
+
+
+class Timer:
+    """Wall time of a block, and CPU seconds used meanwhile by other processes."""
+
+    def __enter__(self):
+        wait_quiet()
+        self.b0, self.s0 = _cpu_snapshot() if Path("/proc/stat").exists() else (0.0, 0.0)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        b1, s1 = _cpu_snapshot() if Path("/proc/stat").exists() else (0.0, 0.0)
+        self.other_cpu_s = max(0.0, (b1 - self.b0) - (s1 - self.s0))
+        return False
+
+
+def peak_matmul_flops(dtype: torch.dtype, sizes=(2048, 3072, 4096), repeats: int = 4) -> float:
+    """Best FLOP/s of square matmuls in `dtype` with torch's current thread count."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        reps = max(2, int(3e10 / (2 * n ** 3)))
+        for _ in range(repeats):
+            with Timer() as t:
+                for _ in range(reps):
+                    a @ b
+            best = max(best, 2 * n ** 3 * reps / t.seconds)
+    return best
+
+
+# --- the methods -----------------------------------------------------------------
+
+def real_tokens(tokenizer, texts: list[str]) -> int:
+    ids, _ = features.tokenize(tokenizer, texts, MAX_LENGTH)
+    return int(sum(len(x) for x in ids))
+
+
+def run_engine(loaded, texts: list[str], workdir: Path) -> dict:
+    features.extract(loaded, texts[:16], workdir / "warm.npy", pooling="mean", max_length=MAX_LENGTH)  # warm-up
+    with Timer() as t:
+        stats = features.extract(loaded, texts, workdir / "engine.npy", pooling="mean", max_length=MAX_LENGTH)
+    return {"tokens": stats.n_tokens, "seconds": t.seconds, "other_cpu_s": t.other_cpu_s}
+
+
+def run_naive(folder: Path, tokenizer, texts: list[str]) -> dict:
+    """The original study's way: a feature-extraction pipeline, one letter per call, fp32, last token."""
+    from transformers import pipeline
+
+    pipe = pipeline("feature-extraction", model=str(folder), tokenizer=str(folder), dtype=torch.float32, device="cpu")
+    kwargs = {"tokenize_kwargs": {"truncation": True, "max_length": MAX_LENGTH}}
+    for text in texts[:2]:  # warm-up
+        pipe(text, **kwargs)
+    vectors = []
+    with Timer() as t:
+        for text in texts:
+            vectors.append(np.asarray(pipe(text, **kwargs)[0][-1], dtype=np.float32))
+    return {"tokens": real_tokens(tokenizer, texts), "seconds": t.seconds, "other_cpu_s": t.other_cpu_s}
+
+
+def run_st(folder: Path, tokenizer, texts: list[str]) -> dict:
+    """sentence-transformers' encode in bf16, reading the same 512 tokens per letter as the engine."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch.bfloat16})
+    st.max_seq_length = MAX_LENGTH
+    st.encode(texts[:32])  # warm-up
+    with Timer() as t:
+        st.encode(texts)
+    return {"tokens": real_tokens(tokenizer, texts), "seconds": t.seconds, "other_cpu_s": t.other_cpu_s,
+            "dtype": str(next(st.parameters()).dtype).replace("torch.", "")}
+
+
+def flops_per_token(model, seq_len: float) -> tuple[float, int]:
+    """2 x non-embedding parameters + 4 x layers x hidden x sequence length; and that parameter count."""
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
+    non_embedding = sum(p.numel() for p in model.parameters()) - embedding
+    cfg = model.config
+    return 2 * non_embedding + 4 * cfg.num_hidden_layers * cfg.hidden_size * seq_len, non_embedding
+
+
+# --- the benchmark ------------------------------------------------------------------
+
+def datasets(args) -> list[tuple[str, list[str], int]]:
+    """(name, letters measured, letters for the naive way)."""
+    out = []
+    default = list(data.default_dataset().texts)
+    n = args.letters or (96 if args.quick else len(default))
+    out.append(("default", default[:n], min(n, args.naive_letters or (24 if args.quick else 120))))
+    path = Path(args.mtsamples)
+    if path.exists():
+        import pandas as pd
+
+        col = pd.read_csv(path, usecols=["transcription"])["transcription"]
+        texts = [t for t in col.dropna().astype(str) if t.strip()]
+        n = args.letters or (96 if args.quick else args.mts_letters or len(texts))
+        out.append((f"mtsamples ({path.name}, {len(texts)} non-empty transcriptions)", texts[:n],
+                    min(n, args.naive_letters or (24 if args.quick else 120))))
+    return out
+
+
+def measure_model(name: str, sets, peak: float, workdir: Path) -> dict:
+    placement = choose()
+    loaded = models.load(name, placement)
+    folder = models.locate(models.resolve(name))[0]
+    results = {}
+    for ds_name, texts, n_naive in sets:
+        print(f"  {name} on {ds_name}: {len(texts)} letters ...", flush=True)
+        eng = run_engine(loaded, texts, workdir)
+        seq = eng["tokens"] / len(texts)
+        fpt, non_emb = flops_per_token(loaded.model, seq)
+        row = {"model": name, "kind": loaded.kind, "dataset": ds_name, "letters": len(texts), "naive_letters": n_naive,
+               "mean_tokens_per_letter": round(seq, 1), "dtype": placement.dtype, "threads": torch.get_num_threads(),
+               "non_embedding_params": non_emb, "flops_per_token": fpt, "peak_flops": peak,
+               "tokens_per_s": eng["tokens"] / eng["seconds"], "engine_seconds": eng["seconds"],
+               "limit_tokens_per_s": peak / fpt, "other_cpu_s": {"engine": round(eng["other_cpu_s"], 2)}}
+        naive = run_naive(folder, loaded.tokenizer, texts[:n_naive])
+        row["naive_tokens_per_s"] = naive["tokens"] / naive["seconds"]
+        row["other_cpu_s"]["naive"] = round(naive["other_cpu_s"], 2)
+        if loaded.kind == "encoder" and name == "minilm":
+            st = run_st(folder, loaded.tokenizer, texts)
+            row["st_tokens_per_s"] = st["tokens"] / st["seconds"]
+            row["st_dtype"] = st["dtype"]
+            row["other_cpu_s"]["st"] = round(st["other_cpu_s"], 2)
+            row["speedup_vs_st"] = row["tokens_per_s"] / row["st_tokens_per_s"]
+        row["fraction_of_limit"] = row["tokens_per_s"] / row["limit_tokens_per_s"]
+        row["speedup_vs_naive"] = row["tokens_per_s"] / row["naive_tokens_per_s"]
+        results[ds_name] = row
+    del loaded
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="96 letters per dataset, 24 for the naive way (~1-2 min)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--models", default="minilm,smollm2")
+    ap.add_argument("--letters", type=int, default=0, help="letters per dataset (default: quick 96, full all)")
+    ap.add_argument("--mts-letters", type=int, default=2000, help="full mode: letters of mtsamples measured (0 = all)")
+    ap.add_argument("--naive-letters", type=int, default=0, help="letters for the naive way (default: quick 24, full 120)")
+    ap.add_argument("--mtsamples", default=str(MTSAMPLES))
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    placement = choose()
+    dtype = placement.torch_dtype
+    threads = torch.get_num_threads()
+    print(f"ClinBench extraction benchmark ({'quick' if args.quick else 'full'}): {placement.describe()}, {threads} torch threads")
+    sets = datasets(args)
+    peak_before = peak_matmul_flops(dtype)
+    print(f"peak {placement.dtype} matmul: {peak_before / 1e12:.2f} TFLOP/s", flush=True)
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            rows[name] = measure_model(name, sets, peak_before, Path(tmp))
+    peak_after = peak_matmul_flops(dtype)
+    peak = max(peak_before, peak_after)  # the higher peak makes the limit stricter
+    for by_ds in rows.values():
+        for row in by_ds.values():
+            row["peak_flops"] = peak
+            row["limit_tokens_per_s"] = peak / row["flops_per_token"]
+            row["fraction_of_limit"] = row["tokens_per_s"] / row["limit_tokens_per_s"]
+
+    print(f"\npeak {placement.dtype} matmul FLOP/s: {peak / 1e12:.2f} T (before {peak_before / 1e12:.2f}, after {peak_after / 1e12:.2f}); "
+          f"{threads} threads")
+    head = f"{'model':8} {'dataset':10} {'letters':>7} {'tok/letter':>10} {'engine':>9} {'naive':>9} {'st':>9} {'limit':>9} " \
+           f"{'x naive':>8} {'x st':>6} {'of limit':>8}"
+    print(head + "\n" + "-" * len(head))
+    for name, by_ds in rows.items():
+        for ds_name, r in by_ds.items():
+            st = f"{r['st_tokens_per_s']:9.0f}" if "st_tokens_per_s" in r else f"{'-':>9}"
+            xst = f"{r['speedup_vs_st']:6.2f}" if "speedup_vs_st" in r else f"{'-':>6}"
+            print(f"{name:8} {ds_name.split(' ')[0]:10} {r['letters']:7d} {r['mean_tokens_per_letter']:10.0f} {r['tokens_per_s']:9.0f} "
+                  f"{r['naive_tokens_per_s']:9.0f} {st} {r['limit_tokens_per_s']:9.0f} {r['speedup_vs_naive']:8.1f} {xst} "
+                  f"{r['fraction_of_limit']:8.2f}")
+    print("(tokens/s of real tokens; naive measured on the first "
+          + ", ".join(f"{n_naive} letters of {ds.split(' ')[0]}" for ds, _t, n_naive in sets) + ")")
+    busy = [(n, d, k, v) for n, by in rows.items() for d, r in by.items() for k, v in r["other_cpu_s"].items()
+            if v > 0.1 * threads * max(1e-9, r["engine_seconds"] if k == "engine" else 1e9)]
+    if busy:
+        print("warning: other processes used the CPUs during " + ", ".join(f"{n}/{d.split(' ')[0]}/{k} ({v:.1f} CPU s)" for n, d, k, v in busy))
+
+    targets = []
+    print("\ntargets (on every dataset measured):")
+    for (model, metric), minimum in TARGETS.items():
+        for ds_name, r in rows.get(model, {}).items():
+            if metric in r:
+                met = r[metric] >= minimum
+                targets.append({"model": model, "dataset": ds_name, "metric": metric, "minimum": minimum,
+                                "value": r[metric], "met": met})
+                print(f"  {model:8} {ds_name.split(' ')[0]:10} {metric:18} >= {minimum:<4} : {r[metric]:6.2f}  {'met' if met else 'MISSED'}")
+
+    out = {
+        "mode": "quick" if args.quick else "full",
+        "device": placement.device, "dtype": placement.dtype, "threads": threads, "peak_flops": peak,
+        "peak_flops_before": peak_before, "peak_flops_after": peak_after, "max_length": MAX_LENGTH, "pooling_engine": "mean",
+        "naive": "transformers pipeline('feature-extraction'), one letter per call, fp32, last token, truncation at 512",
+        "st": "SentenceTransformer(minilm folder, dtype bf16).encode, max_seq_length 512, default batch size",
+        "datasets": [{"name": ds, "letters": len(t), "naive_letters": nn} for ds, t, nn in sets],
+        "models": {name: by_ds[sets[0][0]] for name, by_ds in rows.items()},  # the default dataset
+        "by_dataset": {ds: {name: by_ds[ds] for name, by_ds in rows.items()} for ds, _t, _n in sets},
+        "targets": targets,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": __import__("transformers").__version__,
+                     "sentence_transformers": __import__("sentence_transformers").__version__},
+        "cpu": platform.processor() or platform.machine(),
+        "seconds_total": time.perf_counter() - t_start,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"\nwrote {args.json}")
+    print(f"total {out['seconds_total']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
