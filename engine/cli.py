@@ -40,10 +40,10 @@ def _progress_factory():
     return progress
 
 
-def _data_args(p: argparse.ArgumentParser, label_required: bool = True) -> None:
+def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="CSV/TSV/JSONL file of letters, or 'default' for the bundled dataset")
     p.add_argument("--text-column", default="text", help="column holding the letter text (default: text)")
-    p.add_argument("--label-column", default="label", required=False, help="column holding the label (default: label)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     p.add_argument("--label-sep", default=None, help="separator of several labels in one cell (multi-label), e.g. '|'")
 
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="compute (or load cached) embeddings of a dataset",
                        description="Embed every letter of a dataset with one model; results are cached by content.")
-    _data_args(p, label_required=False)
+    _data_args(p)
     _embed_args(p)
     p.add_argument("--out", type=Path, help="also save the vectors to this .npy file")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")

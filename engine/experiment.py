@@ -127,7 +127,7 @@ def load_spec(path: str | Path) -> Spec:
             import yaml
 
             obj = yaml.safe_load(text)
-    except (ValueError, Exception) as exc:  # yaml.YAMLError or json.JSONDecodeError
+    except Exception as exc:  # yaml.YAMLError or json.JSONDecodeError (a ValueError)
         raise SpecError(f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
     return parse_spec(obj, where=path.name)
 

@@ -16,7 +16,6 @@ the meta device) and refused when it cannot fit on the chosen device.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -324,7 +323,3 @@ def describe(entry: ModelEntry) -> dict:
     ok, reason = offline_status(entry)
     return {"name": entry.name, "source": entry.source, "ref": entry.ref, "kind": entry.kind, "params": entry.params,
             "offline": ok, "reason": reason, "description": entry.description}
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
