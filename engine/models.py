@@ -294,7 +294,6 @@ def check_fits(name: str, n_params: int, placement: Placement, free: int | None 
 
 def load(name: str, placement: Placement | None = None, *, timeout: float = HUB_TIMEOUT_S) -> LoadedModel:
     """Load a model and its tokenizer for feature extraction (base model, eval mode)."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     entry = resolve(name)
@@ -313,7 +312,6 @@ def load(name: str, placement: Placement | None = None, *, timeout: float = HUB_
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(placement.device).eval()
-    torch.set_grad_enabled(True)  # leave global state as we found it; extraction uses inference_mode
     identity = {**identity, "model_type": config.model_type, "kind": kind}
     return LoadedModel(entry, model, tokenizer, kind, identity, placement, folder, config)
 
