@@ -6,6 +6,9 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     embeddings/<key>.npy         one row per letter, float32, in the dataset's order
     embeddings/<key>.json        what produced it: model identity, pooling, max_length, dtype, text hash, stats
     evaluations/<key>/           one evaluation: manifest.json, classifier.joblib, predictions.json
+    runs/runs.sqlite             the run store (SQLite, WAL): runs, their steps, live workers (engine.jobs)
+    runs/run-<id>.log            what happened in one run: step starts and ends, warnings, tracebacks
+    runs/worker.log              what the background workers printed
     hashes.json                  memo of weight-file hashes keyed by (path, size, mtime)
 
 Every file is written to a temporary name beside its destination and renamed when
@@ -20,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +47,10 @@ def embeddings_dir() -> Path:
 
 def evaluations_dir() -> Path:
     return _sub("evaluations")
+
+
+def runs_dir() -> Path:
+    return _sub("runs")
 
 
 def _sub(name: str) -> Path:
@@ -98,10 +106,40 @@ def memo_file_hash(path: Path) -> str:
 
 # --- atomic writes -----------------------------------------------------------
 
+_TMP_NAME = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Temporary names carry the writer's pid (.NAME.PID.RANDOM.tmp), so leftovers of a killed writer can be swept."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def sweep_orphans(root: Path | None = None) -> list[Path]:
+    """Delete temporary files and folders under `root` (default: the cache) whose writer process is gone.
+
+    A process killed in the middle of a write (kill -9, out of memory, a forced cancel) cannot
+    clean up after itself; workers call this when they start and after terminating a step.
+    """
+    import psutil
+
+    removed = []
+    for p in Path(root or cache_dir()).rglob(".*.tmp"):
+        m = _TMP_NAME.match(p.name)
+        if not m or psutil.pid_exists(int(m.group(1))):
+            continue  # not ours, or its writer is still at work
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -123,7 +161,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -138,7 +176,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
