@@ -8,7 +8,10 @@ Spec (YAML or JSON):
     models: [minilm, smollm2]
     methods: [svc, logreg]
     options: {pooling: mean, max_length: 512, smote: true, class_weight: null, grid: true,
-              seed: 0, test_size: 0.2, cv_repeats: 0}
+              seed: 0, test_size: 0.2, cv_repeats: 0, batch_tokens: null}
+
+(batch_tokens: tokens per forward pass; null picks 4096 on CPU, 32768 on GPU. It changes
+speed and memory, not the numbers, so it is not part of any cache key.)
 
 `evaluate_step` is pure in the sense the run system needs: its inputs are plain data, its
 outputs are files in the cache, and repeating it with the same inputs recomputes nothing.
@@ -30,9 +33,9 @@ from engine.errors import ClinBenchError, SpecError
 from engine.storage import atomic_dir, evaluations_dir, read_manifest, seal_artifact, sha256_json
 
 DEFAULT_OPTIONS = {"pooling": "mean", "max_length": features.DEFAULT_MAX_LENGTH, "smote": True, "class_weight": None,
-                   "grid": True, "seed": 0, "test_size": 0.2, "cv_repeats": 0, "n_boot": 1000}
+                   "grid": True, "seed": 0, "test_size": 0.2, "cv_repeats": 0, "n_boot": 1000, "batch_tokens": None}
 OPTION_TYPES = {"pooling": str, "max_length": int, "smote": bool, "class_weight": (str, type(None)), "grid": bool,
-                "seed": int, "test_size": float, "cv_repeats": int, "n_boot": int}
+                "seed": int, "test_size": float, "cv_repeats": int, "n_boot": int, "batch_tokens": (int, type(None))}
 METHOD_TITLES = {"svc": "frozen embeddings → SVC", "logreg": "frozen embeddings → logistic regression",
                  "linear-probe": "linear head (before fine-tuning)", "lora": "LoRA fine-tuning", "lora-svc": "LoRA-tuned embeddings → SVC",
                  "domain-adapt": "domain adaptation (LM objective)"}
@@ -106,10 +109,13 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise SpecError(f"{where}: option {key} has the wrong type ({value!r}); expected {getattr(typ, '__name__', 'string or null')}.")
+            expected = getattr(typ, "__name__", None) or " or ".join(t.__name__ for t in typ).replace("NoneType", "null")
+            raise SpecError(f"{where}: option {key} has the wrong type ({value!r}); expected {expected}.")
         options[key] = value
     if options["class_weight"] not in (None, "balanced"):
         raise SpecError(f"{where}: option class_weight must be null or 'balanced'.")
+    if options["batch_tokens"] is not None and options["batch_tokens"] < 16:
+        raise SpecError(f"{where}: option batch_tokens must be null (automatic) or at least 16.")
     if options["pooling"] not in features.POOLINGS:
         raise SpecError(f"{where}: option pooling must be one of {', '.join(features.POOLINGS)}.")
     return Spec(str(name), ds, [m.strip() for m in models_], list(dict.fromkeys(methods_)), options)
@@ -161,7 +167,7 @@ def evaluate_step(dataset: data_mod.Dataset, model: str, method: str, options: d
     entry = models_mod.resolve(model)
     split = data_mod.split(dataset, test_size=opts["test_size"], seed=opts["seed"])
     X, estats = features.embed(model, dataset.texts, pooling=opts["pooling"], max_length=opts["max_length"], placement=placement,
-                               progress=progress, should_stop=should_stop)
+                               batch_tokens=opts["batch_tokens"], progress=progress, should_stop=should_stop)
     cfg = methods.ClassifierConfig(method=method, smote=opts["smote"], class_weight=opts["class_weight"], grid=opts["grid"],
                                    seed=opts["seed"])
     key = sha256_json({"embeddings": estats.key, "classifier": cfg.to_dict(), "split": split.hash,
@@ -226,14 +232,36 @@ def estats_model_identity(name: str, estats: features.EmbedStats) -> dict:
     return {"name": name, **meta["model"]}
 
 
+def result_summary(res: StepResult) -> dict:
+    """The JSON a run store keeps for a finished step (the full record is the artifact's manifest)."""
+    m = res.metrics
+    return {"artifact": res.artifact, "cache_hit": res.cache_hit, "macro_f1": m["macro_f1"], "macro_f1_ci": m["macro_f1_ci"],
+            "accuracy": m["accuracy"], "baseline_macro_f1": m["baseline"]["macro_f1"],
+            "embed_cache_hit": res.manifest.get("timings", {}).get("embed_cache_hit")}
+
+
+# The step function of each method: (dataset, model, method, options, progress=, should_stop=) -> StepResult.
+STEP_FUNCTIONS: dict[str, Callable[..., StepResult]] = {m: evaluate_step for m in methods.EMBEDDING_METHODS}
+
+
+def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, progress: features.Progress | None = None,
+            should_stop: Callable[[], bool] | None = None) -> StepResult:
+    """Run one step of a spec (plain data in, artifacts out). Any executor can call this: the in-process
+    `run` below, a background worker process (engine.worker), or a distributed one later."""
+    fn = STEP_FUNCTIONS.get(step["method"])
+    if fn is None:
+        raise ClinBenchError(f"Method {step['method']!r} cannot run in this version; available: {', '.join(STEP_FUNCTIONS)}.")
+    return fn(dataset or spec.data.load(), step["model"], step["method"], spec.options, progress=progress, should_stop=should_stop)
+
+
 def run(spec: Spec, *, progress_for: Callable[[dict], features.Progress | None] | None = None) -> list[StepResult | dict]:
-    """Run every step in this process, one after another. A failing step is recorded and the next one runs."""
+    """Run every step in this process, one after another (for notebooks and scripts; the CLI and the
+    dashboard queue runs for background workers instead). A failing step is recorded and the next one runs."""
     dataset = spec.data.load()
     results: list[StepResult | dict] = []
     for step in spec.steps():
         try:
-            results.append(evaluate_step(dataset, step["model"], step["method"], spec.options,
-                                         progress=progress_for(step) if progress_for else None))
+            results.append(execute(spec, step, dataset=dataset, progress=progress_for(step) if progress_for else None))
         except ClinBenchError as exc:
             results.append({**step, "error": str(exc)})
     return results

@@ -9,6 +9,8 @@
 * Vectors are written batch by batch into a memory-mapped .npy beside its final name and
   renamed when complete: memory does not grow with the number of letters, and a
   cancelled or crashed extraction leaves no file under a real name.
+* `CLINBENCH_BATCH_DELAY_S` (testing knob): sleep this long after each batch, so tests
+  and demos can cancel or kill a run in the middle of an extraction on a tiny model.
 * Content-addressed cache: the key covers model identity (id + weights hash or revision),
   pooling, max_length, dtype and the hash of the letters. A repeated request loads the
   stored vectors and runs no forward pass.
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,6 +181,7 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
     # unmasked causal kernel skips the upper triangle. Pooling below still uses the mask.
     use_mask = loaded.kind != "decoder"
     _keep_freed_memory()
+    delay = float(os.environ.get("CLINBENCH_BATCH_DELAY_S") or 0)
     done = 0
     with atomic_path(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
@@ -200,6 +204,8 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
                 done += len(batch)
                 if progress:
                     progress(done, len(texts), "embedding")
+                if delay:
+                    time.sleep(delay)
         out.flush()
         del out
     seconds = time.perf_counter() - t0
