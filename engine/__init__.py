@@ -15,6 +15,8 @@ Layers, each importing only from the ones above it:
     methods    classifiers on embeddings (scaler -> SMOTE -> SVC / logistic regression)
     evaluation metrics, bootstrap confidence intervals, repeated cross-validation
     experiment specs (YAML/JSON) expanded into steps, and the functions that run them
+    jobs       the run store (SQLite, WAL): submit, read, cancel, resume runs; worker liveness
+    worker     worker processes executing queued steps, each in a child process
     cli        `python -m engine ...`
 """
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -95,10 +96,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cv-repeats", type=int, default=0, help="also run N x repeated stratified 5-fold CV (mean ± sd); 0 = off")
     p.add_argument("--json", type=Path, dest="json_out", help="write the metrics (macro_f1, macro_f1_ci, per_class, confusion_matrix, ...) here")
 
-    p = sub.add_parser("run", help="run a whole experiment from a YAML/JSON spec",
-                       description="Run every model x method step of a spec, one after another, and print a summary table.")
+    p = sub.add_parser("submit", help="queue an experiment spec as a background run; prints the run id last",
+                       description="Check a spec (data, model names) and queue it as a background run; a worker process is started "
+                                   "if none is alive. The run id is printed alone on the last line.")
+    p.add_argument("spec", type=Path, help="YAML or JSON file: {name, data, models, methods, options}")
+    p.add_argument("--no-worker", action="store_true", help="only queue; do not start a worker")
+
+    p = sub.add_parser("run", help="queue an experiment spec and follow it with progress bars until it ends",
+                       description="Queue a spec as a background run (like submit) and follow it until every step has ended. "
+                                   "Ctrl-C stops following; the run goes on in the background.")
     p.add_argument("spec", type=Path, help="YAML or JSON file: {name, data, models, methods, options}")
     p.add_argument("--json", type=Path, dest="json_out", help="write all step results here")
+
+    p = sub.add_parser("runs", help="list runs; show, cancel, resume, delete one, or print its log",
+                       description="Runs in the run store (newest first). With an action, act on one run.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    for name, text in (("show", "a run's status, steps, progress and errors, and its worker's pid while it runs"),
+                       ("cancel", "stop a run: queued steps are cancelled, the running step stops within 5 s"),
+                       ("resume", "queue a run's interrupted, cancelled and failed steps again (finished steps are kept)"),
+                       ("logs", "print a run's log (step starts and ends, warnings, tracebacks)"),
+                       ("delete", "forget a finished run and its log (its cached results stay)")):
+        a = rsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        a.add_argument("run_id", type=int, metavar="ID", help="run id, as listed by `runs`")
+        if name == "show":
+            a.add_argument("--json", action="store_true", help="print JSON (keys include status, steps, worker_pid)")
+
+    p = sub.add_parser("worker", help="serve queued runs in this terminal (workers otherwise start on demand)",
+                       description="Execute queued steps, each in a child process, until stopped with Ctrl-C. Workers start by "
+                                   "themselves when runs are queued; at most $CLINBENCH_WORKERS (default 1) serve at once.")
+    p.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS", help="leave after this long with nothing queued (0 = never)")
+    p.add_argument("--step", help=argparse.SUPPRESS)  # internal: RUN:IDX, the child process that executes one step
     return parser
 
 
@@ -196,30 +224,179 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from engine import experiment
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def _step_line(s: dict) -> str:
+    p, r = s["progress"], s["result"]
+    if s["status"] == "done" and r:
+        lo, hi = r["macro_f1_ci"]
+        detail = f"macro-F1 {r['macro_f1']:.3f} ({lo:.3f}-{hi:.3f})" + ("  cached" if r.get("cache_hit") else "")
+    elif s["status"] == "running":
+        detail = f"{p['stage']} {p['done']}/{p['total']}" if p["total"] else p["stage"]
+        if p["rate"]:
+            detail += f"  {p['rate']:.1f}/s"
+        if p["eta_s"] is not None:
+            detail += f"  ETA {_fmt_s(p['eta_s'])}"
+    else:
+        detail = s["error"] or ""
+    return f"  [{s['index'] + 1}] {s['status']:11s} {s['title']:52s} {_fmt_s(s['seconds']):>6s}  {detail}"
+
+
+def _when(t: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+
+
+def cmd_submit(args) -> int:
+    from engine import experiment, jobs
 
     spec = experiment.load_spec(args.spec)
-    print(f"{spec.name}: {len(spec.steps())} step(s) on {spec.data.path}")
-    results = experiment.run(spec, progress_for=lambda step: _progress_factory())
+    run_id = jobs.submit(spec, start_worker=not args.no_worker)
+    print(f"queued run {run_id} '{spec.name}': {len(spec.steps())} step(s). Follow it with `python -m engine runs show {run_id}`.")
+    print(run_id)
+    return 0
+
+
+def _follow(run_id: int) -> dict:
+    """Poll a run until it ends, drawing a progress bar for the running step and a line per finished step."""
+    import time
+
+    from engine import jobs
+
+    reported: set[int] = set()
+    bars: dict[int, object] = {}
+    last_check = time.monotonic()
+    while True:
+        run = jobs.get_run(run_id)
+        for s in run["steps"]:
+            i = s["index"]
+            if s["status"] == "running":
+                bars.setdefault(i, _progress_factory())
+                p = s["progress"]
+                if p["total"]:
+                    bars[i](p["done"], p["total"], p["stage"])
+            elif s["status"] in jobs.FINAL_STATES and i not in reported:
+                reported.add(i)
+                print(_step_line(s), flush=True)
+        if run["status"] in jobs.FINAL_STATES:
+            return run
+        if run["status"] == "queued" and time.monotonic() - last_check > 5:
+            jobs.ensure_worker()  # e.g. the worker left or was killed before taking this run
+            last_check = time.monotonic()
+        time.sleep(0.5)
+
+
+def _print_results_table(run: dict) -> None:
     print(f"\n{'model':14s} {'method':8s} {'macro-F1':>8s}  {'95% CI':13s}  note")
-    failed = 0
-    for r in results:
-        if isinstance(r, dict):
-            failed += 1
-            print(f"{r['model']:14s} {r['method']:8s} {'-':>8s}  {'':13s}  FAILED: {r['error']}")
+    for s in run["steps"]:
+        r = s["result"]
+        if s["status"] == "done" and r:
+            lo, hi = r["macro_f1_ci"]
+            print(f"{s['model'][:14]:14s} {s['method']:8s} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
         else:
-            lo, hi = r.metrics["macro_f1_ci"]
-            print(f"{r.model:14s} {r.method:8s} {r.metrics['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.cache_hit else ''}")
+            print(f"{s['model'][:14]:14s} {s['method']:8s} {'-':>8s}  {'':13s}  {s['status'].upper()}: {s['error'] or ''}")
+
+
+def cmd_run(args) -> int:
+    from engine import experiment, jobs
+
+    spec = experiment.load_spec(args.spec)
+    run_id = jobs.submit(spec)
+    print(f"run {run_id} '{spec.name}': {len(spec.steps())} step(s) on {spec.data.path}; following it "
+          f"(Ctrl-C stops following, the run goes on)", flush=True)
+    try:
+        run = _follow(run_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; run {run_id} goes on in the background. `python -m engine runs show {run_id}` shows it, "
+              f"`python -m engine runs cancel {run_id}` stops it.", file=sys.stderr)
+        return 130
+    _print_results_table(run)
+    print(f"\nrun {run_id}: {run['status']}" + ("" if run["status"] == "done" else f". Log: python -m engine runs logs {run_id}"))
     if args.json_out:
         from engine.storage import atomic_write_json
 
-        atomic_write_json(args.json_out, [r if isinstance(r, dict) else {"model": r.model, "method": r.method, "artifact": r.artifact, **r.metrics}
-                                          for r in results])
-    return 1 if failed else 0
+        atomic_write_json(args.json_out, [{"model": s["model"], "method": s["method"], "status": s["status"],
+                                           **({"error": s["error"]} if s["error"] else {}), **(s["result"] or {})}
+                                          for s in run["steps"]])
+    return 0 if run["status"] == "done" else 1
 
 
-COMMANDS = {"models": cmd_models, "data": cmd_data, "embed": cmd_embed, "evaluate": cmd_evaluate, "run": cmd_run}
+def cmd_runs(args) -> int:
+    from engine import jobs
+
+    action = args.runs_command
+    if action is None:
+        runs = jobs.list_runs()
+        if args.json:
+            print(json.dumps(runs, indent=2))
+            return 0
+        if not runs:
+            print("No runs yet. Queue one with `python -m engine submit SPEC` or `python -m engine run SPEC`.")
+            return 0
+        print(f"{'id':>4s}  {'status':11s} {'steps':>7s}  {'created':16s}  name")
+        for r in runs:
+            c = r["counts"]
+            extra = ", ".join(f"{c[k]} {k}" for k in ("failed", "cancelled", "interrupted") if c[k])
+            print(f"{r['id']:4d}  {r['status']:11s} {c['done']:>3d}/{r['n_steps']:<3d}  {_when(r['created']):16s}  {r['name']}"
+                  + (f"  ({extra})" if extra else ""))
+        return 0
+    if action == "show":
+        run = jobs.get_run(args.run_id)
+        if args.json:
+            print(json.dumps(run, indent=2))
+            return 0
+        print(f"run {run['id']} '{run['name']}': {run['status']}" + (" (cancel requested)" if run["cancel_requested"] and run["status"] == "running" else ""))
+        print(f"  created {_when(run['created'])}" + (f", worker pid {run['worker_pid']}" if run["worker_pid"] else ""))
+        for s in run["steps"]:
+            print(_step_line(s))
+        print(f"  log: python -m engine runs logs {run['id']}")
+        return 0
+    if action == "cancel":
+        run = jobs.cancel(args.run_id)
+        if run["status"] in jobs.FINAL_STATES:
+            print(f"run {run['id']} is {run['status']}; nothing left to cancel.")
+        else:
+            print(f"run {run['id']}: cancel requested; queued steps are cancelled and the running step stops within seconds.")
+        return 0
+    if action == "resume":
+        run = jobs.resume(args.run_id)
+        queued = [s for s in run["steps"] if s["status"] == "queued"]
+        print(f"run {run['id']}: {len(queued)} step(s) queued again; {run['counts']['done']} finished step(s) kept." if queued
+              else f"run {run['id']} is {run['status']}; nothing to resume.")
+        return 0
+    if action == "logs":
+        print(jobs.read_log(args.run_id), end="")
+        return 0
+    if action == "delete":
+        jobs.delete(args.run_id)
+        print(f"run {args.run_id} deleted (cached embeddings and evaluations are kept).")
+        return 0
+    return 2
+
+
+def cmd_worker(args) -> int:
+    from engine import worker
+
+    if args.step:
+        try:
+            run_id, idx = (int(x) for x in args.step.split(":"))
+        except ValueError:
+            raise ClinBenchError(f"--step expects RUN:IDX (two whole numbers), not {args.step!r}.") from None
+        return worker.execute_child(run_id, idx)
+    if args.idle_exit < 0:
+        raise ClinBenchError("--idle-exit must be 0 (never) or a number of seconds.")
+    return worker.serve(idle_exit=args.idle_exit)
+
+
+COMMANDS = {"models": cmd_models, "data": cmd_data, "embed": cmd_embed, "evaluate": cmd_evaluate, "submit": cmd_submit,
+            "run": cmd_run, "runs": cmd_runs, "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ClinBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        from engine.jobs import db_path
+
+        print(f"error: the run store {db_path()} could not be used ({exc}). If another program holds it, retry; if the disk "
+              "is full, free space.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept.", file=sys.stderr)

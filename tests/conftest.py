@@ -19,6 +19,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def stop_workers(cache: str | Path) -> None:
+    """Terminate every background worker registered in the run store of `cache` and wait for it."""
+    import sqlite3
+
+    import psutil
+
+    db = Path(cache) / "runs" / "runs.sqlite"
+    if not db.exists():
+        return
+    with sqlite3.connect(db, timeout=30) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM workers")]
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_worker_outlives_the_tests():
+    yield
+    stop_workers(_SESSION_CACHE)
+
+
 def _word_tokenizer(texts: list[str], size: int = 3000):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -65,7 +65,7 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
 def test_cli_help_lists_commands():
     out = cli("--help")
     assert out.returncode == 0
-    for cmd in ("models", "data", "embed", "evaluate", "run"):
+    for cmd in ("models", "data", "embed", "evaluate", "run", "submit", "runs", "worker"):
         assert cmd in out.stdout
 
 

@@ -1,0 +1,246 @@
+"""Background runs with real processes: the CLI submits, a worker process executes, the store records.
+
+Every test gets its own cache folder (so its own run store and workers); workers still
+alive at the end are stopped. Tiny random models keep each step to seconds;
+CLINBENCH_BATCH_DELAY_S slows extraction down so a test can cancel or kill mid-step.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine import experiment, jobs
+from engine.errors import ClinBenchError
+from tests.conftest import ROOT, stop_workers
+
+OPTS = {"max_length": 64, "grid": False, "n_boot": 100}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh cache folder for this test; afterwards every worker registered in it is stopped."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    monkeypatch.delenv("CLINBENCH_BATCH_DELAY_S", raising=False)
+    yield cache
+    stop_workers(cache)
+
+
+def cli(*args, env_extra: dict | None = None, timeout: float = 120):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_spec(path: Path, csv: Path, models: list[str], methods: list[str], **options) -> Path:
+    path.write_text(json.dumps({"name": path.stem, "data": {"path": str(csv), "text_column": "letter", "label_column": "specialty"},
+                                "models": models, "methods": methods, "options": {**OPTS, **options}}))
+    return path
+
+
+def show(run_id: int) -> dict:
+    out = cli("runs", "show", str(run_id), "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_for(predicate, timeout: float = 120, every: float = 0.1, run_id: int | None = None):
+    """Poll `predicate(run)` (the run read in-process) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = jobs.get_run(run_id)
+        got = predicate(run)
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out; run is {json.dumps(jobs.get_run(run_id), indent=1)[:3000]}\nlog:\n{jobs.read_log(run_id)[-3000:]}")
+
+
+def finished(run: dict):
+    return run if run["status"] in jobs.FINAL_STATES else None
+
+
+def submit(spec: Path, env_extra: dict | None = None) -> int:
+    out = cli("submit", str(spec), env_extra=env_extra)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().splitlines()[-1])  # the run id alone on the last line
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Temporary or half-written files anywhere in the cache (atomic writes use .NAME.*.tmp)."""
+    return [str(p) for p in cache.rglob("*") if ".tmp" in p.name]
+
+
+def test_submit_worker_done_with_artifacts(store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "two.json", small_csv, [str(tiny_encoder)], ["svc", "logreg"])
+    run_id = submit(spec)
+    run = wait_for(finished, run_id=run_id)
+    assert run["status"] == "done", run
+    assert [s["status"] for s in run["steps"]] == ["done", "done"]
+    for s in run["steps"]:
+        manifest = json.loads((Path(s["result"]["artifact"]) / "manifest.json").read_text())
+        assert manifest["producer"] == "clinbench" and manifest["method"] == s["method"]
+        assert s["result"]["macro_f1"] == manifest["metrics"]["macro_f1"]
+        assert s["progress"]["done"] == s["progress"]["total"] > 0 and s["started"] and s["finished"] >= s["started"]
+    # the second step reused the first step's embeddings: no forward pass in its process
+    assert run["steps"][0]["result"]["forward_passes"] > 0 and run["steps"][1]["result"]["forward_passes"] == 0
+    listed = json.loads(cli("runs", "--json").stdout)
+    assert [r["id"] for r in listed] == [run_id] and listed[0]["status"] == "done"
+    log = cli("runs", "logs", str(run_id)).stdout
+    assert "step 1/2 started" in log and "step 2/2 done: macro-F1" in log
+    table = cli("runs").stdout
+    assert f"{run_id:4d}  done" in table and "2/2" in table
+
+
+def test_cancel_during_extraction_stops_within_5s_and_keeps_nothing(store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "slow.json", small_csv, [str(tiny_encoder)], ["svc"], batch_tokens=64)
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.2"})
+    run = wait_for(lambda r: r if r["steps"][0]["progress"]["stage"] == "embedding" and r["steps"][0]["progress"]["done"] > 0 else None,
+                   run_id=run_id)
+    shown = show(run_id)  # the CLI's JSON while it runs: the worker's pid is there and alive
+    assert shown["status"] == "running" and jobs.process_alive(shown["worker_pid"])
+    assert shown["steps"][0]["progress"]["total"] == 60
+    t0 = time.monotonic()
+    out = cli("runs", "cancel", str(run_id))
+    assert out.returncode == 0 and "cancel requested" in out.stdout
+    run = wait_for(finished, timeout=10, every=0.05, run_id=run_id)
+    elapsed = time.monotonic() - t0
+    assert run["status"] == "cancelled" and elapsed < 5.0, (run, elapsed)
+    assert "cancelled" in run["steps"][0]["error"].lower()
+    assert not list((store / "embeddings").glob("*.npy")), "a cancelled extraction must not store vectors"
+    assert not (store / "evaluations").exists() or not any((store / "evaluations").iterdir())
+    assert leftovers(store) == []
+
+
+def test_cancel_terminates_a_step_that_does_not_stop(store, tiny_encoder, small_csv, tmp_path):
+    # one batch takes 60 s and the stop flag is only read between batches: the worker must terminate the step's process
+    spec = write_spec(tmp_path / "stuck.json", small_csv, [str(tiny_encoder)], ["svc"], batch_tokens=64)
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "60"})
+    run = wait_for(lambda r: r if r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id)
+    step_pid = run["steps"][0]["step_pid"]
+    assert jobs.process_alive(step_pid)
+    t0 = time.monotonic()
+    jobs.cancel(run_id)
+    run = wait_for(finished, timeout=10, every=0.05, run_id=run_id)
+    assert run["status"] == "cancelled" and time.monotonic() - t0 < 5.0
+    assert "terminated" in run["steps"][0]["error"]
+    assert not jobs.process_alive(step_pid)
+    assert not list((store / "embeddings").glob("*.npy")) and leftovers(store) == []
+
+
+def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_encoder, tiny_decoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "crash.json", small_csv, [str(tiny_encoder), str(tiny_decoder)], ["logreg"], batch_tokens=64)
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.1"})
+    run = wait_for(lambda r: r if r["steps"][1]["status"] == "running" and r["steps"][1]["progress"]["done"] > 0 else None,
+                   run_id=run_id, timeout=180)
+    first = run["steps"][0]
+    assert first["status"] == "done"
+    worker_pid, step_pid = run["worker_pid"], run["steps"][1]["step_pid"]
+    os.kill(worker_pid, signal.SIGKILL)  # like a crash or a power cut: nothing gets to clean up
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.wait_procs([psutil.Process(step_pid)], timeout=5)
+    assert not jobs.process_alive(step_pid), "the step's process must die with its worker"
+
+    run = show(run_id)
+    assert run["status"] == "interrupted" and [s["status"] for s in run["steps"]] == ["done", "interrupted"]
+    assert str(worker_pid) in run["steps"][1]["error"] and run["worker_pid"] is None
+    assert not list((store / "evaluations").glob(".*tmp"))
+
+    out = cli("runs", "resume", str(run_id), env_extra={"CLINBENCH_BATCH_DELAY_S": "0"})
+    assert out.returncode == 0 and "1 step(s) queued again" in out.stdout
+    run = wait_for(finished, run_id=run_id)
+    assert run["status"] == "done"
+    again = run["steps"][0]
+    assert again["attempts"] == 1 and again["finished"] == first["finished"] and again["result"] == first["result"], \
+        "a finished step must not run again"
+    assert run["steps"][1]["attempts"] == 2 and run["steps"][1]["result"]["forward_passes"] > 0
+    assert leftovers(store) == []
+
+    # the same spec again: every step is a cache hit and no forward pass runs
+    rerun = wait_for(finished, run_id=submit(spec))
+    assert rerun["status"] == "done"
+    assert all(s["result"]["cache_hit"] and s["result"]["forward_passes"] == 0 for s in rerun["steps"])
+
+
+def test_failing_step_is_recorded_and_the_next_step_runs(store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "fail.json", small_csv, ["clinbench-test/not-cached", str(tiny_encoder)], ["logreg"])
+    out = cli("run", str(spec), "--json", str(tmp_path / "r.json"))  # `run` queues and follows until the end
+    assert out.returncode == 1, out.stderr
+    assert "FAILED" in out.stdout and "run 1: failed" in out.stdout
+    run = show(1)
+    failed, ok = run["steps"]
+    assert failed["status"] == "failed" and "clinbench-test/not-cached" in failed["error"] and "\n" not in failed["error"]
+    assert ok["status"] == "done" and ok["result"]["macro_f1"] > 0
+    assert "Traceback" in cli("runs", "logs", "1").stdout  # the traceback goes to the log, not to the user's message
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results[0]["status"] == "failed" and "macro_f1" in results[1]
+
+
+def test_two_processes_submitting_at_once(store, tiny_encoder, small_csv, tmp_path):
+    spec_a = write_spec(tmp_path / "a.json", small_csv, [str(tiny_encoder)], ["svc"])
+    spec_b = write_spec(tmp_path / "b.json", small_csv, [str(tiny_encoder)], ["logreg"])
+    procs = [subprocess.Popen([sys.executable, "-m", "engine", "submit", str(s)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             for s in (spec_a, spec_b)]
+    ids = sorted(int(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs)
+    assert ids == [1, 2]
+    for run_id in ids:
+        assert wait_for(finished, run_id=run_id)["status"] == "done"
+    with sqlite3.connect(store / "runs" / "runs.sqlite") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT COUNT(*), SUM(status = 'done'), SUM(attempts) FROM steps").fetchone() == (2, 2, 2)
+    assert len(jobs.workers()) <= 1  # the default cap: one worker at a time
+
+
+def test_store_actions_and_clear_errors(store, small_csv, tmp_path, tiny_encoder):
+    spec = experiment.parse_spec({"data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+                                  "models": [str(tiny_encoder)], "methods": ["svc", "logreg"], "options": OPTS})
+    run_id = jobs.submit(spec, start_worker=False)
+    assert jobs.get_run(run_id)["status"] == "queued"
+    with pytest.raises(ClinBenchError, match="cancel it first"):
+        jobs.delete(run_id)
+    run = jobs.cancel(run_id)
+    assert run["status"] == "cancelled" and {s["status"] for s in run["steps"]} == {"cancelled"}
+    run = jobs.resume(run_id, start_worker=False)
+    assert [s["status"] for s in run["steps"]] == ["queued", "queued"] and not run["cancel_requested"]
+    jobs.cancel(run_id)
+    jobs.delete(run_id)
+    assert jobs.list_runs() == []
+
+    out = cli("runs", "show", "42")
+    assert out.returncode == 2 and "There is no run 42" in out.stderr
+    bad = write_spec(tmp_path / "bad.json", small_csv, [str(tiny_encoder)], ["svc"])
+    bad.write_text(bad.read_text().replace('"letter"', '"body"'))
+    out = cli("submit", str(bad))
+    assert out.returncode == 2 and "'body' not found" in out.stderr
+    assert jobs.list_runs() == [], "a rejected spec queues nothing"
+    out = cli("submit", str(write_spec(tmp_path / "m.json", small_csv, ["no-such-model"], ["svc"])))
+    assert out.returncode == 2 and "Unknown model 'no-such-model'" in out.stderr
+
+
+def test_newer_schema_is_refused(store):
+    jobs.list_runs()
+    with sqlite3.connect(store / "runs" / "runs.sqlite") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(ClinBenchError, match="newer ClinBench"):
+        jobs.list_runs()
+
+
+def test_data_changed_after_submission_fails_the_step(store, tiny_encoder, small_csv, tmp_path):
+    spec = experiment.parse_spec({"data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+                                  "models": [str(tiny_encoder)], "methods": ["svc"], "options": OPTS})
+    run_id = jobs.submit(spec, start_worker=False)
+    small_csv.write_text(small_csv.read_text().replace("patient", "person"))
+    jobs.ensure_worker()
+    run = wait_for(finished, run_id=run_id)
+    assert run["status"] == "failed" and "changed after this run was submitted" in run["steps"][0]["error"]
