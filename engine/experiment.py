@@ -98,9 +98,9 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
     for m in methods_:
         if m not in methods.ALL_METHODS:
             raise SpecError(f"{where}: unknown method {m!r}. Methods: {', '.join(methods.ALL_METHODS)}.")
-        if m not in methods.EMBEDDING_METHODS:
+        if m not in runnable_methods():
             raise SpecError(f"{where}: method {m!r} (fine-tuning stage) is not available in this version yet; "
-                            f"available now: {', '.join(methods.EMBEDDING_METHODS)}.")
+                            f"available now: {', '.join(runnable_methods())}.")
     options = dict(DEFAULT_OPTIONS)
     for key, value in (obj.get("options") or {}).items():
         if key not in OPTION_TYPES:
@@ -198,7 +198,7 @@ def evaluate_step(dataset: data_mod.Dataset, model: str, method: str, options: d
     classes, score_matrix, score_kind = methods.scores(fitted.estimator, X[split.test])
     manifest = {
         "kind": "evaluation", "key": key, "model": estats_model_identity(entry.name, estats), "method": method,
-        "method_title": METHOD_TITLES[method], "config": {**opts, "classifier": cfg.to_dict()},
+        "method_title": METHOD_TITLES[method], "stage": "frozen", "config": {**opts, "classifier": cfg.to_dict()},
         "data": {"source": dataset.source, "text_column": dataset.text_column, "label_column": dataset.label_column,
                  "n_letters": len(dataset), "data_hash": dataset.data_hash, "text_hash": dataset.text_hash, "classes": dataset.classes},
         "split": {"seed": split.seed, "test_size": split.test_size, "n_train": int(len(split.train)), "n_test": int(len(split.test)),
@@ -242,6 +242,11 @@ def result_summary(res: StepResult) -> dict:
 
 # The step function of each method: (dataset, model, method, options, progress=, should_stop=) -> StepResult.
 STEP_FUNCTIONS: dict[str, Callable[..., StepResult]] = {m: evaluate_step for m in methods.EMBEDDING_METHODS}
+
+
+def runnable_methods() -> list[str]:
+    """The methods a spec may name in this version (what the dashboard offers), in display order."""
+    return list(STEP_FUNCTIONS)
 
 
 def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, progress: features.Progress | None = None,
