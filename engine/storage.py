@@ -194,8 +194,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 # --- artifacts ---------------------------------------------------------------
 
 def seal_artifact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write manifest.json into `directory`, listing the sha256 of every other file there."""
-    files = {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST}
+    """Write manifest.json into `directory`, listing the sha256 of every other file in it (subfolders too, by relative path)."""
+    root = Path(directory)
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
     full = {"producer": PRODUCER, "schema": MANIFEST_SCHEMA, **manifest, "files": files}
     atomic_write_json(Path(directory) / MANIFEST, full)
     return full
