@@ -82,18 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also save the vectors to this .npy file")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
 
-    p = sub.add_parser("evaluate", help="embeddings -> SVC/logreg -> metrics on the test split",
-                       description="Embed, fit the classifier on the training split (hyper-parameters chosen by CV inside it), "
-                                   "score the test split once, print the metrics and store the artifact.")
+    p = sub.add_parser("evaluate", help="one model x method in this process -> metrics on the test split",
+                       description="svc/logreg: embed, fit the classifier on the training split (hyper-parameters chosen by CV "
+                                   "inside it). linear-probe/lora: train the model's classification head (and LoRA adapters), "
+                                   "choosing the epoch on a validation split carved from the training split. lora-svc: LoRA-tuned "
+                                   "embeddings -> SVC. domain-adapt: LoRA on the language-model objective, perplexity before/after. "
+                                   "The test split is scored once; the artifact is stored.")
     _data_args(p)
     _embed_args(p)
-    p.add_argument("--method", default="svc", help="svc or logreg (default: svc)")
+    p.add_argument("--method", default="svc", help="svc, logreg, linear-probe, lora, lora-svc or domain-adapt (default: svc)")
     p.add_argument("--no-smote", action="store_true", help="do not oversample minority labels with SMOTE")
     p.add_argument("--class-weight", choices=["balanced"], default=None, help="weight classes inversely to their frequency")
     p.add_argument("--no-grid", action="store_true", help="skip the hyper-parameter search (use C=1, RBF kernel)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, SMOTE and the search (default: 0)")
     p.add_argument("--test-size", type=float, default=0.2, help="fraction of letters held out for the test (default: 0.2)")
     p.add_argument("--cv-repeats", type=int, default=0, help="also run N x repeated stratified 5-fold CV (mean ± sd); 0 = off")
+    ft = p.add_argument_group("fine-tuning (linear-probe, lora, lora-svc, domain-adapt)")
+    ft.add_argument("--epochs", type=int, default=None, help="most epochs (default: 8 probe, 4 LoRA, 2 domain-adapt; early stopping)")
+    ft.add_argument("--learning-rate", type=float, default=None, help="default: 1e-2 probe, 5e-4 LoRA (head 10x), 3e-4 domain-adapt")
+    ft.add_argument("--batch-size", type=int, default=8, help="letters per batch (default: 8)")
+    ft.add_argument("--grad-accum", type=int, default=1, help="batches per optimiser step (default: 1)")
+    ft.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps with a rising learning rate (default: 0.1)")
+    ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    ft.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default: 16)")
+    ft.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default: 0.1)")
+    ft.add_argument("--target-modules", default=None, help="comma-separated LoRA targets (default: by architecture, e.g. query,value)")
+    ft.add_argument("--no-class-weighted-loss", action="store_true", help="plain cross-entropy instead of class-weighted")
+    ft.add_argument("--patience", type=int, default=2, help="epochs without a better validation score before stopping (default: 2)")
+    ft.add_argument("--val-size", type=float, default=0.15, help="fraction of the training split used for validation (default: 0.15)")
     p.add_argument("--json", type=Path, dest="json_out", help="write the metrics (macro_f1, macro_f1_ci, per_class, confusion_matrix, ...) here")
 
     p = sub.add_parser("submit", help="queue an experiment spec as a background run; prints the run id last",
@@ -212,10 +228,23 @@ def cmd_evaluate(args) -> int:
 
     ds = _load(args)
     opts = {"pooling": args.pooling, "max_length": args.max_length, "smote": not args.no_smote, "class_weight": args.class_weight,
-            "grid": not args.no_grid, "seed": args.seed, "test_size": args.test_size, "cv_repeats": args.cv_repeats}
-    experiment.parse_spec({"models": [args.model], "methods": [args.method], "options": opts}, where="--method/options")
-    res = experiment.evaluate_step(ds, args.model, args.method, opts, progress=_progress_factory())
-    _print_metrics(f"{args.model} · {experiment.METHOD_TITLES[args.method]}" + (" (cached)" if res.cache_hit else ""), res.metrics)
+            "grid": not args.no_grid, "seed": args.seed, "test_size": args.test_size, "cv_repeats": args.cv_repeats,
+            "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "warmup_ratio": args.warmup_ratio, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
+            "target_modules": [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None,
+            "class_weighted_loss": not args.no_class_weighted_loss, "patience": args.patience, "val_size": args.val_size}
+    spec = experiment.parse_spec({"models": [args.model], "methods": [args.method], "options": opts}, where="--method/options")
+    res = experiment.execute(spec, spec.steps()[0], dataset=ds, progress=_progress_factory())
+    title = f"{args.model} · {experiment.METHOD_TITLES[args.method]}" + (" (cached)" if res.cache_hit else "")
+    if "macro_f1" in res.metrics:
+        _print_metrics(title, res.metrics)
+    else:
+        m = res.metrics
+        print(f"\n{title}\n  perplexity on the test letters: {m['perplexity_before']:.2f} before, {m['perplexity_after']:.2f} after"
+              f"\n  adapted model (usable with --model): {m['adapted_model']}")
+    if res.manifest.get("training"):
+        tr = res.manifest["training"]
+        print(f"  training: best epoch {tr['best_epoch']} of {tr['epochs_run']} run" + (" (stopped early)" if tr.get("stopped_early") else ""))
     print(f"\nartifact: {res.artifact}")
     if args.json_out:
         from engine.storage import atomic_write_json
@@ -234,9 +263,11 @@ def _fmt_s(seconds: float | None) -> str:
 
 def _step_line(s: dict) -> str:
     p, r = s["progress"], s["result"]
-    if s["status"] == "done" and r:
+    if s["status"] == "done" and r and "macro_f1" in r:
         lo, hi = r["macro_f1_ci"]
         detail = f"macro-F1 {r['macro_f1']:.3f} ({lo:.3f}-{hi:.3f})" + ("  cached" if r.get("cache_hit") else "")
+    elif s["status"] == "done" and r and "perplexity_after" in r:
+        detail = f"perplexity {r['perplexity_before']:.1f} -> {r['perplexity_after']:.1f}; model {r['adapted_model']}"
     elif s["status"] == "running":
         detail = f"{p['stage']} {p['done']}/{p['total']}" if p["total"] else p["stage"]
         if p["rate"]:
@@ -294,14 +325,17 @@ def _follow(run_id: int) -> dict:
 
 
 def _print_results_table(run: dict) -> None:
-    print(f"\n{'model':14s} {'method':8s} {'macro-F1':>8s}  {'95% CI':13s}  note")
+    print(f"\n{'model':14s} {'method':12s} {'macro-F1':>8s}  {'95% CI':13s}  note")
     for s in run["steps"]:
         r = s["result"]
-        if s["status"] == "done" and r:
+        if s["status"] == "done" and r and "macro_f1" in r:
             lo, hi = r["macro_f1_ci"]
-            print(f"{s['model'][:14]:14s} {s['method']:8s} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
+            print(f"{s['model'][:14]:14s} {s['method']:12s} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
+        elif s["status"] == "done" and r:
+            print(f"{s['model'][:14]:14s} {s['method']:12s} {'-':>8s}  {'':13s}  perplexity {r['perplexity_before']:.1f} -> "
+                  f"{r['perplexity_after']:.1f}, model {r['adapted_model']}")
         else:
-            print(f"{s['model'][:14]:14s} {s['method']:8s} {'-':>8s}  {'':13s}  {s['status'].upper()}: {s['error'] or ''}")
+            print(f"{s['model'][:14]:14s} {s['method']:12s} {'-':>8s}  {'':13s}  {s['status'].upper()}: {s['error'] or ''}")
 
 
 def cmd_run(args) -> int:
