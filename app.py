@@ -1,21 +1,25 @@
-"""ClinBench dashboard (home page). Thin: every number comes from the engine.
+"""ClinBench dashboard: the home page. Thin: every number comes from the engine.
 
-Serve with `.venv/bin/streamlit run app.py` (binds 127.0.0.1; no usage statistics).
+Serve with `.venv/bin/streamlit run app.py` (binds 127.0.0.1; no usage statistics). The other
+pages are in pages/ (Data, Models, Runs, Embeddings, Compare, Classify, Export); shared UI
+helpers are in ui/.
 """
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from engine import data, models
+from engine import data, experiment, jobs, models, projection
 from engine.devices import choose
+from engine.errors import ClinBenchError
+from ui import common
 
-st.set_page_config(page_title="ClinBench", layout="wide")
-st.title("ClinBench")
+common.page("ClinBench")
+projection.start_warm_up()  # compiles UMAP in the background, so the first map on the Embeddings page is quick
 st.write(
-    "ClinBench tells you which language model classifies your clinical letters best: it embeds labelled letters with "
-    "each model, trains classifiers on a training split and scores them on held-out letters, all on this machine — "
-    "no letter leaves it."
+    "ClinBench tells you which language model classifies your labelled clinical letters best: it embeds the letters with "
+    "each model, trains classifiers on a training split and scores them on held-out letters, with confidence intervals. "
+    "Everything runs on this machine — no letter leaves it."
 )
 
 
@@ -39,6 +43,15 @@ with right:
                            "offline": "yes" if r["offline"] else "no", "why": r["reason"]} for r in rows])
     st.dataframe(table, hide_index=True, width="stretch")
 
-st.info("Run a comparison from the terminal: `.venv/bin/python -m engine run SPEC` or "
-        "`.venv/bin/python -m engine evaluate --data default --model minilm`. The full dashboard (runs, maps, comparison, "
-        "live classification, export) is being built.")
+st.subheader("Run the default comparison")
+spec = common.default_comparison()
+st.write(f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
+         "It runs in the background; follow it on the **Runs** page.")
+if st.button("Run the default comparison", type="primary"):
+    try:
+        run_id = jobs.submit(experiment.parse_spec(spec))
+        st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
+        st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}", icon=":material/play_circle:")
+    except ClinBenchError as exc:
+        common.error(exc, "The default comparison could not be queued")
+common.worker_status()
