@@ -44,7 +44,7 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the test lette
     if "baseline_macro_f1" in t and t["baseline_macro_f1"].notna().any():
         base = float(t["baseline_macro_f1"].dropna().iloc[0])
         fig.add_vline(x=base, line_dash="dash", line_color="#888", annotation_text=f"majority baseline {base:.2f}",
-                      annotation_position="top right")
+                      annotation_position="bottom right")
     fig.update_xaxes(title="macro-F1 (test split)", range=[0, 1.05])
     fig.update_yaxes(title="model · method", automargin=True, categoryorder="array", categoryarray=list(t["evaluation"]))
     fig.update_layout(barmode="overlay", legend_title_text="method")

@@ -22,7 +22,7 @@ def default_comparison() -> dict:
 
 
 def page(title: str, intro: str | None = None) -> None:
-    st.set_page_config(page_title=f"{title} · ClinBench", layout="wide")
+    st.set_page_config(page_title=title if title == "ClinBench" else f"{title} · ClinBench", layout="wide")
     st.title(title)
     if intro:
         st.caption(intro)
@@ -56,10 +56,10 @@ def chart(fig, name: str, key: str, downloads: bool = True, **plotly_kwargs):
     if downloads:
         stem = export.slug(name)
         no_browser = export.browser_path() is None
-        cols = st.columns([1, 1, 1, 6])
-        for col, fmt in zip(cols, ("png", "svg", "html")):
-            col.download_button(fmt.upper(), data=_render(fig, fmt), file_name=f"{stem}.{fmt}", mime=export.FORMATS[fmt],
-                                key=f"dl-{key}-{fmt}", on_click="ignore", icon=":material/download:",
+        row = st.container(horizontal=True)
+        for fmt in ("png", "svg", "html"):
+            row.download_button(f"{fmt.upper()} ⬇", data=_render(fig, fmt), file_name=f"{stem}.{fmt}", mime=export.FORMATS[fmt],
+                                key=f"dl-{key}-{fmt}", on_click="ignore",
                                 disabled=no_browser and fmt != "html",
                                 help="needs Chromium (run scripts/setup.sh)" if no_browser and fmt != "html" else None)
     return value
