@@ -37,7 +37,7 @@ with st.form("new-run"):
     seed = c4.number_input("Seed", 0, 1_000_000, int(d["seed"]))
     c1, c2, c3 = st.columns(3)
     smote = c1.toggle("SMOTE (oversample rare labels)", d["smote"])
-    grid = c2.toggle("Grid search (C, kernel) inside the training split", d["grid"])
+    grid = c2.toggle("Grid search (in training split)", d["grid"], help="Choose C (and the SVC kernel) by cross-validation inside the training split.")
     balanced = c3.toggle("Balanced class weights", d["class_weight"] == "balanced")
     submitted = st.form_submit_button("Start run", type="primary")
 

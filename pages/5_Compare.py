@@ -41,7 +41,7 @@ if sig is not None and len(sig):
     for _, r in sig.iterrows():
         verdict = "**significant**" if r["significant"] else "not significant"
         st.markdown(f"- {r['best']} vs {r['other']}: difference {r['difference']:+.3f} (95% CI {r['diff_ci_low']:+.3f} to "
-                    f"{r['diff_ci_high']:+.3f}), p = {r['p_holm']:.3g} (Holm), McNemar p = {r['p_mcnemar']:.3g} — {verdict} at 0.05.")
+                    f"{r['diff_ci_high']:+.3f}, unadjusted), p = {r['p_holm']:.3g} (Holm), McNemar p = {r['p_mcnemar']:.3g} — {verdict} at 0.05.")
     common.table(sig.round(4), "significance of the top models", "sig")
 elif sig is not None:
     st.caption("Needs at least two evaluations on the same test split.")

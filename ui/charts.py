@@ -17,7 +17,7 @@ FONT = dict(family="Arial, Helvetica, sans-serif", size=13)
 
 def _layout(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left"), font=FONT, template="plotly_white",
-                      margin=dict(l=10, r=20, t=60, b=10), height=height)
+                      margin=dict(l=20, r=20, t=60, b=20), height=height)
     return fig
 
 
@@ -46,7 +46,8 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the test lette
         fig.add_vline(x=base, line_dash="dash", line_color="#888", annotation_text=f"majority baseline {base:.2f}",
                       annotation_position="bottom right")
     fig.update_xaxes(title="macro-F1 (test split)", range=[0, 1.05])
-    fig.update_yaxes(title="model · method", automargin=True, categoryorder="array", categoryarray=list(t["evaluation"]))
+    fig.update_yaxes(title=dict(text="model · method", standoff=14), ticksuffix=" ", automargin=True, categoryorder="array",
+                     categoryarray=list(t["evaluation"]))
     fig.update_layout(barmode="overlay", legend_title_text="method")
     return _layout(fig, title, height=max(320, 90 + 42 * len(t)))
 
@@ -57,7 +58,7 @@ def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = 
                                text=np.round(pivot.values, 2), texttemplate="%{text}", colorbar=dict(title=metric.upper()),
                                hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>"))
     fig.update_xaxes(title="label", automargin=True)
-    fig.update_yaxes(title="model · method", automargin=True)
+    fig.update_yaxes(title=dict(text="model · method", standoff=14), ticksuffix=" ", automargin=True)
     return _layout(fig, title, height=max(300, 140 + 40 * len(pivot)))
 
 
