@@ -1,22 +1,23 @@
-"""ClinBench dashboard (home page). Thin: every number comes from the engine.
+"""ClinBench dashboard: the home page. Thin: every number comes from the engine.
 
-Serve with `.venv/bin/streamlit run app.py` (binds 127.0.0.1; no usage statistics).
+Serve with `.venv/bin/streamlit run app.py` (binds 127.0.0.1; no usage statistics). This file
+is the router (st.navigation) and the home page; the other pages are in pages/ (Data, Models,
+Runs, Embeddings, Compare, Classify, Export), each reachable at /<Name>; shared UI helpers are in ui/.
 """
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from engine import data, models
+from engine import data, experiment, jobs, models, projection
 from engine.devices import choose
+from engine.errors import ClinBenchError
+from ui import common
 
-st.set_page_config(page_title="ClinBench", layout="wide")
-st.title("ClinBench")
-st.write(
-    "ClinBench tells you which language model classifies your clinical letters best: it embeds labelled letters with "
-    "each model, trains classifiers on a training split and scores them on held-out letters, all on this machine — "
-    "no letter leaves it."
-)
+PAGES = [("1_Data.py", "Data", ":material/table:"), ("2_Models.py", "Models", ":material/memory:"),
+         ("3_Runs.py", "Runs", ":material/play_circle:"), ("4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
+         ("5_Compare.py", "Compare", ":material/leaderboard:"), ("6_Classify.py", "Classify", ":material/description:"),
+         ("7_Export.py", "Export", ":material/download:")]
 
 
 @st.cache_data(show_spinner=False)
@@ -25,20 +26,43 @@ def _default_summary() -> tuple[int, dict, str]:
     return len(ds), dict(pd.Series(ds.labels).value_counts().sort_index()), ds.data_hash[:12]
 
 
-left, right = st.columns([2, 3])
-with left:
-    st.subheader("Default dataset")
-    n, counts, h = _default_summary()
-    st.write(f"**{n} MTSamples letters** (CC0) from five specialties; text = the transcription only. Hash `{h}`.")
-    st.dataframe(pd.DataFrame({"label": list(counts), "letters": list(counts.values())}), hide_index=True, width="stretch")
-with right:
-    st.subheader("Models")
-    st.caption(f"Device: {choose().describe()}")
-    rows = [models.describe(e) for e in models.registry()]
-    table = pd.DataFrame([{"name": r["name"], "kind": r["kind"], "parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
-                           "offline": "yes" if r["offline"] else "no", "why": r["reason"]} for r in rows])
-    st.dataframe(table, hide_index=True, width="stretch")
+def home() -> None:
+    common.page("ClinBench")
+    projection.start_warm_up()  # compiles UMAP in the background, so the first map on the Embeddings page is quick
+    st.write(
+        "ClinBench tells you which language model classifies your labelled clinical letters best: it embeds the letters with "
+        "each model, trains classifiers on a training split and scores them on held-out letters, with confidence intervals. "
+        "Everything runs on this machine — no letter leaves it."
+    )
 
-st.info("Run a comparison from the terminal: `.venv/bin/python -m engine run SPEC` or "
-        "`.venv/bin/python -m engine evaluate --data default --model minilm`. The full dashboard (runs, maps, comparison, "
-        "live classification, export) is being built.")
+    left, right = st.columns([2, 3])
+    with left:
+        st.subheader("Default dataset")
+        n, counts, h = _default_summary()
+        st.write(f"**{n} MTSamples letters** (CC0) from five specialties; text = the transcription only. Hash `{h}`.")
+        st.dataframe(pd.DataFrame({"label": list(counts), "letters": list(counts.values())}), hide_index=True, width="stretch")
+    with right:
+        st.subheader("Models")
+        st.caption(f"Device: {choose().describe()}")
+        rows = [models.describe(e) for e in models.registry()]
+        table = pd.DataFrame([{"name": r["name"], "kind": r["kind"], "parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
+                               "offline": "yes" if r["offline"] else "no", "why": r["reason"]} for r in rows])
+        st.dataframe(table, hide_index=True, width="stretch")
+
+    st.subheader("Run the default comparison")
+    spec = common.default_comparison()
+    st.write(f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
+             "It runs in the background; follow it on the **Runs** page.")
+    if st.button("Run the default comparison", type="primary"):
+        try:
+            run_id = jobs.submit(experiment.parse_spec(spec))
+            st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
+            st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}", icon=":material/play_circle:")
+        except ClinBenchError as exc:
+            common.error(exc, "The default comparison could not be queued")
+    common.worker_status()
+
+
+nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)] +
+                   [st.Page(f"pages/{f}", title=t, icon=i, url_path=t) for f, t, i in PAGES])
+nav.run()

@@ -80,3 +80,55 @@ def repeated_cv(X: np.ndarray, y, cfg, n_splits: int = 5, n_repeats: int = 3) ->
         scores.append(float(f1))
     return {"n_splits": n_splits, "n_repeats": n_repeats, "scores": scores,
             "mean": float(np.mean(scores)), "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0}
+
+
+def paired_macro_f1_test(y_true, pred_a, pred_b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Is classifier A's macro-F1 different from B's on the *same* test letters?
+
+    Paired bootstrap: resample test letters with replacement (the same resample for both
+    classifiers), giving the distribution of the difference F1(A) - F1(B); its percentile CI,
+    and a two-sided p-value from the shifted distribution (how often a resampled difference
+    lies at least as far from the observed one as the observed one lies from 0). McNemar's
+    exact test on the letters exactly one of the two got right is added as a second opinion.
+    """
+    from scipy.stats import binomtest
+
+    y_true, pred_a, pred_b = ([str(v) for v in x] for x in (y_true, pred_a, pred_b))
+    if not (len(y_true) == len(pred_a) == len(pred_b)) or not y_true:
+        raise ValueError("paired test: truth and both predictions must cover the same, non-empty list of test letters")
+    labels = sorted(set(y_true) | set(pred_a) | set(pred_b))
+    index = {lab: i for i, lab in enumerate(labels)}
+    t = np.array([index[v] for v in y_true])
+    a = np.array([index[v] for v in pred_a])
+    b = np.array([index[v] for v in pred_b])
+    k, n = len(labels), len(t)
+
+    def f1(idx, p):
+        return _macro_f1_from_confusion(np.bincount(t[idx] * k + p[idx], minlength=k * k).reshape(k, k))
+
+    everything = np.arange(n)
+    observed = f1(everything, a) - f1(everything, b)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, n)
+        diffs[i] = f1(idx, a) - f1(idx, b)
+    alpha = (1 - level) / 2
+    p_boot = (1 + np.sum(np.abs(diffs - observed) >= abs(observed) - 1e-12)) / (n_boot + 1)
+    a_right, b_right = a == t, b == t
+    only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
+    p_mcnemar = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return {"n_test": n, "diff": float(observed), "diff_ci": [float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))],
+            "p_bootstrap": float(min(1.0, p_boot)), "n_boot": n_boot, "only_a_right": only_a, "only_b_right": only_b,
+            "p_mcnemar": p_mcnemar}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given), for several comparisons at once."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

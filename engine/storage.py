@@ -9,6 +9,9 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     runs/runs.sqlite             the run store (SQLite, WAL): runs, their steps, live workers (engine.jobs)
     runs/run-<id>.log            what happened in one run: step starts and ends, warnings, tracebacks
     runs/worker.log              what the background workers printed
+    datasets/files/<sha16>-<name> letters files uploaded in the dashboard (engine.datasets)
+    datasets/<id>.json           a saved dataset: its file and the text/label columns to read
+    projections/<key>.npy        2-D UMAP coordinates of one embeddings file (+ <key>.json: parameters, source hash)
     hashes.json                  memo of weight-file hashes keyed by (path, size, mtime)
 
 Every file is written to a temporary name beside its destination and renamed when
@@ -51,6 +54,14 @@ def evaluations_dir() -> Path:
 
 def runs_dir() -> Path:
     return _sub("runs")
+
+
+def datasets_dir() -> Path:
+    return _sub("datasets")
+
+
+def projections_dir() -> Path:
+    return _sub("projections")
 
 
 def _sub(name: str) -> Path:

@@ -16,5 +16,16 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "${1:-}" = "--dev" ]; then
     "${PIP[@]}" -r requirements-dev.txt
 fi
+# Chromium: kaleido renders PNG/SVG exports with it, and the browser tests drive it (Playwright).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${BROWSER_PATH:-}" ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+        echo "Installing chromium (Debian package) for chart export and browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "NOTE: chromium is not installed and cannot be installed here (needs apt-get as root)." >&2
+        echo "      PNG/SVG chart export and the browser tests need it: sudo apt-get install chromium," >&2
+        echo "      or set BROWSER_PATH to a Chrome/Chromium executable. Everything else works without it." >&2
+    fi
+fi
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "ClinBench environment ready in .venv/"

@@ -1,13 +1,56 @@
-"""Smoke test of the dashboard's home page with Streamlit's AppTest (no browser)."""
+"""AppTest smoke tests of every dashboard page (no browser): each renders without an exception,
+shows what it should for an empty cache and for a cache with real stored evaluations (tiny model),
+and turns bad input into st.error."""
 from __future__ import annotations
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from engine import experiment
 from tests.conftest import ROOT
 
+PAGES = ["1_Data.py", "2_Models.py", "3_Runs.py", "4_Embeddings.py", "5_Compare.py", "6_Classify.py", "7_Export.py"]
 
-def test_home_page_shows_default_dataset_and_models():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / ("app.py" if name == "app.py" else f"pages/{name}")), default_timeout=180)
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, tiny_encoder, default_ds):
+    """A cache holding two evaluations (svc, logreg) of the tiny encoder on 60 real letters."""
+    import os
+
+    from tests.conftest import write_csv
+
+    cache = tmp_path_factory.mktemp("app-cache")
+    old = os.environ.get("CLINBENCH_CACHE")
+    os.environ["CLINBENCH_CACHE"] = str(cache)
+    per: dict = {}
+    rows = []
+    for t, lab in zip(default_ds.texts, default_ds.labels):
+        if per.get(lab, 0) < 12:
+            per[lab] = per.get(lab, 0) + 1
+            rows.append({"letter": t, "specialty": lab})
+    csv = write_csv(cache.parent / "letters.csv", rows)
+    ds = experiment.DataSpec(str(csv), "letter", "specialty").load()
+    for m in ("svc", "logreg"):
+        experiment.evaluate_step(ds, str(tiny_encoder), m, {"max_length": 64, "grid": False, "n_boot": 100})
+    yield cache, ds
+    if old is None:
+        os.environ.pop("CLINBENCH_CACHE", None)
+    else:
+        os.environ["CLINBENCH_CACHE"] = old
+
+
+def test_home_page_shows_default_dataset_models_and_the_run_button(empty_cache):
+    at = page("app.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "ClinBench"
     text = " ".join(m.value for m in at.markdown)
@@ -15,3 +58,71 @@ def test_home_page_shows_default_dataset_and_models():
     models_table = at.dataframe[1].value
     assert list(models_table["name"])[:2] == ["minilm", "smollm2"]
     assert models_table.set_index("name").loc["minilm", "offline"] == "yes"
+    assert any(b.label == "Run the default comparison" for b in at.button)
+    assert any("Workers" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_on_an_empty_cache(empty_cache, name):
+    at = page(name).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_models_page_explains_unknown_and_missing_models(empty_cache, tiny_decoder):
+    at = page("2_Models.py").run()
+    names = list(at.dataframe[0].value["name"])
+    assert names[:2] == ["minilm", "smollm2"] and {"biogpt", "biomedlm", "pmc-llama", "biobert", "clinicalbert"} <= set(names)
+    at.text_input[0].set_value("not a model").run()
+    assert at.error and "Unknown model 'not a model'" in at.error[0].value
+    at.text_input[0].set_value(str(tiny_decoder)).run()
+    row = at.dataframe[1].value.iloc[0]
+    assert row["kind"] == "decoder" and row["available offline"] == "yes"
+
+
+def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeypatch):
+    from engine import jobs
+
+    monkeypatch.setattr(jobs, "ensure_worker", lambda: None)  # queue only; no worker process in this test
+    at = page("3_Runs.py").run()
+    at.text_input[1].set_value("no-such-org/no/model")  # "More models" (a form: values go in with the submit)
+    at.button[0].click().run()
+    assert at.error and "No folder at no-such-org/no/model" in at.error[0].value
+    assert jobs.list_runs() == []  # nothing queued
+    at.text_input[1].set_value("")
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    (run,) = jobs.list_runs()
+    assert run["status"] == "queued" and run["spec"]["models"] == ["minilm"]
+    assert any("Run 1" in m.value for m in at.markdown)
+
+
+def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypatch):
+    cache, ds = stored
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    at = page("5_Compare.py").run()
+    assert not at.exception and not at.error
+    comp = at.dataframe[0].value
+    assert len(comp) == 2 and comp["macro_f1"].between(0, 1).all()
+    assert any("vs" in m.value and "p =" in m.value for m in at.markdown)  # the significance verdict
+
+    at = page("6_Classify.py").run()
+    at.button[0].click().run()  # load a test letter
+    letter = at.text_area[0].value
+    assert letter in ds.texts
+    at.button[1].click().run()  # classify
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    answers = at.dataframe[0].value
+    assert len(answers) == 2 and set(answers["label"]) <= set(ds.classes)
+    at.text_area[0].set_value("   ").run()
+    at.button[1].click().run()
+    assert at.error and "empty" in at.error[0].value
+
+    at = page("7_Export.py").run()
+    assert not at.exception and not at.error
+    at.button[0].click().run()  # build the report
+    assert not at.error
+
+    at = page("4_Embeddings.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(list((cache / "projections").glob("*.npy"))) == 1

@@ -1,0 +1,101 @@
+"""Exports for papers and meetings: a plotly figure as PNG, SVG or standalone HTML, a table as
+CSV, and a report (zip) bundling a comparison's figures and tables.
+
+PNG and SVG are rendered by kaleido (v1), which drives a local Chrome/Chromium: it finds
+`chromium` on PATH (Debian's package, installed by scripts/setup.sh), or the executable named
+by BROWSER_PATH. HTML embeds plotly.js, so it opens offline and fetches nothing.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import warnings
+import zipfile
+
+FORMATS = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}
+EXPORT_WIDTH, EXPORT_HEIGHT, PNG_SCALE = 1100, 650, 2
+_KALEIDO_LOCK = threading.Lock()  # one render at a time: each starts a browser; 2 cores do not gain from more
+
+
+class ExportError(RuntimeError):
+    """A chart could not be rendered (usually: no Chrome/Chromium for kaleido)."""
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "chart"
+
+
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def browser_path() -> str | None:
+    """The Chrome/Chromium kaleido will use: $BROWSER_PATH, else the first of BROWSER_NAMES on PATH; None when there is none."""
+    import os
+    import shutil
+
+    env = os.environ.get("BROWSER_PATH")
+    if env:
+        return env if os.path.exists(env) else None
+    return next((p for p in map(shutil.which, BROWSER_NAMES) if p), None)
+
+
+def figure_bytes(fig, fmt: str) -> bytes:
+    """The figure as PNG (2x scale), SVG or standalone HTML."""
+    if fmt == "html":
+        return fig.to_html(include_plotlyjs=True, full_html=True).encode()
+    if fmt not in ("png", "svg"):
+        raise ValueError(f"unknown format {fmt!r}; use png, svg or html")
+    try:
+        with _KALEIDO_LOCK:
+            _start_renderer()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # plotly warns that kaleido options are ignored with a running server
+                return fig.to_image(format=fmt, width=fig.layout.width or EXPORT_WIDTH, height=fig.layout.height or EXPORT_HEIGHT,
+                                scale=PNG_SCALE if fmt == "png" else 1)
+    except Exception as exc:  # kaleido raises several kinds when no browser is found or it crashes
+        raise ExportError(f"Rendering the chart as {fmt.upper()} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+                          "PNG/SVG export needs Chromium: run scripts/setup.sh (it installs the Debian package 'chromium'), or set "
+                          "BROWSER_PATH to a Chrome/Chromium executable. HTML export works without it.") from None
+
+
+_RENDERER = {"started": False}
+
+
+def _start_renderer() -> None:
+    """Keep one headless browser for all renders (the first render pays ~2 s to start it; later ones ~0.2 s)."""
+    if _RENDERER["started"]:
+        return
+    import atexit
+    import warnings
+
+    import kaleido
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kaleido.start_sync_server(silence_warnings=True)
+    _RENDERER["started"] = True
+    atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+
+
+def table_csv(df) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def report_zip(figures: dict, tables: dict, info: dict | None = None, formats=("png", "svg", "html")) -> bytes:
+    """A zip with every figure in every format (figures/<name>.<fmt>), every table as CSV (tables/<name>.csv)
+    and report.json (what is inside, when, and `info`)."""
+    buf = io.BytesIO()
+    contents = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {}), "figures": [], "tables": []}
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, fig in figures.items():
+            for fmt in formats:
+                zf.writestr(f"figures/{slug(name)}.{fmt}", figure_bytes(fig, fmt))
+            contents["figures"].append({"name": name, "files": [f"figures/{slug(name)}.{fmt}" for fmt in formats]})
+        for name, df in tables.items():
+            zf.writestr(f"tables/{slug(name)}.csv", table_csv(df))
+            contents["tables"].append({"name": name, "file": f"tables/{slug(name)}.csv", "rows": int(len(df))})
+        zf.writestr("report.json", json.dumps(contents, indent=2, default=str))
+    return buf.getvalue()

@@ -1,0 +1,91 @@
+"""Data: upload letters, choose columns, read the validation report, save; saved datasets and the default."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine import data, datasets
+from engine.errors import ClinBenchError
+from ui import charts, common
+
+common.page("Data", "Upload a CSV, TSV or JSONL file with one letter per row, name the text and label columns, and save it. "
+                    "Files stay in this machine's cache folder.")
+
+upload = st.file_uploader("Letters file", type=["csv", "tsv", "jsonl", "ndjson"], key="upload")
+if upload is not None:
+    try:
+        path = datasets.store_upload(upload.name, upload.getvalue())
+        table = data.read_table(path)
+    except ClinBenchError as exc:
+        common.error(exc, f"{upload.name} cannot be read")
+        st.stop()
+    columns = [str(c) for c in table.columns]
+    st.write(f"**{upload.name}**: {len(table)} rows, columns {', '.join(f'`{c}`' for c in columns)}.")
+    guess_text = next((c for c in columns if c.lower() in ("text", "letter", "transcription", "note")), columns[0])
+    guess_label = next((c for c in columns if c.lower() in ("label", "specialty", "class", "category")), columns[-1])
+    c1, c2, c3 = st.columns(3)
+    text_col = c1.selectbox("Text column", columns, index=columns.index(guess_text))
+    label_col = c2.selectbox("Label column", columns, index=columns.index(guess_label))
+    sep = c3.text_input("Label separator (several labels per letter)", "", help="Leave empty for one label per letter, e.g. '|'.")
+    report = data.validate_file(path, text_col, label_col, label_sep=sep or None)
+    st.subheader("Validation report")
+    for issue in report.errors:
+        st.error(issue.message)
+    for issue in report.warnings:
+        st.warning(issue.message)
+    if report.ok:
+        st.success(f"{report.n_rows} rows, {len(report.class_counts)} labels: ready to use." +
+                   (" (several labels per letter: loading works, evaluation needs one label per letter)" if report.multi_label else ""))
+    if report.class_counts:
+        common.chart(charts.class_distribution(report.class_counts, f"Letters per label in {upload.name}"), f"labels {upload.name}", "upload-dist")
+    if report.ok:
+        st.subheader("Split preview")
+        c1, c2 = st.columns(2)
+        test_size = c1.slider("Test fraction", 0.1, 0.5, 0.2, 0.05)
+        seed = c2.number_input("Seed", 0, 10_000, 0)
+        try:
+            ds = data.load_dataset(path, text_col, label_col, label_sep=sep or None)
+            if not ds.multi_label:
+                sp = data.split(ds, test_size=test_size, seed=int(seed))
+                labels = pd.Series(ds.labels)
+                st.dataframe(pd.DataFrame({"train": labels.iloc[sp.train].value_counts(), "test": labels.iloc[sp.test].value_counts()})
+                             .rename_axis("label").reset_index(), hide_index=True, width="content")
+        except ClinBenchError as exc:
+            common.error(exc, "Split")
+        name = st.text_input("Dataset name", upload.name.rsplit(".", 1)[0])
+        if st.button("Save dataset", type="primary"):
+            try:
+                saved = datasets.save(path, name, text_col, label_col, sep or None)
+                st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). It is offered on the Runs page.")
+            except ClinBenchError as exc:
+                common.error(exc, "Not saved")
+    else:
+        st.info("Fix the errors above in the file and upload it again, or choose other columns. Nothing was saved.")
+
+st.divider()
+st.subheader("Saved datasets")
+saved, skipped = datasets.list_saved()
+for name, why in skipped:
+    st.warning(f"{name}: {why}")
+if saved:
+    st.dataframe(pd.DataFrame([{"name": s.name, "letters": s.n_letters, "labels": ", ".join(s.classes), "text column": s.text_column,
+                                "label column": s.label_column, "saved": s.created, "id": s.id} for s in saved]),
+                 hide_index=True, width="stretch")
+    with st.expander("Forget a saved dataset"):
+        gone = st.selectbox("Dataset", [s.id for s in saved], format_func=lambda i: next(s.name for s in saved if s.id == i))
+        if st.button("Forget it", help="Removes it from this list; the file stays in the cache because runs may refer to it."):
+            datasets.delete(gone)
+            st.rerun()
+else:
+    st.caption("None yet: upload a file above.")
+
+st.subheader("Bundled default dataset")
+
+
+@st.cache_data(show_spinner=False)
+def _default_counts() -> dict:
+    return data.default_dataset().report.class_counts
+
+
+st.write("600 MTSamples letters (CC0), 120 from each of five specialties; the text is the transcription only.")
+common.chart(charts.class_distribution(_default_counts(), "Letters per label in the default dataset"), "labels default dataset", "default-dist")

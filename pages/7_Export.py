@@ -1,0 +1,48 @@
+"""Export: every chart of a comparison as PNG, SVG or interactive HTML, every table as CSV, and one report (zip)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from engine import export
+from engine.errors import ClinBenchError
+from ui import common, report
+
+common.page("Export", "Charts for a paper or a meeting: PNG (2x), SVG, interactive HTML (opens offline); tables as CSV.")
+evals, ds = common.pick_evaluations("export")
+if not evals:
+    st.info("Nothing to export yet: finished evaluations appear here (start a run on the Runs page).")
+    st.stop()
+browser = export.browser_path()
+if browser is None:
+    st.error("PNG and SVG export needs Chromium, and none was found. Run `bash scripts/setup.sh` (it installs the Debian package "
+             "'chromium'), or set BROWSER_PATH to a Chrome/Chromium executable. HTML and CSV downloads work without it.")
+
+try:
+    figs = report.figures(evals)
+    tables = report.tables(evals)
+except ClinBenchError as exc:
+    common.error(exc)
+    st.stop()
+
+st.subheader("Report")
+st.write(f"One zip with {len(figs)} charts (PNG, SVG, HTML), {len(tables)} tables (CSV) and report.json.")
+if st.button("Build the report", type="primary", disabled=browser is None):
+    try:
+        with st.spinner("Rendering the charts…"):
+            st.session_state["report"] = tuple(e.key for e in evals), export.report_zip(figs, tables, {"dataset": ds["source"], "data_hash": ds["data_hash"],
+                                                                          "evaluations": [e.key for e in evals]})
+    except export.ExportError as exc:
+        common.error(str(exc))
+built = st.session_state.get("report")
+if built and built[0] == tuple(e.key for e in evals):
+    st.download_button("Download report (zip)", built[1], file_name="clinbench-report.zip", mime="application/zip",
+                       on_click="ignore", icon=":material/download:", key="dl-report")
+
+st.subheader("Charts")
+for i, (name, fig) in enumerate(figs.items()):
+    with st.expander(name, expanded=i == 0):
+        common.chart(fig, name, f"export-{i}")
+st.subheader("Tables")
+for i, (name, df) in enumerate(tables.items()):
+    with st.expander(name):
+        common.table(df, name, f"export-t-{i}")

@@ -1,0 +1,120 @@
+"""End to end in a real browser: `streamlit run app.py` on 127.0.0.1 (a free port), headless Chromium
+driven by Playwright. Through the UI only: start a small comparison of the bundled MiniLM, watch it
+finish, see the Compare chart, download its PNG (a valid image), classify a pasted letter.
+
+Needs Chromium (Debian package `chromium`, installed by scripts/setup.sh); without it the test is
+skipped on a developer machine and fails in CI (CI=true), so a CI without a browser cannot pass.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from engine import export
+from tests.conftest import ROOT, stop_workers
+
+pytestmark = pytest.mark.slow
+BROWSER = export.browser_path()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    if BROWSER is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing in CI: scripts/setup.sh should have installed it (apt-get install chromium).")
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    cache = tmp_path / "cache"
+    port = _free_port()
+    env = {**os.environ, "CLINBENCH_CACHE": str(cache)}
+    env.pop("CLINBENCH_BATCH_DELAY_S", None)
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield base, tmp_path
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    stop_workers(cache)
+
+
+def _settle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_timeout(500)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def test_comparison_compare_png_and_classify_in_a_real_browser(server):
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    base, tmp = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        try:
+            page.goto(f"{base}/Runs")
+            expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
+            page.get_by_label("Run name").fill("e2e")
+            page.get_by_label("max_length (tokens)").fill("128")
+            page.get_by_role("button", name="Start run").click()
+            expect(page.get_by_text("queued with 1 step(s)")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("heading", name="Run 1: e2e — done")).to_be_visible(timeout=240_000)
+            expect(page.get_by_text("macro-F1", exact=False).first).to_be_visible()
+
+            page.goto(f"{base}/Compare")
+            chart_title = page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 on the test letters")
+            expect(chart_title).to_be_visible(timeout=60_000)
+            _settle(page)
+            with page.expect_download(timeout=60_000) as dl:
+                page.get_by_role("button", name="PNG ⬇").first.click()
+            png = tmp / "chart.png"
+            dl.value.save_as(png)
+            img = Image.open(io.BytesIO(png.read_bytes()))
+            img.verify()
+            assert img.format == "PNG" and img.size[0] >= 1000, img.size
+
+            page.goto(f"{base}/Classify")
+            box = page.get_by_label("Letter")
+            expect(box).to_be_visible(timeout=60_000)
+            letter = ("HISTORY: The patient is a 64-year-old man with crushing substernal chest pain radiating to the left arm, "
+                      "shortness of breath and diaphoresis. ECG shows ST elevation in the inferior leads; troponin is raised. "
+                      "Cardiac catheterization showed an occluded right coronary artery, treated with a stent.")
+            box.fill(letter)
+            box.press("Control+Enter")
+            _settle(page)
+            page.get_by_role("button", name="Classify", exact=True).click()
+            expect(page.get_by_text("Majority label")).to_be_visible(timeout=120_000)
+            expect(page.locator("[data-testid='stMetricValue']")).to_have_text("cardiovascular-pulmonary")
+            page.screenshot(path=str(tmp / "classify.png"), full_page=True)
+        finally:
+            browser.close()

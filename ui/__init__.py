@@ -1,0 +1,5 @@
+"""Helpers of the Streamlit dashboard (outside pages/, so Streamlit does not list them as pages).
+
+charts  plotly figures built from engine results (no streamlit: testable and exportable)
+common  page set-up, error display, chart/table widgets with downloads, shared pickers
+"""

@@ -1,0 +1,107 @@
+"""Streamlit helpers every page shares: page set-up, errors a user can act on, charts and tables
+with their downloads, the dataset/run filter, and worker status. No model or data logic here."""
+from __future__ import annotations
+
+import traceback
+from typing import Callable
+
+import pandas as pd
+import streamlit as st
+
+from engine import export, jobs, results
+from engine.errors import ClinBenchError
+
+
+def default_comparison() -> dict:
+    """The spec of the home page's button: the bundled models x the frozen-embedding methods on the default letters."""
+    from engine import experiment, methods, models
+
+    runnable = experiment.runnable_methods()
+    return {"name": "default comparison", "data": "default", "models": list(models.BUNDLED),
+            "methods": [m for m in methods.EMBEDDING_METHODS if m in runnable]}
+
+
+def page(title: str, intro: str | None = None) -> None:
+    st.set_page_config(page_title=title if title == "ClinBench" else f"{title} · ClinBench", layout="wide")
+    st.title(title)
+    if intro:
+        st.caption(intro)
+
+
+def error(exc: BaseException | str, what: str = "") -> None:
+    """st.error with the engine's message (it says what was wrong, where and how to fix it)."""
+    if isinstance(exc, str):
+        st.error(exc)
+    elif isinstance(exc, ClinBenchError):
+        st.error(f"{what + ': ' if what else ''}{exc}")
+    else:  # a bug: still say what happened, and keep the traceback at hand
+        st.error(f"{what + ': ' if what else ''}unexpected {type(exc).__name__}: {exc}. Nothing stored was changed. "
+                 "If it happens again, report it with the details below.")
+        with st.expander("details"):
+            st.code("".join(traceback.format_exception(exc)))
+
+
+def _render(fig, fmt: str) -> Callable[[], bytes]:
+    def make() -> bytes:
+        try:
+            return export.figure_bytes(fig, fmt)
+        except export.ExportError as exc:  # a download cannot show st.error; send the reason as the file
+            return str(exc).encode()
+    return make
+
+
+def chart(fig, name: str, key: str, downloads: bool = True, **plotly_kwargs):
+    """Show a plotly figure with PNG / SVG / HTML downloads (rendered when clicked). Returns plotly_chart's value."""
+    value = st.plotly_chart(fig, key=f"chart-{key}", width="stretch", config={"displaylogo": False}, **plotly_kwargs)
+    if downloads:
+        stem = export.slug(name)
+        no_browser = export.browser_path() is None
+        row = st.container(horizontal=True)
+        for fmt in ("png", "svg", "html"):
+            row.download_button(f"{fmt.upper()} ⬇", data=_render(fig, fmt), file_name=f"{stem}.{fmt}", mime=export.FORMATS[fmt],
+                                key=f"dl-{key}-{fmt}", on_click="ignore",
+                                disabled=no_browser and fmt != "html",
+                                help="needs Chromium (run scripts/setup.sh)" if no_browser and fmt != "html" else None)
+    return value
+
+
+def table(df: pd.DataFrame, name: str, key: str, **kwargs) -> None:
+    st.dataframe(df, hide_index=True, width="stretch", **kwargs)
+    st.download_button("CSV", data=export.table_csv(df), file_name=f"{export.slug(name)}.csv", mime="text/csv",
+                       key=f"dl-{key}-csv", on_click="ignore", icon=":material/download:")
+
+
+def pick_evaluations(key: str) -> tuple[list[results.Evaluation], dict | None]:
+    """Sidebar filter: dataset (by data hash) and run. Returns the chosen evaluations and the dataset row."""
+    evals, skipped = results.list_evaluations()
+    if skipped:
+        with st.sidebar.expander(f"{len(skipped)} stored evaluation(s) skipped"):
+            for s in skipped:
+                st.write(f"`{s.folder}`: {s.reason}")
+    if not evals:
+        return [], None
+    sets = results.datasets(evals)
+    names = {d["data_hash"]: f"{d['source'] if d['source'] == 'default' else d['source'].rsplit('/', 1)[-1]} "
+                             f"({d['n_letters']} letters, {d['n_evaluations']} evaluations)" for d in sets}
+    chosen = st.sidebar.selectbox("Dataset", list(names), format_func=names.get, key=f"{key}-dataset")
+    run_ids = [None] + [r["id"] for r in jobs.list_runs() if any(s.get("result") for s in r["steps"])]
+    run_id = st.sidebar.selectbox("Run", run_ids, format_func=lambda r: "all runs" if r is None else f"run {r}", key=f"{key}-run")
+    try:
+        evals, _ = results.list_evaluations(data_hash=chosen, run_id=run_id)
+    except ClinBenchError as exc:
+        error(exc)
+        return [], None
+    return evals, next(d for d in sets if d["data_hash"] == chosen)
+
+
+def worker_status() -> None:
+    try:
+        live = jobs.workers()
+    except ClinBenchError as exc:
+        error(exc)
+        return
+    if not live:
+        st.caption("Workers: none running (one starts when a run is queued).")
+    for w in live:
+        doing = f"run {w['step']['run_id']}, step {w['step']['idx'] + 1}: {w['step']['title']}" if w.get("step") else "idle"
+        st.caption(f"Worker pid {w['pid']}: {doing}")
