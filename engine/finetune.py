@@ -467,6 +467,30 @@ def load_tuned_classifier(artifact: str | Path, placement=None):
 
 # --- LoRA-tuned embeddings -> SVC ----------------------------------------------------------
 
+def tuned_identity(lora_manifest: dict) -> dict:
+    """The identity of a LoRA-tuned model: its base's identity plus the adapter (cache keys depend on it)."""
+    base = {k: v for k, v in lora_manifest["model"].items() if k not in ("model_type", "kind")}
+    return {**base, "adapter": lora_manifest["key"],
+            "adapter_sha256": sha256_json({k: v for k, v in lora_manifest["files"].items() if k.startswith("adapter/")})}
+
+
+def load_tuned_extractor(lora_artifact: str | Path, placement=None):
+    """The LoRA-tuned model (adapter merged) as a feature extractor: a LoadedModel whose `model` is the backbone."""
+    from engine import models
+    from engine.devices import choose
+
+    placement = placement or choose()
+    net, tokenizer, manifest = load_tuned_classifier(lora_artifact, placement)
+    merged = net.merge_and_unload()
+    backbone = getattr(merged, merged.base_model_prefix).to(placement.torch_dtype).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    kind = manifest["model"]["kind"]
+    return models.LoadedModel(models.resolve(manifest["model"]["name"]), backbone, tokenizer, kind,
+                              {**tuned_identity(manifest), "model_type": manifest["model"].get("model_type"), "kind": kind},
+                              placement, Path(lora_artifact), merged.config)
+
+
 def lora_svc_step(dataset: data_mod.Dataset, model: str, method: str = "lora-svc", options: dict | None = None, *,
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None):
     """Train (or reuse) the `lora` step's adapter, embed every letter with the tuned model, then the frozen stage's SVC."""
@@ -480,21 +504,10 @@ def lora_svc_step(dataset: data_mod.Dataset, model: str, method: str = "lora-svc
     t_start = time.perf_counter()
     lora = classifier_step(dataset, model, "lora", opts, progress=progress, should_stop=should_stop)
     placement = choose()
-    base = {k: v for k, v in lora.manifest["model"].items() if k not in ("model_type", "kind")}
-    identity = {**base, "adapter": lora.manifest["key"], "adapter_sha256": sha256_json(
-        {k: v for k, v in lora.manifest["files"].items() if k.startswith("adapter/")})}
+    identity = tuned_identity(lora.manifest)
 
-    def load_tuned():
-        net, tokenizer, manifest = load_tuned_classifier(lora.artifact, placement)
-        merged = net.merge_and_unload()
-        backbone = getattr(merged, merged.base_model_prefix).to(placement.torch_dtype).eval()
-        for p in backbone.parameters():
-            p.requires_grad_(False)
-        return models.LoadedModel(models.resolve(model), backbone, tokenizer, manifest["model"]["kind"],
-                                  {**identity, "model_type": manifest["model"].get("model_type"), "kind": manifest["model"]["kind"]},
-                                  placement, Path(lora.artifact), merged.config)
-
-    X, estats = features.embed(features.LazyModel(identity, placement, load_tuned), dataset.texts, pooling=opts["pooling"],
+    X, estats = features.embed(features.LazyModel(identity, placement, lambda: load_tuned_extractor(lora.artifact, placement)),
+                               dataset.texts, pooling=opts["pooling"],
                                max_length=opts["max_length"], batch_tokens=opts["batch_tokens"], progress=progress,
                                should_stop=should_stop)
     return fit_on_embeddings(dataset, X, estats, identity, method, opts, classifier="svc", stage="tuned", placement=placement,

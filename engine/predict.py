@@ -26,14 +26,15 @@ _LOADED: OrderedDict[str, models.LoadedModel] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-def _model(name: str) -> tuple[models.LoadedModel, float]:
-    """A loaded model from the in-process cache, or loaded now; (model, seconds spent loading)."""
+def _model(name: str, load=None) -> tuple[object, float]:
+    """A loaded model from the in-process cache, or loaded now by `load()` (default: the registry model `name`);
+    (model, seconds spent loading)."""
     with _LOCK:
         if name in _LOADED:
             _LOADED.move_to_end(name)
             return _LOADED[name], 0.0
     t0 = time.perf_counter()
-    loaded = models.load(name, choose())
+    loaded = load() if load else models.load(name, choose())
     with _LOCK:
         _LOADED[name] = loaded
         while len(_LOADED) > MAX_LOADED:
@@ -68,9 +69,17 @@ def classify(text: str, evals: list[Evaluation]) -> list[dict]:
             cfg = ev.manifest.get("config", {})
             pooling = cfg.get("pooling", "mean")
             max_length = int(cfg.get("max_length", features.DEFAULT_MAX_LENGTH))
-            if ev.stage != "frozen":
-                raise ClinBenchError(f"live classification of the {ev.stage!r} stage is not available in this version")
-            loaded, load_s = _model(ev.model)
+            if ev.method in ("linear-probe", "lora"):
+                row.update(_classify_tuned(ev, text, max_length))
+                rows.append(row)
+                continue
+            if ev.method == "lora-svc":
+                from engine import finetune
+
+                lora_artifact = ev.manifest["lora_artifact"]
+                loaded, load_s = _model(f"tuned:{lora_artifact}", lambda: finetune.load_tuned_extractor(lora_artifact))
+            else:
+                loaded, load_s = _model(ev.model)
             if not _same_model(loaded, ev.manifest["model"]):
                 raise ClinBenchError(f"the files of model {ev.model} changed since this classifier was trained; re-run its evaluation")
             estimator = load_joblib_artifact(ev.folder)
@@ -87,6 +96,21 @@ def classify(text: str, evals: list[Evaluation]) -> list[dict]:
             row.update(predicted=None, error=str(exc))
         rows.append(row)
     return rows
+
+
+def _classify_tuned(ev: Evaluation, text: str, max_length: int) -> dict:
+    """A linear-probe or LoRA classifier: the model itself (head, adapter) gives class probabilities."""
+    from engine import finetune
+
+    (net, tokenizer, _manifest), load_s = _model(f"classifier:{ev.folder}", lambda: finetune.load_tuned_classifier(ev.folder))
+    t0 = time.perf_counter()
+    ids, cut = features.tokenize(tokenizer, [text], max_length)
+    proba = finetune.predict_proba(net, ids, [0], tokenizer.pad_token_id, choose())[0]
+    t1 = time.perf_counter()
+    classes = [net.config.id2label[i] for i in range(len(proba))]
+    pred = classes[int(proba.argmax())]
+    return dict(predicted=pred, score=float(proba.max()), score_kind="probability", scores=dict(zip(classes, map(float, proba))),
+                embed_ms=(t1 - t0) * 1e3, classify_ms=0.0, latency_ms=(t1 - t0) * 1e3, load_s=load_s, truncated=bool(cut), error=None)
 
 
 def agreement(rows: list[dict]) -> dict:

@@ -39,6 +39,12 @@ with st.form("new-run"):
     smote = c1.toggle("SMOTE (oversample rare labels)", d["smote"])
     grid = c2.toggle("Grid search (in training split)", d["grid"], help="Choose C (and the SVC kernel) by cross-validation inside the training split.")
     balanced = c3.toggle("Balanced class weights", d["class_weight"] == "balanced")
+    with st.expander("Fine-tuning options (linear-probe, lora, lora-svc, domain-adapt)"):
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input("Epochs (0 = method default)", 0, 100, 0, help="Most epochs; the best epoch on the validation split is kept.")
+        lr = c2.number_input("Learning rate (0 = method default)", 0.0, 1.0, 0.0, step=1e-4, format="%.5f")
+        batch_size = c3.number_input("Batch size", 1, 256, int(d["batch_size"]))
+        lora_r = c4.number_input("LoRA rank r", 1, 256, int(d["lora_r"]))
     submitted = st.form_submit_button("Start run", type="primary")
 
 if submitted:
@@ -46,7 +52,9 @@ if submitted:
     spec = {"name": name.strip() or "comparison", "models": all_models, "methods": methods_,
             "data": "default" if ds_id == "default" else datasets.get(ds_id).spec_data(),
             "options": {"pooling": pooling, "max_length": int(max_length), "test_size": float(test_size), "seed": int(seed),
-                        "smote": bool(smote), "grid": bool(grid), "class_weight": "balanced" if balanced else None}}
+                        "smote": bool(smote), "grid": bool(grid), "class_weight": "balanced" if balanced else None,
+                        "epochs": int(epochs) or None, "learning_rate": float(lr) or None, "batch_size": int(batch_size),
+                        "lora_r": int(lora_r), "lora_alpha": 2 * int(lora_r)}}
     if not methods_:
         common.error("Choose at least one method.")
     else:
@@ -71,9 +79,12 @@ def _step_line(s: dict) -> None:
     bits = [f"**{s['index'] + 1}. {s['title']}** — {s['status']}"]
     if s["status"] == "running":
         bits.append(f"{p['stage']} {p['done']}/{p['total']}" + (f" · {p['rate']:.1f}/s" if p["rate"] else "") + f" {_eta(p['eta_s'])}")
-    if s["status"] == "done" and s["result"]:
-        r = s["result"]
+    r = s["result"] if s["status"] == "done" else None
+    if r and "macro_f1" in r:
         bits.append(f"macro-F1 **{r['macro_f1']:.3f}** (95% CI {r['macro_f1_ci'][0]:.3f}–{r['macro_f1_ci'][1]:.3f})")
+    elif r and "perplexity_after" in r:
+        bits.append(f"held-out perplexity {r['perplexity_before']:.1f} → **{r['perplexity_after']:.1f}**; "
+                    f"new model `{r['adapted_model']}` (pick it under Models)")
     if s["seconds"] is not None:
         bits.append(f"{s['seconds']:.0f} s")
     st.progress(min(max(frac, 0.0), 1.0), text=" · ".join(bits))

@@ -168,3 +168,19 @@ def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
               "--model", str(tiny_encoder), "--method", "lora", "--lora-r", "0")
     assert out.returncode == 2 and "lora_r = 0 is out of range" in out.stderr
     assert ROOT.exists()
+
+
+def test_live_classification_with_fine_tuned_classifiers(tiny_encoder, ds):
+    """Classify one letter with the linear-probe, LoRA and LoRA-SVC classifiers: the same label as stored for a test letter."""
+    from engine import predict, results
+
+    spec = experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["linear-probe", "lora", "lora-svc"], "options": FAST})
+    keys = {experiment.execute(spec, step, dataset=ds).manifest["key"] for step in spec.steps()}
+    evals = [e for e in results.list_evaluations()[0] if e.key in keys]
+    assert {e.method for e in evals} == {"linear-probe", "lora", "lora-svc"}
+    for ev in evals:
+        preds = json.loads((ev.folder / "predictions.json").read_text())
+        i = preds["test_index"][0]
+        row = predict.classify(ds.texts[i], [ev])[0]
+        assert row["error"] is None, row
+        assert row["predicted"] == preds["y_pred"][0], (ev.method, row)
