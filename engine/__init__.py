@@ -14,7 +14,14 @@ Layers, each importing only from the ones above it:
     features   embedding extraction (pooling, batching, streaming to disk, cache)
     methods    classifiers on embeddings (scaler -> SMOTE -> SVC / logistic regression)
     evaluation metrics, bootstrap confidence intervals, repeated cross-validation
-    experiment specs (YAML/JSON) expanded into steps, and the functions that run them
+    experiment specs (YAML/JSON) expanded into steps, the step table, the embedding -> classifier step
+    finetune   linear probe, LoRA, LoRA-tuned embeddings -> SVC, domain adaptation (experiment's step
+               table reaches it lazily; it builds on experiment's helpers)
+    datasets   uploaded datasets saved in the cache (file + chosen columns)
+    results    stored evaluations as the dashboard reads them, comparison tables, significance
+    projection UMAP maps of stored embeddings, cached
+    predict    one letter through every stored classifier, with latency
+    export     charts as PNG/SVG/HTML, tables as CSV, a report zip
     jobs       the run store (SQLite, WAL): submit, read, cancel, resume runs; worker liveness
     worker     worker processes executing queued steps, each in a child process
     cli        `python -m engine ...`

@@ -6,6 +6,9 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     embeddings/<key>.npy         one row per letter, float32, in the dataset's order
     embeddings/<key>.json        what produced it: model identity, pooling, max_length, dtype, text hash, stats
     evaluations/<key>/           one evaluation: manifest.json, classifier.joblib, predictions.json
+                                 (fine-tuning: adapter/ or head.safetensors instead of the joblib)
+    checkpoints/<key>.pt         the last finished epoch of a training in progress
+    models/adapted-<m>-<key>/    a domain-adapted model (merged weights, adapter/, manifest)
     runs/runs.sqlite             the run store (SQLite, WAL): runs, their steps, live workers (engine.jobs)
     runs/run-<id>.log            what happened in one run: step starts and ends, warnings, tracebacks
     runs/worker.log              what the background workers printed
