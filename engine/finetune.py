@@ -336,6 +336,17 @@ def prepare_trainable(net, method: str, head: list[str], opts: dict):
     return get_peft_model(net, _lora_config(net, {**opts, "target_modules": targets}, "SEQ_CLS", head)), targets
 
 
+def _stored(folder: Path, model: str, method: str):
+    """The finished artifact in `folder` as a StepResult (a cache hit), or None when absent or damaged."""
+    from engine.experiment import StepResult
+
+    if (folder / "manifest.json").exists():
+        with contextlib.suppress(ClinBenchError, KeyError):
+            manifest = read_manifest(folder)
+            return StepResult(model, method, manifest["metrics"], str(folder), True, manifest)
+    return None
+
+
 def _artifact_key(method: str, identity: dict, dataset: data_mod.Dataset, opts: dict, placement) -> str:
     ident = {k: v for k, v in identity.items() if k not in ("model_type", "kind")}
     return sha256_json({"v": FT_VERSION, "method": method, "model": ident, "data": dataset.data_hash,
@@ -366,10 +377,8 @@ def classifier_step(dataset: data_mod.Dataset, model: str, method: str, options:
     entry = models.resolve(model)
     key = _artifact_key(method, models.locate(entry)[1], dataset, opts, placement)
     folder = evaluations_dir() / key
-    if (folder / "manifest.json").exists():
-        with contextlib.suppress(ClinBenchError, KeyError):
-            manifest = read_manifest(folder)
-            return StepResult(entry.name, method, manifest["metrics"], str(folder), True, manifest)
+    if stored := _stored(folder, entry.name, method):
+        return stored
     if progress:
         progress(0, 1, "loading model")
     net, tokenizer, identity, kind, head = load_classifier_model(model, classes, placement)
@@ -588,10 +597,8 @@ def domain_adapt_step(dataset: data_mod.Dataset, model: str, method: str = "doma
     split, fit_idx, val_idx = three_way_split(dataset, opts)
     key = _artifact_key(method, identity, dataset, opts, placement)
     out = models_dir() / f"adapted-{models.safe_name(entry.name)}-{key[:12]}"
-    if (out / "manifest.json").exists():
-        with contextlib.suppress(ClinBenchError, KeyError):
-            manifest = read_manifest(out)
-            return StepResult(entry.name, method, manifest["metrics"], str(out), True, manifest)
+    if stored := _stored(out, entry.name, method):
+        return stored
     if progress:
         progress(0, 1, "loading model")
     tokenizer = AutoTokenizer.from_pretrained(folder_in)
