@@ -57,27 +57,7 @@ QUICK_STEPS = {"minilm": 6, "smollm2": 3}
 
 # --- measuring under a possibly shared machine (as in bench/extract.py) ---------------------
 
-def _cpu_snapshot() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    busy = (sum(v[:8]) - v[3] - v[4]) / tick  # all but idle and iowait
-    t = os.times()
-    return busy, t.user + t.system
-
-
-def wait_quiet(max_wait: float = 60.0, threshold: float = 0.9) -> None:
-    """Wait (up to max_wait s) until the machine is at least `threshold` idle."""
-    if not Path("/proc/stat").exists():
-        return
-    deadline = time.time() + max_wait
-    while time.time() < deadline:
-        b0, s0 = _cpu_snapshot()
-        time.sleep(0.3)
-        b1, s1 = _cpu_snapshot()
-        if (b1 - b0) - (s1 - s0) < (1 - threshold) * 0.3 * os.cpu_count():
-            return
+from _machine import _cpu_snapshot, wait_quiet  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def _memory() -> dict:
