@@ -15,6 +15,7 @@ Layers, each importing only from the ones above it:
     methods    classifiers on embeddings (scaler -> SMOTE -> SVC / logistic regression)
     evaluation metrics, bootstrap confidence intervals, repeated cross-validation
     experiment specs (YAML/JSON) expanded into steps, the step table, the embedding -> classifier step
+    dropout    cheap dropout masks for CPU training (used by finetune's training loop)
     finetune   linear probe, LoRA, LoRA-tuned embeddings -> SVC, domain adaptation (experiment's step
                table reaches it lazily; it builds on experiment's helpers)
     datasets   uploaded datasets saved in the cache (file + chosen columns)
