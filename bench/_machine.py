@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 
-def _cpu_snapshot() -> tuple[float, float]:
+def cpu_snapshot() -> tuple[float, float]:
     """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
     with open("/proc/stat") as fh:
         v = [int(x) for x in fh.readline().split()[1:]]
@@ -22,8 +22,8 @@ def wait_quiet(max_wait: float = 60.0, threshold: float = 0.9) -> None:
         return
     deadline = time.time() + max_wait
     while time.time() < deadline:
-        b0, s0 = _cpu_snapshot()
+        b0, s0 = cpu_snapshot()
         time.sleep(0.3)
-        b1, s1 = _cpu_snapshot()
+        b1, s1 = cpu_snapshot()
         if (b1 - b0) - (s1 - s0) < (1 - threshold) * 0.3 * os.cpu_count():
             return

@@ -55,7 +55,7 @@ TARGETS = {  # (model, metric): minimum
 
 # --- measuring under a possibly shared machine ---------------------------------
 
-from _machine import _cpu_snapshot, wait_quiet  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _machine import cpu_snapshot, wait_quiet  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class Timer:
@@ -63,13 +63,13 @@ class Timer:
 
     def __enter__(self):
         wait_quiet()
-        self.b0, self.s0 = _cpu_snapshot() if Path("/proc/stat").exists() else (0.0, 0.0)
+        self.b0, self.s0 = cpu_snapshot() if Path("/proc/stat").exists() else (0.0, 0.0)
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
-        b1, s1 = _cpu_snapshot() if Path("/proc/stat").exists() else (0.0, 0.0)
+        b1, s1 = cpu_snapshot() if Path("/proc/stat").exists() else (0.0, 0.0)
         self.other_cpu_s = max(0.0, (b1 - self.b0) - (s1 - self.s0))
         return False
 

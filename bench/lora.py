@@ -57,7 +57,7 @@ QUICK_STEPS = {"minilm": 6, "smollm2": 3}
 
 # --- measuring under a possibly shared machine (as in bench/extract.py) ---------------------
 
-from _machine import _cpu_snapshot, wait_quiet  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _machine import cpu_snapshot, wait_quiet  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def _memory() -> dict:
@@ -111,12 +111,12 @@ class StepClock:
         if len(self.ends) == 1:
             self.first_step_memory = _memory()
         if len(self.ends) == warmup and Path("/proc/stat").exists():
-            self._other0 = _cpu_snapshot()
+            self._other0 = cpu_snapshot()
 
     def summary(self, warmup: int, tokens: list[int], padded: list[int]) -> dict:
         n = len(self.ends)
         if self._other0 is not None:
-            b1, s1 = _cpu_snapshot()
+            b1, s1 = cpu_snapshot()
             self.other_cpu_s = max(0.0, (b1 - self._other0[0]) - (s1 - self._other0[1]))
         timed = n - warmup
         seconds = self.ends[-1] - self.ends[warmup - 1]

@@ -19,6 +19,9 @@ import contextlib
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 ATTENTION_NAME = "clinbench_cheap_dropout"
 _LANES = 65536  # 16-bit lanes
@@ -70,8 +73,6 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """transformers' SDPA attention, except on the CPU in training with dropout > 0: softmax(QK^T s + mask) V with
     the cheap mask on the probabilities. Masked positions get the dtype's minimum, not -inf, so a fully masked
     (padding) row gives a finite output, as SDPA's does."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     if not (module.training and dropout > 0.0 and query.device.type == "cpu") or kwargs.get("position_bias") is not None \
             or kwargs.get("cache") is not None or kwargs.get("softcap") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -97,9 +98,6 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
 
 
 def _register() -> None:
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     if ATTENTION_NAME not in ALL_ATTENTION_FUNCTIONS:
         ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, attention_forward)
         ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
@@ -122,7 +120,7 @@ def cheap_dropout(model: nn.Module, device: str = "cpu"):
         yield model
         return
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    configs: list[tuple[object, str]] = []
+    rerouted: list = []  # configs whose "sdpa" attention goes through attention_forward
     try:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
@@ -135,11 +133,11 @@ def cheap_dropout(model: nn.Module, device: str = "cpu"):
             if cfg._attn_implementation == "sdpa":
                 _register()
                 cfg._attn_implementation = ATTENTION_NAME
-                configs.append((cfg, "sdpa"))
+                rerouted.append(cfg)
         yield model
     finally:
         for parent, name, child in swapped:
             child.train(getattr(parent, name).training)  # the model may have switched train/eval inside the block
             setattr(parent, name, child)
-        for cfg, impl in configs:
-            cfg._attn_implementation = impl
+        for cfg in rerouted:
+            cfg._attn_implementation = "sdpa"

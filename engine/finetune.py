@@ -251,13 +251,13 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
             state["resumed_from_epoch"] = None
         else:
             state["resumed_from_epoch"] = state["epoch"]
-    with cheap_dropout(net, placement.device):  # the same Bernoulli masks, a quarter of the random draws
-        for epoch in range(state["epoch"], cfg.epochs):
-            t0 = time.perf_counter()
-            rng = np.random.default_rng(cfg.seed * 1000 + epoch)
-            batches = length_grouped_batches(lengths, fit_idx, cfg.batch_size, rng)
-            net.train()
-            losses = []
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        batches = length_grouped_batches(lengths, fit_idx, cfg.batch_size, rng)
+        net.train()
+        losses = []
+        with cheap_dropout(net, placement.device):  # the same Bernoulli masks, a quarter of the random draws
             for b, batch in enumerate(batches):
                 if should_stop and should_stop():
                     raise Cancelled(f"Training was cancelled in epoch {epoch + 1}; finished epochs are kept in a checkpoint, "
@@ -276,24 +276,24 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
                     state["steps"] += 1
                 if progress:
                     progress(epoch * len(batches) + b + 1, cfg.epochs * len(batches), f"training epoch {epoch + 1}/{cfg.epochs}")
-            state["train_s"] += time.perf_counter() - t0
-            net.eval()
-            if progress:
-                progress(0, 1, f"validating epoch {epoch + 1}")
-            val = validate()
-            state["curve"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{k: v for k, v in val.items() if k != "score"}})
-            if val["score"] > state["best_score"]:
-                state["best_score"], state["best_epoch"], state["bad_epochs"] = val["score"], epoch + 1, 0
-                best = {n: p.detach().clone() for n, p in named}
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            with atomic_path(ckpt) as tmp:
-                torch.save({"trainable": {n: p.detach() for n, p in named}, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "best": best, "state": json.dumps(state)}, tmp)
-            if state["bad_epochs"] >= cfg.patience:
-                state["stopped_early"] = True
-                break
+        state["train_s"] += time.perf_counter() - t0
+        net.eval()
+        if progress:
+            progress(0, 1, f"validating epoch {epoch + 1}")
+        val = validate()
+        state["curve"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{k: v for k, v in val.items() if k != "score"}})
+        if val["score"] > state["best_score"]:
+            state["best_score"], state["best_epoch"], state["bad_epochs"] = val["score"], epoch + 1, 0
+            best = {n: p.detach().clone() for n, p in named}
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        with atomic_path(ckpt) as tmp:
+            torch.save({"trainable": {n: p.detach() for n, p in named}, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "best": best, "state": json.dumps(state)}, tmp)
+        if state["bad_epochs"] >= cfg.patience:
+            state["stopped_early"] = True
+            break
     if best:
         net.load_state_dict(best, strict=False)
     net.eval()
