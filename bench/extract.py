@@ -15,6 +15,11 @@ present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
 * limit   - the physical limit: the peak bf16 matmul FLOP/s measured in this run (square
             matmuls, same thread count) divided by the FLOPs per token,
             2 x non-embedding parameters + 4 x layers x hidden x mean tokens per letter.
+* bound   - what an extractor could reach with PyTorch's CPU attention kernel on these batches:
+            one more engine pass times every `scaled_dot_product_attention` call (the kernel the
+            model runs, on the engine's real batch shapes); the bound counts that time plus the
+            linear layers at the measured matmul peak, and nothing else. Softmax over each
+            letter's tokens squared is not in the limit's FLOP count; this shows what it costs.
 
 Every method's tokens are counted the same way (the tokenizer's counts, truncated at 512).
 Each timing follows warm-up passes. The machine may be shared: before each timing the
@@ -103,6 +108,28 @@ def run_engine(loaded, texts: list[str], workdir: Path) -> dict:
     return {"tokens": stats.n_tokens, "seconds": t.seconds, "other_cpu_s": t.other_cpu_s}
 
 
+def run_attention_timed(loaded, texts: list[str], workdir: Path) -> dict:
+    """One engine pass with every torch scaled_dot_product_attention call timed (transformers looks it up per call)."""
+    import torch.nn.functional as F
+
+    original, spent = F.scaled_dot_product_attention, [0.0, 0]
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        spent[0] += time.perf_counter() - t0
+        spent[1] += 1
+        return out
+
+    F.scaled_dot_product_attention = timed
+    try:
+        with Timer() as t:
+            stats = features.extract(loaded, texts, workdir / "timed.npy", pooling="mean", max_length=MAX_LENGTH)
+    finally:
+        F.scaled_dot_product_attention = original
+    return {"tokens": stats.n_tokens, "seconds": t.seconds, "attention_seconds": spent[0], "attention_calls": spent[1]}
+
+
 def run_naive(folder: Path, tokenizer, texts: list[str]) -> dict:
     """The original study's way: a feature-extraction pipeline, one letter per call, fp32, last token."""
     from transformers import pipeline
@@ -172,8 +199,13 @@ def measure_model(name: str, sets, peak: float, workdir: Path) -> dict:
         row = {"model": name, "kind": loaded.kind, "dataset": ds_name, "letters": len(texts), "naive_letters": n_naive,
                "mean_tokens_per_letter": round(seq, 1), "dtype": placement.dtype, "threads": torch.get_num_threads(),
                "non_embedding_params": non_emb, "flops_per_token": fpt, "peak_flops": peak,
-               "tokens_per_s": eng["tokens"] / eng["seconds"], "engine_seconds": eng["seconds"],
+               "tokens": eng["tokens"], "tokens_per_s": eng["tokens"] / eng["seconds"], "engine_seconds": eng["seconds"],
                "limit_tokens_per_s": peak / fpt, "other_cpu_s": {"engine": round(eng["other_cpu_s"], 2)}}
+        attn = run_attention_timed(loaded, texts, workdir)
+        row["attention_seconds"] = attn["attention_seconds"]
+        row["attention_calls"] = attn["attention_calls"]
+        row["attention_share"] = attn["attention_seconds"] / attn["seconds"]  # of that (timed) engine pass
+        row["linear_flops"] = 2 * non_emb * eng["tokens"]
         naive = run_naive(folder, loaded.tokenizer, texts[:n_naive])
         row["naive_tokens_per_s"] = naive["tokens"] / naive["seconds"]
         row["other_cpu_s"]["naive"] = round(naive["other_cpu_s"], 2)
@@ -220,20 +252,26 @@ def main(argv=None) -> int:
             row["peak_flops"] = peak
             row["limit_tokens_per_s"] = peak / row["flops_per_token"]
             row["fraction_of_limit"] = row["tokens_per_s"] / row["limit_tokens_per_s"]
+            if row["attention_calls"]:  # else the model did not run torch's SDPA and there is no bound to state
+                row["bound_tokens_per_s"] = row["tokens"] / (row["attention_seconds"] + row["linear_flops"] / peak)
+                row["bound_fraction_of_limit"] = row["bound_tokens_per_s"] / row["limit_tokens_per_s"]
+                row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
 
     print(f"\npeak {placement.dtype} matmul FLOP/s: {peak / 1e12:.2f} T (before {peak_before / 1e12:.2f}, after {peak_after / 1e12:.2f}); "
           f"{threads} threads")
     head = f"{'model':8} {'dataset':10} {'letters':>7} {'tok/letter':>10} {'engine':>9} {'naive':>9} {'st':>9} {'limit':>9} " \
-           f"{'x naive':>8} {'x st':>6} {'of limit':>8}"
+           f"{'bound':>9} {'x naive':>8} {'x st':>6} {'of limit':>8} {'bound/limit':>11} {'attn':>5}"
     print(head + "\n" + "-" * len(head))
     for name, by_ds in rows.items():
         for ds_name, r in by_ds.items():
             st = f"{r['st_tokens_per_s']:9.0f}" if "st_tokens_per_s" in r else f"{'-':>9}"
             xst = f"{r['speedup_vs_st']:6.2f}" if "speedup_vs_st" in r else f"{'-':>6}"
             print(f"{name:8} {ds_name.split(' ')[0]:10} {r['letters']:7d} {r['mean_tokens_per_letter']:10.0f} {r['tokens_per_s']:9.0f} "
-                  f"{r['naive_tokens_per_s']:9.0f} {st} {r['limit_tokens_per_s']:9.0f} {r['speedup_vs_naive']:8.1f} {xst} "
-                  f"{r['fraction_of_limit']:8.2f}")
-    print("(tokens/s of real tokens; naive measured on the first "
+                  f"{r['naive_tokens_per_s']:9.0f} {st} {r['limit_tokens_per_s']:9.0f} {r.get('bound_tokens_per_s', float('nan')):9.0f} "
+                  f"{r['speedup_vs_naive']:8.1f} {xst} {r['fraction_of_limit']:8.2f} {r.get('bound_fraction_of_limit', float('nan')):11.2f} "
+                  f"{r['attention_share']:5.0%}")
+    print("(tokens/s of real tokens; bound: torch's attention kernel as measured + linear layers at peak, nothing else;"
+          " attn: that kernel's share of an engine pass;\n naive measured on the first "
           + ", ".join(f"{n_naive} letters of {ds.split(' ')[0]}" for ds, _t, n_naive in sets) + ")")
     busy = [(n, d, k, v) for n, by in rows.items() for d, r in by.items() for k, v in r["other_cpu_s"].items()
             if v > 0.1 * threads * max(1e-9, r["engine_seconds"] if k == "engine" else 1e9)]
