@@ -4,6 +4,7 @@ Serve with `.venv/bin/streamlit run app.py` (binds 127.0.0.1; no usage statistic
 is the router (st.navigation) and the home page; the other pages are in pages/ (Data, Models,
 Runs, Embeddings, Compare, Classify, Export), each reachable at /<Name>; shared UI helpers are in ui/.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -14,10 +15,15 @@ from engine.devices import choose
 from engine.errors import ClinBenchError
 from ui import common
 
-PAGES = [("1_Data.py", "Data", ":material/table:"), ("2_Models.py", "Models", ":material/memory:"),
-         ("3_Runs.py", "Runs", ":material/play_circle:"), ("4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
-         ("5_Compare.py", "Compare", ":material/leaderboard:"), ("6_Classify.py", "Classify", ":material/description:"),
-         ("7_Export.py", "Export", ":material/download:")]
+PAGES = [
+    ("1_Data.py", "Data", ":material/table:"),
+    ("2_Models.py", "Models", ":material/memory:"),
+    ("3_Runs.py", "Runs", ":material/play_circle:"),
+    ("4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
+    ("5_Compare.py", "Compare", ":material/leaderboard:"),
+    ("6_Classify.py", "Classify", ":material/description:"),
+    ("7_Export.py", "Export", ":material/download:"),
+]
 
 
 @st.cache_data(show_spinner=False)
@@ -45,14 +51,26 @@ def home() -> None:
         st.subheader("Models")
         st.caption(f"Device: {choose().describe()}")
         rows = [models.describe(e) for e in models.registry()]
-        table = pd.DataFrame([{"name": r["name"], "kind": r["kind"], "parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
-                               "offline": "yes" if r["offline"] else "no", "why": r["reason"]} for r in rows])
+        table = pd.DataFrame(
+            [
+                {
+                    "name": r["name"],
+                    "kind": r["kind"],
+                    "parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
+                    "offline": "yes" if r["offline"] else "no",
+                    "why": r["reason"],
+                }
+                for r in rows
+            ]
+        )
         st.dataframe(table, hide_index=True, width="stretch")
 
     st.subheader("Run the default comparison")
     spec = common.default_comparison()
-    st.write(f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
-             "It runs in the background; follow it on the **Runs** page.")
+    st.write(
+        f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
+        "It runs in the background; follow it on the **Runs** page."
+    )
     if st.button("Run the default comparison", type="primary"):
         try:
             run_id = jobs.submit(experiment.parse_spec(spec))
@@ -63,6 +81,8 @@ def home() -> None:
     common.worker_status()
 
 
-nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)] +
-                   [st.Page(f"pages/{f}", title=t, icon=i, url_path=t) for f, t, i in PAGES])
+nav = st.navigation(
+    [st.Page(home, title="Home", icon=":material/home:", default=True)]
+    + [st.Page(f"pages/{f}", title=t, icon=i, url_path=t) for f, t, i in PAGES]
+)
 nav.run()

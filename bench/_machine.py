@@ -1,4 +1,5 @@
 """Shared by the benchmarks: measuring on a machine other processes may be using."""
+
 from __future__ import annotations
 
 import os

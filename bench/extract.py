@@ -26,6 +26,7 @@ Each timing follows warm-up passes. The machine may be shared: before each timin
 script waits (a while) for the CPUs to be quiet, and it reports the CPU time other
 processes used during each timing, so a disturbed number can be recognised.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,16 +87,17 @@ def peak_matmul_flops(dtype: torch.dtype, sizes=(2048, 3072, 4096), repeats: int
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm-up
-        reps = max(2, int(3e10 / (2 * n ** 3)))
+        reps = max(2, int(3e10 / (2 * n**3)))
         for _ in range(repeats):
             with Timer() as t:
                 for _ in range(reps):
                     a @ b
-            best = max(best, 2 * n ** 3 * reps / t.seconds)
+            best = max(best, 2 * n**3 * reps / t.seconds)
     return best
 
 
 # --- the methods -----------------------------------------------------------------
+
 
 def real_tokens(tokenizer, texts: list[str]) -> int:
     ids, _ = features.tokenize(tokenizer, texts, MAX_LENGTH)
@@ -130,8 +132,13 @@ def run_engine(loaded, texts: list[str], workdir: Path) -> dict:
     features.extract(loaded, texts[:16], workdir / "warm.npy", pooling="mean", max_length=MAX_LENGTH)  # warm-up
     with timed_attention() as attention, Timer() as t:
         stats = features.extract(loaded, texts, workdir / "engine.npy", pooling="mean", max_length=MAX_LENGTH)
-    return {"tokens": stats.n_tokens, "seconds": t.seconds, "other_cpu_s": t.other_cpu_s,
-            "attention_seconds": attention[0], "attention_calls": attention[1]}
+    return {
+        "tokens": stats.n_tokens,
+        "seconds": t.seconds,
+        "other_cpu_s": t.other_cpu_s,
+        "attention_seconds": attention[0],
+        "attention_calls": attention[1],
+    }
 
 
 def run_naive(folder: Path, tokenizer, texts: list[str]) -> dict:
@@ -158,8 +165,12 @@ def run_st(folder: Path, tokenizer, texts: list[str]) -> dict:
     st.encode(texts[:32])  # warm-up
     with Timer() as t:
         st.encode(texts)
-    return {"tokens": real_tokens(tokenizer, texts), "seconds": t.seconds, "other_cpu_s": t.other_cpu_s,
-            "dtype": str(next(st.parameters()).dtype).replace("torch.", "")}
+    return {
+        "tokens": real_tokens(tokenizer, texts),
+        "seconds": t.seconds,
+        "other_cpu_s": t.other_cpu_s,
+        "dtype": str(next(st.parameters()).dtype).replace("torch.", ""),
+    }
 
 
 def flops_per_token(model, seq_len: float) -> tuple[float, int]:
@@ -171,6 +182,7 @@ def flops_per_token(model, seq_len: float) -> tuple[float, int]:
 
 
 # --- the benchmark ------------------------------------------------------------------
+
 
 def datasets(args) -> list[tuple[str, list[str], int]]:
     """(name, letters measured, letters for the naive way)."""
@@ -185,8 +197,13 @@ def datasets(args) -> list[tuple[str, list[str], int]]:
         col = pd.read_csv(path, usecols=["transcription"])["transcription"]
         texts = [t for t in col.dropna().astype(str) if t.strip()]
         n = args.letters or (96 if args.quick else args.mts_letters or len(texts))
-        out.append((f"mtsamples ({path.name}, {len(texts)} non-empty transcriptions)", texts[:n],
-                    min(n, args.naive_letters or (24 if args.quick else 120))))
+        out.append(
+            (
+                f"mtsamples ({path.name}, {len(texts)} non-empty transcriptions)",
+                texts[:n],
+                min(n, args.naive_letters or (24 if args.quick else 120)),
+            )
+        )
     return out
 
 
@@ -200,11 +217,24 @@ def measure_model(name: str, sets, peak: float, workdir: Path) -> dict:
         eng = run_engine(loaded, texts, workdir)
         seq = eng["tokens"] / len(texts)
         fpt, non_emb = flops_per_token(loaded.model, seq)
-        row = {"model": name, "kind": loaded.kind, "dataset": ds_name, "letters": len(texts), "naive_letters": n_naive,
-               "mean_tokens_per_letter": round(seq, 1), "dtype": placement.dtype, "threads": torch.get_num_threads(),
-               "non_embedding_params": non_emb, "flops_per_token": fpt, "peak_flops": peak,
-               "tokens": eng["tokens"], "tokens_per_s": eng["tokens"] / eng["seconds"], "engine_seconds": eng["seconds"],
-               "limit_tokens_per_s": peak / fpt, "other_cpu_s": {"engine": round(eng["other_cpu_s"], 2)}}
+        row = {
+            "model": name,
+            "kind": loaded.kind,
+            "dataset": ds_name,
+            "letters": len(texts),
+            "naive_letters": n_naive,
+            "mean_tokens_per_letter": round(seq, 1),
+            "dtype": placement.dtype,
+            "threads": torch.get_num_threads(),
+            "non_embedding_params": non_emb,
+            "flops_per_token": fpt,
+            "peak_flops": peak,
+            "tokens": eng["tokens"],
+            "tokens_per_s": eng["tokens"] / eng["seconds"],
+            "engine_seconds": eng["seconds"],
+            "limit_tokens_per_s": peak / fpt,
+            "other_cpu_s": {"engine": round(eng["other_cpu_s"], 2)},
+        }
         row["attention_seconds"] = eng["attention_seconds"]
         row["attention_calls"] = eng["attention_calls"]
         row["attention_share"] = eng["attention_seconds"] / eng["seconds"]
@@ -255,30 +285,49 @@ def main(argv=None) -> int:
             row["limit_tokens_per_s"] = peak / row["flops_per_token"]
             row["fraction_of_limit"] = row["tokens_per_s"] / row["limit_tokens_per_s"]
             if row["attention_calls"]:  # else the model did not run torch's SDPA and there is no bound to state
-                row["bound_tokens_per_s"] = row["tokens"] / (row["attention_seconds"] + 2 * row["non_embedding_params"] * row["tokens"] / peak)
+                row["bound_tokens_per_s"] = row["tokens"] / (
+                    row["attention_seconds"] + 2 * row["non_embedding_params"] * row["tokens"] / peak
+                )
                 row["bound_fraction_of_limit"] = row["bound_tokens_per_s"] / row["limit_tokens_per_s"]
                 row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
 
-    print(f"\npeak {placement.dtype} matmul FLOP/s: {peak / 1e12:.2f} T (before {peak_before / 1e12:.2f}, after {peak_after / 1e12:.2f}); "
-          f"{threads} threads")
-    head = f"{'model':8} {'dataset':10} {'letters':>7} {'tok/letter':>10} {'engine':>9} {'naive':>9} {'st':>9} {'limit':>9} " \
-           f"{'bound':>9} {'x naive':>8} {'x st':>6} {'of limit':>8} {'bound/limit':>11} {'attn':>5}"
+    print(
+        f"\npeak {placement.dtype} matmul FLOP/s: {peak / 1e12:.2f} T (before {peak_before / 1e12:.2f}, after {peak_after / 1e12:.2f}); "
+        f"{threads} threads"
+    )
+    head = (
+        f"{'model':8} {'dataset':10} {'letters':>7} {'tok/letter':>10} {'engine':>9} {'naive':>9} {'st':>9} {'limit':>9} "
+        f"{'bound':>9} {'x naive':>8} {'x st':>6} {'of limit':>8} {'bound/limit':>11} {'attn':>5}"
+    )
     print(head + "\n" + "-" * len(head))
     for name, by_ds in rows.items():
         for ds_name, r in by_ds.items():
             st = f"{r['st_tokens_per_s']:9.0f}" if "st_tokens_per_s" in r else f"{'-':>9}"
             xst = f"{r['speedup_vs_st']:6.2f}" if "speedup_vs_st" in r else f"{'-':>6}"
-            print(f"{name:8} {ds_name.split(' ')[0]:10} {r['letters']:7d} {r['mean_tokens_per_letter']:10.0f} {r['tokens_per_s']:9.0f} "
-                  f"{r['naive_tokens_per_s']:9.0f} {st} {r['limit_tokens_per_s']:9.0f} {r.get('bound_tokens_per_s', float('nan')):9.0f} "
-                  f"{r['speedup_vs_naive']:8.1f} {xst} {r['fraction_of_limit']:8.2f} {r.get('bound_fraction_of_limit', float('nan')):11.2f} "
-                  f"{r['attention_share']:5.0%}")
-    print("(tokens/s of real tokens; bound: torch's attention kernel as measured + linear layers at peak, nothing else;"
-          " attn: that kernel's share of an engine pass;\n naive measured on the first "
-          + ", ".join(f"{n_naive} letters of {ds.split(' ')[0]}" for ds, _t, n_naive in sets) + ")")
-    busy = [(n, d, k, v) for n, by in rows.items() for d, r in by.items() for k, v in r["other_cpu_s"].items()
-            if v > 0.1 * threads * max(1e-9, r["engine_seconds"] if k == "engine" else 1e9)]
+            print(
+                f"{name:8} {ds_name.split(' ')[0]:10} {r['letters']:7d} {r['mean_tokens_per_letter']:10.0f} {r['tokens_per_s']:9.0f} "
+                f"{r['naive_tokens_per_s']:9.0f} {st} {r['limit_tokens_per_s']:9.0f} {r.get('bound_tokens_per_s', float('nan')):9.0f} "
+                f"{r['speedup_vs_naive']:8.1f} {xst} {r['fraction_of_limit']:8.2f} {r.get('bound_fraction_of_limit', float('nan')):11.2f} "
+                f"{r['attention_share']:5.0%}"
+            )
+    print(
+        "(tokens/s of real tokens; bound: torch's attention kernel as measured + linear layers at peak, nothing else;"
+        " attn: that kernel's share of an engine pass;\n naive measured on the first "
+        + ", ".join(f"{n_naive} letters of {ds.split(' ')[0]}" for ds, _t, n_naive in sets)
+        + ")"
+    )
+    busy = [
+        (n, d, k, v)
+        for n, by in rows.items()
+        for d, r in by.items()
+        for k, v in r["other_cpu_s"].items()
+        if v > 0.1 * threads * max(1e-9, r["engine_seconds"] if k == "engine" else 1e9)
+    ]
     if busy:
-        print("warning: other processes used the CPUs during " + ", ".join(f"{n}/{d.split(' ')[0]}/{k} ({v:.1f} CPU s)" for n, d, k, v in busy))
+        print(
+            "warning: other processes used the CPUs during "
+            + ", ".join(f"{n}/{d.split(' ')[0]}/{k} ({v:.1f} CPU s)" for n, d, k, v in busy)
+        )
 
     targets = []
     print("\ntargets (on every dataset measured):")
@@ -286,23 +335,33 @@ def main(argv=None) -> int:
         for ds_name, r in rows.get(model, {}).items():
             if metric in r:
                 met = r[metric] >= minimum
-                targets.append({"model": model, "dataset": ds_name, "metric": metric, "minimum": minimum,
-                                "value": r[metric], "met": met})
-                print(f"  {model:8} {ds_name.split(' ')[0]:10} {metric:18} >= {minimum:<4} : {r[metric]:6.2f}  {'met' if met else 'MISSED'}")
+                targets.append({"model": model, "dataset": ds_name, "metric": metric, "minimum": minimum, "value": r[metric], "met": met})
+                print(
+                    f"  {model:8} {ds_name.split(' ')[0]:10} {metric:18} >= {minimum:<4} : {r[metric]:6.2f}  {'met' if met else 'MISSED'}"
+                )
 
     out = {
         "mode": "quick" if args.quick else "full",
-        "device": placement.device, "dtype": placement.dtype, "threads": threads, "peak_flops": peak,
-        "peak_flops_before": peak_before, "peak_flops_after": peak_after, "max_length": MAX_LENGTH, "pooling_engine": "mean",
+        "device": placement.device,
+        "dtype": placement.dtype,
+        "threads": threads,
+        "peak_flops": peak,
+        "peak_flops_before": peak_before,
+        "peak_flops_after": peak_after,
+        "max_length": MAX_LENGTH,
+        "pooling_engine": "mean",
         "naive": "transformers pipeline('feature-extraction'), one letter per call, fp32, last token, truncation at 512",
         "st": "SentenceTransformer(minilm folder, dtype bf16).encode, max_seq_length 512, default batch size",
         "datasets": [{"name": ds, "letters": len(t), "naive_letters": nn} for ds, t, nn in sets],
         "models": {name: by_ds[sets[0][0]] for name, by_ds in rows.items()},  # the default dataset
         "by_dataset": {ds: {name: by_ds[ds] for name, by_ds in rows.items()} for ds, _t, _n in sets},
         "targets": targets,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__,
-                     "sentence_transformers": __import__("sentence_transformers").__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "sentence_transformers": __import__("sentence_transformers").__version__,
+        },
         "cpu": platform.processor() or platform.machine(),
         "seconds_total": time.perf_counter() - t_start,
     }

@@ -31,6 +31,7 @@ than 10% of the CPUs, where an undisturbed run of that configuration exists), RS
 may be shared: before each run the script waits (a while) for quiet CPUs and reports the CPU time other
 processes used during the timed steps. Targets: engine >= 1.5x the baseline's steps/s, and peak RSS <= the baseline's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,6 +75,7 @@ def _memory() -> dict:
 
 
 # --- inside a subprocess: one training run ---------------------------------------------------
+
 
 class StepClock:
     """Per optimiser step: wall time at its end, and forward / backward / optimiser time, from a forward
@@ -122,10 +124,18 @@ class StepClock:
         seconds = self.ends[-1] - self.ends[warmup - 1]
         parts = self.parts[warmup:]
         split = {k: 1000 * sum(p.get(k, 0.0) for p in parts) / timed for k in ("forward", "backward", "optimizer", "other")}
-        return {"steps_total": n, "steps_timed": timed, "seconds": seconds, "steps_per_s": timed / seconds,
-                "tokens_timed": int(sum(tokens[warmup:n])), "padded_tokens_timed": int(sum(padded[warmup:n])),
-                "tokens_per_s": sum(tokens[warmup:n]) / seconds, "ms_per_step": split, "other_cpu_s": self.other_cpu_s,
-                "rss_per_step_mb": [round(x) for x in self.rss_mb]}
+        return {
+            "steps_total": n,
+            "steps_timed": timed,
+            "seconds": seconds,
+            "steps_per_s": timed / seconds,
+            "tokens_timed": int(sum(tokens[warmup:n])),
+            "padded_tokens_timed": int(sum(padded[warmup:n])),
+            "tokens_per_s": sum(tokens[warmup:n]) / seconds,
+            "ms_per_step": split,
+            "other_cpu_s": self.other_cpu_s,
+            "rss_per_step_mb": [round(x) for x in self.rss_mb],
+        }
 
 
 def child_prep(spec: dict) -> dict:
@@ -141,10 +151,21 @@ def child_prep(spec: dict) -> dict:
     net, tok, identity, kind, head = finetune.load_classifier_model(spec["model"], ds.classes, choose())
     ids, n_trunc = features.tokenize(tok, texts, spec["max_length"])
     lengths = np.array([len(x) for x in ids])
-    return {"texts": texts, "labels": labels, "classes": list(ds.classes), "folder": str(models.locate(models.resolve(spec["model"]))[0]),
-            "head": head, "targets": finetune.default_target_modules(net), "kind": kind, "model_type": identity.get("model_type"),
-            "n_params": int(sum(p.numel() for p in net.parameters())), "n_letters": n, "n_truncated": int(n_trunc),
-            "mean_tokens_per_letter": float(lengths.mean()), "dataset": ds.source}
+    return {
+        "texts": texts,
+        "labels": labels,
+        "classes": list(ds.classes),
+        "folder": str(models.locate(models.resolve(spec["model"]))[0]),
+        "head": head,
+        "targets": finetune.default_target_modules(net),
+        "kind": kind,
+        "model_type": identity.get("model_type"),
+        "n_params": int(sum(p.numel() for p in net.parameters())),
+        "n_letters": n,
+        "n_truncated": int(n_trunc),
+        "mean_tokens_per_letter": float(lengths.mean()),
+        "dataset": ds.source,
+    }
 
 
 def child_engine(spec: dict) -> dict:
@@ -176,8 +197,9 @@ def child_engine(spec: dict) -> dict:
         tokens.append(int(mask.sum()))
         padded.append(int(mask.numel()))
         logits = trained(input_ids=input_ids, attention_mask=mask).logits.float()
-        return torch.nn.functional.cross_entropy(logits, y_t[batch].to(logits.device),
-                                                 weight=weights.to(logits.device) if weights is not None else None)
+        return torch.nn.functional.cross_entropy(
+            logits, y_t[batch].to(logits.device), weight=weights.to(logits.device) if weights is not None else None
+        )
 
     def progress(_done, _total, message):
         if message.startswith("training"):  # called after each batch; grad_accum is 1, so after each optimiser step
@@ -187,27 +209,53 @@ def child_engine(spec: dict) -> dict:
     key = f"bench-lora-{spec['model']}-{os.getpid()}-{time.time_ns()}"
     mem["before_train"] = _memory()
     try:
-        state = finetune.train(trained, ids, np.arange(len(ids)), loss_fn, lambda: {"score": 0.0}, cfg, placement,
-                               pad_id=tok.pad_token_id, key=key, head_lr_factor=finetune.HEAD_LR_FACTOR,
-                               is_head=lambda name: "modules_to_save" in name, progress=progress)
+        state = finetune.train(
+            trained,
+            ids,
+            np.arange(len(ids)),
+            loss_fn,
+            lambda: {"score": 0.0},
+            cfg,
+            placement,
+            pad_id=tok.pad_token_id,
+            key=key,
+            head_lr_factor=finetune.HEAD_LR_FACTOR,
+            is_head=lambda name: "modules_to_save" in name,
+            progress=progress,
+        )
     finally:
         finetune.checkpoint_path(key).unlink(missing_ok=True)
     mem["end"] = _memory()
     mem["first_step"] = clock.first_step_memory
     out = clock.summary(spec["warmup"], tokens, padded)
     assert state["steps"] == out["steps_total"], (state["steps"], out["steps_total"])
-    return {**out, "memory": mem, "dtype": placement.dtype, "autocast": placement.dtype == "bfloat16", "targets": targets,
-            "head": head, "engine_tokens_total": state["tokens"], "tokens_total": int(sum(tokens)), "n_truncated": n_trunc,
-            "trainable_params": int(sum(p.numel() for p in trained.parameters() if p.requires_grad)),
-            "threads": torch.get_num_threads()}
+    return {
+        **out,
+        "memory": mem,
+        "dtype": placement.dtype,
+        "autocast": placement.dtype == "bfloat16",
+        "targets": targets,
+        "head": head,
+        "engine_tokens_total": state["tokens"],
+        "tokens_total": int(sum(tokens)),
+        "n_truncated": n_trunc,
+        "trainable_params": int(sum(p.numel() for p in trained.parameters() if p.requires_grad)),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def child_baseline(spec: dict) -> dict:
     mem = {"start": _memory()}
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     prep = spec["prep"]
     classes = prep["classes"]
@@ -216,12 +264,22 @@ def child_baseline(spec: dict) -> dict:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
-        prep["folder"], num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)},
-        dtype=torch.float32)
+        prep["folder"],
+        num_labels=len(classes),
+        id2label=dict(enumerate(classes)),
+        label2id={c: i for i, c in enumerate(classes)},
+        dtype=torch.float32,
+    )
     model.config.pad_token_id = tok.pad_token_id
     mem["model_loaded"] = _memory()
-    lora = LoraConfig(task_type="SEQ_CLS", r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=spec["lora_dropout"],
-                      target_modules=prep["targets"], modules_to_save=prep["head"] or None)
+    lora = LoraConfig(
+        task_type="SEQ_CLS",
+        r=spec["lora_r"],
+        lora_alpha=spec["lora_alpha"],
+        lora_dropout=spec["lora_dropout"],
+        target_modules=prep["targets"],
+        modules_to_save=prep["head"] or None,
+    )
     peft_model = get_peft_model(model, lora)
     enc = tok(prep["texts"], truncation=True, max_length=spec["max_length"])
     train_set = [{**{k: enc[k][i] for k in enc}, "labels": classes.index(lab)} for i, lab in enumerate(prep["labels"])]
@@ -245,10 +303,23 @@ def child_baseline(spec: dict) -> dict:
     steps = spec["warmup"] + spec["steps"]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=spec["batch_size"], max_steps=steps, learning_rate=spec["learning_rate"],
-            warmup_steps=int(spec["warmup_ratio"] * steps), lr_scheduler_type="linear", weight_decay=spec["weight_decay"],
-            max_grad_norm=1.0, eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[],
-            dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=spec["seed"])
+            output_dir=tmp,
+            per_device_train_batch_size=spec["batch_size"],
+            max_steps=steps,
+            learning_rate=spec["learning_rate"],
+            warmup_steps=int(spec["warmup_ratio"] * steps),
+            lr_scheduler_type="linear",
+            weight_decay=spec["weight_decay"],
+            max_grad_norm=1.0,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            dataloader_num_workers=0,
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=spec["seed"],
+        )
         trainer = Trainer(model=peft_model, args=args, train_dataset=train_set, data_collator=collate, callbacks=[Clock()])
         mem["before_train"] = _memory()
         result = trainer.train()
@@ -256,9 +327,16 @@ def child_baseline(spec: dict) -> dict:
     mem["first_step"] = clock.first_step_memory
     out = clock.summary(warmup, tokens, padded)
     assert result.global_step == out["steps_total"], (result.global_step, out["steps_total"])
-    return {**out, "memory": mem, "dtype": "float32", "autocast": False, "optim": str(args.optim), "tokens_total": int(sum(tokens[:steps])),
-            "trainable_params": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad)),
-            "threads": torch.get_num_threads()}
+    return {
+        **out,
+        "memory": mem,
+        "dtype": "float32",
+        "autocast": False,
+        "optim": str(args.optim),
+        "tokens_total": int(sum(tokens[:steps])),
+        "trainable_params": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad)),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def child_main(mode: str, spec_path: Path, out_path: Path) -> int:
@@ -274,13 +352,19 @@ def child_main(mode: str, spec_path: Path, out_path: Path) -> int:
         import torch
         import transformers
 
-        result["versions"] = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-                              "peft": peft.__version__, "accelerate": __import__("accelerate").__version__}
+        result["versions"] = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "accelerate": __import__("accelerate").__version__,
+        }
     out_path.write_text(json.dumps(result))
     return 0
 
 
 # --- the parent: runs the subprocesses, prints, writes JSON -------------------------------------
+
 
 def run_child(mode: str, spec: dict, workdir: Path, env: dict, quiet: bool = True) -> dict:
     spec_path, out_path = workdir / f"spec-{mode}.json", workdir / f"out-{mode}.json"
@@ -289,8 +373,13 @@ def run_child(mode: str, spec: dict, workdir: Path, env: dict, quiet: bool = Tru
     if quiet:
         wait_quiet()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", mode, "--spec", str(spec_path), "--out", str(out_path)],
-                          env=env, cwd=str(ROOT), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--spec", str(spec_path), "--out", str(out_path)],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0 or not out_path.exists():
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"the {mode} run of {spec.get('model')} failed (exit {proc.returncode})")
@@ -300,8 +389,14 @@ def run_child(mode: str, spec: dict, workdir: Path, env: dict, quiet: bool = Tru
 
 
 def make_env(cache: Path, dtype: str | None) -> dict:
-    env = {**os.environ, "CLINBENCH_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "CLINBENCH_CACHE": str(cache),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONWARNINGS": "ignore",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_OFFLINE": "1",
+    }
     env.pop("CLINBENCH_DTYPE", None)
     if dtype:
         env["CLINBENCH_DTYPE"] = dtype
@@ -323,8 +418,20 @@ def temp_cache(workdir: Path) -> Path:
 def measure_model(name: str, args, workdir: Path, cache: Path) -> dict:
     steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS).get(name, 10)
     n_letters = (args.warmup + steps) * args.batch
-    base = {"model": name, "max_length": args.max_length, "batch_size": args.batch, "warmup": args.warmup, "steps": steps,
-            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "learning_rate": 5e-4, "warmup_ratio": 0.1, "weight_decay": 0.0, "seed": 0}
+    base = {
+        "model": name,
+        "max_length": args.max_length,
+        "batch_size": args.batch,
+        "warmup": args.warmup,
+        "steps": steps,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.1,
+        "learning_rate": 5e-4,
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.0,
+        "seed": 0,
+    }
     prep = run_child("prep", {**base, "n_letters": n_letters}, workdir, make_env(cache, None), quiet=False)
     if prep["n_letters"] < n_letters:
         raise SystemExit(f"{name}: the default dataset has {prep['n_letters']} letters, {n_letters} needed; lower --steps or --batch")
@@ -337,10 +444,13 @@ def measure_model(name: str, args, workdir: Path, cache: Path) -> dict:
             mode = "baseline" if config == "baseline" else "engine"
             res = run_child(mode, spec, workdir, make_env(cache, "float32" if config == "engine_fp32" else None))
             runs[config].append(res)
-            print(f"  {name:8} round {r + 1}/{args.rounds} {config:12} {res['steps_per_s']:7.3f} steps/s  {res['tokens_per_s']:8.0f} tok/s  "
-                  f"peak RSS {res['peak_rss_mb']:6.0f} MB  ({res['dtype']}, {res['steps_timed']} timed steps, "
-                  f"{res['tokens_timed'] / res['steps_timed']:.0f} real / {res['padded_tokens_timed'] / res['steps_timed']:.0f} padded tok/step, "
-                  f"other CPU {res['other_cpu_s']:.1f} s, {res['wall_s']:.0f} s)", flush=True)
+            print(
+                f"  {name:8} round {r + 1}/{args.rounds} {config:12} {res['steps_per_s']:7.3f} steps/s  {res['tokens_per_s']:8.0f} tok/s  "
+                f"peak RSS {res['peak_rss_mb']:6.0f} MB  ({res['dtype']}, {res['steps_timed']} timed steps, "
+                f"{res['tokens_timed'] / res['steps_timed']:.0f} real / {res['padded_tokens_timed'] / res['steps_timed']:.0f} padded tok/step, "
+                f"other CPU {res['other_cpu_s']:.1f} s, {res['wall_s']:.0f} s)",
+                flush=True,
+            )
     return {"prep": prep, "runs": runs, "steps": steps}
 
 
@@ -367,32 +477,72 @@ def summarise(name: str, m: dict, args) -> dict:
 
     eng, bl = runs["engine"][0], runs["baseline"][0]
     row = {
-        "model": name, "steps_per_s": med["engine"], "baseline_steps_per_s": med["baseline"],
-        "engine_fp32_steps_per_s": med["engine_fp32"], "peak_rss_mb": rss["engine"], "baseline_peak_rss_mb": rss["baseline"],
+        "model": name,
+        "steps_per_s": med["engine"],
+        "baseline_steps_per_s": med["baseline"],
+        "engine_fp32_steps_per_s": med["engine_fp32"],
+        "peak_rss_mb": rss["engine"],
+        "baseline_peak_rss_mb": rss["baseline"],
         "engine_fp32_peak_rss_mb": rss["engine_fp32"],
-        "speedup": med["engine"] / med["baseline"], "speedup_fp32": med["engine_fp32"] / med["baseline"],
+        "speedup": med["engine"] / med["baseline"],
+        "speedup_fp32": med["engine_fp32"] / med["baseline"],
         "speedup_per_round": [e["steps_per_s"] / b["steps_per_s"] for e, b in zip(runs["engine"], runs["baseline"])],
-        "rss_ratio": rss["engine"] / rss["baseline"], "rss_ratio_fp32": rss["engine_fp32"] / rss["baseline"],
-        "peak_vmhwm_mb": hwm["engine"], "baseline_peak_vmhwm_mb": hwm["baseline"],
-        "tokens_per_s": tok["engine"], "baseline_tokens_per_s": tok["baseline"], "engine_fp32_tokens_per_s": tok["engine_fp32"],
-        "tokens_per_step": per_step("engine", "tokens_timed"), "baseline_tokens_per_step": per_step("baseline", "tokens_timed"),
+        "rss_ratio": rss["engine"] / rss["baseline"],
+        "rss_ratio_fp32": rss["engine_fp32"] / rss["baseline"],
+        "peak_vmhwm_mb": hwm["engine"],
+        "baseline_peak_vmhwm_mb": hwm["baseline"],
+        "tokens_per_s": tok["engine"],
+        "baseline_tokens_per_s": tok["baseline"],
+        "engine_fp32_tokens_per_s": tok["engine_fp32"],
+        "tokens_per_step": per_step("engine", "tokens_timed"),
+        "baseline_tokens_per_step": per_step("baseline", "tokens_timed"),
         "padded_tokens_per_step": per_step("engine", "padded_tokens_timed"),
         "baseline_padded_tokens_per_step": per_step("baseline", "padded_tokens_timed"),
-        "tokens_total": eng["tokens_total"], "baseline_tokens_total": bl["tokens_total"],
+        "tokens_total": eng["tokens_total"],
+        "baseline_tokens_total": bl["tokens_total"],
         "ms_per_step": {c: split(c) for c in CONFIGS},
         "rss_by_stage_mb": {c: {s: mem(c, s) for s in ("imports", "model_loaded", "before_train", "first_step", "end")} for c in CONFIGS},
-        "targets_met": {"speed": med["engine"] / med["baseline"] >= SPEEDUP_TARGET, "memory": rss["engine"] <= RSS_TARGET * rss["baseline"]},
-        "dtype": eng["dtype"], "autocast": eng["autocast"], "baseline_optim": bl["optim"],
-        "max_length": args.max_length, "batch_size": args.batch, "warmup_steps_excluded": args.warmup, "timed_steps": m["steps"],
-        "rounds": args.rounds, "letters": prep["n_letters"], "n_truncated": prep["n_truncated"],
-        "mean_tokens_per_letter": prep["mean_tokens_per_letter"], "params": prep["n_params"],
-        "trainable_params": eng["trainable_params"], "baseline_trainable_params": bl["trainable_params"],
+        "targets_met": {
+            "speed": med["engine"] / med["baseline"] >= SPEEDUP_TARGET,
+            "memory": rss["engine"] <= RSS_TARGET * rss["baseline"],
+        },
+        "dtype": eng["dtype"],
+        "autocast": eng["autocast"],
+        "baseline_optim": bl["optim"],
+        "max_length": args.max_length,
+        "batch_size": args.batch,
+        "warmup_steps_excluded": args.warmup,
+        "timed_steps": m["steps"],
+        "rounds": args.rounds,
+        "letters": prep["n_letters"],
+        "n_truncated": prep["n_truncated"],
+        "mean_tokens_per_letter": prep["mean_tokens_per_letter"],
+        "params": prep["n_params"],
+        "trainable_params": eng["trainable_params"],
+        "baseline_trainable_params": bl["trainable_params"],
         "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": prep["targets"], "modules_to_save": prep["head"]},
         "disturbed_runs_excluded": {c: len(runs[c]) - len(clean(c)) for c in CONFIGS},
-        "threads": eng["threads"], "other_cpu_s": {c: [round(r["other_cpu_s"], 2) for r in runs[c]] for c in CONFIGS},
-        "runs": {c: [{k: r[k] for k in ("steps_per_s", "tokens_per_s", "seconds", "peak_rss_mb", "peak_vmhwm_mb", "other_cpu_s", "wall_s",
-                                        "rss_per_step_mb")}
-                     for r in runs[c]] for c in CONFIGS},
+        "threads": eng["threads"],
+        "other_cpu_s": {c: [round(r["other_cpu_s"], 2) for r in runs[c]] for c in CONFIGS},
+        "runs": {
+            c: [
+                {
+                    k: r[k]
+                    for k in (
+                        "steps_per_s",
+                        "tokens_per_s",
+                        "seconds",
+                        "peak_rss_mb",
+                        "peak_vmhwm_mb",
+                        "other_cpu_s",
+                        "wall_s",
+                        "rss_per_step_mb",
+                    )
+                }
+                for r in runs[c]
+            ]
+            for c in CONFIGS
+        },
         "versions": eng["versions"],
     }
     return row
@@ -420,8 +570,11 @@ def main(argv=None) -> int:
         ap.error("--warmup must be at least 1 (the timing starts at the end of the last warm-up step)")
 
     t_start = time.perf_counter()
-    print(f"ClinBench LoRA training benchmark ({'quick' if args.quick else 'full'}): max_length {args.max_length}, batch {args.batch}, "
-          f"{args.warmup} warm-up steps, {args.rounds} round(s), {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"ClinBench LoRA training benchmark ({'quick' if args.quick else 'full'}): max_length {args.max_length}, batch {args.batch}, "
+        f"{args.warmup} warm-up steps, {args.rounds} round(s), {os.cpu_count()} CPUs",
+        flush=True,
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="clinbench-bench-lora-") as tmp:
         workdir = Path(tmp)
@@ -431,15 +584,21 @@ def main(argv=None) -> int:
         leftover = list((cache / "checkpoints").glob("*.pt")) if (cache / "checkpoints").exists() else []
         assert not leftover, f"checkpoints left behind: {leftover}"
 
-    print(f"\nsteps/s and tokens/s: medians over {args.rounds} round(s), runs disturbed by other processes left out where a clean one exists; peak RSS: max (ru_maxrss of each run's own process, model loading included)")
-    head = (f"{'model':8} {'dtype':8} {'engine':>7} {'base':>7} {'ratio':>6} {'eng fp32':>8} {'ratio':>6} {'eng tok/s':>9} {'base tok/s':>10} "
-            f"{'RSS eng':>8} {'RSS base':>8} {'RSS ratio':>9} {'speed>=1.5x':>11} {'RSS<=base':>9}")
+    print(
+        f"\nsteps/s and tokens/s: medians over {args.rounds} round(s), runs disturbed by other processes left out where a clean one exists; peak RSS: max (ru_maxrss of each run's own process, model loading included)"
+    )
+    head = (
+        f"{'model':8} {'dtype':8} {'engine':>7} {'base':>7} {'ratio':>6} {'eng fp32':>8} {'ratio':>6} {'eng tok/s':>9} {'base tok/s':>10} "
+        f"{'RSS eng':>8} {'RSS base':>8} {'RSS ratio':>9} {'speed>=1.5x':>11} {'RSS<=base':>9}"
+    )
     print(head + "\n" + "-" * len(head))
     for r in rows:
-        print(f"{r['model']:8} {r['dtype']:8} {r['steps_per_s']:7.3f} {r['baseline_steps_per_s']:7.3f} {r['speedup']:6.2f} "
-              f"{r['engine_fp32_steps_per_s']:8.3f} {r['speedup_fp32']:6.2f} {r['tokens_per_s']:9.0f} {r['baseline_tokens_per_s']:10.0f} "
-              f"{r['peak_rss_mb']:8.0f} {r['baseline_peak_rss_mb']:8.0f} {r['rss_ratio']:9.2f} "
-              f"{'met' if r['targets_met']['speed'] else 'MISSED':>11} {'met' if r['targets_met']['memory'] else 'MISSED':>9}")
+        print(
+            f"{r['model']:8} {r['dtype']:8} {r['steps_per_s']:7.3f} {r['baseline_steps_per_s']:7.3f} {r['speedup']:6.2f} "
+            f"{r['engine_fp32_steps_per_s']:8.3f} {r['speedup_fp32']:6.2f} {r['tokens_per_s']:9.0f} {r['baseline_tokens_per_s']:10.0f} "
+            f"{r['peak_rss_mb']:8.0f} {r['baseline_peak_rss_mb']:8.0f} {r['rss_ratio']:9.2f} "
+            f"{'met' if r['targets_met']['speed'] else 'MISSED':>11} {'met' if r['targets_met']['memory'] else 'MISSED':>9}"
+        )
     print("(steps/s = optimiser steps per second; ratio = engine / baseline; tokens = real, non-padding training tokens)")
 
     print("\nwork per step (mean over timed steps) and time per step (ms, median over rounds)")
@@ -449,8 +608,10 @@ def main(argv=None) -> int:
         for c in CONFIGS:
             key = {"engine": "", "baseline": "baseline_", "engine_fp32": ""}[c]
             ms = r["ms_per_step"][c]
-            print(f"{r['model']:8} {c:12} {r[key + 'tokens_per_step']:8.0f} {r[key + 'padded_tokens_per_step']:7.0f} {ms['forward']:8.0f} "
-                  f"{ms['backward']:8.0f} {ms['optimizer']:7.1f} {ms['other']:7.1f} {sum(ms.values()):8.0f}")
+            print(
+                f"{r['model']:8} {c:12} {r[key + 'tokens_per_step']:8.0f} {r[key + 'padded_tokens_per_step']:7.0f} {ms['forward']:8.0f} "
+                f"{ms['backward']:8.0f} {ms['optimizer']:7.1f} {ms['other']:7.1f} {sum(ms.values()):8.0f}"
+            )
     print("(backward includes the loss and grad clipping; other = batching, scheduler, zero_grad, loop overhead)")
 
     print("\npeak RSS by stage (MB, ru_maxrss so far)")
@@ -459,21 +620,35 @@ def main(argv=None) -> int:
     for r in rows:
         for c in CONFIGS:
             s = r["rss_by_stage_mb"][c]
-            print(f"{r['model']:8} {c:12} {s['imports']:8.0f} {s['model_loaded']:8.0f} {s['before_train']:8.0f} {s['first_step']:8.0f} {s['end']:8.0f}")
+            print(
+                f"{r['model']:8} {c:12} {s['imports']:8.0f} {s['model_loaded']:8.0f} {s['before_train']:8.0f} {s['first_step']:8.0f} {s['end']:8.0f}"
+            )
 
     threads = rows[0]["threads"] if rows else 0
-    busy = [(r["model"], c, v) for r in rows for c in CONFIGS for v, run in zip(r["other_cpu_s"][c], r["runs"][c])
-            if v > 0.1 * threads * run["seconds"]]
+    busy = [
+        (r["model"], c, v)
+        for r in rows
+        for c in CONFIGS
+        for v, run in zip(r["other_cpu_s"][c], r["runs"][c])
+        if v > 0.1 * threads * run["seconds"]
+    ]
     if busy:
         print("\nwarning: other processes used the CPUs during " + ", ".join(f"{m}/{c} ({v:.1f} CPU s)" for m, c, v in busy))
 
     out = {
-        "mode": "quick" if args.quick else "full", "max_length": args.max_length, "batch_size": args.batch, "warmup_steps": args.warmup,
-        "rounds": args.rounds, "targets": {"speedup_min": SPEEDUP_TARGET, "rss_ratio_max": RSS_TARGET},
+        "mode": "quick" if args.quick else "full",
+        "max_length": args.max_length,
+        "batch_size": args.batch,
+        "warmup_steps": args.warmup,
+        "rounds": args.rounds,
+        "targets": {"speedup_min": SPEEDUP_TARGET, "rss_ratio_max": RSS_TARGET},
         "baseline": "transformers.Trainer + peft.get_peft_model (same LoraConfig), fp32, DataCollatorWithPadding, use_cpu, "
-                    "no eval/save/report, dataloader_num_workers=0",
-        "models": rows, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "versions": rows[0]["versions"] if rows else {}, "seconds_total": time.perf_counter() - t_start,
+        "no eval/save/report, dataloader_num_workers=0",
+        "models": rows,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "versions": rows[0]["versions"] if rows else {},
+        "seconds_total": time.perf_counter() - t_start,
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Where ClinBench keeps things: the cache folder, bundled resources, package versions."""
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ list in JSONL or as a string split on `label_sep` (e.g. "|") in CSV.
 issue found (errors block use, warnings do not). `load_dataset` raises a DataError
 that lists all errors at once, so a user fixes the file in one pass.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -70,8 +71,12 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {
-            "path": self.path, "ok": self.ok, "n_rows": self.n_rows, "columns": self.columns,
-            "class_counts": self.class_counts, "multi_label": self.multi_label,
+            "path": self.path,
+            "ok": self.ok,
+            "n_rows": self.n_rows,
+            "columns": self.columns,
+            "class_counts": self.class_counts,
+            "multi_label": self.multi_label,
             "issues": [vars(i) for i in self.issues],
         }
 
@@ -122,6 +127,7 @@ class Split:
 
 # --- loading -----------------------------------------------------------------
 
+
 def max_file_mb() -> float:
     return float(os.environ.get(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB))
 
@@ -139,7 +145,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path} is a folder; give the path of a .csv, .tsv or .jsonl file.")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv or .jsonl (one JSON object per line).")
+        raise DataError(
+            f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv or .jsonl (one JSON object per line)."
+        )
     size, limit_mb = path.stat().st_size, max_file_mb()
     if size > limit_mb * 2**20:
         raise DataError(
@@ -164,7 +172,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         return pd.read_csv(io.StringIO(text), sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False, na_values=[])
     except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{path.name} could not be parsed as {kind.upper()}: {exc}. Check the quoting of fields that contain commas or line breaks.") from None
+        raise DataError(
+            f"{path.name} could not be parsed as {kind.upper()}: {exc}. Check the quoting of fields that contain commas or line breaks."
+        ) from None
 
 
 def _read_jsonl(text: str, name: str) -> pd.DataFrame:
@@ -175,9 +185,11 @@ def _read_jsonl(text: str, name: str) -> pd.DataFrame:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{name}, line {i}: not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object.") from None
+            raise DataError(
+                f"{name}, line {i}: not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object."
+            ) from None
         if not isinstance(obj, dict):
-            raise DataError(f"{name}, line {i}: expected a JSON object like {{\"text\": ..., \"label\": ...}}, found {type(obj).__name__}.")
+            raise DataError(f'{name}, line {i}: expected a JSON object like {{"text": ..., "label": ...}}, found {type(obj).__name__}.')
         records.append(obj)
     if not records:
         raise DataError(f"{name} holds no JSON records. Each line must be one JSON object.")
@@ -185,6 +197,7 @@ def _read_jsonl(text: str, name: str) -> pd.DataFrame:
 
 
 # --- validation --------------------------------------------------------------
+
 
 def _row_list(rows: list[int], limit: int = 8) -> str:
     shown = ", ".join(str(r) for r in rows[:limit])
@@ -214,15 +227,19 @@ def _parse_labels(value, label_sep: str | None):
     return value
 
 
-def validate_table(df: pd.DataFrame, text_column: str, label_column: str, *, path: str = "data",
-                   label_sep: str | None = None) -> tuple[ValidationReport, list[str], list]:
+def validate_table(
+    df: pd.DataFrame, text_column: str, label_column: str, *, path: str = "data", label_sep: str | None = None
+) -> tuple[ValidationReport, list[str], list]:
     """Check a table for use as labelled letters. Returns (report, texts, labels) of the usable rows."""
     report = ValidationReport(path=path, n_rows=len(df), columns=[str(c) for c in df.columns])
     for role, col in (("text", text_column), ("label", label_column)):
         if col not in df.columns:
             close = difflib.get_close_matches(col, report.columns, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            report.error("missing_column", f"{role} column {col!r} not found in {path}. Columns present: {', '.join(report.columns) or '(none)'}.{hint}")
+            report.error(
+                "missing_column",
+                f"{role} column {col!r} not found in {path}. Columns present: {', '.join(report.columns) or '(none)'}.{hint}",
+            )
     if report.errors:
         return report, [], []
     if len(df) == 0:
@@ -241,11 +258,17 @@ def validate_table(df: pd.DataFrame, text_column: str, label_column: str, *, pat
         texts.append(text.strip() if isinstance(text, str) else "")
         labels.append(lab)
     if blank_text:
-        report.error("empty_text", f"{len(blank_text)} row(s) have an empty or missing text in column {text_column!r}: rows {_row_list(blank_text)} "
-                     "(counted from 1 after the header). Fill in or delete these rows.")
+        report.error(
+            "empty_text",
+            f"{len(blank_text)} row(s) have an empty or missing text in column {text_column!r}: rows {_row_list(blank_text)} "
+            "(counted from 1 after the header). Fill in or delete these rows.",
+        )
     if blank_label:
-        report.error("empty_label", f"{len(blank_label)} row(s) have no label in column {label_column!r}: rows {_row_list(blank_label)}. "
-                     "Label these letters or delete the rows.")
+        report.error(
+            "empty_label",
+            f"{len(blank_label)} row(s) have no label in column {label_column!r}: rows {_row_list(blank_label)}. "
+            "Label these letters or delete the rows.",
+        )
 
     bad = set(blank_text) | set(blank_label)
     ok_rows = [i for i in range(len(texts)) if (i + 1) not in bad]
@@ -258,8 +281,11 @@ def validate_table(df: pd.DataFrame, text_column: str, label_column: str, *, pat
 
     if len(counts) == 1:
         (only,) = counts
-        report.error("one_class", f"Only one label ({only!r}) occurs in column {label_column!r}; a classifier needs at least two. "
-                     "Check that you chose the right label column.")
+        report.error(
+            "one_class",
+            f"Only one label ({only!r}) occurs in column {label_column!r}; a classifier needs at least two. "
+            "Check that you chose the right label column.",
+        )
     elif len(counts) == 0 and not blank_label:
         report.error("no_labels", f"No usable labels in column {label_column!r}.")
     rare = sorted(lab for lab, c in counts.items() if c < 2)
@@ -268,9 +294,12 @@ def validate_table(df: pd.DataFrame, text_column: str, label_column: str, *, pat
         for lab in rare[:8]:
             r = next(i + 1 for i in ok_rows if (lab in labels[i] if multi else labels[i] == lab))
             where.append(f"{lab!r} (row {r})")
-        report.error("rare_label", f"{len(rare)} label(s) have fewer than 2 letters: {', '.join(where)}"
-                     f"{' and more' if len(rare) > 8 else ''}. Each label needs at least 2 letters so that it can appear in both the "
-                     "training and the test split: add letters, merge the label into another, or delete those rows.")
+        report.error(
+            "rare_label",
+            f"{len(rare)} label(s) have fewer than 2 letters: {', '.join(where)}"
+            f"{' and more' if len(rare) > 8 else ''}. Each label needs at least 2 letters so that it can appear in both the "
+            "training and the test split: add letters, merge the label into another, or delete those rows.",
+        )
 
     seen: dict[str, int] = {}
     dups, conflicts = [], []
@@ -283,10 +312,16 @@ def validate_table(df: pd.DataFrame, text_column: str, label_column: str, *, pat
         else:
             seen[key] = i
     if dups:
-        report.warn("duplicate_text", f"{len(dups)} letter(s) repeat an earlier letter (rows {_row_list(dups)}); duplicates can land in both the "
-                    "training and the test split and inflate the scores. Consider removing them.")
+        report.warn(
+            "duplicate_text",
+            f"{len(dups)} letter(s) repeat an earlier letter (rows {_row_list(dups)}); duplicates can land in both the "
+            "training and the test split and inflate the scores. Consider removing them.",
+        )
     if conflicts:
-        report.warn("conflicting_labels", f"{len(conflicts)} duplicated letter(s) carry a different label than their first copy (rows {_row_list(conflicts)}).")
+        report.warn(
+            "conflicting_labels",
+            f"{len(conflicts)} duplicated letter(s) carry a different label than their first copy (rows {_row_list(conflicts)}).",
+        )
 
     return report, [texts[i] for i in ok_rows], [labels[i] for i in ok_rows]
 
@@ -322,6 +357,7 @@ def default_dataset() -> Dataset:
 
 # --- split -------------------------------------------------------------------
 
+
 def _stratify_key(ds: Dataset) -> list[str]:
     if not ds.multi_label:
         return list(ds.labels)
@@ -340,8 +376,10 @@ def split(ds: Dataset, test_size: float = 0.2, seed: int = 0) -> Split:
     n_classes = len(set(key))
     n_test = int(np.ceil(test_size * len(ds)))
     if n_test < n_classes or len(ds) - n_test < n_classes:
-        raise DataError(f"A test fraction of {test_size} gives {n_test} test letters for {n_classes} labels; every label needs a letter in "
-                        "both splits. Use a larger test fraction or more letters.")
+        raise DataError(
+            f"A test fraction of {test_size} gives {n_test} test letters for {n_classes} labels; every label needs a letter in "
+            "both splits. Use a larger test fraction or more letters."
+        )
     idx = np.arange(len(ds))
     train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=key)
     train, test = np.sort(train), np.sort(test)

@@ -10,6 +10,7 @@ A saved dataset is a file plus the columns to read; a run's spec points at the s
 so a run keeps working when the browser's copy is gone. Deleting a saved dataset removes its
 description only: the file stays, because finished runs and evaluations may refer to it.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def store_upload(filename: str, content: bytes) -> Path:
     """Keep an uploaded file in the cache (content-addressed) and return its path. The suffix decides the format."""
     suffix = Path(filename).suffix.lower()
     if suffix not in data.SUFFIXES:
-        raise DataError(f"{filename}: unsupported file type {suffix or '(none)'!r}. Upload a .csv, .tsv or .jsonl file "
-                        "(one JSON object per line).")
+        raise DataError(
+            f"{filename}: unsupported file type {suffix or '(none)'!r}. Upload a .csv, .tsv or .jsonl file (one JSON object per line)."
+        )
     path = datasets_dir() / "files" / f"{sha256_bytes(content)[:16]}-{_safe_name(filename)}"
     if not path.exists():
         atomic_write_bytes(path, content)
@@ -65,8 +67,18 @@ def save(path: str | Path, name: str, text_column: str, label_column: str, label
         raise DataError("Give the dataset a name (e.g. 'discharge letters 2024').")
     ds = data.load_dataset(path, text_column, label_column, label_sep=label_sep or None)
     ident = ds.data_hash[:16]
-    saved = SavedDataset(ident, name, str(Path(path).resolve()), text_column, label_column, label_sep or None, ds.data_hash,
-                         len(ds), ds.classes, time.strftime("%Y-%m-%d %H:%M"))
+    saved = SavedDataset(
+        ident,
+        name,
+        str(Path(path).resolve()),
+        text_column,
+        label_column,
+        label_sep or None,
+        ds.data_hash,
+        len(ds),
+        ds.classes,
+        time.strftime("%Y-%m-%d %H:%M"),
+    )
     atomic_write_json(datasets_dir() / f"{ident}.json", asdict(saved))
     return saved
 

@@ -5,6 +5,7 @@ CPU has native bf16 instructions (AVX512-BF16 or AMX), fp32 otherwise. Override 
 the environment variables CLINBENCH_DEVICE (cpu|cuda) and CLINBENCH_DTYPE
 (float32|bfloat16|float16), or per call.
 """
+
 from __future__ import annotations
 
 import functools

@@ -13,6 +13,7 @@ Bernoulli(p) masks in distribution (p rounded to a multiple of 1/65536), seeded 
 Everything is restored on exit, so a saved config never names this attention. On other devices (CUDA has a
 fused dropout) it changes nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,7 @@ def keep_mask(shape, p: float, device) -> tuple[torch.Tensor, float]:
     for s in shape:
         n *= int(s)
     drop = round(p * _LANES)
-    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     lanes = words.view(torch.int16)[:n].view(shape)
     return lanes >= (drop - _LANES // 2), drop / _LANES
 
@@ -73,10 +74,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """transformers' SDPA attention, except on the CPU in training with dropout > 0: softmax(QK^T s + mask) V with
     the cheap mask on the probabilities. Masked positions get the dtype's minimum, not -inf, so a fully masked
     (padding) row gives a finite output, as SDPA's does."""
-    if not (module.training and dropout > 0.0 and query.device.type == "cpu") or kwargs.get("position_bias") is not None \
-            or kwargs.get("cache") is not None or kwargs.get("softcap") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    if (
+        not (module.training and dropout > 0.0 and query.device.type == "cpu")
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("cache") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
@@ -92,7 +98,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         else:
             scores = scores + attention_mask
     with torch.autocast("cpu", enabled=False):  # autocast would run softmax in fp32 and copy twice; the CPU kernel
-        probs = torch.softmax(scores, dim=-1)   # accumulates in fp32 for bf16 input anyway
+        probs = torch.softmax(scores, dim=-1)  # accumulates in fp32 for bf16 input anyway
     out = torch.matmul(apply_dropout(probs, dropout), value)
     return out.transpose(1, 2).contiguous(), None
 

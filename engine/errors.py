@@ -1,4 +1,5 @@
 """Errors a user can act on. Every message says what was wrong, where, and how to fix it."""
+
 from __future__ import annotations
 
 

@@ -1,6 +1,7 @@
 """Scores of a classifier on the test split: per-class precision/recall/F1, macro/micro/
 weighted averages, confusion matrix, a bootstrap 95% CI for macro-F1, the majority-class
 baseline, and optional repeated stratified cross-validation (mean ± sd)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,9 @@ def metrics(y_true, y_pred, *, n_boot: int = 1000, seed: int = 0) -> dict:
         ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)
         out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(ap), float(ar), float(af)
     out["macro_f1_ci"] = list(bootstrap_macro_f1(y_true, y_pred, n_boot=n_boot, seed=seed))
-    out["per_class"] = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                        for i, lab in enumerate(labels)}
+    out["per_class"] = {
+        lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, lab in enumerate(labels)
+    }
     out["confusion_matrix"] = {"labels": labels, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
     return out
 
@@ -70,16 +72,20 @@ def repeated_cv(X: np.ndarray, y, cfg, n_splits: int = 5, n_repeats: int = 3) ->
     y = np.asarray(y, dtype=str)
     n_splits = min(n_splits, min(Counter(y).values()))
     if n_splits < 2:
-        return {"n_splits": 0, "n_repeats": 0, "scores": [], "mean": None, "sd": None,
-                "note": "skipped: a label has a single letter"}
+        return {"n_splits": 0, "n_repeats": 0, "scores": [], "mean": None, "sd": None, "note": "skipped: a label has a single letter"}
     rskf = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=cfg.seed)
     scores = []
     for train, test in rskf.split(X, y):
         est = fit(X[train], y[train], cfg).estimator
         _, _, f1, _ = precision_recall_fscore_support(y[test], est.predict(X[test]), average="macro", zero_division=0)
         scores.append(float(f1))
-    return {"n_splits": n_splits, "n_repeats": n_repeats, "scores": scores,
-            "mean": float(np.mean(scores)), "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0}
+    return {
+        "n_splits": n_splits,
+        "n_repeats": n_repeats,
+        "scores": scores,
+        "mean": float(np.mean(scores)),
+        "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+    }
 
 
 def paired_macro_f1_test(y_true, pred_a, pred_b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
@@ -118,9 +124,16 @@ def paired_macro_f1_test(y_true, pred_a, pred_b, *, n_boot: int = 2000, seed: in
     a_right, b_right = a == t, b == t
     only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
     p_mcnemar = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
-    return {"n_test": n, "diff": float(observed), "diff_ci": [float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))],
-            "p_bootstrap": float(min(1.0, p_boot)), "n_boot": n_boot, "only_a_right": only_a, "only_b_right": only_b,
-            "p_mcnemar": p_mcnemar}
+    return {
+        "n_test": n,
+        "diff": float(observed),
+        "diff_ci": [float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))],
+        "p_bootstrap": float(min(1.0, p_boot)),
+        "n_boot": n_boot,
+        "only_a_right": only_a,
+        "only_b_right": only_b,
+        "p_mcnemar": p_mcnemar,
+    }
 
 
 def holm(p_values: list[float]) -> list[float]:

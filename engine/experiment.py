@@ -16,13 +16,15 @@ speed and memory, not the numbers, so it is not part of any cache key.)
 `evaluate_step` is pure in the sense the run system needs: its inputs are plain data, its
 outputs are files in the cache, and repeating it with the same inputs recomputes nothing.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,25 +35,84 @@ from engine.errors import ClinBenchError, SpecError
 from engine.storage import atomic_dir, evaluations_dir, read_manifest, seal_artifact, sha256_json
 
 NONE = type(None)
-DEFAULT_OPTIONS = {"pooling": "mean", "max_length": features.DEFAULT_MAX_LENGTH, "smote": True, "class_weight": None,
-                   "grid": True, "seed": 0, "test_size": 0.2, "cv_repeats": 0, "n_boot": 1000, "batch_tokens": None,
-                   # fine-tuning (linear-probe, lora, lora-svc, domain-adapt); null = the method's default
-                   "epochs": None, "learning_rate": None, "warmup_ratio": 0.1, "batch_size": 8, "grad_accum": 1,
-                   "weight_decay": 0.0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None,
-                   "class_weighted_loss": True, "patience": 2, "val_size": 0.15}
-OPTION_TYPES = {"pooling": str, "max_length": int, "smote": bool, "class_weight": (str, NONE), "grid": bool,
-                "seed": int, "test_size": float, "cv_repeats": int, "n_boot": int, "batch_tokens": (int, NONE),
-                "epochs": (int, NONE), "learning_rate": (float, NONE), "warmup_ratio": float, "batch_size": int, "grad_accum": int,
-                "weight_decay": float, "lora_r": int, "lora_alpha": int, "lora_dropout": float, "target_modules": (list, NONE),
-                "class_weighted_loss": bool, "patience": int, "val_size": float}
+DEFAULT_OPTIONS = {
+    "pooling": "mean",
+    "max_length": features.DEFAULT_MAX_LENGTH,
+    "smote": True,
+    "class_weight": None,
+    "grid": True,
+    "seed": 0,
+    "test_size": 0.2,
+    "cv_repeats": 0,
+    "n_boot": 1000,
+    "batch_tokens": None,
+    # fine-tuning (linear-probe, lora, lora-svc, domain-adapt); null = the method's default
+    "epochs": None,
+    "learning_rate": None,
+    "warmup_ratio": 0.1,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "weight_decay": 0.0,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.1,
+    "target_modules": None,
+    "class_weighted_loss": True,
+    "patience": 2,
+    "val_size": 0.15,
+}
+OPTION_TYPES = {
+    "pooling": str,
+    "max_length": int,
+    "smote": bool,
+    "class_weight": (str, NONE),
+    "grid": bool,
+    "seed": int,
+    "test_size": float,
+    "cv_repeats": int,
+    "n_boot": int,
+    "batch_tokens": (int, NONE),
+    "epochs": (int, NONE),
+    "learning_rate": (float, NONE),
+    "warmup_ratio": float,
+    "batch_size": int,
+    "grad_accum": int,
+    "weight_decay": float,
+    "lora_r": int,
+    "lora_alpha": int,
+    "lora_dropout": float,
+    "target_modules": (list, NONE),
+    "class_weighted_loss": bool,
+    "patience": int,
+    "val_size": float,
+}
 # (lowest allowed, highest allowed) for numbers; None = unbounded
-OPTION_RANGES = {"max_length": (8, None), "test_size": (0.01, 0.9), "n_boot": (0, None), "cv_repeats": (0, None), "batch_tokens": (16, None),
-                 "epochs": (1, None), "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.9), "batch_size": (1, None),
-                 "grad_accum": (1, None), "weight_decay": (0.0, 1.0), "lora_r": (1, None), "lora_alpha": (1, None),
-                 "lora_dropout": (0.0, 0.9), "patience": (1, None), "val_size": (0.05, 0.5)}
-METHOD_TITLES = {"svc": "frozen embeddings → SVC", "logreg": "frozen embeddings → logistic regression",
-                 "linear-probe": "linear head (before fine-tuning)", "lora": "LoRA fine-tuning", "lora-svc": "LoRA-tuned embeddings → SVC",
-                 "domain-adapt": "domain adaptation (LM objective)"}
+OPTION_RANGES = {
+    "max_length": (8, None),
+    "test_size": (0.01, 0.9),
+    "n_boot": (0, None),
+    "cv_repeats": (0, None),
+    "batch_tokens": (16, None),
+    "epochs": (1, None),
+    "learning_rate": (1e-8, 1.0),
+    "warmup_ratio": (0.0, 0.9),
+    "batch_size": (1, None),
+    "grad_accum": (1, None),
+    "weight_decay": (0.0, 1.0),
+    "lora_r": (1, None),
+    "lora_alpha": (1, None),
+    "lora_dropout": (0.0, 0.9),
+    "patience": (1, None),
+    "val_size": (0.05, 0.5),
+}
+METHOD_TITLES = {
+    "svc": "frozen embeddings → SVC",
+    "logreg": "frozen embeddings → logistic regression",
+    "linear-probe": "linear head (before fine-tuning)",
+    "lora": "LoRA fine-tuning",
+    "lora-svc": "LoRA-tuned embeddings → SVC",
+    "domain-adapt": "domain adaptation (LM objective)",
+}
 
 
 @dataclass
@@ -112,8 +173,10 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
         if m not in methods.ALL_METHODS:
             raise SpecError(f"{where}: unknown method {m!r}. Methods: {', '.join(methods.ALL_METHODS)}.")
         if m not in runnable_methods():
-            raise SpecError(f"{where}: method {m!r} (fine-tuning stage) is not available in this version yet; "
-                            f"available now: {', '.join(runnable_methods())}.")
+            raise SpecError(
+                f"{where}: method {m!r} (fine-tuning stage) is not available in this version yet; "
+                f"available now: {', '.join(runnable_methods())}."
+            )
     options = dict(DEFAULT_OPTIONS)
     raw_options = obj.get("options") or {}
     if not isinstance(raw_options, dict):
@@ -146,7 +209,11 @@ def _coerce_option(where: str, key: str, value):
         expected = " or ".join("null" if t is NONE else "list of names" if t is list else t.__name__ for t in allowed)
         raise SpecError(f"{where}: option {key} has the wrong type ({value!r}); expected {expected}.")
     lo, hi = OPTION_RANGES.get(key, (None, None))
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and ((lo is not None and value < lo) or (hi is not None and value > hi))
+    ):
         bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
         raise SpecError(f"{where}: option {key} = {value} is out of range; use a value {bounds}.")
     return value
@@ -165,11 +232,14 @@ def load_spec(path: str | Path) -> Spec:
 
             obj = yaml.safe_load(text)
     except Exception as exc:  # yaml.YAMLError or json.JSONDecodeError (a ValueError)
-        raise SpecError(f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
+        raise SpecError(
+            f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(exc).splitlines()[0]}"
+        ) from None
     return parse_spec(obj, where=path.name)
 
 
 # --- the step function -------------------------------------------------------
+
 
 @dataclass
 class StepResult:
@@ -181,8 +251,15 @@ class StepResult:
     manifest: dict
 
 
-def evaluate_step(dataset: data_mod.Dataset, model: str, method: str, options: dict | None = None, *,
-                  progress: features.Progress | None = None, should_stop: Callable[[], bool] | None = None) -> StepResult:
+def evaluate_step(
+    dataset: data_mod.Dataset,
+    model: str,
+    method: str,
+    options: dict | None = None,
+    *,
+    progress: features.Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> StepResult:
     """Embed the letters, fit on the training split, score the test split once, store everything."""
     from engine import models as models_mod
     from engine.devices import choose
@@ -194,31 +271,75 @@ def evaluate_step(dataset: data_mod.Dataset, model: str, method: str, options: d
     t_start = time.perf_counter()
     placement = choose()
     entry = models_mod.resolve(model)
-    X, estats = features.embed(model, dataset.texts, pooling=opts["pooling"], max_length=opts["max_length"], placement=placement,
-                               batch_tokens=opts["batch_tokens"], progress=progress, should_stop=should_stop)
-    return fit_on_embeddings(dataset, X, estats, estats_model_identity(entry.name, estats), method, opts, classifier=method,
-                             stage="frozen", placement=placement, progress=progress, should_stop=should_stop, t_start=t_start)
+    X, estats = features.embed(
+        model,
+        dataset.texts,
+        pooling=opts["pooling"],
+        max_length=opts["max_length"],
+        placement=placement,
+        batch_tokens=opts["batch_tokens"],
+        progress=progress,
+        should_stop=should_stop,
+    )
+    return fit_on_embeddings(
+        dataset,
+        X,
+        estats,
+        estats_model_identity(entry.name, estats),
+        method,
+        opts,
+        classifier=method,
+        stage="frozen",
+        placement=placement,
+        progress=progress,
+        should_stop=should_stop,
+        t_start=t_start,
+    )
 
 
 def check_single_label(dataset: data_mod.Dataset) -> None:
     if dataset.multi_label:
-        raise ClinBenchError("This dataset is multi-label (several labels per letter); multi-label evaluation is not available in this "
-                             "version. Choose a label column with one label per letter.")
+        raise ClinBenchError(
+            "This dataset is multi-label (several labels per letter); multi-label evaluation is not available in this "
+            "version. Choose a label column with one label per letter."
+        )
 
 
-def fit_on_embeddings(dataset: data_mod.Dataset, X, estats: features.EmbedStats, model_identity: dict, method: str, opts: dict, *,
-                      classifier: str, stage: str, placement, progress: features.Progress | None = None,
-                      should_stop: Callable[[], bool] | None = None, t_start: float | None = None, extra: dict | None = None) -> StepResult:
+def fit_on_embeddings(
+    dataset: data_mod.Dataset,
+    X,
+    estats: features.EmbedStats,
+    model_identity: dict,
+    method: str,
+    opts: dict,
+    *,
+    classifier: str,
+    stage: str,
+    placement,
+    progress: features.Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    t_start: float | None = None,
+    extra: dict | None = None,
+) -> StepResult:
     """Fit `classifier` (svc|logreg) on the training split's vectors, score the test split once, store the artifact.
 
     Shared by the frozen stage (`svc`, `logreg`) and the tuned one (`lora-svc`); `method` is the name stored.
     """
     t_start = t_start or time.perf_counter()
     split = data_mod.split(dataset, test_size=opts["test_size"], seed=opts["seed"])
-    cfg = methods.ClassifierConfig(method=classifier, smote=opts["smote"], class_weight=opts["class_weight"], grid=opts["grid"],
-                                   seed=opts["seed"])
-    key = sha256_json({"embeddings": estats.key, "classifier": cfg.to_dict(), "split": split.hash,
-                       "cv_repeats": opts["cv_repeats"], "n_boot": opts["n_boot"], **({"method": method} if method != classifier else {})})[:32]
+    cfg = methods.ClassifierConfig(
+        method=classifier, smote=opts["smote"], class_weight=opts["class_weight"], grid=opts["grid"], seed=opts["seed"]
+    )
+    key = sha256_json(
+        {
+            "embeddings": estats.key,
+            "classifier": cfg.to_dict(),
+            "split": split.hash,
+            "cv_repeats": opts["cv_repeats"],
+            "n_boot": opts["n_boot"],
+            **({"method": method} if method != classifier else {}),
+        }
+    )[:32]
     folder = evaluations_dir() / key
     if (folder / "manifest.json").exists():
         try:
@@ -244,16 +365,34 @@ def fit_on_embeddings(dataset: data_mod.Dataset, X, estats: features.EmbedStats,
         m["repeated_cv"] = evaluation.repeated_cv(X, y, cfg, n_repeats=opts["cv_repeats"])
     classes, score_matrix, score_kind = methods.scores(fitted.estimator, X[split.test])
     manifest = {
-        "kind": "evaluation", "key": key, "model": model_identity, "method": method,
-        "method_title": METHOD_TITLES[method], "stage": stage, "config": {**opts, "classifier": cfg.to_dict()},
-        "data": data_manifest(dataset), "split": split_manifest(split),
-        "embeddings": {k: v for k, v in asdict(estats).items()},
+        "kind": "evaluation",
+        "key": key,
+        "model": model_identity,
+        "method": method,
+        "method_title": METHOD_TITLES[method],
+        "stage": stage,
+        "config": {**opts, "classifier": cfg.to_dict()},
+        "data": data_manifest(dataset),
+        "split": split_manifest(split),
+        "embeddings": dict(asdict(estats).items()),
         "placement": {"device": placement.device, "dtype": placement.dtype},
-        "classifier": {"best_params": fitted.best_params, "inner_cv_macro_f1": fitted.inner_cv_macro_f1,
-                       "inner_folds": fitted.inner_folds, "smote": fitted.smote},
-        "timings": {"embed_s": estats.seconds, "embed_cache_hit": estats.cache_hit, "fit_s": fitted.seconds,
-                    "predict_s": predict_s, "total_s": time.perf_counter() - t_start},
-        "versions": package_versions(), "metrics": m, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}),
+        "classifier": {
+            "best_params": fitted.best_params,
+            "inner_cv_macro_f1": fitted.inner_cv_macro_f1,
+            "inner_folds": fitted.inner_folds,
+            "smote": fitted.smote,
+        },
+        "timings": {
+            "embed_s": estats.seconds,
+            "embed_cache_hit": estats.cache_hit,
+            "fit_s": fitted.seconds,
+            "predict_s": predict_s,
+            "total_s": time.perf_counter() - t_start,
+        },
+        "versions": package_versions(),
+        "metrics": m,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
     }
     import joblib
 
@@ -267,20 +406,41 @@ def fit_on_embeddings(dataset: data_mod.Dataset, X, estats: features.EmbedStats,
 
 
 def data_manifest(dataset: data_mod.Dataset) -> dict:
-    return {"source": dataset.source, "text_column": dataset.text_column, "label_column": dataset.label_column,
-            "n_letters": len(dataset), "data_hash": dataset.data_hash, "text_hash": dataset.text_hash, "classes": dataset.classes}
+    return {
+        "source": dataset.source,
+        "text_column": dataset.text_column,
+        "label_column": dataset.label_column,
+        "n_letters": len(dataset),
+        "data_hash": dataset.data_hash,
+        "text_hash": dataset.text_hash,
+        "classes": dataset.classes,
+    }
 
 
 def split_manifest(split: data_mod.Split) -> dict:
-    return {"seed": split.seed, "test_size": split.test_size, "n_train": int(len(split.train)), "n_test": int(len(split.test)),
-            "hash": split.hash}
+    return {
+        "seed": split.seed,
+        "test_size": split.test_size,
+        "n_train": int(len(split.train)),
+        "n_test": int(len(split.test)),
+        "hash": split.hash,
+    }
 
 
 def write_predictions(folder: Path, test_index, y_true, y_pred, classes: list[str], score_kind: str, scores) -> None:
     """predictions.json: the test letters' indices, truth, prediction and per-class scores (shared by every method)."""
-    (Path(folder) / "predictions.json").write_text(json.dumps({
-        "test_index": [int(i) for i in test_index], "y_true": [str(v) for v in y_true], "y_pred": [str(v) for v in y_pred],
-        "classes": list(classes), "score_kind": score_kind, "scores": np.round(np.asarray(scores, dtype=float), 6).tolist()}))
+    (Path(folder) / "predictions.json").write_text(
+        json.dumps(
+            {
+                "test_index": [int(i) for i in test_index],
+                "y_true": [str(v) for v in y_true],
+                "y_pred": [str(v) for v in y_pred],
+                "classes": list(classes),
+                "score_kind": score_kind,
+                "scores": np.round(np.asarray(scores, dtype=float), 6).tolist(),
+            }
+        )
+    )
 
 
 def estats_model_identity(name: str, estats: features.EmbedStats) -> dict:
@@ -296,8 +456,15 @@ def result_summary(res: StepResult) -> dict:
     m = res.metrics
     out = {"artifact": res.artifact, "cache_hit": res.cache_hit, "kind": res.manifest.get("kind", "evaluation")}
     if "macro_f1" in m:
-        out.update({"macro_f1": m["macro_f1"], "macro_f1_ci": m["macro_f1_ci"], "accuracy": m["accuracy"],
-                    "baseline_macro_f1": m["baseline"]["macro_f1"], "embed_cache_hit": res.manifest.get("timings", {}).get("embed_cache_hit")})
+        out.update(
+            {
+                "macro_f1": m["macro_f1"],
+                "macro_f1_ci": m["macro_f1_ci"],
+                "accuracy": m["accuracy"],
+                "baseline_macro_f1": m["baseline"]["macro_f1"],
+                "embed_cache_hit": res.manifest.get("timings", {}).get("embed_cache_hit"),
+            }
+        )
     for key in ("perplexity_before", "perplexity_after", "adapted_model"):
         if key in m:
             out[key] = m[key]
@@ -317,9 +484,11 @@ def _finetune(name: str) -> Callable[..., StepResult]:
 
 # The step function of each method: (dataset, model, method, options, progress=, should_stop=) -> StepResult.
 STEP_FUNCTIONS: dict[str, Callable[..., StepResult]] = {
-    **{m: evaluate_step for m in methods.EMBEDDING_METHODS},
-    "linear-probe": _finetune("classifier_step"), "lora": _finetune("classifier_step"),
-    "lora-svc": _finetune("lora_svc_step"), "domain-adapt": _finetune("domain_adapt_step"),
+    **dict.fromkeys(methods.EMBEDDING_METHODS, evaluate_step),
+    "linear-probe": _finetune("classifier_step"),
+    "lora": _finetune("classifier_step"),
+    "lora-svc": _finetune("lora_svc_step"),
+    "domain-adapt": _finetune("domain_adapt_step"),
 }
 
 
@@ -328,8 +497,14 @@ def runnable_methods() -> list[str]:
     return list(STEP_FUNCTIONS)
 
 
-def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, progress: features.Progress | None = None,
-            should_stop: Callable[[], bool] | None = None) -> StepResult:
+def execute(
+    spec: Spec,
+    step: dict,
+    *,
+    dataset: data_mod.Dataset | None = None,
+    progress: features.Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> StepResult:
     """Run one step of a spec (plain data in, artifacts out). Any executor can call this: the in-process
     `run` below, a background worker process (engine.worker), or a distributed one later."""
     fn = STEP_FUNCTIONS.get(step["method"])

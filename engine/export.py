@@ -5,6 +5,7 @@ PNG and SVG are rendered by kaleido (v1), which drives a local Chrome/Chromium: 
 `chromium` on PATH (Debian's package, installed by scripts/setup.sh), or the executable named
 by BROWSER_PATH. HTML embeds plotly.js, so it opens offline and fetches nothing.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,12 +54,18 @@ def figure_bytes(fig, fmt: str) -> bytes:
             _start_renderer()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # plotly warns that kaleido options are ignored with a running server
-                return fig.to_image(format=fmt, width=fig.layout.width or EXPORT_WIDTH, height=fig.layout.height or EXPORT_HEIGHT,
-                                scale=PNG_SCALE if fmt == "png" else 1)
+                return fig.to_image(
+                    format=fmt,
+                    width=fig.layout.width or EXPORT_WIDTH,
+                    height=fig.layout.height or EXPORT_HEIGHT,
+                    scale=PNG_SCALE if fmt == "png" else 1,
+                )
     except Exception as exc:  # kaleido raises several kinds when no browser is found or it crashes
-        raise ExportError(f"Rendering the chart as {fmt.upper()} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
-                          "PNG/SVG export needs Chromium: run scripts/setup.sh (it installs the Debian package 'chromium'), or set "
-                          "BROWSER_PATH to a Chrome/Chromium executable. HTML export works without it.") from None
+        raise ExportError(
+            f"Rendering the chart as {fmt.upper()} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+            "PNG/SVG export needs Chromium: run scripts/setup.sh (it installs the Debian package 'chromium'), or set "
+            "BROWSER_PATH to a Chrome/Chromium executable. HTML export works without it."
+        ) from None
 
 
 _RENDERER = {"started": False}

@@ -15,14 +15,15 @@
   pooling, max_length, dtype and the hash of the letters. A repeated request loads the
   stored vectors and runs no forward pass.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -89,8 +90,9 @@ def _keep_freed_memory() -> None:
 
 
 def embedding_key(identity: dict, pooling: str, max_length: int, dtype: str, text_hash: str) -> str:
-    return sha256_json({"v": FEATURES_VERSION, "model": identity, "pooling": pooling, "max_length": max_length,
-                        "dtype": dtype, "texts": text_hash})[:32]
+    return sha256_json(
+        {"v": FEATURES_VERSION, "model": identity, "pooling": pooling, "max_length": max_length, "dtype": dtype, "texts": text_hash}
+    )[:32]
 
 
 def check_pooling(pooling: str, kind: str) -> None:
@@ -105,7 +107,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 512) -> 
     ids: list[np.ndarray] = []
     n_truncated = 0
     for start in range(0, len(texts), chunk):
-        part = texts[start:start + chunk]
+        part = texts[start : start + chunk]
         full = tokenizer(part, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         long = [i for i, x in enumerate(full) if len(x) > max_length]
         if long:  # let the tokenizer truncate, so closing special tokens stay in place
@@ -129,7 +131,7 @@ def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 256, ti
     for i in order:
         n = lengths[i]
         longest_if = max(longest, n)
-        if current and (len(current) + 1) * longest_if > batch_tokens or len(current) >= max_batch:
+        if (current and (len(current) + 1) * longest_if > batch_tokens) or len(current) >= max_batch:
             batches.append(current)
             current, longest_if = [], n
         current.append(i)
@@ -156,9 +158,17 @@ def pool(hidden, mask, pooling: str):
     raise ClinBenchError(f"Unknown pooling {pooling!r}")
 
 
-def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH,
-            batch_tokens: int | None = None, progress: Progress | None = None,
-            should_stop: Callable[[], bool] | None = None) -> EmbedStats:
+def extract(
+    loaded,
+    texts: list[str],
+    out_path: Path,
+    *,
+    pooling: str = "mean",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_tokens: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EmbedStats:
     """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically)."""
     global FORWARD_PASSES
     import torch
@@ -167,7 +177,9 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
     tok, model, placement = loaded.tokenizer, loaded.model, loaded.placement
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and max_length > limit and loaded.kind == "encoder":
-        raise ClinBenchError(f"max_length {max_length} exceeds what {loaded.entry.name} can read ({limit} tokens). Use --max-length {limit} or less.")
+        raise ClinBenchError(
+            f"max_length {max_length} exceeds what {loaded.entry.name} can read ({limit} tokens). Use --max-length {limit} or less."
+        )
     t0 = time.perf_counter()
     if progress:
         progress(0, len(texts), "tokenising")
@@ -194,8 +206,8 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
                 input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
                 mask = np.zeros((len(batch), longest), dtype=np.int64)
                 for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
-                    input_ids[row, :lengths[i]] = ids[i]
-                    mask[row, :lengths[i]] = 1
+                    input_ids[row, : lengths[i]] = ids[i]
+                    mask[row, : lengths[i]] = 1
                 input_t = torch.from_numpy(input_ids).to(placement.device)
                 mask_t = torch.from_numpy(mask).to(placement.device)
                 hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
@@ -209,21 +221,42 @@ def extract(loaded, texts: list[str], out_path: Path, *, pooling: str = "mean", 
         out.flush()
         del out
     seconds = time.perf_counter() - t0
-    return EmbedStats("", len(texts), dim, int(sum(lengths)), n_truncated, pooling, max_length, placement.dtype,
-                      placement.device, seconds, cache_hit=False)
+    return EmbedStats(
+        "",
+        len(texts),
+        dim,
+        int(sum(lengths)),
+        n_truncated,
+        pooling,
+        max_length,
+        placement.dtype,
+        placement.device,
+        seconds,
+        cache_hit=False,
+    )
 
 
 @dataclass
 class LazyModel:
     """A model known by its identity, loaded only when its vectors are not cached (e.g. a LoRA-tuned model)."""
+
     identity: dict
     placement: object
     load: Callable[[], object]
 
 
-def embed(model_name_or_loaded, texts: list[str], *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH,
-          placement=None, batch_tokens: int | None = None, use_cache: bool = True, progress: Progress | None = None,
-          should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, EmbedStats]:
+def embed(
+    model_name_or_loaded,
+    texts: list[str],
+    *,
+    pooling: str = "mean",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    placement=None,
+    batch_tokens: int | None = None,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for `texts` (a read-only memory map, one row per letter), from the cache when possible.
 
     `model_name_or_loaded` is a registry name / hub id / folder, an already loaded model, or a LazyModel.
@@ -261,8 +294,9 @@ def embed(model_name_or_loaded, texts: list[str], *, pooling: str = "mean", max_
         loaded = model_name_or_loaded.load()
     elif loaded is None:
         loaded = models.load(model_name_or_loaded, placement)
-    stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens,
-                    progress=progress, should_stop=should_stop)
+    stats = extract(
+        loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens, progress=progress, should_stop=should_stop
+    )
     stats.key = key
     atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
     return np.load(npy, mmap_mode="r"), stats

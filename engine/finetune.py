@@ -19,15 +19,16 @@ cross-entropy by default. After each epoch the trainable weights, optimiser and 
 cache/checkpoints/<key>.pt (atomically), so a cancelled or crashed training resumes at its last finished
 epoch; the artifact folder (adapter included) is written only once training has finished.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -47,8 +48,24 @@ HEAD_LR_FACTOR = 10.0
 PAD_MULTIPLE = 64
 DEFAULT_EPOCHS = {"linear-probe": 8, "lora": 4, "domain-adapt": 2}
 # Options that change what training produces (and so its cache key).
-TRAIN_KEYS = ("epochs", "learning_rate", "warmup_ratio", "batch_size", "grad_accum", "weight_decay", "lora_r", "lora_alpha",
-              "lora_dropout", "target_modules", "class_weighted_loss", "patience", "val_size", "max_length", "seed", "test_size")
+TRAIN_KEYS = (
+    "epochs",
+    "learning_rate",
+    "warmup_ratio",
+    "batch_size",
+    "grad_accum",
+    "weight_decay",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "class_weighted_loss",
+    "patience",
+    "val_size",
+    "max_length",
+    "seed",
+    "test_size",
+)
 
 Progress = Callable[[int, int, str], None]
 
@@ -65,13 +82,21 @@ class TrainConfig:
     seed: int
 
     @classmethod
-    def from_options(cls, method: str, opts: dict) -> "TrainConfig":
-        return cls(epochs=opts["epochs"] or DEFAULT_EPOCHS[method], learning_rate=opts["learning_rate"] or DEFAULT_LR[method],
-                   warmup_ratio=opts["warmup_ratio"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"],
-                   weight_decay=opts["weight_decay"], patience=opts["patience"], seed=opts["seed"])
+    def from_options(cls, method: str, opts: dict) -> TrainConfig:
+        return cls(
+            epochs=opts["epochs"] or DEFAULT_EPOCHS[method],
+            learning_rate=opts["learning_rate"] or DEFAULT_LR[method],
+            warmup_ratio=opts["warmup_ratio"],
+            batch_size=opts["batch_size"],
+            grad_accum=opts["grad_accum"],
+            weight_decay=opts["weight_decay"],
+            patience=opts["patience"],
+            seed=opts["seed"],
+        )
 
 
 # --- splits ------------------------------------------------------------------------
+
 
 def three_way_split(dataset: data_mod.Dataset, opts: dict) -> tuple[data_mod.Split, np.ndarray, np.ndarray]:
     """(the frozen stage's train/test split, fitting indices, validation indices); validation comes from train only."""
@@ -87,6 +112,7 @@ def three_way_split(dataset: data_mod.Dataset, opts: dict) -> tuple[data_mod.Spl
 
 
 # --- loading ------------------------------------------------------------------------
+
 
 def _check_training_memory(name: str, n_params: int, placement) -> None:
     """Training keeps fp32 weights, gradients of the trainable part, optimiser state and activations: refuse up front."""
@@ -122,8 +148,9 @@ def load_classifier_model(model: str, classes: list[str], placement):
         _prepare_tokenizer(tokenizer, config)
         config.num_labels = len(classes)
         config.id2label, config.label2id = dict(enumerate(classes)), {c: i for i, c in enumerate(classes)}
-        net, info = AutoModelForSequenceClassification.from_pretrained(folder, config=config, dtype=torch.float32,
-                                                                       output_loading_info=True, ignore_mismatched_sizes=True)
+        net, info = AutoModelForSequenceClassification.from_pretrained(
+            folder, config=config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except (OSError, ValueError) as exc:
         raise ClinBenchError(f"{entry.name} cannot be loaded as a sequence classifier: {str(exc).splitlines()[0][:240]}") from None
     net.config.pad_token_id = tokenizer.pad_token_id
@@ -154,18 +181,27 @@ def default_target_modules(net) -> list[str]:
         return ["q_proj", "v_proj"]
     if "c_attn" in leaves:
         return ["c_attn"]
-    raise ClinBenchError(f"No default LoRA target modules for model type {model_type!r}. Set the option target_modules to the names "
-                         f"of its attention projections, e.g. one of: {', '.join(sorted(leaves)[:12])}.")
+    raise ClinBenchError(
+        f"No default LoRA target modules for model type {model_type!r}. Set the option target_modules to the names "
+        f"of its attention projections, e.g. one of: {', '.join(sorted(leaves)[:12])}."
+    )
 
 
 def _lora_config(net, opts: dict, task: str, head: list[str]):
     from peft import LoraConfig
 
-    return LoraConfig(task_type=task, r=opts["lora_r"], lora_alpha=opts["lora_alpha"], lora_dropout=opts["lora_dropout"],
-                      target_modules=opts["target_modules"] or default_target_modules(net), modules_to_save=head or None)
+    return LoraConfig(
+        task_type=task,
+        r=opts["lora_r"],
+        lora_alpha=opts["lora_alpha"],
+        lora_dropout=opts["lora_dropout"],
+        target_modules=opts["target_modules"] or default_target_modules(net),
+        modules_to_save=head or None,
+    )
 
 
 # --- batches ---------------------------------------------------------------------------
+
 
 def length_grouped_batches(lengths: list[int], idx: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     """Batches of similar length (little padding). With `rng`: shuffled, sorted within windows of 32 batches,
@@ -173,14 +209,14 @@ def length_grouped_batches(lengths: list[int], idx: np.ndarray, batch_size: int,
     idx = np.asarray(idx)
     if rng is None:
         order = idx[np.argsort([-lengths[i] for i in idx], kind="stable")]
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     idx = rng.permutation(idx)
     window = batch_size * 32
     batches = []
     for s in range(0, len(idx), window):
-        chunk = idx[s:s + window]
+        chunk = idx[s : s + window]
         chunk = chunk[np.argsort([-lengths[i] for i in chunk], kind="stable")]
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -192,8 +228,8 @@ def collate(ids: list[np.ndarray], batch, pad_id: int, device: str, multiple: in
     input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), longest), dtype=np.int64)
     for row, i in enumerate(batch):
-        input_ids[row, :len(ids[i])] = ids[i]
-        mask[row, :len(ids[i])] = 1
+        input_ids[row, : len(ids[i])] = ids[i]
+        mask[row, : len(ids[i])] = 1
     return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
 
 
@@ -208,15 +244,29 @@ def autocast(placement):
 
 # --- the training loop -------------------------------------------------------------------
 
+
 def checkpoint_path(key: str) -> Path:
     path = cache_dir() / "checkpoints"
     path.mkdir(parents=True, exist_ok=True)
     return path / f"{key}.pt"
 
 
-def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cfg: TrainConfig, placement, *, pad_id: int,
-          key: str, head_lr_factor: float = 1.0, is_head: Callable[[str], bool] = lambda name: False,
-          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+def train(
+    net,
+    ids: list[np.ndarray],
+    fit_idx: np.ndarray,
+    loss_fn,
+    validate,
+    cfg: TrainConfig,
+    placement,
+    *,
+    pad_id: int,
+    key: str,
+    head_lr_factor: float = 1.0,
+    is_head: Callable[[str], bool] = lambda name: False,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
     """Train the parameters of `net` that require grad. `loss_fn(input_ids, mask, batch) -> loss`; `validate() -> dict`
     with a `score` (higher is better). Parameters for which `is_head(name)` learn at `head_lr_factor` x the rate.
     Keeps the best epoch's weights in `net`; returns the curve and timings."""
@@ -226,8 +276,10 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
 
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    groups = [{"params": [p for n, p in named if not is_head(n)], "lr": cfg.learning_rate},
-              {"params": [p for n, p in named if is_head(n)], "lr": cfg.learning_rate * head_lr_factor}]
+    groups = [
+        {"params": [p for n, p in named if not is_head(n)], "lr": cfg.learning_rate},
+        {"params": [p for n, p in named if is_head(n)], "lr": cfg.learning_rate * head_lr_factor},
+    ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lengths = [len(x) for x in ids]
     n_batches = math.ceil(len(fit_idx) / cfg.batch_size)
@@ -235,9 +287,9 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    state = {"epoch": 0, "curve": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "train_s": 0.0, "tokens": 0,
-             "steps": 0}
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+    )
+    state = {"epoch": 0, "curve": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "train_s": 0.0, "tokens": 0, "steps": 0}
     best: dict = {}
     ckpt = checkpoint_path(key)
     if ckpt.exists():
@@ -260,8 +312,10 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
         with cheap_dropout(net, placement.device):  # the same Bernoulli masks, a quarter of the random draws
             for b, batch in enumerate(batches):
                 if should_stop and should_stop():
-                    raise Cancelled(f"Training was cancelled in epoch {epoch + 1}; finished epochs are kept in a checkpoint, "
-                                    "and no adapter was written.")
+                    raise Cancelled(
+                        f"Training was cancelled in epoch {epoch + 1}; finished epochs are kept in a checkpoint, "
+                        "and no adapter was written."
+                    )
                 input_ids, mask = collate(ids, batch, pad_id, placement.device, multiple=PAD_MULTIPLE)
                 with autocast(placement):
                     loss = loss_fn(input_ids, mask, batch)
@@ -289,8 +343,16 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         with atomic_path(ckpt) as tmp:
-            torch.save({"trainable": {n: p.detach() for n, p in named}, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "best": best, "state": json.dumps(state)}, tmp)
+            torch.save(
+                {
+                    "trainable": {n: p.detach() for n, p in named},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "best": best,
+                    "state": json.dumps(state),
+                },
+                tmp,
+            )
         if state["bad_epochs"] >= cfg.patience:
             state["stopped_early"] = True
             break
@@ -301,6 +363,7 @@ def train(net, ids: list[np.ndarray], fit_idx: np.ndarray, loss_fn, validate, cf
 
 
 # --- classification: linear probe and LoRA ------------------------------------------------
+
 
 def _class_weights(y: np.ndarray, n_classes: int, enabled: bool):
     import torch
@@ -356,20 +419,43 @@ def _stored(folder: Path, model: str, method: str):
 
 def _artifact_key(method: str, identity: dict, dataset: data_mod.Dataset, opts: dict, placement) -> str:
     ident = {k: v for k, v in identity.items() if k not in ("model_type", "kind")}
-    return sha256_json({"v": FT_VERSION, "method": method, "model": ident, "data": dataset.data_hash,
-                        "options": {k: opts[k] for k in TRAIN_KEYS}, "dtype": placement.dtype,
-                        "lr": opts["learning_rate"] or DEFAULT_LR.get(method), "epochs": opts["epochs"] or DEFAULT_EPOCHS.get(method),
-                        "n_boot": opts["n_boot"]})[:32]
+    return sha256_json(
+        {
+            "v": FT_VERSION,
+            "method": method,
+            "model": ident,
+            "data": dataset.data_hash,
+            "options": {k: opts[k] for k in TRAIN_KEYS},
+            "dtype": placement.dtype,
+            "lr": opts["learning_rate"] or DEFAULT_LR.get(method),
+            "epochs": opts["epochs"] or DEFAULT_EPOCHS.get(method),
+            "n_boot": opts["n_boot"],
+        }
+    )[:32]
 
 
-def classifier_step(dataset: data_mod.Dataset, model: str, method: str, options: dict | None = None, *,
-                    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None):
+def classifier_step(
+    dataset: data_mod.Dataset,
+    model: str,
+    method: str,
+    options: dict | None = None,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
     """`linear-probe` or `lora`: train on the fitting split, pick the epoch on validation, score the test split once."""
     import torch
 
     from engine.devices import choose
-    from engine.experiment import (DEFAULT_OPTIONS, METHOD_TITLES, StepResult, check_single_label, data_manifest, split_manifest,
-                                   write_predictions)
+    from engine.experiment import (
+        DEFAULT_OPTIONS,
+        METHOD_TITLES,
+        StepResult,
+        check_single_label,
+        data_manifest,
+        split_manifest,
+        write_predictions,
+    )
 
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     if method not in ("linear-probe", "lora"):
@@ -402,8 +488,9 @@ def classifier_step(dataset: data_mod.Dataset, model: str, method: str, options:
 
     def loss_fn(input_ids, mask, batch):
         logits = trained(input_ids=input_ids, attention_mask=mask).logits.float()
-        return torch.nn.functional.cross_entropy(logits, y_t[batch].to(logits.device),
-                                                 weight=weights.to(logits.device) if weights is not None else None)
+        return torch.nn.functional.cross_entropy(
+            logits, y_t[batch].to(logits.device), weight=weights.to(logits.device) if weights is not None else None
+        )
 
     def validate() -> dict:
         proba = predict_proba(trained, ids, val_idx, pad_id, placement)
@@ -414,9 +501,21 @@ def classifier_step(dataset: data_mod.Dataset, model: str, method: str, options:
         f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
         return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
 
-    state = train(trained, ids, fit_idx, loss_fn, validate, cfg, placement, pad_id=pad_id, key=key, progress=progress,
-                  should_stop=should_stop, head_lr_factor=HEAD_LR_FACTOR if method == "lora" else 1.0,
-                  is_head=lambda name: "modules_to_save" in name)
+    state = train(
+        trained,
+        ids,
+        fit_idx,
+        loss_fn,
+        validate,
+        cfg,
+        placement,
+        pad_id=pad_id,
+        key=key,
+        progress=progress,
+        should_stop=should_stop,
+        head_lr_factor=HEAD_LR_FACTOR if method == "lora" else 1.0,
+        is_head=lambda name: "modules_to_save" in name,
+    )
     if progress:
         progress(0, 1, "scoring the test split")
     t_pred = time.perf_counter()
@@ -427,19 +526,38 @@ def classifier_step(dataset: data_mod.Dataset, model: str, method: str, options:
     m = evaluation.metrics(y_true, y_pred, n_boot=opts["n_boot"], seed=opts["seed"])
     m["baseline"] = evaluation.majority_baseline(np.asarray(classes)[y_all[split.train]], y_true)
     manifest = {
-        "kind": "evaluation", "key": key, "model": {**identity, "kind": kind}, "method": method, "method_title": METHOD_TITLES[method],
-        "stage": "frozen" if method == "linear-probe" else "tuned", "config": {**opts, "train": cfg.__dict__},
-        "data": data_manifest(dataset), "split": {**split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
-                                                 "val_index": val_idx.tolist()},
-        "training": {"curve": state["curve"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                     "stopped_early": bool(state.get("stopped_early")), "resumed_from_epoch": state.get("resumed_from_epoch"),
-                     "steps": state["steps"], "train_tokens": state["tokens"], "trainable_params": int(n_trainable),
-                     "head_modules": head, "target_modules": targets,
-                     "n_truncated": n_truncated},
-        "placement": {"device": placement.device, "dtype": placement.dtype, "weights": "float32",
-                      "autocast": placement.dtype if placement.dtype == "bfloat16" else None},
+        "kind": "evaluation",
+        "key": key,
+        "model": {**identity, "kind": kind},
+        "method": method,
+        "method_title": METHOD_TITLES[method],
+        "stage": "frozen" if method == "linear-probe" else "tuned",
+        "config": {**opts, "train": cfg.__dict__},
+        "data": data_manifest(dataset),
+        "split": {**split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()},
+        "training": {
+            "curve": state["curve"],
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "stopped_early": bool(state.get("stopped_early")),
+            "resumed_from_epoch": state.get("resumed_from_epoch"),
+            "steps": state["steps"],
+            "train_tokens": state["tokens"],
+            "trainable_params": int(n_trainable),
+            "head_modules": head,
+            "target_modules": targets,
+            "n_truncated": n_truncated,
+        },
+        "placement": {
+            "device": placement.device,
+            "dtype": placement.dtype,
+            "weights": "float32",
+            "autocast": placement.dtype if placement.dtype == "bfloat16" else None,
+        },
         "timings": {"train_s": state["train_s"], "predict_s": predict_s, "total_s": time.perf_counter() - t_start},
-        "versions": package_versions(), "metrics": m, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "metrics": m,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with atomic_dir(folder) as tmp:
         if method == "lora":
@@ -466,7 +584,7 @@ def load_tuned_classifier(artifact: str | Path, placement=None):
     folder = Path(artifact)
     manifest = read_manifest(folder)
     classes = manifest["data"]["classes"]
-    net, tokenizer, identity, _kind, _head = load_classifier_model(manifest["model"]["name"], classes, placement)
+    net, tokenizer, _identity, _kind, _head = load_classifier_model(manifest["model"]["name"], classes, placement)
     if manifest["method"] == "lora":
         from peft import PeftModel
 
@@ -483,11 +601,15 @@ def load_tuned_classifier(artifact: str | Path, placement=None):
 
 # --- LoRA-tuned embeddings -> SVC ----------------------------------------------------------
 
+
 def tuned_identity(lora_manifest: dict) -> dict:
     """The identity of a LoRA-tuned model: its base's identity plus the adapter (cache keys depend on it)."""
     base = {k: v for k, v in lora_manifest["model"].items() if k not in ("model_type", "kind")}
-    return {**base, "adapter": lora_manifest["key"],
-            "adapter_sha256": sha256_json({k: v for k, v in lora_manifest["files"].items() if k.startswith("adapter/")})}
+    return {
+        **base,
+        "adapter": lora_manifest["key"],
+        "adapter_sha256": sha256_json({k: v for k, v in lora_manifest["files"].items() if k.startswith("adapter/")}),
+    }
 
 
 def load_tuned_extractor(lora_artifact: str | Path, placement=None):
@@ -502,17 +624,29 @@ def load_tuned_extractor(lora_artifact: str | Path, placement=None):
     for p in backbone.parameters():
         p.requires_grad_(False)
     kind = manifest["model"]["kind"]
-    return models.LoadedModel(models.resolve(manifest["model"]["name"]), backbone, tokenizer, kind,
-                              {**tuned_identity(manifest), "model_type": manifest["model"].get("model_type"), "kind": kind},
-                              placement, Path(lora_artifact), merged.config)
+    return models.LoadedModel(
+        models.resolve(manifest["model"]["name"]),
+        backbone,
+        tokenizer,
+        kind,
+        {**tuned_identity(manifest), "model_type": manifest["model"].get("model_type"), "kind": kind},
+        placement,
+        Path(lora_artifact),
+        merged.config,
+    )
 
 
-def lora_svc_step(dataset: data_mod.Dataset, model: str, method: str = "lora-svc", options: dict | None = None, *,
-                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None):
+def lora_svc_step(
+    dataset: data_mod.Dataset,
+    model: str,
+    method: str = "lora-svc",
+    options: dict | None = None,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
     """Train (or reuse) the `lora` step's adapter, embed every letter with the tuned model, then the frozen stage's SVC."""
-    import torch
 
-    from engine import models
     from engine.devices import choose
     from engine.experiment import DEFAULT_OPTIONS, fit_on_embeddings
 
@@ -522,16 +656,34 @@ def lora_svc_step(dataset: data_mod.Dataset, model: str, method: str = "lora-svc
     placement = choose()
     identity = tuned_identity(lora.manifest)
 
-    X, estats = features.embed(features.LazyModel(identity, placement, lambda: load_tuned_extractor(lora.artifact, placement)),
-                               dataset.texts, pooling=opts["pooling"],
-                               max_length=opts["max_length"], batch_tokens=opts["batch_tokens"], progress=progress,
-                               should_stop=should_stop)
-    return fit_on_embeddings(dataset, X, estats, identity, method, opts, classifier="svc", stage="tuned", placement=placement,
-                             progress=progress, should_stop=should_stop, t_start=t_start,
-                             extra={"lora_artifact": lora.artifact})
+    X, estats = features.embed(
+        features.LazyModel(identity, placement, lambda: load_tuned_extractor(lora.artifact, placement)),
+        dataset.texts,
+        pooling=opts["pooling"],
+        max_length=opts["max_length"],
+        batch_tokens=opts["batch_tokens"],
+        progress=progress,
+        should_stop=should_stop,
+    )
+    return fit_on_embeddings(
+        dataset,
+        X,
+        estats,
+        identity,
+        method,
+        opts,
+        classifier="svc",
+        stage="tuned",
+        placement=placement,
+        progress=progress,
+        should_stop=should_stop,
+        t_start=t_start,
+        extra={"lora_artifact": lora.artifact},
+    )
 
 
 # --- domain adaptation ------------------------------------------------------------------------
+
 
 def _mask_tokens(input_ids, mask, tokenizer, generator, prob: float = 0.15):
     """BERT masking: 15% of real, non-special tokens are predicted; 80% of them become [MASK], 10% random, 10% kept."""
@@ -576,14 +728,24 @@ def perplexity(net, kind: str, ids: list[np.ndarray], idx, tokenizer, placement,
             if kind == "decoder":
                 logits, labels = logits[:, :-1], labels[:, 1:]
             labels = labels.to(logits.device)
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                             ignore_index=-100, reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+                )
+            )
             count += int((labels != -100).sum())
     return math.exp(total / max(count, 1))
 
 
-def domain_adapt_step(dataset: data_mod.Dataset, model: str, method: str = "domain-adapt", options: dict | None = None, *,
-                      progress: Progress | None = None, should_stop: Callable[[], bool] | None = None):
+def domain_adapt_step(
+    dataset: data_mod.Dataset,
+    model: str,
+    method: str = "domain-adapt",
+    options: dict | None = None,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
     """LoRA on the language-model objective over the training letters; perplexity on the test letters before/after;
     the merged model is saved under cache/models/ and becomes selectable as a feature extractor."""
     import torch
@@ -641,24 +803,56 @@ def domain_adapt_step(dataset: data_mod.Dataset, model: str, method: str = "doma
         return {"val_perplexity": ppl, "score": -ppl}
 
     cfg = TrainConfig.from_options(method, opts)
-    state = train(tuned, ids, fit_idx, loss_fn, validate, cfg, placement, pad_id=tokenizer.pad_token_id, key=key,
-                  progress=progress, should_stop=should_stop)
+    state = train(
+        tuned,
+        ids,
+        fit_idx,
+        loss_fn,
+        validate,
+        cfg,
+        placement,
+        pad_id=tokenizer.pad_token_id,
+        key=key,
+        progress=progress,
+        should_stop=should_stop,
+    )
     if progress:
         progress(0, 1, "perplexity after")
     ppl_after = perplexity(tuned, kind, ids, split.test, tokenizer, placement, seed=seed)
     name = f"{models.safe_name(entry.name)}-adapted-{key[:8]}"
-    metrics = {"perplexity_before": ppl_before, "perplexity_after": ppl_after, "perplexity_on": "test split letters",
-               "adapted_model": name, "head_from_checkpoint": not head}
+    metrics = {
+        "perplexity_before": ppl_before,
+        "perplexity_after": ppl_after,
+        "perplexity_on": "test split letters",
+        "adapted_model": name,
+        "head_from_checkpoint": not head,
+    }
     manifest = {
-        "kind": "domain-adaptation", "key": key, "name": name, "model": {**identity, "kind": kind, "model_type": config.model_type},
-        "method": method, "method_title": METHOD_TITLES[method], "stage": "tuned", "config": {**opts, "train": cfg.__dict__},
+        "kind": "domain-adaptation",
+        "key": key,
+        "name": name,
+        "model": {**identity, "kind": kind, "model_type": config.model_type},
+        "method": method,
+        "method_title": METHOD_TITLES[method],
+        "stage": "tuned",
+        "config": {**opts, "train": cfg.__dict__},
         "objective": "masked LM" if kind == "encoder" else "causal LM",
-        "data": data_manifest(dataset), "split": {**split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx))},
-        "training": {"curve": state["curve"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                     "steps": state["steps"], "train_tokens": state["tokens"], "head_modules": head, "n_truncated": n_truncated},
+        "data": data_manifest(dataset),
+        "split": {**split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx))},
+        "training": {
+            "curve": state["curve"],
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "steps": state["steps"],
+            "train_tokens": state["tokens"],
+            "head_modules": head,
+            "n_truncated": n_truncated,
+        },
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {"train_s": state["train_s"], "total_s": time.perf_counter() - t_start},
-        "versions": package_versions(), "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with atomic_dir(out) as tmp:
         tuned.save_pretrained(tmp / "adapter")

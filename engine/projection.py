@@ -7,13 +7,13 @@ UMAP's numba functions compile on first use (~30 s on 2 cores); `warm_up()` comp
 a small random array, and numba's on-disk cache (NUMBA_CACHE_DIR, set to cache/numba unless
 already set) keeps the compiled code for the next process.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -65,15 +65,28 @@ def project(embeddings_key: str, **params) -> np.ndarray:
     umap = _umap()
     n = X.shape[0]
     t0 = time.perf_counter()
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(p["n_neighbors"], max(2, n - 1)), min_dist=p["min_dist"],
-                        metric=p["metric"], random_state=p["seed"], n_jobs=1)
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(p["n_neighbors"], max(2, n - 1)),
+        min_dist=p["min_dist"],
+        metric=p["metric"],
+        random_state=p["seed"],
+        n_jobs=1,
+    )
     coords = reducer.fit_transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
     pkey = projection_key(embeddings_key, p)
-    with atomic_path(projections_dir() / f"{pkey}.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, coords)
-    atomic_write_json(projections_dir() / f"{pkey}.json", {"embeddings_key": embeddings_key, "embeddings_sha256": digest, "params": p,
-                                                          "umap": umap.__version__, "seconds": time.perf_counter() - t0})
+    with atomic_path(projections_dir() / f"{pkey}.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, coords)
+    atomic_write_json(
+        projections_dir() / f"{pkey}.json",
+        {
+            "embeddings_key": embeddings_key,
+            "embeddings_sha256": digest,
+            "params": p,
+            "umap": umap.__version__,
+            "seconds": time.perf_counter() - t0,
+        },
+    )
     return coords
 
 
@@ -92,6 +105,7 @@ def warm_up() -> float:
 
 def start_warm_up() -> dict:
     """Start warm_up() once per process in a daemon thread; returns its state (cold | warming | warm | failed)."""
+
     def target():
         try:
             _WARM["seconds"] = warm_up()

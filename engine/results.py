@@ -5,6 +5,7 @@ Every evaluation is a folder cache/evaluations/<key>/ written by engine.experime
 only reads. Whatever methods exist (frozen-embedding classifiers today, fine-tuned stages later)
 appear as they are stored: nothing here lists methods.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,9 @@ def list_evaluations(data_hash: str | None = None, run_id: int | None = None) ->
     if run_id is not None:
         from engine import jobs
 
-        keep = {Path(s["result"]["artifact"]).name for s in jobs.get_run(run_id)["steps"] if s.get("result") and s["result"].get("artifact")}
+        keep = {
+            Path(s["result"]["artifact"]).name for s in jobs.get_run(run_id)["steps"] if s.get("result") and s["result"].get("artifact")
+        }
     out, skipped = [], []
     for folder in sorted(p for p in evaluations_dir().iterdir() if p.is_dir() and not p.name.startswith(".")):
         if keep is not None and folder.name not in keep:
@@ -110,8 +113,16 @@ def datasets(evals: list[Evaluation]) -> list[dict]:
     seen: dict[str, dict] = {}
     for e in evals:
         d = e.manifest["data"]
-        row = seen.setdefault(e.data_hash, {"data_hash": e.data_hash, "source": d.get("source", "?"), "n_letters": d.get("n_letters"),
-                                            "classes": d.get("classes", []), "n_evaluations": 0})
+        row = seen.setdefault(
+            e.data_hash,
+            {
+                "data_hash": e.data_hash,
+                "source": d.get("source", "?"),
+                "n_letters": d.get("n_letters"),
+                "classes": d.get("classes", []),
+                "n_evaluations": 0,
+            },
+        )
         row["n_evaluations"] += 1
     return sorted(seen.values(), key=lambda r: -r["n_evaluations"])
 
@@ -128,8 +139,10 @@ def letters(ev: Evaluation):
     d = ev.manifest["data"]
     ds = data.load_dataset(d["source"], d.get("text_column", "text"), d.get("label_column", "label"))
     if ds.data_hash != d["data_hash"]:
-        raise ClinBenchError(f"The letters file {d['source']} changed since this evaluation was made (its content hash differs), "
-                             "so its letters cannot be matched to the stored results. Restore the file, or run the evaluation again.")
+        raise ClinBenchError(
+            f"The letters file {d['source']} changed since this evaluation was made (its content hash differs), "
+            "so its letters cannot be matched to the stored results. Restore the file, or run the evaluation again."
+        )
     return ds
 
 
@@ -139,11 +152,26 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
     for e in evals:
         m, cfg = e.metrics, e.manifest.get("config", {})
         lo, hi = (m.get("macro_f1_ci") or [None, None])[:2]
-        rows.append({"evaluation": e.label, "model": e.model, "method": e.method, "stage": e.stage, "macro_f1": m["macro_f1"],
-                     "ci_low": lo, "ci_high": hi, "macro_precision": m.get("macro_precision"), "macro_recall": m.get("macro_recall"),
-                     "accuracy": m.get("accuracy"), "baseline_macro_f1": (m.get("baseline") or {}).get("macro_f1"),
-                     "n_test": m.get("n_test"), "pooling": cfg.get("pooling"), "max_length": cfg.get("max_length"),
-                     "smote": cfg.get("smote"), "key": e.key})
+        rows.append(
+            {
+                "evaluation": e.label,
+                "model": e.model,
+                "method": e.method,
+                "stage": e.stage,
+                "macro_f1": m["macro_f1"],
+                "ci_low": lo,
+                "ci_high": hi,
+                "macro_precision": m.get("macro_precision"),
+                "macro_recall": m.get("macro_recall"),
+                "accuracy": m.get("accuracy"),
+                "baseline_macro_f1": (m.get("baseline") or {}).get("macro_f1"),
+                "n_test": m.get("n_test"),
+                "pooling": cfg.get("pooling"),
+                "max_length": cfg.get("max_length"),
+                "smote": cfg.get("smote"),
+                "key": e.key,
+            }
+        )
     df = pd.DataFrame(rows)
     return df.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True) if len(df) else df
 
@@ -174,10 +202,20 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
         if po["test_index"] != pb["test_index"] or po["y_true"] != pb["y_true"]:
             continue  # same split hash but different letters cannot happen for our own artifacts; be safe
         res = evaluation.paired_macro_f1_test(pb["y_true"], pb["y_pred"], po["y_pred"], n_boot=n_boot, seed=seed)
-        rows.append({"best": best.label, "other": other.label, "best_macro_f1": best.metrics["macro_f1"],
-                     "other_macro_f1": other.metrics["macro_f1"], "difference": res["diff"], "diff_ci_low": res["diff_ci"][0],
-                     "diff_ci_high": res["diff_ci"][1], "p_bootstrap": res["p_bootstrap"], "p_mcnemar": res["p_mcnemar"],
-                     "n_test": res["n_test"]})
+        rows.append(
+            {
+                "best": best.label,
+                "other": other.label,
+                "best_macro_f1": best.metrics["macro_f1"],
+                "other_macro_f1": other.metrics["macro_f1"],
+                "difference": res["diff"],
+                "diff_ci_low": res["diff_ci"][0],
+                "diff_ci_high": res["diff_ci"][1],
+                "p_bootstrap": res["p_bootstrap"],
+                "p_mcnemar": res["p_mcnemar"],
+                "n_test": res["n_test"],
+            }
+        )
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)

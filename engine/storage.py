@@ -23,6 +23,7 @@ name. An artifact directory carries a manifest with `producer: clinbench` and th
 sha256 of every file in it; `load_artifact_file` refuses anything else (joblib files
 are pickles: only files this project wrote and whose hashes match are loaded).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from engine.config import cache_dir
 from engine.errors import ArtifactError
@@ -74,6 +76,7 @@ def _sub(name: str) -> Path:
 
 
 # --- hashing -----------------------------------------------------------------
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -207,6 +210,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 # --- artifacts ---------------------------------------------------------------
 
+
 def seal_artifact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write manifest.json into `directory`, listing the sha256 of every other file in it (subfolders too, by relative path)."""
     root = Path(directory)
@@ -221,7 +225,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArtifactError(f"No manifest at {path}: this folder was not written by ClinBench, or it was interrupted. Re-run the evaluation.") from None
+        raise ArtifactError(
+            f"No manifest at {path}: this folder was not written by ClinBench, or it was interrupted. Re-run the evaluation."
+        ) from None
     except ValueError as exc:
         raise ArtifactError(f"The manifest {path} is not valid JSON ({exc}). Delete the folder and re-run the evaluation.") from None
     if manifest.get("producer") != PRODUCER:
@@ -239,7 +245,9 @@ def verified_file(directory: Path, name: str) -> Path:
     if not path.exists():
         raise ArtifactError(f"{path} is missing. Re-run the evaluation to recreate it.")
     if sha256_file(path) != expected:
-        raise ArtifactError(f"{path} does not match the hash in its manifest (changed or corrupted). Delete {directory} and re-run the evaluation.")
+        raise ArtifactError(
+            f"{path} does not match the hash in its manifest (changed or corrupted). Delete {directory} and re-run the evaluation."
+        )
     return path
 
 

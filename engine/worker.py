@@ -17,6 +17,7 @@ Why a child per step:
 The child dies with its worker (PR_SET_PDEATHSIG on Linux, plus a parent check in the
 stop callback), so a killed worker leaves no orphan writing to the cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ def _say(msg: str) -> None:
 
 # --- the worker ------------------------------------------------------------------
 
+
 class _Stop:
     requested = False
     signal_name = ""
@@ -66,19 +68,25 @@ def serve(idle_exit: float = 0.0) -> int:
             others = [w["pid"] for w in jobs.alive_workers(conn) if w["pid"] != me.pid]
             limit = jobs.max_workers()
             if len(others) >= limit:
-                _say(f"{len(others)} worker(s) already serving (pid {', '.join(map(str, others))}); at most {limit} "
-                     f"(set {jobs.WORKERS_ENV} to allow more). Leaving.")
+                _say(
+                    f"{len(others)} worker(s) already serving (pid {', '.join(map(str, others))}); at most {limit} "
+                    f"(set {jobs.WORKERS_ENV} to allow more). Leaving."
+                )
                 return 0
             now = time.time()
-            conn.execute("INSERT OR REPLACE INTO workers (pid, create_time, host, started, heartbeat) VALUES (?, ?, ?, ?, ?)",
-                         (me.pid, me.create_time(), socket.gethostname(), now, now))
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (pid, create_time, host, started, heartbeat) VALUES (?, ?, ?, ?, ?)",
+                (me.pid, me.create_time(), socket.gethostname(), now, now),
+            )
     swept = sweep_orphans()
     if swept:
         _say(f"removed {len(swept)} half-written file(s) left by killed processes")
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    _say(f"serving runs from {jobs.db_path()} (at most {limit} worker(s); "
-         f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'})")
+    _say(
+        f"serving runs from {jobs.db_path()} (at most {limit} worker(s); "
+        f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'})"
+    )
     idle_since = time.monotonic()
     try:
         with jobs.connect() as conn:
@@ -103,22 +111,28 @@ def serve(idle_exit: float = 0.0) -> int:
 def _claim(conn, worker_pid: int) -> tuple[int, int] | None:
     """Take the first queued step of the oldest run that has one (one transaction, so no two workers take the same)."""
     with jobs.transaction(conn):
-        row = conn.execute("SELECT s.run_id, s.idx FROM steps s JOIN runs r ON r.id = s.run_id "
-                           "WHERE s.status = 'queued' AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT s.run_id, s.idx FROM steps s JOIN runs r ON r.id = s.run_id "
+            "WHERE s.status = 'queued' AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx LIMIT 1"
+        ).fetchone()
         if row is None:
             return None
         now = time.time()
-        conn.execute("UPDATE steps SET status = 'running', worker_pid = ?, step_pid = NULL, started = ?, updated = ?, "
-                     "finished = NULL, attempts = attempts + 1, stage = 'starting', done = 0, total = 0, rate = NULL, eta_s = NULL "
-                     "WHERE run_id = ? AND idx = ?", (worker_pid, now, now, row["run_id"], row["idx"]))
+        conn.execute(
+            "UPDATE steps SET status = 'running', worker_pid = ?, step_pid = NULL, started = ?, updated = ?, "
+            "finished = NULL, attempts = attempts + 1, stage = 'starting', done = 0, total = 0, rate = NULL, eta_s = NULL "
+            "WHERE run_id = ? AND idx = ?",
+            (worker_pid, now, now, row["run_id"], row["idx"]),
+        )
     return row["run_id"], row["idx"]
 
 
 def _leave(conn, worker_pid: int) -> bool:
     """Deregister, unless something was queued meanwhile (checked in the same transaction as submissions write)."""
     with jobs.transaction(conn):
-        queued = conn.execute("SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id "
-                              "WHERE s.status = 'queued' AND r.cancel_requested IS NULL LIMIT 1").fetchone()
+        queued = conn.execute(
+            "SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = 'queued' AND r.cancel_requested IS NULL LIMIT 1"
+        ).fetchone()
         if queued:
             return False
         conn.execute("DELETE FROM workers WHERE pid = ?", (worker_pid,))
@@ -159,20 +173,30 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def _exit_message(rc: int) -> str:
     if rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
-        hint = " This is most often the system running out of memory: try a smaller max_length or batch_tokens, or a smaller model." \
-            if rc == -signal.SIGKILL else ""
+        hint = (
+            " This is most often the system running out of memory: try a smaller max_length or batch_tokens, or a smaller model."
+            if rc == -signal.SIGKILL
+            else ""
+        )
         return f"The step's process was killed ({name}) before it finished.{hint}"
     return f"The step's process exited with status {rc} without reporting a result; see the run log."
 
 
 def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
-    row = conn.execute("SELECT title, (SELECT COUNT(*) FROM steps WHERE run_id = ?) AS n FROM steps WHERE run_id = ? AND idx = ?",
-                       (run_id, run_id, idx)).fetchone()
+    row = conn.execute(
+        "SELECT title, (SELECT COUNT(*) FROM steps WHERE run_id = ?) AS n FROM steps WHERE run_id = ? AND idx = ?", (run_id, run_id, idx)
+    ).fetchone()
     jobs.append_log(run_id, f"step {idx + 1}/{row['n']} started: {row['title']} (worker pid {worker_pid})")
     _say(f"run {run_id} step {idx + 1}: {row['title']}")
     with open(jobs.log_path(run_id), "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--step", f"{run_id}:{idx}"], cwd=REPO_ROOT,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker", "--step", f"{run_id}:{idx}"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
     conn.execute("UPDATE steps SET step_pid = ? WHERE run_id = ? AND idx = ? AND status = 'running'", (proc.pid, run_id, idx))
     forced = ""
     last_beat = time.monotonic()
@@ -200,20 +224,35 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
         result = json.loads(step["result"]) if step["result"] else {}
         if status == "running":  # the child did not report: it was terminated or it died
             if forced == "cancel":
-                status, error = "cancelled", (f"Cancelled; the step did not stop by itself within {CANCEL_GRACE_S:g} s, "
-                                              "so its process was terminated. Nothing half-written was kept.")
+                status, error = (
+                    "cancelled",
+                    (
+                        f"Cancelled; the step did not stop by itself within {CANCEL_GRACE_S:g} s, "
+                        "so its process was terminated. Nothing half-written was kept."
+                    ),
+                )
             elif forced == "stopped":
-                status, error = "interrupted", f"The worker was stopped ({_Stop.signal_name}) during this step. Resume the run to do it again."
+                status, error = (
+                    "interrupted",
+                    f"The worker was stopped ({_Stop.signal_name}) during this step. Resume the run to do it again.",
+                )
             else:
                 status, error = "failed", _exit_message(rc)
-            conn.execute("UPDATE steps SET status = ?, error = ?, finished = ?, updated = ?, eta_s = NULL "
-                         "WHERE run_id = ? AND idx = ? AND status = 'running'", (status, error, now, now, run_id, idx))
-    detail = f": {error}" if error else (f": macro-F1 {result['macro_f1']:.3f}" + (" (cached)" if result.get("cache_hit") else "")
-                                          if "macro_f1" in result else "")
+            conn.execute(
+                "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ?, eta_s = NULL "
+                "WHERE run_id = ? AND idx = ? AND status = 'running'",
+                (status, error, now, now, run_id, idx),
+            )
+    detail = (
+        f": {error}"
+        if error
+        else (f": macro-F1 {result['macro_f1']:.3f}" + (" (cached)" if result.get("cache_hit") else "") if "macro_f1" in result else "")
+    )
     jobs.append_log(run_id, f"step {idx + 1}/{row['n']} {status}{detail}")
 
 
 # --- the child process that executes one step ---------------------------------------------
+
 
 class _Reporter:
     """progress(done, total, stage) -> the step's row, at most every PROGRESS_EVERY_S (and on every new stage)."""
@@ -231,8 +270,11 @@ class _Reporter:
         elapsed = now - self.t_stage
         rate = (done - self.done0) / elapsed if elapsed > 0.2 and done > self.done0 else None
         eta = (total - done) / rate if rate else None
-        self.conn.execute("UPDATE steps SET done = ?, total = ?, stage = ?, rate = ?, eta_s = ?, updated = ? "
-                          "WHERE run_id = ? AND idx = ? AND status = 'running'", (done, total, stage, rate, eta, time.time(), *self.key))
+        self.conn.execute(
+            "UPDATE steps SET done = ?, total = ?, stage = ?, rate = ?, eta_s = ?, updated = ? "
+            "WHERE run_id = ? AND idx = ? AND status = 'running'",
+            (done, total, stage, rate, eta, time.time(), *self.key),
+        )
         self.t_write = now
 
 
@@ -270,8 +312,11 @@ def execute_child(run_id: int, idx: int) -> int:
     signal.signal(signal.SIGTERM, _terminated)  # unwind (temporary files are removed) before the worker's SIGKILL follows
     parent = os.getppid()
     with jobs.connect() as conn:
-        row = conn.execute("SELECT s.status, s.worker_pid, r.spec, r.data_hash FROM steps s JOIN runs r ON r.id = s.run_id "
-                           "WHERE s.run_id = ? AND s.idx = ?", (run_id, idx)).fetchone()
+        row = conn.execute(
+            "SELECT s.status, s.worker_pid, r.spec, r.data_hash FROM steps s JOIN runs r ON r.id = s.run_id "
+            "WHERE s.run_id = ? AND s.idx = ?",
+            (run_id, idx),
+        ).fetchone()
         if row is None or row["status"] != "running" or row["worker_pid"] != parent:
             print(f"step {run_id}:{idx} is not running under this worker; nothing to do", flush=True)
             return 1
@@ -286,10 +331,17 @@ def execute_child(run_id: int, idx: int) -> int:
             spec = experiment.parse_spec(json.loads(row["spec"]), where=f"run {run_id}")
             dataset = spec.data.load()
             if dataset.data_hash != row["data_hash"]:
-                raise ClinBenchError(f"The data file {spec.data.path} changed after this run was submitted (its content hash differs), "
-                                     "so results would not match the run. Submit the run again to use the new content.")
-            res = experiment.execute(spec, spec.steps()[idx], dataset=dataset, progress=_Reporter(conn, run_id, idx),
-                                     should_stop=_StopCheck(conn, run_id, parent))
+                raise ClinBenchError(
+                    f"The data file {spec.data.path} changed after this run was submitted (its content hash differs), "
+                    "so results would not match the run. Submit the run again to use the new content."
+                )
+            res = experiment.execute(
+                spec,
+                spec.steps()[idx],
+                dataset=dataset,
+                progress=_Reporter(conn, run_id, idx),
+                should_stop=_StopCheck(conn, run_id, parent),
+            )
             outcome = {"status": "done", "result": {**experiment.result_summary(res), "forward_passes": features.FORWARD_PASSES}}
         except _Terminated:
             print(f"step {run_id}:{idx} terminated by its worker", flush=True)
@@ -308,10 +360,21 @@ def execute_child(run_id: int, idx: int) -> int:
             outcome = {"status": "failed", "error": f"Unexpected error: {type(exc).__name__}: {first} (the traceback is in the run log)."}
         now = time.time()
         with jobs.transaction(conn):
-            conn.execute("UPDATE steps SET status = ?, error = ?, result = ?, finished = ?, updated = ?, eta_s = NULL, "
-                         "done = CASE WHEN ? = 'done' THEN total ELSE done END "
-                         "WHERE run_id = ? AND idx = ? AND status = 'running' AND worker_pid = ?",
-                         (outcome["status"], outcome.get("error"), json.dumps(outcome["result"]) if "result" in outcome else None,
-                          now, now, outcome["status"], run_id, idx, parent))
+            conn.execute(
+                "UPDATE steps SET status = ?, error = ?, result = ?, finished = ?, updated = ?, eta_s = NULL, "
+                "done = CASE WHEN ? = 'done' THEN total ELSE done END "
+                "WHERE run_id = ? AND idx = ? AND status = 'running' AND worker_pid = ?",
+                (
+                    outcome["status"],
+                    outcome.get("error"),
+                    json.dumps(outcome["result"]) if "result" in outcome else None,
+                    now,
+                    now,
+                    outcome["status"],
+                    run_id,
+                    idx,
+                    parent,
+                ),
+            )
         sys.stdout.flush()
     return 0

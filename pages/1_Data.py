@@ -1,4 +1,5 @@
 """Data: upload letters, choose columns, read the validation report, save; saved datasets and the default."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -8,8 +9,11 @@ from engine import data, datasets
 from engine.errors import ClinBenchError
 from ui import charts, common
 
-common.page("Data", "Upload a CSV, TSV or JSONL file with one letter per row, name the text and label columns, and save it. "
-                    "Files stay in this machine's cache folder.")
+common.page(
+    "Data",
+    "Upload a CSV, TSV or JSONL file with one letter per row, name the text and label columns, and save it. "
+    "Files stay in this machine's cache folder.",
+)
 
 upload = st.file_uploader("Letters file", type=["csv", "tsv", "jsonl", "ndjson"], key="upload")
 if upload is not None:
@@ -34,10 +38,14 @@ if upload is not None:
     for issue in report.warnings:
         st.warning(issue.message)
     if report.ok:
-        st.success(f"{report.n_rows} rows, {len(report.class_counts)} labels: ready to use." +
-                   (" (several labels per letter: loading works, evaluation needs one label per letter)" if report.multi_label else ""))
+        st.success(
+            f"{report.n_rows} rows, {len(report.class_counts)} labels: ready to use."
+            + (" (several labels per letter: loading works, evaluation needs one label per letter)" if report.multi_label else "")
+        )
     if report.class_counts:
-        common.chart(charts.class_distribution(report.class_counts, f"Letters per label in {upload.name}"), f"labels {upload.name}", "upload-dist")
+        common.chart(
+            charts.class_distribution(report.class_counts, f"Letters per label in {upload.name}"), f"labels {upload.name}", "upload-dist"
+        )
     if report.ok:
         st.subheader("Split preview")
         c1, c2 = st.columns(2)
@@ -48,8 +56,13 @@ if upload is not None:
             if not ds.multi_label:
                 sp = data.split(ds, test_size=test_size, seed=int(seed))
                 labels = pd.Series(ds.labels)
-                st.dataframe(pd.DataFrame({"train": labels.iloc[sp.train].value_counts(), "test": labels.iloc[sp.test].value_counts()})
-                             .rename_axis("label").reset_index(), hide_index=True, width="content")
+                st.dataframe(
+                    pd.DataFrame({"train": labels.iloc[sp.train].value_counts(), "test": labels.iloc[sp.test].value_counts()})
+                    .rename_axis("label")
+                    .reset_index(),
+                    hide_index=True,
+                    width="content",
+                )
         except ClinBenchError as exc:
             common.error(exc, "Split")
         name = st.text_input("Dataset name", upload.name.rsplit(".", 1)[0])
@@ -68,9 +81,24 @@ saved, skipped = datasets.list_saved()
 for name, why in skipped:
     st.warning(f"{name}: {why}")
 if saved:
-    st.dataframe(pd.DataFrame([{"name": s.name, "letters": s.n_letters, "labels": ", ".join(s.classes), "text column": s.text_column,
-                                "label column": s.label_column, "saved": s.created, "id": s.id} for s in saved]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "name": s.name,
+                    "letters": s.n_letters,
+                    "labels": ", ".join(s.classes),
+                    "text column": s.text_column,
+                    "label column": s.label_column,
+                    "saved": s.created,
+                    "id": s.id,
+                }
+                for s in saved
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     with st.expander("Forget a saved dataset"):
         gone = st.selectbox("Dataset", [s.id for s in saved], format_func=lambda i: next(s.name for s in saved if s.id == i))
         if st.button("Forget it", help="Removes it from this list; the file stays in the cache because runs may refer to it."):
@@ -88,4 +116,6 @@ def _default_counts() -> dict:
 
 
 st.write("600 MTSamples letters (CC0), 120 from each of five specialties; the text is the transcription only.")
-common.chart(charts.class_distribution(_default_counts(), "Letters per label in the default dataset"), "labels default dataset", "default-dist")
+common.chart(
+    charts.class_distribution(_default_counts(), "Letters per label in the default dataset"), "labels default dataset", "default-dist"
+)

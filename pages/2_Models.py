@@ -1,4 +1,5 @@
 """Models: the bundled models, the study's presets, and any hub id or local folder - with availability."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,15 +10,25 @@ from engine.devices import choose
 from engine.errors import ClinBenchError
 from ui import common
 
-common.page("Models", "Encoders and decoders ClinBench can embed letters with. Bundled models work offline; the others need "
-                      "one download into the local Hugging Face cache (or a local folder).")
+common.page(
+    "Models",
+    "Encoders and decoders ClinBench can embed letters with. Bundled models work offline; the others need "
+    "one download into the local Hugging Face cache (or a local folder).",
+)
 st.caption(f"Device: {choose().describe()}")
 
 
 def _row(d: dict) -> dict:
-    return {"name": d["name"], "source": d["source"], "kind": d["kind"] or "read from its config",
-            "parameters": f"{d['params'] / 1e6:,.0f}M" if d["params"] else "?", "available offline": "yes" if d["offline"] else "no",
-            "why": d["reason"], "what": d["description"], "reference": d["ref"]}
+    return {
+        "name": d["name"],
+        "source": d["source"],
+        "kind": d["kind"] or "read from its config",
+        "parameters": f"{d['params'] / 1e6:,.0f}M" if d["params"] else "?",
+        "available offline": "yes" if d["offline"] else "no",
+        "why": d["reason"],
+        "what": d["description"],
+        "reference": d["ref"],
+    }
 
 
 rows = [_row(models.describe(e)) for e in models.registry()]
@@ -41,7 +52,8 @@ if name.strip():
         if d["offline"]:
             st.success(f"{entry.name} can be used now: name it on the Runs page.")
         else:
-            st.warning(f"{entry.name} is not available offline: {d['reason']}. A run with it fails with this reason unless "
-                       "the hub is reachable.")
+            st.warning(
+                f"{entry.name} is not available offline: {d['reason']}. A run with it fails with this reason unless the hub is reachable."
+            )
     except ClinBenchError as exc:
         common.error(exc)

@@ -3,6 +3,7 @@
 The page only submits and reads: workers execute runs in their own processes, so a run goes on
 when this tab closes. The live part refreshes itself every 2 s (st.fragment), never blocking.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,9 @@ with st.form("new-run"):
     chosen = st.multiselect("Models", names, default=["minilm"])
     extra = st.text_input("More models: hub ids or local folders, comma-separated", "")
     runnable = experiment.runnable_methods()
-    methods_ = st.multiselect("Methods", runnable, default=runnable[:1],
-                              format_func=lambda m: f"{m} — {experiment.METHOD_TITLES.get(m, m)}")
+    methods_ = st.multiselect(
+        "Methods", runnable, default=runnable[:1], format_func=lambda m: f"{m} — {experiment.METHOD_TITLES.get(m, m)}"
+    )
     c1, c2, c3, c4 = st.columns(4)
     d = experiment.DEFAULT_OPTIONS
     pooling = c1.selectbox("Pooling", ["mean", "last", "cls"], index=["mean", "last", "cls"].index(d["pooling"]))
@@ -37,11 +39,15 @@ with st.form("new-run"):
     seed = c4.number_input("Seed", 0, 1_000_000, int(d["seed"]))
     c1, c2, c3 = st.columns(3)
     smote = c1.toggle("SMOTE (oversample rare labels)", d["smote"])
-    grid = c2.toggle("Grid search (in training split)", d["grid"], help="Choose C (and the SVC kernel) by cross-validation inside the training split.")
+    grid = c2.toggle(
+        "Grid search (in training split)", d["grid"], help="Choose C (and the SVC kernel) by cross-validation inside the training split."
+    )
     balanced = c3.toggle("Balanced class weights", d["class_weight"] == "balanced")
     with st.expander("Fine-tuning options (linear-probe, lora, lora-svc, domain-adapt)"):
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs (0 = method default)", 0, 100, 0, help="Most epochs; the best epoch on the validation split is kept.")
+        epochs = c1.number_input(
+            "Epochs (0 = method default)", 0, 100, 0, help="Most epochs; the best epoch on the validation split is kept."
+        )
         lr = c2.number_input("Learning rate (0 = method default)", 0.0, 1.0, 0.0, step=1e-4, format="%.5f")
         batch_size = c3.number_input("Batch size", 1, 256, int(d["batch_size"]))
         lora_r = c4.number_input("LoRA rank r", 1, 256, int(d["lora_r"]))
@@ -49,12 +55,26 @@ with st.form("new-run"):
 
 if submitted:
     all_models = chosen + [m.strip() for m in extra.split(",") if m.strip()]
-    spec = {"name": name.strip() or "comparison", "models": all_models, "methods": methods_,
-            "data": "default" if ds_id == "default" else datasets.get(ds_id).spec_data(),
-            "options": {"pooling": pooling, "max_length": int(max_length), "test_size": float(test_size), "seed": int(seed),
-                        "smote": bool(smote), "grid": bool(grid), "class_weight": "balanced" if balanced else None,
-                        "epochs": int(epochs) or None, "learning_rate": float(lr) or None, "batch_size": int(batch_size),
-                        "lora_r": int(lora_r), "lora_alpha": 2 * int(lora_r)}}
+    spec = {
+        "name": name.strip() or "comparison",
+        "models": all_models,
+        "methods": methods_,
+        "data": "default" if ds_id == "default" else datasets.get(ds_id).spec_data(),
+        "options": {
+            "pooling": pooling,
+            "max_length": int(max_length),
+            "test_size": float(test_size),
+            "seed": int(seed),
+            "smote": bool(smote),
+            "grid": bool(grid),
+            "class_weight": "balanced" if balanced else None,
+            "epochs": int(epochs) or None,
+            "learning_rate": float(lr) or None,
+            "batch_size": int(batch_size),
+            "lora_r": int(lora_r),
+            "lora_alpha": 2 * int(lora_r),
+        },
+    }
     if not methods_:
         common.error("Choose at least one method.")
     else:
@@ -83,8 +103,10 @@ def _step_line(s: dict) -> None:
     if r and "macro_f1" in r:
         bits.append(f"macro-F1 **{r['macro_f1']:.3f}** (95% CI {r['macro_f1_ci'][0]:.3f}–{r['macro_f1_ci'][1]:.3f})")
     elif r and "perplexity_after" in r:
-        bits.append(f"held-out perplexity {r['perplexity_before']:.1f} → **{r['perplexity_after']:.1f}**; "
-                    f"new model `{r['adapted_model']}` (pick it under Models)")
+        bits.append(
+            f"held-out perplexity {r['perplexity_before']:.1f} → **{r['perplexity_after']:.1f}**; "
+            f"new model `{r['adapted_model']}` (pick it under Models)"
+        )
     if s["seconds"] is not None:
         bits.append(f"{s['seconds']:.0f} s")
     st.progress(min(max(frac, 0.0), 1.0), text=" · ".join(bits))
@@ -104,10 +126,22 @@ def live() -> None:
         st.info("No runs yet: start one above, or with the home page's button.")
         return
     st.subheader("Queue")
-    st.dataframe(pd.DataFrame([{"run": r["id"], "name": r["name"], "status": r["status"],
-                                "steps done": f"{r['counts']['done']}/{r['n_steps']}",
-                                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))} for r in runs]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "run": r["id"],
+                    "name": r["name"],
+                    "status": r["status"],
+                    "steps done": f"{r['counts']['done']}/{r['n_steps']}",
+                    "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
+                }
+                for r in runs
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     ids = [r["id"] for r in runs]
     watch = st.session_state.get("watch")
     run_id = st.selectbox("Run", ids, index=ids.index(watch) if watch in ids else 0, format_func=lambda i: f"run {i}", key="run-pick")
@@ -123,8 +157,12 @@ def live() -> None:
         if c2.button("Resume", disabled=run["status"] not in ("interrupted", "cancelled", "failed"), key=f"resume-{run_id}"):
             jobs.resume(run_id)
             st.rerun(scope="fragment")
-        if c3.button("Delete", disabled=run["status"] not in jobs.FINAL_STATES, key=f"delete-{run_id}",
-                     help="Forgets the run and its log; its stored results stay (Compare shows them)."):
+        if c3.button(
+            "Delete",
+            disabled=run["status"] not in jobs.FINAL_STATES,
+            key=f"delete-{run_id}",
+            help="Forgets the run and its log; its stored results stay (Compare shows them).",
+        ):
             jobs.delete(run_id)
             st.session_state.pop("watch", None)
             st.rerun(scope="fragment")

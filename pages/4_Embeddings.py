@@ -1,5 +1,6 @@
 """Embeddings: UMAP maps of each model's letter vectors, coloured by true label, predicted label or
 correct/wrong; hover for the first words, select a point for the whole letter; stages side by side."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,11 @@ from engine import projection, results
 from engine.errors import ClinBenchError
 from ui import charts, common
 
-common.page("Embeddings", "Each point is a letter, placed by UMAP from the model's embedding. Grey points are training letters; "
-                          "colours show the test letters. Select a point (click, or box/lasso) to read the letter.")
+common.page(
+    "Embeddings",
+    "Each point is a letter, placed by UMAP from the model's embedding. Grey points are training letters; "
+    "colours show the test letters. Select a point (click, or box/lasso) to read the letter.",
+)
 warm = projection.start_warm_up()
 if warm["state"] == "warming":
     st.caption("Preparing UMAP in the background (first use after start)…")
@@ -52,7 +56,9 @@ cols = st.columns(len(stages)) if len(stages) > 1 else [st.container()]
 for col, stage in zip(cols, stages):
     with col:
         options = {e.key: e for e in mine if e.stage == stage}
-        ev = options[st.selectbox(f"Predictions of ({stage})", list(options), format_func=lambda k: options[k].label, key=f"ev-{stage}")]
+        ev = options[
+            st.selectbox(f"Predictions of ({stage})", list(options), format_func=lambda k, o=options: o[k].label, key=f"ev-{stage}")
+        ]
         try:
             texts, truth = _letters(ev.key)
             with st.spinner("Computing the map (UMAP; cached afterwards)…"):
@@ -62,14 +68,17 @@ for col, stage in zip(cols, stages):
             common.error(exc, f"No map for {ev.label}")
             continue
         fig = charts.umap_scatter(coords, colour, texts, f"{model} ({stage}) embeddings, UMAP — colour: {colour_by}", colour_by, order)
-        state = common.chart(fig, f"umap {model} {stage} {colour_by}", f"umap-{stage}", on_select="rerun",
-                             selection_mode=("points", "box", "lasso"))
+        state = common.chart(
+            fig, f"umap {model} {stage} {colour_by}", f"umap-{stage}", on_select="rerun", selection_mode=("points", "box", "lasso")
+        )
         points = (state or {}).get("selection", {}).get("points", []) if state else []
         if points:
             idx = int(points[0]["customdata"] if not isinstance(points[0]["customdata"], list) else points[0]["customdata"][0])
             pred = results.predictions(ev)
             where = dict(zip(pred["test_index"], pred["y_pred"]))
             extra = f" · predicted **{where[idx]}**" if idx in where else " · training letter"
-            st.markdown(f"**Letter {idx}** · true label **{truth[idx]}**{extra}" + (f" · {len(points)} points selected, showing the first"
-                                                                                        if len(points) > 1 else ""))
+            st.markdown(
+                f"**Letter {idx}** · true label **{truth[idx]}**{extra}"
+                + (f" · {len(points)} points selected, showing the first" if len(points) > 1 else "")
+            )
             st.text_area("Letter", texts[idx], height=260, key=f"letter-{stage}-{idx}", disabled=True)

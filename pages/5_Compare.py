@@ -1,5 +1,6 @@
 """Compare: macro-F1 with 95% CI for every model x method, precision/recall, per-class F1,
 confusion matrices, and whether the top models differ significantly on the same test letters."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -19,8 +20,26 @@ comp = results.comparison_table(evals)
 common.chart(charts.macro_f1_chart(comp), "macro-F1 by model and method", "f1")
 
 st.subheader("Precision and recall")
-common.table(comp[["evaluation", "macro_f1", "ci_low", "ci_high", "macro_precision", "macro_recall", "accuracy", "baseline_macro_f1",
-                   "n_test", "pooling", "max_length", "smote"]].round(4), "macro-F1 by model and method", "comp")
+common.table(
+    comp[
+        [
+            "evaluation",
+            "macro_f1",
+            "ci_low",
+            "ci_high",
+            "macro_precision",
+            "macro_recall",
+            "accuracy",
+            "baseline_macro_f1",
+            "n_test",
+            "pooling",
+            "max_length",
+            "smote",
+        ]
+    ].round(4),
+    "macro-F1 by model and method",
+    "comp",
+)
 per_class = results.per_class_table(evals)
 with st.expander("Per class: precision, recall, F1, support"):
     common.table(per_class.round(4), "precision recall by class", "perclass")
@@ -36,12 +55,16 @@ except ClinBenchError as exc:
     common.error(exc, "Significance")
     sig = None
 if sig is not None and len(sig):
-    st.write("The best evaluation against the next ones, on the same test letters: paired bootstrap of the macro-F1 difference "
-             "(2,000 resamples; p-values Holm-adjusted over the comparisons) and McNemar's exact test on accuracy.")
+    st.write(
+        "The best evaluation against the next ones, on the same test letters: paired bootstrap of the macro-F1 difference "
+        "(2,000 resamples; p-values Holm-adjusted over the comparisons) and McNemar's exact test on accuracy."
+    )
     for _, r in sig.iterrows():
         verdict = "**significant**" if r["significant"] else "not significant"
-        st.markdown(f"- {r['best']} vs {r['other']}: difference {r['difference']:+.3f} (95% CI {r['diff_ci_low']:+.3f} to "
-                    f"{r['diff_ci_high']:+.3f}, unadjusted), p = {r['p_holm']:.3g} (Holm), McNemar p = {r['p_mcnemar']:.3g} — {verdict} at 0.05.")
+        st.markdown(
+            f"- {r['best']} vs {r['other']}: difference {r['difference']:+.3f} (95% CI {r['diff_ci_low']:+.3f} to "
+            f"{r['diff_ci_high']:+.3f}, unadjusted), p = {r['p_holm']:.3g} (Holm), McNemar p = {r['p_mcnemar']:.3g} — {verdict} at 0.05."
+        )
     common.table(sig.round(4), "significance of the top models", "sig")
 elif sig is not None:
     st.caption("Needs at least two evaluations on the same test split.")
@@ -53,4 +76,6 @@ cols = st.columns(2)
 for i, lab in enumerate(picked):
     ev = next(e for e in evals if e.label == lab)
     with cols[i % 2]:
-        common.chart(charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {lab}"), f"confusion matrix {lab}", f"cm-{ev.key}")
+        common.chart(
+            charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {lab}"), f"confusion matrix {lab}", f"cm-{ev.key}"
+        )

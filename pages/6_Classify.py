@@ -1,4 +1,5 @@
 """Classify: one letter through every trained classifier of a dataset - label, score, agreement, latency."""
+
 from __future__ import annotations
 
 import random
@@ -10,8 +11,11 @@ from engine import predict, results
 from engine.errors import ClinBenchError
 from ui import charts, common
 
-common.page("Classify", "Paste or upload one letter. Each trained classifier embeds it the way its training letters were "
-                        "embedded and answers; the letter is not stored.")
+common.page(
+    "Classify",
+    "Paste or upload one letter. Each trained classifier embeds it the way its training letters were "
+    "embedded and answers; the letter is not stored.",
+)
 evals, ds = common.pick_evaluations("classify")
 if not evals:
     st.info("No trained classifiers yet: run a comparison on the Runs page first.")
@@ -41,8 +45,10 @@ if upload is not None and st.session_state.get("letter_file_id") != upload.file_
         st.session_state["letter"] = upload.getvalue().decode("utf-8")
         st.session_state["letter_note"] = f"From {upload.name}."
     except UnicodeDecodeError as exc:
-        st.session_state["letter_note"] = (f"error: {upload.name} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 plain text "
-                                           "and upload it again, or paste the letter.")
+        st.session_state["letter_note"] = (
+            f"error: {upload.name} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 plain text "
+            "and upload it again, or paste the letter."
+        )
     st.session_state["letter_file_id"] = upload.file_id
 note = st.session_state.get("letter_note")
 if note and note.startswith("error: "):
@@ -72,9 +78,20 @@ if rows:
             st.error(f"{r['evaluation']}: {r['error']}")
     ok = [r for r in rows if r.get("predicted")]
     if ok:
-        df = pd.DataFrame([{"classifier": r["evaluation"], "label": r["predicted"], "score": round(r["score"], 4),
-                            "score kind": r["score_kind"], "latency ms": round(r["latency_ms"], 1),
-                            "model load s": round(r["load_s"], 2), "letter cut to max_length": r["truncated"]} for r in ok])
+        df = pd.DataFrame(
+            [
+                {
+                    "classifier": r["evaluation"],
+                    "label": r["predicted"],
+                    "score": round(r["score"], 4),
+                    "score kind": r["score_kind"],
+                    "latency ms": round(r["latency_ms"], 1),
+                    "model load s": round(r["load_s"], 2),
+                    "letter cut to max_length": r["truncated"],
+                }
+                for r in ok
+            ]
+        )
         common.table(df, "classified letter", "answers")
         common.chart(charts.scores_chart(ok), "classifier answers", "answers-chart")
         with st.expander("All scores"):

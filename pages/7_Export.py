@@ -1,4 +1,5 @@
 """Export: every chart of a comparison as PNG, SVG or interactive HTML, every table as CSV, and one report (zip)."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -14,8 +15,10 @@ if not evals:
     st.stop()
 browser = export.browser_path()
 if browser is None:
-    st.error("PNG and SVG export needs Chromium, and none was found. Run `bash scripts/setup.sh` (it installs the Debian package "
-             "'chromium'), or set BROWSER_PATH to a Chrome/Chromium executable. HTML and CSV downloads work without it.")
+    st.error(
+        "PNG and SVG export needs Chromium, and none was found. Run `bash scripts/setup.sh` (it installs the Debian package "
+        "'chromium'), or set BROWSER_PATH to a Chrome/Chromium executable. HTML and CSV downloads work without it."
+    )
 
 try:
     figs = report.figures(evals)
@@ -29,14 +32,25 @@ st.write(f"One zip with {len(figs)} charts (PNG, SVG, HTML), {len(tables)} table
 if st.button("Build the report", type="primary", disabled=browser is None):
     try:
         with st.spinner("Rendering the charts…"):
-            st.session_state["report"] = tuple(e.key for e in evals), export.report_zip(figs, tables, {"dataset": ds["source"], "data_hash": ds["data_hash"],
-                                                                          "evaluations": [e.key for e in evals]})
+            st.session_state["report"] = (
+                tuple(e.key for e in evals),
+                export.report_zip(
+                    figs, tables, {"dataset": ds["source"], "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals]}
+                ),
+            )
     except export.ExportError as exc:
         common.error(str(exc))
 built = st.session_state.get("report")
 if built and built[0] == tuple(e.key for e in evals):
-    st.download_button("Download report (zip)", built[1], file_name="clinbench-report.zip", mime="application/zip",
-                       on_click="ignore", icon=":material/download:", key="dl-report")
+    st.download_button(
+        "Download report (zip)",
+        built[1],
+        file_name="clinbench-report.zip",
+        mime="application/zip",
+        on_click="ignore",
+        icon=":material/download:",
+        key="dl-report",
+    )
 
 st.subheader("Charts")
 for i, (name, fig) in enumerate(figs.items()):

@@ -11,6 +11,7 @@ unambiguous. Only the `transcription` field is used: `description`,
 The sample is deterministic (fixed seed), capped per class, and written to
 engine/resources/default_letters.csv with columns note_id, text, label.
 """
+
 from __future__ import annotations
 
 import argparse

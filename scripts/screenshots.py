@@ -5,6 +5,7 @@
 Starts `streamlit run app.py` on a free 127.0.0.1 port with CLINBENCH_CACHE=DIR (the results the
 pages show), drives Debian's chromium headless with Playwright, and writes <out>/<page>.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,25 @@ def main() -> int:
     if args.cache:
         env["CLINBENCH_CACHE"] = str(args.cache.resolve())
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                               "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(120):

@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache folder, tiny random models, small datasets."""
+
 from __future__ import annotations
 
 import csv
@@ -76,8 +77,18 @@ def tiny_decoder(tmp_path_factory, default_ds) -> Path:
 
     torch.manual_seed(0)
     tok, vocab = _word_tokenizer(default_ds.texts)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=1, bos_token_id=1, pad_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=1,
+        bos_token_id=1,
+        pad_token_id=None,
+    )
     folder = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -93,8 +104,15 @@ def tiny_encoder(tmp_path_factory, default_ds) -> Path:
     torch.manual_seed(0)
     tok, vocab = _word_tokenizer(default_ds.texts)
     tok.pad_token, tok.cls_token = "[PAD]", "[CLS]"
-    cfg = BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     max_position_embeddings=512, pad_token_id=3)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=3,
+    )
     folder = tmp_path_factory.mktemp("tiny-bert")
     BertForMaskedLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -1,6 +1,7 @@
 """AppTest smoke tests of every dashboard page (no browser): each renders without an exception,
 shows what it should for an empty cache and for a cache with real stored evaluations (tiny model),
 and turns bad input into st.error."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The extraction benchmark's attention bound: the timing hook must see every attention call of the model."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,5 +1,6 @@
 """The engine functions the dashboard stands on: significance, stored results, saved datasets,
 one-letter classification, UMAP maps and exports. Real computations on tiny models."""
+
 from __future__ import annotations
 
 import io
@@ -75,8 +76,15 @@ def test_results_list_filter_tables_and_skip_damaged(cache, two_evals):
 def test_results_filter_by_run(cache, small_csv, tiny_encoder):
     from engine import jobs
 
-    spec = experiment.parse_spec({"name": "r", "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
-                                  "models": [str(tiny_encoder)], "methods": ["svc"], "options": OPTS})
+    spec = experiment.parse_spec(
+        {
+            "name": "r",
+            "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+            "models": [str(tiny_encoder)],
+            "methods": ["svc"],
+            "options": OPTS,
+        }
+    )
     run_id = jobs.submit(spec, start_worker=False)
     assert results.list_evaluations(run_id=run_id)[0] == []  # nothing finished yet
 
@@ -87,7 +95,7 @@ def test_saved_datasets_round_trip_and_errors(cache, small_csv):
     assert path.read_bytes() == content and datasets.store_upload("my letters.csv", content) == path
     with pytest.raises(DataError, match="unsupported file type"):
         datasets.store_upload("letters.xlsx", b"x")
-    with pytest.raises(DataError, match="text column 'txt' not found.*Did you mean 'text'|not found"):
+    with pytest.raises(DataError, match=r"text column 'txt' not found.*Did you mean 'text'|not found"):
         datasets.save(path, "mine", "txt", "specialty")
     saved = datasets.save(path, "mine", "letter", "specialty")
     listed, skipped = datasets.list_saved()
@@ -156,7 +164,7 @@ def test_exports_png_svg_html_csv_and_report(cache, two_evals):
     svg = export.figure_bytes(figs["per-class F1"], "svg").decode()
     assert svg.startswith("<svg") and "Per-class F1" in svg
     html = export.figure_bytes(figs["per-class F1"], "html").decode()
-    assert len(html) > 1_000_000 and "src=\"http" not in html  # plotly.js embedded, nothing fetched: opens offline
+    assert len(html) > 1_000_000 and 'src="http' not in html  # plotly.js embedded, nothing fetched: opens offline
     zf = zipfile.ZipFile(io.BytesIO(export.report_zip(figs, tables, {"dataset": "small"})))
     names = set(zf.namelist())
     assert "figures/macro-f1-by-model-and-method.png" in names and "tables/macro-f1-by-model-and-method.csv" in names

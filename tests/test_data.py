@@ -1,4 +1,5 @@
 """Loading, validation (one test per error the issue names) and the split."""
+
 from __future__ import annotations
 
 import json
@@ -84,12 +85,15 @@ def test_file_over_size_limit(tmp_path, monkeypatch):
     assert data.MAX_FILE_MB_ENV in str(exc.value)
 
 
-@pytest.mark.parametrize("name,content,needle", [
-    ("x.xlsx", b"PK", "unsupported file type"),
-    ("empty.csv", b"", "is empty"),
-    ("bad.jsonl", b'{"text": "a", "label": "x"}\n{oops\n', "line 2: not valid JSON"),
-    ("list.jsonl", b'[1, 2]\n', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("x.xlsx", b"PK", "unsupported file type"),
+        ("empty.csv", b"", "is empty"),
+        ("bad.jsonl", b'{"text": "a", "label": "x"}\n{oops\n', "line 2: not valid JSON"),
+        ("list.jsonl", b"[1, 2]\n", "expected a JSON object"),
+    ],
+)
 def test_unreadable_files(tmp_path, name, content, needle):
     path = tmp_path / name
     path.write_bytes(content)

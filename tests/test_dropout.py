@@ -1,4 +1,5 @@
 """Cheap dropout masks: same distribution and gradients as dropout, attention equal to SDPA, model restored."""
+
 from __future__ import annotations
 
 import pytest
@@ -81,9 +82,17 @@ def _tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                     attn_implementation="sdpa")
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        attn_implementation="sdpa",
+    )
     return BertForSequenceClassification(cfg)
 
 

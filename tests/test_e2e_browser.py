@@ -5,11 +5,11 @@ finish, see the Compare chart, download its PNG (a valid image), classify a past
 Needs Chromium (Debian package `chromium`, installed by scripts/setup.sh); without it the test is
 skipped on a developer machine and fails in CI (CI=true), so a CI without a browser cannot pass.
 """
+
 from __future__ import annotations
 
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,10 +41,26 @@ def server(tmp_path):
     port = _free_port()
     env = {**os.environ, "CLINBENCH_CACHE": str(cache)}
     env.pop("CLINBENCH_BATCH_DELAY_S", None)
-    log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (the server writes to it until the test ends)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -106,9 +122,11 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
             page.goto(f"{base}/Classify")
             box = page.get_by_label("Letter")
             expect(box).to_be_visible(timeout=60_000)
-            letter = ("HISTORY: The patient is a 64-year-old man with crushing substernal chest pain radiating to the left arm, "
-                      "shortness of breath and diaphoresis. ECG shows ST elevation in the inferior leads; troponin is raised. "
-                      "Cardiac catheterization showed an occluded right coronary artery, treated with a stent.")
+            letter = (
+                "HISTORY: The patient is a 64-year-old man with crushing substernal chest pain radiating to the left arm, "
+                "shortness of breath and diaphoresis. ECG shows ST elevation in the inferior leads; troponin is raised. "
+                "Cardiac catheterization showed an occluded right coronary artery, treated with a stent."
+            )
             box.fill(letter)
             box.press("Control+Enter")
             _settle(page)

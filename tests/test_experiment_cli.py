@@ -1,4 +1,5 @@
 """Specs, the evaluation step (artifacts, cache), and the CLI as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,20 @@ def cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("obj,needle", [
-    ([], "expected a mapping"),
-    ({"models": []}, "non-empty list"),
-    ({"models": ["minilm"], "methods": ["svm"]}, "unknown method 'svm'"),
-    ({"models": ["minilm"], "options": {"epochs": 0}}, "epochs = 0 is out of range"),
-    ({"models": ["minilm"], "options": {"target_modules": "query"}}, "expected list of names or null"),
-    ({"models": ["minilm"], "data": {"path": "x.csv"}}, "data needs text_column, label_column"),
-    ({"models": ["minilm"], "options": {"max_length": "long"}}, "option max_length has the wrong type"),
-    ({"models": ["minilm"], "options": {"colour": 1}}, "unknown option 'colour'"),
-    ({"models": ["minilm"], "extra": 1}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "obj,needle",
+    [
+        ([], "expected a mapping"),
+        ({"models": []}, "non-empty list"),
+        ({"models": ["minilm"], "methods": ["svm"]}, "unknown method 'svm'"),
+        ({"models": ["minilm"], "options": {"epochs": 0}}, "epochs = 0 is out of range"),
+        ({"models": ["minilm"], "options": {"target_modules": "query"}}, "expected list of names or null"),
+        ({"models": ["minilm"], "data": {"path": "x.csv"}}, "data needs text_column, label_column"),
+        ({"models": ["minilm"], "options": {"max_length": "long"}}, "option max_length has the wrong type"),
+        ({"models": ["minilm"], "options": {"colour": 1}}, "unknown option 'colour'"),
+        ({"models": ["minilm"], "extra": 1}, "unknown key"),
+    ],
+)
 def test_bad_specs(obj, needle):
     with pytest.raises(SpecError, match=needle):
         experiment.parse_spec(obj)
@@ -42,7 +46,12 @@ def test_spec_expands_into_steps(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: t\ndata: default\nmodels: [minilm, smollm2]\nmethods: [svc, logreg]\noptions: {max_length: 128}\n")
     spec = experiment.load_spec(path)
-    assert [(s["model"], s["method"]) for s in spec.steps()] == [("minilm", "svc"), ("minilm", "logreg"), ("smollm2", "svc"), ("smollm2", "logreg")]
+    assert [(s["model"], s["method"]) for s in spec.steps()] == [
+        ("minilm", "svc"),
+        ("minilm", "logreg"),
+        ("smollm2", "svc"),
+        ("smollm2", "logreg"),
+    ]
     assert spec.options["max_length"] == 128 and spec.options["smote"] is True
     assert spec.steps()[0]["title"] == "minilm · frozen embeddings → SVC"
 
@@ -93,8 +102,23 @@ def test_cli_clear_errors_exit_2(tmp_path):
 
 def test_cli_evaluate_json_keys(tiny_encoder, small_csv, tmp_path):
     out_json = tmp_path / "m.json"
-    out = cli("evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty",
-              "--model", str(tiny_encoder), "--max-length", "64", "--method", "logreg", "--json", str(out_json))
+    out = cli(
+        "evaluate",
+        "--data",
+        str(small_csv),
+        "--text-column",
+        "letter",
+        "--label-column",
+        "specialty",
+        "--model",
+        str(tiny_encoder),
+        "--max-length",
+        "64",
+        "--method",
+        "logreg",
+        "--json",
+        str(out_json),
+    )
     assert out.returncode == 0, out.stderr
     m = json.loads(out_json.read_text())
     for key in ("macro_f1", "macro_f1_ci", "per_class", "confusion_matrix"):
@@ -105,9 +129,17 @@ def test_cli_evaluate_json_keys(tiny_encoder, small_csv, tmp_path):
 
 def test_cli_run_spec_keeps_going_after_a_failed_step(tiny_encoder, small_csv, tmp_path):
     spec = tmp_path / "s.json"
-    spec.write_text(json.dumps({"name": "t", "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
-                                "models": [str(tiny_encoder), "clinbench-test/not-cached"], "methods": ["logreg"],
-                                "options": {"max_length": 64, "grid": False}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+                "models": [str(tiny_encoder), "clinbench-test/not-cached"],
+                "methods": ["logreg"],
+                "options": {"max_length": 64, "grid": False},
+            }
+        )
+    )
     out = cli("run", str(spec), "--json", str(tmp_path / "r.json"))
     assert out.returncode == 1
     results = json.loads((tmp_path / "r.json").read_text())

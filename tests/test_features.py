@@ -1,4 +1,5 @@
 """Embedding extraction mechanics on tiny random models."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,11 +74,11 @@ def test_cache_hit_runs_no_forward_pass(decoder, default_ds):
     first, s1 = features.embed(decoder, texts, max_length=64)
     before = features.FORWARD_PASSES
     second, s2 = features.embed(decoder, texts, max_length=64)
-    assert features.FORWARD_PASSES == before and s2.cache_hit and not s1.cache_hit and s1.key == s2.key
+    assert before == features.FORWARD_PASSES and s2.cache_hit and not s1.cache_hit and s1.key == s2.key
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
     # A different pooling or max_length is a different key.
     _, s3 = features.embed(decoder, texts, max_length=48)
-    assert s3.key != s1.key and features.FORWARD_PASSES > before
+    assert s3.key != s1.key and before < features.FORWARD_PASSES
 
 
 def test_cache_by_name_does_not_load_the_model(tiny_decoder, default_ds, monkeypatch):
@@ -110,8 +111,9 @@ def test_cls_pooling_refused_for_decoders(decoder):
 
 def test_progress_is_reported(encoder, default_ds):
     seen = []
-    features.embed(encoder, default_ds.texts[:8], max_length=32, use_cache=False, batch_tokens=64,
-                   progress=lambda d, t, s: seen.append((d, t, s)))
+    features.embed(
+        encoder, default_ds.texts[:8], max_length=32, use_cache=False, batch_tokens=64, progress=lambda d, t, s: seen.append((d, t, s))
+    )
     assert seen[-1][0] == seen[-1][1] == 8 and any(s == "embedding" for *_, s in seen)
 
 

@@ -1,4 +1,5 @@
 """Fine-tuning mechanics on tiny random models: what trains, what is saved, splits, cancel and resume."""
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,24 @@ def _one_epoch(net, trained, tokenizer, ds, opts):
     before = {n: p.detach().clone() for n, p in trained.named_parameters()}
     ids, _ = finetune.features.tokenize(tokenizer, ds.texts, 32)
     y = torch.tensor([ds.classes.index(v) for v in ds.labels])
-    cfg = finetune.TrainConfig(epochs=1, learning_rate=1e-2, warmup_ratio=0.0, batch_size=8, grad_accum=1, weight_decay=0.0,
-                               patience=1, seed=0)
+    cfg = finetune.TrainConfig(
+        epochs=1, learning_rate=1e-2, warmup_ratio=0.0, batch_size=8, grad_accum=1, weight_decay=0.0, patience=1, seed=0
+    )
 
     def loss_fn(input_ids, mask, batch):
         return torch.nn.functional.cross_entropy(trained(input_ids=input_ids, attention_mask=mask).logits.float(), y[batch])
 
-    finetune.train(trained, ids, np.arange(len(ds)), loss_fn, lambda: {"score": 0.0}, cfg, choose(),
-                   pad_id=tokenizer.pad_token_id, key=f"test-{id(trained)}")
+    finetune.train(
+        trained,
+        ids,
+        np.arange(len(ds)),
+        loss_fn,
+        lambda: {"score": 0.0},
+        cfg,
+        choose(),
+        pad_id=tokenizer.pad_token_id,
+        key=f"test-{id(trained)}",
+    )
     after = dict(trained.named_parameters())
     return before, after
 
@@ -93,8 +104,11 @@ def test_default_lora_targets_by_architecture(tiny_encoder, tiny_decoder):
 def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_encoder, ds):
     from peft import PeftConfig
 
-    res = experiment.execute(experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
-                             {"model": str(tiny_encoder), "method": "lora"}, dataset=ds)
+    res = experiment.execute(
+        experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
+        {"model": str(tiny_encoder), "method": "lora"},
+        dataset=ds,
+    )
     folder = Path(res.artifact)
     assert PeftConfig.from_pretrained(folder / "adapter").peft_type == "LORA"  # peft's own format
     manifest = read_manifest(folder)
@@ -108,8 +122,11 @@ def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_en
     preds = json.loads((folder / "predictions.json").read_text())
     again = finetune.predict_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
     assert np.allclose(again, np.asarray(preds["scores"]), atol=1e-5)
-    assert experiment.execute(experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
-                              {"model": str(tiny_encoder), "method": "lora"}, dataset=ds).cache_hit
+    assert experiment.execute(
+        experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
+        {"model": str(tiny_encoder), "method": "lora"},
+        dataset=ds,
+    ).cache_hit
 
 
 def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tiny_encoder, ds):
@@ -120,6 +137,7 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
         def should_stop():
             calls["n"] += 1
             return calls["n"] > n
+
         return should_stop
 
     before = set(evaluations_dir().iterdir())
@@ -142,7 +160,7 @@ def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds
     assert m["perplexity_before"] > 1 and m["perplexity_after"] > 1 and m["head_from_checkpoint"]
     entry = models.resolve(m["adapted_model"])
     assert entry.source == "adapted" and entry in models.registry()
-    vectors, stats = finetune.features.embed(m["adapted_model"], ds.texts[:5], max_length=16)
+    vectors, _stats = finetune.features.embed(m["adapted_model"], ds.texts[:5], max_length=16)
     assert vectors.shape == (5, 32)
     summary = experiment.result_summary(res)
     assert summary["adapted_model"] == m["adapted_model"] and "macro_f1" not in summary
@@ -157,15 +175,45 @@ def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
     from tests.test_experiment_cli import cli
 
     out_json = tmp_path / "m.json"
-    out = cli("evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty",
-              "--model", str(tiny_encoder), "--max-length", "32", "--method", "linear-probe", "--epochs", "2", "--json", str(out_json))
+    out = cli(
+        "evaluate",
+        "--data",
+        str(small_csv),
+        "--text-column",
+        "letter",
+        "--label-column",
+        "specialty",
+        "--model",
+        str(tiny_encoder),
+        "--max-length",
+        "32",
+        "--method",
+        "linear-probe",
+        "--epochs",
+        "2",
+        "--json",
+        str(out_json),
+    )
     assert out.returncode == 0, out.stderr
     m = json.loads(out_json.read_text())
     for key in ("macro_f1", "macro_f1_ci", "per_class", "confusion_matrix"):
         assert key in m
     assert "best epoch" in out.stdout and "linear head" in out.stdout
-    out = cli("evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty",
-              "--model", str(tiny_encoder), "--method", "lora", "--lora-r", "0")
+    out = cli(
+        "evaluate",
+        "--data",
+        str(small_csv),
+        "--text-column",
+        "letter",
+        "--label-column",
+        "specialty",
+        "--model",
+        str(tiny_encoder),
+        "--method",
+        "lora",
+        "--lora-r",
+        "0",
+    )
     assert out.returncode == 2 and "lora_r = 0 is out of range" in out.stderr
     assert ROOT.exists()
 

@@ -4,6 +4,7 @@ Every test gets its own cache folder (so its own run store and workers); workers
 alive at the end are stopped. Tiny random models keep each step to seconds;
 CLINBENCH_BATCH_DELAY_S slows extraction down so a test can cancel or kill mid-step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,17 @@ def cli(*args, env_extra: dict | None = None, timeout: float = 120):
 
 
 def write_spec(path: Path, csv: Path, models: list[str], methods: list[str], **options) -> Path:
-    path.write_text(json.dumps({"name": path.stem, "data": {"path": str(csv), "text_column": "letter", "label_column": "specialty"},
-                                "models": models, "methods": methods, "options": {**OPTS, **options}}))
+    path.write_text(
+        json.dumps(
+            {
+                "name": path.stem,
+                "data": {"path": str(csv), "text_column": "letter", "label_column": "specialty"},
+                "models": models,
+                "methods": methods,
+                "options": {**OPTS, **options},
+            }
+        )
+    )
     return path
 
 
@@ -105,8 +115,9 @@ def test_submit_worker_done_with_artifacts(store, tiny_encoder, small_csv, tmp_p
 def test_cancel_during_extraction_stops_within_5s_and_keeps_nothing(store, tiny_encoder, small_csv, tmp_path):
     spec = write_spec(tmp_path / "slow.json", small_csv, [str(tiny_encoder)], ["svc"], batch_tokens=64)
     run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.2"})
-    run = wait_for(lambda r: r if r["steps"][0]["progress"]["stage"] == "embedding" and r["steps"][0]["progress"]["done"] > 0 else None,
-                   run_id=run_id)
+    run = wait_for(
+        lambda r: r if r["steps"][0]["progress"]["stage"] == "embedding" and r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id
+    )
     shown = show(run_id)  # the CLI's JSON while it runs: the worker's pid is there and alive
     assert shown["status"] == "running" and jobs.process_alive(shown["worker_pid"])
     assert shown["steps"][0]["progress"]["total"] == 60
@@ -141,8 +152,9 @@ def test_cancel_terminates_a_step_that_does_not_stop(store, tiny_encoder, small_
 def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_encoder, tiny_decoder, small_csv, tmp_path):
     spec = write_spec(tmp_path / "crash.json", small_csv, [str(tiny_encoder), str(tiny_decoder)], ["logreg"], batch_tokens=64)
     run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.1"})
-    run = wait_for(lambda r: r if r["steps"][1]["status"] == "running" and r["steps"][1]["progress"]["done"] > 0 else None,
-                   run_id=run_id, timeout=180)
+    run = wait_for(
+        lambda r: r if r["steps"][1]["status"] == "running" and r["steps"][1]["progress"]["done"] > 0 else None, run_id=run_id, timeout=180
+    )
     first = run["steps"][0]
     assert first["status"] == "done"
     worker_pid, step_pid = run["worker_pid"], run["steps"][1]["step_pid"]
@@ -161,8 +173,9 @@ def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_
     run = wait_for(finished, run_id=run_id)
     assert run["status"] == "done"
     again = run["steps"][0]
-    assert again["attempts"] == 1 and again["finished"] == first["finished"] and again["result"] == first["result"], \
+    assert again["attempts"] == 1 and again["finished"] == first["finished"] and again["result"] == first["result"], (
         "a finished step must not run again"
+    )
     assert run["steps"][1]["attempts"] == 2 and run["steps"][1]["result"]["forward_passes"] > 0
     assert leftovers(store) == []
 
@@ -189,8 +202,10 @@ def test_failing_step_is_recorded_and_the_next_step_runs(store, tiny_encoder, sm
 def test_two_processes_submitting_at_once(store, tiny_encoder, small_csv, tmp_path):
     spec_a = write_spec(tmp_path / "a.json", small_csv, [str(tiny_encoder)], ["svc"])
     spec_b = write_spec(tmp_path / "b.json", small_csv, [str(tiny_encoder)], ["logreg"])
-    procs = [subprocess.Popen([sys.executable, "-m", "engine", "submit", str(s)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-             for s in (spec_a, spec_b)]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "engine", "submit", str(s)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for s in (spec_a, spec_b)
+    ]
     ids = sorted(int(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs)
     assert ids == [1, 2]
     for run_id in ids:
@@ -203,8 +218,14 @@ def test_two_processes_submitting_at_once(store, tiny_encoder, small_csv, tmp_pa
 
 
 def test_store_actions_and_clear_errors(store, small_csv, tmp_path, tiny_encoder):
-    spec = experiment.parse_spec({"data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
-                                  "models": [str(tiny_encoder)], "methods": ["svc", "logreg"], "options": OPTS})
+    spec = experiment.parse_spec(
+        {
+            "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+            "models": [str(tiny_encoder)],
+            "methods": ["svc", "logreg"],
+            "options": OPTS,
+        }
+    )
     run_id = jobs.submit(spec, start_worker=False)
     assert jobs.get_run(run_id)["status"] == "queued"
     with pytest.raises(ClinBenchError, match="cancel it first"):
@@ -237,8 +258,14 @@ def test_newer_schema_is_refused(store):
 
 
 def test_data_changed_after_submission_fails_the_step(store, tiny_encoder, small_csv, tmp_path):
-    spec = experiment.parse_spec({"data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
-                                  "models": [str(tiny_encoder)], "methods": ["svc"], "options": OPTS})
+    spec = experiment.parse_spec(
+        {
+            "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
+            "models": [str(tiny_encoder)],
+            "methods": ["svc"],
+            "options": OPTS,
+        }
+    )
     run_id = jobs.submit(spec, start_worker=False)
     small_csv.write_text(small_csv.read_text().replace("patient", "person"))
     jobs.ensure_worker()

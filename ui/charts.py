@@ -3,6 +3,7 @@
 Every figure has a title, axis titles and the class names as they are in the data; the same
 objects are shown on the pages and exported (engine.export), so a PNG matches the screen.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -16,15 +17,28 @@ FONT = dict(family="Arial, Helvetica, sans-serif", size=13)
 
 
 def _layout(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left"), font=FONT, template="plotly_white",
-                      margin=dict(l=20, r=20, t=60, b=20), height=height)
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left"),
+        font=FONT,
+        template="plotly_white",
+        margin=dict(l=20, r=20, t=60, b=20),
+        height=height,
+    )
     return fig
 
 
 def class_distribution(counts: dict[str, int], title: str = "Letters per label") -> go.Figure:
     labels = list(counts)
-    fig = go.Figure(go.Bar(x=[counts[k] for k in labels], y=labels, orientation="h", marker_color=PALETTE[0],
-                           text=[counts[k] for k in labels], textposition="auto"))
+    fig = go.Figure(
+        go.Bar(
+            x=[counts[k] for k in labels],
+            y=labels,
+            orientation="h",
+            marker_color=PALETTE[0],
+            text=[counts[k] for k in labels],
+            textposition="auto",
+        )
+    )
     fig.update_yaxes(title="label", autorange="reversed", automargin=True)
     fig.update_xaxes(title="letters")
     return _layout(fig, title, height=max(260, 60 + 32 * len(labels)))
@@ -35,28 +49,59 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the test lette
     t = table.sort_values("macro_f1", ascending=True, kind="stable")
     fig = go.Figure()
     for i, (method, part) in enumerate(t.groupby("method", sort=False)):
-        fig.add_trace(go.Bar(
-            x=part["macro_f1"], y=part["evaluation"], orientation="h", name=method, marker_color=PALETTE[i % len(PALETTE)],
-            error_x=dict(type="data", symmetric=False, array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
-                         arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0), color="#333"),
-            text=[f"{v:.3f}" for v in part["macro_f1"]], textposition="inside", insidetextanchor="start",
-            hovertemplate="%{y}<br>macro-F1 %{x:.3f}<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=part["macro_f1"],
+                y=part["evaluation"],
+                orientation="h",
+                name=method,
+                marker_color=PALETTE[i % len(PALETTE)],
+                error_x=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
+                    arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0),
+                    color="#333",
+                ),
+                text=[f"{v:.3f}" for v in part["macro_f1"]],
+                textposition="inside",
+                insidetextanchor="start",
+                hovertemplate="%{y}<br>macro-F1 %{x:.3f}<extra></extra>",
+            )
+        )
     if "baseline_macro_f1" in t and t["baseline_macro_f1"].notna().any():
         base = float(t["baseline_macro_f1"].dropna().iloc[0])
-        fig.add_vline(x=base, line_dash="dash", line_color="#888", annotation_text=f"majority baseline {base:.2f}",
-                      annotation_position="bottom right")
+        fig.add_vline(
+            x=base, line_dash="dash", line_color="#888", annotation_text=f"majority baseline {base:.2f}", annotation_position="bottom right"
+        )
     fig.update_xaxes(title="macro-F1 (test split)", range=[0, 1.05])
-    fig.update_yaxes(title=dict(text="model · method", standoff=14), ticksuffix=" ", automargin=True, categoryorder="array",
-                     categoryarray=list(t["evaluation"]))
+    fig.update_yaxes(
+        title=dict(text="model · method", standoff=14),
+        ticksuffix=" ",
+        automargin=True,
+        categoryorder="array",
+        categoryarray=list(t["evaluation"]),
+    )
     fig.update_layout(barmode="overlay", legend_title_text="method")
     return _layout(fig, title, height=max(320, 90 + 42 * len(t)))
 
 
 def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = "Per-class F1 on the test letters") -> go.Figure:
     pivot = per_class.pivot_table(index="evaluation", columns="class", values=metric, aggfunc="first")
-    fig = go.Figure(go.Heatmap(z=pivot.values, x=list(pivot.columns), y=list(pivot.index), zmin=0, zmax=1, colorscale="Blues",
-                               text=np.round(pivot.values, 2), texttemplate="%{text}", colorbar=dict(title=metric.upper()),
-                               hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=pivot.values,
+            x=list(pivot.columns),
+            y=list(pivot.index),
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            text=np.round(pivot.values, 2),
+            texttemplate="%{text}",
+            colorbar=dict(title=metric.upper()),
+            hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title="label", automargin=True)
     fig.update_yaxes(title=dict(text="model · method", standoff=14), ticksuffix=" ", automargin=True)
     return _layout(fig, title, height=max(300, 140 + 40 * len(pivot)))
@@ -65,8 +110,18 @@ def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = 
 def confusion_chart(cm: dict, title: str) -> go.Figure:
     """Confusion matrix (rows: true label, columns: predicted), counts annotated."""
     labels, matrix = cm["labels"], np.asarray(cm["matrix"])
-    fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}",
-                               colorbar=dict(title="letters"), hovertemplate="true %{y}<br>predicted %{x}: %{z}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            text=matrix,
+            texttemplate="%{text}",
+            colorbar=dict(title="letters"),
+            hovertemplate="true %{y}<br>predicted %{x}: %{z}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title="predicted label", automargin=True)
     fig.update_yaxes(title="true label", autorange="reversed", automargin=True)
     return _layout(fig, title, height=max(360, 160 + 45 * len(labels)))
@@ -77,8 +132,9 @@ def _hover_snippet(text: str, words: int = 25) -> str:
     return "<br>".join(textwrap.wrap(first + (" …" if len(text.split()) > words else ""), 60))
 
 
-def umap_scatter(coords: np.ndarray, colour: list[str], texts: list[str], title: str, colour_title: str,
-                 order: list[str] | None = None) -> go.Figure:
+def umap_scatter(
+    coords: np.ndarray, colour: list[str], texts: list[str], title: str, colour_title: str, order: list[str] | None = None
+) -> go.Figure:
     """2-D map, one trace per colour group (so the legend names them); customdata = letter index, for selection."""
     colour = np.asarray(colour, dtype=object)
     groups = order or sorted(set(colour))
@@ -88,10 +144,18 @@ def umap_scatter(coords: np.ndarray, colour: list[str], texts: list[str], title:
         if not len(idx):
             continue
         grey = g in ("training letter",)
-        fig.add_trace(go.Scattergl(
-            x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{g} ({len(idx)})", customdata=idx,
-            marker=dict(size=6 if grey else 8, color="#c8c8c8" if grey else PALETTE[i % len(PALETTE)], opacity=0.5 if grey else 0.85),
-            text=[_hover_snippet(texts[j]) for j in idx], hovertemplate=f"<b>{g}</b> · letter %{{customdata}}<br>%{{text}}<extra></extra>"))
+        fig.add_trace(
+            go.Scattergl(
+                x=coords[idx, 0],
+                y=coords[idx, 1],
+                mode="markers",
+                name=f"{g} ({len(idx)})",
+                customdata=idx,
+                marker=dict(size=6 if grey else 8, color="#c8c8c8" if grey else PALETTE[i % len(PALETTE)], opacity=0.5 if grey else 0.85),
+                text=[_hover_snippet(texts[j]) for j in idx],
+                hovertemplate=f"<b>{g}</b> · letter %{{customdata}}<br>%{{text}}<extra></extra>",
+            )
+        )
     fig.update_xaxes(title="UMAP 1", showticklabels=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False)
     fig.update_layout(legend_title_text=colour_title)
@@ -101,9 +165,16 @@ def umap_scatter(coords: np.ndarray, colour: list[str], texts: list[str], title:
 def scores_chart(rows: list[dict], title: str = "Each classifier's answer") -> go.Figure:
     """Bar per classifier: the score of its predicted label (probability or decision value)."""
     ok = [r for r in rows if r.get("predicted")]
-    fig = go.Figure(go.Bar(x=[r["score"] for r in ok], y=[r["evaluation"] for r in ok], orientation="h",
-                           text=[f"{r['predicted']} ({r['score_kind']} {r['score']:.2f})" for r in ok], textposition="auto",
-                           marker_color=PALETTE[0]))
+    fig = go.Figure(
+        go.Bar(
+            x=[r["score"] for r in ok],
+            y=[r["evaluation"] for r in ok],
+            orientation="h",
+            text=[f"{r['predicted']} ({r['score_kind']} {r['score']:.2f})" for r in ok],
+            textposition="auto",
+            marker_color=PALETTE[0],
+        )
+    )
     fig.update_xaxes(title="score of the predicted label")
     fig.update_yaxes(title="model · method", automargin=True)
     return _layout(fig, title, height=max(260, 90 + 40 * len(ok)))

@@ -1,9 +1,10 @@
 """Streamlit helpers every page shares: page set-up, errors a user can act on, charts and tables
 with their downloads, the dataset/run filter, and worker status. No model or data logic here."""
+
 from __future__ import annotations
 
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
@@ -17,8 +18,12 @@ def default_comparison() -> dict:
     from engine import experiment, methods, models
 
     runnable = experiment.runnable_methods()
-    return {"name": "default comparison", "data": "default", "models": list(models.BUNDLED),
-            "methods": [m for m in methods.EMBEDDING_METHODS if m in runnable]}
+    return {
+        "name": "default comparison",
+        "data": "default",
+        "models": list(models.BUNDLED),
+        "methods": [m for m in methods.EMBEDDING_METHODS if m in runnable],
+    }
 
 
 def page(title: str, intro: str | None = None) -> None:
@@ -35,8 +40,10 @@ def error(exc: BaseException | str, what: str = "") -> None:
     elif isinstance(exc, ClinBenchError):
         st.error(f"{what + ': ' if what else ''}{exc}")
     else:  # a bug: still say what happened, and keep the traceback at hand
-        st.error(f"{what + ': ' if what else ''}unexpected {type(exc).__name__}: {exc}. Nothing stored was changed. "
-                 "If it happens again, report it with the details below.")
+        st.error(
+            f"{what + ': ' if what else ''}unexpected {type(exc).__name__}: {exc}. Nothing stored was changed. "
+            "If it happens again, report it with the details below."
+        )
         with st.expander("details"):
             st.code("".join(traceback.format_exception(exc)))
 
@@ -47,6 +54,7 @@ def _render(fig, fmt: str) -> Callable[[], bytes]:
             return export.figure_bytes(fig, fmt)
         except export.ExportError as exc:  # a download cannot show st.error; send the reason as the file
             return str(exc).encode()
+
     return make
 
 
@@ -58,17 +66,30 @@ def chart(fig, name: str, key: str, downloads: bool = True, **plotly_kwargs):
         no_browser = export.browser_path() is None
         row = st.container(horizontal=True)
         for fmt in ("png", "svg", "html"):
-            row.download_button(f"{fmt.upper()} ⬇", data=_render(fig, fmt), file_name=f"{stem}.{fmt}", mime=export.FORMATS[fmt],
-                                key=f"dl-{key}-{fmt}", on_click="ignore",
-                                disabled=no_browser and fmt != "html",
-                                help="needs Chromium (run scripts/setup.sh)" if no_browser and fmt != "html" else None)
+            row.download_button(
+                f"{fmt.upper()} ⬇",
+                data=_render(fig, fmt),
+                file_name=f"{stem}.{fmt}",
+                mime=export.FORMATS[fmt],
+                key=f"dl-{key}-{fmt}",
+                on_click="ignore",
+                disabled=no_browser and fmt != "html",
+                help="needs Chromium (run scripts/setup.sh)" if no_browser and fmt != "html" else None,
+            )
     return value
 
 
 def table(df: pd.DataFrame, name: str, key: str, **kwargs) -> None:
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
-    st.download_button("CSV", data=export.table_csv(df), file_name=f"{export.slug(name)}.csv", mime="text/csv",
-                       key=f"dl-{key}-csv", on_click="ignore", icon=":material/download:")
+    st.download_button(
+        "CSV",
+        data=export.table_csv(df),
+        file_name=f"{export.slug(name)}.csv",
+        mime="text/csv",
+        key=f"dl-{key}-csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
 
 
 def pick_evaluations(key: str) -> tuple[list[results.Evaluation], dict | None]:
@@ -81,8 +102,11 @@ def pick_evaluations(key: str) -> tuple[list[results.Evaluation], dict | None]:
     if not evals:
         return [], None
     sets = results.datasets(evals)
-    names = {d["data_hash"]: f"{d['source'] if d['source'] == 'default' else d['source'].rsplit('/', 1)[-1]} "
-                             f"({d['n_letters']} letters, {d['n_evaluations']} evaluations)" for d in sets}
+    names = {
+        d["data_hash"]: f"{d['source'] if d['source'] == 'default' else d['source'].rsplit('/', 1)[-1]} "
+        f"({d['n_letters']} letters, {d['n_evaluations']} evaluations)"
+        for d in sets
+    }
     chosen = st.sidebar.selectbox("Dataset", list(names), format_func=names.get, key=f"{key}-dataset")
     run_ids = [None] + [r["id"] for r in jobs.list_runs() if any(s.get("result") for s in r["steps"])]
     run_id = st.sidebar.selectbox("Run", run_ids, format_func=lambda r: "all runs" if r is None else f"run {r}", key=f"{key}-run")
