@@ -10,8 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine import data, experiment, jobs, models, projection
-from engine.devices import choose
+from engine import api
 from engine.errors import ClinBenchError
 from ui import common
 
@@ -28,13 +27,13 @@ PAGES = [
 
 @st.cache_data(show_spinner=False)
 def _default_summary() -> tuple[int, dict, str]:
-    ds = data.default_dataset()
+    ds = api.default_dataset()
     return len(ds), dict(pd.Series(ds.labels).value_counts().sort_index()), ds.data_hash[:12]
 
 
 def home() -> None:
     common.page("ClinBench")
-    projection.start_warm_up()  # compiles UMAP in the background, so the first map on the Embeddings page is quick
+    api.start_umap_warm_up()  # compiles UMAP in the background, so the first map on the Embeddings page is quick
     st.write(
         "ClinBench tells you which language model classifies your labelled clinical letters best: it embeds the letters with "
         "each model, trains classifiers on a training split and scores them on held-out letters, with confidence intervals. "
@@ -49,8 +48,8 @@ def home() -> None:
         st.dataframe(pd.DataFrame({"label": list(counts), "letters": list(counts.values())}), hide_index=True, width="stretch")
     with right:
         st.subheader("Models")
-        st.caption(f"Device: {choose().describe()}")
-        rows = [models.describe(e) for e in models.registry()]
+        st.caption(f"Device: {api.device()}")
+        rows = api.model_rows()
         table = pd.DataFrame(
             [
                 {
@@ -66,14 +65,14 @@ def home() -> None:
         st.dataframe(table, hide_index=True, width="stretch")
 
     st.subheader("Run the default comparison")
-    spec = common.default_comparison()
+    spec = api.default_comparison()
     st.write(
         f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
         "It runs in the background; follow it on the **Runs** page."
     )
     if st.button("Run the default comparison", type="primary"):
         try:
-            run_id = jobs.submit(experiment.parse_spec(spec))
+            run_id = api.submit(spec)
             st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
             st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}", icon=":material/play_circle:")
         except ClinBenchError as exc:

@@ -6,7 +6,7 @@ For MiniLM (encoder) and SmolLM2 (decoder) it trains a LoRA sequence classifier 
 the bundled default dataset three ways, each in its own fresh subprocess (so that peak RSS, model loading
 included, is that configuration's alone):
 
-* engine       - `engine.finetune.train` as the `lora` step runs it (`load_classifier_model`,
+* engine       - `engine.finetune.loop.train` as the `lora` step runs it (`load_classifier_model`,
                  `prepare_trainable`, `features.tokenize`, class-weighted cross-entropy): length-grouped
                  batches with dynamic padding, AdamW, warm-up/decay, grad clipping, and bf16 autocast where
                  the default placement picks bf16 (fp32 weights and optimiser state);
@@ -142,13 +142,14 @@ def child_prep(spec: dict) -> dict:
     """Pick the letters; the model's folder, LoRA targets and head modules as the engine chooses them."""
     import numpy as np
 
-    from engine import data, features, finetune, models
+    from engine import data, features, models
     from engine.devices import choose
+    from engine.finetune import loading
 
     ds = data.default_dataset()
     n = min(len(ds.texts), spec["n_letters"])
     texts, labels = list(ds.texts[:n]), [str(v) for v in ds.labels[:n]]
-    net, tok, identity, kind, head = finetune.load_classifier_model(spec["model"], ds.classes, choose())
+    net, tok, identity, kind, head = loading.load_classifier_model(spec["model"], ds.classes, choose())
     ids, n_trunc = features.tokenize(tok, texts, spec["max_length"])
     lengths = np.array([len(x) for x in ids])
     return {
@@ -157,7 +158,7 @@ def child_prep(spec: dict) -> dict:
         "classes": list(ds.classes),
         "folder": str(models.locate(models.resolve(spec["model"]))[0]),
         "head": head,
-        "targets": finetune.default_target_modules(net),
+        "targets": loading.default_target_modules(net),
         "kind": kind,
         "model_type": identity.get("model_type"),
         "n_params": int(sum(p.numel() for p in net.parameters())),
@@ -173,21 +174,25 @@ def child_engine(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from engine import features, finetune
+    from engine import features
+    from engine.context import StepContext
     from engine.devices import choose
-    from engine.experiment import DEFAULT_OPTIONS
+    from engine.finetune import head as head_step
+    from engine.finetune import loading, loop
+    from engine.options import Options
 
     placement = choose()
     prep = spec["prep"]
     classes = prep["classes"]
     mem["imports"] = _memory()
-    net, tok, _identity, _kind, head = finetune.load_classifier_model(spec["model"], classes, placement)
+    net, tok, _identity, _kind, head = loading.load_classifier_model(spec["model"], classes, placement)
     mem["model_loaded"] = _memory()
-    opts = {**DEFAULT_OPTIONS, "max_length": spec["max_length"], "batch_size": spec["batch_size"], "epochs": 1}
-    trained, targets = finetune.prepare_trainable(net, "lora", head, opts)
+    opts = Options.parse({"max_length": spec["max_length"], "batch_size": spec["batch_size"], "epochs": 1})
+    ft = opts.finetune.resolved("lora")
+    trained, targets = loading.prepare_trainable(net, "lora", head, ft)
     ids, n_trunc = features.tokenize(tok, prep["texts"], spec["max_length"])
     y_all = np.asarray([classes.index(v) for v in prep["labels"]])
-    weights = finetune._class_weights(y_all, len(classes), opts["class_weighted_loss"])
+    weights = head_step.class_weights(y_all, len(classes), ft.class_weighted_loss)
     y_t = torch.from_numpy(y_all)
     clock = StepClock(trained)
     tokens: list[int] = []
@@ -205,26 +210,26 @@ def child_engine(spec: dict) -> dict:
         if message.startswith("training"):  # called after each batch; grad_accum is 1, so after each optimiser step
             clock.step_end(spec["warmup"])
 
-    cfg = finetune.TrainConfig.from_options("lora", opts)
     key = f"bench-lora-{spec['model']}-{os.getpid()}-{time.time_ns()}"
     mem["before_train"] = _memory()
     try:
-        state = finetune.train(
+        state = loop.train(
             trained,
             ids,
             np.arange(len(ids)),
             loss_fn,
             lambda: {"score": 0.0},
-            cfg,
+            ft,
+            opts.protocol.seed,
             placement,
             pad_id=tok.pad_token_id,
             key=key,
-            head_lr_factor=finetune.HEAD_LR_FACTOR,
+            head_lr_factor=head_step.HEAD_LR_FACTOR,
             is_head=lambda name: "modules_to_save" in name,
-            progress=progress,
+            ctx=StepContext(progress=progress),
         )
     finally:
-        finetune.checkpoint_path(key).unlink(missing_ok=True)
+        loop.checkpoint_path(key).unlink(missing_ok=True)
     mem["end"] = _memory()
     mem["first_step"] = clock.first_step_memory
     out = clock.summary(spec["warmup"], tokens, padded)
@@ -435,7 +440,7 @@ def measure_model(name: str, args, workdir: Path, cache: Path) -> dict:
     prep = run_child("prep", {**base, "n_letters": n_letters}, workdir, make_env(cache, None), quiet=False)
     if prep["n_letters"] < n_letters:
         raise SystemExit(f"{name}: the default dataset has {prep['n_letters']} letters, {n_letters} needed; lower --steps or --batch")
-    # the engine's defaults for these (engine.experiment.DEFAULT_OPTIONS) are checked in the engine run: they must match
+    # the engine's defaults for these (engine.options.FineTuneOptions) are checked in the engine run: they must match
     spec = {**base, "prep": prep}
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for r in range(args.rounds):

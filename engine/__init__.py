@@ -1,31 +1,92 @@
 """ClinBench engine: from labelled clinical letters to comparable classifier scores.
 
-A plain Python package (it never imports streamlit); the dashboard and the CLI
-(`python -m engine --help`) are thin layers over it.
+A plain Python package (it never imports streamlit). The dashboard, the CLI (`python -m engine
+--help`) and the HTTP endpoint call one module, `engine.api` (the front door), and catch
+`engine.errors.ClinBenchError`.
 
-Layers, each importing only from the ones above it:
+Layers, in order: each module imports only modules listed before it (function-level and
+TYPE_CHECKING imports included; tests/test_layering.py parses every import and checks it), so
+the import graph has no cycle.
 
-    errors     ClinBenchError and its kinds, the messages a user sees
-    config     where things live (cache folder, bundled resources), package versions
-    storage    cache layout, content hashes, atomic writes, manifests, checked artifacts
-    devices    CUDA or CPU, dtype, autocast, free memory
-    data       loading CSV/JSONL, validation report, stratified split
-    models     registry (bundled, presets, hub ids, local folders), memory estimate, loading
-    features   embedding extraction (pooling, batching, streaming to disk, cache)
-    methods    classifiers on embeddings (scaler -> SMOTE -> SVC / logistic regression)
-    evaluation metrics, bootstrap confidence intervals, repeated cross-validation
-    experiment specs (YAML/JSON) expanded into steps, the step table, the embedding -> classifier step
-    dropout    cheap dropout masks for CPU training (used by finetune's training loop)
-    finetune   linear probe, LoRA, LoRA-tuned embeddings -> SVC, domain adaptation (experiment's step
-               table reaches it lazily; it builds on experiment's helpers)
-    datasets   uploaded datasets saved in the cache (file + chosen columns)
-    results    stored evaluations as the dashboard reads them, comparison tables, significance
-    projection UMAP maps of stored embeddings, cached
-    predict    one letter through every stored classifier, with latency
-    export     charts as PNG/SVG/HTML, tables as CSV, a report zip
-    jobs       the run store (SQLite, WAL): submit, read, cancel, resume runs; worker liveness
-    worker     worker processes executing queued steps, each in a child process
-    cli        `python -m engine ...`
+    errors            ClinBenchError and its kinds, the messages a user sees
+    config            where things live (cache folder, bundled resources), package versions
+    options           typed run options, one dataclass per concern: CLI flags, spec check, form, manifest
+    states            Status of runs and steps (an enum), a run's status derived from its steps'
+    context           StepKind (what a method is) and StepContext (progress, stop, metrics, logger)
+    storage           cache layout, content hashes, atomic writes
+    devices           CUDA or CPU, dtype, free memory
+    data              loading CSV/JSONL, the validation report
+    protocols         which letters fit and which score: train/test split, validation carve, repeated CV
+    metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test
+    artifacts         sealed artifact folders: manifests, hash checks, cache lookup, predictions.json
+    hub               the Hugging Face hub: local cache first, bounded time, clear offline errors
+    models            registry (bundled, presets, hub ids, local folders, adapted), loading
+    features          embedding extraction (pooling, batching, streaming to disk, cache)
+    estimators        scikit-learn pipelines on embeddings (SMOTE, search, calibrated SVC, logreg)
+    frozen            the svc and logreg steps (frozen embeddings -> estimator)
+    dropout           cheap dropout masks for CPU training
+    finetune.loop     the training loop, checkpoints, live curves, a training's cache key
+    finetune.loading  models and adapters for training and for reuse
+    finetune.head     the linear-probe and lora steps
+    finetune.tuned_svc  the lora-svc step
+    finetune.domain   the domain-adapt step
+    steps             the registry of step kinds (methods)
+    classifiers       one interface for every trained classifier: classes_, predict_proba(texts)
+    experiment        specs checked and expanded into steps; executing one step
+    store             the SQLite run store, workers' liveness
+    runview           RunView / StepView: the one view of a run (CLI JSON, pages)
+    jobs              submit, read, cancel, resume, delete runs
+    worker            worker processes executing queued steps, each in a child process
+    datasets          uploaded datasets saved in the cache
+    results           stored evaluations, comparison tables, significance
+    projection        UMAP maps of stored embeddings, cached
+    predict           letters through several classifiers, with agreement and latency
+    export            charts as PNG/SVG/HTML, tables as CSV, a report zip
+    api               the front door
+    cli_commands      the bodies of the CLI's commands
+    cli               `python -m engine ...`: the parser
+    __main__
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+LAYERS = (
+    "errors",
+    "config",
+    "options",
+    "states",
+    "context",
+    "storage",
+    "devices",
+    "data",
+    "protocols",
+    "metrics",
+    "artifacts",
+    "hub",
+    "models",
+    "features",
+    "estimators",
+    "frozen",
+    "dropout",
+    "finetune.loop",
+    "finetune.loading",
+    "finetune.head",
+    "finetune.tuned_svc",
+    "finetune.domain",
+    "steps",
+    "classifiers",
+    "experiment",
+    "store",
+    "runview",
+    "jobs",
+    "worker",
+    "datasets",
+    "results",
+    "projection",
+    "predict",
+    "export",
+    "api",
+    "cli_commands",
+    "cli",
+    "__main__",
+)

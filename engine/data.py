@@ -1,4 +1,4 @@
-"""Labelled letters: loading CSV/JSONL, the validation report, and the stratified split.
+"""Labelled letters: loading CSV/JSONL and the validation report (splits are engine.protocols').
 
 A dataset is a table with one letter per row; the user names the text column and the
 label column. A label cell holds one label, or several (multi-label) given as a JSON
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import DEFAULT_DATASET
-from engine.errors import DataError
+from engine.errors import ClinBenchError, DataError
 from engine.storage import sha256_json, sha256_texts
 
 MAX_FILE_MB_ENV = "CLINBENCH_MAX_DATA_MB"
@@ -114,15 +114,6 @@ class Dataset:
     def data_hash(self) -> str:
         """Hash of letters and labels: what a classifier depends on."""
         return sha256_json([self.text_hash, [list(lab) if self.multi_label else lab for lab in self.labels]])
-
-
-@dataclass(frozen=True)
-class Split:
-    train: np.ndarray  # indices into the dataset
-    test: np.ndarray
-    seed: int
-    test_size: float
-    hash: str
 
 
 # --- loading -----------------------------------------------------------------
@@ -355,33 +346,10 @@ def default_dataset() -> Dataset:
     return ds
 
 
-# --- split -------------------------------------------------------------------
-
-
-def _stratify_key(ds: Dataset) -> list[str]:
-    if not ds.multi_label:
-        return list(ds.labels)
-    # Multi-label: stratify on each letter's rarest label, a standard approximation.
-    counts = Counter(lab for labs in ds.labels for lab in labs)
-    return [min(labs, key=lambda lab: (counts[lab], lab)) for labs in ds.labels]
-
-
-def split(ds: Dataset, test_size: float = 0.2, seed: int = 0) -> Split:
-    """Stratified train/test split, reproducible from the seed; its hash covers data and indices."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < test_size < 1:
-        raise DataError(f"test_size must be between 0 and 1 (a fraction of the letters), got {test_size}.")
-    key = _stratify_key(ds)
-    n_classes = len(set(key))
-    n_test = int(np.ceil(test_size * len(ds)))
-    if n_test < n_classes or len(ds) - n_test < n_classes:
-        raise DataError(
-            f"A test fraction of {test_size} gives {n_test} test letters for {n_classes} labels; every label needs a letter in "
-            "both splits. Use a larger test fraction or more letters."
+def require_single_label(dataset: Dataset) -> None:
+    """Refuse a multi-label dataset for a method that predicts one label per letter."""
+    if dataset.multi_label:
+        raise ClinBenchError(
+            "This dataset is multi-label (several labels per letter); multi-label evaluation is not available in this "
+            "version. Choose a label column with one label per letter."
         )
-    idx = np.arange(len(ds))
-    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=key)
-    train, test = np.sort(train), np.sort(test)
-    h = sha256_json([ds.data_hash, seed, test_size, train.tolist(), test.tolist()])
-    return Split(train, test, seed, test_size, h)

@@ -16,12 +16,14 @@ import time
 import warnings
 import zipfile
 
+from engine.errors import ClinBenchError
+
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}
 EXPORT_WIDTH, EXPORT_HEIGHT, PNG_SCALE = 1100, 650, 2
 _KALEIDO_LOCK = threading.Lock()  # one render at a time: each starts a browser; 2 cores do not gain from more
 
 
-class ExportError(RuntimeError):
+class ExportError(ClinBenchError):
     """A chart could not be rendered (usually: no Chrome/Chromium for kaleido)."""
 
 

@@ -27,17 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import Cancelled, ClinBenchError
+from engine import models
+from engine.context import StepContext, ensure
+from engine.devices import choose
+from engine.errors import ClinBenchError
+from engine.options import DEFAULT_MAX_LENGTH, POOLINGS
 from engine.storage import atomic_path, atomic_write_json, embeddings_dir, sha256_file, sha256_json, sha256_texts
 
-POOLINGS = ("mean", "last", "cls")
-DEFAULT_MAX_LENGTH = 512
 FEATURES_VERSION = 1  # bump when extraction changes its numbers, to invalidate cached vectors
 
 # Counts forward passes in this process; tests use it to prove a cache hit computed nothing.
 FORWARD_PASSES = 0
-
-Progress = Callable[[int, int, str], None]  # (done, total, stage)
 
 
 @dataclass
@@ -166,13 +166,13 @@ def extract(
     pooling: str = "mean",
     max_length: int = DEFAULT_MAX_LENGTH,
     batch_tokens: int | None = None,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    ctx: StepContext | None = None,
 ) -> EmbedStats:
     """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically)."""
     global FORWARD_PASSES
     import torch
 
+    ctx = ensure(ctx)
     check_pooling(pooling, loaded.kind)
     tok, model, placement = loaded.tokenizer, loaded.model, loaded.placement
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -181,8 +181,7 @@ def extract(
             f"max_length {max_length} exceeds what {loaded.entry.name} can read ({limit} tokens). Use --max-length {limit} or less."
         )
     t0 = time.perf_counter()
-    if progress:
-        progress(0, len(texts), "tokenising")
+    ctx.progress(0, len(texts), "tokenising")
     ids, n_truncated = tokenize(tok, texts, max_length)
     lengths = [len(x) for x in ids]
     batches = plan_batches(lengths, batch_tokens or default_batch_tokens(placement.device), tiebreak=[x.tobytes() for x in ids])
@@ -199,9 +198,7 @@ def extract(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
         with torch.inference_mode():
             for batch in batches:
-                if should_stop and should_stop():
-                    del out
-                    raise Cancelled("Embedding extraction was cancelled; no vectors were stored.")
+                ctx.check_stop("Embedding extraction was cancelled; no vectors were stored.")
                 longest = lengths[batch[0]]  # (rounding up to a multiple of 8 or 16 measured no faster)
                 input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
                 mask = np.zeros((len(batch), longest), dtype=np.int64)
@@ -214,8 +211,7 @@ def extract(
                 FORWARD_PASSES += 1
                 out[batch] = pool(hidden, mask_t, pooling).cpu().numpy()
                 done += len(batch)
-                if progress:
-                    progress(done, len(texts), "embedding")
+                ctx.progress(done, len(texts), "embedding")
                 if delay:
                     time.sleep(delay)
         out.flush()
@@ -236,6 +232,11 @@ def extract(
     )
 
 
+def read_meta(key: str) -> dict:
+    """What produced the stored embeddings `key` (model identity, options, stats), from their .json."""
+    return json.loads((embeddings_dir() / f"{key}.json").read_text())
+
+
 @dataclass
 class LazyModel:
     """A model known by its identity, loaded only when its vectors are not cached (e.g. a LoRA-tuned model)."""
@@ -254,16 +255,13 @@ def embed(
     placement=None,
     batch_tokens: int | None = None,
     use_cache: bool = True,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    ctx: StepContext | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for `texts` (a read-only memory map, one row per letter), from the cache when possible.
 
     `model_name_or_loaded` is a registry name / hub id / folder, an already loaded model, or a LazyModel.
     """
-    from engine import models
-    from engine.devices import choose
-
+    ctx = ensure(ctx)
     if isinstance(model_name_or_loaded, str):
         entry = models.resolve(model_name_or_loaded)
         placement = placement or choose()
@@ -287,16 +285,13 @@ def embed(
             vectors = np.load(npy, mmap_mode="r")
             if vectors.shape[0] == len(texts):
                 stats = EmbedStats(**{**meta["stats"], "seconds": time.perf_counter() - t0, "cache_hit": True})
-                if progress:
-                    progress(len(texts), len(texts), "loaded from cache")
+                ctx.progress(len(texts), len(texts), "loaded from cache")
                 return vectors, stats
     if isinstance(model_name_or_loaded, LazyModel):
         loaded = model_name_or_loaded.load()
     elif loaded is None:
         loaded = models.load(model_name_or_loaded, placement)
-    stats = extract(
-        loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens, progress=progress, should_stop=should_stop
-    )
+    stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens, ctx=ctx)
     stats.key = key
     atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
     return np.load(npy, mmap_mode="r"), stats

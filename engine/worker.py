@@ -4,10 +4,11 @@
 extra one leaves at once), then takes queued steps in submission order (run id, then step
 index). Each step runs in a fresh child process (`python -m engine worker --step RUN:IDX`)
 that loads the spec and the letters, checks the letters' hash against the one recorded at
-submission, calls `experiment.execute` and writes the step's outcome in one transaction:
-done (with a result summary), failed (a one-line message; the traceback goes to the run
-log) or cancelled. Progress goes to the store at most twice a second; the cancel flag is
-read at most four times a second, at batch boundaries.
+submission, calls `experiment.execute` with a StepContext backed by the store, and writes
+the step's outcome in one transaction: done (with a result summary), failed (a one-line
+message; the traceback goes to the run log) or cancelled. Progress goes to the store at most
+twice a second, metrics (training curves) as they are logged; the cancel flag is read at most
+four times a second, at batch boundaries.
 
 Why a child per step:
 * a step that does not stop at a batch boundary within CANCEL_GRACE_S of a cancel is
@@ -29,9 +30,11 @@ import sys
 import time
 import traceback
 
-from engine import jobs
+from engine import store
 from engine.config import REPO_ROOT
+from engine.context import StepContext
 from engine.errors import Cancelled, ClinBenchError
+from engine.states import Status
 from engine.storage import sweep_orphans
 
 CANCEL_GRACE_S = 2.5  # a running step gets this long to stop by itself after a cancel; then it is terminated (all within 5 s)
@@ -62,15 +65,15 @@ def serve(idle_exit: float = 0.0) -> int:
     import psutil
 
     me = psutil.Process()
-    with jobs.connect() as conn:
-        jobs.recover(conn)
-        with jobs.transaction(conn):
-            others = [w["pid"] for w in jobs.alive_workers(conn) if w["pid"] != me.pid]
-            limit = jobs.max_workers()
+    with store.connect() as conn:
+        store.recover(conn)
+        with store.transaction(conn):
+            others = [w["pid"] for w in store.alive_workers(conn) if w["pid"] != me.pid]
+            limit = store.max_workers()
             if len(others) >= limit:
                 _say(
                     f"{len(others)} worker(s) already serving (pid {', '.join(map(str, others))}); at most {limit} "
-                    f"(set {jobs.WORKERS_ENV} to allow more). Leaving."
+                    f"(set {store.WORKERS_ENV} to allow more). Leaving."
                 )
                 return 0
             now = time.time()
@@ -84,12 +87,12 @@ def serve(idle_exit: float = 0.0) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     _say(
-        f"serving runs from {jobs.db_path()} (at most {limit} worker(s); "
+        f"serving runs from {store.db_path()} (at most {limit} worker(s); "
         f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'})"
     )
     idle_since = time.monotonic()
     try:
-        with jobs.connect() as conn:
+        with store.connect() as conn:
             while not _Stop.requested:
                 conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), me.pid))
                 step = _claim(conn, me.pid)
@@ -103,35 +106,39 @@ def serve(idle_exit: float = 0.0) -> int:
                 idle_since = time.monotonic()
             _say(f"stopped by {_Stop.signal_name}")
     finally:
-        with jobs.connect() as conn:
+        with store.connect() as conn:
             conn.execute("DELETE FROM workers WHERE pid = ?", (me.pid,))
     return 0
 
 
 def _claim(conn, worker_pid: int) -> tuple[int, int] | None:
     """Take the first queued step of the oldest run that has one (one transaction, so no two workers take the same)."""
-    with jobs.transaction(conn):
+    with store.transaction(conn):
         row = conn.execute(
             "SELECT s.run_id, s.idx FROM steps s JOIN runs r ON r.id = s.run_id "
-            "WHERE s.status = 'queued' AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx LIMIT 1"
+            "WHERE s.status = ? AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx LIMIT 1",
+            (Status.QUEUED,),
         ).fetchone()
         if row is None:
             return None
         now = time.time()
         conn.execute(
-            "UPDATE steps SET status = 'running', worker_pid = ?, step_pid = NULL, started = ?, updated = ?, "
+            "UPDATE steps SET status = ?, worker_pid = ?, step_pid = NULL, started = ?, updated = ?, "
             "finished = NULL, attempts = attempts + 1, stage = 'starting', done = 0, total = 0, rate = NULL, eta_s = NULL "
             "WHERE run_id = ? AND idx = ?",
-            (worker_pid, now, now, row["run_id"], row["idx"]),
+            (Status.RUNNING, worker_pid, now, now, row["run_id"], row["idx"]),
         )
+        # a new attempt draws its curves afresh (a training resumed from a checkpoint logs its earlier points again)
+        conn.execute("DELETE FROM metrics WHERE run_id = ? AND idx = ?", (row["run_id"], row["idx"]))
     return row["run_id"], row["idx"]
 
 
 def _leave(conn, worker_pid: int) -> bool:
     """Deregister, unless something was queued meanwhile (checked in the same transaction as submissions write)."""
-    with jobs.transaction(conn):
+    with store.transaction(conn):
         queued = conn.execute(
-            "SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = 'queued' AND r.cancel_requested IS NULL LIMIT 1"
+            "SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.cancel_requested IS NULL LIMIT 1",
+            (Status.QUEUED,),
         ).fetchone()
         if queued:
             return False
@@ -186,9 +193,9 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
     row = conn.execute(
         "SELECT title, (SELECT COUNT(*) FROM steps WHERE run_id = ?) AS n FROM steps WHERE run_id = ? AND idx = ?", (run_id, run_id, idx)
     ).fetchone()
-    jobs.append_log(run_id, f"step {idx + 1}/{row['n']} started: {row['title']} (worker pid {worker_pid})")
+    store.append_log(run_id, f"step {idx + 1}/{row['n']} started: {row['title']} (worker pid {worker_pid})")
     _say(f"run {run_id} step {idx + 1}: {row['title']}")
-    with open(jobs.log_path(run_id), "ab") as log:
+    with open(store.log_path(run_id), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine", "worker", "--step", f"{run_id}:{idx}"],
             cwd=REPO_ROOT,
@@ -197,7 +204,7 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-    conn.execute("UPDATE steps SET step_pid = ? WHERE run_id = ? AND idx = ? AND status = 'running'", (proc.pid, run_id, idx))
+    conn.execute("UPDATE steps SET step_pid = ? WHERE run_id = ? AND idx = ? AND status = ?", (proc.pid, run_id, idx, Status.RUNNING))
     forced = ""
     last_beat = time.monotonic()
     while proc.poll() is None:
@@ -218,14 +225,14 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
     if forced or rc != 0:
         sweep_orphans()  # whatever the terminated step was writing
     now = time.time()
-    with jobs.transaction(conn):
+    with store.transaction(conn):
         step = conn.execute("SELECT status, error, result FROM steps WHERE run_id = ? AND idx = ?", (run_id, idx)).fetchone()
-        status, error = step["status"], step["error"]
+        status, error = Status(step["status"]), step["error"]
         result = json.loads(step["result"]) if step["result"] else {}
-        if status == "running":  # the child did not report: it was terminated or it died
+        if status == Status.RUNNING:  # the child did not report: it was terminated or it died
             if forced == "cancel":
                 status, error = (
-                    "cancelled",
+                    Status.CANCELLED,
                     (
                         f"Cancelled; the step did not stop by itself within {CANCEL_GRACE_S:g} s, "
                         "so its process was terminated. Nothing half-written was kept."
@@ -233,22 +240,21 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
                 )
             elif forced == "stopped":
                 status, error = (
-                    "interrupted",
+                    Status.INTERRUPTED,
                     f"The worker was stopped ({_Stop.signal_name}) during this step. Resume the run to do it again.",
                 )
             else:
-                status, error = "failed", _exit_message(rc)
+                status, error = Status.FAILED, _exit_message(rc)
             conn.execute(
-                "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ?, eta_s = NULL "
-                "WHERE run_id = ? AND idx = ? AND status = 'running'",
-                (status, error, now, now, run_id, idx),
+                "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ?, eta_s = NULL WHERE run_id = ? AND idx = ? AND status = ?",
+                (status, error, now, now, run_id, idx, Status.RUNNING),
             )
     detail = (
         f": {error}"
         if error
         else (f": macro-F1 {result['macro_f1']:.3f}" + (" (cached)" if result.get("cache_hit") else "") if "macro_f1" in result else "")
     )
-    jobs.append_log(run_id, f"step {idx + 1}/{row['n']} {status}{detail}")
+    store.append_log(run_id, f"step {idx + 1}/{row['n']} {status}{detail}")
 
 
 # --- the child process that executes one step ---------------------------------------------
@@ -271,9 +277,8 @@ class _Reporter:
         rate = (done - self.done0) / elapsed if elapsed > 0.2 and done > self.done0 else None
         eta = (total - done) / rate if rate else None
         self.conn.execute(
-            "UPDATE steps SET done = ?, total = ?, stage = ?, rate = ?, eta_s = ?, updated = ? "
-            "WHERE run_id = ? AND idx = ? AND status = 'running'",
-            (done, total, stage, rate, eta, time.time(), *self.key),
+            "UPDATE steps SET done = ?, total = ?, stage = ?, rate = ?, eta_s = ?, updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
+            (done, total, stage, rate, eta, time.time(), *self.key, Status.RUNNING),
         )
         self.t_write = now
 
@@ -298,6 +303,19 @@ class _StopCheck:
         return self.stop
 
 
+class _MetricWriter:
+    """log_metric(name, value, step) -> one row of the metrics table (the Runs page draws them while the step runs)."""
+
+    def __init__(self, conn, run_id: int, idx: int):
+        self.conn, self.key = conn, (run_id, idx)
+
+    def __call__(self, name: str, value: float, step: int) -> None:
+        self.conn.execute(
+            "INSERT INTO metrics (run_id, idx, name, step, value, t) VALUES (?, ?, ?, ?, ?, ?)",
+            (*self.key, name, int(step), float(value), time.time()),
+        )
+
+
 class _Terminated(BaseException):
     """Raised in a step's process on SIGTERM; a BaseException so that no `except Exception` swallows it."""
 
@@ -311,22 +329,22 @@ def execute_child(run_id: int, idx: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is the worker's to handle
     signal.signal(signal.SIGTERM, _terminated)  # unwind (temporary files are removed) before the worker's SIGKILL follows
     parent = os.getppid()
-    with jobs.connect() as conn:
+    with store.connect() as conn:
         row = conn.execute(
             "SELECT s.status, s.worker_pid, r.spec, r.data_hash FROM steps s JOIN runs r ON r.id = s.run_id "
             "WHERE s.run_id = ? AND s.idx = ?",
             (run_id, idx),
         ).fetchone()
-        if row is None or row["status"] != "running" or row["worker_pid"] != parent:
+        if row is None or row["status"] != Status.RUNNING or row["worker_pid"] != parent:
             print(f"step {run_id}:{idx} is not running under this worker; nothing to do", flush=True)
             return 1
-        if jobs.max_workers() > 1:
+        if store.max_workers() > 1:
             import torch
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs.max_workers()))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // store.max_workers()))
         outcome: dict = {}
         try:
-            from engine import experiment, features
+            from engine import artifacts, experiment, features
 
             spec = experiment.parse_spec(json.loads(row["spec"]), where=f"run {run_id}")
             dataset = spec.data.load()
@@ -335,44 +353,43 @@ def execute_child(run_id: int, idx: int) -> int:
                     f"The data file {spec.data.path} changed after this run was submitted (its content hash differs), "
                     "so results would not match the run. Submit the run again to use the new content."
                 )
-            res = experiment.execute(
-                spec,
-                spec.steps()[idx],
-                dataset=dataset,
-                progress=_Reporter(conn, run_id, idx),
-                should_stop=_StopCheck(conn, run_id, parent),
-            )
-            outcome = {"status": "done", "result": {**experiment.result_summary(res), "forward_passes": features.FORWARD_PASSES}}
+            ctx = StepContext(_Reporter(conn, run_id, idx), _StopCheck(conn, run_id, parent), _MetricWriter(conn, run_id, idx))
+            res = experiment.execute(spec, spec.steps()[idx], dataset=dataset, ctx=ctx)
+            outcome = {"status": Status.DONE, "result": {**artifacts.summary(res), "forward_passes": features.FORWARD_PASSES}}
         except _Terminated:
             print(f"step {run_id}:{idx} terminated by its worker", flush=True)
             return 143  # the worker records the outcome
         except Cancelled as exc:
-            outcome = {"status": "cancelled", "error": str(exc)}
+            outcome = {"status": Status.CANCELLED, "error": str(exc)}
         except ClinBenchError as exc:
             traceback.print_exc()
-            outcome = {"status": "failed", "error": str(exc)}
+            outcome = {"status": Status.FAILED, "error": str(exc)}
         except MemoryError:
             traceback.print_exc()
-            outcome = {"status": "failed", "error": "Ran out of memory. Try a smaller max_length or batch_tokens, or a smaller model."}
+            outcome = {"status": Status.FAILED, "error": "Ran out of memory. Try a smaller max_length or batch_tokens, or a smaller model."}
         except Exception as exc:  # any bug or library error: the user gets one line, the log the traceback
             traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            outcome = {"status": "failed", "error": f"Unexpected error: {type(exc).__name__}: {first} (the traceback is in the run log)."}
+            outcome = {
+                "status": Status.FAILED,
+                "error": f"Unexpected error: {type(exc).__name__}: {first} (the traceback is in the run log).",
+            }
         now = time.time()
-        with jobs.transaction(conn):
+        with store.transaction(conn):
             conn.execute(
                 "UPDATE steps SET status = ?, error = ?, result = ?, finished = ?, updated = ?, eta_s = NULL, "
-                "done = CASE WHEN ? = 'done' THEN total ELSE done END "
-                "WHERE run_id = ? AND idx = ? AND status = 'running' AND worker_pid = ?",
+                "done = CASE WHEN ? THEN total ELSE done END "
+                "WHERE run_id = ? AND idx = ? AND status = ? AND worker_pid = ?",
                 (
                     outcome["status"],
                     outcome.get("error"),
                     json.dumps(outcome["result"]) if "result" in outcome else None,
                     now,
                     now,
-                    outcome["status"],
+                    outcome["status"] == Status.DONE,
                     run_id,
                     idx,
+                    Status.RUNNING,
                     parent,
                 ),
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine import data, datasets
+from engine import api
 from engine.errors import ClinBenchError
 from ui import charts, common
 
@@ -18,8 +18,8 @@ common.page(
 upload = st.file_uploader("Letters file", type=["csv", "tsv", "jsonl", "ndjson"], key="upload")
 if upload is not None:
     try:
-        path = datasets.store_upload(upload.name, upload.getvalue())
-        table = data.read_table(path)
+        path = api.store_upload(upload.name, upload.getvalue())
+        table = api.read_table(path)
     except ClinBenchError as exc:
         common.error(exc, f"{upload.name} cannot be read")
         st.stop()
@@ -31,7 +31,7 @@ if upload is not None:
     text_col = c1.selectbox("Text column", columns, index=columns.index(guess_text))
     label_col = c2.selectbox("Label column", columns, index=columns.index(guess_label))
     sep = c3.text_input("Label separator (several labels per letter)", "", help="Leave empty for one label per letter, e.g. '|'.")
-    report = data.validate_file(path, text_col, label_col, label_sep=sep or None)
+    report = api.validate_file(path, text_col, label_col, label_sep=sep or None)
     st.subheader("Validation report")
     for issue in report.errors:
         st.error(issue.message)
@@ -52,23 +52,15 @@ if upload is not None:
         test_size = c1.slider("Test fraction", 0.1, 0.5, 0.2, 0.05)
         seed = c2.number_input("Seed", 0, 10_000, 0)
         try:
-            ds = data.load_dataset(path, text_col, label_col, label_sep=sep or None)
+            ds = api.load_dataset(path, text_col, label_col, label_sep=sep or None)
             if not ds.multi_label:
-                sp = data.split(ds, test_size=test_size, seed=int(seed))
-                labels = pd.Series(ds.labels)
-                st.dataframe(
-                    pd.DataFrame({"train": labels.iloc[sp.train].value_counts(), "test": labels.iloc[sp.test].value_counts()})
-                    .rename_axis("label")
-                    .reset_index(),
-                    hide_index=True,
-                    width="content",
-                )
+                st.dataframe(api.split_preview(ds, test_size, int(seed)), hide_index=True, width="content")
         except ClinBenchError as exc:
             common.error(exc, "Split")
         name = st.text_input("Dataset name", upload.name.rsplit(".", 1)[0])
         if st.button("Save dataset", type="primary"):
             try:
-                saved = datasets.save(path, name, text_col, label_col, sep or None)
+                saved = api.save_dataset(path, name, text_col, label_col, sep or None)
                 st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). It is offered on the Runs page.")
             except ClinBenchError as exc:
                 common.error(exc, "Not saved")
@@ -77,7 +69,7 @@ if upload is not None:
 
 st.divider()
 st.subheader("Saved datasets")
-saved, skipped = datasets.list_saved()
+saved, skipped = api.saved_datasets()
 for name, why in skipped:
     st.warning(f"{name}: {why}")
 if saved:
@@ -102,7 +94,7 @@ if saved:
     with st.expander("Forget a saved dataset"):
         gone = st.selectbox("Dataset", [s.id for s in saved], format_func=lambda i: next(s.name for s in saved if s.id == i))
         if st.button("Forget it", help="Removes it from this list; the file stays in the cache because runs may refer to it."):
-            datasets.delete(gone)
+            api.forget_dataset(gone)
             st.rerun()
 else:
     st.caption("None yet: upload a file above.")
@@ -112,7 +104,7 @@ st.subheader("Bundled default dataset")
 
 @st.cache_data(show_spinner=False)
 def _default_counts() -> dict:
-    return data.default_dataset().report.class_counts
+    return api.default_dataset().report.class_counts
 
 
 st.write("600 MTSamples letters (CC0), 120 from each of five specialties; the text is the transcription only.")

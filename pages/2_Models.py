@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine import models
-from engine.devices import choose
+from engine import api
 from engine.errors import ClinBenchError
 from ui import common
 
@@ -15,7 +14,7 @@ common.page(
     "Encoders and decoders ClinBench can embed letters with. Bundled models work offline; the others need "
     "one download into the local Hugging Face cache (or a local folder).",
 )
-st.caption(f"Device: {choose().describe()}")
+st.caption(f"Device: {api.device()}")
 
 
 def _row(d: dict) -> dict:
@@ -31,7 +30,7 @@ def _row(d: dict) -> dict:
     }
 
 
-rows = [_row(models.describe(e)) for e in models.registry()]
+rows = [_row(d) for d in api.model_rows()]
 st.subheader("Bundled and presets")
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
@@ -39,21 +38,13 @@ st.subheader("Add a hub id or a local folder")
 name = st.text_input("Hub id (organisation/model) or folder path", placeholder="dmis-lab/biobert-v1.1  or  /path/to/model-folder")
 if name.strip():
     try:
-        entry = models.resolve(name)
-        d = models.describe(entry)
-        if entry.source == "local":
-            try:
-                folder, _ = models.locate(entry)
-                cfg = models.load_config(folder)
-                d["kind"], d["params"] = models.model_kind(cfg), models.count_parameters(cfg)
-            except ClinBenchError as exc:
-                d["offline"], d["reason"] = False, str(exc)
+        d = api.describe_model(name)
         st.dataframe(pd.DataFrame([_row(d)]), hide_index=True, width="stretch")
         if d["offline"]:
-            st.success(f"{entry.name} can be used now: name it on the Runs page.")
+            st.success(f"{d['name']} can be used now: name it on the Runs page.")
         else:
             st.warning(
-                f"{entry.name} is not available offline: {d['reason']}. A run with it fails with this reason unless the hub is reachable."
+                f"{d['name']} is not available offline: {d['reason']}. A run with it fails with this reason unless the hub is reachable."
             )
     except ClinBenchError as exc:
         common.error(exc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from engine import projection, results
+from engine import api
 from engine.errors import ClinBenchError
 from ui import charts, common
 
@@ -15,7 +15,7 @@ common.page(
     "Each point is a letter, placed by UMAP from the model's embedding. Grey points are training letters; "
     "colours show the test letters. Select a point (click, or box/lasso) to read the letter.",
 )
-warm = projection.start_warm_up()
+warm = api.start_umap_warm_up()
 if warm["state"] == "warming":
     st.caption("Preparing UMAP in the background (first use after start)…")
 evals, ds = common.pick_evaluations("emb")
@@ -33,19 +33,19 @@ stages = [s for s in ("frozen", "tuned") if any(e.stage == s for e in mine)] + s
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _letters(key: str) -> tuple[list[str], list[str]]:
-    ev = next(e for e in results.list_evaluations()[0] if e.key == key)
-    ds_ = results.letters(ev)
+    ev = next(e for e in api.evaluations()[0] if e.key == key)
+    ds_ = api.letters(ev)
     return ds_.texts, [str(v) for v in ds_.labels]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _coords(embeddings_key: str) -> np.ndarray:
-    return projection.project(embeddings_key)
+    return api.umap_map(embeddings_key)
 
 
 def _colours(ev, truth: list[str]) -> tuple[list[str], list[str] | None]:
     colour = ["training letter"] * len(truth)
-    pred = results.predictions(ev)
+    pred = api.predictions(ev)
     for i, t, p in zip(pred["test_index"], pred["y_true"], pred["y_pred"]):
         colour[i] = {"true label": t, "predicted label": p}.get(colour_by, "correct" if t == p else "wrong")
     order = ["correct", "wrong", "training letter"] if colour_by == "correct / wrong" else sorted(set(truth)) + ["training letter"]
@@ -74,7 +74,7 @@ for col, stage in zip(cols, stages):
         points = (state or {}).get("selection", {}).get("points", []) if state else []
         if points:
             idx = int(points[0]["customdata"] if not isinstance(points[0]["customdata"], list) else points[0]["customdata"][0])
-            pred = results.predictions(ev)
+            pred = api.predictions(ev)
             where = dict(zip(pred["test_index"], pred["y_pred"]))
             extra = f" · predicted **{where[idx]}**" if idx in where else " · training letter"
             st.markdown(

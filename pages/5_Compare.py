@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import results
+from engine import api
 from engine.errors import ClinBenchError
 from ui import charts, common
 
@@ -16,7 +16,7 @@ if not evals:
     st.stop()
 
 st.caption(f"{len(evals)} evaluation(s) on {ds['n_letters']} letters, labels: {', '.join(ds['classes'])}.")
-comp = results.comparison_table(evals)
+comp = api.comparison_table(evals)
 common.chart(charts.macro_f1_chart(comp), "macro-F1 by model and method", "f1")
 
 st.subheader("Precision and recall")
@@ -40,7 +40,7 @@ common.table(
     "macro-F1 by model and method",
     "comp",
 )
-per_class = results.per_class_table(evals)
+per_class = api.per_class_table(evals)
 with st.expander("Per class: precision, recall, F1, support"):
     common.table(per_class.round(4), "precision recall by class", "perclass")
 
@@ -50,7 +50,7 @@ common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
 st.subheader("Are the top models different?")
 try:
     with st.spinner("Paired bootstrap on the shared test letters…"):
-        sig = results.significance(evals)
+        sig = api.significance(evals)
 except ClinBenchError as exc:
     common.error(exc, "Significance")
     sig = None

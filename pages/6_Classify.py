@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import streamlit as st
 
-from engine import predict, results
+from engine import api
 from engine.errors import ClinBenchError
 from ui import charts, common
 
@@ -28,8 +28,8 @@ chosen = st.multiselect("Classifiers", list(labels), default=list(labels), forma
 def _load_test_letter() -> None:
     try:
         ev = next(e for e in evals if e.key in chosen) if chosen else evals[0]
-        pred = results.predictions(ev)
-        texts = results.letters(ev).texts
+        pred = api.predictions(ev)
+        texts = api.letters(ev).texts
         i = random.Random().choice(pred["test_index"])
         st.session_state["letter"] = texts[i]
         st.session_state["letter_note"] = f"Test letter {i} (true label: {pred['y_true'][pred['test_index'].index(i)]})."
@@ -63,14 +63,14 @@ if st.button("Classify", type="primary"):
     else:
         try:
             with st.spinner("Embedding the letter with each model (the first time loads the model)…"):
-                st.session_state["answers"] = predict.classify(text, [e for e in evals if e.key in chosen])
+                st.session_state["answers"] = api.classify(text, [e for e in evals if e.key in chosen])
         except ClinBenchError as exc:
             common.error(exc)
             st.session_state.pop("answers", None)
 
 rows = st.session_state.get("answers")
 if rows:
-    agree = predict.agreement(rows)
+    agree = api.agreement(rows)
     if agree["label"]:
         st.metric("Majority label", agree["label"], f"{agree['share']:.0%} of {agree['n']} classifiers agree", delta_color="off")
     for r in rows:
@@ -83,8 +83,7 @@ if rows:
                 {
                     "classifier": r["evaluation"],
                     "label": r["predicted"],
-                    "score": round(r["score"], 4),
-                    "score kind": r["score_kind"],
+                    "probability": round(r["score"], 4),
                     "latency ms": round(r["latency_ms"], 1),
                     "model load s": round(r["load_s"], 2),
                     "letter cut to max_length": r["truncated"],
@@ -94,5 +93,5 @@ if rows:
         )
         common.table(df, "classified letter", "answers")
         common.chart(charts.scores_chart(ok), "classifier answers", "answers-chart")
-        with st.expander("All scores"):
+        with st.expander("Every label's probability"):
             st.dataframe(pd.DataFrame({r["evaluation"]: r["scores"] for r in ok}).round(4), width="stretch")

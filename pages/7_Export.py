@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import export
+from engine import api
 from engine.errors import ClinBenchError
 from ui import common, report
 
@@ -13,7 +13,7 @@ evals, ds = common.pick_evaluations("export")
 if not evals:
     st.info("Nothing to export yet: finished evaluations appear here (start a run on the Runs page).")
     st.stop()
-browser = export.browser_path()
+browser = api.browser_path()
 if browser is None:
     st.error(
         "PNG and SVG export needs Chromium, and none was found. Run `bash scripts/setup.sh` (it installs the Debian package "
@@ -34,11 +34,11 @@ if st.button("Build the report", type="primary", disabled=browser is None):
         with st.spinner("Rendering the charts…"):
             st.session_state["report"] = (
                 tuple(e.key for e in evals),
-                export.report_zip(
+                api.report_zip(
                     figs, tables, {"dataset": ds["source"], "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals]}
                 ),
             )
-    except export.ExportError as exc:
+    except ClinBenchError as exc:
         common.error(str(exc))
 built = st.session_state.get("report")
 if built and built[0] == tuple(e.key for e in evals):

@@ -119,6 +119,22 @@ def tiny_encoder(tmp_path_factory, default_ds) -> Path:
     return folder
 
 
+def cli(*args, timeout=300, input=None):
+    """`python -m engine ARGS` as a user runs it (this session's cache); the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+        input=input,
+    )
+
+
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
     fieldnames = fieldnames or list(rows[0])
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -138,3 +154,28 @@ def small_csv(tmp_path, default_ds) -> Path:
             per[lab] += 1
             rows.append({"letter": t, "specialty": lab})
     return write_csv(tmp_path / "letters.csv", rows)
+
+
+def run_step(ds, model, method: str, ctx=None, **options):
+    """Execute one step (model x method) on a loaded dataset in this process, as a run's worker would."""
+    from engine import experiment
+    from engine.options import Options
+
+    spec = experiment.Spec("test", experiment.DataSpec(), [str(model)], [method], Options.parse(options))
+    return experiment.execute(spec, spec.steps()[0], dataset=ds, ctx=ctx)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder of its own for one test."""
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def two_evals(cache, small_csv, tiny_encoder):
+    """svc and logreg of the tiny encoder on 60 real letters, stored in the test's cache."""
+    from engine import experiment
+
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    return ds, [run_step(ds, tiny_encoder, m, max_length=64, grid=False, n_boot=100) for m in ("svc", "logreg")]

@@ -4,11 +4,13 @@ and turns bad input into st.error."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import experiment
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_step
 
 PAGES = ["1_Data.py", "2_Models.py", "3_Runs.py", "4_Embeddings.py", "5_Compare.py", "6_Classify.py", "7_Export.py"]
 
@@ -42,7 +44,7 @@ def stored(tmp_path_factory, tiny_encoder, default_ds):
     csv = write_csv(cache.parent / "letters.csv", rows)
     ds = experiment.DataSpec(str(csv), "letter", "specialty").load()
     for m in ("svc", "logreg"):
-        experiment.evaluate_step(ds, str(tiny_encoder), m, {"max_length": 64, "grid": False, "n_boot": 100})
+        run_step(ds, tiny_encoder, m, max_length=64, grid=False, n_boot=100)
     yield cache, ds
     if old is None:
         os.environ.pop("CLINBENCH_CACHE", None)
@@ -94,7 +96,10 @@ def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeyp
     at.button[0].click().run()
     assert not at.exception and not at.error
     (run,) = jobs.list_runs()
-    assert run["status"] == "queued" and run["spec"]["models"] == ["minilm"]
+    assert run.status == "queued" and run.spec["models"] == ["minilm"]
+    assert (
+        run.spec["options"]["max_length"] == 512 and run.spec["options"]["smote"] is True
+    )  # the form's defaults are the options' defaults
     assert any("Run 1" in m.value for m in at.markdown)
 
 
@@ -127,3 +132,25 @@ def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypa
     at = page("4_Embeddings.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert len(list((cache / "projections").glob("*.npy"))) == 1
+
+
+def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatch):
+    """A step that is training (its worker wrote metrics into the store) shows its loss curve on the Runs page."""
+    import time
+
+    from engine import jobs, store
+
+    monkeypatch.setattr(store, "ensure_worker", lambda: None)
+    run_id = jobs.submit(experiment.parse_spec({"models": ["minilm"], "methods": ["lora"]}), start_worker=False)
+    with store.connect() as conn:
+        conn.execute("UPDATE steps SET status = 'done', started = ?, finished = ? WHERE run_id = ?", (time.time() - 5, time.time(), run_id))
+        for step, loss in enumerate([1.6, 1.2, 0.9, 0.7], start=1):
+            conn.execute("INSERT INTO metrics VALUES (?, 0, 'train_loss', ?, ?, ?)", (run_id, step * 5, loss, time.time()))
+        conn.execute("INSERT INTO metrics VALUES (?, 0, 'val_macro_f1', 20, 0.55, ?)", (run_id, time.time()))
+    at = page("3_Runs.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    figure = json.loads(charts[0].proto.spec)
+    names = {t["name"] for t in figure["data"]}
+    assert names == {"train loss", "val macro f1"} and figure["layout"]["title"]["text"].startswith("Training curves: minilm")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from engine import data
@@ -118,21 +117,6 @@ def test_csv_multilabel_with_separator(tmp_path):
     rows = [{"text": f"t{i}", "label": labs} for i, labs in enumerate(["a|b", "a", "b", "b | a"])]
     ds = data.load_dataset(write_csv(tmp_path / "m.csv", rows), "text", "label", label_sep="|")
     assert ds.multi_label and ds.labels[3] == ("a", "b")
-
-
-def test_split_is_stratified_reproducible_and_hashed(default_ds):
-    s1, s2 = data.split(default_ds, 0.2, seed=3), data.split(default_ds, 0.2, seed=3)
-    assert np.array_equal(s1.test, s2.test) and s1.hash == s2.hash
-    assert not set(s1.train) & set(s1.test) and len(s1.train) + len(s1.test) == len(default_ds)
-    test_labels = [default_ds.labels[i] for i in s1.test]
-    assert all(test_labels.count(c) == 24 for c in default_ds.classes)
-    assert data.split(default_ds, 0.2, seed=4).hash != s1.hash
-
-
-def test_split_refuses_too_small_test(tmp_path):
-    ds = data.load_dataset(write_csv(tmp_path / "x.csv", ROWS), "text", "label")
-    with pytest.raises(DataError, match="every label needs a letter"):
-        data.split(ds, 0.1)
 
 
 def test_hashes_depend_on_content(tmp_path):

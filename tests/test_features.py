@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine import features, models
+from engine.context import StepContext
 from engine.devices import Placement
 from engine.errors import Cancelled, ClinBenchError
 
@@ -100,7 +101,7 @@ def test_cancel_leaves_no_vectors(decoder, default_ds):
         return calls["n"] > 2
 
     with pytest.raises(Cancelled):
-        features.embed(decoder, default_ds.texts[:40], max_length=64, batch_tokens=128, should_stop=stop)
+        features.embed(decoder, default_ds.texts[:40], max_length=64, batch_tokens=128, ctx=StepContext(should_stop=stop))
     assert set(embeddings_dir().iterdir()) == before  # no .npy, no temp file, no metadata
 
 
@@ -112,7 +113,12 @@ def test_cls_pooling_refused_for_decoders(decoder):
 def test_progress_is_reported(encoder, default_ds):
     seen = []
     features.embed(
-        encoder, default_ds.texts[:8], max_length=32, use_cache=False, batch_tokens=64, progress=lambda d, t, s: seen.append((d, t, s))
+        encoder,
+        default_ds.texts[:8],
+        max_length=32,
+        use_cache=False,
+        batch_tokens=64,
+        ctx=StepContext(progress=lambda d, t, s: seen.append((d, t, s))),
     )
     assert seen[-1][0] == seen[-1][1] == 8 and any(s == "embedding" for *_, s in seen)
 

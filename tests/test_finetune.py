@@ -8,14 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import experiment, finetune, models
+from engine import artifacts, experiment, features, models
+from engine.context import StepContext
 from engine.data import load_dataset
 from engine.devices import choose
 from engine.errors import Cancelled, ClinBenchError
-from engine.storage import evaluations_dir, read_manifest
+from engine.finetune import domain, head, loading, loop
+from engine.options import FineTuneOptions, Options
+from engine.storage import evaluations_dir
 from tests.conftest import ROOT
 
-FAST = {**experiment.DEFAULT_OPTIONS, "max_length": 32, "n_boot": 100, "epochs": 2, "batch_size": 8}
+FAST = {"max_length": 32, "n_boot": 100, "epochs": 2, "batch_size": 8}
+OPTS = Options.parse(FAST)
 
 
 @pytest.fixture
@@ -23,51 +27,41 @@ def ds(small_csv):
     return load_dataset(small_csv, "letter", "specialty")
 
 
-def test_validation_split_comes_from_training_split_only(default_ds):
-    split, fit_idx, val_idx = finetune.three_way_split(default_ds, FAST)
-    assert set(val_idx).isdisjoint(split.test) and set(fit_idx).isdisjoint(split.test) and set(fit_idx).isdisjoint(val_idx)
-    assert sorted([*fit_idx, *val_idx]) == sorted(split.train)
-    same = experiment.data_mod.split(default_ds, FAST["test_size"], FAST["seed"])
-    assert np.array_equal(split.test, same.test), "the test split must be the frozen stage's"
-    labels = np.asarray(default_ds.labels)
-    assert set(labels[val_idx]) == set(labels), "validation is stratified: every label is in it"
-
-
-def _one_epoch(net, trained, tokenizer, ds, opts):
+def _one_epoch(trained, tokenizer, ds, ctx=None):
     """Train `trained` for one short epoch with the engine's loop; returns parameters before and after."""
     import torch
 
     before = {n: p.detach().clone() for n, p in trained.named_parameters()}
-    ids, _ = finetune.features.tokenize(tokenizer, ds.texts, 32)
+    ids, _ = features.tokenize(tokenizer, ds.texts, 32)
     y = torch.tensor([ds.classes.index(v) for v in ds.labels])
-    cfg = finetune.TrainConfig(
-        epochs=1, learning_rate=1e-2, warmup_ratio=0.0, batch_size=8, grad_accum=1, weight_decay=0.0, patience=1, seed=0
-    )
+    ft = FineTuneOptions(epochs=1, learning_rate=1e-2, warmup_ratio=0.0, patience=1)
 
     def loss_fn(input_ids, mask, batch):
         return torch.nn.functional.cross_entropy(trained(input_ids=input_ids, attention_mask=mask).logits.float(), y[batch])
 
-    finetune.train(
+    loop.train(
         trained,
         ids,
         np.arange(len(ds)),
         loss_fn,
-        lambda: {"score": 0.0},
-        cfg,
+        lambda: {"val_x": 0.5, "score": 0.0},
+        ft,
+        0,
         choose(),
         pad_id=tokenizer.pad_token_id,
         key=f"test-{id(trained)}",
+        ctx=ctx,
     )
     after = dict(trained.named_parameters())
     return before, after
 
 
 def test_linear_probe_trains_only_the_head(tiny_encoder, ds):
-    net, tok, _identity, kind, head = finetune.load_classifier_model(str(tiny_encoder), ds.classes, choose())
+    net, tok, _identity, kind, head = loading.load_classifier_model(str(tiny_encoder), ds.classes, choose())
     assert kind == "encoder" and "classifier" in head
-    trained, targets = finetune.prepare_trainable(net, "linear-probe", head, FAST)
+    trained, targets = loading.prepare_trainable(net, "linear-probe", head, OPTS.finetune)
     assert targets is None
-    before, after = _one_epoch(net, trained, tok, ds, FAST)
+    before, after = _one_epoch(trained, tok, ds)
     changed = {n for n in before if not torch_equal(before[n], after[n])}
     in_head = {n for n in before if any(n.startswith(h + ".") for h in head)}
     assert changed and changed <= in_head, f"changed outside the head: {sorted(changed - in_head)}"
@@ -75,12 +69,12 @@ def test_linear_probe_trains_only_the_head(tiny_encoder, ds):
 
 
 def test_lora_trains_only_adapters_and_head(tiny_decoder, ds):
-    net, tok, _identity, kind, head = finetune.load_classifier_model(str(tiny_decoder), ds.classes, choose())
+    net, tok, _identity, kind, head = loading.load_classifier_model(str(tiny_decoder), ds.classes, choose())
     assert kind == "decoder" and head == ["score"]
     assert tok.pad_token == tok.eos_token and net.config.pad_token_id == tok.pad_token_id  # the decoder had no pad token
-    trained, targets = finetune.prepare_trainable(net, "lora", head, FAST)
+    trained, targets = loading.prepare_trainable(net, "lora", head, OPTS.finetune)
     assert targets == ["q_proj", "v_proj"]
-    before, after = _one_epoch(net, trained, tok, ds, FAST)
+    before, after = _one_epoch(trained, tok, ds)
     changed = {n for n in before if not torch_equal(before[n], after[n])}
     assert changed and all("lora_" in n or "modules_to_save" in n for n in changed), sorted(changed)
     assert any("lora_B" in n for n in changed) and any("modules_to_save" in n and "score" in n for n in changed)
@@ -95,10 +89,10 @@ def torch_equal(a, b) -> bool:
 def test_default_lora_targets_by_architecture(tiny_encoder, tiny_decoder):
     from transformers import AutoModel, BioGptConfig, BioGptModel
 
-    assert finetune.default_target_modules(AutoModel.from_pretrained(tiny_encoder)) == ["query", "value"]
-    assert finetune.default_target_modules(AutoModel.from_pretrained(tiny_decoder)) == ["q_proj", "v_proj"]
+    assert loading.default_target_modules(AutoModel.from_pretrained(tiny_encoder)) == ["query", "value"]
+    assert loading.default_target_modules(AutoModel.from_pretrained(tiny_decoder)) == ["q_proj", "v_proj"]
     biogpt = BioGptModel(BioGptConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
-    assert finetune.default_target_modules(biogpt) == ["q_proj", "k_proj", "v_proj"]
+    assert loading.default_target_modules(biogpt) == ["q_proj", "k_proj", "v_proj"]
 
 
 def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_encoder, ds):
@@ -111,16 +105,16 @@ def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_en
     )
     folder = Path(res.artifact)
     assert PeftConfig.from_pretrained(folder / "adapter").peft_type == "LORA"  # peft's own format
-    manifest = read_manifest(folder)
+    manifest = artifacts.read_manifest(folder)
     assert manifest["stage"] == "tuned" and len(manifest["training"]["curve"]) >= 1
     assert {"train_loss", "val_macro_f1", "val_loss"} <= set(manifest["training"]["curve"][0])
     for key in ("macro_f1", "macro_f1_ci", "per_class", "confusion_matrix", "baseline"):
         assert key in res.metrics
     assert set(manifest["split"]["val_index"]).isdisjoint(json.loads((folder / "predictions.json").read_text())["test_index"])
-    net, tok, _ = finetune.load_tuned_classifier(folder)
-    ids, _ = finetune.features.tokenize(tok, ds.texts, FAST["max_length"])
+    net, tok, _ = loading.load_tuned_classifier(folder)
+    ids, _ = features.tokenize(tok, ds.texts, FAST["max_length"])
     preds = json.loads((folder / "predictions.json").read_text())
-    again = finetune.predict_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
+    again = head.predict_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
     assert np.allclose(again, np.asarray(preds["scores"]), atol=1e-5)
     assert experiment.execute(
         experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
@@ -130,7 +124,7 @@ def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_en
 
 
 def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tiny_encoder, ds):
-    opts = {**FAST, "epochs": 3, "seed": 7, "patience": 3}
+    opts = OPTS.replace(epochs=3, seed=7, patience=3)
     calls = {"n": 0}
 
     def stop_after(n):
@@ -142,37 +136,37 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
 
     before = set(evaluations_dir().iterdir())
     with pytest.raises(Cancelled, match="cancelled in epoch 1"):
-        finetune.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, should_stop=stop_after(2))
+        head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
     assert set(evaluations_dir().iterdir()) == before, "no artifact folder for a cancelled training"
     # 48 fitting letters / 8 = 6 batches per epoch: stop in the middle of epoch 2, after epoch 1 was checkpointed
     calls["n"] = 0
     with pytest.raises(Cancelled, match="epoch 2"):
-        finetune.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, should_stop=stop_after(8))
-    assert set(evaluations_dir().iterdir()) == before and list(finetune.checkpoint_path("x").parent.glob("*.pt"))
-    res = finetune.classifier_step(ds, str(tiny_encoder), "linear-probe", opts)
+        head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
+    assert set(evaluations_dir().iterdir()) == before and list(loop.checkpoint_path("x").parent.glob("*.pt"))
+    res = head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 3
     assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "head.safetensors").exists()
 
 
 def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds):
-    res = finetune.domain_adapt_step(ds, str(tiny_decoder), "domain-adapt", {**FAST, "epochs": 1, "learning_rate": 1e-2})
+    res = domain.domain_adapt_step(ds, str(tiny_decoder), "domain-adapt", OPTS.replace(epochs=1, learning_rate=1e-2))
     m = res.metrics
     assert m["perplexity_before"] > 1 and m["perplexity_after"] > 1 and m["head_from_checkpoint"]
     entry = models.resolve(m["adapted_model"])
     assert entry.source == "adapted" and entry in models.registry()
-    vectors, _stats = finetune.features.embed(m["adapted_model"], ds.texts[:5], max_length=16)
+    vectors, _stats = features.embed(m["adapted_model"], ds.texts[:5], max_length=16)
     assert vectors.shape == (5, 32)
-    summary = experiment.result_summary(res)
+    summary = artifacts.summary(res)
     assert summary["adapted_model"] == m["adapted_model"] and "macro_f1" not in summary
 
 
 def test_masked_lm_needs_a_mask_token(tiny_encoder, ds):
     with pytest.raises(ClinBenchError, match=r"no \[MASK\] token"):
-        finetune.domain_adapt_step(ds, str(tiny_encoder), "domain-adapt", FAST)
+        domain.domain_adapt_step(ds, str(tiny_encoder), "domain-adapt", OPTS)
 
 
 def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
-    from tests.test_experiment_cli import cli
+    from tests.conftest import cli
 
     out_json = tmp_path / "m.json"
     out = cli(
@@ -214,7 +208,7 @@ def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
         "--lora-r",
         "0",
     )
-    assert out.returncode == 2 and "lora_r = 0 is out of range" in out.stderr
+    assert out.returncode == 2 and "--lora-r = 0 is out of range" in out.stderr
     assert ROOT.exists()
 
 
@@ -232,3 +226,42 @@ def test_live_classification_with_fine_tuned_classifiers(tiny_encoder, ds):
         row = predict.classify(ds.texts[i], [ev])[0]
         assert row["error"] is None, row
         assert row["predicted"] == preds["y_pred"][0], (ev.method, row)
+
+
+def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_encoder, ds):
+    """train_loss every few optimiser steps, the validation metrics after each epoch; a resumed training re-emits the
+    points of its finished epochs, so a new attempt's chart is whole; the manifest keeps the log."""
+    logged = []
+    ctx = StepContext(log_metric=lambda name, value, step: logged.append((name, step, value)))
+    opts = OPTS.replace(epochs=2, patience=2, seed=3)
+    res = head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, ctx)
+    losses = [(s, v) for n, s, v in logged if n == "train_loss"]
+    vals = [(s, v) for n, s, v in logged if n == "val_macro_f1"]
+    steps = res.manifest["training"]["steps"]
+    assert len(vals) == 2 and vals[-1][0] == steps and 0 <= vals[0][1] <= 1
+    assert len(losses) >= 2 and [s for s, _ in losses] == sorted(s for s, _ in losses) and losses[-1][0] == steps
+    assert res.manifest["training"]["log"] == ctx.metrics == {k: [[s, v] for n, s, v in logged if n == k] for k in ctx.metrics}
+    # resume: cancel in epoch 2 of another training, then run it again with a fresh context
+    opts = opts.replace(seed=4)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 8
+
+    with pytest.raises(Cancelled):
+        head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
+    again = StepContext()
+    res = head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, again)
+    assert res.manifest["training"]["resumed_from_epoch"] == 1
+    assert len(again.metrics["val_macro_f1"]) == 2, "epoch 1's validation point came back from the checkpoint"
+
+
+def test_training_keys_of_the_previous_version_are_kept(default_ds):
+    """The fine-tuning cache keys of ClinBench 0.1 for the same inputs: trained adapters and heads are found again."""
+    identity = {"name": "tiny", "source": "local", "path": "/models/tiny", "weights_sha256": "ab" * 32}
+    golden = {("linear-probe", False): "c918ebc48c40aa2aa4e787c2ec86c5dd", ("linear-probe", True): "ebd1583575ebe6b16de99765c354048e",
+              ("lora", False): "e1889cd826359eb4cddc6f38e136fb87", ("lora", True): "6f721268d92d805be2b4639a5b496547"}  # fmt: skip
+    for (method, changed), key in golden.items():
+        opts = Options().replace(epochs=3, lora_r=4) if changed else Options()
+        assert loop.training_key(method, identity, default_ds.data_hash, opts, "bfloat16") == key, (method, changed)

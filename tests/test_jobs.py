@@ -21,7 +21,9 @@ import psutil
 import pytest
 
 from engine import experiment, jobs
+from engine import store as run_store
 from engine.errors import ClinBenchError
+from engine.states import Status
 from tests.conftest import ROOT, stop_workers
 
 OPTS = {"max_length": 64, "grid": False, "n_boot": 100}
@@ -68,16 +70,18 @@ def wait_for(predicate, timeout: float = 120, every: float = 0.1, run_id: int | 
     """Poll `predicate(run)` (the run read in-process) until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = jobs.get_run(run_id)
+        run = jobs.get_run(run_id).to_dict()  # the JSON of `runs show --json`
         got = predicate(run)
         if got:
             return got
         time.sleep(every)
-    raise AssertionError(f"timed out; run is {json.dumps(jobs.get_run(run_id), indent=1)[:3000]}\nlog:\n{jobs.read_log(run_id)[-3000:]}")
+    raise AssertionError(
+        f"timed out; run is {json.dumps(jobs.get_run(run_id).to_dict(), indent=1)[:3000]}\nlog:\n{jobs.read_log(run_id)[-3000:]}"
+    )
 
 
 def finished(run: dict):
-    return run if run["status"] in jobs.FINAL_STATES else None
+    return run if Status(run["status"]).final else None
 
 
 def submit(spec: Path, env_extra: dict | None = None) -> int:
@@ -119,7 +123,7 @@ def test_cancel_during_extraction_stops_within_5s_and_keeps_nothing(store, tiny_
         lambda r: r if r["steps"][0]["progress"]["stage"] == "embedding" and r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id
     )
     shown = show(run_id)  # the CLI's JSON while it runs: the worker's pid is there and alive
-    assert shown["status"] == "running" and jobs.process_alive(shown["worker_pid"])
+    assert shown["status"] == "running" and run_store.process_alive(shown["worker_pid"])
     assert shown["steps"][0]["progress"]["total"] == 60
     t0 = time.monotonic()
     out = cli("runs", "cancel", str(run_id))
@@ -139,13 +143,13 @@ def test_cancel_terminates_a_step_that_does_not_stop(store, tiny_encoder, small_
     run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "60"})
     run = wait_for(lambda r: r if r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id)
     step_pid = run["steps"][0]["step_pid"]
-    assert jobs.process_alive(step_pid)
+    assert run_store.process_alive(step_pid)
     t0 = time.monotonic()
     jobs.cancel(run_id)
     run = wait_for(finished, timeout=10, every=0.05, run_id=run_id)
     assert run["status"] == "cancelled" and time.monotonic() - t0 < 5.0
     assert "terminated" in run["steps"][0]["error"]
-    assert not jobs.process_alive(step_pid)
+    assert not run_store.process_alive(step_pid)
     assert not list((store / "embeddings").glob("*.npy")) and leftovers(store) == []
 
 
@@ -161,7 +165,7 @@ def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_
     os.kill(worker_pid, signal.SIGKILL)  # like a crash or a power cut: nothing gets to clean up
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.wait_procs([psutil.Process(step_pid)], timeout=5)
-    assert not jobs.process_alive(step_pid), "the step's process must die with its worker"
+    assert not run_store.process_alive(step_pid), "the step's process must die with its worker"
 
     run = show(run_id)
     assert run["status"] == "interrupted" and [s["status"] for s in run["steps"]] == ["done", "interrupted"]
@@ -183,6 +187,26 @@ def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_
     rerun = wait_for(finished, run_id=submit(spec))
     assert rerun["status"] == "done"
     assert all(s["result"]["cache_hit"] and s["result"]["forward_passes"] == 0 for s in rerun["steps"])
+
+
+def test_a_training_step_writes_its_curves_to_the_store_while_it_runs(store, tiny_encoder, small_csv, tmp_path):
+    """The worker's StepContext puts log_metric points into the run store: `runs show --json` has them while the step
+    trains, and the finished step keeps them (the artifact's manifest holds the same log)."""
+    spec = write_spec(
+        tmp_path / "probe.json", small_csv, [str(tiny_encoder)], ["linear-probe"], epochs=6, patience=6, batch_size=4, max_length=32
+    )
+    run_id = submit(spec)
+    live = wait_for(
+        lambda r: r if r["steps"][0]["status"] == "running" and r["steps"][0]["metrics"].get("val_macro_f1") else None,
+        run_id=run_id,
+        every=0.05,
+    )
+    assert live["steps"][0]["metrics"]["train_loss"], "the loss curve is there before the step ends"
+    run = show(wait_for(finished, run_id=run_id)["id"])
+    step = run["steps"][0]
+    assert run["status"] == "done" and len(step["metrics"]["val_macro_f1"]) == 6
+    manifest = json.loads((Path(step["result"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["training"]["log"] == step["metrics"]
 
 
 def test_failing_step_is_recorded_and_the_next_step_runs(store, tiny_encoder, small_csv, tmp_path):
@@ -227,13 +251,13 @@ def test_store_actions_and_clear_errors(store, small_csv, tmp_path, tiny_encoder
         }
     )
     run_id = jobs.submit(spec, start_worker=False)
-    assert jobs.get_run(run_id)["status"] == "queued"
+    assert jobs.get_run(run_id).status == Status.QUEUED
     with pytest.raises(ClinBenchError, match="cancel it first"):
         jobs.delete(run_id)
     run = jobs.cancel(run_id)
-    assert run["status"] == "cancelled" and {s["status"] for s in run["steps"]} == {"cancelled"}
+    assert run.status == Status.CANCELLED and {s.status for s in run.steps} == {Status.CANCELLED}
     run = jobs.resume(run_id, start_worker=False)
-    assert [s["status"] for s in run["steps"]] == ["queued", "queued"] and not run["cancel_requested"]
+    assert [s.status for s in run.steps] == ["queued", "queued"] and not run.cancel_requested
     jobs.cancel(run_id)
     jobs.delete(run_id)
     assert jobs.list_runs() == []
@@ -268,6 +292,6 @@ def test_data_changed_after_submission_fails_the_step(store, tiny_encoder, small
     )
     run_id = jobs.submit(spec, start_worker=False)
     small_csv.write_text(small_csv.read_text().replace("patient", "person"))
-    jobs.ensure_worker()
+    run_store.ensure_worker()
     run = wait_for(finished, run_id=run_id)
     assert run["status"] == "failed" and "changed after this run was submitted" in run["steps"][0]["error"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import data, evaluation, experiment, features, methods, models
+from engine import classifiers, data, estimators, experiment, features, metrics, models, protocols
 from engine.devices import Placement, cpu_has_bf16
-from tests.test_experiment_cli import cli
+from engine.options import ClassifierOptions
+from tests.conftest import cli, run_step
 
 
 def _cosines(a, b):
@@ -19,14 +21,14 @@ def _cosines(a, b):
 
 def test_minilm_svc_on_default_dataset_beats_majority_baseline(default_ds):
     """Embed the whole default dataset with MiniLM, fit the SVC pipeline on the training split, score the test split."""
-    split = data.split(default_ds, 0.2, seed=0)
+    split = protocols.split(default_ds, 0.2, seed=0)
     X, stats = features.embed("minilm", default_ds.texts)
     assert X.shape == (600, 384) and stats.n_tokens > 0
     y = np.asarray(default_ds.labels)
-    fitted = methods.fit(np.asarray(X)[split.train], y[split.train], methods.ClassifierConfig(method="svc"))
+    fitted = estimators.fit(np.asarray(X)[split.train], y[split.train], "svc", ClassifierOptions(), seed=0)
     pred = fitted.estimator.predict(np.asarray(X)[split.test])
-    m = evaluation.metrics(y[split.test], pred)
-    baseline = evaluation.majority_baseline(y[split.train], y[split.test])
+    m = metrics.metrics(y[split.test], pred)
+    baseline = metrics.majority_baseline(y[split.train], y[split.test])
     print(f"MiniLM SVC macro-F1 {m['macro_f1']:.3f} CI {m['macro_f1_ci']} vs majority {baseline['macro_f1']:.3f}")
     assert m["macro_f1"] > baseline["macro_f1"] + 0.3
     assert m["macro_f1_ci"][0] > baseline["macro_f1"]
@@ -56,7 +58,7 @@ def test_smollm2_gguf_is_converted_once_then_reloaded(monkeypatch):
 def test_smollm2_evaluate_step_on_a_subset(tmp_path, default_ds):
     keep = [i for i, lab in enumerate(default_ds.labels) if i % 6 == 0]  # 100 letters, all 5 labels
     ds = data.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
-    res = experiment.evaluate_step(ds, "smollm2", "svc", {"max_length": 128, "n_boot": 300})
+    res = run_step(ds, "smollm2", "svc", max_length=128, n_boot=300)
     m = res.metrics
     print(f"SmolLM2 SVC (100 letters, 128 tokens) macro-F1 {m['macro_f1']:.3f} vs majority {m['baseline']['macro_f1']:.3f}")
     assert m["macro_f1"] > m["baseline"]["macro_f1"]
@@ -97,6 +99,17 @@ def test_minilm_lora_on_default_dataset_learns_and_feeds_the_svc(default_ds):
     assert tuned.manifest["stage"] == "tuned" and tuned.manifest["lora_artifact"] == lora.artifact
     assert tuned.manifest["model"]["adapter"] == lora.manifest["key"]
     assert tuned.metrics["macro_f1"] > tuned.metrics["baseline"]["macro_f1"] + 0.3
+    log = lora.manifest["training"]["log"]
+    assert len(log["val_macro_f1"]) == lora.manifest["training"]["epochs_run"] and len(log["train_loss"]) >= 10
+    # the one classifier interface answers for both, as Classify and `predict` use them
+    for res in (lora, tuned):
+        clf = classifiers.load(res.artifact)
+        stored = json.loads((Path(res.artifact) / "predictions.json").read_text())
+        idx = stored["test_index"][:6]
+        proba = clf.predict_proba([default_ds.texts[i] for i in idx])
+        assert proba.shape == (6, 5) and np.allclose(proba.sum(1), 1, atol=1e-5) and clf.classes_ == stored["classes"]
+        agree = np.mean([p == q for p, q in zip(clf.predict([default_ds.texts[i] for i in idx]), stored["y_pred"][:6])])
+        assert agree >= 5 / 6, (res.method, agree)  # bf16 batches of one vs of many may move a near-tie
 
 
 def test_smollm2_domain_adaptation_lowers_held_out_perplexity(default_ds):

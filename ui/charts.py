@@ -163,18 +163,36 @@ def umap_scatter(
 
 
 def scores_chart(rows: list[dict], title: str = "Each classifier's answer") -> go.Figure:
-    """Bar per classifier: the score of its predicted label (probability or decision value)."""
+    """Bar per classifier: the probability of its predicted label."""
     ok = [r for r in rows if r.get("predicted")]
     fig = go.Figure(
         go.Bar(
             x=[r["score"] for r in ok],
             y=[r["evaluation"] for r in ok],
             orientation="h",
-            text=[f"{r['predicted']} ({r['score_kind']} {r['score']:.2f})" for r in ok],
+            text=[f"{r['predicted']} ({r['score']:.2f})" for r in ok],
             textposition="auto",
             marker_color=PALETTE[0],
         )
     )
-    fig.update_xaxes(title="score of the predicted label")
+    fig.update_xaxes(title="probability of the predicted label", range=[0, 1.02])
     fig.update_yaxes(title="model · method", automargin=True)
     return _layout(fig, title, height=max(260, 90 + 40 * len(ok)))
+
+
+def training_curves(metrics: dict[str, list[list[float]]], title: str = "Training curves") -> go.Figure:
+    """Curves logged while a step trains, against the optimiser step: losses on the left axis, validation scores
+    (macro-F1, perplexity, ...) on the right one; the training loss as a line, per-epoch values as markers."""
+    fig = go.Figure()
+    right = [name for name in metrics if "loss" not in name]
+    for i, (name, points) in enumerate(sorted(metrics.items(), key=lambda kv: (kv[0] != "train_loss", kv[0]))):
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        fig.add_trace(go.Scatter(
+            x=steps, y=values, name=name.replace("_", " "), mode="lines" if name == "train_loss" else "lines+markers",
+            line=dict(color=PALETTE[i % len(PALETTE)], width=2 if name == "train_loss" else 1.5, dash=None if name in ("train_loss",) or name in right else "dot"),
+            yaxis="y2" if name in right else "y", hovertemplate=f"{name} %{{y:.4f}} at step %{{x}}<extra></extra>"))  # fmt: skip
+    fig.update_xaxes(title="optimiser step")
+    fig.update_layout(yaxis=dict(title="loss"), legend=dict(orientation="h", y=-0.25))
+    if right:
+        fig.update_layout(yaxis2=dict(title=" / ".join(n.replace("_", " ") for n in right), overlaying="y", side="right", showgrid=False))
+    return _layout(fig, title, height=340)

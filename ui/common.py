@@ -9,21 +9,8 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from engine import export, jobs, results
+from engine import api
 from engine.errors import ClinBenchError
-
-
-def default_comparison() -> dict:
-    """The spec of the home page's button: the bundled models x the frozen-embedding methods on the default letters."""
-    from engine import experiment, methods, models
-
-    runnable = experiment.runnable_methods()
-    return {
-        "name": "default comparison",
-        "data": "default",
-        "models": list(models.BUNDLED),
-        "methods": [m for m in methods.EMBEDDING_METHODS if m in runnable],
-    }
 
 
 def page(title: str, intro: str | None = None) -> None:
@@ -51,8 +38,8 @@ def error(exc: BaseException | str, what: str = "") -> None:
 def _render(fig, fmt: str) -> Callable[[], bytes]:
     def make() -> bytes:
         try:
-            return export.figure_bytes(fig, fmt)
-        except export.ExportError as exc:  # a download cannot show st.error; send the reason as the file
+            return api.figure_bytes(fig, fmt)
+        except ClinBenchError as exc:  # a download cannot show st.error; send the reason as the file
             return str(exc).encode()
 
     return make
@@ -62,15 +49,15 @@ def chart(fig, name: str, key: str, downloads: bool = True, **plotly_kwargs):
     """Show a plotly figure with PNG / SVG / HTML downloads (rendered when clicked). Returns plotly_chart's value."""
     value = st.plotly_chart(fig, key=f"chart-{key}", width="stretch", config={"displaylogo": False}, **plotly_kwargs)
     if downloads:
-        stem = export.slug(name)
-        no_browser = export.browser_path() is None
+        stem = api.slug(name)
+        no_browser = api.browser_path() is None
         row = st.container(horizontal=True)
         for fmt in ("png", "svg", "html"):
             row.download_button(
                 f"{fmt.upper()} ⬇",
                 data=_render(fig, fmt),
                 file_name=f"{stem}.{fmt}",
-                mime=export.FORMATS[fmt],
+                mime=api.export_formats()[fmt],
                 key=f"dl-{key}-{fmt}",
                 on_click="ignore",
                 disabled=no_browser and fmt != "html",
@@ -83,8 +70,8 @@ def table(df: pd.DataFrame, name: str, key: str, **kwargs) -> None:
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
     st.download_button(
         "CSV",
-        data=export.table_csv(df),
-        file_name=f"{export.slug(name)}.csv",
+        data=api.table_csv(df),
+        file_name=f"{api.slug(name)}.csv",
         mime="text/csv",
         key=f"dl-{key}-csv",
         on_click="ignore",
@@ -92,26 +79,26 @@ def table(df: pd.DataFrame, name: str, key: str, **kwargs) -> None:
     )
 
 
-def pick_evaluations(key: str) -> tuple[list[results.Evaluation], dict | None]:
+def pick_evaluations(key: str) -> tuple[list, dict | None]:
     """Sidebar filter: dataset (by data hash) and run. Returns the chosen evaluations and the dataset row."""
-    evals, skipped = results.list_evaluations()
+    evals, skipped = api.evaluations()
     if skipped:
         with st.sidebar.expander(f"{len(skipped)} stored evaluation(s) skipped"):
             for s in skipped:
                 st.write(f"`{s.folder}`: {s.reason}")
     if not evals:
         return [], None
-    sets = results.datasets(evals)
+    sets = api.result_datasets(evals)
     names = {
         d["data_hash"]: f"{d['source'] if d['source'] == 'default' else d['source'].rsplit('/', 1)[-1]} "
         f"({d['n_letters']} letters, {d['n_evaluations']} evaluations)"
         for d in sets
     }
     chosen = st.sidebar.selectbox("Dataset", list(names), format_func=names.get, key=f"{key}-dataset")
-    run_ids = [None] + [r["id"] for r in jobs.list_runs() if any(s.get("result") for s in r["steps"])]
+    run_ids = [None] + [r.id for r in api.list_runs() if any(s.result for s in r.steps)]
     run_id = st.sidebar.selectbox("Run", run_ids, format_func=lambda r: "all runs" if r is None else f"run {r}", key=f"{key}-run")
     try:
-        evals, _ = results.list_evaluations(data_hash=chosen, run_id=run_id)
+        evals, _ = api.evaluations(data_hash=chosen, run_id=run_id)
     except ClinBenchError as exc:
         error(exc)
         return [], None
@@ -120,7 +107,7 @@ def pick_evaluations(key: str) -> tuple[list[results.Evaluation], dict | None]:
 
 def worker_status() -> None:
     try:
-        live = jobs.workers()
+        live = api.workers()
     except ClinBenchError as exc:
         error(exc)
         return

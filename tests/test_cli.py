@@ -1,75 +1,10 @@
-"""Specs, the evaluation step (artifacts, cache), and the CLI as a user runs it."""
+"""The CLI as a user runs it: help, validation report, clear errors (status 2), evaluate --json keys, run --json."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import pytest
-
-from engine import experiment
-from engine.errors import SpecError
-from engine.storage import load_joblib_artifact, read_manifest
-from tests.conftest import ROOT
-
-FAST = {"max_length": 64, "n_boot": 200}
-
-
-def cli(*args, timeout=300):
-    import os
-
-    env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-@pytest.mark.parametrize(
-    "obj,needle",
-    [
-        ([], "expected a mapping"),
-        ({"models": []}, "non-empty list"),
-        ({"models": ["minilm"], "methods": ["svm"]}, "unknown method 'svm'"),
-        ({"models": ["minilm"], "options": {"epochs": 0}}, "epochs = 0 is out of range"),
-        ({"models": ["minilm"], "options": {"target_modules": "query"}}, "expected list of names or null"),
-        ({"models": ["minilm"], "data": {"path": "x.csv"}}, "data needs text_column, label_column"),
-        ({"models": ["minilm"], "options": {"max_length": "long"}}, "option max_length has the wrong type"),
-        ({"models": ["minilm"], "options": {"colour": 1}}, "unknown option 'colour'"),
-        ({"models": ["minilm"], "extra": 1}, "unknown key"),
-    ],
-)
-def test_bad_specs(obj, needle):
-    with pytest.raises(SpecError, match=needle):
-        experiment.parse_spec(obj)
-
-
-def test_spec_expands_into_steps(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: t\ndata: default\nmodels: [minilm, smollm2]\nmethods: [svc, logreg]\noptions: {max_length: 128}\n")
-    spec = experiment.load_spec(path)
-    assert [(s["model"], s["method"]) for s in spec.steps()] == [
-        ("minilm", "svc"),
-        ("minilm", "logreg"),
-        ("smollm2", "svc"),
-        ("smollm2", "logreg"),
-    ]
-    assert spec.options["max_length"] == 128 and spec.options["smote"] is True
-    assert spec.steps()[0]["title"] == "minilm · frozen embeddings → SVC"
-
-
-def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_csv):
-    from engine.data import load_dataset
-
-    ds = load_dataset(small_csv, "letter", "specialty")
-    res = experiment.evaluate_step(ds, str(tiny_encoder), "svc", FAST)
-    assert not res.cache_hit
-    manifest = read_manifest(res.artifact)
-    for key in ("config", "versions", "data", "model", "timings", "metrics", "placement", "split"):
-        assert key in manifest
-    assert manifest["data"]["data_hash"] == ds.data_hash and manifest["model"]["weights_sha256"]
-    clf = load_joblib_artifact(res.artifact)
-    assert len(clf.classes_) == 5
-    again = experiment.evaluate_step(ds, str(tiny_encoder), "svc", FAST)
-    assert again.cache_hit and again.metrics == res.metrics
+from tests.conftest import cli
 
 
 def test_cli_help_lists_commands():

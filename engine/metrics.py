@@ -1,6 +1,7 @@
-"""Scores of a classifier on the test split: per-class precision/recall/F1, macro/micro/
-weighted averages, confusion matrix, a bootstrap 95% CI for macro-F1, the majority-class
-baseline, and optional repeated stratified cross-validation (mean ± sd)."""
+"""Scores of predictions: per-class precision/recall/F1, macro/micro/weighted averages, the
+confusion matrix, a bootstrap 95% CI for macro-F1, the majority-class baseline, and the paired
+comparison of two classifiers on the same letters. Pure functions of labels: nothing here knows
+how a prediction was made."""
 
 from __future__ import annotations
 
@@ -59,33 +60,6 @@ def majority_baseline(y_train, y_test) -> dict:
     pred = [majority] * len(y_test)
     _, _, f1, _ = precision_recall_fscore_support([str(v) for v in y_test], pred, average="macro", zero_division=0)
     return {"label": majority, "macro_f1": float(f1), "accuracy": float(accuracy_score([str(v) for v in y_test], pred))}
-
-
-def repeated_cv(X: np.ndarray, y, cfg, n_splits: int = 5, n_repeats: int = 3) -> dict:
-    """Nested repeated stratified CV of the whole fitting procedure (search included): macro-F1 mean ± sd."""
-    from collections import Counter
-
-    from sklearn.model_selection import RepeatedStratifiedKFold
-
-    from engine.methods import fit
-
-    y = np.asarray(y, dtype=str)
-    n_splits = min(n_splits, min(Counter(y).values()))
-    if n_splits < 2:
-        return {"n_splits": 0, "n_repeats": 0, "scores": [], "mean": None, "sd": None, "note": "skipped: a label has a single letter"}
-    rskf = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=cfg.seed)
-    scores = []
-    for train, test in rskf.split(X, y):
-        est = fit(X[train], y[train], cfg).estimator
-        _, _, f1, _ = precision_recall_fscore_support(y[test], est.predict(X[test]), average="macro", zero_division=0)
-        scores.append(float(f1))
-    return {
-        "n_splits": n_splits,
-        "n_repeats": n_repeats,
-        "scores": scores,
-        "mean": float(np.mean(scores)),
-        "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
-    }
 
 
 def paired_macro_f1_test(y_true, pred_a, pred_b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:

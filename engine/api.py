@@ -1,0 +1,393 @@
+"""The front door: what the dashboard, the CLI and the HTTP endpoint call, and nothing else of the engine.
+
+Datasets (validate, save, list), models (registry, availability), methods and options (what the
+Runs form and the CLI flags are built from), runs (submit, list, view, cancel, resume, delete, log),
+results (stored evaluations, comparison tables, significance, maps), classification (letters through
+the chosen classifiers, one interface whatever trained them) and exports. Callers never reach into
+training, extraction or the run store: they hand this module plain values and get engine objects or
+tables back (the way LLaMA-Factory's web UI drives its engine through one runner). Errors a user can
+act on are engine.errors.ClinBenchError.
+
+Runs and saved datasets are read with light modules; everything that touches models imports its part
+of the engine when called, so a client that only lists runs never loads torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import datasets, jobs, store
+from engine.data import DEFAULT_NAME
+from engine.errors import ClinBenchError
+from engine.runview import RunView, StepView, fmt_duration
+from engine.states import Status
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.artifacts import StepResult
+    from engine.classifiers import Classifier
+    from engine.context import StepContext
+    from engine.data import Dataset, ValidationReport
+    from engine.experiment import Spec
+    from engine.results import Evaluation, Skipped
+
+__all__ = ["ClinBenchError", "RunView", "Status", "StepView", "fmt_duration"]
+DEFAULT_DATASET = DEFAULT_NAME  # the bundled letters, as a spec's `data:` names them
+
+
+def step_context(**callbacks) -> StepContext:
+    """A step context (progress, should_stop, log_metric, logger) for work run in this process."""
+    from engine.context import StepContext
+
+    return StepContext(**callbacks)
+
+
+# --- the machine ------------------------------------------------------------------------
+
+
+def device() -> str:
+    """Where models run now, e.g. 'cpu (CPU), bfloat16'."""
+    from engine.devices import choose
+
+    return choose().describe()
+
+
+def placement() -> dict:
+    from engine.devices import choose
+
+    p = choose()
+    return {"device": p.device, "dtype": p.dtype}
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+store_upload = datasets.store_upload  # keep an uploaded file in the cache (content-addressed)
+save_dataset = datasets.save  # validate a file with its columns and save its description
+saved_datasets = datasets.list_saved
+saved_dataset = datasets.get
+forget_dataset = datasets.delete
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    from engine import data
+
+    return data.read_table(path)
+
+
+def validate_file(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> ValidationReport:
+    """The validation report of a letters file ('default': the bundled dataset); never raises for content problems."""
+    from engine import data
+
+    return data.validate_file(
+        data.DEFAULT_DATASET if str(path) == DEFAULT_DATASET else path, text_column, label_column, label_sep=label_sep
+    )
+
+
+def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> Dataset:
+    """Letters and labels of a file ('default': the bundled dataset); DataError lists every blocking problem."""
+    from engine import data
+
+    return data.load_dataset(path, text_column, label_column, label_sep=label_sep)
+
+
+def default_dataset() -> Dataset:
+    from engine import data
+
+    return data.default_dataset()
+
+
+def split_preview(ds: Dataset, test_size: float, seed: int) -> pd.DataFrame:
+    """Letters per label in the training and test parts of the split a run with these options would use."""
+    import pandas as pd
+
+    from engine.protocols import split
+
+    sp = split(ds, test_size=test_size, seed=seed)
+    labels = pd.Series(ds.labels)
+    counts = pd.DataFrame({"train": labels.iloc[sp.train].value_counts(), "test": labels.iloc[sp.test].value_counts()})
+    return counts.rename_axis("label").reset_index()
+
+
+# --- models -----------------------------------------------------------------------------
+
+
+def model_rows() -> list[dict]:
+    """Every registry entry (bundled, presets, adapted): name, source, kind, parameters, offline availability and why."""
+    from engine import models
+
+    return [models.describe(e) for e in models.registry()]
+
+
+def bundled_models() -> list[str]:
+    """The models that ship with ClinBench (offline)."""
+    from engine import models
+
+    return list(models.BUNDLED)
+
+
+def model_names() -> list[str]:
+    from engine import models
+
+    return [e.name for e in models.registry()]
+
+
+def describe_model(name: str) -> dict:
+    """A registry name, hub id or local folder described like `model_rows` (a local folder's config is read for its kind
+    and size); ClinBenchError for a name that cannot be a model."""
+    from engine import models
+
+    entry = models.resolve(name)
+    row = models.describe(entry)
+    if entry.source == "local":
+        try:
+            folder, _ = models.locate(entry)
+            cfg = models.load_config(folder)
+            row["kind"], row["params"] = models.model_kind(cfg), models.count_parameters(cfg)
+        except ClinBenchError as exc:
+            row["offline"], row["reason"] = False, str(exc)
+    return row
+
+
+# --- methods and options ----------------------------------------------------------------
+
+
+def methods() -> list[dict]:
+    """Every method, in display order: name, title, stage, what it produces, the options it reads."""
+    from engine import steps
+
+    return [
+        {"name": k.name, "title": k.title, "stage": k.stage, "produces": k.produces, "reads": list(k.reads)} for k in steps.KINDS.values()
+    ]
+
+
+def method_title(name: str) -> str:
+    from engine import steps
+
+    return steps.get(name).title if name in steps.KINDS else name
+
+
+def option_groups() -> list[dict]:
+    """The options by concern, for forms: group key, title, description, its fields (engine.options.FieldSpec) and the
+    methods that read any of them."""
+    from engine import options, steps
+
+    out = []
+    for group in options.GROUPS:
+        fields = options.fields(group)
+        used_by = [k.name for k in steps.KINDS.values() if any(f.name in k.reads for f in fields)]
+        out.append(
+            {"group": group, "title": options.group_title(group), "doc": options.group_doc(group), "fields": fields, "used_by": used_by}
+        )
+    return out
+
+
+def default_comparison() -> dict:
+    """The spec of the home page's button: the bundled models x the frozen-embedding methods on the default letters."""
+    from engine import steps
+
+    return {"name": "default comparison", "data": DEFAULT_DATASET, "models": bundled_models(), "methods": list(steps.FROZEN_EMBEDDING)}
+
+
+# --- runs -------------------------------------------------------------------------------
+
+list_runs = jobs.list_runs  # newest first, as RunView
+get_run = jobs.get_run  # one RunView with its curves
+cancel_run = jobs.cancel
+resume_run = jobs.resume
+delete_run = jobs.delete
+run_log = jobs.read_log
+workers = jobs.workers
+ensure_worker = store.ensure_worker
+
+
+def parse_spec(obj: Any, where: str = "spec") -> Spec:
+    from engine import experiment
+
+    return experiment.parse_spec(obj, where=where)
+
+
+def load_spec(path: str | Path) -> Spec:
+    from engine import experiment
+
+    return experiment.load_spec(path)
+
+
+def submit(spec: Spec | dict, *, where: str = "spec", start_worker: bool = True) -> int:
+    """Check a spec (a Spec, or a mapping as in a spec file) and queue it as a background run; returns the run id."""
+    from engine import experiment, jobs
+
+    if not isinstance(spec, experiment.Spec):
+        spec = experiment.parse_spec(spec, where=where)
+    return jobs.submit(spec, start_worker=start_worker)
+
+
+def run_in_process(spec: Spec, step: dict, dataset: Dataset | None = None, ctx: StepContext | None = None) -> StepResult:
+    """Execute one step of a spec here and now (the CLI's `evaluate`); the artifact is cached like a background run's."""
+    from engine import experiment
+
+    return experiment.execute(spec, step, dataset=dataset, ctx=ctx)
+
+
+def embed(model: str, texts: list[str], *, pooling: str, max_length: int, use_cache: bool = True, ctx: StepContext | None = None):
+    """(vectors, stats) of letters with one model, from the embeddings cache when possible."""
+    from engine import features
+
+    return features.embed(model, texts, pooling=pooling, max_length=max_length, use_cache=use_cache, ctx=ctx)
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def evaluations(data_hash: str | None = None, run_id: int | None = None) -> tuple[list[Evaluation], list[Skipped]]:
+    """Stored evaluations (newest first), of one dataset and/or one run; damaged ones are skipped with a reason."""
+    from engine import jobs, results
+
+    keys = jobs.get_run(run_id).artifacts if run_id is not None else None
+    return results.list_evaluations(data_hash=data_hash, keys=keys)
+
+
+def find_evaluations(refs: list[str]) -> list[Evaluation]:
+    """Evaluations named by key, key prefix (6+ characters) or artifact folder; ClinBenchError when one matches none or several."""
+    from engine import results
+
+    evals, _ = results.list_evaluations()
+    out = []
+    for ref in refs:
+        key = Path(ref).name
+        hits = [e for e in evals if e.key == key or (len(key) >= 6 and e.key.startswith(key))]
+        if len(hits) != 1:
+            raise ClinBenchError(
+                f"{'No' if not hits else 'More than one'} stored evaluation matches {ref!r}. Give its key as `python -m engine runs show ID` "
+                "prints it (the artifact folder's name), or at least its first 6 characters."
+            )
+        out.append(hits[0])
+    return out
+
+
+def result_datasets(evals: list[Evaluation]) -> list[dict]:
+    from engine import results
+
+    return results.datasets(evals)
+
+
+def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
+    from engine import results
+
+    return results.comparison_table(evals)
+
+
+def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
+    from engine import results
+
+    return results.per_class_table(evals)
+
+
+def significance(evals: list[Evaluation]) -> pd.DataFrame:
+    from engine import results
+
+    return results.significance(evals)
+
+
+def predictions(ev: Evaluation) -> dict:
+    from engine import results
+
+    return results.predictions(ev)
+
+
+def letters(ev: Evaluation) -> Dataset:
+    from engine import results
+
+    return results.letters(ev)
+
+
+def umap_map(embeddings_key: str):
+    """(n_letters, 2) UMAP coordinates of stored embeddings (cached)."""
+    from engine import projection
+
+    return projection.project(embeddings_key)
+
+
+def start_umap_warm_up() -> dict:
+    from engine import projection
+
+    return projection.start_warm_up()
+
+
+# --- classification and export ----------------------------------------------------------
+
+
+def load_classifier(artifact: str | Path) -> Classifier:
+    """The classifier of a stored evaluation: `classes_`, `predict_proba(texts)`, `predict(texts)`, `metadata`."""
+    from engine import classifiers
+
+    return classifiers.load(artifact)
+
+
+def classify(text: str, evals: list[Evaluation]) -> list[dict]:
+    """One letter through each evaluation's classifier: label, probability, every class's probability, latency."""
+    from engine import predict
+
+    return predict.classify(text, evals)
+
+
+def agreement(rows: list[dict]) -> dict:
+    from engine import predict
+
+    return predict.agreement(rows)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    from engine.storage import atomic_write_json
+
+    atomic_write_json(Path(path), obj)
+
+
+def save_npy(path: str | Path, array) -> None:
+    """Save an array as .npy, atomically."""
+    import numpy as np
+
+    from engine.storage import atomic_path
+
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(array))
+
+
+def browser_path() -> str | None:
+    """The Chrome/Chromium that PNG/SVG export uses, or None."""
+    from engine import export
+
+    return export.browser_path()
+
+
+def figure_bytes(fig, fmt: str) -> bytes:
+    """A plotly figure as png, svg or html; ClinBenchError (ExportError) when it cannot be rendered."""
+    from engine import export
+
+    return export.figure_bytes(fig, fmt)
+
+
+def table_csv(df: pd.DataFrame) -> bytes:
+    from engine import export
+
+    return export.table_csv(df)
+
+
+def report_zip(figures: dict, tables: dict, info: dict | None = None) -> bytes:
+    from engine import export
+
+    return export.report_zip(figures, tables, info)
+
+
+def slug(name: str) -> str:
+    from engine import export
+
+    return export.slug(name)
+
+
+def export_formats() -> dict[str, str]:
+    """Chart formats and their MIME types."""
+    from engine import export
+
+    return dict(export.FORMATS)

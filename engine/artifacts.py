@@ -1,0 +1,171 @@
+"""Sealed artifacts: the one place where steps write, check and find their results.
+
+An artifact is a folder (an evaluation under cache/evaluations/<key>/, an adapted model under
+cache/models/adapted-*/) holding a manifest.json with `producer: clinbench`, what made it, and the
+sha256 of every other file in it. It is written under a temporary name and renamed when complete
+(`write`), so a crash never leaves a half-written artifact under a real name. `stored` is the
+cache lookup every step makes first; `verified_file` refuses a file the manifest does not list or
+whose hash differs (joblib files are pickles: only files ClinBench wrote and whose hashes match are
+loaded). predictions.json, which every classifying step writes, has its one writer here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ArtifactError, ClinBenchError
+from engine.storage import atomic_dir, atomic_write_json, sha256_file
+
+PRODUCER = "clinbench"
+MANIFEST_SCHEMA = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StepResult:
+    """What a step returns: its sealed artifact and the metrics recorded in it."""
+
+    model: str
+    method: str
+    metrics: dict
+    artifact: str  # the artifact folder
+    cache_hit: bool
+    manifest: dict
+
+
+def seal(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write manifest.json into `directory`, listing the sha256 of every other file in it (subfolders too, by relative path)."""
+    root = Path(directory)
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    full = {"producer": PRODUCER, "schema": MANIFEST_SCHEMA, **manifest, "files": files}
+    atomic_write_json(root / MANIFEST, full)
+    return full
+
+
+def write(folder: Path, manifest: dict[str, Any], write_files: Callable[[Path], None]) -> dict[str, Any]:
+    """Create the artifact `folder`: `write_files(tmp)` fills a temporary folder, which is sealed and renamed. Returns the manifest."""
+    with atomic_dir(folder) as tmp:
+        write_files(tmp)
+        return seal(tmp, manifest)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"No manifest at {path}: this folder was not written by ClinBench, or it was interrupted. Re-run the evaluation."
+        ) from None
+    except ValueError as exc:
+        raise ArtifactError(f"The manifest {path} is not valid JSON ({exc}). Delete the folder and re-run the evaluation.") from None
+    if manifest.get("producer") != PRODUCER:
+        raise ArtifactError(f"{path} was not written by ClinBench (producer={manifest.get('producer')!r}); refusing to load it.")
+    return manifest
+
+
+def stored(folder: Path, model: str, method: str) -> StepResult | None:
+    """The finished artifact in `folder` as a cache hit, or None when absent or damaged (the step then recomputes it)."""
+    if (Path(folder) / MANIFEST).exists():
+        with contextlib.suppress(ClinBenchError, KeyError):
+            manifest = read_manifest(folder)
+            return StepResult(model, method, manifest["metrics"], str(folder), True, manifest)
+    return None
+
+
+def verified_file(directory: Path, name: str) -> Path:
+    """Path of `name` in an artifact folder after checking it against the manifest's sha256."""
+    manifest = read_manifest(directory)
+    expected = manifest.get("files", {}).get(name)
+    path = Path(directory) / name
+    if expected is None:
+        raise ArtifactError(f"{name} is not listed in {Path(directory) / MANIFEST}; refusing to load an unlisted file.")
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing. Re-run the evaluation to recreate it.")
+    if sha256_file(path) != expected:
+        raise ArtifactError(
+            f"{path} does not match the hash in its manifest (changed or corrupted). Delete {directory} and re-run the evaluation."
+        )
+    return path
+
+
+def verify_tree(directory: Path, prefix: str) -> None:
+    """Check every manifest-listed file under `prefix` (e.g. 'adapter/') of an artifact folder."""
+    for name in read_manifest(directory).get("files", {}):
+        if name.startswith(prefix):
+            verified_file(directory, name)
+
+
+def load_joblib(directory: Path, name: str = "classifier.joblib") -> Any:
+    import joblib
+
+    return joblib.load(verified_file(directory, name))
+
+
+def write_predictions(folder: Path, test_index, y_true, y_pred, classes: list[str], score_kind: str, scores) -> None:
+    """predictions.json: the test letters' indices, truth, prediction and per-class scores (shared by every method)."""
+    (Path(folder) / "predictions.json").write_text(
+        json.dumps(
+            {
+                "test_index": [int(i) for i in test_index],
+                "y_true": [str(v) for v in y_true],
+                "y_pred": [str(v) for v in y_pred],
+                "classes": list(classes),
+                "score_kind": score_kind,
+                "scores": np.round(np.asarray(scores, dtype=float), 6).tolist(),
+            }
+        )
+    )
+
+
+def data_manifest(dataset) -> dict:
+    """What a manifest records of the letters (an engine.data.Dataset)."""
+    return {
+        "source": dataset.source,
+        "text_column": dataset.text_column,
+        "label_column": dataset.label_column,
+        "n_letters": len(dataset),
+        "data_hash": dataset.data_hash,
+        "text_hash": dataset.text_hash,
+        "classes": dataset.classes,
+    }
+
+
+def split_manifest(split) -> dict:
+    """What a manifest records of a train/test split (an engine.protocols.Split)."""
+    return {
+        "seed": split.seed,
+        "test_size": split.test_size,
+        "n_train": int(len(split.train)),
+        "n_test": int(len(split.test)),
+        "hash": split.hash,
+    }
+
+
+def summary(res: StepResult) -> dict:
+    """The JSON a run store keeps for a finished step (the full record is the artifact's manifest)."""
+    m = res.metrics
+    out = {"artifact": res.artifact, "cache_hit": res.cache_hit, "kind": res.manifest.get("kind", "evaluation")}
+    if "macro_f1" in m:
+        out.update(
+            {
+                "macro_f1": m["macro_f1"],
+                "macro_f1_ci": m["macro_f1_ci"],
+                "accuracy": m["accuracy"],
+                "baseline_macro_f1": m["baseline"]["macro_f1"],
+                "embed_cache_hit": res.manifest.get("timings", {}).get("embed_cache_hit"),
+            }
+        )
+    for key in ("perplexity_before", "perplexity_after", "adapted_model"):
+        if key in m:
+            out[key] = m[key]
+    if "training" in res.manifest:
+        out["best_epoch"] = res.manifest["training"]["best_epoch"]
+    return out

@@ -1,0 +1,197 @@
+"""One interface for every trained classifier, whatever trained it.
+
+`load(artifact)` returns a `Classifier`: `classes_`, `predict_proba(texts)` (probabilities, always: one
+row per letter, one column per class, rows summing to 1), `predict(texts)` (the most probable label),
+`truncated(texts)` (which letters are longer than the classifier reads), and `metadata` (model, method,
+stage, key, options, the evaluation's figures). The Classify page, `python -m engine predict` and the
+HTTP endpoint use it without knowing the method.
+
+How a stored artifact becomes a Classifier is the artifact's `predictor` (written by the step that
+made it): an `embedding-classifier` embeds the letters the way its training letters were embedded
+(same model or LoRA-tuned model, pooling, max_length) and applies its scikit-learn estimator; a
+`sequence-classifier` (linear probe, LoRA) runs the model with its head. Letters are embedded in
+memory and never enter the embeddings cache: a pasted letter is patient data. Loaded models are
+shared between classifiers in a small in-process cache, so a second letter pays no loading time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine import artifacts, features, models
+from engine.devices import choose
+from engine.errors import ArtifactError
+from engine.finetune.head import predict_proba as sequence_proba
+from engine.finetune.loading import load_tuned_classifier, load_tuned_extractor
+from engine.options import DEFAULT_MAX_LENGTH
+
+MAX_LOADED = 2  # models kept in memory between letters
+_LOADED: OrderedDict[str, Any] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+class Classifier(Protocol):
+    classes_: list[str]
+    metadata: dict
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+    def predict(self, texts: list[str]) -> list[str]: ...
+
+    def truncated(self, texts: list[str]) -> list[bool]: ...
+
+
+def shared_model(key: str, load: Callable[[], Any]) -> Any:
+    """A loaded model from the in-process cache (least recently used first out), or loaded now by `load()`."""
+    with _LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+    loaded = load()
+    with _LOCK:
+        _LOADED[key] = loaded
+        while len(_LOADED) > MAX_LOADED:
+            _LOADED.popitem(last=False)
+    return loaded
+
+
+class _Base:
+    """What every classifier shares: classes, metadata, argmax prediction, truncation check."""
+
+    classes_: list[str]
+    metadata: dict
+    max_length: int
+    tokenizer: Any
+
+    def predict(self, texts: list[str]) -> list[str]:
+        proba = self.predict_proba(texts)
+        return [self.classes_[i] for i in proba.argmax(1)]
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        return [len(ids) > self.max_length for ids in features.tokenize(self.tokenizer, texts, 10**9)[0]]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class EmbeddingClassifier(_Base):
+    """A scikit-learn estimator on a model's letter vectors (svc, logreg, lora-svc)."""
+
+    def __init__(self, loaded: models.LoadedModel, estimator, pooling: str, max_length: int, metadata: dict):
+        self.loaded, self.estimator, self.pooling, self.max_length, self.metadata = loaded, estimator, pooling, max_length, metadata
+        self.tokenizer = loaded.tokenizer
+        self.classes_ = [str(c) for c in estimator.classes_]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="clinbench-letters-") as tmp:
+            out = Path(tmp) / "letters.npy"
+            features.extract(self.loaded, list(texts), out, pooling=self.pooling, max_length=self.max_length)
+            vectors = np.array(np.load(out))
+        return np.asarray(self.estimator.predict_proba(vectors), dtype=float)
+
+
+class SequenceClassifier(_Base):
+    """The model itself with its classification head (linear-probe, lora)."""
+
+    def __init__(self, net, tokenizer, max_length: int, placement, metadata: dict):
+        self.net, self.tokenizer, self.max_length, self.placement, self.metadata = net, tokenizer, max_length, placement, metadata
+        self.classes_ = [net.config.id2label[i] for i in range(net.config.num_labels)]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        ids, _ = features.tokenize(self.tokenizer, list(texts), self.max_length)
+        return np.asarray(sequence_proba(self.net, ids, list(range(len(ids))), self.tokenizer.pad_token_id, self.placement), dtype=float)
+
+
+def _metadata(folder: Path, manifest: dict) -> dict:
+    return {
+        "key": folder.name,
+        "artifact": str(folder),
+        "model": manifest["model"]["name"],
+        "method": manifest["method"],
+        "method_title": manifest.get("method_title", manifest["method"]),
+        "stage": manifest.get("stage", "frozen"),
+        "options": manifest.get("config", {}),
+        "macro_f1": manifest.get("metrics", {}).get("macro_f1"),
+        "macro_f1_ci": manifest.get("metrics", {}).get("macro_f1_ci"),
+        "data_hash": manifest.get("data", {}).get("data_hash"),
+    }
+
+
+def _same_model(loaded: models.LoadedModel, recorded: dict) -> bool:
+    mine = {k: v for k, v in loaded.identity.items() if k not in ("model_type", "kind")}
+    theirs = {k: v for k, v in recorded.items() if k != "name"}
+    return all(mine.get(k) == v for k, v in theirs.items())
+
+
+@contextlib.contextmanager
+def _legacy_pickles():
+    """Estimators stored by ClinBench 0.1 were pickled from `engine.methods` (now engine.estimators)."""
+    from engine import estimators
+
+    had = "engine.methods" in sys.modules
+    sys.modules.setdefault("engine.methods", estimators)
+    try:
+        yield
+    finally:
+        if not had:
+            sys.modules.pop("engine.methods", None)
+
+
+def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> EmbeddingClassifier:
+    cfg = manifest.get("config", {})
+    pooling = manifest.get("embedder", {}).get("pooling", cfg.get("pooling", "mean"))
+    max_length = int(manifest.get("embedder", {}).get("max_length", cfg.get("max_length", DEFAULT_MAX_LENGTH)))
+    with _legacy_pickles():
+        estimator = artifacts.load_joblib(folder)
+    if not hasattr(estimator, "predict_proba"):  # a pipeline ending in SVC(probability=False)
+        raise ArtifactError(
+            f"{manifest['model']['name']} · {manifest['method']} was stored by an earlier ClinBench as an uncalibrated SVC, which gives "
+            "decision values, not probabilities. Its scores stay on Compare; re-run its step to classify letters with it."
+        )
+    if "lora_artifact" in manifest:
+        lora = manifest["lora_artifact"]
+        loaded = shared_model(f"tuned:{lora}", lambda: load_tuned_extractor(lora, placement))
+    else:
+        loaded = shared_model(f"base:{manifest['model']['name']}", lambda: models.load(manifest["model"]["name"], placement))
+        if not _same_model(loaded, manifest["model"]):
+            raise ArtifactError(
+                f"The files of model {manifest['model']['name']} changed since this classifier was trained; re-run its evaluation."
+            )
+    return EmbeddingClassifier(loaded, estimator, pooling, max_length, _metadata(folder, manifest))
+
+
+def _load_sequence_classifier(folder: Path, manifest: dict, placement) -> SequenceClassifier:
+    net, tokenizer, _ = shared_model(f"classifier:{folder}", lambda: load_tuned_classifier(folder, placement))
+    max_length = int(manifest.get("config", {}).get("max_length", DEFAULT_MAX_LENGTH))
+    return SequenceClassifier(net, tokenizer, max_length, placement, _metadata(folder, manifest))
+
+
+LOADERS: dict[str, Callable[[Path, dict, Any], Classifier]] = {
+    "embedding-classifier": _load_embedding_classifier,
+    "sequence-classifier": _load_sequence_classifier,
+}
+# Artifacts stored before manifests named their predictor (ClinBench 0.1).
+_LEGACY_PREDICTOR = {"svc": "embedding-classifier", "logreg": "embedding-classifier", "lora-svc": "embedding-classifier",
+                     "linear-probe": "sequence-classifier", "lora": "sequence-classifier"}  # fmt: skip
+
+
+def load(artifact: str | Path, placement=None) -> Classifier:
+    """The classifier stored in an evaluation folder, checked against its manifest's hashes."""
+    folder = Path(artifact)
+    manifest = artifacts.read_manifest(folder)
+    predictor = manifest.get("predictor") or _LEGACY_PREDICTOR.get(manifest.get("method", ""))
+    loader = LOADERS.get(predictor or "")
+    if loader is None:
+        raise ArtifactError(
+            f"{folder.name} holds no classifier ({manifest.get('kind', 'unknown kind')}, method {manifest.get('method')!r})."
+        )
+    return loader(folder, manifest, placement or choose())

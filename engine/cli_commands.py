@@ -1,0 +1,317 @@
+"""The bodies of `python -m engine` commands: call engine.api, print what a person reads (or JSON).
+
+Each `cmd_*` takes the parsed arguments and returns the exit status; engine.cli builds the parser
+and maps errors to `error: ...` lines and status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from engine import options
+
+
+def _api():
+    from engine import api  # imported when a command runs, so `--help` does not load torch
+
+    return api
+
+
+def progress_bars():
+    """A StepContext drawing one tqdm bar per stage on stderr."""
+    from tqdm import tqdm
+
+    state = {"bar": None, "stage": None}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if state["stage"] != stage:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["bar"] = tqdm(total=total, desc=stage, unit="letter" if total > 1 else "step", leave=False, file=sys.stderr, disable=None)
+            state["stage"] = stage
+        bar = state["bar"]
+        bar.total, bar.n = total, done
+        bar.refresh()
+        if done >= total and stage in ("done", "loaded from cache"):
+            bar.close()
+
+    return _api().step_context(progress=progress)
+
+
+def cmd_models(args) -> int:
+    api = _api()
+    rows = api.model_rows()
+    if args.json:
+        print(json.dumps({"placement": api.placement(), "models": rows}, indent=2))
+        return 0
+    print(f"Device: {api.device()}\n")
+    print(f"{'name':13s} {'source':8s} {'kind':8s} {'params':>8s}  {'offline':7s}  reason")
+    for r in rows:
+        params = f"{r['params'] / 1e6:.0f}M" if r["params"] else "?"
+        print(f"{r['name']:13s} {r['source']:8s} {r['kind'] or '?':8s} {params:>8s}  {'yes' if r['offline'] else 'no':7s}  {r['reason']}")
+    print("\nAlso accepted: any hub id ('org/name') or local model folder.")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    rows = _api().methods()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'method':14s} {'stage':7s} what it does")
+    for r in rows:
+        print(f"{r['name']:14s} {r['stage']:7s} {r['title']}")
+    print("\nOptions: `python -m engine evaluate --help` lists them, grouped by concern.")
+    return 0
+
+
+def cmd_data(args) -> int:
+    api = _api()
+    if args.data_command != "validate":
+        print("usage: python -m engine data validate PATH [--text-column C] [--label-column C]", file=sys.stderr)
+        return 2
+    report = api.validate_file(args.path, args.text_column, args.label_column, label_sep=args.label_sep)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"{report.path}: {report.n_rows} rows, {len(report.class_counts)} labels{' (multi-label)' if report.multi_label else ''}")
+        for lab, n in report.class_counts.items():
+            print(f"  {lab:40s} {n}")
+        for issue in report.issues:
+            print(f"{issue.level.upper()}: {issue.message}")
+        print("OK: usable." if report.ok else f"NOT USABLE: {len(report.errors)} error(s) to fix.")
+    return 0 if report.ok else 1
+
+
+def _load(args):
+    return _api().load_dataset(args.data, args.text_column, args.label_column, label_sep=args.label_sep)
+
+
+def cmd_embed(args) -> int:
+    api = _api()
+    ds = _load(args)
+    e = options.from_args(args).embedding
+    vectors, stats = api.embed(
+        args.model, ds.texts, pooling=e.pooling, max_length=e.max_length, use_cache=not args.no_cache, ctx=progress_bars()
+    )
+    if args.out:
+        api.save_npy(args.out, vectors)
+    src = "cache" if stats.cache_hit else f"{stats.tokens_per_s:,.0f} tokens/s on {stats.device} ({stats.dtype})"
+    print(f"{stats.n_letters} letters -> {stats.dim}-d vectors ({src}); {stats.n_truncated} letter(s) cut to {stats.max_length} tokens")
+    print(f"key {stats.key}" + (f"; saved to {args.out}" if args.out else ""))
+    return 0
+
+
+def _print_metrics(title: str, m: dict) -> None:
+    lo, hi = m["macro_f1_ci"]
+    print(f"\n{title}")
+    print(
+        f"  macro-F1 {m['macro_f1']:.3f} (95% CI {lo:.3f}-{hi:.3f})   accuracy {m['accuracy']:.3f}   "
+        f"majority baseline macro-F1 {m['baseline']['macro_f1']:.3f}"
+    )
+    print(f"  {'label':32s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'n':>5s}")
+    for lab, r in m["per_class"].items():
+        print(f"  {lab[:32]:32s} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:5d}")
+    if "repeated_cv" in m and m["repeated_cv"].get("mean") is not None:
+        cv = m["repeated_cv"]
+        print(f"  repeated CV ({cv['n_repeats']}x{cv['n_splits']}): macro-F1 {cv['mean']:.3f} ± {cv['sd']:.3f}")
+
+
+def cmd_evaluate(args) -> int:
+    api = _api()
+    ds = _load(args)
+    opts = options.from_args(args)
+    spec = api.parse_spec({"models": [args.model], "methods": [args.method], "options": opts.to_dict()}, where="--method")
+    res = api.run_in_process(spec, spec.steps()[0], dataset=ds, ctx=progress_bars())
+    title = f"{args.model} · {api.method_title(args.method)}" + (" (cached)" if res.cache_hit else "")
+    m = res.metrics
+    if "macro_f1" in m:
+        _print_metrics(title, m)
+    else:
+        print(
+            f"\n{title}\n  perplexity on the test letters: {m['perplexity_before']:.2f} before, {m['perplexity_after']:.2f} after"
+            f"\n  adapted model (usable with --model): {m['adapted_model']}"
+        )
+    if tr := res.manifest.get("training"):
+        print(
+            f"  training: best epoch {tr['best_epoch']} of {tr['epochs_run']} run" + (" (stopped early)" if tr.get("stopped_early") else "")
+        )
+    print(f"\nartifact: {res.artifact}")
+    if args.json_out:
+        api.write_json(args.json_out, {"model": args.model, "method": args.method, "artifact": res.artifact, **m})
+    return 0
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+
+
+def _step_line(s) -> str:
+    return f"  [{s.index + 1}] {s.status:11s} {s.title:52s} {_api().fmt_duration(s.seconds):>10s}  {s.detail}"
+
+
+def cmd_submit(args) -> int:
+    api = _api()
+    spec = api.load_spec(args.spec)
+    run_id = api.submit(spec, start_worker=not args.no_worker)
+    print(f"queued run {run_id} '{spec.name}': {len(spec.steps())} step(s). Follow it with `python -m engine runs show {run_id}`.")
+    print(run_id)
+    return 0
+
+
+def _follow(run_id: int):
+    """Poll a run until it ends, drawing a progress bar for the running step and a line per finished step."""
+    api = _api()
+    reported: set[int] = set()
+    bars: dict[int, object] = {}
+    last_check = time.monotonic()
+    while True:
+        run = api.get_run(run_id)
+        for s in run.steps:
+            if s.status == api.Status.RUNNING:
+                bars.setdefault(s.index, progress_bars())
+                p = s.progress
+                if p["total"]:
+                    bars[s.index].progress(p["done"], p["total"], p["stage"])
+            elif s.status.final and s.index not in reported:
+                reported.add(s.index)
+                print(_step_line(s), flush=True)
+        if run.status.final:
+            return run
+        if run.status == api.Status.QUEUED and time.monotonic() - last_check > 5:
+            api.ensure_worker()  # e.g. the worker left or was killed before taking this run
+            last_check = time.monotonic()
+        time.sleep(0.5)
+
+
+def _print_results_table(run) -> None:
+    print(f"\n{'model':14s} {'method':12s} {'macro-F1':>8s}  {'95% CI':13s}  note")
+    for s in run.steps:
+        r = s.result
+        if s.status == "done" and r and "macro_f1" in r:
+            lo, hi = r["macro_f1_ci"]
+            print(f"{s.model[:14]:14s} {s.method:12s} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
+        elif s.status == "done" and r:
+            print(f"{s.model[:14]:14s} {s.method:12s} {'-':>8s}  {'':13s}  {s.detail}")
+        else:
+            print(f"{s.model[:14]:14s} {s.method:12s} {'-':>8s}  {'':13s}  {s.status.upper()}: {s.error or ''}")
+
+
+def cmd_run(args) -> int:
+    api = _api()
+    spec = api.load_spec(args.spec)
+    run_id = api.submit(spec)
+    print(
+        f"run {run_id} '{spec.name}': {len(spec.steps())} step(s) on {spec.data.path}; following it (Ctrl-C stops following, the run goes on)",
+        flush=True,
+    )
+    try:
+        run = _follow(run_id)
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped following; run {run_id} goes on in the background. `python -m engine runs show {run_id}` shows it, "
+            f"`python -m engine runs cancel {run_id}` stops it.",
+            file=sys.stderr,
+        )
+        return 130
+    _print_results_table(run)
+    print(f"\nrun {run_id}: {run.status}" + ("" if run.status == "done" else f". Log: python -m engine runs logs {run_id}"))
+    if args.json_out:
+        rows = [
+            {"model": s.model, "method": s.method, "status": str(s.status), **({"error": s.error} if s.error else {}), **(s.result or {})}
+            for s in run.steps
+        ]
+        api.write_json(args.json_out, rows)
+    return 0 if run.status == "done" else 1
+
+
+def cmd_runs(args) -> int:
+    api = _api()
+    action = args.runs_command
+    if action is None:
+        runs = api.list_runs()
+        if args.json:
+            print(json.dumps([r.to_dict() for r in runs], indent=2))
+        elif not runs:
+            print("No runs yet. Queue one with `python -m engine submit SPEC` or `python -m engine run SPEC`.")
+        else:
+            print(f"{'id':>4s}  {'status':11s} {'steps':>7s}  {'created':16s}  name")
+            for r in runs:
+                c = r.counts
+                extra = ", ".join(f"{c[k]} {k}" for k in ("failed", "cancelled", "interrupted") if c[k])
+                print(
+                    f"{r.id:4d}  {r.status:11s} {c['done']:>3d}/{len(r.steps):<3d}  {_when(r.created):16s}  {r.name}"
+                    + (f"  ({extra})" if extra else "")
+                )
+        return 0
+    if action == "show":
+        run = api.get_run(args.run_id)
+        if args.json:
+            print(json.dumps(run.to_dict(), indent=2))
+            return 0
+        print(
+            f"run {run.id} '{run.name}': {run.status}" + (" (cancel requested)" if run.cancel_requested and run.status == "running" else "")
+        )
+        print(f"  created {_when(run.created)}" + (f", worker pid {run.worker_pid}" if run.worker_pid else ""))
+        for s in run.steps:
+            print(_step_line(s) + (f"  [{s.result['artifact'].rsplit('/', 1)[-1][:10]}]" if s.result and s.result.get("artifact") else ""))
+        print(f"  log: python -m engine runs logs {run.id}")
+        return 0
+    if action == "cancel":
+        run = api.cancel_run(args.run_id)
+        print(
+            f"run {run.id} is {run.status}; nothing left to cancel."
+            if run.status.final
+            else f"run {run.id}: cancel requested; queued steps are cancelled and the running step stops within seconds."
+        )
+        return 0
+    if action == "resume":
+        run = api.resume_run(args.run_id)
+        queued = [s for s in run.steps if s.status == "queued"]
+        print(
+            f"run {run.id}: {len(queued)} step(s) queued again; {run.counts['done']} finished step(s) kept."
+            if queued
+            else f"run {run.id} is {run.status}; nothing to resume."
+        )
+        return 0
+    if action == "logs":
+        print(api.run_log(args.run_id), end="")
+        return 0
+    api.delete_run(args.run_id)
+    print(f"run {args.run_id} deleted (cached embeddings and evaluations are kept).")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    api = _api()
+    if args.text is not None:
+        text = args.text
+    elif args.file is not None:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise api.ClinBenchError(f"{args.file} cannot be read as UTF-8 text ({exc}). Save the letter as UTF-8 plain text.") from None
+    else:
+        text = sys.stdin.read()
+    evals = api.evaluations(run_id=args.run)[0] if args.run is not None else api.find_evaluations(args.evaluation)
+    if not evals:
+        raise api.ClinBenchError(f"Run {args.run} has no stored classifier yet (no finished classifying step).")
+    rows = api.classify(text, evals)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0 if all(r["predicted"] for r in rows) else 1
+    print(f"{'classifier':44s} {'label':28s} {'probability':>11s} {'ms':>7s}")
+    for r in rows:
+        if r["predicted"]:
+            print(
+                f"{r['evaluation'][:44]:44s} {r['predicted'][:28]:28s} {r['score']:11.3f} {r['latency_ms']:7.0f}"
+                + ("  (letter cut)" if r["truncated"] else "")
+            )
+        else:
+            print(f"{r['evaluation'][:44]:44s} error: {r['error']}")
+    agree = api.agreement(rows)
+    if agree["label"]:
+        print(f"\nmajority: {agree['label']} ({agree['share']:.0%} of {agree['n']} classifiers)")
+    return 0 if all(r["predicted"] for r in rows) else 1

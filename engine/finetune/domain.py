@@ -1,0 +1,178 @@
+"""The `domain-adapt` step: LoRA on the language-model objective over the training letters.
+
+Masked LM for encoders (BERT masking, `mlm_probability` of the real tokens), causal LM for decoders;
+the epoch is chosen on the validation letters' perplexity, and the test letters' perplexity is reported
+before and after. The merged model is saved under cache/models/adapted-*/ and the registry lists it as a
+feature extractor (engine.models.adapted_models).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from engine import artifacts, features, models, protocols
+from engine.artifacts import StepResult
+from engine.config import package_versions
+from engine.context import StepContext, StepKind, ensure
+from engine.data import Dataset
+from engine.devices import choose
+from engine.finetune.loading import load_lm_model, lora_config
+from engine.finetune.loop import (
+    autocast,
+    checkpoint_path,
+    collate,
+    length_grouped_batches,
+    train,
+    train_config,
+    training_key,
+    training_manifest,
+)
+from engine.options import Options, key_dict, names
+from engine.storage import models_dir
+
+
+def mask_tokens(input_ids, mask, tokenizer, generator, prob: float):
+    """BERT masking: `prob` of real, non-special tokens are predicted; 80% of them become [MASK], 10% random, 10% kept."""
+    import torch
+
+    labels = input_ids.clone()
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for sid in tokenizer.all_special_ids:
+        special |= input_ids == sid
+    chance = torch.full(input_ids.shape, prob)
+    chance[special | (mask == 0)] = 0.0
+    chosen = torch.bernoulli(chance, generator=generator).bool()
+    labels[~chosen] = -100
+    inputs = input_ids.clone()
+    to_mask = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool() & chosen
+    inputs[to_mask] = tokenizer.mask_token_id
+    to_random = torch.bernoulli(torch.full(input_ids.shape, 0.5), generator=generator).bool() & chosen & ~to_mask
+    inputs[to_random] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[to_random]
+    return inputs, labels
+
+
+def lm_batch(kind: str, input_ids, mask, tokenizer, generator, mlm_probability: float):
+    """(inputs, labels) of a batch for the model's own objective; labels -100 where nothing is predicted."""
+    if kind == "encoder":
+        return mask_tokens(input_ids, mask, tokenizer, generator, mlm_probability)
+    labels = input_ids.clone()
+    labels[mask == 0] = -100
+    return input_ids, labels
+
+
+def perplexity(
+    net, kind: str, ids: list[np.ndarray], idx, tokenizer, placement, *, seed: int, mlm_probability: float, batch_size: int = 8
+) -> float:
+    """exp(mean token cross-entropy) on the letters `idx`: next-token for decoders, masked tokens (fixed masks) for encoders."""
+    import torch
+
+    lengths = [len(x) for x in ids]
+    total, count = 0.0, 0
+    with torch.inference_mode(), autocast(placement):
+        for b, batch in enumerate(length_grouped_batches(lengths, np.asarray(idx), batch_size, None)):
+            input_ids, mask = collate(ids, batch, tokenizer.pad_token_id, placement.device)
+            gen = torch.Generator().manual_seed(seed * 100003 + b)
+            inputs, labels = lm_batch(kind, input_ids.cpu(), mask.cpu(), tokenizer, gen, mlm_probability)
+            logits = net(input_ids=inputs.to(placement.device), attention_mask=mask).logits.float()
+            if kind == "decoder":
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            labels = labels.to(logits.device)
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+                )
+            )
+            count += int((labels != -100).sum())
+    return math.exp(total / max(count, 1))
+
+
+def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
+    """LoRA on the language-model objective over the training letters; perplexity on the test letters before/after;
+    the merged model is saved under cache/models/ and becomes selectable as a feature extractor."""
+    import torch
+    from peft import get_peft_model
+
+    ctx = ensure(ctx)
+    t_start = time.perf_counter()
+    placement = choose()
+    entry = models.resolve(model)
+    p, mlm = opts.protocol, opts.domain.mlm_probability
+    split, fit_idx, val_idx = protocols.three_way_split(dataset, p.test_size, p.seed, opts.finetune.val_size)
+    key = training_key(method, models.locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"domain": key_dict(opts.domain)})
+    out = models_dir() / f"adapted-{models.safe_name(entry.name)}-{key[:12]}"
+    if hit := artifacts.stored(out, entry.name, method):
+        return hit
+    ctx.progress(0, 1, "loading model")
+    net, tokenizer, identity, kind, config, head = load_lm_model(model, placement)
+    ids, n_truncated = features.tokenize(tokenizer, dataset.texts, opts.embedding.max_length)
+    ctx.progress(0, 1, "perplexity before")
+    net.eval()
+    ppl_before = perplexity(net, kind, ids, split.test, tokenizer, placement, seed=p.seed, mlm_probability=mlm)
+    ft = opts.finetune.resolved(method)
+    for param in net.parameters():
+        param.requires_grad_(False)
+    tuned = get_peft_model(net, lora_config(net, ft, "CAUSAL_LM" if kind == "decoder" else None, head))
+    gen = torch.Generator().manual_seed(p.seed)
+
+    def loss_fn(input_ids, mask, batch):
+        inputs, labels = lm_batch(kind, input_ids.cpu(), mask.cpu(), tokenizer, gen, mlm)
+        return tuned(input_ids=inputs.to(placement.device), attention_mask=mask, labels=labels.to(placement.device)).loss
+
+    def validate() -> dict:
+        ppl = perplexity(tuned, kind, ids, val_idx, tokenizer, placement, seed=p.seed + 1, mlm_probability=mlm)
+        return {"val_perplexity": ppl, "score": -ppl}
+
+    state = train(tuned, ids, fit_idx, loss_fn, validate, ft, p.seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
+    ctx.progress(0, 1, "perplexity after")
+    ppl_after = perplexity(tuned, kind, ids, split.test, tokenizer, placement, seed=p.seed, mlm_probability=mlm)
+    name = f"{models.safe_name(entry.name)}-adapted-{key[:8]}"
+    m = {
+        "perplexity_before": ppl_before,
+        "perplexity_after": ppl_after,
+        "perplexity_on": "test split letters",
+        "adapted_model": name,
+        "head_from_checkpoint": not head,
+    }
+    manifest = {
+        "kind": "domain-adaptation",
+        "key": key,
+        "name": name,
+        "model": {**identity, "kind": kind, "model_type": config.model_type},
+        "method": method,
+        "method_title": DOMAIN_ADAPT.title,
+        "stage": DOMAIN_ADAPT.stage,
+        "config": {**opts.to_dict(), "train": train_config(ft, p.seed)},
+        "objective": "masked LM" if kind == "encoder" else "causal LM",
+        "data": artifacts.data_manifest(dataset),
+        "split": {**artifacts.split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx))},
+        "training": training_manifest(state, head_modules=head, n_truncated=n_truncated),
+        "placement": {"device": placement.device, "dtype": placement.dtype},
+        "timings": {"train_s": state["train_s"], "total_s": time.perf_counter() - t_start},
+        "versions": package_versions(),
+        "metrics": m,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    def write_files(tmp):
+        tuned.save_pretrained(tmp / "adapter")
+        merged = tuned.merge_and_unload()
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    manifest = artifacts.write(out, manifest, write_files)
+    checkpoint_path(key).unlink(missing_ok=True)
+    ctx.progress(1, 1, "done")
+    return StepResult(entry.name, method, m, str(out), False, manifest)
+
+
+DOMAIN_ADAPT = StepKind(
+    "domain-adapt",
+    "domain adaptation (LM objective)",
+    "tuned",
+    domain_adapt_step,
+    ("seed", "test_size", "max_length", *names("finetune"), *names("domain")),
+    produces="model",
+)

@@ -1,0 +1,196 @@
+"""Models for training and their stored adapters.
+
+* `load_classifier_model`: AutoModelForSequenceClassification in fp32 with a new head for the labels
+  (the modules the checkpoint does not provide: classifier/score, and BERT's pooler where it has none);
+* `load_lm_model`: the same model with its language-model head (masked LM for encoders, causal LM for
+  decoders), for domain adaptation;
+* `prepare_trainable`: freeze the pretrained weights; train the head (linear-probe) or LoRA adapters on
+  the attention projections plus the head (lora, peft's `modules_to_save`);
+* `load_tuned_classifier` / `load_tuned_extractor`: a stored probe or LoRA model rebuilt after its files'
+  hashes are checked, as a classifier or (adapter merged) as a feature extractor.
+Training memory is checked up front; a model that cannot load gets a message that says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import models
+from engine.artifacts import read_manifest, verified_file, verify_tree
+from engine.devices import Placement, choose
+from engine.errors import ClinBenchError
+from engine.storage import sha256_json
+
+
+def check_training_memory(name: str, n_params: int, placement) -> None:
+    """Training keeps fp32 weights, gradients of the trainable part, optimiser state and activations: refuse up front."""
+    models.check_fits(f"{name} (training)", int(n_params * 1.5), Placement(placement.device, "float32"))
+
+
+def prepare_tokenizer(tokenizer, config) -> None:
+    """Decoders often have no pad token: use eos (right padding; the model finds the last real token from the mask)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_classifier_model(model: str, classes: list[str], placement):
+    """(AutoModelForSequenceClassification in fp32, tokenizer, identity, kind, head module names)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    entry = models.resolve(model)
+    folder, identity = models.locate(entry)
+    config = models.load_config(folder)
+    kind = models.model_kind(config)
+    check_training_memory(entry.name, models.count_parameters(config), placement)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        prepare_tokenizer(tokenizer, config)
+        config.num_labels = len(classes)
+        config.id2label, config.label2id = dict(enumerate(classes)), {c: i for i, c in enumerate(classes)}
+        net, info = AutoModelForSequenceClassification.from_pretrained(
+            folder, config=config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ClinBenchError(f"{entry.name} cannot be loaded as a sequence classifier: {str(exc).splitlines()[0][:240]}") from None
+    net.config.pad_token_id = tokenizer.pad_token_id
+    head = head_modules(net, info)
+    return net.to(placement.device), tokenizer, {**identity, "model_type": config.model_type}, kind, head
+
+
+def load_lm_model(model: str, placement):
+    """(model with its LM head in fp32, tokenizer, identity, kind, config, the modules the checkpoint lacked)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    entry = models.resolve(model)
+    folder, identity = models.locate(entry)
+    config = models.load_config(folder)
+    kind = models.model_kind(config)
+    check_training_memory(entry.name, models.count_parameters(config), placement)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prepare_tokenizer(tokenizer, config)
+    if kind == "encoder" and tokenizer.mask_token_id is None:
+        raise ClinBenchError(f"{entry.name} has no [MASK] token, so masked-LM adaptation is not possible for it.")
+    auto = AutoModelForMaskedLM if kind == "encoder" else AutoModelForCausalLM
+    try:
+        net, info = auto.from_pretrained(folder, config=config, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise ClinBenchError(f"{entry.name} cannot be loaded with a language-model head: {str(exc).splitlines()[0][:240]}") from None
+    head = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", [])})
+    return net.to(placement.device), tokenizer, identity, kind, config, head
+
+
+def head_modules(net, info: dict) -> list[str]:
+    """Names of the modules whose weights the checkpoint did not provide: the new classification head."""
+    missing = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
+    names = sorted({k.rsplit(".", 1)[0] for k in missing})
+    if not names:  # a checkpoint that already has a head of the right shape
+        names = [n for n, _ in net.named_children() if n in ("classifier", "score")]
+    return names
+
+
+def default_target_modules(net) -> list[str]:
+    """LoRA targets by architecture: query/value (BERT family), q/k/v (BioGPT), q/v (LLaMA family), c_attn (GPT-2)."""
+    import torch
+
+    leaves = {n.rsplit(".", 1)[-1] for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    model_type = getattr(net.config, "model_type", "")
+    if {"query", "value"} <= leaves:
+        return ["query", "value"]
+    if model_type == "biogpt" and {"q_proj", "k_proj", "v_proj"} <= leaves:
+        return ["q_proj", "k_proj", "v_proj"]
+    if {"q_proj", "v_proj"} <= leaves:
+        return ["q_proj", "v_proj"]
+    if "c_attn" in leaves:
+        return ["c_attn"]
+    raise ClinBenchError(
+        f"No default LoRA target modules for model type {model_type!r}. Set the option target_modules to the names "
+        f"of its attention projections, e.g. one of: {', '.join(sorted(leaves)[:12])}."
+    )
+
+
+def lora_config(net, ft, task: str | None, head: list[str]):
+    """peft's LoraConfig from the FineTuneOptions `ft`; the new head (if any) is trained in full (`modules_to_save`)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=task,
+        r=ft.lora_r,
+        lora_alpha=ft.lora_alpha,
+        lora_dropout=ft.lora_dropout,
+        target_modules=ft.target_modules or default_target_modules(net),
+        modules_to_save=head or None,
+    )
+
+
+def prepare_trainable(net, method: str, head: list[str], ft):
+    """Freeze the pretrained weights; make trainable the head (linear-probe) or LoRA adapters plus the head (lora).
+    Returns (the model to train, the LoRA target modules or None)."""
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if method == "linear-probe":
+        for name in head:
+            for p in net.get_submodule(name).parameters():
+                p.requires_grad_(True)
+        return net, None
+    from peft import get_peft_model
+
+    targets = ft.target_modules or default_target_modules(net)
+    config = lora_config(net, ft, "SEQ_CLS", head)
+    config.target_modules = targets
+    return get_peft_model(net, config), targets
+
+
+def load_tuned_classifier(artifact: str | Path, placement=None):
+    """Rebuild a stored linear-probe or LoRA classifier (base model + head or adapter) after checking its files' hashes.
+    Returns (net in eval mode, tokenizer, manifest)."""
+    placement = placement or choose()
+    folder = Path(artifact)
+    manifest = read_manifest(folder)
+    classes = manifest["data"]["classes"]
+    net, tokenizer, _identity, _kind, _head = load_classifier_model(manifest["model"]["name"], classes, placement)
+    if manifest["method"] == "lora":
+        from peft import PeftModel
+
+        verify_tree(folder, "adapter/")
+        net = PeftModel.from_pretrained(net, folder / "adapter")
+    else:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(verified_file(folder, "head.safetensors")), strict=False)
+    return net.eval(), tokenizer, manifest
+
+
+def tuned_identity(lora_manifest: dict) -> dict:
+    """The identity of a LoRA-tuned model: its base's identity plus the adapter (cache keys depend on it)."""
+    base = {k: v for k, v in lora_manifest["model"].items() if k not in ("model_type", "kind")}
+    return {
+        **base,
+        "adapter": lora_manifest["key"],
+        "adapter_sha256": sha256_json({k: v for k, v in lora_manifest["files"].items() if k.startswith("adapter/")}),
+    }
+
+
+def load_tuned_extractor(lora_artifact: str | Path, placement=None) -> models.LoadedModel:
+    """The LoRA-tuned model (adapter merged) as a feature extractor: a LoadedModel whose `model` is the backbone."""
+    placement = placement or choose()
+    net, tokenizer, manifest = load_tuned_classifier(lora_artifact, placement)
+    merged = net.merge_and_unload()
+    backbone = getattr(merged, merged.base_model_prefix).to(placement.torch_dtype).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    kind = manifest["model"]["kind"]
+    return models.LoadedModel(
+        models.resolve(manifest["model"]["name"]),
+        backbone,
+        tokenizer,
+        kind,
+        {**tuned_identity(manifest), "model_type": manifest["model"].get("model_type"), "kind": kind},
+        placement,
+        Path(lora_artifact),
+        merged.config,
+    )

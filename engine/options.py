@@ -1,0 +1,362 @@
+"""Run options: one typed dataclass per concern, the single home of every option.
+
+Each field carries its type (the annotation), its default, its allowed range or choices, a one-line
+help text, and whether it enters cache keys (field metadata, read with `spec_of`). Derived from
+these dataclasses, with no list of options anywhere else:
+
+* the `options:` mapping of a spec file: `Options.parse` rejects unknown keys and values of the
+  wrong type or out of range, naming the field;
+* the CLI flags (`add_arguments`, `from_args`), grouped by concern, help and defaults included;
+* the Runs form (`fields()` gives each widget's kind, bounds, choices and help; ui/ draws them);
+* the manifest (`Options.to_dict`, flat as in spec files) and the option part of cache keys
+  (`key_dict`: only the fields marked as entering the key).
+
+Adding an option is one field here plus the code that reads it. Fine-tuning options whose default
+depends on the method (epochs, learning rate) carry that table in their metadata (`per_method`);
+`FineTuneOptions.resolved(method)` fills it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from engine.errors import SpecError
+
+POOLINGS = ("mean", "last", "cls")
+DEFAULT_MAX_LENGTH = 512
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple | None = None,
+    key: bool = True,
+    per_method: dict[str, Any] | None = None,
+    step: float | None = None,
+) -> Any:
+    """A dataclass field with ClinBench's metadata: help, bounds, choices, cache-key flag, per-method defaults, and the
+    step of a number widget where the default one (0.05 within [0, 1]) would not do."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "key": key, "per_method": per_method or {}, "step": step}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What the CLI, the spec check and the form need to know of one option."""
+
+    name: str
+    group: str  # the concern's key in Options (protocol, embedding, ...)
+    kind: str  # bool | int | float | str | list
+    optional: bool  # None is allowed (meaning: the method's default, or off)
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    choices: tuple | None
+    key: bool
+    per_method: dict
+    step: float | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe_default(self) -> str:
+        if self.default is None and self.per_method:
+            return "by method: " + ", ".join(f"{v:g} {m}" if isinstance(v, float) else f"{v} {m}" for m, v in self.per_method.items())
+        return "none" if self.default is None else str(self.default)
+
+
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """How letters are split and how scores are estimated."""
+
+    TITLE: ClassVar[str] = "Split and evaluation"
+    seed: int = option(0, "seed of the split, SMOTE, the search and training", min=0)
+    test_size: float = option(0.2, "fraction of letters held out for the test", min=0.01, max=0.9)
+    cv_repeats: int = option(0, "also run N x repeated stratified 5-fold CV of the embedding classifier (mean ± sd); 0 = off", min=0)
+    n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1", min=0)
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions:
+    """How a model turns a letter into tokens and one vector."""
+
+    TITLE: ClassVar[str] = "Embeddings"
+    pooling: str = option("mean", "how token vectors become one letter vector", choices=POOLINGS)
+    max_length: int = option(DEFAULT_MAX_LENGTH, "tokens read per letter; longer letters are cut", min=8)
+    batch_tokens: int | None = option(
+        None, "tokens per forward pass (none: 4096 on CPU, 32768 on GPU); changes speed and memory, not results", min=16, key=False
+    )
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """The classifier fitted on embedding vectors (svc, logreg, lora-svc)."""
+
+    TITLE: ClassVar[str] = "Classifier on embeddings"
+    smote: bool = option(True, "oversample minority labels with SMOTE, inside each fitting split")
+    class_weight: str | None = option(None, "weight classes inversely to their frequency", choices=(None, "balanced"))
+    grid: bool = option(True, "choose C (and the SVC kernel) by cross-validation inside the training split")
+    inner_folds: int = option(3, "folds of the cross-validation inside the training split (search, calibration)", min=2, max=20)
+    k_neighbors: int = option(5, "SMOTE neighbours (lowered to fit the smallest label)", min=1, max=50)
+
+
+@dataclass(frozen=True)
+class FineTuneOptions:
+    """Training the model itself (linear-probe, lora, lora-svc, domain-adapt)."""
+
+    TITLE: ClassVar[str] = "Fine-tuning"
+    epochs: int | None = option(
+        None,
+        "most epochs; the best epoch on the validation split is kept (early stopping)",
+        min=1,
+        per_method={"linear-probe": 8, "lora": 4, "lora-svc": 4, "domain-adapt": 2},
+    )
+    learning_rate: float | None = option(
+        None,
+        "peak learning rate (under LoRA the new head learns at 10x)",
+        min=1e-8,
+        max=1.0,
+        per_method={"linear-probe": 1e-2, "lora": 5e-4, "lora-svc": 5e-4, "domain-adapt": 3e-4},
+        step=1e-4,
+    )
+    warmup_ratio: float = option(0.1, "fraction of steps with a rising learning rate", min=0.0, max=0.9)
+    batch_size: int = option(8, "letters per batch", min=1)
+    grad_accum: int = option(1, "batches per optimiser step", min=1)
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, max=1.0)
+    lora_r: int = option(8, "LoRA rank", min=1)
+    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)", min=1)
+    lora_dropout: float = option(0.1, "dropout on the LoRA input", min=0.0, max=0.9)
+    target_modules: list[str] | None = option(None, "LoRA target modules (none: by architecture, e.g. query,value)")
+    class_weighted_loss: bool = option(True, "weight the cross-entropy by inverse label frequency")
+    patience: int = option(2, "epochs without a better validation score before stopping", min=1)
+    val_size: float = option(0.15, "fraction of the training split used for validation", min=0.05, max=0.5)
+
+    def resolved(self, method: str) -> FineTuneOptions:
+        """A copy with the method's defaults filled in where a field is None."""
+        fill = {}
+        for f in dataclasses.fields(self):
+            table = f.metadata.get("per_method") or {}
+            if getattr(self, f.name) is None and method in table:
+                fill[f.name] = table[method]
+        return dataclasses.replace(self, **fill)
+
+
+@dataclass(frozen=True)
+class DomainAdaptOptions:
+    """Domain adaptation: LoRA on the language-model objective (domain-adapt)."""
+
+    TITLE: ClassVar[str] = "Domain adaptation"
+    mlm_probability: float = option(0.15, "share of tokens masked for an encoder's masked-LM objective", min=0.01, max=0.5)
+
+
+GROUPS: dict[str, type] = {
+    "protocol": ProtocolOptions,
+    "embedding": EmbeddingOptions,
+    "classifier": ClassifierOptions,
+    "finetune": FineTuneOptions,
+    "domain": DomainAdaptOptions,
+}
+
+
+def _kind(annotation: Any) -> tuple[str, bool]:
+    """('bool'|'int'|'float'|'str'|'list', optional) of a field's type annotation."""
+    hint = annotation
+    args = typing.get_args(hint)
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        optional = type(None) in args
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return "list", optional
+    return {bool: "bool", int: "int", float: "float", str: "str"}[hint], optional
+
+
+def _specs() -> list[FieldSpec]:
+    out = []
+    for group, cls in GROUPS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind, optional = _kind(hints[f.name])
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            m = f.metadata
+            out.append(
+                FieldSpec(
+                    f.name,
+                    group,
+                    kind,
+                    optional,
+                    default,
+                    m["help"],
+                    m["min"],
+                    m["max"],
+                    m["choices"],
+                    m["key"],
+                    m["per_method"],
+                    m["step"],
+                )
+            )
+    names = [s.name for s in out]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:  # spec files are flat: a name must be unique across concerns
+        raise RuntimeError(f"option names must be unique across concerns: {sorted(dupes)}")
+    return out
+
+
+_FIELDS = _specs()
+_BY_NAME = {s.name: s for s in _FIELDS}
+
+
+def fields(group: str | None = None) -> list[FieldSpec]:
+    """Every option (of one concern), in declaration order."""
+    return [s for s in _FIELDS if group is None or s.group == group]
+
+
+def spec_of(name: str) -> FieldSpec:
+    return _BY_NAME[name]
+
+
+def group_title(group: str) -> str:
+    return GROUPS[group].TITLE
+
+
+def group_doc(group: str) -> str:
+    return (GROUPS[group].__doc__ or "").strip()
+
+
+# --- checking one value -----------------------------------------------------------
+
+
+def coerce(spec: FieldSpec, value: Any, where: str, label: str | None = None) -> Any:
+    """`value` checked against `spec` (type, range, choices). Ints pass as floats, and '1e-3' (a string in YAML 1.1) as a number."""
+    label = label or f"option {spec.name}"
+    if value is None:
+        if spec.optional:
+            return None
+        raise SpecError(f"{where}: {label} cannot be null; expected {_expected(spec)}.")
+    if spec.kind == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, float),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value),
+    }[spec.kind]
+    if not ok:
+        raise SpecError(f"{where}: {label} has the wrong type ({value!r}); expected {_expected(spec)}.")
+    if spec.choices is not None and value not in spec.choices:
+        allowed = ", ".join("null" if c is None else repr(c) for c in spec.choices)
+        raise SpecError(f"{where}: {label} must be one of {allowed}; got {value!r}.")
+    if spec.kind in ("int", "float"):
+        lo, hi = spec.min, spec.max
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"at least {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
+            raise SpecError(f"{where}: {label} = {value} is out of range; use a value {bounds}.")
+    return value
+
+
+def _expected(spec: FieldSpec) -> str:
+    base = {"bool": "true or false", "int": "int", "float": "float", "str": "str", "list": "list of names"}[spec.kind]
+    return f"{base} or null" if spec.optional else base
+
+
+# --- all options of a run ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """All options of a run, one member per concern. Spec files and manifests see them flat."""
+
+    protocol: ProtocolOptions = field(default_factory=ProtocolOptions)
+    embedding: EmbeddingOptions = field(default_factory=EmbeddingOptions)
+    classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
+    finetune: FineTuneOptions = field(default_factory=FineTuneOptions)
+    domain: DomainAdaptOptions = field(default_factory=DomainAdaptOptions)
+
+    @classmethod
+    def parse(cls, raw: Mapping | None, where: str = "spec", label=None) -> Options:
+        """Options from a flat mapping (a spec's `options:`); every problem names the field. `label(spec)` names a field in errors."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise SpecError(f"{where}: options must be a mapping, e.g. {{max_length: 256, epochs: 3}}.")
+        values: dict[str, dict] = {g: {} for g in GROUPS}
+        for name, value in raw.items():
+            spec = _BY_NAME.get(name)
+            if spec is None:
+                close = difflib.get_close_matches(str(name), list(_BY_NAME), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"{where}: unknown option {name!r}.{hint} Options: {', '.join(_BY_NAME)}.")
+            values[spec.group][name] = coerce(spec, value, where, label(spec) if label else None)
+        return cls(**{g: GROUPS[g](**v) for g, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, flat, as in a spec file (what manifests record as `config`)."""
+        return {s.name: getattr(getattr(self, s.group), s.name) for s in _FIELDS}
+
+    def get(self, name: str) -> Any:
+        return getattr(getattr(self, _BY_NAME[name].group), name)
+
+    def replace(self, **flat: Any) -> Options:
+        """A copy with some options changed (checked like a spec's)."""
+        return Options.parse({**self.to_dict(), **flat}, where="options")
+
+
+def key_dict(group_options: Any) -> dict[str, Any]:
+    """The fields of one concern's options that enter cache keys."""
+    return {f.name: getattr(group_options, f.name) for f in dataclasses.fields(group_options) if f.metadata.get("key", True)}
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+def _split_names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None) -> None:
+    """One flag per option (`--max-length`, `--smote/--no-smote`, ...), in an argument group per concern. Defaults are
+    left unset (None), so `from_args` can tell a given flag from an absent one."""
+    for group in groups or tuple(GROUPS):
+        g = parser.add_argument_group(f"{group_title(group).lower()} options", group_doc(group))
+        for s in fields(group):
+            text = f"{s.help} (default: {s.describe_default()})".replace("%", "%%")
+            if s.kind == "bool":
+                g.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            elif s.kind == "list":
+                g.add_argument(s.flag, dest=s.name, type=_split_names, default=None, metavar="A,B", help=text + "; comma-separated")
+            elif s.choices is not None:
+                g.add_argument(s.flag, dest=s.name, choices=[c for c in s.choices if c is not None], default=None, help=text)
+            else:
+                py = {"int": int, "float": float, "str": str}[s.kind]
+                g.add_argument(s.flag, dest=s.name, type=py, default=None, metavar=s.kind.upper(), help=text)
+
+
+def from_args(args: argparse.Namespace) -> Options:
+    """The Options of parsed flags (absent flags keep their defaults), checked like a spec's."""
+    given = {s.name: getattr(args, s.name) for s in _FIELDS if getattr(args, s.name, None) is not None}
+    return Options.parse(given, where="command line", label=lambda s: s.flag)
+
+
+def names(*groups: str) -> tuple[str, ...]:
+    """The option names of some concerns, e.g. for a StepKind's `reads`."""
+    return tuple(s.name for g in groups for s in fields(g))

@@ -1,0 +1,32 @@
+"""The registry of step kinds: every method ClinBench can run, in display order.
+
+Each method declares its `StepKind` (name, title, stage, the function that runs it, the options it
+reads) next to its code; this module lists them. The spec check, the CLI's --method choices, the
+Runs form and every executor (the in-process runner, the background worker) read this registry, so
+a new method is its module plus one line here.
+"""
+
+from __future__ import annotations
+
+from engine.context import StepKind
+from engine.finetune.domain import DOMAIN_ADAPT
+from engine.finetune.head import LINEAR_PROBE, LORA
+from engine.finetune.tuned_svc import LORA_SVC
+from engine.frozen import LOGREG, SVC
+
+KINDS: dict[str, StepKind] = {k.name: k for k in (SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT)}
+# The methods that classify with frozen embeddings only: what the home page's default comparison runs.
+FROZEN_EMBEDDING = ("svc", "logreg")
+
+
+def names() -> list[str]:
+    """The methods a spec may name, in display order."""
+    return list(KINDS)
+
+
+def get(name: str) -> StepKind:
+    return KINDS[name]
+
+
+def titles() -> dict[str, str]:
+    return {k.name: k.title for k in KINDS.values()}

@@ -1,0 +1,74 @@
+"""Sealed artifacts: hashes checked on every load, foreign or tampered files refused, the cache lookup, atomic writing."""
+
+from __future__ import annotations
+
+import json
+
+import joblib
+import pytest
+
+from engine import artifacts
+from engine.errors import ArtifactError
+
+
+def _sealed(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    joblib.dump({"model": 1}, folder / "classifier.joblib")
+    artifacts.seal(folder, {"kind": "test"})
+    return folder
+
+
+def test_verified_load_round_trip(tmp_path):
+    folder = _sealed(tmp_path)
+    assert artifacts.load_joblib(folder) == {"model": 1}
+    assert artifacts.read_manifest(folder)["producer"] == "clinbench"
+
+
+def test_tampered_file_is_refused(tmp_path):
+    folder = _sealed(tmp_path)
+    joblib.dump({"model": 2}, folder / "classifier.joblib")
+    with pytest.raises(ArtifactError, match="does not match the hash"):
+        artifacts.load_joblib(folder)
+
+
+def test_foreign_manifest_is_refused(tmp_path):
+    folder = _sealed(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["producer"] = "someone-else"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not written by ClinBench"):
+        artifacts.load_joblib(folder)
+
+
+def test_unlisted_and_missing_manifest(tmp_path):
+    folder = _sealed(tmp_path)
+    (folder / "extra.joblib").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="not listed"):
+        artifacts.load_joblib(folder, "extra.joblib")
+    (folder / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="No manifest"):
+        artifacts.load_joblib(folder)
+
+
+def test_write_is_atomic_and_stored_finds_it(tmp_path):
+    folder = tmp_path / "eval"
+
+    def fail(tmp):
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        artifacts.write(folder, {"metrics": {"macro_f1": 0.5}}, fail)
+    assert not folder.exists() and artifacts.stored(folder, "m", "svc") is None
+    manifest = artifacts.write(folder, {"metrics": {"macro_f1": 0.5}}, lambda tmp: (tmp / "a.txt").write_text("a"))
+    assert set(manifest["files"]) == {"a.txt"}
+    hit = artifacts.stored(folder, "m", "svc")
+    assert hit.cache_hit and hit.metrics == {"macro_f1": 0.5} and hit.artifact == str(folder)
+
+
+def test_stored_ignores_a_damaged_manifest(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{not json")
+    assert artifacts.stored(folder, "m", "svc") is None

@@ -1,0 +1,56 @@
+"""One classifier interface whatever trained it: classes_, predict_proba(texts) (probabilities, always), predict, metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import classifiers
+from engine.errors import ArtifactError
+from tests.conftest import run_step
+
+
+@pytest.fixture
+def trained(two_evals, tiny_encoder):
+    ds, evals = two_evals
+    probe = run_step(ds, tiny_encoder, "linear-probe", max_length=64, epochs=1, n_boot=100)
+    return ds, [*evals, probe]
+
+
+def test_every_classifier_answers_the_same_interface(trained):
+    ds, results = trained
+    for res in results:
+        clf = classifiers.load(res.artifact)
+        stored = json.loads((Path(res.artifact) / "predictions.json").read_text())
+        idx = stored["test_index"][:10]
+        texts = [ds.texts[i] for i in idx]
+        proba = clf.predict_proba(texts)
+        assert clf.classes_ == ds.classes == stored["classes"], res.method
+        assert proba.shape == (10, len(ds.classes)) and np.allclose(proba.sum(1), 1, atol=1e-5) and (proba >= 0).all()
+        assert clf.predict(texts) == [clf.classes_[i] for i in proba.argmax(1)]
+        assert np.mean(np.asarray(clf.predict(texts)) == np.asarray(stored["y_pred"][:10])) >= 0.8, res.method
+        assert np.allclose(proba, np.asarray(stored["scores"])[:10], atol=0.05), res.method  # bf16 batches differ a little
+        meta = clf.metadata
+        assert meta["method"] == res.method and meta["key"] == Path(res.artifact).name and 0 <= meta["macro_f1"] <= 1
+        assert clf.truncated(["short letter", " ".join(["word"] * 200)]) == [False, True]
+
+
+def test_a_tampered_classifier_is_refused(trained):
+    _, results = trained
+    folder = Path(results[0].artifact)
+    with open(folder / "classifier.joblib", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ArtifactError, match="does not match the hash"):
+        classifiers.load(folder)
+
+
+def test_an_artifact_without_a_classifier_is_refused(tmp_path):
+    from engine import artifacts
+
+    folder = tmp_path / "adapted"
+    artifacts.write(folder, {"kind": "domain-adaptation", "method": "domain-adapt", "metrics": {}}, lambda tmp: None)
+    with pytest.raises(ArtifactError, match="holds no classifier"):
+        classifiers.load(folder)

@@ -1,0 +1,76 @@
+"""scikit-learn estimators on embeddings: SMOTE adaptation, search inside training, calibrated probabilities, cache-key part."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import estimators
+from engine.options import ClassifierOptions
+
+NO_GRID = ClassifierOptions(grid=False)
+
+
+def blobs(counts, dim=8, seed=0, spread=3.0):
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for k, n in enumerate(counts):
+        X.append(rng.normal(loc=spread * k, size=(n, dim)))
+        y += [f"c{k}"] * n
+    return np.vstack(X), np.array(y)
+
+
+def test_smote_adapts_k_to_the_smallest_class():
+    X, y = blobs([40, 40, 3])
+    res = estimators.fit(X, y, "svc", NO_GRID, seed=0)
+    assert res.smote["k_used"] == 2 and not res.smote["skipped"]
+    assert set(res.estimator.predict(X)) == {"c0", "c1", "c2"}
+
+
+def test_smote_skips_a_single_letter_class():
+    X, y = blobs([30, 30, 1])
+    res = estimators.fit(X, y, "svc", NO_GRID, seed=0)
+    assert res.smote["skipped"] and res.smote["k_used"] == 0
+    assert res.calibration["folds"] == 0, "no CV is possible with a one-letter label: calibrated on the training letters"
+    assert np.allclose(res.estimator.predict_proba(X).sum(1), 1)
+
+
+def test_smote_does_not_crash_inside_cv_folds():
+    # 4 letters in the rare class: inner 3-fold CV sees only 2-3 of them per training fold.
+    X, y = blobs([50, 50, 4])
+    res = estimators.fit(X, y, "svc", ClassifierOptions(grid=True), seed=0)
+    assert res.inner_folds == 3 and res.best_params and res.inner_cv_macro_f1 > 0.5
+
+
+def test_grid_search_never_sees_test_data():
+    X, y = blobs([30, 30])
+    res = estimators.fit(X[:40], y[:40], "logreg", ClassifierOptions(), seed=0)
+    assert res.estimator.named_steps["scale"].n_samples_seen_ == 40  # refit on the 40 training rows only
+
+
+@pytest.mark.parametrize("estimator", estimators.ESTIMATORS)
+def test_every_estimator_gives_probabilities_and_predicts_the_most_probable_label(estimator):
+    X, y = blobs([20, 20, 20], spread=1.0)
+    est = estimators.fit(X, y, estimator, ClassifierOptions(), seed=0).estimator
+    proba = est.predict_proba(X)
+    assert proba.shape == (60, 3) and np.allclose(proba.sum(1), 1) and (proba >= 0).all()
+    assert list(est.classes_) == ["c0", "c1", "c2"]
+    assert (np.asarray(est.classes_)[proba.argmax(1)] == est.predict(X)).all()
+
+
+def test_svc_is_calibrated_inside_its_training_data():
+    X, y = blobs([40, 40], spread=0.3, seed=3)
+    res = estimators.fit(X, y, "svc", ClassifierOptions(), seed=0)
+    assert res.calibration == {"method": "sigmoid", "folds": 3, "on": "cross-validated decision values of the training letters"}
+    final = res.estimator.calibrated_classifiers_[0].estimator
+    assert final.named_steps["scale"].n_samples_seen_ == 80  # one final SVC on all the training letters
+    # overlapping classes: calibrated probabilities are not all 0/1
+    p = res.estimator.predict_proba(X)[:, 0]
+    assert 0.05 < p.mean() < 0.95 and ((p > 0.1) & (p < 0.9)).any()
+
+
+def test_config_key_is_what_cache_keys_use():
+    assert estimators.config_key("logreg", ClassifierOptions(), 0) == {
+        "method": "logreg", "seed": 0, "smote": True, "class_weight": None, "grid": True, "inner_folds": 3, "k_neighbors": 5,
+    }  # fmt: skip
+    assert estimators.config_key("svc", ClassifierOptions(), 0)["probabilities"] == "calibrated-sigmoid"

@@ -1,0 +1,123 @@
+"""Options have one home (engine.options): the CLI flags, the spec check and the Runs form cover every field, and a
+field's cache-key flag is what the methods' cache keys obey."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from engine import features, frozen, options, protocols, steps
+from engine.errors import SpecError
+from engine.finetune import loop
+from engine.options import Options
+
+FIELDS = options.fields()
+IDENTITY = {"name": "tiny", "source": "local", "path": "/models/tiny", "weights_sha256": "ab" * 32}
+
+
+def another_value(f: options.FieldSpec):
+    """A valid value of the field that differs from its default."""
+    if f.kind == "bool":
+        return not f.default
+    if f.choices is not None:
+        return next(c for c in f.choices if c != f.default)
+    if f.kind == "list":
+        return ["query", "value"]
+    if f.kind == "int":
+        return (f.default or f.min or 0) + 1 if f.max is None or (f.default or f.min or 0) + 1 <= f.max else f.max - 1
+    lo, hi = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1.0
+    value = (lo + hi) / 2 if f.default is None else (f.default + hi) / 2
+    return value if value != f.default else lo
+
+
+def out_of_range(f: options.FieldSpec):
+    if f.kind in ("int", "float") and f.min is not None:
+        return f.min - (1 if f.kind == "int" else f.min / 2 + 0.01)
+    if f.choices is not None:
+        return "no-such-choice"
+    return None
+
+
+def test_every_field_is_documented_and_unique():
+    assert len({f.name for f in FIELDS}) == len(FIELDS) > 20
+    for f in FIELDS:
+        assert f.help and f.group in options.GROUPS and f.kind in ("bool", "int", "float", "str", "list")
+        assert f.default is None or f.optional or type(f.default).__name__ == {"list": "list"}.get(f.kind, f.kind)
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
+def test_spec_check_accepts_each_field_and_refuses_bad_values_by_name(f):
+    value = another_value(f)
+    assert Options.parse({f.name: value}).get(f.name) == value
+    with pytest.raises(SpecError, match=f"option {f.name} has the wrong type"):
+        Options.parse({f.name: {"a": 1}})
+    bad = out_of_range(f)
+    if bad is not None:
+        with pytest.raises(SpecError, match=f"option {f.name}"):
+            Options.parse({f.name: bad})
+
+
+def test_spec_check_names_an_unknown_option_and_suggests_the_close_one():
+    with pytest.raises(SpecError, match=r"unknown option 'max_lenght'\. Did you mean 'max_length'\?"):
+        Options.parse({"max_lenght": 128})
+
+
+def test_the_cli_has_one_flag_per_field_with_the_same_checks():
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    assert dests == {f.name for f in FIELDS}
+    for f in FIELDS:
+        value = another_value(f)
+        if f.kind == "bool":
+            argv = [f.flag if value else "--no-" + f.flag[2:]]
+        elif f.kind == "list":
+            argv = [f.flag, ",".join(value)]
+        else:
+            argv = [f.flag, str(value)]
+        assert options.from_args(parser.parse_args(argv)).get(f.name) == value, f.name
+    assert options.from_args(parser.parse_args([])) == Options()
+    with pytest.raises(SpecError, match="--max-length = 2 is out of range"):
+        options.from_args(parser.parse_args(["--max-length", "2"]))
+
+
+def test_the_runs_form_has_one_widget_per_field(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Runs.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    keys = {w.key for kind in ("toggle", "selectbox", "number_input", "text_input") for w in getattr(at, kind) if w.key}
+    assert {f"opt-{f.name}" for f in FIELDS} <= keys
+
+
+def test_to_dict_is_flat_and_round_trips():
+    opts = Options.parse({"epochs": 3, "pooling": "last", "target_modules": ["q_proj"]})
+    flat = opts.to_dict()
+    assert list(flat) == [f.name for f in FIELDS] and Options.parse(flat) == opts
+    assert opts.finetune.resolved("lora").learning_rate == 5e-4 and opts.finetune.resolved("lora").epochs == 3
+
+
+def _artifact_key(method: str, opts: Options, ds) -> str:
+    """The key under which `method` stores its result for these options (what its step function computes)."""
+    if method in ("linear-probe", "lora", "domain-adapt"):
+        extra = {"domain": options.key_dict(opts.domain)} if method == "domain-adapt" else None
+        return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", extra)
+    identity = IDENTITY if method != "lora-svc" else {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
+    ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
+    split = protocols.split(ds, opts.protocol.test_size, opts.protocol.seed)
+    return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, split.hash)
+
+
+@pytest.mark.parametrize("kind", list(steps.KINDS.values()), ids=lambda k: k.name)
+def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds):
+    base = _artifact_key(kind.name, Options(), default_ds)
+    for f in FIELDS:
+        changed = _artifact_key(kind.name, Options().replace(**{f.name: another_value(f)}), default_ds)
+        if f.key and f.name in kind.reads:
+            assert changed != base, f"{kind.name}: option {f.name} changes results but not the cache key"
+        elif not f.key:
+            assert changed == base, f"{kind.name}: option {f.name} is marked as not entering keys"

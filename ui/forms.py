@@ -1,0 +1,70 @@
+"""The Runs form's option widgets, drawn from the engine's option fields (engine.options via engine.api).
+
+One widget per option, grouped by concern, each with its bounds, choices, default and help from the
+field itself: a new option appears here without a change to this file. Widget keys are `opt-<name>`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine import api
+
+OPEN_GROUPS = ("protocol", "embedding", "classifier")  # the rest (fine-tuning, domain adaptation) start folded
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _number(col, f, key: str, help_text: str):
+    is_int = f.kind == "int"
+    cast = int if is_int else float
+    kw = {"key": key, "help": help_text}
+    if f.min is not None:
+        kw["min_value"] = cast(f.min)
+    if f.max is not None:
+        kw["max_value"] = cast(f.max)
+    if not is_int:
+        kw["step"] = f.step or (0.05 if (f.max or 2) <= 1 else 0.5)
+        kw["format"] = "%g"
+    if f.optional:
+        kw["placeholder"] = f.describe_default()
+    return col.number_input(_label(f.name), value=None if f.default is None else cast(f.default), **kw)
+
+
+def widget(col, f):
+    """One option's widget in `col`; returns its value as a spec would hold it."""
+    key, help_text = f"opt-{f.name}", f"{f.help} (default: {f.describe_default()})"
+    if f.kind == "bool":
+        return col.toggle(_label(f.name), f.default, key=key, help=help_text)
+    if f.choices is not None:
+        choices = list(f.choices)
+        return col.selectbox(
+            _label(f.name),
+            choices,
+            index=choices.index(f.default),
+            key=key,
+            help=help_text,
+            format_func=lambda c: "none" if c is None else str(c),
+        )
+    if f.kind == "list":
+        text = col.text_input(
+            _label(f.name), ", ".join(f.default or []), key=key, help=help_text + "; comma-separated", placeholder=f.describe_default()
+        )
+        return [t.strip() for t in text.split(",") if t.strip()] or None
+    if f.kind == "str":
+        return col.text_input(_label(f.name), f.default or "", key=key, help=help_text) or None
+    return _number(col, f, key, help_text)
+
+
+def option_widgets(columns: int = 4) -> dict:
+    """Every option, grouped by concern in expanders (inside the caller's form); returns {name: value}."""
+    values = {}
+    for g in api.option_groups():
+        box = st.expander(f"{g['title']} — used by {', '.join(g['used_by'])}", expanded=g["group"] in OPEN_GROUPS)
+        box.caption(g["doc"])
+        cols = box.columns(columns)
+        for i, f in enumerate(g["fields"]):
+            values[f.name] = widget(cols[i % columns], f)
+    return values
