@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import sys
+import warnings
 from pathlib import Path
 
 from engine import cli_commands as out
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation notes meant for developers
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging

@@ -101,7 +101,7 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
             page.goto(f"{base}/Runs")
             expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
             page.get_by_label("Run name").fill("e2e")
-            page.get_by_label("max_length (tokens)").fill("128")
+            page.get_by_label("max_length", exact=True).fill("128")
             page.get_by_role("button", name="Start run").click()
             expect(page.get_by_text("queued with 1 step(s)")).to_be_visible(timeout=60_000)
             expect(page.get_by_role("heading", name="Run 1: e2e — done")).to_be_visible(timeout=240_000)

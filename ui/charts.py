@@ -194,5 +194,15 @@ def training_curves(metrics: dict[str, list[list[float]]], title: str = "Trainin
     fig.update_xaxes(title="optimiser step")
     fig.update_layout(yaxis=dict(title="loss"), legend=dict(orientation="h", y=-0.25))
     if right:
-        fig.update_layout(yaxis2=dict(title=" / ".join(n.replace("_", " ") for n in right), overlaying="y", side="right", showgrid=False))
+        scores = all("f1" in n or "accuracy" in n for n in right)  # bounded in [0, 1]: a fixed axis, so one point reads right
+        fig.update_layout(
+            yaxis2=dict(
+                title=" / ".join(n.replace("_", " ") for n in right),
+                overlaying="y",
+                side="right",
+                showgrid=False,
+                tickformat=".3~f",
+                **({"range": [0, 1.02], "tickmode": "array", "tickvals": [0, 0.25, 0.5, 0.75, 1]} if scores else {"tickmode": "auto"}),
+            )
+        )
     return _layout(fig, title, height=340)

@@ -14,7 +14,8 @@ OPEN_GROUPS = ("protocol", "embedding", "classifier")  # the rest (fine-tuning, 
 
 
 def _label(name: str) -> str:
-    return name.replace("_", " ")
+    """The option's own name, as spec files and (with dashes) CLI flags spell it."""
+    return name
 
 
 def _number(col, f, key: str, help_text: str):
