@@ -36,7 +36,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNGs go (default: docs/)")
     ap.add_argument("--pages", nargs="*", default=PAGES, help=f"pages to shoot (default: all: {' '.join(PAGES)})")
     ap.add_argument("--wait", type=float, default=6.0, help="seconds to let a page render (default: 6)")
-    ap.add_argument("--height", type=int, default=1000, help="viewport height in px (default: 1000; Streamlit scrolls inside the page, so a taller viewport shows more)")
+    ap.add_argument(
+        "--height",
+        type=int,
+        default=1000,
+        help="viewport height in px (default: 1000; Streamlit scrolls inside the page, so a taller viewport shows more)",
+    )
     ap.add_argument("--submit", type=Path, help="queue this spec (YAML/JSON) before shooting")
     ap.add_argument("--until", help="wait (up to --timeout s) until the last page shows this text, then shoot it")
     ap.add_argument("--timeout", type=float, default=600.0, help="how long --until may wait (default: 600)")
