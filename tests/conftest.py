@@ -135,6 +135,13 @@ def cli(*args, timeout=300, input=None):
     )
 
 
+def evaluate_cli(csv, model, *extra, **kw):
+    """`python -m engine evaluate` on a small_csv-style file (columns letter, specialty) with one model."""
+    return cli(
+        "evaluate", "--data", str(csv), "--text-column", "letter", "--label-column", "specialty", "--model", str(model), *extra, **kw
+    )
+
+
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
     fieldnames = fieldnames or list(rows[0])
     with path.open("w", newline="", encoding="utf-8") as fh:

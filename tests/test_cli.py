@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import cli
+from tests.conftest import cli, evaluate_cli
 
 
 def test_cli_help_lists_commands():
@@ -37,16 +37,9 @@ def test_cli_clear_errors_exit_2(tmp_path):
 
 def test_cli_evaluate_json_keys(tiny_encoder, small_csv, tmp_path):
     out_json = tmp_path / "m.json"
-    out = cli(
-        "evaluate",
-        "--data",
-        str(small_csv),
-        "--text-column",
-        "letter",
-        "--label-column",
-        "specialty",
-        "--model",
-        str(tiny_encoder),
+    out = evaluate_cli(
+        small_csv,
+        tiny_encoder,
         "--max-length",
         "64",
         "--method",

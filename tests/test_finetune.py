@@ -166,19 +166,12 @@ def test_masked_lm_needs_a_mask_token(tiny_encoder, ds):
 
 
 def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
-    from tests.conftest import cli
+    from tests.conftest import evaluate_cli
 
     out_json = tmp_path / "m.json"
-    out = cli(
-        "evaluate",
-        "--data",
-        str(small_csv),
-        "--text-column",
-        "letter",
-        "--label-column",
-        "specialty",
-        "--model",
-        str(tiny_encoder),
+    out = evaluate_cli(
+        small_csv,
+        tiny_encoder,
         "--max-length",
         "32",
         "--method",
@@ -193,16 +186,9 @@ def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
     for key in ("macro_f1", "macro_f1_ci", "per_class", "confusion_matrix"):
         assert key in m
     assert "best epoch" in out.stdout and "linear head" in out.stdout
-    out = cli(
-        "evaluate",
-        "--data",
-        str(small_csv),
-        "--text-column",
-        "letter",
-        "--label-column",
-        "specialty",
-        "--model",
-        str(tiny_encoder),
+    out = evaluate_cli(
+        small_csv,
+        tiny_encoder,
         "--method",
         "lora",
         "--lora-r",

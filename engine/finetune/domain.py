@@ -19,17 +19,8 @@ from engine.config import package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset
 from engine.devices import choose
+from engine.finetune import loop
 from engine.finetune.loading import load_lm_model, lora_config
-from engine.finetune.loop import (
-    autocast,
-    checkpoint_path,
-    collate,
-    length_grouped_batches,
-    train,
-    train_config,
-    training_key,
-    training_manifest,
-)
 from engine.options import Options, key_dict, names
 from engine.storage import models_dir
 
@@ -71,9 +62,9 @@ def perplexity(
 
     lengths = [len(x) for x in ids]
     total, count = 0.0, 0
-    with torch.inference_mode(), autocast(placement):
-        for b, batch in enumerate(length_grouped_batches(lengths, np.asarray(idx), batch_size, None)):
-            input_ids, mask = collate(ids, batch, tokenizer.pad_token_id, placement.device)
+    with torch.inference_mode(), loop.autocast(placement):
+        for b, batch in enumerate(loop.length_grouped_batches(lengths, np.asarray(idx), batch_size, None)):
+            input_ids, mask = loop.collate(ids, batch, tokenizer.pad_token_id, placement.device)
             gen = torch.Generator().manual_seed(seed * 100003 + b)
             inputs, labels = lm_batch(kind, input_ids.cpu(), mask.cpu(), tokenizer, gen, mlm_probability)
             logits = net(input_ids=inputs.to(placement.device), attention_mask=mask).logits.float()
@@ -101,7 +92,9 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
     entry = models.resolve(model)
     p, mlm = opts.protocol, opts.domain.mlm_probability
     split, fit_idx, val_idx = protocols.three_way_split(dataset, p.test_size, p.seed, opts.finetune.val_size)
-    key = training_key(method, models.locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"domain": key_dict(opts.domain)})
+    key = loop.training_key(
+        method, models.locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"domain": key_dict(opts.domain)}
+    )
     out = models_dir() / f"adapted-{models.safe_name(entry.name)}-{key[:12]}"
     if hit := artifacts.stored(out, entry.name, method):
         return hit
@@ -125,7 +118,7 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         ppl = perplexity(tuned, kind, ids, val_idx, tokenizer, placement, seed=p.seed + 1, mlm_probability=mlm)
         return {"val_perplexity": ppl, "score": -ppl}
 
-    state = train(tuned, ids, fit_idx, loss_fn, validate, ft, p.seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
+    state = loop.train(tuned, ids, fit_idx, loss_fn, validate, ft, p.seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
     ctx.progress(0, 1, "perplexity after")
     ppl_after = perplexity(tuned, kind, ids, split.test, tokenizer, placement, seed=p.seed, mlm_probability=mlm)
     name = f"{models.safe_name(entry.name)}-adapted-{key[:8]}"
@@ -144,11 +137,11 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "method": method,
         "method_title": DOMAIN_ADAPT.title,
         "stage": DOMAIN_ADAPT.stage,
-        "config": {**opts.to_dict(), "train": train_config(ft, p.seed)},
+        "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
         "objective": "masked LM" if kind == "encoder" else "causal LM",
         "data": artifacts.data_manifest(dataset),
         "split": {**artifacts.split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx))},
-        "training": training_manifest(state, head_modules=head, n_truncated=n_truncated),
+        "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {"train_s": state["train_s"], "total_s": time.perf_counter() - t_start},
         "versions": package_versions(),
@@ -163,7 +156,7 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         tokenizer.save_pretrained(tmp)
 
     manifest = artifacts.write(out, manifest, write_files)
-    checkpoint_path(key).unlink(missing_ok=True)
+    loop.checkpoint_path(key).unlink(missing_ok=True)
     ctx.progress(1, 1, "done")
     return StepResult(entry.name, method, m, str(out), False, manifest)
 

@@ -19,17 +19,8 @@ from engine.config import package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
+from engine.finetune import loop
 from engine.finetune.loading import load_classifier_model, prepare_trainable
-from engine.finetune.loop import (
-    autocast,
-    checkpoint_path,
-    collate,
-    length_grouped_batches,
-    train,
-    train_config,
-    training_key,
-    training_manifest,
-)
 from engine.models import locate, resolve
 from engine.options import Options, names
 from engine.storage import evaluations_dir
@@ -57,9 +48,9 @@ def predict_proba(net, ids: list[np.ndarray], idx, pad_id: int, placement, batch
     lengths = [len(x) for x in ids]
     out = np.zeros((len(idx), net.config.num_labels), dtype=np.float32)
     pos = {int(i): r for r, i in enumerate(idx)}
-    with torch.inference_mode(), autocast(placement):
-        for batch in length_grouped_batches(lengths, np.asarray(idx), batch_size, None):
-            input_ids, mask = collate(ids, batch, pad_id, placement.device)
+    with torch.inference_mode(), loop.autocast(placement):
+        for batch in loop.length_grouped_batches(lengths, np.asarray(idx), batch_size, None):
+            input_ids, mask = loop.collate(ids, batch, pad_id, placement.device)
             logits = net(input_ids=input_ids, attention_mask=mask).logits.float()
             out[[pos[int(i)] for i in batch]] = torch.softmax(logits, -1).cpu().numpy()
     return out
@@ -80,7 +71,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     p = opts.protocol
     split, fit_idx, val_idx = protocols.three_way_split(dataset, p.test_size, p.seed, opts.finetune.val_size)
     entry = resolve(model)
-    key = training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype)
+    key = loop.training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, entry.name, method):
         return hit
@@ -109,7 +100,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
         return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
 
-    state = train(
+    state = loop.train(
         trained,
         ids,
         fit_idx,
@@ -140,10 +131,10 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         "method_title": KINDS[method].title,
         "stage": KINDS[method].stage,
         "predictor": "sequence-classifier",
-        "config": {**opts.to_dict(), "train": train_config(ft, p.seed)},
+        "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
         "data": artifacts.data_manifest(dataset),
         "split": {**artifacts.split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()},
-        "training": training_manifest(
+        "training": loop.training_manifest(
             state, trainable_params=int(n_trainable), head_modules=head, target_modules=targets, n_truncated=n_truncated
         ),
         "placement": {
@@ -168,7 +159,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         artifacts.write_predictions(tmp, split.test, y_true, y_pred, classes, "probability", proba)
 
     manifest = artifacts.write(folder, manifest, write_files)
-    checkpoint_path(key).unlink(missing_ok=True)
+    loop.checkpoint_path(key).unlink(missing_ok=True)
     ctx.progress(1, 1, "done")
     return StepResult(identity["name"], method, m, str(folder), False, manifest)
 
