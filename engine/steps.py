@@ -8,6 +8,7 @@ a new method is its module plus one line here.
 
 from __future__ import annotations
 
+from engine import frozen
 from engine.context import StepKind
 from engine.finetune.domain import DOMAIN_ADAPT
 from engine.finetune.head import LINEAR_PROBE, LORA
@@ -16,7 +17,7 @@ from engine.frozen import LOGREG, SVC
 
 KINDS: dict[str, StepKind] = {k.name: k for k in (SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT)}
 # The methods that classify with frozen embeddings only: what the home page's default comparison runs.
-FROZEN_EMBEDDING = ("svc", "logreg")
+FROZEN_EMBEDDING = tuple(frozen.KINDS)
 
 
 def names() -> list[str]:
