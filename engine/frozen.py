@@ -91,7 +91,7 @@ def fit_on_embeddings(
     t_pred = time.perf_counter()
     proba = fitted.estimator.predict_proba(X[split.test])
     classes = [str(c) for c in fitted.estimator.classes_]
-    y_pred = fitted.estimator.predict(X[split.test])  # the most probable label
+    y_pred = np.asarray(classes)[proba.argmax(1)]  # the most probable label (what the estimator's predict returns)
     predict_s = time.perf_counter() - t_pred
     m = metrics.metrics(y[split.test], y_pred, n_boot=p.n_boot, seed=p.seed)
     m["baseline"] = metrics.majority_baseline(y[split.train], y[split.test])

@@ -1,7 +1,7 @@
 """Run options: one typed dataclass per concern, the single home of every option.
 
 Each field carries its type (the annotation), its default, its allowed range or choices, a one-line
-help text, and whether it enters cache keys (field metadata, read with `spec_of`). Derived from
+help text, and whether it enters cache keys (field metadata, read through `fields()`). Derived from
 these dataclasses, with no list of options anywhere else:
 
 * the `options:` mapping of a spec file: `Options.parse` rejects unknown keys and values of the
@@ -223,10 +223,6 @@ _BY_NAME = {s.name: s for s in _FIELDS}
 def fields(group: str | None = None) -> list[FieldSpec]:
     """Every option (of one concern), in declaration order."""
     return [s for s in _FIELDS if group is None or s.group == group]
-
-
-def spec_of(name: str) -> FieldSpec:
-    return _BY_NAME[name]
 
 
 def group_title(group: str) -> str:

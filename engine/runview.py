@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.states import Status, run_status
 
@@ -162,7 +163,7 @@ class RunView:
     @property
     def artifacts(self) -> set[str]:
         """The keys (folder names) of the artifacts its finished steps produced."""
-        return {s.result["artifact"].rstrip("/").rsplit("/", 1)[-1] for s in self.steps if s.result and s.result.get("artifact")}
+        return {Path(s.result["artifact"]).name for s in self.steps if s.result and s.result.get("artifact")}
 
     def to_dict(self) -> dict:
         return {

@@ -27,7 +27,3 @@ def names() -> list[str]:
 
 def get(name: str) -> StepKind:
     return KINDS[name]
-
-
-def titles() -> dict[str, str]:
-    return {k.name: k.title for k in KINDS.values()}

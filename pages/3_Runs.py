@@ -40,7 +40,7 @@ if submitted:
         "models": all_models,
         "methods": methods_,
         "data": api.DEFAULT_DATASET if ds_id == api.DEFAULT_DATASET else api.saved_dataset(ds_id).spec_data(),
-        "options": {k: v for k, v in option_values.items() if v is not None},
+        "options": option_values,
     }
     if not methods_:
         common.error("Choose at least one method.")

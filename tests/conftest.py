@@ -119,20 +119,13 @@ def tiny_encoder(tmp_path_factory, default_ds) -> Path:
     return folder
 
 
-def cli(*args, timeout=300, input=None):
-    """`python -m engine ARGS` as a user runs it (this session's cache); the CompletedProcess."""
+def cli(*args, timeout: float = 300, env_extra: dict | None = None):
+    """`python -m engine ARGS` as a user runs it (this session's cache, plus `env_extra`); the CompletedProcess."""
     import subprocess
     import sys
 
-    return subprocess.run(
-        [sys.executable, "-m", "engine", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-        input=input,
-    )
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def evaluate_cli(csv, model, *extra, **kw):

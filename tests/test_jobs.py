@@ -8,6 +8,7 @@ CLINBENCH_BATCH_DELAY_S slows extraction down so a test can cancel or kill mid-s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from engine import experiment, jobs
 from engine import store as run_store
 from engine.errors import ClinBenchError
 from engine.states import Status
+from tests import conftest
 from tests.conftest import ROOT, stop_workers
 
 OPTS = {"max_length": 64, "grid": False, "n_boot": 100}
@@ -40,9 +42,7 @@ def store(tmp_path, monkeypatch):
     stop_workers(cache)
 
 
-def cli(*args, env_extra: dict | None = None, timeout: float = 120):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+cli = functools.partial(conftest.cli, timeout=120)
 
 
 def write_spec(path: Path, csv: Path, models: list[str], methods: list[str], **options) -> Path:
