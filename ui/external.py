@@ -1,0 +1,79 @@
+"""External validation on the Compare page: one of the shown classifiers scored on another labelled file
+(engine.api.score_external): upload, choose the columns, score; macro-F1 with its 95% CI and a per-class table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine import api
+from engine.errors import ClinBenchError
+from ui import common
+
+TEXT_GUESSES = ("text", "letter", "transcription", "note", "body")
+LABEL_GUESSES = ("label", "specialty", "class", "category", "department")
+
+
+def _guess(columns: list[str], names: tuple[str, ...], fallback: int) -> int:
+    return next((i for i, c in enumerate(columns) if c.lower() in names), fallback % len(columns))
+
+
+def _show(res: dict) -> None:
+    lo, hi = res["macro_f1_ci"]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("macro-F1", f"{res['macro_f1']:.3f}", help=f"95% bootstrap CI {lo:.3f}–{hi:.3f}, averaged over all classifier classes")
+    c2.metric("95% CI", f"{lo:.3f}–{hi:.3f}")
+    c3.metric("accuracy", f"{res['accuracy']:.3f}")
+    if res.get("stored_macro_f1") is not None:
+        c4.metric("stored evaluation", f"{res['stored_macro_f1']:.3f}", help="macro-F1 in its own evaluation, on its own letters")
+    notes = [f"{res['n_letters']} letters of {res['data'].rsplit('/', 1)[-1]}"]
+    if base := res.get("baseline"):
+        notes.append(f"always answering '{base['label']}' scores macro-F1 {base['macro_f1']:.3f}")
+    missing = [c for c in res["classes"] if c not in res.get("classes_in_file", res["classes"])]
+    if missing:
+        notes.append(f"absent from the file (they count in macro-F1): {', '.join(missing)}")
+    st.caption("; ".join(notes) + ".")
+    rows = [{"class": c, **v} for c, v in res["per_class"].items()]
+    table = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
+    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}")
+
+
+def external_validation(evals: list) -> None:
+    """An expander: choose one of `evals` (the evaluations the page shows), upload a CSV/TSV/JSONL of labelled letters,
+    choose its columns, score; the result stays shown until the choice changes."""
+    if not evals:
+        return
+    with st.expander("External validation: score a classifier on another labelled file"):
+        st.caption(
+            "The chosen classifier, as it was trained, labels every letter of the file; nothing is retrained. The file's labels "
+            "must be among the classifier's classes."
+        )
+        labels = [e.label for e in evals]
+        chosen = st.selectbox("Classifier", labels, key="ext-evaluation")
+        ev = evals[labels.index(chosen)]
+        upload = st.file_uploader("Labelled letters", type=["csv", "tsv", "jsonl", "ndjson"], key="ext-upload")
+        if upload is None:
+            return
+        try:
+            path = api.store_upload(upload.name, upload.getvalue())
+            columns = [str(c) for c in api.read_table(path).columns]
+        except ClinBenchError as exc:
+            common.error(exc, f"{upload.name} cannot be read")
+            return
+        if not columns:
+            common.error(f"{upload.name} has no columns.")
+            return
+        c1, c2 = st.columns(2)
+        text_col = c1.selectbox("Text column", columns, index=_guess(columns, TEXT_GUESSES, 0), key="ext-text")
+        label_col = c2.selectbox("Label column", columns, index=_guess(columns, LABEL_GUESSES, -1), key="ext-label")
+        choice = (ev.key, str(path), text_col, label_col)
+        if st.button("Score", key="ext-score", type="primary"):
+            try:
+                with st.spinner(f"Classifying the letters of {upload.name} with {ev.label}…"):
+                    st.session_state["ext-result"] = (choice, api.score_external(ev.key, path, text_col, label_col))
+            except ClinBenchError as exc:
+                st.session_state.pop("ext-result", None)
+                common.error(exc, "External validation")
+        kept = st.session_state.get("ext-result")
+        if kept and kept[0] == choice:
+            _show(kept[1])
