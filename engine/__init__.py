@@ -14,16 +14,19 @@ the import graph has no cycle.
     states            Status of runs and steps (an enum), a run's status derived from its steps'
     context           StepKind (what a method is) and StepContext (progress, stop, metrics, logger)
     storage           cache layout, content hashes, atomic writes
+    duplicates        exact and near-duplicate letters: groups that never straddle a split, label conflicts
     devices           CUDA or CPU, dtype, free memory
     data              loading CSV/JSONL, the validation report
-    protocols         which letters fit and which score: train/test split, validation carve, repeated CV
+    protocols         which letters fit and which score: cv folds or a hold-out split, duplicate groups, validation carve
     metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test
     artifacts         sealed artifact folders: manifests, hash checks, cache lookup, predictions.json
+    evaluation        out-of-fold predictions under a plan -> the figures every method reports
     hub               the Hugging Face hub: local cache first, bounded time, clear offline errors
     models            registry (bundled, presets, hub ids, local folders, adapted), loading
     features          embedding extraction (pooling, batching, streaming to disk, cache)
     estimators        scikit-learn pipelines on embeddings (SMOTE, search, calibrated SVC, logreg)
     frozen            the svc and logreg steps (frozen embeddings -> estimator)
+    reference         the tfidf step: tf-idf + logistic regression, the reference row of every comparison
     dropout           cheap dropout masks for CPU training
     finetune.loop     the training loop, checkpoints, live curves, a training's cache key
     finetune.loading  models and adapters for training and for reuse
@@ -38,9 +41,11 @@ the import graph has no cycle.
     jobs              submit, read, cancel, resume, delete runs
     worker            worker processes executing queued steps, each in a child process
     datasets          uploaded datasets saved in the cache
-    results           stored evaluations, comparison tables, significance
+    results           stored evaluations, comparison tables, the letters behind the figures
+    comparison        is one model better than another: paired tests with a verdict, spread across seeds
     projection        UMAP maps of stored embeddings, cached
     predict           letters through several classifiers, with agreement and latency
+    replication       stored evaluations by key: scored on another labelled file, re-run in a fresh cache and compared
     export            charts as PNG/SVG/HTML, tables as CSV, a report zip
     api               the front door
     cli_commands      the bodies of the CLI's commands
@@ -57,16 +62,19 @@ LAYERS = (
     "states",
     "context",
     "storage",
+    "duplicates",
     "devices",
     "data",
     "protocols",
     "metrics",
     "artifacts",
+    "evaluation",
     "hub",
     "models",
     "features",
     "estimators",
     "frozen",
+    "reference",
     "dropout",
     "finetune.loop",
     "finetune.loading",
@@ -82,8 +90,10 @@ LAYERS = (
     "worker",
     "datasets",
     "results",
+    "comparison",
     "projection",
     "predict",
+    "replication",
     "export",
     "api",
     "cli_commands",

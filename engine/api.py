@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import datasets, jobs, store
+from engine import datasets, jobs, replication, store
 from engine.data import DEFAULT_NAME
 from engine.errors import ClinBenchError
 from engine.runview import RunView, StepView, fmt_duration
@@ -85,6 +85,14 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
     )
 
 
+def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_sep: str | None = None, near_threshold=0.8) -> dict:
+    """engine.duplicates.summary of a file's usable letters (duplicate groups, label conflicts), rows as validation numbers them."""
+    from engine import data, duplicates
+
+    report, texts, labels = data.validate_table(data.read_table(path), text_col, label_col, path=Path(path).name, label_sep=label_sep)
+    return duplicates.summary(texts, labels, near_threshold=near_threshold, row_numbers=report.usable_rows)
+
+
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> Dataset:
     """Letters and labels of a file ('default': the bundled dataset); DataError lists every blocking problem."""
     from engine import data
@@ -98,16 +106,12 @@ def default_dataset() -> Dataset:
     return data.default_dataset()
 
 
-def split_preview(ds: Dataset, test_size: float, seed: int) -> pd.DataFrame:
-    """Letters per label in the training and test parts of the split a run with these options would use."""
-    import pandas as pd
+def protocol_preview(ds: Dataset, options: dict | None = None, method: str = "svc") -> dict:
+    """The protocol a run with these (flat) options would use on `ds`, why, each class's test letters per fold, and warnings."""
+    from engine.options import Options
+    from engine.protocols import preview
 
-    from engine.protocols import split
-
-    sp = split(ds, test_size=test_size, seed=seed)
-    labels = pd.Series(ds.labels)
-    counts = pd.DataFrame({"train": labels.iloc[sp.train].value_counts(), "test": labels.iloc[sp.test].value_counts()})
-    return counts.rename_axis("label").reset_index()
+    return preview(ds, Options.parse(options or {}, where="options").protocol, method)
 
 
 # --- models -----------------------------------------------------------------------------
@@ -134,20 +138,10 @@ def model_names() -> list[str]:
 
 
 def describe_model(name: str) -> dict:
-    """A registry name, hub id or local folder described like `model_rows` (a local folder's config is read for its kind
-    and size); ClinBenchError for a name that cannot be a model."""
+    """A registry name, hub id or local folder described like `model_rows`; ClinBenchError for a name that cannot be a model."""
     from engine import models
 
-    entry = models.resolve(name)
-    row = models.describe(entry)
-    if entry.source == "local":
-        try:
-            folder, _ = models.locate(entry)
-            cfg = models.load_config(folder)
-            row["kind"], row["params"] = models.model_kind(cfg), models.count_parameters(cfg)
-        except ClinBenchError as exc:
-            row["offline"], row["reason"] = False, str(exc)
-    return row
+    return models.describe_name(name)
 
 
 # --- methods and options ----------------------------------------------------------------
@@ -248,22 +242,9 @@ def evaluations(data_hash: str | None = None, run_id: int | None = None) -> tupl
     return results.list_evaluations(data_hash=data_hash, keys=keys)
 
 
-def find_evaluations(refs: list[str]) -> list[Evaluation]:
-    """Evaluations named by key, key prefix (6+ characters) or artifact folder; ClinBenchError when one matches none or several."""
-    from engine import results
-
-    evals, _ = results.list_evaluations()
-    out = []
-    for ref in refs:
-        key = Path(ref).name
-        hits = [e for e in evals if e.key == key or (len(key) >= 6 and e.key.startswith(key))]
-        if len(hits) != 1:
-            raise ClinBenchError(
-                f"{'No' if not hits else 'More than one'} stored evaluation matches {ref!r}. Give its key as `python -m engine runs show ID` "
-                "prints it (the artifact folder's name), or at least its first 6 characters."
-            )
-        out.append(hits[0])
-    return out
+find_evaluations = replication.find_evaluations  # by key, key prefix (6+ characters) or artifact folder; else ClinBenchError
+score_external = replication.score_external  # external validation: a stored classifier's metrics (with CI) on another file
+rerun = replication.rerun  # a stored evaluation run again in a fresh cache: {identical, macro_f1, differences, environment, ...}
 
 
 def result_datasets(evals: list[Evaluation]) -> list[dict]:
@@ -278,6 +259,12 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
     return results.comparison_table(evals)
 
 
+def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
+    from engine import comparison
+
+    return comparison.seed_spread(evals)
+
+
 def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
     from engine import results
 
@@ -285,9 +272,21 @@ def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
 
 
 def significance(evals: list[Evaluation]) -> pd.DataFrame:
+    from engine import comparison
+
+    return comparison.significance(evals)
+
+
+def misclassified(ev: Evaluation) -> pd.DataFrame:
     from engine import results
 
-    return results.significance(evals)
+    return results.misclassified(ev)
+
+
+def disagreements(evals: list[Evaluation]) -> pd.DataFrame:
+    from engine import results
+
+    return results.disagreements(evals)
 
 
 def predictions(ev: Evaluation) -> dict:

@@ -109,12 +109,19 @@ def load_joblib(directory: Path, name: str = "classifier.joblib") -> Any:
     return joblib.load(verified_file(directory, name))
 
 
-def write_predictions(folder: Path, test_index, y_true, y_pred, classes: list[str], score_kind: str, scores) -> None:
-    """predictions.json: the test letters' indices, truth, prediction and per-class scores (shared by every method)."""
+def write_predictions(
+    folder: Path, test_index, y_true, y_pred, classes: list[str], score_kind: str, scores, *, repeat=None, fold=None, protocol="holdout"
+) -> None:
+    """predictions.json, shared by every method: one record per scored (repeat, letter) with its index, truth, prediction
+    and per-class scores, and the repeat and fold that scored it (holdout: all 0)."""
+    zeros = [0] * len(test_index)
     (Path(folder) / "predictions.json").write_text(
         json.dumps(
             {
+                "protocol": protocol,
                 "test_index": [int(i) for i in test_index],
+                "repeat": [int(r) for r in repeat] if repeat is not None else zeros,
+                "fold": [int(f) for f in fold] if fold is not None else zeros,
                 "y_true": [str(v) for v in y_true],
                 "y_pred": [str(v) for v in y_pred],
                 "classes": list(classes),
@@ -138,15 +145,17 @@ def data_manifest(dataset) -> dict:
     }
 
 
-def split_manifest(split) -> dict:
-    """What a manifest records of a train/test split (an engine.protocols.Split)."""
-    return {
-        "seed": split.seed,
-        "test_size": split.test_size,
-        "n_train": int(len(split.train)),
-        "n_test": int(len(split.test)),
-        "hash": split.hash,
-    }
+CONTRACT_KEYS = (
+    "n_scored",
+    "fold_macro_f1",
+    "fold_macro_f1_mean",
+    "fold_macro_f1_sd",
+    "folds",
+    "train_rows",
+    "test_rows",
+    "classes",
+    "n_letters",
+)
 
 
 def summary(res: StepResult) -> dict:
@@ -156,6 +165,7 @@ def summary(res: StepResult) -> dict:
     if "macro_f1" in m:
         out.update(
             {
+                "protocol": m.get("protocol", "holdout"),
                 "macro_f1": m["macro_f1"],
                 "macro_f1_ci": m["macro_f1_ci"],
                 "accuracy": m["accuracy"],
@@ -163,6 +173,9 @@ def summary(res: StepResult) -> dict:
                 "embed_cache_hit": res.manifest.get("timings", {}).get("embed_cache_hit"),
             }
         )
+        for key in CONTRACT_KEYS:  # what scripts read, as `evaluate --json` writes it
+            if key in m:
+                out[key] = m[key]
     for key in ("perplexity_before", "perplexity_after", "adapted_model"):
         if key in m:
             out[key] = m[key]

@@ -111,6 +111,22 @@ class SequenceClassifier(_Base):
         return np.asarray(sequence_proba(self.net, ids, list(range(len(ids))), self.tokenizer.pad_token_id, self.placement), dtype=float)
 
 
+class TextPipeline(_Base):
+    """A scikit-learn pipeline that reads the texts themselves (the tf-idf reference)."""
+
+    max_length = 10**9
+
+    def __init__(self, pipeline, metadata: dict):
+        self.pipeline, self.metadata = pipeline, metadata
+        self.classes_ = [str(c) for c in pipeline.classes_]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.pipeline.predict_proba(list(texts)), dtype=float)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        return [False] * len(texts)  # every word is read
+
+
 def _metadata(folder: Path, manifest: dict) -> dict:
     return {
         "key": folder.name,
@@ -175,7 +191,12 @@ def _load_sequence_classifier(folder: Path, manifest: dict, placement) -> Sequen
     return SequenceClassifier(net, tokenizer, max_length, placement, _metadata(folder, manifest))
 
 
+def _load_text_pipeline(folder: Path, manifest: dict, placement) -> TextPipeline:
+    return TextPipeline(artifacts.load_joblib(folder), _metadata(folder, manifest))
+
+
 LOADERS: dict[str, Callable[[Path, dict, Any], Classifier]] = {
+    "text-pipeline": _load_text_pipeline,
     "embedding-classifier": _load_embedding_classifier,
     "sequence-classifier": _load_sequence_classifier,
 }

@@ -142,6 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: one object per classifier (label, probability, scores, latency_ms)")
 
     p = sub.add_parser(
+        "score",
+        help="external validation: a stored classifier's scores on another labelled file",
+        description="Score a stored classifier on another file of labelled letters (external validation; nothing is retrained). "
+        "The file is checked like any dataset; labels the classifier never saw, and multi-label files, are refused. Prints "
+        "macro-F1 with its bootstrap 95% CI (the evaluation's n_boot and seed), accuracy, per-class scores and the baseline of "
+        "always answering the majority label of its training letters.",
+    )
+    p.add_argument("result", metavar="RESULT", help="evaluation key (6+ leading characters suffice) or artifact folder")
+    _data_args(p)
+    p.add_argument(
+        "--json", type=Path, dest="json_out", help="write the result here (result, model, method, data, n_letters, classes, metrics)"
+    )
+
+    p = sub.add_parser(
+        "rerun",
+        help="run a stored evaluation again in a fresh cache and say whether it replicates",
+        description="Run a stored evaluation again from its manifest (same letters, model, method and options) in a fresh "
+        "temporary cache, so nothing is reused, and compare macro-F1 and the predictions (labels, and scores to 1e-6). Prints "
+        "'identical' or what differs, with the package and machine changes since; exit status 0 when identical, 1 when not "
+        "or when the letters file is gone or changed.",
+    )
+    p.add_argument("result", metavar="RESULT", help="evaluation key (6+ leading characters suffice) or artifact folder")
+    p.add_argument(
+        "--json", type=Path, dest="json_out", help="write the comparison here (identical, macro_f1, n_predictions_differing, environment)"
+    )
+
+    p = sub.add_parser(
         "worker",
         help="serve queued runs in this terminal (workers otherwise start on demand)",
         description="Execute queued steps, each in a child process, until stopped with Ctrl-C. Workers start by themselves when runs "
@@ -176,6 +203,8 @@ COMMANDS = {
     "run": out.cmd_run,
     "runs": out.cmd_runs,
     "predict": out.cmd_predict,
+    "score": out.cmd_score,
+    "rerun": out.cmd_rerun,
     "worker": cmd_worker,
 }
 

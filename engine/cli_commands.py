@@ -7,6 +7,7 @@ and maps errors to `error: ...` lines and status 2.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 
@@ -104,19 +105,23 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def _print_metrics(title: str, m: dict) -> None:
+def _print_metrics(title: str, m: dict, reason: str | None = None) -> None:
     lo, hi = m["macro_f1_ci"]
     print(f"\n{title}")
+    if reason:
+        print(f"  protocol: {reason}")
+    n = m.get("n_scored", m.get("n_test"))  # the letters behind the figure: all (cv) or the test split (holdout)
     print(
-        f"  macro-F1 {m['macro_f1']:.3f} (95% CI {lo:.3f}-{hi:.3f})   accuracy {m['accuracy']:.3f}   "
-        f"majority baseline macro-F1 {m['baseline']['macro_f1']:.3f}"
+        f"  macro-F1 {m['macro_f1']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {m.get('protocol', 'holdout')}, n={n} letters)   accuracy {m['accuracy']:.3f}"
+        + (f"   majority baseline macro-F1 {m['baseline']['macro_f1']:.3f}" if m.get("baseline") else "")
     )
+    if len(m.get("fold_macro_f1") or []) > 1:
+        print(
+            f"  per fold: macro-F1 {m['fold_macro_f1_mean']:.3f} ± {m['fold_macro_f1_sd']:.3f} (mean ± sd of {len(m['fold_macro_f1'])} folds)"
+        )
     print(f"  {'label':32s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'n':>5s}")
     for lab, r in m["per_class"].items():
         print(f"  {lab[:32]:32s} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:5d}")
-    if "repeated_cv" in m and m["repeated_cv"].get("mean") is not None:
-        cv = m["repeated_cv"]
-        print(f"  repeated CV ({cv['n_repeats']}x{cv['n_splits']}): macro-F1 {cv['mean']:.3f} ± {cv['sd']:.3f}")
 
 
 def cmd_evaluate(args) -> int:
@@ -124,11 +129,39 @@ def cmd_evaluate(args) -> int:
     ds = _load(args)
     opts = options.from_args(args)
     spec = api.parse_spec({"models": [args.model], "methods": [args.method], "options": opts.to_dict()}, where="--method")
-    res = api.run_in_process(spec, spec.steps()[0], dataset=ds, ctx=progress_bars())
-    title = f"{args.model} · {api.method_title(args.method)}" + (" (cached)" if res.cache_hit else "")
+    results = []
+    for step in spec.steps(reference=False):  # (--model tfidf runs its one method, the reference; --n-seeds: one per seed)
+        res = api.run_in_process(spec, step, dataset=ds, ctx=progress_bars())
+        results.append(res)
+        title = f"{args.model} · {api.method_title(step['method'])}" + (f" · seed {step['seed']}" if "seed" in step else "")
+        _print_result(title + (" (cached)" if res.cache_hit else ""), res)
+    first, m = results[0], results[0].metrics
+    out = {"model": args.model, "method": first.method, "artifact": first.artifact, **m}
+    if len(results) > 1 and "macro_f1" in m:
+        f1 = [r.metrics["macro_f1"] for r in results]
+        seeds = [r.manifest["config"]["seed"] for r in results]
+        sd = statistics.stdev(f1)
+        print(
+            f"\nacross {len(f1)} seeds ({seeds[0]}-{seeds[-1]}): macro-F1 {statistics.mean(f1):.3f} ± {sd:.3f} "
+            f"(min {min(f1):.3f}, max {max(f1):.3f}); the first seed's 95% CI is {m['macro_f1_ci'][0]:.3f}-{m['macro_f1_ci'][1]:.3f}"
+        )
+        out.update(
+            seeds=[
+                {"seed": s, "macro_f1": r.metrics["macro_f1"], "macro_f1_ci": r.metrics["macro_f1_ci"], "artifact": r.artifact}
+                for s, r in zip(seeds, results, strict=True)
+            ],
+            seed_macro_f1_mean=statistics.mean(f1),
+            seed_macro_f1_sd=sd,
+        )
+    if args.json_out:
+        api.write_json(args.json_out, out)
+    return 0
+
+
+def _print_result(title: str, res) -> None:
     m = res.metrics
     if "macro_f1" in m:
-        _print_metrics(title, m)
+        _print_metrics(title, m, (res.manifest.get("protocol") or {}).get("reason"))
     else:
         print(
             f"\n{title}\n  perplexity on the test letters: {m['perplexity_before']:.2f} before, {m['perplexity_after']:.2f} after"
@@ -139,9 +172,6 @@ def cmd_evaluate(args) -> int:
             f"  training: best epoch {tr['best_epoch']} of {tr['epochs_run']} run" + (" (stopped early)" if tr.get("stopped_early") else "")
         )
     print(f"\nartifact: {res.artifact}")
-    if args.json_out:
-        api.write_json(args.json_out, {"model": args.model, "method": args.method, "artifact": res.artifact, **m})
-    return 0
 
 
 def _when(t: float | None) -> str:
@@ -315,3 +345,39 @@ def cmd_predict(args) -> int:
     if agree["label"]:
         print(f"\nmajority: {agree['label']} ({agree['share']:.0%} of {agree['n']} classifiers)")
     return 0 if all(r["predicted"] for r in rows) else 1
+
+
+def cmd_score(args) -> int:
+    api = _api()
+    res = api.score_external(args.result, args.data, args.text_column, args.label_column, label_sep=args.label_sep)
+    _print_metrics(f"{res['evaluation']} on {args.data} ({res['n_letters']} letters)", res)
+    if res.get("stored_macro_f1") is not None:
+        print(f"  in its stored evaluation (its own letters): macro-F1 {res['stored_macro_f1']:.3f}")
+    if args.json_out:
+        api.write_json(args.json_out, res)
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    api = _api()
+    (ev,) = api.find_evaluations([args.result])
+    print(
+        f"re-running {ev.label} [{ev.key[:10]}] in a fresh cache (nothing reused: as long as the first time)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    res = api.rerun(ev.key, echo=True)
+    f1 = res["macro_f1"]
+    if res["problem"]:
+        print(f"{res['evaluation']}: not re-run. {res['problem']}")
+    elif res["identical"]:
+        print(f"{res['evaluation']}: identical (macro-F1 {f1['rerun']:.4f}, every prediction and score the same)")
+    else:
+        print(f"{res['evaluation']}: differs")
+        for line in res["differences"]:
+            print(f"  - {line}")
+        changed = res["environment"]["changed"]
+        print("  since it was stored: " + ("; ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "no recorded version changed"))
+    if args.json_out:
+        api.write_json(args.json_out, res)
+    return 0 if res["identical"] else 1

@@ -15,14 +15,16 @@ import difflib
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from engine import duplicates
 from engine.config import DEFAULT_DATASET
 from engine.errors import ClinBenchError, DataError
+from engine.options import ProtocolOptions
 from engine.storage import sha256_json, sha256_texts
 
 MAX_FILE_MB_ENV = "CLINBENCH_MAX_DATA_MB"
@@ -50,6 +52,8 @@ class ValidationReport:
     class_counts: dict[str, int] = field(default_factory=dict)
     multi_label: bool = False
     issues: list[Issue] = field(default_factory=list)
+    duplicates: dict | None = None  # engine.duplicates.summary of the usable rows (exact duplicates and conflicts)
+    usable_rows: list[int] = field(default_factory=list, repr=False)  # data row (1-based) of each usable letter
 
     @property
     def errors(self) -> list[Issue]:
@@ -78,6 +82,7 @@ class ValidationReport:
             "class_counts": self.class_counts,
             "multi_label": self.multi_label,
             "issues": [vars(i) for i in self.issues],
+            "duplicates": self.duplicates,
         }
 
     def raise_for_errors(self) -> None:
@@ -95,9 +100,17 @@ class Dataset:
     label_column: str
     multi_label: bool = False
     report: ValidationReport | None = None
+    rows: list[int] | None = None  # 0-based data rows of the input file, when letters were left out (None: all, in order)
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def without(self, drop) -> Dataset:
+        """A copy without the letters at the positions `drop` (their input rows are remembered in `rows`)."""
+        gone = {int(i) for i in drop}
+        keep = [i for i in range(len(self)) if i not in gone]
+        rows = [self.rows[i] if self.rows is not None else i for i in keep]
+        return replace(self, texts=[self.texts[i] for i in keep], labels=[self.labels[i] for i in keep], rows=rows)
 
     @property
     def classes(self) -> list[str]:
@@ -193,6 +206,12 @@ def _read_jsonl(text: str, name: str) -> pd.DataFrame:
 def _row_list(rows: list[int], limit: int = 8) -> str:
     shown = ", ".join(str(r) for r in rows[:limit])
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def _labels_text(labels: list) -> str:
+    """The distinct labels of a group, e.g. 'a' vs 'b' (a multi-label letter's labels joined with +)."""
+    distinct = dict.fromkeys("+".join(map(repr, lab)) if isinstance(lab, list) else repr(lab) for lab in labels)
+    return " vs ".join(distinct)
 
 
 def _is_blank(value) -> bool:
@@ -292,29 +311,43 @@ def validate_table(
             "training and the test split: add letters, merge the label into another, or delete those rows.",
         )
 
-    seen: dict[str, int] = {}
-    dups, conflicts = [], []
-    for i in ok_rows:
-        key = " ".join(texts[i].split()).lower()
-        if key in seen:
-            dups.append(i + 1)
-            if labels[seen[key]] != labels[i]:
-                conflicts.append(i + 1)
-        else:
-            seen[key] = i
-    if dups:
+    folds = ProtocolOptions().cv_folds
+    few = sorted((c, lab) for lab, c in counts.items() if 2 <= c < folds)
+    if few and len(counts) > 1:  # only a warning: the protocol (and its number of folds) is chosen when a run starts
         report.warn(
-            "duplicate_text",
-            f"{len(dups)} letter(s) repeat an earlier letter (rows {_row_list(dups)}); duplicates can land in both the "
-            "training and the test split and inflate the scores. Consider removing them.",
-        )
-    if conflicts:
-        report.warn(
-            "conflicting_labels",
-            f"{len(conflicts)} duplicated letter(s) carry a different label than their first copy (rows {_row_list(conflicts)}).",
+            "few_letters_for_cv",
+            f"{len(few)} label(s) have fewer than {folds} letters: {', '.join(f'{lab!r} ({c})' for c, lab in few[:8])}"
+            f"{' and more' if len(few) > 8 else ''}. Cross-validation with {folds} folds needs one letter of each label per "
+            "test fold, so a run would refuse them: use fewer folds (cv_folds), the holdout protocol, or add or merge letters.",
         )
 
-    return report, [texts[i] for i in ok_rows], [labels[i] for i in ok_rows]
+    usable_texts, usable_labels = [texts[i] for i in ok_rows], [labels[i] for i in ok_rows]
+    report.usable_rows = [i + 1 for i in ok_rows]
+    # Exact duplicates only: near-duplicates take ~1.5 s per 5,000 letters, too slow for every validation.
+    dup = report.duplicates = duplicates.summary(usable_texts, usable_labels, near_threshold=None, row_numbers=report.usable_rows)
+    exact, clash = dup["exact"], dup["conflicts"]
+    if exact["n_groups"]:
+        shown = "; ".join(f"rows {_row_list(g['row_numbers'], 6)}" for g in exact["examples"][:3])
+        report.warn(
+            "duplicate_text",
+            f"{exact['n_letters_in_groups'] - exact['n_groups']} letter(s) repeat another letter (the same text once case, "
+            f"spacing and punctuation are ignored): {exact['n_groups']} group(s) of copies, largest first: {shown}. Each group is "
+            "kept together in every split and cross-validation fold, so copies never straddle training and test; delete "
+            "surplus copies if they over-weight those letters.",
+        )
+    if clash["n_groups"]:
+        shown = "; ".join(f"rows {_row_list(g['row_numbers'], 6)} ({_labels_text(g['labels'])})" for g in clash["groups"][:5])
+        more = clash["n_groups"] - 5
+        report.warn(
+            "conflicting_labels",
+            f"{clash['n_groups']} group(s) of copies ({clash['n_letters']} letters) carry different labels: {shown}"
+            f"{f'; and {more} more groups' if more > 0 else ''}. The same letter cannot be both: correct the labels, or "
+            "delete the copies with the wrong label.",
+        )
+    for text in dup["warnings"]:
+        report.warn("large_duplicate_group", text)
+
+    return report, usable_texts, usable_labels
 
 
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> Dataset:

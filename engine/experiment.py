@@ -8,6 +8,7 @@ Spec (YAML or JSON):
     models: [minilm, smollm2]
     methods: [svc, logreg]
     options: {max_length: 256, epochs: 3, ...}   # engine.options lists them all (`python -m engine evaluate --help`)
+    reference: true          # end the run with the tf-idf reference row (default)
 
 `execute(spec, step)` is pure in the sense the run system needs: its inputs are plain data, its
 outputs are sealed artifacts in the cache, and repeating it with the same inputs recomputes nothing.
@@ -23,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from engine import data as data_mod
-from engine import steps
+from engine import protocols, steps
 from engine.artifacts import StepResult
 from engine.context import StepContext
 from engine.errors import ClinBenchError, SpecError
 from engine.options import Options
 
-SPEC_KEYS = ("name", "data", "models", "methods", "options")
+SPEC_KEYS = ("name", "data", "models", "methods", "options", "reference")
 DATA_KEYS = ("path", "text_column", "label_column", "label_sep")
 
 
@@ -51,6 +52,7 @@ class Spec:
     models: list[str]
     methods: list[str]
     options: Options = field(default_factory=Options)
+    reference: bool = True  # end the run with the tf-idf reference step
 
     def to_dict(self) -> dict:
         return {
@@ -59,11 +61,27 @@ class Spec:
             "models": self.models,
             "methods": self.methods,
             "options": self.options.to_dict(),
+            "reference": self.reference,
         }
 
-    def steps(self) -> list[dict]:
-        """One step per model x method, in a stable order."""
-        return [{"model": m, "method": meth, "title": f"{m} · {steps.get(meth).title}"} for m in self.models for meth in self.methods]
+    def steps(self, reference: bool | None = None) -> list[dict]:
+        """One step per model x method, in a stable order. The model `tfidf` runs its one method (`tfidf`); with `reference`,
+        a run that classifies ends with that reference step (seconds), so every comparison has its bag-of-words row."""
+        ref_model, ref_method = steps.REFERENCE
+        reference = self.reference if reference is None else reference
+        pairs = [(m, meth) for m in self.models if m != ref_model for meth in self.methods if meth != ref_method]
+        classifies = any(steps.get(meth).produces == "classifier" for meth in self.methods)
+        if ref_model in self.models or ref_method in self.methods or (reference and classifies):
+            pairs.append((ref_model, ref_method))
+        p = self.options.protocol
+        if p.n_seeds == 1:
+            return [{"model": m, "method": meth, "title": f"{m} · {steps.get(meth).title}"} for m, meth in pairs]
+        seeds = range(p.seed, p.seed + p.n_seeds)
+        return [
+            {"model": m, "method": meth, "seed": s, "title": f"{m} · {steps.get(meth).title} · seed {s}"}
+            for m, meth in pairs
+            for s in seeds
+        ]
 
 
 def parse_spec(obj: Any, where: str = "spec") -> Spec:
@@ -97,7 +115,23 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
         if m not in steps.KINDS:
             raise SpecError(f"{where}: unknown method {m!r}. Methods: {', '.join(steps.names())}.")
     options = Options.parse(obj.get("options") or {}, where)
-    return Spec(str(name), ds, [m.strip() for m in models_], list(dict.fromkeys(methods_)), options)
+    reference = obj.get("reference", True)
+    if not isinstance(reference, bool):
+        raise SpecError(f"{where}: reference must be true or false (end the run with the tf-idf reference step); got {reference!r}.")
+    return Spec(str(name), ds, [m.strip() for m in models_], list(dict.fromkeys(methods_)), options, reference)
+
+
+# Option values that specs stored by earlier versions hold and that mean something else now: (name, old value) -> value.
+LEGACY_OPTION_VALUES = {("cv_repeats", 0): None}  # 0.2: "no extra CV"; now cv_repeats counts the protocol's repeats
+
+
+def parse_stored_spec(obj: dict, where: str) -> Spec:
+    """A spec as the run store keeps it, written by this or an earlier version (old option values translated)."""
+    raw = dict(obj.get("options") or {})
+    for name, value in list(raw.items()):
+        if isinstance(value, int) and (name, value) in LEGACY_OPTION_VALUES:
+            raw[name] = LEGACY_OPTION_VALUES[(name, value)]
+    return parse_spec({**obj, "options": raw}, where)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -124,7 +158,9 @@ def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, 
     kind = steps.KINDS.get(step["method"])
     if kind is None:
         raise ClinBenchError(f"Method {step['method']!r} cannot run in this version; available: {', '.join(steps.names())}.")
-    return kind.run(dataset or spec.data.load(), step["model"], step["method"], spec.options, ctx or StepContext())
+    opts = spec.options.replace(seed=step["seed"]) if "seed" in step else spec.options  # one of n_seeds
+    letters = protocols.prepare(dataset or spec.data.load(), opts.protocol)  # (label_conflicts: drop)
+    return kind.run(letters, step["model"], step["method"], opts, ctx or StepContext())
 
 
 def run(spec: Spec, *, ctx_for: Callable[[dict], StepContext | None] | None = None) -> list[StepResult | dict]:

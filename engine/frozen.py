@@ -1,21 +1,23 @@
 """The `svc` and `logreg` steps: frozen embeddings -> a scikit-learn classifier.
 
-`embedding_step` embeds every letter with the pretrained model (cached by content), fits the
-estimator on the training split's vectors (engine.estimators: search and calibration inside the
-training split only), scores the test split once and seals the artifact. `fit_on_embeddings` is
-its second half, shared with `lora-svc`, which feeds it the LoRA-tuned model's vectors instead.
+`embedding_step` embeds every letter with the pretrained model (cached by content), then for each
+fold of the plan (engine.protocols) fits the estimator on the fold's training vectors (engine.estimators:
+search and calibration inside those letters only) and scores its test letters; under cv it refits on
+every letter for the stored classifier. `fit_on_embeddings` is its second half, shared with `lora-svc`,
+which feeds it the vectors of a model tuned on each fold's training letters instead.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
 
-from engine import artifacts, estimators, features, metrics, models, protocols
+from engine import artifacts, estimators, evaluation, features, models, protocols
 from engine.artifacts import StepResult
-from engine.config import package_versions
+from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
@@ -23,17 +25,18 @@ from engine.options import Options, names
 from engine.storage import evaluations_dir, sha256_json
 
 READS = names("protocol", "embedding", "classifier")
+EVAL_VERSION = 2  # 2: cross-validation plans, duplicate groups, every class counted
 
 
-def evaluation_key(estats_key: str, estimator: str, method: str, opts: Options, split_hash: str) -> str:
-    """The cache key of an evaluation on embeddings: the vectors, the estimator and its options, the split, the protocol."""
+def evaluation_key(estats_key: str, estimator: str, method: str, opts: Options, plan_hash: str) -> str:
+    """The cache key of an evaluation on embeddings: the vectors, the estimator and its options, the folds, the protocol."""
     p = opts.protocol
     return sha256_json(
         {
+            "v": EVAL_VERSION,
             "embeddings": estats_key,
             "classifier": estimators.config_key(estimator, opts.classifier, p.seed),
-            "split": split_hash,
-            "cv_repeats": p.cv_repeats,
+            "plan": plan_hash,
             "n_boot": p.n_boot,
             **({"method": method} if method != estimator else {}),
         }
@@ -41,27 +44,30 @@ def evaluation_key(estats_key: str, estimator: str, method: str, opts: Options, 
 
 
 def embedding_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """Embed the letters, fit on the training split, score the test split once, store everything."""
+    """Embed the letters, fit on each fold's training letters, score its test letters, refit on all letters (cv), store everything."""
     ctx = ensure(ctx)
     if method not in estimators.ESTIMATORS:
         raise ValueError(f"embedding_step runs {', '.join(estimators.ESTIMATORS)}, not {method!r}.")
     require_single_label(dataset)
     t_start = time.perf_counter()
+    plan = protocols.plan(dataset, opts.protocol, method)  # refuses before any embedding when a class cannot be scored
     placement = choose()
     entry = models.resolve(model)
+    if entry.source == "adapted":
+        evaluation.require_unseen(entry.ref, entry.name, dataset, plan)
     e = opts.embedding
     X, estats = features.embed(
         model, dataset.texts, pooling=e.pooling, max_length=e.max_length, placement=placement, batch_tokens=e.batch_tokens, ctx=ctx
     )
     identity = {"name": entry.name, **features.read_meta(estats.key)["model"]}
     return fit_on_embeddings(
-        dataset, X, estats, identity, KINDS[method], opts, estimator=method, placement=placement, ctx=ctx, t_start=t_start
+        dataset, lambda fold: X, estats, identity, KINDS[method], opts, estimator=method, placement=placement, ctx=ctx, t_start=t_start
     )
 
 
 def fit_on_embeddings(
     dataset: Dataset,
-    X,
+    vectors: Callable,
     estats: features.EmbedStats,
     model_identity: dict,
     kind: StepKind,
@@ -73,34 +79,41 @@ def fit_on_embeddings(
     t_start: float | None = None,
     extra: dict | None = None,
 ) -> StepResult:
-    """Fit `estimator` (svc|logreg) on the training split's vectors, score the test split once, store the artifact
-    under the step kind's name (svc, logreg, lora-svc)."""
+    """Fit `estimator` (svc|logreg) on each fold's training vectors and score its test letters; under cv, refit on every
+    letter for the stored classifier (under holdout the stored classifier is the one fitted on the training split). The
+    artifact is stored under the step kind's name (svc, logreg, lora-svc). `vectors(fold)` gives every letter's vectors
+    for a fold (the same frozen vectors for every fold, or those of a model tuned on that fold's training letters;
+    `vectors(None)`: the stored classifier's) and `estats` describes the stored classifier's vectors."""
     ctx = ensure(ctx)
     t_start = t_start or time.perf_counter()
     p = opts.protocol
-    split = protocols.split(dataset, test_size=p.test_size, seed=p.seed)
-    key = evaluation_key(estats.key, estimator, kind.name, opts, split.hash)
+    plan = protocols.plan(dataset, p, kind.name)
+    key = evaluation_key(estats.key, estimator, kind.name, opts, plan.hash)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, model_identity["name"], kind.name):
         return hit
-    ctx.check_stop("Cancelled before fitting the classifier.")
-    ctx.progress(0, 1, f"fitting {estimator}")
     y = np.asarray(dataset.labels, dtype=str)
-    X = np.asarray(X)
-    fitted = estimators.fit(X[split.train], y[split.train], estimator, opts.classifier, p.seed)
-    t_pred = time.perf_counter()
-    proba = fitted.estimator.predict_proba(X[split.test])
-    classes = [str(c) for c in fitted.estimator.classes_]
-    y_pred = np.asarray(classes)[proba.argmax(1)]  # the most probable label (what the estimator's predict returns)
-    predict_s = time.perf_counter() - t_pred
-    m = metrics.metrics(y[split.test], y_pred, n_boot=p.n_boot, seed=p.seed)
-    m["baseline"] = metrics.majority_baseline(y[split.train], y[split.test])
-    if p.cv_repeats > 0:
+    classes = dataset.classes
+    fits: list[estimators.FitResult] = []
 
-        def fit_predict(X_train, y_train, X_test):
-            return estimators.fit(X_train, y_train, estimator, opts.classifier, p.seed).estimator.predict(X_test)
+    def fit_predict(fold):
+        ctx.progress(len(fits), len(plan.folds) + (plan.name == "cv"), f"fitting {estimator} {evaluation.fold_label(plan, fold)}".strip())
+        X = np.asarray(vectors(fold))
+        fitted = estimators.fit(X[fold.train], y[fold.train], estimator, opts.classifier, p.seed)
+        fits.append(fitted)
+        return evaluation.aligned(fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.classes_, classes)
 
-        m["repeated_cv"] = protocols.repeated_cv(X, y, fit_predict, seed=p.seed, n_repeats=p.cv_repeats)
+    t_fit = time.perf_counter()
+    oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
+    cv_s = time.perf_counter() - t_fit
+    m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
+    if plan.name == "cv":
+        ctx.check_stop("Cancelled before refitting on every letter.")
+        ctx.progress(len(fits), len(plan.folds) + 1, f"refitting {estimator} on every letter")
+        X_all = np.asarray(vectors(None))
+        final = estimators.fit(X_all, y, estimator, opts.classifier, p.seed)
+    else:
+        final = fits[0]
     e = opts.embedding
     manifest = {
         "kind": "evaluation",
@@ -113,24 +126,27 @@ def fit_on_embeddings(
         "embedder": {"pooling": e.pooling, "max_length": e.max_length},
         "config": {**opts.to_dict(), "classifier": estimators.config_key(estimator, opts.classifier, p.seed)},
         "data": artifacts.data_manifest(dataset),
-        "split": artifacts.split_manifest(split),
+        "protocol": plan.manifest(),
+        "refit": "every letter" if plan.name == "cv" else "training split",
         "embeddings": dict(asdict(estats).items()),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "classifier": {
-            "best_params": fitted.best_params,
-            "inner_cv_macro_f1": fitted.inner_cv_macro_f1,
-            "inner_folds": fitted.inner_folds,
-            "smote": fitted.smote,
-            "calibration": fitted.calibration,
+            "best_params": final.best_params,
+            "inner_cv_macro_f1": final.inner_cv_macro_f1,
+            "inner_folds": final.inner_folds,
+            "smote": final.smote,
+            "calibration": final.calibration,
+            "fold_best_params": [f.best_params for f in fits],
         },
         "timings": {
             "embed_s": estats.seconds,
             "embed_cache_hit": estats.cache_hit,
-            "fit_s": fitted.seconds,
-            "predict_s": predict_s,
+            "folds_s": cv_s,
+            "fit_s": final.seconds,
             "total_s": time.perf_counter() - t_start,
         },
         "versions": package_versions(),
+        "environment": environment(),
         "metrics": m,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
@@ -139,8 +155,8 @@ def fit_on_embeddings(
     def write_files(tmp):
         import joblib
 
-        joblib.dump(fitted.estimator, tmp / "classifier.joblib")
-        artifacts.write_predictions(tmp, split.test, y[split.test], y_pred, classes, "probability", proba)
+        joblib.dump(final.estimator, tmp / "classifier.joblib")
+        evaluation.write_predictions(tmp, dataset, plan, oof)
 
     manifest = artifacts.write(folder, manifest, write_files)
     ctx.progress(1, 1, "done")

@@ -26,8 +26,9 @@ def submit(spec, *, start_worker: bool = True) -> int:
 
     Nothing is queued when the check fails; the error says what to fix.
     """
-    from engine import models
+    from engine import models, protocols
     from engine.experiment import Spec  # (reading runs never loads the methods)
+    from engine.steps import KINDS, REFERENCE
 
     if not isinstance(spec, Spec):
         raise ClinBenchError("submit() takes an engine.experiment.Spec (see experiment.parse_spec / load_spec).")
@@ -35,8 +36,12 @@ def submit(spec, *, start_worker: bool = True) -> int:
         spec.data.path = str(Path(spec.data.path).expanduser().resolve())
     dataset = spec.data.load()  # raises DataError with the validation report
     for name in spec.models:
-        models.resolve(name)  # unknown names and missing folders fail now; hub availability is checked when the step runs
+        if name != REFERENCE[0]:
+            models.resolve(name)  # unknown names and missing folders fail now; hub availability is checked when the step runs
     steps = spec.steps()
+    letters = protocols.prepare(dataset, spec.options.protocol)
+    for method in {s["method"] for s in steps if KINDS[s["method"]].produces == "classifier"}:
+        protocols.plan(letters, spec.options.protocol, method)  # a class that some test fold would lack is refused now
     now = time.time()
     with connect() as conn, transaction(conn):
         cur = conn.execute(

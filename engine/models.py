@@ -29,7 +29,7 @@ from typing import Any
 
 from engine import hub
 from engine.devices import Placement, choose, free_memory_bytes
-from engine.errors import ModelTooLarge, ModelUnavailable
+from engine.errors import ClinBenchError, ModelTooLarge, ModelUnavailable
 from engine.storage import atomic_dir, memo_file_hash, models_dir, sha256_json
 
 HUB_TIMEOUT_S = hub.TIMEOUT_S
@@ -349,3 +349,18 @@ def describe(entry: ModelEntry) -> dict:
         "reason": reason,
         "description": entry.description,
     }
+
+
+def describe_name(name: str) -> dict:
+    """A registry name, hub id or local folder described like `describe` (a local folder's config is read for its kind and
+    size); ClinBenchError for a name that cannot be a model."""
+    entry = resolve(name)
+    row = describe(entry)
+    if entry.source == "local":
+        try:
+            folder, _ = locate(entry)
+            cfg = load_config(folder)
+            row["kind"], row["params"] = model_kind(cfg), count_parameters(cfg)
+        except ClinBenchError as exc:
+            row["offline"], row["reason"] = False, str(exc)
+    return row

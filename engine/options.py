@@ -12,8 +12,8 @@ these dataclasses, with no list of options anywhere else:
   (`key_dict`: only the fields marked as entering the key).
 
 Adding an option is one field here plus the code that reads it. Fine-tuning options whose default
-depends on the method (epochs, learning rate) carry that table in their metadata (`per_method`);
-`FineTuneOptions.resolved(method)` fills it in.
+depends on the method (epochs, learning rate, CV repeats) carry that table in their metadata
+(`per_method`); `resolved(method)` fills it in.
 """
 
 from __future__ import annotations
@@ -79,15 +79,62 @@ class FieldSpec:
         return "none" if self.default is None else str(self.default)
 
 
+class _PerMethod:
+    """`resolved(method)`: a copy with the method's defaults (field metadata `per_method`) filled in where a field is None."""
+
+    def resolved(self, method: str):
+        fill = {}
+        for f in dataclasses.fields(self):
+            table = f.metadata.get("per_method") or {}
+            if getattr(self, f.name) is None and method in table:
+                fill[f.name] = table[method]
+        return dataclasses.replace(self, **fill)
+
+
+PROTOCOLS = ("auto", "cv", "holdout")
+CV_AUTO_MAX_LETTERS = 500  # `auto` cross-validates datasets smaller than this; a hold-out test split is large enough above
+
+
 @dataclass(frozen=True)
-class ProtocolOptions:
-    """How letters are split and how scores are estimated."""
+class ProtocolOptions(_PerMethod):
+    """How letters are split and scored: cv scores every letter once per repeat (best for small datasets), holdout one
+    test split; duplicate letters always stay on one side."""
 
     TITLE: ClassVar[str] = "Split and evaluation"
+    protocol: str = option(
+        "auto",
+        f"cv: repeated stratified K-fold, every letter scored once per repeat; holdout: one test split; "
+        f"auto: cv under {CV_AUTO_MAX_LETTERS} letters, else holdout",
+        choices=PROTOCOLS,
+    )
     seed: int = option(0, "seed of the split, SMOTE, the search and training", min=0)
-    test_size: float = option(0.2, "fraction of letters held out for the test", min=0.01, max=0.9)
-    cv_repeats: int = option(0, "also run N x repeated stratified 5-fold CV of the embedding classifier (mean ± sd); 0 = off", min=0)
+    test_size: float = option(0.2, "holdout: fraction of letters held out for the test", min=0.01, max=0.9)
+    cv_folds: int = option(5, "cv: folds per repeat (every class needs a letter in each test fold)", min=2, max=20)
+    cv_repeats: int | None = option(
+        None,
+        "cv: repeats, each with its own shuffle of the folds",
+        min=1,
+        max=20,
+        per_method={"tfidf": 2, "svc": 2, "logreg": 2, "linear-probe": 1, "lora": 1, "lora-svc": 1},
+    )
+    near_duplicates: float | None = option(
+        None,
+        "also keep near-duplicate letters (MinHash Jaccard of 5-word shingles at least this) in one group; "
+        "none: exact duplicates only (they are always grouped)",
+        min=0.5,
+        max=1.0,
+    )
+    label_conflicts: str = option(
+        "group",
+        "exact copies filed under different labels: group keeps each set of copies on one side of every split; drop leaves "
+        "them out before scoring",
+        choices=("group", "drop"),
+        key=False,  # it changes the letters, and so the data hash every key holds
+    )
     n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1", min=0)
+    n_seeds: int = option(
+        1, "run every step with seeds seed, seed+1, ... and report the spread of macro-F1 across them", min=1, max=20, key=False
+    )
 
 
 @dataclass(frozen=True)
@@ -115,7 +162,7 @@ class ClassifierOptions:
 
 
 @dataclass(frozen=True)
-class FineTuneOptions:
+class FineTuneOptions(_PerMethod):
     """Training the model itself (linear-probe, lora, lora-svc, domain-adapt)."""
 
     TITLE: ClassVar[str] = "Fine-tuning"
@@ -144,15 +191,6 @@ class FineTuneOptions:
     class_weighted_loss: bool = option(True, "weight the cross-entropy by inverse label frequency")
     patience: int = option(2, "epochs without a better validation score before stopping", min=1)
     val_size: float = option(0.15, "fraction of the training split used for validation", min=0.05, max=0.5)
-
-    def resolved(self, method: str) -> FineTuneOptions:
-        """A copy with the method's defaults filled in where a field is None."""
-        fill = {}
-        for f in dataclasses.fields(self):
-            table = f.metadata.get("per_method") or {}
-            if getattr(self, f.name) is None and method in table:
-                fill[f.name] = table[method]
-        return dataclasses.replace(self, **fill)
 
 
 @dataclass(frozen=True)

@@ -1,103 +1,293 @@
 """Evaluation protocols: which letters a classifier is fitted on and which it is scored on.
 
-* `split`: the stratified train/test split (reproducible from the seed; its hash covers data and indices);
-* `three_way_split`: that split plus a stratified validation set carved from the training part, for
-  fine-tuning's epoch choice; the test letters are never in it;
-* `repeated_cv`: repeated stratified K-fold of a whole fitting procedure, given as a function, so the
-  protocol knows nothing of the methods it evaluates.
+A `Plan` lists the folds of one evaluation; every method of a run that reads the same options gets
+the same plan (it is a pure function of the letters, their duplicate groups and the options), so
+models and methods are compared on the same letters:
+
+* `cv`: repeated stratified K-fold; every letter lands in exactly one test fold per repeat. Repeat r
+  is shuffled by (seed, r) alone, so a 5x1 plan (fine-tuning's default) is the first repeat of a
+  5x2 plan (the frozen methods' default);
+* `holdout`: one stratified train/test split;
+* `auto`: cv under `CV_AUTO_MAX_LETTERS` letters (a hold-out test split of a small dataset holds too few
+  letters to compare models), holdout above.
+
+Duplicate letters (engine.duplicates) form groups that never straddle training and test letters in any
+split, fold or validation carve (StratifiedGroupKFold). Every class of the dataset must have a test
+letter in every fold, else `plan` refuses with the class, its count and what to change. `carve`
+takes fine-tuning's validation letters from a fold's training letters only.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine import duplicates
 from engine.errors import DataError
+from engine.options import CV_AUTO_MAX_LETTERS, ProtocolOptions
 from engine.storage import sha256_json
 
 
 @dataclass(frozen=True)
-class Split:
-    train: np.ndarray  # indices into the dataset
+class Fold:
+    repeat: int
+    fold: int
+    train: np.ndarray  # indices into the dataset, sorted
     test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The folds of one evaluation (holdout: a single fold) and how they were made."""
+
+    name: str  # "cv" | "holdout"
+    reason: str  # why this protocol, in a sentence a user reads
     seed: int
-    test_size: float
-    hash: str
+    n_splits: int  # cv folds per repeat (holdout: 1)
+    n_repeats: int
+    test_size: float | None  # holdout only
+    folds: tuple[Fold, ...]
+    groups: np.ndarray  # duplicate group of each letter
+    near_threshold: float | None
+    hash: str  # covers the letters, the groups and every fold's indices
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def groups_hash(self) -> str:
+        return sha256_json(self.groups.tolist())
+
+    def manifest(self) -> dict:
+        """What a manifest records of the plan (the folds' rows are in the metrics, as scripts read them)."""
+        sizes = np.bincount(self.groups)
+        return {
+            "name": self.name,
+            "reason": self.reason,
+            "seed": self.seed,
+            "n_splits": self.n_splits,
+            "n_repeats": self.n_repeats,
+            "test_size": self.test_size,
+            "hash": self.hash,
+            "groups": {
+                "hash": self.groups_hash,
+                "n_groups": int(len(sizes)),
+                "n_duplicate_groups": int((sizes > 1).sum()),
+                "largest": int(sizes.max()) if len(sizes) else 0,
+                "near_threshold": self.near_threshold,
+            },
+            "folds": [{"repeat": f.repeat, "fold": f.fold, "n_train": int(len(f.train)), "n_test": int(len(f.test))} for f in self.folds],
+            "warnings": list(self.warnings),
+        }
 
 
-def _stratify_key(ds) -> list[str]:
+def stratify_key(ds) -> list[str]:
+    """The label stratification balances: the label, or (multi-label) each letter's rarest label, a standard approximation."""
     if not ds.multi_label:
-        return list(ds.labels)
-    # Multi-label: stratify on each letter's rarest label, a standard approximation.
+        return [str(v) for v in ds.labels]
     counts = Counter(lab for labs in ds.labels for lab in labs)
     return [min(labs, key=lambda lab: (counts[lab], lab)) for labs in ds.labels]
 
 
-def split(ds, test_size: float = 0.2, seed: int = 0) -> Split:
-    """Stratified train/test split of an engine.data.Dataset, reproducible from the seed; its hash covers data and indices."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < test_size < 1:
-        raise DataError(f"test_size must be between 0 and 1 (a fraction of the letters), got {test_size}.")
-    key = _stratify_key(ds)
-    n_classes = len(set(key))
-    n_test = int(np.ceil(test_size * len(ds)))
-    if n_test < n_classes or len(ds) - n_test < n_classes:
-        raise DataError(
-            f"A test fraction of {test_size} gives {n_test} test letters for {n_classes} labels; every label needs a letter in "
-            "both splits. Use a larger test fraction or more letters."
+def choose(requested: str, n_letters: int, n_splits: int, n_repeats: int, test_size: float) -> tuple[str, str]:
+    """(protocol, reason) for the `protocol` option."""
+    cv = f"{n_splits}-fold cross-validation x {n_repeats} repeat{'s' if n_repeats > 1 else ''}: every letter is scored once per repeat"
+    holdout = f"one hold-out test split of {int(np.ceil(test_size * n_letters))} letters ({test_size:g})"
+    if requested == "cv":
+        return "cv", f"{cv} (chosen in the options)"
+    if requested == "holdout":
+        return "holdout", f"{holdout} (chosen in the options)"
+    if n_letters < CV_AUTO_MAX_LETTERS:
+        return "cv", (
+            f"{cv}; chosen because the dataset has {n_letters} letters (< {CV_AUTO_MAX_LETTERS}), too few for a hold-out split "
+            f"to tell models apart"
         )
-    idx = np.arange(len(ds))
-    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=key)
-    train, test = np.sort(train), np.sort(test)
-    h = sha256_json([ds.data_hash, seed, test_size, train.tolist(), test.tolist()])
-    return Split(train, test, seed, test_size, h)
+    return "holdout", f"{holdout}; chosen because the dataset has {n_letters} letters (>= {CV_AUTO_MAX_LETTERS})"
 
 
-def three_way_split(ds, test_size: float, seed: int, val_size: float) -> tuple[Split, np.ndarray, np.ndarray]:
-    """(the train/test split, fitting indices, validation indices); validation comes from the training part only."""
+def groups_of(ds, near_threshold: float | None = None) -> np.ndarray:
+    """The duplicate group of each letter: exact copies always, near-copies when a threshold is given."""
+    if near_threshold is None:
+        return duplicates.exact_groups(ds.texts)
+    return duplicates.near_groups(ds.texts, near_threshold)
+
+
+def prepare(ds, p: ProtocolOptions):
+    """The letters a run scores: `ds`, or (label_conflicts: drop) `ds` without the exact copies filed under different labels."""
+    if p.label_conflicts != "drop":
+        return ds
+    drop = [i for group in duplicates.conflicts(ds.texts, ds.labels) for i in group]
+    if not drop:
+        return ds
+    kept = ds.without(drop)
+    if len(set(kept.classes)) < 2:
+        raise DataError(
+            f"Leaving out the {len(drop)} letters with conflicting labels leaves fewer than two labels; use label_conflicts: group."
+        )
+    return kept
+
+
+def _seed(seed: int, *salt: int) -> int:
+    return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+def _kfold(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    """The test indices of each of `n_splits` stratified folds of `idx`, keeping groups whole."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    k, g = key[idx], groups[idx]
+    if len(np.unique(g)) == len(g):  # no duplicates here: the plain stratified K-fold
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(idx, k)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(idx, k, g)
+    return [np.sort(idx[test]) for _, test in parts]
+
+
+def _holdout(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) of `idx`: stratified, groups whole. Without duplicates the test part is exactly `test_size`; with them
+    it is one fold of round(1 / test_size) grouped folds."""
     from sklearn.model_selection import train_test_split
 
-    sp = split(ds, test_size=test_size, seed=seed)
-    labels = np.asarray(ds.labels, dtype=str)[sp.train] if not ds.multi_label else None
-    n_classes = len(set(labels)) if labels is not None else 1
-    n_val = int(math.ceil(val_size * len(sp.train)))
-    stratify = labels if labels is not None and n_val >= n_classes and min(np.unique(labels, return_counts=True)[1]) >= 2 else None
-    fit_idx, val_idx = train_test_split(sp.train, test_size=val_size, random_state=seed, stratify=stratify)
-    return sp, np.sort(fit_idx), np.sort(val_idx)
+    k, g = key[idx], groups[idx]
+    if len(np.unique(g)) == len(g):
+        counts = np.unique(k, return_counts=True)[1]
+        n_test = int(np.ceil(test_size * len(idx)))
+        strat = k if counts.min() >= 2 and len(counts) <= n_test and len(counts) <= len(idx) - n_test else None
+        train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+        return np.sort(train), np.sort(test)
+    test = _kfold(idx, key, groups, max(2, round(1 / test_size)), seed)[0]
+    return np.sort(np.setdiff1d(idx, test)), test
 
 
-def repeated_cv(
-    X: np.ndarray,
-    y,
-    fit_predict: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-    *,
-    seed: int,
-    n_splits: int = 5,
-    n_repeats: int = 3,
-) -> dict:
-    """Repeated stratified K-fold of a whole fitting procedure: `fit_predict(X_train, y_train, X_test) -> predictions`
-    (a search inside it stays inside each training fold). Macro-F1 per fold, mean ± sd."""
-    from sklearn.metrics import f1_score
-    from sklearn.model_selection import RepeatedStratifiedKFold
+def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
+    """The folds of the letters `ds` (an engine.data.Dataset) under the protocol options `p`, for `method` (whose default
+    number of CV repeats applies). Refuses, naming the class, when a class would have no test letter in some fold."""
+    p = p.resolved(method) if method else p
+    n_repeats = p.cv_repeats or 1
+    name, reason = choose(p.protocol, len(ds), p.cv_folds, n_repeats, p.test_size)
+    key = np.asarray(stratify_key(ds))
+    groups = groups_of(ds, p.near_duplicates)
+    idx = np.arange(len(ds))
+    if name == "cv":
+        _require_cv_counts(ds, p.cv_folds)
+        folds = []
+        for r in range(n_repeats):
+            for f, test in enumerate(_kfold(idx, key, groups, p.cv_folds, _seed(p.seed, r))):
+                folds.append(Fold(r, f, np.setdiff1d(idx, test), test))
+        n_splits, test_size = p.cv_folds, None
+    else:
+        train, test = _holdout(idx, key, groups, p.test_size, p.seed)
+        folds, n_splits, n_repeats, test_size = [Fold(0, 0, train, test)], 1, 1, p.test_size
+    _require_every_class(ds, folds, name)
+    warnings = _group_warnings(groups, len(ds), n_splits if name == "cv" else max(2, round(1 / p.test_size)))
+    h = sha256_json(
+        [ds.data_hash, name, p.seed, p.near_duplicates, sha256_json(groups.tolist()), [[f.repeat, f.fold, f.test.tolist()] for f in folds]]
+    )
+    return Plan(name, reason, p.seed, n_splits, n_repeats, test_size, tuple(folds), groups, p.near_duplicates, h, tuple(warnings))
 
-    y = np.asarray(y, dtype=str)
-    n_splits = min(n_splits, min(Counter(y).values()))
-    if n_splits < 2:
-        return {"n_splits": 0, "n_repeats": 0, "scores": [], "mean": None, "sd": None, "note": "skipped: a label has a single letter"}
-    rskf = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
-    scores = []
-    for train, test in rskf.split(X, y):
-        pred = fit_predict(X[train], y[train], X[test])
-        scores.append(float(f1_score(y[test], pred, average="macro", zero_division=0)))
+
+def carve(ds, train: np.ndarray, groups: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fitting, validation) indices from the training letters `train` alone: stratified where every label allows it,
+    duplicate groups whole. Fine-tuning picks its epoch on the validation letters."""
+    key = np.asarray(stratify_key(ds))
+    fit, val = _holdout(np.asarray(train), key, groups, val_size, _seed(seed, 10_007))
+    if len(val) == 0 or len(fit) == 0:
+        raise DataError(f"{len(train)} training letters are too few to carve a validation set of {val_size:g}; add letters.")
+    return fit, val
+
+
+def _class_counts(ds) -> Counter:
+    return Counter(lab for labs in ds.labels for lab in (labs if ds.multi_label else [labs]))
+
+
+def _require_cv_counts(ds, n_splits: int) -> None:
+    short = sorted((c, lab) for lab, c in _class_counts(ds).items() if c < n_splits)
+    if short:
+        listed = ", ".join(f"{lab!r} ({c} letter{'s' if c != 1 else ''})" for c, lab in short[:6])
+        raise DataError(
+            f"{len(short)} class(es) have fewer letters than the {n_splits} cross-validation folds, so some test fold would have "
+            f"none of them: {listed}{' and more' if len(short) > 6 else ''}. Use fewer folds (cv_folds / --cv-folds, at least "
+            f"2), add letters, or merge these classes into others."
+        )
+
+
+def _require_every_class(ds, folds: list[Fold], name: str) -> None:
+    """Every class in every test fold (and in every training part), so macro-F1 averages over all of them."""
+    counts = _class_counts(ds)
+    labels = [labs if ds.multi_label else (labs,) for labs in ds.labels]
+    for f in folds:
+        for part, rows in (("test", f.test), ("training", f.train)):
+            present = {lab for i in rows for lab in labels[i]}
+            missing = sorted(set(counts) - present)
+            if missing:
+                where = f"fold {f.fold + 1} of repeat {f.repeat + 1}" if name == "cv" else "the hold-out split"
+                lab = missing[0]
+                fix = "use fewer folds (--cv-folds)" if name == "cv" else "use a larger test fraction (--test-size) or --protocol cv"
+                raise DataError(
+                    f"Class {lab!r} ({counts[lab]} letters) has no {part} letter in {where}"
+                    f"{f' (nor do {len(missing) - 1} other classes)' if len(missing) > 1 else ''}; its copies or its few letters "
+                    f"all fell on one side. Every class must be scored: {fix}, add letters of {lab!r}, or merge it into another class."
+                )
+
+
+def _group_warnings(groups: np.ndarray, n: int, n_splits: int) -> list[str]:
+    sizes = np.bincount(groups)
+    if not len(sizes) or sizes.max() <= n / (2 * n_splits):
+        return []
+    big = int(np.argmax(sizes))
+    first = int(np.flatnonzero(groups == big)[0])
+    return [
+        f"The largest duplicate group holds {int(sizes.max())} letters (the first is row {first + 1}), more than n/(2K) = "
+        f"{n / (2 * n_splits):.0f}: kept whole, it unbalances the folds. Check whether these letters are copies of one template."
+    ]
+
+
+SMALL_DATASET = 200  # below this many letters a warning says how wide the uncertainty will be
+SMALL_CLASS = 10
+
+
+def uncertainty_warnings(ds) -> list[str]:
+    """Plain warnings for data too small for a precise verdict (shown before a run starts)."""
+    out = []
+    n = len(ds)
+    if n < SMALL_DATASET:
+        half = 0.98 / np.sqrt(n)  # half-width of a 95% CI of a proportion near 0.5: the order of magnitude for macro-F1
+        out.append(
+            f"{n} letters is a small dataset: expect the 95% CI of macro-F1 to span about ±{half:.2f}, so only large differences "
+            "between models will be detectable. Cross-validation (protocol cv) scores every letter and narrows it most."
+        )
+    small = sorted((c, lab) for lab, c in _class_counts(ds).items() if c < SMALL_CLASS)
+    if small:
+        listed = ", ".join(f"{lab!r} ({c})" for c, lab in small[:6])
+        out.append(
+            f"{len(small)} class(es) have fewer than {SMALL_CLASS} letters: {listed}{' and more' if len(small) > 6 else ''}. "
+            "Their F1 rests on a handful of predictions and moves macro-F1 a lot; read their per-class rows with care."
+        )
+    return out
+
+
+def preview(ds, p: ProtocolOptions, method: str = "svc") -> dict:
+    """What a run with these options would do with these letters: the protocol and why, each class's letters and its
+    test letters per fold, and warnings. Raises DataError (naming the class) when a class cannot be scored in every fold."""
+    pl = plan(ds, p, method)
+    labels = [labs if ds.multi_label else (labs,) for labs in ds.labels]
+    rows = []
+    for lab, count in sorted(_class_counts(ds).items(), key=lambda kv: (-kv[1], kv[0])):
+        per_fold = [sum(lab in labels[i] for i in f.test) for f in pl.folds]
+        lo, hi = min(per_fold), max(per_fold)
+        rows.append(
+            {
+                "label": lab,
+                "letters": count,
+                "test letters per fold" if pl.name == "cv" else "test letters": f"{lo}" if lo == hi else f"{lo}-{hi}",
+            }
+        )
     return {
-        "n_splits": n_splits,
-        "n_repeats": n_repeats,
-        "scores": scores,
-        "mean": float(np.mean(scores)),
-        "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+        "protocol": pl.name,
+        "reason": pl.reason,
+        "classes": rows,
+        "groups": pl.manifest()["groups"],
+        "warnings": [*pl.warnings, *uncertainty_warnings(ds)],
     }

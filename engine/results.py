@@ -1,6 +1,7 @@
 """Stored evaluations as the dashboard reads them: listing (damaged ones skipped with a reason),
-filtering by dataset and by artifact keys (a run's), predictions, comparison tables, and
-significance between models.
+filtering by dataset and by artifact keys (a run's), predictions, comparison tables, significance
+between models (on the letters and folds they share), and the letters behind the figures: those one
+evaluation got wrong, and those on which several disagree.
 
 Every evaluation is a folder cache/evaluations/<key>/ sealed by the step that made it; this
 module only reads. Whatever methods exist (frozen-embedding classifiers today, fine-tuned stages later)
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine import data, metrics
+from engine import data
 from engine.artifacts import read_manifest, verified_file
 from engine.errors import ClinBenchError
 from engine.storage import evaluations_dir
@@ -46,8 +47,15 @@ class Evaluation:
         return self.manifest["data"]["data_hash"]
 
     @property
-    def split_hash(self) -> str:
-        return self.manifest["split"]["hash"]
+    def split_hash(self) -> str | None:
+        """The hash of the letters it was scored on: the plan's (cv or holdout), or an older artifact's split."""
+        return (self.manifest.get("protocol") or {}).get("hash") or (self.manifest.get("split") or {}).get("hash")
+
+    @property
+    def protocol(self) -> str:
+        """'cv' or 'holdout' (older artifacts, made before the protocol was recorded, are holdouts)."""
+        p = self.manifest.get("protocol")
+        return (p.get("name") if isinstance(p, dict) else p) or "holdout"
 
     @property
     def metrics(self) -> dict:
@@ -64,7 +72,7 @@ class Skipped:
     reason: str
 
 
-_REQUIRED = (("model", "name"), ("method",), ("data", "data_hash"), ("split", "hash"), ("metrics", "macro_f1"))
+_REQUIRED = (("model", "name"), ("method",), ("data", "data_hash"), ("metrics", "macro_f1"))
 
 
 def _check(manifest: dict) -> None:
@@ -98,11 +106,21 @@ def list_evaluations(data_hash: str | None = None, keys: set[str] | None = None)
     return out, skipped
 
 
+def _design(e: Evaluation) -> str:
+    """'cv 5x2', 'holdout 0.2', plus the seed when not 0: what tells two evaluations of one model and method apart."""
+    p, cfg = e.manifest.get("protocol") or {}, e.manifest.get("config", {})
+    text = f"cv {p.get('n_splits')}x{p.get('n_repeats')}" if e.protocol == "cv" else f"holdout {cfg.get('test_size', 0.2):g}"
+    return text + (f", seed {cfg['seed']}" if cfg.get("seed") else "")
+
+
 def _label(evals: list[Evaluation]) -> None:
+    """Each evaluation's label: model · method, with its protocol (and seed) when that tells it from another, else its key."""
     base = {e.key: f"{e.model} · {e.method}" + ("" if e.stage == "frozen" else f" ({e.stage})") for e in evals}
     counts = Counter(base.values())
+    named = {e.key: base[e.key] if counts[base[e.key]] == 1 else f"{base[e.key]} [{_design(e)}]" for e in evals}
+    again = Counter(named.values())
     for e in evals:
-        e.label = base[e.key] if counts[base[e.key]] == 1 else f"{base[e.key]} [{e.key[:6]}]"
+        e.label = named[e.key] if again[named[e.key]] == 1 else f"{named[e.key][:-1]}, {e.key[:6]}]"
 
 
 def datasets(evals: list[Evaluation]) -> list[dict]:
@@ -131,8 +149,12 @@ def predictions(ev: Evaluation) -> dict:
 
 def letters(ev: Evaluation):
     """The dataset an evaluation was made on (engine.data.Dataset), checked against the recorded data hash."""
+    from engine.options import ProtocolOptions
+    from engine.protocols import prepare
+
     d = ev.manifest["data"]
     ds = data.load_dataset(d["source"], d.get("text_column", "text"), d.get("label_column", "label"))
+    ds = prepare(ds, ProtocolOptions(label_conflicts=ev.manifest.get("config", {}).get("label_conflicts", "group")))
     if ds.data_hash != d["data_hash"]:
         raise ClinBenchError(
             f"The letters file {d['source']} changed since this evaluation was made (its content hash differs), "
@@ -142,7 +164,8 @@ def letters(ev: Evaluation):
 
 
 def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
-    """One row per evaluation: macro-F1 with its 95% CI, macro precision/recall, accuracy, baseline, what made it."""
+    """One row per evaluation: macro-F1 with its 95% CI, the protocol and letters behind it, the sd over folds,
+    macro precision/recall, accuracy, baseline, what made it."""
     rows = []
     for e in evals:
         m, cfg = e.metrics, e.manifest.get("config", {})
@@ -156,6 +179,11 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
                 "macro_f1": m["macro_f1"],
                 "ci_low": lo,
                 "ci_high": hi,
+                "protocol": e.protocol,
+                "n_letters": e.manifest["data"].get("n_letters"),
+                "n_scored": m.get("n_scored", m.get("n_test")),
+                "fold_sd": m.get("fold_macro_f1_sd"),
+                "seed": cfg.get("seed"),
                 "macro_precision": m.get("macro_precision"),
                 "macro_recall": m.get("macro_recall"),
                 "accuracy": m.get("accuracy"),
@@ -177,43 +205,61 @@ def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["evaluation", "class", "precision", "recall", "f1", "support"])
 
 
-def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """The best evaluation against each of the next `top - 1`, paired on the same test letters.
+def _first_repeat(p: dict) -> dict[int, int]:
+    """{dataset row: record position} of the records of repeat 0 (each letter once; a holdout's test letters)."""
+    repeat = p.get("repeat") or [0] * len(p["test_index"])
+    return {int(i): j for j, (i, r) in enumerate(zip(p["test_index"], repeat, strict=True)) if int(r) == 0}
 
-    Only evaluations on the best one's test split (same split hash) are compared; p-values are
-    Holm-adjusted over the comparisons made. Rows: best, other, difference with 95% CI, p-values, verdict.
-    """
-    ranked = sorted(evals, key=lambda e: -e.metrics["macro_f1"])
-    if len(ranked) < 2:
-        return pd.DataFrame()
-    best = ranked[0]
-    others = [e for e in ranked[1:] if e.split_hash == best.split_hash][: max(1, top - 1)]
-    if not others:
-        return pd.DataFrame()
-    pb = predictions(best)
-    rows = []
-    for other in others:
-        po = predictions(other)
-        if po["test_index"] != pb["test_index"] or po["y_true"] != pb["y_true"]:
-            continue  # same split hash but different letters cannot happen for our own artifacts; be safe
-        res = metrics.paired_macro_f1_test(pb["y_true"], pb["y_pred"], po["y_pred"], n_boot=n_boot, seed=seed)
-        rows.append(
-            {
-                "best": best.label,
-                "other": other.label,
-                "best_macro_f1": best.metrics["macro_f1"],
-                "other_macro_f1": other.metrics["macro_f1"],
-                "difference": res["diff"],
-                "diff_ci_low": res["diff_ci"][0],
-                "diff_ci_high": res["diff_ci"][1],
-                "p_bootstrap": res["p_bootstrap"],
-                "p_mcnemar": res["p_mcnemar"],
-                "n_test": res["n_test"],
-            }
-        )
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    df["p_holm"] = metrics.holm(df["p_bootstrap"].tolist())
-    df["significant"] = df["p_holm"] < 0.05
+
+def _previews(ev: Evaluation, texts, width: int) -> tuple[list[str] | None, str | None]:
+    """(the letters' texts, shortened, or None; why they are missing)."""
+    if texts is None:
+        try:
+            texts = letters(ev).texts
+        except ClinBenchError as exc:
+            return None, str(exc)
+    return [" ".join(str(t).split())[:width] + ("…" if len(str(t)) > width else "") for t in texts], None
+
+
+def _with_letters(df: pd.DataFrame, ev: Evaluation, texts, width: int) -> pd.DataFrame:
+    shown, note = _previews(ev, texts, width)
+    df["letter"] = [shown[r] if shown is not None and r < len(shown) else "" for r in df["row"]]
+    if note:
+        df.attrs["note"] = f"Letter texts unavailable: {note}"
     return df
+
+
+def misclassified(ev: Evaluation, texts: list[str] | None = None, width: int = 160) -> pd.DataFrame:
+    """The letters `ev` got wrong: dataset row (0-based), truth, prediction, the predicted class's score, the start of
+    the letter. Under cv, repeat 0's predictions (each letter once). `texts`: the dataset's letters (default: loaded
+    from the evaluation's data file; when it cannot be, the letter column is empty and df.attrs['note'] says why)."""
+    p = predictions(ev)
+    classes, scores = [str(c) for c in p.get("classes") or []], p.get("scores")
+    rows = []
+    for row, j in sorted(_first_repeat(p).items()):
+        truth, pred = str(p["y_true"][j]), str(p["y_pred"][j])
+        if truth != pred:
+            score = float(scores[j][classes.index(pred)]) if scores and pred in classes else None
+            rows.append({"row": row, "truth": truth, "prediction": pred, "score": score})
+    df = pd.DataFrame(rows, columns=["row", "truth", "prediction", "score"])
+    return _with_letters(df, ev, texts, width)
+
+
+def disagreements(evals: list[Evaluation], texts: list[str] | None = None, width: int = 160) -> pd.DataFrame:
+    """The letters on which the evaluations (of one dataset) predict different labels: dataset row, truth, each
+    evaluation's prediction (a column per evaluation label), the start of the letter. Only letters every one of
+    them scored; under cv, repeat 0's predictions."""
+    if len({e.data_hash for e in evals}) > 1:
+        raise ClinBenchError("Disagreements are found between evaluations of the same letters: choose evaluations of one dataset.")
+    columns = ["row", "truth", *[e.label for e in evals]]
+    if len(evals) < 2:
+        return pd.DataFrame(columns=[*columns, "letter"])
+    preds = [predictions(e) for e in evals]
+    firsts = [_first_repeat(p) for p in preds]
+    shared = sorted(set.intersection(*(set(f) for f in firsts)))
+    rows = []
+    for row in shared:
+        said = [str(p["y_pred"][f[row]]) for p, f in zip(preds, firsts, strict=True)]
+        if len(set(said)) > 1:
+            rows.append([row, str(preds[0]["y_true"][firsts[0][row]]), *said])
+    return _with_letters(pd.DataFrame(rows, columns=columns), evals[0], texts, width)

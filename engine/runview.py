@@ -81,7 +81,8 @@ class StepView:
         r, p = self.result or {}, self.progress
         if self.status == Status.DONE and "macro_f1" in r:
             lo, hi = r["macro_f1_ci"]
-            return f"macro-F1 {r['macro_f1']:.3f} (95% CI {lo:.3f}–{hi:.3f})" + (" · cached" if r.get("cache_hit") else "")
+            n = f", {r['protocol']}, n={r['n_scored']}" if "n_scored" in r else ""
+            return f"macro-F1 {r['macro_f1']:.3f} (95% CI {lo:.3f}–{hi:.3f}{n})" + (" · cached" if r.get("cache_hit") else "")
         if self.status == Status.DONE and "perplexity_after" in r:
             return f"held-out perplexity {r['perplexity_before']:.1f} → {r['perplexity_after']:.1f}; new model {r['adapted_model']}"
         if self.status == Status.RUNNING:

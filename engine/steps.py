@@ -14,10 +14,16 @@ from engine.finetune.domain import DOMAIN_ADAPT
 from engine.finetune.head import LINEAR_PROBE, LORA
 from engine.finetune.tuned_svc import LORA_SVC
 from engine.frozen import LOGREG, SVC
+from engine.reference import MODEL as REFERENCE_MODEL
+from engine.reference import TFIDF
 
-KINDS: dict[str, StepKind] = {k.name: k for k in (SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT)}
+KINDS: dict[str, StepKind] = {k.name: k for k in (TFIDF, SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT)}
 # The methods that classify with frozen embeddings only: what the home page's default comparison runs.
 FROZEN_EMBEDDING = tuple(frozen.KINDS)
+
+
+# The reference row of every comparison: the pseudo-model `tfidf` and its one method.
+REFERENCE = (REFERENCE_MODEL, TFIDF.name)
 
 
 def names() -> list[str]:

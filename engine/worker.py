@@ -346,7 +346,7 @@ def execute_child(run_id: int, idx: int) -> int:
         try:
             from engine import artifacts, experiment, features
 
-            spec = experiment.parse_spec(json.loads(row["spec"]), where=f"run {run_id}")
+            spec = experiment.parse_stored_spec(json.loads(row["spec"]), where=f"run {run_id}")
             dataset = spec.data.load()
             if dataset.data_hash != row["data_hash"]:
                 raise ClinBenchError(

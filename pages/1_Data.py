@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common
+from ui import charts, common, duplicates
 
 common.page(
     "Data",
@@ -46,17 +46,23 @@ if upload is not None:
         common.chart(
             charts.class_distribution(report.class_counts, f"Letters per label in {upload.name}"), f"labels {upload.name}", "upload-dist"
         )
+    if report.duplicates is not None:  # the columns exist: duplicate groups, near-copies, label conflicts
+        duplicates.show(path, text_col, label_col, sep or None, {i.message for i in report.warnings})
     if report.ok:
-        st.subheader("Split preview")
-        c1, c2 = st.columns(2)
-        test_size = c1.slider("Test fraction", 0.1, 0.5, 0.2, 0.05)
-        seed = c2.number_input("Seed", 0, 10_000, 0)
+        st.subheader("How these letters would be scored")
+        c1, c2, c3 = st.columns(3)
+        protocol = c1.selectbox("Protocol", ["auto", "cv", "holdout"], help="auto: cross-validation under 500 letters")
+        folds = c2.number_input("Folds (cv)", 2, 20, 5)
+        seed = c3.number_input("Seed", 0, 10_000, 0)
         try:
             ds = api.load_dataset(path, text_col, label_col, label_sep=sep or None)
-            if not ds.multi_label:
-                st.dataframe(api.split_preview(ds, test_size, int(seed)), hide_index=True, width="content")
+            pv = api.protocol_preview(ds, {"protocol": protocol, "cv_folds": int(folds), "seed": int(seed)})
+            st.markdown(f"**{pv['protocol']}**: {pv['reason']}")
+            for w in pv["warnings"]:
+                st.warning(w)
+            st.dataframe(pv["classes"], hide_index=True, width="content")
         except ClinBenchError as exc:
-            common.error(exc, "Split")
+            common.error(exc, "Protocol")
         name = st.text_input("Dataset name", upload.name.rsplit(".", 1)[0])
         if st.button("Save dataset", type="primary"):
             try:

@@ -28,7 +28,7 @@ with st.form("new-run"):
     name = c2.text_input("Run name", "comparison")
     chosen = st.multiselect("Models", api.model_names(), default=["minilm"])
     extra = st.text_input("More models: hub ids or local folders, comma-separated", "")
-    methods = {m["name"]: m["title"] for m in api.methods()}
+    methods = {m["name"]: m["title"] for m in api.methods() if m["stage"] != "reference"}  # the tf-idf reference ends every run
     methods_ = st.multiselect("Methods", list(methods), default=list(methods)[:1], format_func=lambda m: f"{m} — {methods[m]}")
     option_values = forms.option_widgets()
     submitted = st.form_submit_button("Start run", type="primary")
@@ -49,7 +49,14 @@ if submitted:
             with st.spinner("Checking the data and the models…"):
                 run_id = api.submit(spec, where="the form")
             st.session_state["watch"] = run_id
-            st.success(f"Run {run_id} queued with {len(all_models) * len(methods_)} step(s).")
+            n_steps = len(api.parse_spec(spec, where="the form").steps())
+            st.success(f"Run {run_id} queued with {n_steps} step(s), the tf-idf reference last.")
+            d = spec["data"]
+            ds = api.default_dataset() if d == api.DEFAULT_DATASET else api.load_dataset(**d)
+            pv = api.protocol_preview(ds, option_values, methods_[0])
+            st.info(f"Protocol **{pv['protocol']}**: {pv['reason']}.")
+            for w in pv["warnings"]:
+                st.warning(w)
         except ClinBenchError as exc:
             common.error(exc, "The run was not queued")
 

@@ -1,5 +1,6 @@
-"""Compare: macro-F1 with 95% CI for every model x method, precision/recall, per-class F1,
-confusion matrices, and whether the top models differ significantly on the same test letters."""
+"""Compare: macro-F1 with 95% CI for every model x method (with the protocol and letters behind each figure),
+precision/recall, per-class F1, confusion matrices, whether the top models differ on the letters they share,
+and the letters behind the figures: those one evaluation got wrong, those on which models disagree."""
 
 from __future__ import annotations
 
@@ -7,39 +8,31 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common
+from ui import charts, common, compare, external
 
-common.page("Compare", "Scores on the held-out test letters. Choose the dataset and run in the sidebar.")
+common.page(
+    "Compare",
+    "Scores on the letters each evaluation scored: cv = cross-validation (every letter scored once per repeat, on folds it "
+    "was not trained on), holdout = one held-out test split. Choose the dataset and run in the sidebar.",
+)
 evals, ds = common.pick_evaluations("compare")
 if not evals:
     st.info("No finished evaluations yet. Start a run on the Runs page (or the home page's button); results appear here as steps finish.")
     st.stop()
 
-st.caption(f"{len(evals)} evaluation(s) on {ds['n_letters']} letters, labels: {', '.join(ds['classes'])}.")
 comp = api.comparison_table(evals)
-common.chart(charts.macro_f1_chart(comp), "macro-F1 by model and method", "f1")
+st.caption(
+    f"{len(evals)} evaluation(s) on {ds['n_letters']} letters ({compare.protocol_counts(comp)}), labels: {', '.join(ds['classes'])}."
+)
+common.chart(charts.macro_f1_chart(comp, title=compare.CHART_TITLE), "macro-F1 by model and method", "f1")
 
 st.subheader("Precision and recall")
-common.table(
-    comp[
-        [
-            "evaluation",
-            "macro_f1",
-            "ci_low",
-            "ci_high",
-            "macro_precision",
-            "macro_recall",
-            "accuracy",
-            "baseline_macro_f1",
-            "n_test",
-            "pooling",
-            "max_length",
-            "smote",
-        ]
-    ].round(4),
-    "macro-F1 by model and method",
-    "comp",
-)
+common.table(comp[compare.SCORE_COLUMNS].round(4), "macro-F1 by model and method", "comp")
+st.caption(compare.SCORE_NOTE)
+spread = api.seed_spread(evals)
+if len(spread):
+    st.markdown("**Across seeds** (runs with n_seeds > 1): the spread of macro-F1 next to the width of its 95% CI")
+    common.table(spread.round(4), "macro-F1 across seeds", "seeds")
 per_class = api.per_class_table(evals)
 with st.expander("Per class: precision, recall, F1, support"):
     common.table(per_class.round(4), "precision recall by class", "perclass")
@@ -49,33 +42,53 @@ common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
 
 st.subheader("Are the top models different?")
 try:
-    with st.spinner("Paired bootstrap on the shared test letters…"):
+    with st.spinner("Comparing the top models on the letters they share…"):
         sig = api.significance(evals)
 except ClinBenchError as exc:
     common.error(exc, "Significance")
     sig = None
 if sig is not None and len(sig):
-    st.write(
-        "The best evaluation against the next ones, on the same test letters: paired bootstrap of the macro-F1 difference "
-        "(2,000 resamples; p-values Holm-adjusted over the comparisons) and McNemar's exact test on accuracy."
-    )
-    for _, r in sig.iterrows():
-        verdict = "**significant**" if r["significant"] else "not significant"
-        st.markdown(
-            f"- {r['best']} vs {r['other']}: difference {r['difference']:+.3f} (95% CI {r['diff_ci_low']:+.3f} to "
-            f"{r['diff_ci_high']:+.3f}, unadjusted), p = {r['p_holm']:.3g} (Holm), McNemar p = {r['p_mcnemar']:.3g} — {verdict} at 0.05."
-        )
-    common.table(sig.round(4), "significance of the top models", "sig")
+    st.write(compare.SIGNIFICANCE_INTRO)
+    for line in compare.verdict_lines(sig):
+        st.markdown(line)
+    common.table(compare.significance_table(sig), "significance of the top models", "sig")
 elif sig is not None:
-    st.caption("Needs at least two evaluations on the same test split.")
+    st.caption("Needs at least two evaluations of this dataset scored on the same letters (the same folds or test split).")
+
+st.subheader("The letters behind the figures")
+labels = [e.label for e in evals]
+by_label = {e.label: e for e in evals}
+with st.expander("Misclassified letters"):
+    chosen = st.selectbox("Evaluation", list(comp["evaluation"]), key="compare-wrong")  # best first
+    try:
+        wrong = api.misclassified(by_label[chosen])
+    except ClinBenchError as exc:
+        common.error(exc, "Misclassified letters")
+    else:
+        st.caption(compare.letters_caption(wrong, by_label[chosen], "misclassified"))
+        common.table(wrong.round(3), f"misclassified {chosen}", "wrong", column_config=compare.LETTER_COLUMNS)
+with st.expander("Letters where the models disagree"):
+    default = compare.compared_labels(sig, labels)
+    picked = st.multiselect("Evaluations", labels, default=default, key="compare-disagree")
+    if len(picked) < 2:
+        st.caption("Choose at least two evaluations.")
+    else:
+        try:
+            differ = api.disagreements([by_label[lab] for lab in picked])
+        except ClinBenchError as exc:
+            common.error(exc, "Disagreements")
+        else:
+            st.caption(compare.letters_caption(differ, by_label[picked[0]], "disagree"))
+            common.table(differ, "letters where models disagree", "disagree", column_config=compare.LETTER_COLUMNS)
 
 st.subheader("Confusion matrices")
-labels = [e.label for e in evals]
-picked = st.multiselect("Evaluations", labels, default=labels[: min(2, len(labels))])
+picked = st.multiselect("Evaluations", labels, default=labels[: min(2, len(labels))], key="compare-cm")
 cols = st.columns(2)
 for i, lab in enumerate(picked):
-    ev = next(e for e in evals if e.label == lab)
+    ev = by_label[lab]
     with cols[i % 2]:
         common.chart(
             charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {lab}"), f"confusion matrix {lab}", f"cm-{ev.key}"
         )
+
+external.external_validation(evals)

@@ -162,7 +162,7 @@ def run_step(ds, model, method: str, ctx=None, **options):
     from engine.options import Options
 
     spec = experiment.Spec("test", experiment.DataSpec(), [str(model)], [method], Options.parse(options))
-    return experiment.execute(spec, spec.steps()[0], dataset=ds, ctx=ctx)
+    return experiment.execute(spec, spec.steps(reference=False)[0], dataset=ds, ctx=ctx)
 
 
 @pytest.fixture

@@ -72,3 +72,4 @@ def test_cli_run_spec_keeps_going_after_a_failed_step(tiny_encoder, small_csv, t
     assert out.returncode == 1
     results = json.loads((tmp_path / "r.json").read_text())
     assert "macro_f1" in results[0] and "error" in results[1] and "clinbench-test/not-cached" in results[1]["error"]
+    assert len(results) == 3 and "macro_f1" in results[2], "the tf-idf reference step ends the run"

@@ -130,3 +130,10 @@ def test_hashes_depend_on_content(tmp_path):
 def test_default_dataset_is_the_documented_one(default_ds):
     assert len(default_ds) == 600 and len(default_ds.classes) == 5
     assert default_ds.report.ok and not default_ds.report.warnings
+
+
+def test_a_label_too_small_for_cross_validation_is_only_warned(tmp_path):
+    rows = [{"text": f"letter number {i}", "label": "x" if i < 5 else "y"} for i in range(8)]
+    report = data.validate_file(write_csv(tmp_path / "few.csv", rows), "text", "label")
+    assert report.ok and [i.code for i in report.warnings] == ["few_letters_for_cv"]
+    assert "'y' (3)" in report.warnings[0].message and "fewer folds" in report.warnings[0].message

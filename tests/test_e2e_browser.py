@@ -103,12 +103,13 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
             page.get_by_label("Run name").fill("e2e")
             page.get_by_label("max_length", exact=True).fill("128")
             page.get_by_role("button", name="Start run").click()
-            expect(page.get_by_text("queued with 1 step(s)")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("queued with 2 step(s), the tf-idf reference last")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Protocol holdout: one hold-out test split of 120 letters")).to_be_visible()
             expect(page.get_by_role("heading", name="Run 1: e2e — done")).to_be_visible(timeout=240_000)
             expect(page.get_by_text("macro-F1", exact=False).first).to_be_visible()
 
             page.goto(f"{base}/Compare")
-            chart_title = page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 on the test letters")
+            chart_title = page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")
             expect(chart_title).to_be_visible(timeout=60_000)
             _settle(page)
             with page.expect_download(timeout=60_000) as dl:

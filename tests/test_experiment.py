@@ -36,10 +36,11 @@ def test_spec_expands_into_steps(tmp_path):
         ("minilm", "logreg"),
         ("smollm2", "svc"),
         ("smollm2", "logreg"),
+        ("tfidf", "tfidf"),  # the reference row ends every run that classifies
     ]
     assert spec.options.embedding.max_length == 128 and spec.options.classifier.smote is True
     assert spec.to_dict()["options"]["max_length"] == 128  # flat, as in the file
-    assert spec.steps()[0]["title"] == "minilm · frozen embeddings → SVC"
+    assert spec.steps(reference=False)[0]["title"] == "minilm · frozen embeddings → SVC"
 
 
 def test_stored_spec_of_an_earlier_version_still_parses():
@@ -49,8 +50,9 @@ def test_stored_spec_of_an_earlier_version_still_parses():
            "grid": True, "seed": 0, "test_size": 0.2, "cv_repeats": 0, "n_boot": 1000, "batch_tokens": None, "epochs": None,
            "learning_rate": None, "warmup_ratio": 0.1, "batch_size": 8, "grad_accum": 1, "weight_decay": 0.0, "lora_r": 8,
            "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None, "class_weighted_loss": True, "patience": 2, "val_size": 0.15}}  # fmt: skip
-    spec = experiment.parse_spec(old)
+    spec = experiment.parse_stored_spec(old, "run 1")
     assert spec.options.classifier.inner_folds == 3 and spec.options.domain.mlm_probability == 0.15
+    assert spec.options.protocol.cv_repeats is None, "cv_repeats: 0 (extra CV off) became the method's default"
 
 
 def test_execute_refuses_a_method_it_does_not_know():

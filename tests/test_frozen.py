@@ -20,7 +20,7 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
     res = run_step(ds, tiny_encoder, "svc", **FAST)
     assert not res.cache_hit
     manifest = artifacts.read_manifest(res.artifact)
-    for key in ("config", "versions", "data", "model", "timings", "metrics", "placement", "split"):
+    for key in ("config", "versions", "environment", "data", "model", "timings", "metrics", "placement", "protocol"):
         assert key in manifest
     assert manifest["data"]["data_hash"] == ds.data_hash and manifest["model"]["weights_sha256"]
     clf = artifacts.load_joblib(res.artifact)
@@ -34,18 +34,18 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
     assert manifest["predictor"] == "embedding-classifier" and manifest["classifier"]["calibration"]["method"] == "sigmoid"
 
 
-# Keys computed by ClinBench 0.1 (before the options became dataclasses) for the same inputs: results stored then
-# are found again, so nothing is recomputed after the upgrade. (svc and lora-svc changed on purpose: their classifier
-# is now a calibrated SVC, so their keys carry that; logreg's did not change.)
+# Cache keys pinned for the same inputs, so a change that would silently recompute (or, worse, wrongly reuse) stored
+# results shows up here. Embedding keys are those of ClinBench 0.1: vectors stored then are still found. Evaluation keys
+# changed on purpose in 0.3 (cross-validation plans, duplicate groups): they now carry the plan's hash.
 IDENTITY = {"name": "tiny", "source": "local", "path": "/models/tiny", "weights_sha256": "ab" * 32}
-GOLDEN_0_1 = {"embedding": "5d79bfa0638ba8426318a5f5a1deeabe", "eval-logreg": "75ebb305bca877de721bee35716a124e",
-              "eval-svc": "77e1abd5432ace50a2c8e43d7f1dab19"}  # fmt: skip
+GOLDEN = {"embedding": "5d79bfa0638ba8426318a5f5a1deeabe", "eval-logreg": "995314fbc92b2c3ec3fab0d9a80b1386",
+          "eval-svc": "e00af9e749d31870d6dd0478c1c2a325"}  # fmt: skip
 
 
-def test_cache_keys_of_the_previous_version_are_kept(default_ds):
+def test_cache_keys_are_pinned(default_ds):
     opts = Options()
     ek = features.embedding_key(IDENTITY, "mean", 512, "bfloat16", default_ds.text_hash)
-    assert ek == GOLDEN_0_1["embedding"]
-    split = protocols.split(default_ds, 0.2, 0)
-    assert frozen.evaluation_key(ek, "logreg", "logreg", opts, split.hash) == GOLDEN_0_1["eval-logreg"]
-    assert frozen.evaluation_key(ek, "svc", "svc", opts, split.hash) != GOLDEN_0_1["eval-svc"]  # calibrated now
+    assert ek == GOLDEN["embedding"]
+    plan = protocols.plan(default_ds, opts.protocol, "logreg")
+    assert frozen.evaluation_key(ek, "logreg", "logreg", opts, plan.hash) == GOLDEN["eval-logreg"]
+    assert frozen.evaluation_key(ek, "svc", "svc", opts, plan.hash) == GOLDEN["eval-svc"]

@@ -45,11 +45,13 @@ def store(tmp_path, monkeypatch):
 cli = functools.partial(conftest.cli, timeout=120)
 
 
-def write_spec(path: Path, csv: Path, models: list[str], methods: list[str], **options) -> Path:
+def write_spec(path: Path, csv: Path, models: list[str], methods: list[str], reference: bool = False, **options) -> Path:
+    """A spec file; without the tf-idf reference step unless asked (these tests are about the run machinery)."""
     path.write_text(
         json.dumps(
             {
                 "name": path.stem,
+                "reference": reference,
                 "data": {"path": str(csv), "text_column": "letter", "label_column": "specialty"},
                 "models": models,
                 "methods": methods,
@@ -96,11 +98,11 @@ def leftovers(cache: Path) -> list[str]:
 
 
 def test_submit_worker_done_with_artifacts(store, tiny_encoder, small_csv, tmp_path):
-    spec = write_spec(tmp_path / "two.json", small_csv, [str(tiny_encoder)], ["svc", "logreg"])
+    spec = write_spec(tmp_path / "two.json", small_csv, [str(tiny_encoder)], ["svc", "logreg"], reference=True)
     run_id = submit(spec)
     run = wait_for(finished, run_id=run_id)
     assert run["status"] == "done", run
-    assert [s["status"] for s in run["steps"]] == ["done", "done"]
+    assert [(s["method"], s["status"]) for s in run["steps"]] == [("svc", "done"), ("logreg", "done"), ("tfidf", "done")]
     for s in run["steps"]:
         manifest = json.loads((Path(s["result"]["artifact"]) / "manifest.json").read_text())
         assert manifest["producer"] == "clinbench" and manifest["method"] == s["method"]
@@ -111,9 +113,9 @@ def test_submit_worker_done_with_artifacts(store, tiny_encoder, small_csv, tmp_p
     listed = json.loads(cli("runs", "--json").stdout)
     assert [r["id"] for r in listed] == [run_id] and listed[0]["status"] == "done"
     log = cli("runs", "logs", str(run_id)).stdout
-    assert "step 1/2 started" in log and "step 2/2 done: macro-F1" in log
+    assert "step 1/3 started" in log and "step 3/3 done: macro-F1" in log
     table = cli("runs").stdout
-    assert f"{run_id:4d}  done" in table and "2/2" in table
+    assert f"{run_id:4d}  done" in table and "3/3" in table
 
 
 def test_cancel_during_extraction_stops_within_5s_and_keeps_nothing(store, tiny_encoder, small_csv, tmp_path):
@@ -193,7 +195,15 @@ def test_a_training_step_writes_its_curves_to_the_store_while_it_runs(store, tin
     """The worker's StepContext puts log_metric points into the run store: `runs show --json` has them while the step
     trains, and the finished step keeps them (the artifact's manifest holds the same log)."""
     spec = write_spec(
-        tmp_path / "probe.json", small_csv, [str(tiny_encoder)], ["linear-probe"], epochs=6, patience=6, batch_size=4, max_length=32
+        tmp_path / "probe.json",
+        small_csv,
+        [str(tiny_encoder)],
+        ["linear-probe"],
+        epochs=6,
+        patience=6,
+        batch_size=4,
+        max_length=32,
+        protocol="holdout",  # one training, whose curves carry the plain names (under cv: one set per fold)
     )
     run_id = submit(spec)
     live = wait_for(
@@ -257,7 +267,7 @@ def test_store_actions_and_clear_errors(store, small_csv, tmp_path, tiny_encoder
     run = jobs.cancel(run_id)
     assert run.status == Status.CANCELLED and {s.status for s in run.steps} == {Status.CANCELLED}
     run = jobs.resume(run_id, start_worker=False)
-    assert [s.status for s in run.steps] == ["queued", "queued"] and not run.cancel_requested
+    assert [s.status for s in run.steps] == ["queued"] * 3 and not run.cancel_requested  # svc, logreg, the tf-idf reference
     jobs.cancel(run_id)
     jobs.delete(run_id)
     assert jobs.list_runs() == []

@@ -4,10 +4,11 @@ field's cache-key flag is what the methods' cache keys obey."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 
-from engine import features, frozen, options, protocols, steps
+from engine import features, frozen, options, protocols, reference, steps
 from engine.errors import SpecError
 from engine.finetune import loop
 from engine.options import Options
@@ -103,20 +104,33 @@ def test_to_dict_is_flat_and_round_trips():
 
 def _artifact_key(method: str, opts: Options, ds) -> str:
     """The key under which `method` stores its result for these options (what its step function computes)."""
-    if method in ("linear-probe", "lora", "domain-adapt"):
-        extra = {"domain": options.key_dict(opts.domain)} if method == "domain-adapt" else None
-        return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", extra)
+    ds = protocols.prepare(ds, opts.protocol)
+    if method == "domain-adapt":  # always a hold-out split: perplexity on letters the adaptation never read
+        plan = protocols.plan(ds, dataclasses.replace(opts.protocol, protocol="holdout"))
+        return loop.training_key(
+            method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
+        )
+    plan = protocols.plan(ds, opts.protocol, method)
+    if method in ("linear-probe", "lora"):
+        return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", {"plan": plan.hash})
+    if method == "tfidf":
+        return reference.evaluation_key(opts, plan.hash)
     identity = IDENTITY if method != "lora-svc" else {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
     ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
-    split = protocols.split(ds, opts.protocol.test_size, opts.protocol.seed)
-    return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, split.hash)
+    return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, plan.hash)
+
+
+# Options that only act under one protocol (the 600 default letters are scored by holdout under `auto`).
+WHERE_IT_MATTERS = {"cv_folds": {"protocol": "cv"}, "cv_repeats": {"protocol": "cv"}, "test_size": {"protocol": "holdout"}}
 
 
 @pytest.mark.parametrize("kind", list(steps.KINDS.values()), ids=lambda k: k.name)
 def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds):
-    base = _artifact_key(kind.name, Options(), default_ds)
     for f in FIELDS:
-        changed = _artifact_key(kind.name, Options().replace(**{f.name: another_value(f)}), default_ds)
+        setting = Options().replace(**WHERE_IT_MATTERS.get(f.name, {}))
+        base = _artifact_key(kind.name, setting, default_ds)
+        value = 3 if f.name == "cv_repeats" else another_value(f)  # (2 is the frozen methods' default)
+        changed = _artifact_key(kind.name, setting.replace(**{f.name: value}), default_ds)
         if f.key and f.name in kind.reads:
             assert changed != base, f"{kind.name}: option {f.name} changes results but not the cache key"
         elif not f.key:

@@ -10,7 +10,7 @@ import pytest
 
 from engine import classifiers, data, estimators, experiment, features, metrics, models, protocols
 from engine.devices import Placement, cpu_has_bf16
-from engine.options import ClassifierOptions
+from engine.options import ClassifierOptions, ProtocolOptions
 from tests.conftest import cli, run_step
 
 
@@ -21,13 +21,13 @@ def _cosines(a, b):
 
 def test_minilm_svc_on_default_dataset_beats_majority_baseline(default_ds):
     """Embed the whole default dataset with MiniLM, fit the SVC pipeline on the training split, score the test split."""
-    split = protocols.split(default_ds, 0.2, seed=0)
+    split = protocols.plan(default_ds, ProtocolOptions(protocol="holdout")).folds[0]
     X, stats = features.embed("minilm", default_ds.texts)
     assert X.shape == (600, 384) and stats.n_tokens > 0
     y = np.asarray(default_ds.labels)
     fitted = estimators.fit(np.asarray(X)[split.train], y[split.train], "svc", ClassifierOptions(), seed=0)
     pred = fitted.estimator.predict(np.asarray(X)[split.test])
-    m = metrics.metrics(y[split.test], pred)
+    m = metrics.metrics(y[split.test], pred, labels=default_ds.classes)
     baseline = metrics.majority_baseline(y[split.train], y[split.test])
     print(f"MiniLM SVC macro-F1 {m['macro_f1']:.3f} CI {m['macro_f1_ci']} vs majority {baseline['macro_f1']:.3f}")
     assert m["macro_f1"] > baseline["macro_f1"] + 0.3

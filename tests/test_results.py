@@ -1,10 +1,16 @@
-"""Stored evaluations as the pages read them: listing, filters, tables, significance, damaged folders skipped."""
+"""Stored evaluations as the pages read them: listing, filters, tables, significance (holdout and cv, common folds,
+verdicts), the letters behind the figures, damaged folders skipped."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from engine import experiment, results
+from engine import comparison, experiment, metrics, results
+from engine.errors import ClinBenchError
 
 
 def test_results_list_filter_tables_and_skip_damaged(cache, two_evals):
@@ -20,10 +26,17 @@ def test_results_list_filter_tables_and_skip_damaged(cache, two_evals):
     assert set(table["macro_f1"]) == {s.metrics["macro_f1"] for s in steps}
     per_class = results.per_class_table(evals)
     assert set(per_class["class"]) == set(ds.classes) and len(per_class) == 2 * len(ds.classes)
-    sig = results.significance(evals, n_boot=200)
+    assert {"protocol", "n_letters", "fold_sd"} <= set(table.columns) and (table["n_letters"] == len(ds)).all()
+    sig = comparison.significance(evals, n_boot=200)
     assert len(sig) == 1 and sig["best"][0] == table["evaluation"][0]
     assert sig["difference"][0] == pytest.approx(table["macro_f1"][0] - table["macro_f1"][1])
+    assert sig["protocol"][0] == table["protocol"][0] and sig["n_letters"][0] == len(ds) and sig["verdict"][0]
     assert results.letters(evals[0]).data_hash == ds.data_hash
+    wrong = results.misclassified(evals[0])
+    assert (wrong["truth"] != wrong["prediction"]).all() and set(wrong["truth"]) <= set(ds.classes)
+    assert all(" ".join(ds.texts[r].split()).startswith(t.rstrip("…")) for r, t in zip(wrong["row"], wrong["letter"]))
+    differ = results.disagreements(evals)
+    assert list(differ.columns) == ["row", "truth", *[e.label for e in evals], "letter"]
 
 
 def test_results_filter_by_run(cache, small_csv, tiny_encoder):
@@ -40,3 +53,124 @@ def test_results_filter_by_run(cache, small_csv, tiny_encoder):
     )
     run_id = jobs.submit(spec, start_worker=False)
     assert api.evaluations(run_id=run_id)[0] == []  # nothing finished yet
+
+
+def _eval(key: str, macro_f1: float, protocol: str | None = "cv", data_hash: str = "d" * 64) -> results.Evaluation:
+    manifest = {
+        "model": {"name": key},
+        "method": "logreg",
+        "data": {"source": "/nonexistent/letters.csv", "data_hash": data_hash, "n_letters": 60, "classes": ["a", "b", "c"]},
+        "metrics": {"macro_f1": macro_f1, "macro_f1_ci": [macro_f1 - 0.1, macro_f1 + 0.1]},
+    }
+    if protocol:
+        manifest["protocol"] = {"name": protocol, "hash": "p"}
+        manifest["metrics"]["fold_macro_f1_sd"] = 0.03
+    else:
+        manifest["split"] = {"hash": "s"}  # an artifact made before protocols were recorded
+    return results.Evaluation(key, Path("/nonexistent") / key, manifest, label=key)
+
+
+def _cv_record(y, preds: list) -> dict:
+    """predictions.json of a 5-fold cv with len(preds) repeats; repeat r's folds come from seed r (shared by every evaluation)."""
+    rec = {"protocol": "cv", "classes": ["a", "b", "c"], "test_index": [], "repeat": [], "fold": [], "y_true": [], "y_pred": []}
+    for r, pred in enumerate(preds):
+        for f, chunk in enumerate(np.array_split(np.random.default_rng(r).permutation(len(y)), 5)):
+            for i in chunk:
+                for k, v in (("test_index", int(i)), ("repeat", r), ("fold", f), ("y_true", str(y[i])), ("y_pred", str(pred[i]))):
+                    rec[k].append(v)
+    return rec
+
+
+@pytest.fixture
+def stored_predictions(monkeypatch):
+    """Evaluations without folders: results.predictions reads these records instead."""
+    records: dict[str, dict] = {}
+    for module in (results, comparison):
+        monkeypatch.setattr(module, "predictions", lambda ev: records[ev.key])
+    return records
+
+
+def _noisy(rng, y, right: float):
+    return np.where(rng.random(len(y)) < right, y, rng.choice(list("abc"), len(y)))
+
+
+def test_significance_compares_cv_evaluations_on_their_common_folds(stored_predictions):
+    rng = np.random.default_rng(0)
+    y = rng.choice(list("abc"), 60)
+    good, poor, twin = _noisy(rng, y, 0.95), _noisy(rng, y, 0.3), _noisy(rng, y, 0.95)
+    stored_predictions.update(
+        best=_cv_record(y, [good, good]),  # 5x2
+        poor=_cv_record(y, [poor]),  # 5x1: compared on repeat 0
+        same=_cv_record(y, [good, good]),
+        elsewhere=_cv_record(y, [twin]),
+    )
+    evals = [_eval("best", 0.95), _eval("poor", 0.3), _eval("same", 0.94), _eval("elsewhere", 0.9, data_hash="e" * 64)]
+    sig = comparison.significance(evals, n_boot=300).set_index("other")
+    assert list(sig.index) == ["same", "poor"] and (sig["best"] == "best").all()  # another dataset is never compared
+    assert sig.loc["poor", "n_folds"] == 5 and sig.loc["same", "n_folds"] == 10 and (sig["n_letters"] == 60).all()
+    assert (sig["protocol"] == "cv").all() and sig["p_mcnemar"].isna().all()
+    assert sig.loc["poor", "verdict"] == f"best better by {comparison.fmt_diff(sig.loc['poor', 'difference'])}"
+    assert sig.loc["poor", "difference"] > 0.3 and sig.loc["poor", "significant"]
+    assert sig.loc["same", "verdict"] == "identical predictions" and sig.loc["same", "identical"]
+    assert sig["p_holm"].tolist() == pytest.approx(metrics.holm(sig["p_corrected"].tolist()))
+    assert all("+0.000" not in s and "p =" in s for s in sig["summary"])
+
+
+def test_significance_says_no_detectable_difference_and_never_plus_zero(stored_predictions):
+    rng = np.random.default_rng(1)
+    y = rng.choice(list("abc"), 200)
+    a = _noisy(rng, y, 0.7)
+    b = a.copy()
+    b[0] = y[0] if a[0] != y[0] else next(c for c in "abc" if c != y[0])  # one letter differs
+    stored_predictions.update(
+        a={"test_index": list(range(200)), "y_true": list(y), "y_pred": list(a), "classes": ["a", "b", "c"]},  # older artifacts
+        b={"test_index": list(range(200)), "y_true": list(y), "y_pred": list(b), "classes": ["a", "b", "c"]},
+    )
+    sig = comparison.significance([_eval("a", 0.7, None), _eval("b", 0.69, None)], n_boot=300)
+    row = sig.iloc[0]
+    assert row["protocol"] == "holdout" and row["n_folds"] == 1 and row["p_mcnemar"] is not None and row["p_corrected"] is None
+    assert row["diff_ci_low"] <= 0 <= row["diff_ci_high"] and row["verdict"] == "no detectable difference"
+    assert not row["significant"] and row["p_holm"] == row["p_bootstrap"]
+    assert "+0.000" not in row["summary"] and "-0.000" not in row["summary"] and row["summary"].startswith("no detectable difference")
+    assert [comparison.fmt_diff(x) for x in (0.0, 0.0004, -0.00002, 0.0123)] == ["0", "+0.0004", "-2e-05", "+0.012"]
+
+
+def test_significance_skips_evaluations_without_a_shared_fold(stored_predictions):
+    y = np.array(list("abc" * 10))
+    stored_predictions.update(
+        a={"test_index": list(range(30)), "y_true": list(y), "y_pred": list(y), "classes": ["a", "b", "c"]},
+        b={"test_index": list(range(30, 60)), "y_true": list(y), "y_pred": list(y), "classes": ["a", "b", "c"]},
+    )
+    assert comparison.significance([_eval("a", 0.9, None), _eval("b", 0.8, None)], n_boot=50).empty
+
+
+def test_comparison_table_shows_protocol_letters_and_fold_sd_old_artifacts_too():
+    table = results.comparison_table([_eval("new", 0.8), _eval("old", 0.7, None)]).set_index("model")
+    assert table.loc["new", ["protocol", "n_letters", "fold_sd"]].tolist() == ["cv", 60, 0.03]
+    assert table.loc["old", "protocol"] == "holdout" and table.loc["old", "n_letters"] == 60 and pd.isna(table.loc["old", "fold_sd"])
+
+
+def test_misclassified_and_disagreements_use_repeat_zero(stored_predictions):
+    y = np.array(list("abcabcabcabc"))
+    a0, a1, b0 = y.copy(), y.copy(), y.copy()
+    a0[[1, 4]] = "c"  # wrong on rows 1 and 4 in repeat 0
+    a1[[0, 2, 3]] = "b"  # other mistakes, in repeat 1, are not shown
+    b0[[4, 7]] = "a"
+    stored_predictions.update(a=_cv_record(y, [a0, a1]), b=_cv_record(y, [b0]))
+    stored_predictions["a"]["scores"] = [[0.2, 0.3, 0.5]] * len(stored_predictions["a"]["test_index"])
+    texts = [f"letter number {i}   with  spaces " + "x" * 300 for i in range(12)]
+    ev_a, ev_b = _eval("a", 0.8), _eval("b", 0.8)
+    wrong = results.misclassified(ev_a, texts=texts)
+    assert wrong[["row", "truth", "prediction"]].values.tolist() == [[1, "b", "c"], [4, "b", "c"]]
+    assert wrong["score"].tolist() == [0.5, 0.5] and wrong["letter"][0].startswith("letter number 1 with spaces x")
+    assert wrong["letter"][0].endswith("…") and len(wrong["letter"][0]) == 161
+    differ = results.disagreements([ev_a, ev_b], texts=texts)
+    assert list(differ.columns) == ["row", "truth", "a", "b", "letter"]
+    assert differ[["row", "truth", "a", "b"]].values.tolist() == [[1, "b", "c", "b"], [4, "b", "c", "a"], [7, "b", "b", "a"]]
+    old = {"test_index": [5, 2], "y_true": ["c", "c"], "y_pred": ["a", "c"], "classes": ["a", "b", "c"]}  # no repeat: all repeat 0
+    stored_predictions["old"] = old
+    assert results.misclassified(_eval("old", 0.5, None), texts=texts)["row"].tolist() == [5]
+    missing = results.misclassified(ev_a)  # its letters file is gone: the rows still, no texts, and why
+    assert len(missing) == 2 and (missing["letter"] == "").all() and "unavailable" in missing.attrs["note"]
+    with pytest.raises(ClinBenchError, match="same letters"):
+        results.disagreements([ev_a, _eval("c", 0.5, data_hash="f" * 64)])

@@ -74,7 +74,7 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the test lette
         fig.add_vline(
             x=base, line_dash="dash", line_color="#888", annotation_text=f"majority baseline {base:.2f}", annotation_position="bottom right"
         )
-    fig.update_xaxes(title="macro-F1 (test split)", range=[0, 1.05])
+    fig.update_xaxes(title="macro-F1 (pooled over the scored letters)", range=[0, 1.05])
     fig.update_yaxes(
         title=dict(text="model · method", standoff=14),
         ticksuffix=" ",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 
-from engine import artifacts, features, models, protocols
+from engine import artifacts, evaluation, features, models, protocols
 from engine.artifacts import StepResult
-from engine.config import package_versions
+from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset
 from engine.devices import choose
@@ -91,14 +92,22 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
     placement = choose()
     entry = models.resolve(model)
     p, mlm = opts.protocol, opts.domain.mlm_probability
-    split, fit_idx, val_idx = protocols.three_way_split(dataset, p.test_size, p.seed, opts.finetune.val_size)
+    plan = protocols.plan(dataset, replace(p, protocol="holdout"))
+    split = plan.folds[0]
+    fit_idx, val_idx = protocols.carve(dataset, split.train, plan.groups, opts.finetune.val_size, p.seed)
     key = loop.training_key(
-        method, models.locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"domain": key_dict(opts.domain)}
+        method,
+        models.locate(entry)[1],
+        dataset.data_hash,
+        opts,
+        placement.dtype,
+        extra={"domain": key_dict(opts.domain), "plan": plan.hash},
     )
     out = models_dir() / f"adapted-{models.safe_name(entry.name)}-{key[:12]}"
     if hit := artifacts.stored(out, entry.name, method):
         return hit
     ctx.progress(0, 1, "loading model")
+    loop.seed_torch(loop.seed_of(p.seed, "adapt"))
     net, tokenizer, identity, kind, config, head = load_lm_model(model, placement)
     ids, n_truncated = features.tokenize(tokenizer, dataset.texts, opts.embedding.max_length)
     ctx.progress(0, 1, "perplexity before")
@@ -140,11 +149,15 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
         "objective": "masked LM" if kind == "encoder" else "causal LM",
         "data": artifacts.data_manifest(dataset),
-        "split": {**artifacts.split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx))},
+        "protocol": plan.manifest(),
+        "split": {"n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(split.test))},
+        # the letters the adaptation read (training and validation), so no evaluation scores it on them (evaluation.require_unseen)
+        "seen_letters": evaluation.letter_hashes([dataset.texts[i] for i in np.concatenate([fit_idx, val_idx])]),
         "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {"train_s": state["train_s"], "total_s": time.perf_counter() - t_start},
         "versions": package_versions(),
+        "environment": environment(),
         "metrics": m,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -166,6 +179,6 @@ DOMAIN_ADAPT = StepKind(
     "domain adaptation (LM objective)",
     "tuned",
     domain_adapt_step,
-    ("seed", "test_size", "max_length", *names("finetune"), *names("domain")),
+    ("seed", "test_size", "near_duplicates", "max_length", *names("finetune"), *names("domain")),
     produces="model",
 )

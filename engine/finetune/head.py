@@ -3,19 +3,23 @@
 * `linear-probe`: the pretrained weights frozen, only the new head trained (before any fine-tuning);
 * `lora`: LoRA adapters on the attention projections trained together with the head (the head learns at
   HEAD_LR_FACTOR x the rate); the adapter is saved in peft's format.
-Trained on the fitting split, the epoch chosen on the validation split (macro-F1), the test split scored
-once; class-weighted cross-entropy by default.
+For each fold of the plan (engine.protocols) a fresh model is trained on the fold's training letters, its
+epoch chosen on a validation carve of them (macro-F1), and the fold's test letters scored once; under cv
+one more model is trained on every letter (its own validation carve): the stored classifier. Each
+training is seeded from the run seed and the fold, so a configuration reproduces to the bit on a CPU.
+Class-weighted cross-entropy by default.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
 
-from engine import artifacts, features, metrics, protocols
+from engine import artifacts, evaluation, features, protocols
 from engine.artifacts import StepResult
-from engine.config import package_versions
+from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
@@ -28,7 +32,7 @@ from engine.storage import evaluations_dir
 # A new head starts from random weights and must move far; LoRA adapters start at zero and need small
 # steps. So under LoRA the head learns at HEAD_LR_FACTOR x the learning rate (cf. LoRA+).
 HEAD_LR_FACTOR = 10.0
-READS = ("seed", "test_size", "n_boot", "max_length", *names("finetune"))
+READS = (*names("protocol"), "max_length", *names("finetune"))
 
 
 def class_weights(y: np.ndarray, n_classes: int, enabled: bool):
@@ -56,8 +60,21 @@ def predict_proba(net, ids: list[np.ndarray], idx, pad_id: int, placement, batch
     return out
 
 
+def fold_context(ctx: StepContext, label: str) -> StepContext:
+    """The step's context for one training among several: progress lines and curve names carry `label` (e.g. 'fold 2/5')."""
+    if not label:
+        return ctx
+    return StepContext(
+        progress=lambda done, total, unit: ctx.progress(done, total, f"{label}: {unit}"),
+        should_stop=ctx.should_stop,
+        log_metric=lambda name, value, step: ctx.log_metric(f"{name} · {label}", value, step),
+        logger=ctx.logger,
+    )
+
+
 def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """`linear-probe` or `lora`: train on the fitting split, pick the epoch on validation, score the test split once."""
+    """`linear-probe` or `lora`: for each fold of the plan, train on its training letters (the epoch picked on a validation
+    carve of them) and score its test letters; under cv, train once more on every letter for the stored classifier."""
     import torch
     from sklearn.metrics import f1_score
 
@@ -69,99 +86,145 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     placement = choose()
     classes = dataset.classes
     p = opts.protocol
-    split, fit_idx, val_idx = protocols.three_way_split(dataset, p.test_size, p.seed, opts.finetune.val_size)
+    plan = protocols.plan(dataset, p, method)
     entry = resolve(model)
-    key = loop.training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype)
+    if entry.source == "adapted":
+        evaluation.require_unseen(entry.ref, entry.name, dataset, plan)
+    key = loop.training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"plan": plan.hash})
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, entry.name, method):
         return hit
-    ctx.progress(0, 1, "loading model")
-    net, tokenizer, identity, kind, head = load_classifier_model(model, classes, placement)
     ft = opts.finetune.resolved(method)
-    trained, targets = prepare_trainable(net, method, head, ft)
-    n_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    ctx.progress(0, len(dataset), "tokenising")
-    ids, n_truncated = features.tokenize(tokenizer, dataset.texts, opts.embedding.max_length)
+    staging = loop.checkpoint_path(key).with_suffix(".folds")
     y_all = np.asarray([classes.index(str(v)) for v in dataset.labels])
-    weights = class_weights(y_all[fit_idx], len(classes), ft.class_weighted_loss)
-    pad_id = tokenizer.pad_token_id
     y_t = torch.from_numpy(y_all)
+    tokens: dict = {}
 
-    def loss_fn(input_ids, mask, batch):
-        logits = trained(input_ids=input_ids, attention_mask=mask).logits.float()
-        return torch.nn.functional.cross_entropy(
-            logits, y_t[batch].to(logits.device), weight=weights.to(logits.device) if weights is not None else None
+    def train_on(train_idx: np.ndarray, tag: str, label: str) -> dict:
+        """Train a fresh model on `train_idx` (validation carved from it), seeded by (seed, tag); save it under staging/tag."""
+        fctx = fold_context(ctx, label)
+        fit_idx, val_idx = protocols.carve(dataset, train_idx, plan.groups, ft.val_size, p.seed)
+        seed = loop.seed_of(p.seed, tag)
+        loop.seed_torch(seed)  # the head's and the adapters' initial weights
+        fctx.progress(0, 1, "loading model")
+        net, tokenizer, identity, kind, head = load_classifier_model(model, classes, placement)
+        trained, targets = prepare_trainable(net, method, head, ft)
+        if not tokens:
+            fctx.progress(0, len(dataset), "tokenising")
+            tokens["ids"], tokens["n_truncated"] = features.tokenize(tokenizer, dataset.texts, opts.embedding.max_length)
+        ids, pad_id = tokens["ids"], tokenizer.pad_token_id
+        weights = class_weights(y_all[fit_idx], len(classes), ft.class_weighted_loss)
+
+        def loss_fn(input_ids, mask, batch):
+            logits = trained(input_ids=input_ids, attention_mask=mask).logits.float()
+            return torch.nn.functional.cross_entropy(
+                logits, y_t[batch].to(logits.device), weight=weights.to(logits.device) if weights is not None else None
+            )
+
+        def validate() -> dict:
+            proba = predict_proba(trained, ids, val_idx, pad_id, placement)
+            y_val = y_all[val_idx]
+            loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(val_idx)), y_val], 1e-12, None))))
+            f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
+            return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
+
+        state = loop.train(
+            trained,
+            ids,
+            fit_idx,
+            loss_fn,
+            validate,
+            ft,
+            seed,
+            placement,
+            pad_id=pad_id,
+            key=f"{key}-{tag}",
+            ctx=fctx,
+            head_lr_factor=HEAD_LR_FACTOR if method == "lora" else 1.0,
+            is_head=lambda name: "modules_to_save" in name,
         )
+        n_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        training = loop.training_manifest(
+            state, trainable_params=int(n_trainable), head_modules=head, target_modules=targets, n_truncated=tokens["n_truncated"]
+        )
+        return {"net": trained, "pad_id": pad_id, "identity": identity, "kind": kind, "training": training, "state": state,
+                "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()}  # fmt: skip
 
-    def validate() -> dict:
-        proba = predict_proba(trained, ids, val_idx, pad_id, placement)
-        y_val = y_all[val_idx]
-        loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(val_idx)), y_val], 1e-12, None))))
-        f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
-        return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
+    trainings: dict[str, dict] = {}
 
-    state = loop.train(
-        trained,
-        ids,
-        fit_idx,
-        loss_fn,
-        validate,
-        ft,
-        p.seed,
-        placement,
-        pad_id=pad_id,
-        key=key,
-        ctx=ctx,
-        head_lr_factor=HEAD_LR_FACTOR if method == "lora" else 1.0,
-        is_head=lambda name: "modules_to_save" in name,
-    )
-    ctx.progress(0, 1, "scoring the test split")
-    t_pred = time.perf_counter()
-    proba = predict_proba(trained, ids, split.test, pad_id, placement)
-    predict_s = time.perf_counter() - t_pred
-    y_true = np.asarray(classes)[y_all[split.test]]
-    y_pred = np.asarray(classes)[proba.argmax(1)]
-    m = metrics.metrics(y_true, y_pred, n_boot=p.n_boot, seed=p.seed)
-    m["baseline"] = metrics.majority_baseline(np.asarray(classes)[y_all[split.train]], y_true)
+    def fit_predict(fold):
+        tag = f"r{fold.repeat}f{fold.fold}"
+        run = trainings[tag] = train_on(fold.train, tag, evaluation.fold_label(plan, fold))
+        proba = predict_proba(run["net"], tokens["ids"], fold.test, run["pad_id"], placement)
+        save_trained(run["net"], method, staging / tag)  # the fold's model, for lora-svc's fold embeddings
+        del run["net"]
+        return proba
+
+    oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
+    m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
+    if plan.name == "cv":
+        ctx.check_stop("Cancelled before training on every letter.")
+        final = train_on(np.arange(len(dataset)), "all", "all letters")
+        save_trained(final.pop("net"), method, staging / "all")
+    else:
+        final = trainings.pop("r0f0")
     manifest = {
         "kind": "evaluation",
         "key": key,
-        "model": {**identity, "kind": kind},
+        "model": {**final["identity"], "kind": final["kind"]},
         "method": method,
         "method_title": KINDS[method].title,
         "stage": KINDS[method].stage,
         "predictor": "sequence-classifier",
         "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
         "data": artifacts.data_manifest(dataset),
-        "split": {**artifacts.split_manifest(split), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()},
-        "training": loop.training_manifest(
-            state, trainable_params=int(n_trainable), head_modules=head, target_modules=targets, n_truncated=n_truncated
-        ),
+        "protocol": plan.manifest(),
+        "refit": "every letter" if plan.name == "cv" else "training split",
+        "training": {**final["training"], "n_fit": final["n_fit"], "n_val": final["n_val"], "val_index": final["val_index"]},
+        "fold_trainings": {tag: {**t["training"], "n_fit": t["n_fit"], "n_val": t["n_val"]} for tag, t in trainings.items()},
         "placement": {
             "device": placement.device,
             "dtype": placement.dtype,
             "weights": "float32",
             "autocast": placement.dtype if placement.dtype == "bfloat16" else None,
         },
-        "timings": {"train_s": state["train_s"], "predict_s": predict_s, "total_s": time.perf_counter() - t_start},
+        "timings": {
+            "train_s": final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values()),
+            "total_s": time.perf_counter() - t_start,
+        },
         "versions": package_versions(),
+        "environment": environment(),
         "metrics": m,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
     def write_files(tmp):
-        if method == "lora":
-            trained.save_pretrained(tmp / "adapter")
-        else:
-            from safetensors.torch import save_file
+        final_dir = staging / ("all" if plan.name == "cv" else "r0f0")
+        for item in final_dir.iterdir():  # the stored classifier at the artifact's root
+            shutil.move(str(item), tmp / item.name)
+        if plan.name == "cv" and method == "lora":  # each fold's adapter, for lora-svc
+            for tag in trainings:
+                shutil.move(str(staging / tag), tmp / "folds" / tag)
+        evaluation.write_predictions(tmp, dataset, plan, oof)
 
-            save_file({n: p.detach().contiguous() for n, p in trained.named_parameters() if p.requires_grad}, tmp / "head.safetensors")
-        artifacts.write_predictions(tmp, split.test, y_true, y_pred, classes, "probability", proba)
-
+    (folder.parent).mkdir(parents=True, exist_ok=True)
     manifest = artifacts.write(folder, manifest, write_files)
-    loop.checkpoint_path(key).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    for tag in [*trainings, "all", "r0f0"]:
+        loop.checkpoint_path(f"{key}-{tag}").unlink(missing_ok=True)
     ctx.progress(1, 1, "done")
-    return StepResult(identity["name"], method, m, str(folder), False, manifest)
+    return StepResult(final["identity"]["name"], method, m, str(folder), False, manifest)
+
+
+def save_trained(net, method: str, out) -> None:
+    """A trained classifier's own weights: the LoRA adapter (peft's format, with the head) or the probe's head."""
+    out.mkdir(parents=True, exist_ok=True)
+    if method == "lora":
+        net.save_pretrained(out / "adapter")
+    else:
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in net.named_parameters() if p.requires_grad}, out / "head.safetensors")
 
 
 LINEAR_PROBE = StepKind("linear-probe", "linear head (before fine-tuning)", "frozen", classifier_step, READS)

@@ -145,9 +145,9 @@ def prepare_trainable(net, method: str, head: list[str], ft):
     return get_peft_model(net, config), targets
 
 
-def load_tuned_classifier(artifact: str | Path, placement=None):
+def load_tuned_classifier(artifact: str | Path, placement=None, prefix: str = ""):
     """Rebuild a stored linear-probe or LoRA classifier (base model + head or adapter) after checking its files' hashes.
-    Returns (net in eval mode, tokenizer, manifest)."""
+    `prefix` 'folds/r0f2/' picks the model trained on one cross-validation fold. Returns (net in eval mode, tokenizer, manifest)."""
     placement = placement or choose()
     folder = Path(artifact)
     manifest = read_manifest(folder)
@@ -156,29 +156,30 @@ def load_tuned_classifier(artifact: str | Path, placement=None):
     if manifest["method"] == "lora":
         from peft import PeftModel
 
-        verify_tree(folder, "adapter/")
-        net = PeftModel.from_pretrained(net, folder / "adapter")
+        verify_tree(folder, f"{prefix}adapter/")
+        net = PeftModel.from_pretrained(net, folder / prefix / "adapter")
     else:
         from safetensors.torch import load_file
 
-        net.load_state_dict(load_file(verified_file(folder, "head.safetensors")), strict=False)
+        net.load_state_dict(load_file(verified_file(folder, f"{prefix}head.safetensors")), strict=False)
     return net.eval(), tokenizer, manifest
 
 
-def tuned_identity(lora_manifest: dict) -> dict:
+def tuned_identity(lora_manifest: dict, prefix: str = "") -> dict:
     """The identity of a LoRA-tuned model: its base's identity plus the adapter (cache keys depend on it)."""
     base = {k: v for k, v in lora_manifest["model"].items() if k not in ("model_type", "kind")}
     return {
         **base,
         "adapter": lora_manifest["key"],
-        "adapter_sha256": sha256_json({k: v for k, v in lora_manifest["files"].items() if k.startswith("adapter/")}),
+        "adapter_sha256": sha256_json({k: v for k, v in lora_manifest["files"].items() if k.startswith(f"{prefix}adapter/")}),
+        **({"fold": prefix.strip("/")} if prefix else {}),
     }
 
 
-def load_tuned_extractor(lora_artifact: str | Path, placement=None) -> models.LoadedModel:
-    """The LoRA-tuned model (adapter merged) as a feature extractor: a LoadedModel whose `model` is the backbone."""
+def load_tuned_extractor(lora_artifact: str | Path, placement=None, prefix: str = "") -> models.LoadedModel:
+    """The LoRA-tuned model (adapter merged; `prefix`: one fold's) as a feature extractor: a LoadedModel whose `model` is the backbone."""
     placement = placement or choose()
-    net, tokenizer, manifest = load_tuned_classifier(lora_artifact, placement)
+    net, tokenizer, manifest = load_tuned_classifier(lora_artifact, placement, prefix)
     merged = net.merge_and_unload()
     backbone = getattr(merged, merged.base_model_prefix).to(placement.torch_dtype).eval()
     for p in backbone.parameters():
@@ -189,7 +190,7 @@ def load_tuned_extractor(lora_artifact: str | Path, placement=None) -> models.Lo
         backbone,
         tokenizer,
         kind,
-        {**tuned_identity(manifest), "model_type": manifest["model"].get("model_type"), "kind": kind},
+        {**tuned_identity(manifest, prefix), "model_type": manifest["model"].get("model_type"), "kind": kind},
         placement,
         Path(lora_artifact),
         merged.config,

@@ -6,7 +6,9 @@ cheap dropout masks on the CPU (engine.dropout). Training loss is logged every f
 and the validation metrics after every epoch, through the step's context (`log_metric`), so the
 Runs page draws the curves while training runs. After each epoch the trainable weights, optimiser,
 scheduler and the curves so far are saved to cache/checkpoints/<key>.pt (atomically), so a cancelled
-or crashed training resumes at its last finished epoch; the best epoch's weights are kept.
+or crashed training resumes at its last finished epoch; the best epoch's weights are kept. Data order and
+dropout masks are seeded per epoch from the training's seed, so a resumed training ends where an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from engine.context import StepContext, ensure
 from engine.options import Options, key_dict
 from engine.storage import atomic_path, checkpoints_dir, sha256_json
 
-FT_VERSION = 1  # bump when training changes its results, to invalidate stored fine-tuning artifacts
+FT_VERSION = 2  # (2: seeded, folds) bump when training changes its results, to invalidate stored fine-tuning artifacts
 # Training batches are padded to a multiple of this many tokens: few distinct tensor shapes, so the allocator
 # reuses freed activation blocks instead of fragmenting the heap (peak memory), for a little more padding.
 PAD_MULTIPLE = 64
@@ -57,6 +59,18 @@ def training_key(method: str, identity: dict, data_hash: str, opts: Options, dty
             **(extra or {}),
         }
     )[:32]
+
+
+def seed_of(seed: int, tag: str) -> int:
+    """The seed of one training of a step (tag: 'r0f3' for a fold, 'all' for the refit), derived from the run seed."""
+    return int(np.random.SeedSequence([seed, *tag.encode()]).generate_state(1)[0] % 2**31)
+
+
+def seed_torch(seed: int) -> None:
+    """Seed torch's generators (CPU and CUDA): weight initialisation, dropout masks, LoRA's initial weights."""
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def length_grouped_batches(lengths: list[int], idx: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -175,9 +189,10 @@ def train(
             for name, points in state["log"].items():  # the curves so far, for the new attempt's live chart
                 for step, value in points:
                     ctx.log_metric(name, value, step)
-    for epoch in range(state["epoch"], ft.epochs):
+    for epoch in range(ft.epochs if state.get("stopped_early") else state["epoch"], ft.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng(seed * 1000 + epoch)
+        seed_torch(seed * 1000 + epoch)  # each epoch's dropout masks: the same whether the training ran through or resumed
         batches = length_grouped_batches(lengths, fit_idx, ft.batch_size, rng)
         net.train()
         losses, recent = [], []

@@ -1,19 +1,22 @@
 """The `lora-svc` step: embeddings from the LoRA-tuned model -> the frozen stage's SVC.
 
-It trains (or reuses, by its cache key) the `lora` step's adapter, embeds every letter with the tuned
-model (adapter merged; cached under the tuned model's identity, base weights plus adapter hash), then
-fits the same calibrated SVC pipeline as `svc` on the same training split.
+It trains (or reuses, by its cache key) the `lora` step's adapters: under cv one per fold, trained on that
+fold's training letters only, and one on every letter. For each fold it embeds every letter with that
+fold's tuned model (adapter merged; cached under the tuned model's identity, base weights plus adapter
+hash) and fits the same calibrated SVC pipeline as `svc` on the fold's training letters; the stored
+classifier is the SVC on the every-letter model's vectors.
 """
 
 from __future__ import annotations
 
 import time
 
-from engine import features
+from engine import features, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset
 from engine.devices import choose
+from engine.errors import ClinBenchError
 from engine.finetune.head import READS as HEAD_READS
 from engine.finetune.head import classifier_step
 from engine.finetune.loading import load_tuned_extractor, tuned_identity
@@ -23,26 +26,45 @@ from engine.options import Options
 
 
 def lora_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """Train (or reuse) the `lora` step's adapter, embed every letter with the tuned model, then the frozen stage's SVC."""
+    """Train (or reuse) the `lora` step's adapters, then for each fold embed every letter with the model tuned on that fold's
+    training letters and fit the frozen stage's SVC on them; the stored classifier uses the stored adapter's vectors."""
     ctx = ensure(ctx)
     t_start = time.perf_counter()
     lora = classifier_step(dataset, model, "lora", opts, ctx)
+    plan = protocols.plan(dataset, opts.protocol, "lora-svc")
+    if plan.hash != lora.manifest["protocol"]["hash"]:
+        raise ClinBenchError(
+            "lora-svc needs the folds of its lora step; they differ (different cv_repeats for lora and lora-svc?). "
+            "Give both the same number of repeats."
+        )
     placement = choose()
-    identity = tuned_identity(lora.manifest)
     e = opts.embedding
-    X, estats = features.embed(
-        features.LazyModel(identity, placement, lambda: load_tuned_extractor(lora.artifact, placement)),
-        dataset.texts,
-        pooling=e.pooling,
-        max_length=e.max_length,
-        batch_tokens=e.batch_tokens,
-        ctx=ctx,
-    )
+    embedded: dict[str, tuple] = {}
+
+    def vectors_of(prefix: str):
+        if prefix not in embedded:
+            identity = tuned_identity(lora.manifest, prefix)
+            embedded[prefix] = features.embed(
+                features.LazyModel(identity, placement, lambda: load_tuned_extractor(lora.artifact, placement, prefix)),
+                dataset.texts,
+                pooling=e.pooling,
+                max_length=e.max_length,
+                batch_tokens=e.batch_tokens,
+                ctx=ctx,
+            )
+        return embedded[prefix]
+
+    def vectors(fold):
+        if fold is None or plan.name != "cv":
+            return vectors_of("")[0]
+        return vectors_of(f"folds/r{fold.repeat}f{fold.fold}/")[0]
+
+    _, estats = vectors_of("")
     return fit_on_embeddings(
         dataset,
-        X,
+        vectors,
         estats,
-        identity,
+        tuned_identity(lora.manifest),
         LORA_SVC,
         opts,
         estimator="svc",
