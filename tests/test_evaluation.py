@@ -92,6 +92,7 @@ def test_lora_cv_is_bit_identical_in_fresh_processes_and_lora_svc_uses_the_fold_
     a, b = outs
     _check_cv_contract(a, 60, 1)
     assert a["macro_f1"] == b["macro_f1"] and a["fold_macro_f1"] == b["fold_macro_f1"]
+    assert Path(a["artifact"]).name == Path(b["artifact"]).name, "the same cache key in another process and cache"
     pa, pb = (_json(Path(o["artifact"]) / "predictions.json") for o in outs)
     assert pa["scores"] == pb["scores"], "identical probabilities, not just labels"
     ma = _json(Path(a["artifact"]) / "manifest.json")
