@@ -159,9 +159,11 @@ def cmd_evaluate(args) -> int:
 
 
 def _print_result(title: str, res) -> None:
-    m = res.metrics
+    m, plan = res.metrics, res.manifest.get("protocol") or {}
     if "macro_f1" in m:
-        _print_metrics(title, m, (res.manifest.get("protocol") or {}).get("reason"))
+        _print_metrics(title, m, plan.get("reason"))
+        for warning in plan.get("warnings") or []:
+            print(f"  WARNING: {warning}")
     else:
         print(
             f"\n{title}\n  perplexity on the test letters: {m['perplexity_before']:.2f} before, {m['perplexity_after']:.2f} after"

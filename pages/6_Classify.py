@@ -32,13 +32,19 @@ def _load_test_letter() -> None:
         texts = api.letters(ev).texts
         i = random.Random().choice(pred["test_index"])
         st.session_state["letter"] = texts[i]
-        st.session_state["letter_note"] = f"Test letter {i} (true label: {pred['y_true'][pred['test_index'].index(i)]})."
+        seen = " Under cv the stored classifier was refitted on every letter, this one included." if pred.get("protocol") == "cv" else ""
+        st.session_state["letter_note"] = f"Test letter {i} (true label: {pred['y_true'][pred['test_index'].index(i)]}).{seen}"
     except ClinBenchError as exc:
         st.session_state["letter_note"] = f"error: {exc}"
 
 
 c1, c2 = st.columns([1, 3])
-c1.button("Load a test letter", on_click=_load_test_letter, help="A random letter from the test split (never seen in training).")
+c1.button(
+    "Load a test letter",
+    on_click=_load_test_letter,
+    help="A random letter the evaluation scored: under holdout one the classifier never saw; under cv the stored "
+    "classifier was refitted on every letter.",
+)
 upload = c2.file_uploader("…or upload a .txt file", type=["txt"], key="letter-file", label_visibility="collapsed")
 if upload is not None and st.session_state.get("letter_file_id") != upload.file_id:
     try:

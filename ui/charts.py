@@ -44,7 +44,7 @@ def class_distribution(counts: dict[str, int], title: str = "Letters per label")
     return _layout(fig, title, height=max(260, 60 + 32 * len(labels)))
 
 
-def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the test letters (95% bootstrap CI)") -> go.Figure:
+def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the scored letters (95% bootstrap CI)") -> go.Figure:
     """One bar per model x method with its CI as an error bar; the majority-class baseline as a dashed line."""
     t = table.sort_values("macro_f1", ascending=True, kind="stable")
     fig = go.Figure()
@@ -86,7 +86,7 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the test lette
     return _layout(fig, title, height=max(320, 90 + 42 * len(t)))
 
 
-def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = "Per-class F1 on the test letters") -> go.Figure:
+def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = "Per-class F1 on the scored letters") -> go.Figure:
     pivot = per_class.pivot_table(index="evaluation", columns="class", values=metric, aggfunc="first")
     fig = go.Figure(
         go.Heatmap(
