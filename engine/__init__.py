@@ -16,6 +16,7 @@ the import graph has no cycle.
     storage           cache layout, content hashes, atomic writes
     duplicates        exact and near-duplicate letters: groups that never straddle a split, label conflicts
     devices           CUDA or CPU, dtype, free memory
+    tables            reading a letters file: encodings, ragged rows, JSONL; guessing the text and label columns
     data              loading CSV/JSONL, the validation report
     protocols         which letters fit and which score: cv folds or a hold-out split, duplicate groups, validation carve
     metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test
@@ -64,6 +65,7 @@ LAYERS = (
     "storage",
     "duplicates",
     "devices",
+    "tables",
     "data",
     "protocols",
     "metrics",

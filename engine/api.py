@@ -76,6 +76,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return data.read_table(path)
 
 
+def guess_columns(table: pd.DataFrame) -> tuple[str, str]:
+    from engine import data
+
+    return data.guess_columns(table)
+
+
 def validate_file(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> ValidationReport:
     """The validation report of a letters file ('default': the bundled dataset); never raises for content problems."""
     from engine import data

@@ -77,7 +77,8 @@ def cmd_data(args) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(f"{report.path}: {report.n_rows} rows, {len(report.class_counts)} labels{' (multi-label)' if report.multi_label else ''}")
+        if report.columns:  # (a file that could not be read has no rows or labels to count)
+            print(f"{report.path}: {report.n_rows} rows, {len(report.class_counts)} labels{' (multi-label)' if report.multi_label else ''}")
         for lab, n in report.class_counts.items():
             print(f"  {lab:40s} {n}")
         for issue in report.issues:

@@ -1,4 +1,4 @@
-"""Labelled letters: loading CSV/JSONL and the validation report (splits are engine.protocols').
+"""Labelled letters: loading CSV/JSONL (read by engine.tables) and the validation report (splits are engine.protocols').
 
 A dataset is a table with one letter per row; the user names the text column and the
 label column. A label cell holds one label, or several (multi-label) given as a JSON
@@ -12,8 +12,7 @@ that lists all errors at once, so a user fixes the file in one pass.
 from __future__ import annotations
 
 import difflib
-import json
-import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,10 +25,8 @@ from engine.config import DEFAULT_DATASET
 from engine.errors import ClinBenchError, DataError
 from engine.options import ProtocolOptions
 from engine.storage import sha256_json, sha256_texts
+from engine.tables import MAX_FILE_MB_ENV, SUFFIXES, guess_columns, max_file_mb, read_table  # noqa: F401 (the module's API)
 
-MAX_FILE_MB_ENV = "CLINBENCH_MAX_DATA_MB"
-DEFAULT_MAX_FILE_MB = 200
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 DEFAULT_NAME = "default"
 DEFAULT_COLUMNS = ("text", "label")
 
@@ -129,77 +126,6 @@ class Dataset:
         return sha256_json([self.text_hash, [list(lab) if self.multi_label else lab for lab in self.labels]])
 
 
-# --- loading -----------------------------------------------------------------
-
-
-def max_file_mb() -> float:
-    return float(os.environ.get(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB))
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV/TSV/JSONL file into a DataFrame of strings (and lists for JSON label lists).
-
-    Raises DataError for problems with the file itself: missing, too large, unknown
-    format, not UTF-8, or unparsable.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"File not found: {path}. Check the path, or upload the file again.")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; give the path of a .csv, .tsv or .jsonl file.")
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(
-            f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv or .jsonl (one JSON object per line)."
-        )
-    size, limit_mb = path.stat().st_size, max_file_mb()
-    if size > limit_mb * 2**20:
-        raise DataError(
-            f"{path.name} is {size / 2**20:.2g} MB, over the {limit_mb:g} MB limit. Split it into smaller files, "
-            f"or raise the limit with the environment variable {MAX_FILE_MB_ENV}."
-        )
-    raw = path.read_bytes()
-    if size == 0:
-        raise DataError(f"{path.name} is empty. Export the table again with a header row and one letter per row.")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path.name} is not UTF-8: byte 0x{raw[exc.start]:02x} at line {line} (byte offset {exc.start}) cannot be decoded. "
-            "Re-save the file as UTF-8 (in Excel: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8`)."
-        ) from None
-    if kind == "jsonl":
-        return _read_jsonl(text, path.name)
-    import io
-
-    try:
-        return pd.read_csv(io.StringIO(text), sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(
-            f"{path.name} could not be parsed as {kind.upper()}: {exc}. Check the quoting of fields that contain commas or line breaks."
-        ) from None
-
-
-def _read_jsonl(text: str, name: str) -> pd.DataFrame:
-    records = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise DataError(
-                f"{name}, line {i}: not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object."
-            ) from None
-        if not isinstance(obj, dict):
-            raise DataError(f'{name}, line {i}: expected a JSON object like {{"text": ..., "label": ...}}, found {type(obj).__name__}.')
-        records.append(obj)
-    if not records:
-        raise DataError(f"{name} holds no JSON records. Each line must be one JSON object.")
-    return pd.DataFrame.from_records(records)
-
-
 # --- validation --------------------------------------------------------------
 
 
@@ -224,17 +150,27 @@ def _is_blank(value) -> bool:
     return False
 
 
+def _clean(label: str) -> str:
+    """A label without control characters (NUL, escape, ...): they are invisible and would make a new class."""
+    return "".join(ch for ch in label if unicodedata.category(ch) != "Cc").strip()
+
+
+def _has_control(value, label_sep: str | None = None) -> bool:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    items = [v.replace(label_sep, "") if label_sep and isinstance(v, str) else v for v in items]
+    return any(isinstance(v, str) and any(unicodedata.category(ch) == "Cc" for ch in v.strip()) for v in items)
+
+
 def _parse_labels(value, label_sep: str | None):
-    """One label (str) or a tuple of labels; None when blank."""
+    """One label (str) or a tuple of labels, without control characters; None when blank."""
     if isinstance(value, (list, tuple)):
-        labs = tuple(sorted({str(v).strip() for v in value if not _is_blank(v)}))
+        labs = tuple(sorted({_clean(str(v)) for v in value if not _is_blank(v)} - {""}))
         return labs
     if _is_blank(value):
         return None
-    value = str(value).strip()
-    if label_sep:
-        return tuple(sorted({p.strip() for p in value.split(label_sep) if p.strip()}))
-    return value
+    if label_sep:  # split first: the separator may itself be a control character (a tab)
+        return tuple(sorted({_clean(p) for p in str(value).split(label_sep)} - {""}))
+    return _clean(str(value)) or None
 
 
 def validate_table(
@@ -250,6 +186,12 @@ def validate_table(
                 "missing_column",
                 f"{role} column {col!r} not found in {path}. Columns present: {', '.join(report.columns) or '(none)'}.{hint}",
             )
+    if text_column == label_column and not report.errors:
+        report.error(
+            "same_column",
+            f"The text column and the label column must differ: both are {text_column!r}, so every letter would carry "
+            "its own answer. Choose the column with the letters' text and the column with their labels.",
+        )
     if report.errors:
         return report, [], []
     if len(df) == 0:
@@ -258,9 +200,11 @@ def validate_table(
 
     row_no = list(range(1, len(df) + 1))  # 1-based data rows (header not counted)
     texts, labels = [], []
-    blank_text, blank_label = [], []
+    blank_text, blank_label, cleaned, only_control = [], [], [], []
     for n, text, raw_label in zip(row_no, df[text_column].tolist(), df[label_column].tolist()):
         lab = _parse_labels(raw_label, label_sep)
+        if _has_control(raw_label, label_sep):
+            (cleaned if lab else only_control).append(n)
         if _is_blank(text) or not isinstance(text, str):
             blank_text.append(n)
         if lab is None or lab == ():
@@ -273,6 +217,20 @@ def validate_table(
             f"{len(blank_text)} row(s) have an empty or missing text in column {text_column!r}: rows {_row_list(blank_text)} "
             "(counted from 1 after the header). Fill in or delete these rows.",
         )
+    if only_control:
+        report.error(
+            "label_only_control_characters",
+            f"{len(only_control)} label(s) in column {label_column!r} hold only control characters (invisible bytes such as "
+            f"NUL): row{'s' if len(only_control) > 1 else ''} {_row_list(only_control)}. Label these letters or delete the rows.",
+        )
+        blank_label = [n for n in blank_label if n not in set(only_control)]
+    if cleaned:
+        report.warn(
+            "label_control_characters",
+            f"{len(cleaned)} label(s) in column {label_column!r} held control characters (invisible bytes such as NUL), "
+            f"removed so that they do not make new labels: row{'s' if len(cleaned) > 1 else ''} {_row_list(cleaned)}. Check these rows, and remove the "
+            "characters from the file to silence this warning.",
+        )
     if blank_label:
         report.error(
             "empty_label",
@@ -280,7 +238,7 @@ def validate_table(
             "Label these letters or delete the rows.",
         )
 
-    bad = set(blank_text) | set(blank_label)
+    bad = set(blank_text) | set(blank_label) | set(only_control)
     ok_rows = [i for i in range(len(texts)) if (i + 1) not in bad]
     multi = any(isinstance(labels[i], tuple) for i in ok_rows)
     report.multi_label = multi
@@ -346,8 +304,26 @@ def validate_table(
         )
     for text in dup["warnings"]:
         report.warn("large_duplicate_group", text)
+    _warn_leakage(report, usable_texts, usable_labels, text_column, label_column)
 
     return report, usable_texts, usable_labels
+
+
+def _warn_leakage(report: ValidationReport, texts: list[str], labels: list, text_column: str, label_column: str) -> None:
+    """Warn when the text names the label: each distinct text belongs to one label, and there are as many texts as labels."""
+    key = [tuple(lab) if isinstance(lab, (list, tuple)) else lab for lab in labels]
+    by_text = {}
+    for t, lab in zip(texts, key):
+        by_text.setdefault(" ".join(t.lower().split()), set()).add(lab)
+    if len(set(key)) < 2 or len(by_text) != len(set(key)) or any(len(labs) > 1 for labs in by_text.values()):
+        return
+    examples = ", ".join(f"{t[:30]!r} -> {next(iter(labs))!r}" for t, labs in list(by_text.items())[:3])
+    report.warn(
+        "text_predicts_label",
+        f"Column {text_column!r} gives the label away: it holds {len(by_text)} distinct texts for {len(by_text)} labels of "
+        f"{label_column!r}, one per label ({examples}), so any classifier scores perfectly. This label leak makes the "
+        "scores meaningless: choose the column with the letters' free text.",
+    )
 
 
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> Dataset:

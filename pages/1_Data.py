@@ -20,20 +20,29 @@ if upload is not None:
     try:
         path = api.store_upload(upload.name, upload.getvalue())
         table = api.read_table(path)
+        guess_text, guess_label = api.guess_columns(table)
     except ClinBenchError as exc:
         common.error(exc, f"{upload.name} cannot be read")
         st.stop()
     columns = [str(c) for c in table.columns]
     st.write(f"**{upload.name}**: {len(table)} rows, columns {', '.join(f'`{c}`' for c in columns)}.")
-    guess_text = next((c for c in columns if c.lower() in ("text", "letter", "transcription", "note")), columns[0])
-    guess_label = next((c for c in columns if c.lower() in ("label", "specialty", "class", "category")), columns[-1])
     c1, c2, c3 = st.columns(3)
     text_col = c1.selectbox("Text column", columns, index=columns.index(guess_text))
     label_col = c2.selectbox("Label column", columns, index=columns.index(guess_label))
     sep = c3.text_input("Label separator (several labels per letter)", "", help="Leave empty for one label per letter, e.g. '|'.")
     report = api.validate_file(path, text_col, label_col, label_sep=sep or None)
     st.subheader("Validation report")
-    for issue in report.errors:
+    choice = (upload.name, text_col, label_col, sep)  # errors wait until the user confirms the (guessed) columns
+    checked = report.ok or st.session_state.get("data_checked") == choice
+    if not checked:
+        st.info(
+            f"{len(report.errors)} problem(s) with these columns. Check that the text and label columns above are the "
+            "right ones (they were guessed), then press the button to see what to fix."
+        )
+        if st.button("Check these columns", type="primary"):
+            st.session_state["data_checked"] = choice
+            st.rerun()
+    for issue in report.errors if checked else []:
         st.error(issue.message)
     for issue in report.warnings:
         st.warning(issue.message)
@@ -70,7 +79,7 @@ if upload is not None:
                 st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). It is offered on the Runs page.")
             except ClinBenchError as exc:
                 common.error(exc, "Not saved")
-    else:
+    elif checked:
         st.info("Fix the errors above in the file and upload it again, or choose other columns. Nothing was saved.")
 
 st.divider()
