@@ -92,6 +92,8 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}. Allowed: {', '.join(SPEC_KEYS)}.")
     name = obj.get("name") or "experiment"
+    if not isinstance(name, str | int | float) or isinstance(name, bool):
+        raise SpecError(f"{where}: name must be a short text, e.g. name: my-comparison; got a {type(name).__name__}.")
     raw = obj.get("data", "default")
     if raw == data_mod.DEFAULT_NAME or raw is None:
         ds = DataSpec()
@@ -134,22 +136,42 @@ def parse_stored_spec(obj: dict, where: str) -> Spec:
     return parse_spec({**obj, "options": raw}, where)
 
 
+MAX_SPEC_BYTES = 1_000_000  # a spec is a few lines; anything near this size is not one
+
+
+def _yaml(text: str, name: str) -> Any:
+    """YAML parsed safely: aliases (`*name`) are refused before anything is built, so a "billion laughs" file fails at once."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise SpecError(f"{name} uses a YAML alias (*{event.anchor}), which spec files do not support. Write the value out in full.")
+    return yaml.safe_load(text)
+
+
 def load_spec(path: str | Path) -> Spec:
+    """A spec file (YAML or JSON, UTF-8, at most 1 MB) read and checked; every problem is a SpecError naming the file."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"Spec file not found: {path}.")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise SpecError(f"{path} is a folder, not a spec file. Give the path of a YAML or JSON file, e.g. {path / 'spec.yaml'}.")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path.name} is {size / 1e6:.1f} MB; a spec file must be under 1 MB. Check that this is the right file.")
     try:
-        if path.suffix.lower() == ".json":
-            obj = json.loads(text)
-        else:
-            import yaml
-
-            obj = yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError or json.JSONDecodeError (a ValueError)
-        raise SpecError(
-            f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(exc).splitlines()[0]}"
-        ) from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path.name} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and try again.") from None
+    except OSError as exc:
+        raise SpecError(f"{path.name} cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        obj = json.loads(text) if kind == "JSON" else _yaml(text, path.name)
+    except SpecError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError (a ValueError), RecursionError of a deeply nested file
+        raise SpecError(f"{path.name} is not valid {kind}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return parse_spec(obj, where=path.name)
 
 

@@ -31,7 +31,7 @@ from engine import models
 from engine.context import StepContext, ensure
 from engine.devices import choose
 from engine.errors import ClinBenchError
-from engine.options import DEFAULT_MAX_LENGTH, POOLINGS
+from engine.options import DEFAULT_MAX_LENGTH, POOLINGS, Options
 from engine.storage import atomic_path, atomic_write_json, embeddings_dir, sha256_file, sha256_json, sha256_texts
 
 FEATURES_VERSION = 1  # bump when extraction changes its numbers, to invalidate cached vectors
@@ -262,6 +262,7 @@ def embed(
     `model_name_or_loaded` is a registry name / hub id / folder, an already loaded model, or a LazyModel.
     """
     ctx = ensure(ctx)
+    Options.parse({"pooling": pooling, "max_length": max_length, "batch_tokens": batch_tokens}, where="embed")  # checked as options
     if isinstance(model_name_or_loaded, str):
         entry = models.resolve(model_name_or_loaded)
         placement = placement or choose()

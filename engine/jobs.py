@@ -35,9 +35,16 @@ def submit(spec, *, start_worker: bool = True) -> int:
     if spec.data.path != "default":
         spec.data.path = str(Path(spec.data.path).expanduser().resolve())
     dataset = spec.data.load()  # raises DataError with the validation report
-    for name in spec.models:
-        if name != REFERENCE[0]:
-            models.resolve(name)  # unknown names and missing folders fail now; hub availability is checked when the step runs
+    names = [name for name in spec.models if name != REFERENCE[0]]
+    for name in names:  # unknown names, missing or damaged folders, hub ids that cannot be had (offline) fail now
+        models.check_available(name)
+    targets = spec.options.finetune.target_modules
+    if targets and {"lora", "lora-svc", "domain-adapt"} & set(spec.methods):
+        from engine.finetune.loading import check_targets_of
+
+        for name in names:
+            if models.resolve(name).source in ("local", "adapted") or name == "minilm":
+                check_targets_of(name, targets)  # a module the architecture lacks fails now, not after the data is tokenised
     steps = spec.steps()
     letters = protocols.prepare(dataset, spec.options.protocol)
     for method in {s["method"] for s in steps if KINDS[s["method"]].produces == "classifier"}:

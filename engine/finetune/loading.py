@@ -113,10 +113,40 @@ def default_target_modules(net) -> list[str]:
     )
 
 
+def check_target_modules(net, targets: list[str], model: str) -> None:
+    """Refuse LoRA target modules that name no Linear, Conv1D or Embedding module of `net` (as peft matches them: the full
+    name or its last parts), naming the unknown ones and some the model has, before any training starts."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    adaptable = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Embedding | Conv1D)]
+    unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in adaptable)]
+    if unknown:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in net.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)})
+        raise ClinBenchError(
+            f"LoRA target module(s) {', '.join(map(repr, unknown))} not found in {model}. Its linear modules are named: "
+            f"{', '.join(leaves[:10])}. Set target_modules to some of these, or leave it unset for the architecture's default."
+        )
+
+
+def check_targets_of(model: str, targets: list[str]) -> None:
+    """`check_target_modules` for a model's architecture built from its config on the meta device (no weights read, ~1 s):
+    what `submit` does for a local model folder (or a bundled encoder) before queuing LoRA steps."""
+    import torch
+    from transformers import AutoModel
+
+    folder, _ = models.locate(models.resolve(model))
+    with torch.device("meta"):
+        net = AutoModel.from_config(models.load_config(folder))
+    check_target_modules(net, targets, model)
+
+
 def lora_config(net, ft, task: str | None, head: list[str]):
     """peft's LoraConfig from the FineTuneOptions `ft`; the new head (if any) is trained in full (`modules_to_save`)."""
     from peft import LoraConfig
 
+    if ft.target_modules:
+        check_target_modules(net, ft.target_modules, getattr(net.config, "name_or_path", "") or "the model")
     return LoraConfig(
         task_type=task,
         r=ft.lora_r,
