@@ -14,14 +14,15 @@ from engine import api
 from engine.errors import ClinBenchError
 from ui import common
 
+# No page icons: Streamlit fetches Material icons from fonts.gstatic.com, and nothing may leave this machine.
 PAGES = [
-    ("1_Data.py", "Data", ":material/table:"),
-    ("2_Models.py", "Models", ":material/memory:"),
-    ("3_Runs.py", "Runs", ":material/play_circle:"),
-    ("4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
-    ("5_Compare.py", "Compare", ":material/leaderboard:"),
-    ("6_Classify.py", "Classify", ":material/description:"),
-    ("7_Export.py", "Export", ":material/download:"),
+    ("1_Data.py", "Data"),
+    ("2_Models.py", "Models"),
+    ("3_Runs.py", "Runs"),
+    ("4_Embeddings.py", "Embeddings"),
+    ("5_Compare.py", "Compare"),
+    ("6_Classify.py", "Classify"),
+    ("7_Export.py", "Export"),
 ]
 
 
@@ -74,14 +75,11 @@ def home() -> None:
         try:
             run_id = api.submit(spec)
             st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
-            st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}", icon=":material/play_circle:")
+            st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}")
         except ClinBenchError as exc:
             common.error(exc, "The default comparison could not be queued")
     common.worker_status()
 
 
-nav = st.navigation(
-    [st.Page(home, title="Home", icon=":material/home:", default=True)]
-    + [st.Page(f"pages/{f}", title=t, icon=i, url_path=t) for f, t, i in PAGES]
-)
+nav = st.navigation([st.Page(home, title="Home", default=True)] + [st.Page(f"pages/{f}", title=t, url_path=t) for f, t in PAGES])
 nav.run()

@@ -94,17 +94,24 @@ def table_csv(df) -> bytes:
 
 
 def report_zip(figures: dict, tables: dict, info: dict | None = None, formats=("png", "svg", "html")) -> bytes:
-    """A zip with every figure in every format (figures/<name>.<fmt>), every table as CSV (tables/<name>.csv)
-    and report.json (what is inside, when, and `info`)."""
+    """A zip with every figure in every format (figures/<name>.<fmt>; the HTML pages share figures/plotly.min.js), every
+    table as CSV (tables/<name>.csv) and report.json (what is inside, when, and `info`)."""
     buf = io.BytesIO()
     contents = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {}), "figures": [], "tables": []}
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, fig in figures.items():
             for fmt in formats:
-                zf.writestr(f"figures/{slug(name)}.{fmt}", figure_bytes(fig, fmt))
+                if fmt == "html":  # every page loads the zip's one plotly.min.js (4.8 MB once, not per figure)
+                    zf.writestr(f"figures/{slug(name)}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
+                else:
+                    zf.writestr(f"figures/{slug(name)}.{fmt}", figure_bytes(fig, fmt))
             contents["figures"].append({"name": name, "files": [f"figures/{slug(name)}.{fmt}" for fmt in formats]})
         for name, df in tables.items():
             zf.writestr(f"tables/{slug(name)}.csv", table_csv(df))
             contents["tables"].append({"name": name, "file": f"tables/{slug(name)}.csv", "rows": int(len(df))})
+        if "html" in formats and figures:
+            from plotly.offline import get_plotlyjs
+
+            zf.writestr("figures/plotly.min.js", get_plotlyjs())
         zf.writestr("report.json", json.dumps(contents, indent=2, default=str))
     return buf.getvalue()

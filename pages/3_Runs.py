@@ -48,7 +48,7 @@ if submitted:
         try:
             with st.spinner("Checking the data and the models…"):
                 run_id = api.submit(spec, where="the form")
-            st.session_state["watch"] = run_id
+            st.session_state["watch"] = st.session_state["run-pick"] = run_id  # the live view shows the new run
             n_steps = len(api.parse_spec(spec, where="the form").steps())
             st.success(f"Run {run_id} queued with {n_steps} step(s), the tf-idf reference last.")
             d = spec["data"]

@@ -48,7 +48,6 @@ if built and built[0] == tuple(e.key for e in evals):
         file_name="clinbench-report.zip",
         mime="application/zip",
         on_click="ignore",
-        icon=":material/download:",
         key="dl-report",
     )
 

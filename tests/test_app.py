@@ -101,6 +101,10 @@ def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeyp
         run.spec["options"]["max_length"] == 512 and run.spec["options"]["smote"] is True
     )  # the form's defaults are the options' defaults
     assert any("Run 1" in m.value for m in at.markdown)
+    assert any("Protocol **holdout**" in m.value for m in at.info), "the protocol chosen, and why, is shown after the submit"
+    at.button[0].click().run()  # a second run: the live view switches to it
+    assert len(jobs.list_runs()) == 2 and at.selectbox(key="run-pick").value == 2
+    assert any("Run 2" in m.value for m in at.markdown)
 
 
 def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypatch):

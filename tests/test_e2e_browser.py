@@ -97,6 +97,8 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        outside = []  # letters are private and the app works offline: no request may leave this machine
+        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
         try:
             page.goto(f"{base}/Runs")
             expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
@@ -135,5 +137,9 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
             expect(page.get_by_text("Majority label")).to_be_visible(timeout=120_000)
             expect(page.locator("[data-testid='stMetricValue']")).to_have_text("cardiovascular-pulmonary")
             page.screenshot(path=str(tmp / "classify.png"), full_page=True)
+            page.goto(base)  # the home page, with the app's navigation
+            expect(page.get_by_role("link", name="Compare")).to_be_visible(timeout=60_000)
+            _settle(page)
         finally:
             browser.close()
+    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"

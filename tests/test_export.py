@@ -28,5 +28,11 @@ def test_exports_png_svg_html_csv_and_report(cache, two_evals):
     zf = zipfile.ZipFile(io.BytesIO(export.report_zip(figs, tables, {"dataset": "small"})))
     names = set(zf.namelist())
     assert "figures/macro-f1-by-model-and-method.png" in names and "tables/macro-f1-by-model-and-method.csv" in names
+    pages = [n for n in names if n.endswith(".html")]
+    assert len(pages) == len(figs) and "figures/plotly.min.js" in names
+    for page in pages:  # each page loads the zip's one copy of plotly.js, nothing from outside
+        html = zf.read(page).decode()
+        assert 'src="plotly.min.js"' in html and len(html) < 100_000 and 'src="http' not in html
+    assert zf.getinfo("figures/plotly.min.js").file_size > 1_000_000
     meta = json.loads(zf.read("report.json"))
     assert len(meta["figures"]) == len(figs) and meta["dataset"] == "small"

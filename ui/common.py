@@ -3,6 +3,7 @@ with their downloads, the dataset/run filter, and worker status. No model or dat
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable
 
@@ -75,7 +76,6 @@ def table(df: pd.DataFrame, name: str, key: str, **kwargs) -> None:
         mime="text/csv",
         key=f"dl-{key}-csv",
         on_click="ignore",
-        icon=":material/download:",
     )
 
 
@@ -89,11 +89,12 @@ def pick_evaluations(key: str) -> tuple[list, dict | None]:
     if not evals:
         return [], None
     sets = api.result_datasets(evals)
-    names = {
-        d["data_hash"]: f"{d['source'] if d['source'] == 'default' else d['source'].rsplit('/', 1)[-1]} "
-        f"({d['n_letters']} letters, {d['n_evaluations']} evaluations)"
-        for d in sets
-    }
+    saved = {os.path.realpath(s.file): s.name for s in api.saved_datasets()[0]}  # by its name, not its storage file
+
+    def shown(source: str) -> str:
+        return saved.get(os.path.realpath(source)) or (source if source == "default" else source.rsplit("/", 1)[-1])
+
+    names = {d["data_hash"]: f"{shown(d['source'])} ({d['n_letters']} letters, {d['n_evaluations']} evaluations)" for d in sets}
     chosen = st.sidebar.selectbox("Dataset", list(names), format_func=names.get, key=f"{key}-dataset")
     run_ids = [None] + [r.id for r in api.list_runs() if any(s.result for s in r.steps)]
     run_id = st.sidebar.selectbox("Run", run_ids, format_func=lambda r: "all runs" if r is None else f"run {r}", key=f"{key}-run")
