@@ -36,3 +36,14 @@ def test_exports_png_svg_html_csv_and_report(cache, two_evals):
     assert zf.getinfo("figures/plotly.min.js").file_size > 1_000_000
     meta = json.loads(zf.read("report.json"))
     assert len(meta["figures"]) == len(figs) and meta["dataset"] == "small"
+
+
+def test_letter_text_in_hover_labels_is_escaped():
+    import numpy as np
+
+    from ui import charts
+
+    letter = 'Pt seen <script>alert("x")</script> with <b>pain</b> & fever'
+    fig = charts.umap_scatter(np.zeros((1, 2)), ["a"], [letter], "map", "label")
+    (hover,) = fig.data[0].text
+    assert "<script>" not in hover and "&lt;script&gt;" in hover and "&lt;b&gt;pain&lt;/b&gt; &amp; fever" in hover

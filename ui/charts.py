@@ -6,6 +6,7 @@ objects are shown on the pages and exported (engine.export), so a PNG matches th
 
 from __future__ import annotations
 
+import html
 import textwrap
 
 import numpy as np
@@ -128,8 +129,9 @@ def confusion_chart(cm: dict, title: str) -> go.Figure:
 
 
 def _hover_snippet(text: str, words: int = 25) -> str:
+    """The first words of a letter for a hover label, HTML-escaped (a letter's "<b>" or "<script>" stays text)."""
     first = " ".join(text.split()[:words])
-    return "<br>".join(textwrap.wrap(first + (" …" if len(text.split()) > words else ""), 60))
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(first + (" …" if len(text.split()) > words else ""), 60))
 
 
 def umap_scatter(
