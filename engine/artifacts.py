@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from engine.storage import atomic_dir, atomic_write_json, sha256_file
 PRODUCER = "clinbench"
 MANIFEST_SCHEMA = 1
 MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest.sha256"
 
 
 @dataclass
@@ -43,9 +45,14 @@ class StepResult:
 def seal(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write manifest.json into `directory`, listing the sha256 of every other file in it (subfolders too, by relative path)."""
     root = Path(directory)
-    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in (MANIFEST, MANIFEST_HASH)
+    }
     full = {"producer": PRODUCER, "schema": MANIFEST_SCHEMA, **manifest, "files": files}
     atomic_write_json(root / MANIFEST, full)
+    (root / MANIFEST_HASH).write_text(sha256_file(root / MANIFEST))  # the manifest's own hash, checked by read_manifest
     return full
 
 
@@ -68,16 +75,36 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise ArtifactError(f"The manifest {path} is not valid JSON ({exc}). Delete the folder and re-run the evaluation.") from None
     if manifest.get("producer") != PRODUCER:
         raise ArtifactError(f"{path} was not written by ClinBench (producer={manifest.get('producer')!r}); refusing to load it.")
+    sealed = Path(directory) / MANIFEST_HASH  # (artifacts written before ClinBench 0.3 have none)
+    if sealed.exists() and sealed.read_text().strip() != sha256_file(path):
+        raise ArtifactError(
+            f"{path} changed after it was written (its hash differs); delete {Path(directory).name} and re-run the evaluation."
+        )
     return manifest
 
 
 def stored(folder: Path, model: str, method: str) -> StepResult | None:
-    """The finished artifact in `folder` as a cache hit, or None when absent or damaged (the step then recomputes it)."""
-    if (Path(folder) / MANIFEST).exists():
-        with contextlib.suppress(ClinBenchError, KeyError):
-            manifest = read_manifest(folder)
-            return StepResult(model, method, manifest["metrics"], str(folder), True, manifest)
-    return None
+    """The finished artifact in `folder` as a cache hit, after checking every file it lists against its hash; None when
+    absent, or when damaged: a damaged folder is moved aside (`quarantine`) and the step recomputes it."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    try:
+        manifest = read_manifest(folder)
+        verify_tree(folder, "")
+        return StepResult(model, method, manifest["metrics"], str(folder), True, manifest)
+    except (ClinBenchError, KeyError):
+        quarantine(folder)
+        return None
+
+
+def quarantine(folder: Path) -> Path:
+    """Move a damaged artifact folder aside (`.corrupt-<name>-<time>` next to it), so it is never used and can be inspected."""
+    folder = Path(folder)
+    target = folder.with_name(f".corrupt-{folder.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    with contextlib.suppress(OSError):
+        folder.rename(target)
+    return target
 
 
 def verified_file(directory: Path, name: str) -> Path:

@@ -281,8 +281,11 @@ def embed(
     npy, meta_path = embeddings_dir() / f"{key}.npy", embeddings_dir() / f"{key}.json"
     if use_cache and meta_path.exists() and npy.exists():
         t0 = time.perf_counter()
-        meta = json.loads(meta_path.read_text())
-        if meta.get("npy_sha256") == sha256_file(npy):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, OSError):  # a damaged .json: a cache miss, the vectors are extracted again
+            meta = {}
+        if isinstance(meta, dict) and isinstance(meta.get("stats"), dict) and meta.get("npy_sha256") == sha256_file(npy):
             vectors = np.load(npy, mmap_mode="r")
             if vectors.shape[0] == len(texts):
                 stats = EmbedStats(**{**meta["stats"], "seconds": time.perf_counter() - t0, "cache_hit": True})

@@ -72,3 +72,23 @@ def test_stored_ignores_a_damaged_manifest(tmp_path):
     folder.mkdir()
     (folder / "manifest.json").write_text("{not json")
     assert artifacts.stored(folder, "m", "svc") is None
+
+
+def test_a_cache_hit_checks_every_file_and_a_damaged_artifact_is_quarantined(tmp_path):
+    folder = tmp_path / "eval"
+    artifacts.write(folder, {"metrics": {"macro_f1": 0.5}}, lambda tmp: (tmp / "classifier.joblib").write_bytes(b"model"))
+    assert artifacts.stored(folder, "m", "svc").cache_hit
+    (folder / "classifier.joblib").write_bytes(b"corrupted")  # a damaged file: never used, moved aside, recomputed
+    assert artifacts.stored(folder, "m", "svc") is None
+    assert not folder.exists() and [p.name.startswith(".corrupt-eval-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_a_changed_manifest_is_refused(tmp_path):
+    folder = tmp_path / "eval"
+    artifacts.write(folder, {"metrics": {"macro_f1": 0.5}}, lambda tmp: (tmp / "a.txt").write_text("a"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["metrics"]["macro_f1"] = 0.99  # a figure edited by hand
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="changed after it was written"):
+        artifacts.read_manifest(folder)
+    assert artifacts.stored(folder, "m", "svc") is None and not folder.exists()

@@ -128,3 +128,14 @@ def test_vectors_do_not_depend_on_letter_order(decoder, default_ds):
     a, _ = features.embed(decoder, texts, max_length=48, batch_tokens=96, use_cache=False)
     b, _ = features.embed(decoder, texts[::-1], max_length=48, batch_tokens=96, use_cache=False)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[::-1])
+
+
+def test_a_damaged_embeddings_meta_file_is_a_cache_miss(cache, tiny_encoder, default_ds):
+    from engine.storage import embeddings_dir
+
+    texts = default_ds.texts[:6]
+    _, first = features.embed(str(tiny_encoder), texts, max_length=16)
+    (embeddings_dir() / f"{first.key}.json").write_text("{not json")
+    again, stats = features.embed(str(tiny_encoder), texts, max_length=16)
+    assert not stats.cache_hit and again.shape[0] == 6
+    assert features.embed(str(tiny_encoder), texts, max_length=16)[1].cache_hit, "rewritten, so the next call hits"
