@@ -126,10 +126,14 @@ def letter_hashes(texts: list[str]) -> list[str]:
     return sorted({letter_hash(t) for t in texts})
 
 
-def require_unseen(model_folder, model_name: str, dataset, plan: Plan) -> None:
-    """Refuse to score a domain-adapted model on letters its adaptation read (a leak: the model has seen the test letters)."""
+def require_unseen(entry, dataset, plan: Plan) -> None:
+    """Refuse to score a domain-adapted model (an engine.models.ModelEntry from the `adapted` source) on letters its
+    adaptation read (a leak: the model has seen the test letters). Other models pass."""
     from pathlib import Path
 
+    if entry.source != "adapted":
+        return
+    model_folder, model_name = entry.ref, entry.name
     if not (Path(model_folder) / artifacts.MANIFEST).exists():
         return
     seen = set(artifacts.read_manifest(model_folder).get("seen_letters") or [])

@@ -53,20 +53,30 @@ def embedding_step(dataset: Dataset, model: str, method: str, opts: Options, ctx
     plan = protocols.plan(dataset, opts.protocol, method)  # refuses before any embedding when a class cannot be scored
     placement = choose()
     entry = models.resolve(model)
-    if entry.source == "adapted":
-        evaluation.require_unseen(entry.ref, entry.name, dataset, plan)
+    evaluation.require_unseen(entry, dataset, plan)
     e = opts.embedding
     X, estats = features.embed(
         model, dataset.texts, pooling=e.pooling, max_length=e.max_length, placement=placement, batch_tokens=e.batch_tokens, ctx=ctx
     )
     identity = {"name": entry.name, **features.read_meta(estats.key)["model"]}
     return fit_on_embeddings(
-        dataset, lambda fold: X, estats, identity, KINDS[method], opts, estimator=method, placement=placement, ctx=ctx, t_start=t_start
+        dataset,
+        plan,
+        lambda fold: X,
+        estats,
+        identity,
+        KINDS[method],
+        opts,
+        estimator=method,
+        placement=placement,
+        ctx=ctx,
+        t_start=t_start,
     )
 
 
 def fit_on_embeddings(
     dataset: Dataset,
+    plan: protocols.Plan,
     vectors: Callable,
     estats: features.EmbedStats,
     model_identity: dict,
@@ -80,14 +90,13 @@ def fit_on_embeddings(
     extra: dict | None = None,
 ) -> StepResult:
     """Fit `estimator` (svc|logreg) on each fold's training vectors and score its test letters; under cv, refit on every
-    letter for the stored classifier (under holdout the stored classifier is the one fitted on the training split). The
-    artifact is stored under the step kind's name (svc, logreg, lora-svc). `vectors(fold)` gives every letter's vectors
+    letter for the stored classifier (under holdout the stored classifier is the one fitted on the training split). `plan`
+    is the step's (protocols.plan for the kind). The artifact is stored under the step kind's name (svc, logreg, lora-svc). `vectors(fold)` gives every letter's vectors
     for a fold (the same frozen vectors for every fold, or those of a model tuned on that fold's training letters;
     `vectors(None)`: the stored classifier's) and `estats` describes the stored classifier's vectors."""
     ctx = ensure(ctx)
     t_start = t_start or time.perf_counter()
     p = opts.protocol
-    plan = protocols.plan(dataset, p, kind.name)
     key = evaluation_key(estats.key, estimator, kind.name, opts, plan.hash)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, model_identity["name"], kind.name):

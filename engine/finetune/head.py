@@ -88,8 +88,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     p = opts.protocol
     plan = protocols.plan(dataset, p, method)
     entry = resolve(model)
-    if entry.source == "adapted":
-        evaluation.require_unseen(entry.ref, entry.name, dataset, plan)
+    evaluation.require_unseen(entry, dataset, plan)
     key = loop.training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"plan": plan.hash})
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, entry.name, method):

@@ -62,6 +62,7 @@ def lora_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     _, estats = vectors_of("")
     return fit_on_embeddings(
         dataset,
+        plan,
         vectors,
         estats,
         tuned_identity(lora.manifest),
