@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.errors import ClinBenchError
 from engine.runview import RunView
 from engine.states import RESTARTABLE, Status, sql_list
-from engine.store import alive_workers, append_log, connect, ensure_worker, log_path, recover, transaction
+from engine.store import alive_workers, append_log, connect, ensure_worker, log_path, new_run_id, recover, transaction
 
 
 def submit(spec, *, start_worker: bool = True) -> int:
@@ -50,12 +50,12 @@ def submit(spec, *, start_worker: bool = True) -> int:
     for method in {s["method"] for s in steps if KINDS[s["method"]].produces == "classifier"}:
         protocols.plan(letters, spec.options.protocol, method)  # a class that some test fold would lack is refused now
     now = time.time()
-    with connect() as conn, transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO runs (name, spec, data_hash, created) VALUES (?, ?, ?, ?)",
-            (spec.name, json.dumps(spec.to_dict()), dataset.data_hash, now),
+    with connect() as conn, transaction(conn, durable=True):
+        run_id = new_run_id(conn)  # never an id an earlier run had, even one the database lost
+        conn.execute(
+            "INSERT INTO runs (id, name, spec, data_hash, created) VALUES (?, ?, ?, ?, ?)",
+            (run_id, spec.name, json.dumps(spec.to_dict()), dataset.data_hash, now),
         )
-        run_id = int(cur.lastrowid)
         conn.executemany(
             "INSERT INTO steps (run_id, idx, model, method, title, updated) VALUES (?, ?, ?, ?, ?, ?)",
             [(run_id, i, s["model"], s["method"], s["title"], now) for i, s in enumerate(steps)],
@@ -108,7 +108,7 @@ def cancel(run_id: int) -> RunView:
     (within a few seconds, else its worker terminates the step's process). Returns the run."""
     now = time.time()
     with connect() as conn:
-        with transaction(conn):
+        with transaction(conn, durable=True):
             run = _get(conn, run_id)
             if run.status.final:
                 return run
@@ -126,7 +126,7 @@ def resume(run_id: int, *, start_worker: bool = True) -> RunView:
     now = time.time()
     with connect() as conn:
         recover(conn)
-        with transaction(conn):
+        with transaction(conn, durable=True):
             run = _get(conn, run_id)
             if run.status == Status.RUNNING or any(s.status == Status.RUNNING for s in run.steps):
                 raise ClinBenchError(
@@ -151,7 +151,7 @@ def delete(run_id: int) -> None:
     """Forget a finished run, its curves and its log. Its artifacts stay in the cache (other runs may share them)."""
     with connect() as conn:
         recover(conn)
-        with transaction(conn):
+        with transaction(conn, durable=True):
             run = _get(conn, run_id)
             if not run.status.final:
                 raise ClinBenchError(

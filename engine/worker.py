@@ -16,7 +16,8 @@ Why a child per step:
 * a step the OS kills (out of memory) becomes `failed` with a message, and the next runs;
 * a large model's memory goes back to the system when its step ends.
 The child dies with its worker (PR_SET_PDEATHSIG on Linux, plus a parent check in the
-stop callback), so a killed worker leaves no orphan writing to the cache.
+stop callback), so a killed worker leaves no orphan writing to the cache. A worker whose store files were
+deleted or replaced under it exits at once without writing (store.exit_on_change); so does its step.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def serve(idle_exit: float = 0.0) -> int:
     import psutil
 
     me = psutil.Process()
+    store.exit_on_change(_say)
     with store.connect() as conn:
         store.recover(conn)
         with store.transaction(conn):
@@ -94,6 +96,7 @@ def serve(idle_exit: float = 0.0) -> int:
     try:
         with store.connect() as conn:
             while not _Stop.requested:
+                store.check(conn)  # the store it opened is still the store (else it leaves, writing nothing)
                 conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), me.pid))
                 step = _claim(conn, me.pid)
                 if step is None:
@@ -180,11 +183,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def _exit_message(rc: int) -> str:
     if rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
-        hint = (
-            " This is most often the system running out of memory: try a smaller max_length or batch_tokens, or a smaller model."
-            if rc == -signal.SIGKILL
-            else ""
-        )
+        hint = " This is most often the system running out of memory: try a smaller max_length or batch_tokens, or a smaller model."
+        hint = hint if rc == -signal.SIGKILL else ""
         return f"The step's process was killed ({name}) before it finished.{hint}"
     return f"The step's process exited with status {rc} without reporting a result; see the run log."
 
@@ -209,6 +209,7 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
     last_beat = time.monotonic()
     while proc.poll() is None:
         time.sleep(POLL_S)
+        store.check(conn)
         if _Stop.requested:
             _kill_tree(proc)
             forced = "stopped"
@@ -225,7 +226,7 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
     if forced or rc != 0:
         sweep_orphans()  # whatever the terminated step was writing
     now = time.time()
-    with store.transaction(conn):
+    with store.transaction(conn, durable=True):  # the step's final state (the child's, or this) reaches runs.sqlite
         step = conn.execute("SELECT status, error, result FROM steps WHERE run_id = ? AND idx = ?", (run_id, idx)).fetchone()
         status, error = Status(step["status"]), step["error"]
         result = json.loads(step["result"]) if step["result"] else {}
@@ -328,6 +329,7 @@ def execute_child(run_id: int, idx: int) -> int:
     """Body of `python -m engine worker --step RUN:IDX`: execute one claimed step and record its outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is the worker's to handle
     signal.signal(signal.SIGTERM, _terminated)  # unwind (temporary files are removed) before the worker's SIGKILL follows
+    store.exit_on_change(lambda msg: print(msg, flush=True))
     parent = os.getppid()
     with store.connect() as conn:
         row = conn.execute(
@@ -375,7 +377,7 @@ def execute_child(run_id: int, idx: int) -> int:
                 "error": f"Unexpected error: {type(exc).__name__}: {first} (the traceback is in the run log).",
             }
         now = time.time()
-        with store.transaction(conn):
+        with store.transaction(conn, durable=True):  # reported done: reaches runs.sqlite
             conn.execute(
                 "UPDATE steps SET status = ?, error = ?, result = ?, finished = ?, updated = ?, eta_s = NULL, "
                 "done = CASE WHEN ? THEN total ELSE done END "
