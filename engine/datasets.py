@@ -100,13 +100,20 @@ def list_saved() -> tuple[list[SavedDataset], list[tuple[str, str]]]:
     return out, skipped
 
 
+def _no_such(ident) -> DataError:
+    return DataError(f"There is no saved dataset {ident!r}. The Data page lists the saved datasets.")
+
+
 def get(ident: str) -> SavedDataset:
     for s in list_saved()[0]:
         if s.id == ident:
             return s
-    raise DataError(f"There is no saved dataset {ident!r}. The Data page lists the saved datasets.")
+    raise _no_such(ident)
 
 
 def delete(ident: str) -> None:
-    """Forget a saved dataset's description (its file stays: runs may refer to it)."""
+    """Forget a saved dataset's description (its file stays: runs may refer to it). An id is 16 hex digits (the start of
+    the data hash): anything else, such as '../runs/x', is refused, so no file outside datasets/ can be removed."""
+    if not isinstance(ident, str) or not re.fullmatch(r"[0-9a-f]{16}", ident):
+        raise _no_such(ident)
     (datasets_dir() / f"{ident}.json").unlink(missing_ok=True)

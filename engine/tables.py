@@ -62,6 +62,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if kind == "jsonl":
         return _read_jsonl(text, path.name)
     sep = "\t" if kind == "tsv" else ","
+    _refuse_unclosed_quote(text, sep, path.name)
     _refuse_ragged(text, sep, path.name)
     try:
         return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[], index_col=False)
@@ -95,6 +96,24 @@ def decode(raw: bytes, name: str) -> str:
         raise DataError(
             f"{name} is not UTF-8: byte 0x{raw[exc.start]:02x} at line {line} (byte offset {exc.start}) cannot be decoded. {TO_UTF8}"
         ) from None
+
+
+def _refuse_unclosed_quote(text: str, sep: str, name: str) -> None:
+    """A DataError naming the line where a quoted field opens and never closes (the rest of the file would be one field)."""
+    if text.count('"') % 2 == 0:  # a closed quoted field holds an even number of quotes: only an odd count is suspect
+        return
+    csv.field_size_limit(2**31 - 1)
+    reader, start = csv.reader(io.StringIO(text), delimiter=sep, strict=True), 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise DataError(
+                f'{name}: a quoted field in the row that starts at line {start} is never closed (no closing "), so the rest of '
+                'the file would read as one field. Close the quote, write a quote inside a field as two (""), or export the '
+                "table again from your spreadsheet."
+            ) from None
 
 
 def _refuse_ragged(text: str, sep: str, name: str) -> None:
