@@ -39,6 +39,7 @@ the import graph has no cycle.
     experiment        specs checked and expanded into steps; executing one step
     store             the SQLite run store, workers' liveness
     runview           RunView / StepView: the one view of a run (CLI JSON, pages)
+    estimates         how long a run will take, from this machine's finished steps
     jobs              submit, read, cancel, resume, delete runs
     worker            worker processes executing queued steps, each in a child process
     datasets          uploaded datasets saved in the cache
@@ -48,6 +49,7 @@ the import graph has no cycle.
     predict           letters through several classifiers, with agreement and latency
     replication       stored evaluations by key: scored on another labelled file, re-run in a fresh cache and compared
     export            charts as PNG/SVG/HTML, tables as CSV, a report zip
+    housekeeping      cache usage per folder, dataset, model and run; pruning that keeps what runs show
     api               the front door
     cli_commands      the bodies of the CLI's commands
     cli               `python -m engine ...`: the parser
@@ -88,6 +90,7 @@ LAYERS = (
     "experiment",
     "store",
     "runview",
+    "estimates",
     "jobs",
     "worker",
     "datasets",
@@ -97,6 +100,7 @@ LAYERS = (
     "predict",
     "replication",
     "export",
+    "housekeeping",
     "api",
     "cli_commands",
     "cli",

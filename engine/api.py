@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import datasets, jobs, replication, store
+from engine import datasets, export, housekeeping, jobs, replication, store
 from engine.data import DEFAULT_NAME
 from engine.errors import ClinBenchError
 from engine.runview import RunView, StepView, fmt_duration
@@ -197,8 +197,9 @@ get_run = jobs.get_run  # one RunView with its curves
 cancel_run = jobs.cancel
 resume_run = jobs.resume
 delete_run = jobs.delete
-run_log = jobs.read_log
-workers = jobs.workers
+run_log, workers = jobs.read_log, jobs.workers
+# the cache's bytes per folder/dataset/model/run (`cache usage`), pruning (`cache prune`), sizes in words
+cache_usage, prune_cache, human_size = housekeeping.usage, housekeeping.prune, housekeeping.human
 ensure_worker = store.ensure_worker
 
 
@@ -221,6 +222,13 @@ def submit(spec: Spec | dict, *, where: str = "spec", start_worker: bool = True)
     if not isinstance(spec, experiment.Spec):
         spec = experiment.parse_spec(spec, where=where)
     return jobs.submit(spec, start_worker=start_worker)
+
+
+def estimate(spec: Spec | dict, *, where: str = "spec") -> list:
+    """How long each step of `spec` would take on this machine (engine.estimates.StepEstimate), from its finished steps."""
+    from engine import estimates
+
+    return estimates.estimate(spec if not isinstance(spec, dict) else parse_spec(spec, where))
 
 
 def run_in_process(spec: Spec, step: dict, dataset: Dataset | None = None, ctx: StepContext | None = None) -> StepResult:
@@ -337,6 +345,13 @@ def classify(text: str, evals: list[Evaluation]) -> list[dict]:
     return predict.classify(text, evals)
 
 
+def nearest(text: str, ev: Evaluation, k: int = 5) -> list[dict]:
+    """The k training letters of a frozen-embedding evaluation closest to `text` (cosine): row, label, similarity, first words."""
+    from engine import predict
+
+    return predict.nearest(text, ev, k)
+
+
 def agreement(rows: list[dict]) -> dict:
     from engine import predict
 
@@ -359,40 +374,18 @@ def save_npy(path: str | Path, array) -> None:
         np.save(fh, np.asarray(array))
 
 
-def browser_path() -> str | None:
-    """The Chrome/Chromium that PNG/SVG export uses, or None."""
-    from engine import export
-
-    return export.browser_path()
-
-
-def figure_bytes(fig, fmt: str) -> bytes:
-    """A plotly figure as png, svg or html; ClinBenchError (ExportError) when it cannot be rendered."""
-    from engine import export
-
-    return export.figure_bytes(fig, fmt)
-
-
-def table_csv(df: pd.DataFrame) -> bytes:
-    from engine import export
-
-    return export.table_csv(df)
-
-
-def report_zip(figures: dict, tables: dict, info: dict | None = None) -> bytes:
-    from engine import export
-
-    return export.report_zip(figures, tables, info)
-
-
-def slug(name: str) -> str:
-    from engine import export
-
-    return export.slug(name)
+# Exports (engine.export imports only the standard library until a chart is rendered): the Chrome/Chromium that
+# PNG/SVG need (or None), a plotly figure as png/svg/html (ExportError when it cannot be rendered), a table as CSV,
+# the report zip, file-name slugs.
+browser_path, figure_bytes, table_csv, report_zip, slug = (
+    export.browser_path,
+    export.figure_bytes,
+    export.table_csv,
+    export.report_zip,
+    export.slug,
+)
 
 
 def export_formats() -> dict[str, str]:
     """Chart formats and their MIME types."""
-    from engine import export
-
     return dict(export.FORMATS)

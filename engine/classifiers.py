@@ -91,12 +91,15 @@ class EmbeddingClassifier(_Base):
         self.tokenizer = loaded.tokenizer
         self.classes_ = [str(c) for c in estimator.classes_]
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """The letters' vectors, made as its training letters' were (model, pooling, max_length)."""
         with tempfile.TemporaryDirectory(prefix="clinbench-letters-") as tmp:
             out = Path(tmp) / "letters.npy"
             features.extract(self.loaded, list(texts), out, pooling=self.pooling, max_length=self.max_length)
-            vectors = np.array(np.load(out))
-        return np.asarray(self.estimator.predict_proba(vectors), dtype=float)
+            return np.array(np.load(out))
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(self.embed(texts)), dtype=float)
 
 
 class SequenceClassifier(_Base):

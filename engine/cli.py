@@ -169,6 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "cache", help="cache size per dataset/model/run, and pruning", description="The cache folder's size, and pruning it."
+    )
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    u = csub.add_parser("usage", help="bytes per folder, dataset, model or run", description="Bytes in the cache, grouped.")
+    u.add_argument("--by", choices=("folder", "dataset", "model", "run"), default="folder", help="grouping (default: folder)")
+    u.add_argument("--json", action="store_true", help="print JSON: total_bytes, unreferenced_bytes, by.{folder,dataset,model,run}")
+    pr = csub.add_parser(
+        "prune",
+        help="remove leftovers, old unused results, or runs with their own artifacts",
+        description="Remove files from the cache; nothing a run in the store refers to (its evaluations, their embeddings and "
+        "maps, its letters file) is ever removed, nor anything a queued or running step may need. Selectors add up.",
+    )
+    pr.add_argument(
+        "--orphans",
+        action="store_true",
+        help="leftovers of interrupted writes, .corrupt-* folders, checkpoints (when no step is queued or running), logs of "
+        "deleted runs, embeddings and maps no stored evaluation uses. Evaluation folders no run refers to are kept (`evaluate` "
+        "makes them): use --older-than for those",
+    )
+    pr.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="results, embeddings, maps and checkpoints unused for DAYS that no run refers to"
+    )
+    pr.add_argument("--run", type=int, nargs="+", metavar="ID", help="delete these finished runs and the artifacts only they used")
+    pr.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    pr.add_argument("--json", action="store_true", help="print JSON: removed [{kind, name, path, bytes, why}], freed_bytes, runs_deleted")
+
+    p = sub.add_parser(
         "worker",
         help="serve queued runs in this terminal (workers otherwise start on demand)",
         description="Execute queued steps, each in a child process, until stopped with Ctrl-C. Workers start by themselves when runs "
@@ -205,6 +232,7 @@ COMMANDS = {
     "predict": out.cmd_predict,
     "score": out.cmd_score,
     "rerun": out.cmd_rerun,
+    "cache": out.cmd_cache,
     "worker": cmd_worker,
 }
 

@@ -384,3 +384,17 @@ def cmd_rerun(args) -> int:
     if args.json_out:
         api.write_json(args.json_out, res)
     return 0 if res["identical"] else 1
+
+
+def cmd_cache(args) -> int:
+    from engine.housekeeping import report  # (text only; the work goes through the front door)
+
+    if args.cache_command == "usage":
+        res = _api().cache_usage()
+    elif args.cache_command == "prune":
+        res = _api().prune_cache(older_than_days=args.older_than, runs=args.run or (), orphans=args.orphans, dry_run=args.dry_run)
+    else:
+        print("usage: python -m engine cache {usage,prune} ... (see --help)", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=2) if args.json else report(res, getattr(args, "by", "folder")))
+    return 0

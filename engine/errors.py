@@ -29,3 +29,7 @@ class ArtifactError(ClinBenchError):
 
 class Cancelled(ClinBenchError):
     """The user cancelled the work; nothing half-written was kept."""
+
+
+class DiskFull(ClinBenchError):
+    """The disk ran out of space during a write; nothing half-written was kept."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from engine import classifiers
+import numpy as np
+
+from engine import classifiers, projection, results
 from engine.errors import ClinBenchError
 
 
@@ -54,3 +56,39 @@ def agreement(rows: list[dict]) -> dict:
     label, n = votes.most_common(1)[0]
     total = sum(votes.values())
     return {"label": label, "share": n / total, "n": total, "votes": dict(votes)}
+
+
+def nearest(text: str, ev, k: int = 5, words: int = 30) -> list[dict]:
+    """The `k` letters the stored classifier of `ev` (a frozen-embedding evaluation: svc, logreg) was trained on
+    that lie closest to `text` in its model's embedding space, by cosine similarity: row, label, similarity and
+    the letter's first `words` words. Trained on: every letter under cv (the refit), the training split under holdout."""
+    text = (text or "").strip()
+    if not text:
+        raise ClinBenchError("The letter is empty: paste or upload the text of one letter.")
+    if ev.stage != "frozen" or not ev.embeddings_key:
+        raise ClinBenchError(
+            f"{ev.label} has no stored embeddings of its training letters (only frozen-embedding evaluations, svc and "
+            "logreg, have them): choose one of those for the nearest letters."
+        )
+    clf = classifiers.load(ev.folder)
+    stored, _ = projection.stored_embeddings(ev.embeddings_key)
+    ds = results.letters(ev)
+    pred = results.predictions(ev)
+    rows = np.arange(len(ds)) if pred.get("protocol") == "cv" else np.setdiff1d(np.arange(len(ds)), pred["test_index"])
+    train = np.asarray(stored[rows], dtype=np.float32)
+    vec = clf.embed([text])[0].astype(np.float32)
+    sims = train @ vec / np.maximum(np.linalg.norm(train, axis=1) * np.linalg.norm(vec), 1e-12)
+    top = np.argsort(-sims, kind="stable")[:k]
+    out = []
+    for j in top:
+        i = int(rows[j])
+        first = ds.texts[i].split()
+        out.append(
+            {
+                "row": i,
+                "label": str(ds.labels[i]),
+                "similarity": float(sims[j]),
+                "letter": " ".join(first[:words]) + (" …" if len(first) > words else ""),
+            }
+        )
+    return out

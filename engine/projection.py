@@ -31,7 +31,8 @@ def _umap():
     return umap
 
 
-def _embeddings(key: str) -> tuple[np.ndarray, str]:
+def stored_embeddings(key: str) -> tuple[np.ndarray, str]:
+    """A stored embeddings matrix (memory-mapped, rows in the dataset's order), checked against its hash, and the hash."""
     npy, meta_path = embeddings_dir() / f"{key}.npy", embeddings_dir() / f"{key}.json"
     if not npy.exists() or not meta_path.exists():
         raise ArtifactError(f"The embeddings {key} are not in the cache (deleted?). Re-run the evaluation to recreate them.")
@@ -61,7 +62,7 @@ def project(embeddings_key: str, **params) -> np.ndarray:
     hit = cached(embeddings_key, **p)
     if hit is not None:
         return hit
-    X, digest = _embeddings(embeddings_key)
+    X, digest = stored_embeddings(embeddings_key)
     umap = _umap()
     n = X.shape[0]
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from engine.states import Status, run_status
 
+_STAGE_WORDS = {"": "starting", "starting": "starting: loading the model and the letters"}  # before the first count
+
 
 def fmt_duration(seconds: float | None) -> str:
     """12 s, 3 min 05 s, 1 h 02 min."""
@@ -86,12 +88,14 @@ class StepView:
         if self.status == Status.DONE and "perplexity_after" in r:
             return f"held-out perplexity {r['perplexity_before']:.1f} → {r['perplexity_after']:.1f}; new model {r['adapted_model']}"
         if self.status == Status.RUNNING:
-            text = f"{p['stage']} {p['done']}/{p['total']}" if p["total"] else (p["stage"] or "starting")
+            text = f"{p['stage']} {p['done']}/{p['total']}" if p["total"] else _STAGE_WORDS.get(p["stage"], p["stage"])
             if p["rate"]:
                 text += f" · {p['rate']:.1f}/s"
             if p["eta_s"] is not None:
                 text += f" · ETA {fmt_duration(p['eta_s'])}"
             return text
+        if self.status == Status.QUEUED:
+            return "waits for a worker"
         return self.error or ""
 
     def to_dict(self) -> dict:

@@ -18,13 +18,15 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     hashes.json                  memo of weight-file hashes keyed by (path, size, mtime)
 
 Every file is written to a temporary name beside its destination and renamed when
-complete, so a crash or a cancel never leaves a half-written file under a real name.
+complete, so a crash or a cancel never leaves a half-written file under a real name; a full disk
+(ENOSPC, or a library error quoting it) is reported as engine.errors.DiskFull after the temporary is removed.
 Artifact folders (a manifest with the sha256 of every file) are engine.artifacts'.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import cache_dir
+from engine.errors import DiskFull
 
 
 def models_dir() -> Path:
@@ -150,19 +153,67 @@ def sweep_orphans(root: Path | None = None) -> list[Path]:
     return removed
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError ENOSPC/EDQUOT, or a library's error (safetensors, torch) that wraps or quotes one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE):
+            return True
+        if any(t in str(exc).lower() for t in _NO_SPACE_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def disk_full(path: Path, needed: int, *, at_least: bool = True, exc: BaseException | None = None) -> DiskFull:
+    """The DiskFull error for writing `needed` bytes (a lower bound when `at_least`) to `path`."""
+    if isinstance(exc, DiskFull):  # an inner writer's report: add what this one had written
+        needed += getattr(exc, "needed", 0)
+    where = Path(path)
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    err = DiskFull(
+        f"disk full: {'at least ' if at_least else ''}{needed / 1e6:.1f} MB needed, {free} at {where.parent} — nothing was "
+        f"written to {where.name}. Free space (e.g. `python -m engine cache prune --orphans`) or set CLINBENCH_CACHE to a "
+        "folder on a bigger disk."
+    )
+    err.needed, err.path = needed, where
+    return err
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full(path, len(data), at_least=False, exc=None) from exc
         raise
 
 
@@ -175,11 +226,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        raise (disk_full(path, 0, exc=exc) if is_disk_full(exc) else exc) from exc
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except BaseException as exc:
+        if not is_disk_full(exc):
+            raise
+        written = _tree_bytes(Path(tmp))
+        raise disk_full(path, written, exc=exc) from exc
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -190,7 +249,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
+    except OSError as exc:
+        raise (disk_full(path, 0, exc=exc) if is_disk_full(exc) else exc) from exc
     try:
         yield tmp
         if path.exists():
@@ -200,6 +262,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except BaseException as exc:
+        if not is_disk_full(exc):
+            raise
+        raise disk_full(path, _tree_bytes(tmp), exc=exc) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -44,7 +44,7 @@ def test_summary_lines_and_progress():
     done, running, queued = run.steps
     assert done.detail == "macro-F1 0.812 (95% CI 0.700–0.900) · cached"
     assert running.detail == "training epoch 1/4 30/120 · 2.5/s · ETA 1 min 15 s"
-    assert queued.detail == "" and running.metrics == {"train_loss": [[5, 1.2], [10, 0.9]]}
+    assert queued.detail == "waits for a worker" and running.metrics == {"train_loss": [[5, 1.2], [10, 0.9]]}
     assert run.artifacts == {"abcdef123"}
 
 

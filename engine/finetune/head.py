@@ -27,7 +27,7 @@ from engine.finetune import loop
 from engine.finetune.loading import load_classifier_model, prepare_trainable
 from engine.models import locate, resolve
 from engine.options import Options, names
-from engine.storage import evaluations_dir
+from engine.storage import atomic_dir, evaluations_dir
 
 # A new head starts from random weights and must move far; LoRA adapters start at zero and need small
 # steps. So under LoRA the head learns at HEAD_LR_FACTOR x the learning rate (cf. LoRA+).
@@ -216,14 +216,15 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
 
 
 def save_trained(net, method: str, out) -> None:
-    """A trained classifier's own weights: the LoRA adapter (peft's format, with the head) or the probe's head."""
-    out.mkdir(parents=True, exist_ok=True)
-    if method == "lora":
-        net.save_pretrained(out / "adapter")
-    else:
-        from safetensors.torch import save_file
+    """A trained classifier's own weights: the LoRA adapter (peft's format, with the head) or the probe's head. Written
+    to a temporary folder renamed when complete, so a full disk (DiskFull) or a crash leaves no half-written weights."""
+    with atomic_dir(out) as tmp:
+        if method == "lora":
+            net.save_pretrained(tmp / "adapter")
+        else:
+            from safetensors.torch import save_file
 
-        save_file({n: p.detach().contiguous() for n, p in net.named_parameters() if p.requires_grad}, out / "head.safetensors")
+            save_file({n: p.detach().contiguous() for n, p in net.named_parameters() if p.requires_grad}, tmp / "head.safetensors")
 
 
 LINEAR_PROBE = StepKind("linear-probe", "linear head (before fine-tuning)", "frozen", classifier_step, READS)
