@@ -12,7 +12,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import common
+from ui import common, storage
 
 # No page icons: Streamlit fetches Material icons from fonts.gstatic.com, and nothing may leave this machine.
 PAGES = [
@@ -37,7 +37,8 @@ def home() -> None:
     api.start_umap_warm_up()  # compiles UMAP in the background, so the first map on the Embeddings page is quick
     st.write(
         "ClinBench tells you which language model classifies your labelled clinical letters best: it embeds the letters with "
-        "each model, trains classifiers on a training split and scores them on held-out letters, with confidence intervals. "
+        "each model, trains classifiers and scores them on letters they were not trained on (cross-validation or a held-out split), "
+        "with confidence intervals. "
         "Everything runs on this machine — no letter leaves it."
     )
 
@@ -46,7 +47,7 @@ def home() -> None:
         st.subheader("Default dataset")
         n, counts, h = _default_summary()
         st.write(f"**{n} MTSamples letters** (CC0) from five specialties; text = the transcription only. Hash `{h}`.")
-        st.dataframe(pd.DataFrame({"label": list(counts), "letters": list(counts.values())}), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame({"Label": list(counts), "Letters": list(counts.values())}), hide_index=True, width="stretch")
     with right:
         st.subheader("Models")
         st.caption(f"Device: {api.device()}")
@@ -54,11 +55,11 @@ def home() -> None:
         table = pd.DataFrame(
             [
                 {
-                    "name": r["name"],
-                    "kind": r["kind"],
-                    "parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
-                    "offline": "yes" if r["offline"] else "no",
-                    "why": r["reason"],
+                    "Name": r["name"],
+                    "Kind": r["kind"],
+                    "Parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
+                    "Offline": "yes" if r["offline"] else "no",
+                    "Why": r["reason"],
                 }
                 for r in rows
             ]
@@ -79,6 +80,7 @@ def home() -> None:
         except ClinBenchError as exc:
             common.error(exc, "The default comparison could not be queued")
     common.worker_status()
+    storage.usage()
 
 
 nav = st.navigation([st.Page(home, title="Home", default=True)] + [st.Page(f"pages/{f}", title=t, url_path=t) for f, t in PAGES])

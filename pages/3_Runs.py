@@ -15,9 +15,10 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, forms
+from ui import common, forms, runs
 
 common.page("Runs", "Queue a comparison; workers run it in the background. Closing the tab does not stop a run.")
+top = st.container()  # the queue and the chosen run's live progress, drawn above the form (below, once the form is handled)
 
 with st.form("new-run"):
     st.subheader("New run")
@@ -31,9 +32,11 @@ with st.form("new-run"):
     methods = {m["name"]: m["title"] for m in api.methods() if m["stage"] != "reference"}  # the tf-idf reference ends every run
     methods_ = st.multiselect("Methods", list(methods), default=list(methods)[:1], format_func=lambda m: f"{m} — {methods[m]}")
     option_values = forms.option_widgets()
-    submitted = st.form_submit_button("Start run", type="primary")
+    b1, b2, _ = st.columns([1, 1, 4])
+    submitted = b1.form_submit_button("Start run", type="primary")
+    estimated = b2.form_submit_button("Estimate time", help="How long this run would take, from this machine's earlier runs.")
 
-if submitted:
+if submitted or estimated:
     all_models = chosen + [m.strip() for m in extra.split(",") if m.strip()]
     spec = {
         "name": name.strip() or "comparison",
@@ -44,6 +47,8 @@ if submitted:
     }
     if not methods_:
         common.error("Choose at least one method.")
+    elif estimated:
+        runs.estimate(spec)
     else:
         try:
             with st.spinner("Checking the data and the models…"):
@@ -57,40 +62,21 @@ if submitted:
             st.info(f"Protocol **{pv['protocol']}**: {pv['reason']}.")
             for w in pv["warnings"]:
                 st.warning(w)
+            runs.estimate(spec)
         except ClinBenchError as exc:
             common.error(exc, "The run was not queued")
-
-
-def _step(s: api.StepView) -> None:
-    st.progress(
-        s.fraction,
-        text=" · ".join(
-            b
-            for b in (f"**{s.index + 1}. {s.title}** — {s.status}", s.detail if s.status != "failed" else "", api.fmt_duration(s.seconds))
-            if b
-        ),
-    )
-    if s.error and s.status != "cancelled":
-        st.error(f"Step {s.index + 1}: {s.error}")
-    if s.metrics:
-        common.chart(
-            charts.training_curves(s.metrics, f"Training curves: {s.title}"),
-            f"training curves {s.title}",
-            f"curves-{s.index}",
-            downloads=s.status.final,
-        )
 
 
 @st.fragment(run_every=2)
 def live() -> None:
     try:
-        runs = api.list_runs(limit=30)
+        queue = api.list_runs(limit=30)
     except ClinBenchError as exc:
         common.error(exc)
         return
     common.worker_status()
-    if not runs:
-        st.info("No runs yet: start one above, or with the home page's button.")
+    if not queue:
+        st.info("No runs yet: start one below, or with the home page's button.")
         return
     st.subheader("Queue")
     table = [
@@ -102,10 +88,10 @@ def live() -> None:
             "progress": f"{r.fraction:.0%}",
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
         }
-        for r in runs
+        for r in queue
     ]
     st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
-    ids = [r.id for r in runs]
+    ids = [r.id for r in queue]
     watch = st.session_state.get("watch")
     run_id = st.selectbox("Run", ids, index=ids.index(watch) if watch in ids else 0, format_func=lambda i: f"run {i}", key="run-pick")
     try:
@@ -115,7 +101,7 @@ def live() -> None:
         return
     st.markdown(f"### Run {run.id}: {run.name} — {run.status}")
     for s in run.steps:
-        _step(s)
+        runs.step(s)
     c1, c2, c3, _ = st.columns([1, 1, 1, 4])
     try:
         if c1.button("Cancel", disabled=run.status.final, key=f"cancel-{run_id}"):
@@ -139,4 +125,5 @@ def live() -> None:
         st.code(api.run_log(run_id)[-20_000:] or "(empty)", language=None)
 
 
-live()
+with top:
+    live()

@@ -25,8 +25,13 @@ if not evals:
 
 models_ = sorted({e.model for e in evals})
 c1, c2 = st.columns(2)
-model = c1.selectbox("Model", models_)
-colour_by = c2.radio("Colour by", ["true label", "predicted label", "correct / wrong"], horizontal=True)
+colourings = ["true label", "predicted label", "correct / wrong"]
+common.from_url("model", models_, "emb-model")
+common.from_url("colour", colourings, "emb-colour")
+model = c1.selectbox("Model", models_, key="emb-model")
+colour_by = c2.radio("Colour by", colourings, horizontal=True, key="emb-colour")
+common.to_url("model", model)
+common.to_url("colour", colour_by)
 mine = [e for e in evals if e.model == model and e.embeddings_key]
 stages = [s for s in ("frozen", "tuned") if any(e.stage == s for e in mine)] + sorted({e.stage for e in mine} - {"frozen", "tuned"})
 
@@ -52,13 +57,16 @@ def _colours(ev, truth: list[str]) -> tuple[list[str], list[str] | None]:
     return colour, order
 
 
+letters = common.letters_in_downloads("emb")
 cols = st.columns(len(stages)) if len(stages) > 1 else [st.container()]
 for col, stage in zip(cols, stages):
     with col:
         options = {e.key: e for e in mine if e.stage == stage}
+        common.from_url(stage, list(options), f"ev-{stage}")
         ev = options[
             st.selectbox(f"Predictions of ({stage})", list(options), format_func=lambda k, o=options: o[k].label, key=f"ev-{stage}")
         ]
+        common.to_url(stage, ev.key)
         try:
             texts, truth = _letters(ev.key)
             with st.spinner("Computing the map (UMAP; cached afterwards)…"):
@@ -69,7 +77,12 @@ for col, stage in zip(cols, stages):
             continue
         fig = charts.umap_scatter(coords, colour, texts, f"{model} ({stage}) embeddings, UMAP — colour: {colour_by}", colour_by, order)
         state = common.chart(
-            fig, f"umap {model} {stage} {colour_by}", f"umap-{stage}", on_select="rerun", selection_mode=("points", "box", "lasso")
+            fig,
+            f"umap {model} {stage} {colour_by}",
+            f"umap-{stage}",
+            download_fig=None if letters else charts.without_letters(fig),
+            on_select="rerun",
+            selection_mode=("points", "box", "lasso"),
         )
         points = (state or {}).get("selection", {}).get("points", []) if state else []
         if points:

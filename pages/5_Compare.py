@@ -27,15 +27,17 @@ st.caption(
 common.chart(charts.macro_f1_chart(comp, title=compare.CHART_TITLE), "macro-F1 by model and method", "f1")
 
 st.subheader("Precision and recall")
-common.table(comp[compare.SCORE_COLUMNS].round(4), "macro-F1 by model and method", "comp")
+common.table(compare.score_table(comp), "macro-F1 by model and method", "comp")
 st.caption(compare.SCORE_NOTE)
+with st.expander("Settings and keys of each evaluation"):
+    common.table(compare.settings_table(comp), "evaluation settings", "settings")
 spread = api.seed_spread(evals)
 if len(spread):
     st.markdown("**Across seeds** (runs with n_seeds > 1): the spread of macro-F1 next to the width of its 95% CI")
     common.table(spread.round(4), "macro-F1 across seeds", "seeds")
 per_class = api.per_class_table(evals)
 with st.expander("Per class: precision, recall, F1, support"):
-    common.table(per_class.round(4), "precision recall by class", "perclass")
+    common.table(compare.per_class_table(per_class), "precision recall by class", "perclass")
 
 st.subheader("Per-class F1")
 common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
@@ -51,25 +53,34 @@ if sig is not None and len(sig):
     st.write(compare.SIGNIFICANCE_INTRO)
     for line in compare.verdict_lines(sig):
         st.markdown(line)
-    common.table(compare.significance_table(sig), "significance of the top models", "sig")
+    table = compare.significance_table(sig)  # on screen without the Best column (the same on every row); the CSV keeps it
+    st.caption(f"Each row: the best, **{sig['best'].iloc[0]}**, against another evaluation.")
+    common.table(table, "significance of the top models", "sig", column_order=[c for c in table if c != "Best"])
 elif sig is not None:
     st.caption("Needs at least two evaluations of this dataset scored on the same letters (the same folds or test split).")
 
 st.subheader("The letters behind the figures")
 labels = [e.label for e in evals]
 by_label = {e.label: e for e in evals}
+letters = common.letters_in_downloads("compare")
 with st.expander("Misclassified letters"):
+    common.from_url("wrong", list(comp["evaluation"]), "compare-wrong")
     chosen = st.selectbox("Evaluation", list(comp["evaluation"]), key="compare-wrong")  # best first
+    common.to_url("wrong", chosen)
     try:
         wrong = api.misclassified(by_label[chosen])
     except ClinBenchError as exc:
         common.error(exc, "Misclassified letters")
     else:
         st.caption(compare.letters_caption(wrong, by_label[chosen], "misclassified"))
-        common.table(wrong.round(3), f"misclassified {chosen}", "wrong", column_config=compare.LETTER_COLUMNS)
+        common.table(compare.letters_table(wrong), f"misclassified {chosen}", "wrong", letters, column_config=compare.LETTER_COLUMNS)
 with st.expander("Letters where the models disagree"):
     default = compare.compared_labels(sig, labels)
-    picked = st.multiselect("Evaluations", labels, default=default, key="compare-disagree")
+    common.from_url("disagree", labels, "compare-disagree", many=True)
+    picked = st.multiselect(
+        "Evaluations", labels, default=None if "compare-disagree" in st.session_state else default, key="compare-disagree"
+    )
+    common.to_url("disagree", picked)
     if len(picked) < 2:
         st.caption("Choose at least two evaluations.")
     else:
@@ -79,10 +90,14 @@ with st.expander("Letters where the models disagree"):
             common.error(exc, "Disagreements")
         else:
             st.caption(compare.letters_caption(differ, by_label[picked[0]], "disagree"))
-            common.table(differ, "letters where models disagree", "disagree", column_config=compare.LETTER_COLUMNS)
+            common.table(
+                compare.letters_table(differ), "letters where models disagree", "disagree", letters, column_config=compare.LETTER_COLUMNS
+            )
 
 st.subheader("Confusion matrices")
-picked = st.multiselect("Evaluations", labels, default=labels[: min(2, len(labels))], key="compare-cm")
+common.from_url("cm", labels, "compare-cm", many=True)
+picked = st.multiselect("Evaluations", labels, default=None if "compare-cm" in st.session_state else labels[:2], key="compare-cm")
+common.to_url("cm", picked)
 cols = st.columns(2)
 for i, lab in enumerate(picked):
     ev = by_label[lab]

@@ -62,14 +62,30 @@ if note and note.startswith("error: "):
 elif note:
     st.caption(note)
 text = st.text_area("Letter", key="letter", height=220, placeholder="Paste the text of one clinical letter here.")
+spaces = {e.embeddings_key: e for e in evals if e.key in chosen and e.stage == "frozen" and e.embeddings_key}  # one per embedding space
+near_by = st.selectbox(
+    "Nearest training letters in the embedding space of",
+    list(spaces),
+    format_func=lambda k: spaces[k].label,
+    help="The five letters this classifier was trained on that lie closest to the pasted letter (cosine similarity).",
+)
 
 if st.button("Classify", type="primary"):
-    if not chosen:
+    picked = [e for e in evals if e.key in chosen]
+    if not picked:
         common.error("Choose at least one classifier above.")
     else:
         try:
-            with st.spinner("Embedding the letter with each model (the first time loads the model)…"):
-                st.session_state["answers"] = api.classify(text, [e for e in evals if e.key in chosen])
+            with st.status("Classifying…") as status:
+                answers = []
+                for i, e in enumerate(picked, 1):  # each model loads on first use in this session: say so while it happens
+                    status.update(label=f"Classifier {i}/{len(picked)}: {e.label} (its first letter also loads the model)…")
+                    answers += api.classify(text, [e])
+                if near_by:
+                    status.update(label=f"Finding the nearest training letters of {spaces[near_by].label}…")
+                st.session_state["nearest"] = api.nearest(text, spaces[near_by]) if near_by else None
+                status.update(label=f"Classified by {len(picked)} classifier(s)", state="complete", expanded=False)
+            st.session_state["answers"] = answers
         except ClinBenchError as exc:
             common.error(exc)
             st.session_state.pop("answers", None)
@@ -87,12 +103,12 @@ if rows:
         df = pd.DataFrame(
             [
                 {
-                    "classifier": r["evaluation"],
-                    "label": r["predicted"],
-                    "probability": round(r["score"], 4),
-                    "latency ms": round(r["latency_ms"], 1),
-                    "model load s": round(r["load_s"], 2),
-                    "letter cut to max_length": r["truncated"],
+                    "Classifier": r["evaluation"],
+                    "Label": r["predicted"],
+                    "Probability": round(r["score"], 3),
+                    "Latency (ms)": round(r["latency_ms"], 1),
+                    "Model load (s)": round(r["load_s"], 2),
+                    "Cut to max length": r["truncated"],
                 }
                 for r in ok
             ]
@@ -101,3 +117,17 @@ if rows:
         common.chart(charts.scores_chart(ok), "classifier answers", "answers-chart")
         with st.expander("Every label's probability"):
             st.dataframe(pd.DataFrame({r["evaluation"]: r["scores"] for r in ok}).round(4), width="stretch")
+
+near = st.session_state.get("nearest") if rows else None
+if near:
+    st.subheader("Nearest training letters")
+    st.caption(
+        f"In the embedding space of {spaces[near_by].label if near_by in spaces else 'the chosen model'}: the letters it was "
+        "trained on that lie closest to this one (cosine similarity), with their labels — why it may have answered as it did."
+    )
+    st.dataframe(
+        pd.DataFrame(near).rename(columns={"row": "Row", "label": "Label", "similarity": "Similarity", "letter": "First words"}).round(3),
+        hide_index=True,
+        width="stretch",
+        column_config={"First words": st.column_config.TextColumn(width="large")},
+    )

@@ -59,8 +59,9 @@ def test_home_page_shows_default_dataset_models_and_the_run_button(empty_cache):
     text = " ".join(m.value for m in at.markdown)
     assert "600 MTSamples letters" in text
     models_table = at.dataframe[1].value
-    assert list(models_table["name"])[:2] == ["minilm", "smollm2"]
-    assert models_table.set_index("name").loc["minilm", "offline"] == "yes"
+    assert list(models_table["Name"])[:2] == ["minilm", "smollm2"]
+    assert models_table.set_index("Name").loc["minilm", "Offline"] == "yes"
+    assert any(m.value.startswith("The cache holds") for m in at.markdown)  # storage, with how to prune
     assert any(b.label == "Run the default comparison" for b in at.button)
     assert any("Workers" in c.value for c in at.caption)
 
@@ -88,12 +89,18 @@ def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeyp
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda: None)  # queue only; no worker process in this test
     at = page("3_Runs.py").run()
+
+    def start():
+        return next(b for b in at.button if b.label == "Start run")
+
     at.text_input[1].set_value("no-such-org/no/model")  # "More models" (a form: values go in with the submit)
-    at.button[0].click().run()
+    start().click().run()
     assert at.error and "No folder at no-such-org/no/model" in at.error[0].value
     assert jobs.list_runs() == []  # nothing queued
     at.text_input[1].set_value("")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Estimate time").click().run()
+    assert jobs.list_runs() == [] and any("No estimate yet" in m.value for m in at.info)  # nothing ran on this machine yet
+    start().click().run()
     assert not at.exception and not at.error
     (run,) = jobs.list_runs()
     assert run.status == "queued" and run.spec["models"] == ["minilm"]
@@ -102,7 +109,7 @@ def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeyp
     )  # the form's defaults are the options' defaults
     assert any("Run 1" in m.value for m in at.markdown)
     assert any("Protocol **holdout**" in m.value for m in at.info), "the protocol chosen, and why, is shown after the submit"
-    at.button[0].click().run()  # a second run: the live view switches to it
+    start().click().run()  # a second run: the live view switches to it
     assert len(jobs.list_runs()) == 2 and at.selectbox(key="run-pick").value == 2
     assert any("Run 2" in m.value for m in at.markdown)
 
@@ -113,7 +120,7 @@ def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypa
     at = page("5_Compare.py").run()
     assert not at.exception and not at.error
     comp = at.dataframe[0].value
-    assert len(comp) == 2 and comp["macro_f1"].between(0, 1).all()
+    assert len(comp) == 2 and comp["Macro-F1"].between(0, 1).all() and "macro_f1" not in comp  # human headers
     assert any("vs" in m.value and "p =" in m.value for m in at.markdown)  # the significance verdict
 
     at = page("6_Classify.py").run()
@@ -123,7 +130,9 @@ def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypa
     at.button[1].click().run()  # classify
     assert not at.exception and not at.error, [e.value for e in at.error]
     answers = at.dataframe[0].value
-    assert len(answers) == 2 and set(answers["label"]) <= set(ds.classes)
+    assert len(answers) == 2 and set(answers["Label"]) <= set(ds.classes)
+    near = at.dataframe[-1].value  # the nearest training letters in the first classifier's embedding space
+    assert len(near) == 5 and near["Similarity"].is_monotonic_decreasing and set(near["Label"]) <= set(ds.classes)
     at.text_area[0].set_value("   ").run()
     at.button[1].click().run()
     assert at.error and "empty" in at.error[0].value
@@ -158,3 +167,33 @@ def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatc
     figure = json.loads(charts[0].proto.spec)
     names = {t["name"] for t in figure["data"]}
     assert names == {"train loss", "val macro f1"} and figure["layout"]["title"]["text"].startswith("Training curves: minilm")
+
+
+def test_compare_and_embeddings_keep_their_selection_in_the_url(stored, monkeypatch):
+    cache, _ = stored
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    at = page("5_Compare.py").run()
+    labels = at.multiselect(key="compare-cm").options
+    assert at.multiselect(key="compare-cm").value == labels[:2] and at.query_params["cm"] == labels[:2]
+    assert at.query_params["run"] == "all" and len(at.query_params["dataset"]) == 64
+    shared = page("5_Compare.py")  # a colleague opens the bookmarked view
+    shared.query_params["cm"] = [labels[1]]
+    shared.run()
+    assert not shared.exception and shared.multiselect(key="compare-cm").value == [labels[1]]
+
+    at = page("4_Embeddings.py")
+    at.query_params["colour"] = "correct / wrong"
+    at.run()
+    assert not at.exception and at.radio(key="emb-colour").value == "correct / wrong"
+    assert at.query_params["model"] == at.selectbox(key="emb-model").value
+
+
+def test_letter_text_leaves_in_downloads_only_when_asked(stored, monkeypatch):
+    cache, _ = stored
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    at = page("5_Compare.py").run()
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "CSV (without letter text)" in labels and not at.warning
+    at.checkbox(key="letters-compare").check().run()
+    assert any("patient data" in w.value for w in at.warning)
+    assert "CSV (without letter text)" not in [b.proto.label for b in at.get("download_button")]

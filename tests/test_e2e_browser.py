@@ -1,6 +1,7 @@
 """End to end in a real browser: `streamlit run app.py` on 127.0.0.1 (a free port), headless Chromium
-driven by Playwright. Through the UI only: start a small comparison of the bundled MiniLM, watch it
-finish, see the Compare chart, download its PNG (a valid image), classify a pasted letter.
+driven by Playwright, at 1280 px. Through the UI only: a first visit straight to a page URL gets the app's
+navigation; start a small comparison of the bundled MiniLM, watch it finish, see the Compare chart, download its
+PNG (a valid image), classify a pasted letter. No request may leave 127.0.0.1.
 
 Needs Chromium (Debian package `chromium`, installed by scripts/setup.sh); without it the test is
 skipped on a developer machine and fails in CI (CI=true), so a CI without a browser cannot pass.
@@ -100,8 +101,10 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
         outside = []  # letters are private and the app works offline: no request may leave this machine
         page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
         try:
-            page.goto(f"{base}/Runs")
+            page.goto(f"{base}/Runs")  # a fresh server's first visit is a page URL: the app's navigation, not Streamlit's "app" list
             expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("link", name="Home", exact=True)).to_be_visible()
+            expect(page.get_by_role("link", name="app", exact=True)).to_have_count(0)
             page.get_by_label("Run name").fill("e2e")
             page.get_by_label("max_length", exact=True).fill("128")
             page.get_by_role("button", name="Start run").click()
@@ -123,7 +126,7 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
             assert img.format == "PNG" and img.size[0] >= 1000, img.size
 
             page.goto(f"{base}/Classify")
-            box = page.get_by_label("Letter")
+            box = page.get_by_label("Letter", exact=True)
             expect(box).to_be_visible(timeout=60_000)
             letter = (
                 "HISTORY: The patient is a 64-year-old man with crushing substernal chest pain radiating to the left arm, "

@@ -7,6 +7,7 @@ objects are shown on the pages and exported (engine.export), so a PNG matches th
 from __future__ import annotations
 
 import html
+import re
 import textwrap
 
 import numpy as np
@@ -72,8 +73,15 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the scored let
         )
     if "baseline_macro_f1" in t and t["baseline_macro_f1"].notna().any():
         base = float(t["baseline_macro_f1"].dropna().iloc[0])
-        fig.add_vline(
-            x=base, line_dash="dash", line_color="#888", annotation_text=f"majority baseline {base:.2f}", annotation_position="bottom right"
+        fig.add_trace(  # a legend entry rather than an annotation, which sat on the bars
+            go.Scatter(
+                x=[base, base],
+                y=[t["evaluation"].iloc[0], t["evaluation"].iloc[-1]],
+                mode="lines",
+                line=dict(dash="dash", color="#888"),
+                name=f"majority baseline {base:.2f}",
+                hovertemplate=f"majority-class baseline: macro-F1 {base:.3f}<extra></extra>",
+            )
         )
     fig.update_xaxes(title="macro-F1 (pooled over the scored letters)", range=[0, 1.05])
     fig.update_yaxes(
@@ -92,7 +100,7 @@ def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = 
     fig = go.Figure(
         go.Heatmap(
             z=pivot.values,
-            x=list(pivot.columns),
+            x=[wrap_label(c) for c in pivot.columns],
             y=list(pivot.index),
             zmin=0,
             zmax=1,
@@ -103,9 +111,22 @@ def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = 
             hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>",
         )
     )
-    fig.update_xaxes(title="label", automargin=True)
+    fig.update_xaxes(title="label", automargin=True, tickangle=0)
     fig.update_yaxes(title=dict(text="model · method", standoff=14), ticksuffix=" ", automargin=True)
     return _layout(fig, title, height=max(300, 140 + 40 * len(pivot)))
+
+
+def wrap_label(label: str, width: int = 12) -> str:
+    """A class name over `width` characters broken into lines at spaces, hyphens or slashes (plotly's <br>)."""
+    parts = re.split(r"(?<=[-/ ])", str(label))
+    lines, line = [], ""
+    for part in parts:
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "<br>".join(html.escape(x.strip()) for x in lines)
 
 
 def confusion_chart(cm: dict, title: str) -> go.Figure:
@@ -114,8 +135,8 @@ def confusion_chart(cm: dict, title: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=labels,
-            y=labels,
+            x=[html.escape(str(lab)) for lab in labels],  # slanted below the matrix, so long names do not overlap
+            y=[wrap_label(lab) for lab in labels],
             colorscale="Blues",
             text=matrix,
             texttemplate="%{text}",
@@ -123,7 +144,7 @@ def confusion_chart(cm: dict, title: str) -> go.Figure:
             hovertemplate="true %{y}<br>predicted %{x}: %{z}<extra></extra>",
         )
     )
-    fig.update_xaxes(title="predicted label", automargin=True)
+    fig.update_xaxes(title="predicted label", automargin=True, tickangle=-35)
     fig.update_yaxes(title="true label", autorange="reversed", automargin=True)
     return _layout(fig, title, height=max(360, 160 + 45 * len(labels)))
 
@@ -132,6 +153,13 @@ def _hover_snippet(text: str, words: int = 25) -> str:
     """The first words of a letter for a hover label, HTML-escaped (a letter's "<b>" or "<script>" stays text)."""
     first = " ".join(text.split()[:words])
     return "<br>".join(html.escape(line) for line in textwrap.wrap(first + (" …" if len(text.split()) > words else ""), 60))
+
+
+def without_letters(fig: go.Figure) -> go.Figure:
+    """A copy of a letter map for download without the letters' words in its hover labels (letter numbers stay)."""
+    out = go.Figure(fig)
+    out.update_traces(text=None, hovertemplate="<b>%{fullData.name}</b> · letter %{customdata}<extra></extra>")
+    return out
 
 
 def umap_scatter(

@@ -14,7 +14,19 @@ from engine import api
 from engine.errors import ClinBenchError
 
 
+def _leave_pages_folder_mode() -> None:
+    """A fresh server whose first visit is a page URL (/Compare) runs that page without app.py: Streamlit's
+    pages-folder mode, with a sidebar headed "app". Leave that mode (as st.navigation would) and rerun, so the
+    app's router draws the real navigation. The flag is Streamlit's own (1.67); absent, nothing happens."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if getattr(PagesManager, "uses_pages_directory", None):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page(title: str, intro: str | None = None) -> None:
+    _leave_pages_folder_mode()
     st.set_page_config(page_title=title if title == "ClinBench" else f"{title} · ClinBench", layout="wide")
     st.title(title)
     if intro:
@@ -46,9 +58,29 @@ def _render(fig, fmt: str) -> Callable[[], bytes]:
     return make
 
 
-def chart(fig, name: str, key: str, downloads: bool = True, **plotly_kwargs):
-    """Show a plotly figure with PNG / SVG / HTML downloads (rendered when clicked). Returns plotly_chart's value."""
+LETTERS_WARNING = (
+    "The downloads will contain the letters' text. Letters are patient data: keep these files where the letters "
+    "themselves may be kept, and do not send them on."
+)
+
+
+def letters_in_downloads(key: str) -> bool:
+    """Exports of letter text are opt-in (privacy): a checkbox, off by default, with the warning shown once ticked."""
+    on = st.checkbox(
+        "Include letter text in downloads",
+        key=f"letters-{key}",
+        help="Off: downloaded tables leave out the Letter column, and downloaded maps leave the letters' words out of the hover labels.",
+    )
+    if on:
+        st.warning(LETTERS_WARNING)
+    return on
+
+
+def chart(fig, name: str, key: str, downloads: bool = True, download_fig=None, **plotly_kwargs):
+    """Show a plotly figure with PNG / SVG / HTML downloads (rendered when clicked; `download_fig` replaces the shown
+    figure in the files, e.g. a map without letter text). Returns plotly_chart's value."""
     value = st.plotly_chart(fig, key=f"chart-{key}", width="stretch", config={"displaylogo": False}, **plotly_kwargs)
+    fig = fig if download_fig is None else download_fig
     if downloads:
         stem = api.slug(name)
         no_browser = api.browser_path() is None
@@ -67,16 +99,37 @@ def chart(fig, name: str, key: str, downloads: bool = True, **plotly_kwargs):
     return value
 
 
-def table(df: pd.DataFrame, name: str, key: str, **kwargs) -> None:
+def table(df: pd.DataFrame, name: str, key: str, letters: bool = True, **kwargs) -> None:
+    """A table on screen with its CSV download; letters=False leaves the "Letter" column out of the CSV."""
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
     st.download_button(
-        "CSV",
-        data=api.table_csv(df),
+        "CSV" if letters or "Letter" not in df else "CSV (without letter text)",
+        data=api.table_csv(df if letters else df.drop(columns=["Letter"], errors="ignore")),
         file_name=f"{api.slug(name)}.csv",
         mime="text/csv",
         key=f"dl-{key}-csv",
         on_click="ignore",
     )
+
+
+def _url_value(v) -> str:
+    return "all" if v is None else str(v)
+
+
+def from_url(param: str, options: list, key: str, many: bool = False) -> None:
+    """Before the widget `key` is drawn: preset it from the page URL (?param=value, repeated for several) when the
+    URL names one of its options and the user has not chosen yet in this session."""
+    if key in st.session_state or param not in st.query_params:
+        return
+    named = {_url_value(o): o for o in options}
+    picked = [named[v] for v in st.query_params.get_all(param) if v in named]
+    if picked:
+        st.session_state[key] = picked if many else picked[0]
+
+
+def to_url(param: str, value) -> None:
+    """Keep a choice in the page URL, so the view can be bookmarked or shared on this machine."""
+    st.query_params[param] = [_url_value(v) for v in value] if isinstance(value, list) else _url_value(value)
 
 
 def pick_evaluations(key: str) -> tuple[list, dict | None]:
@@ -95,9 +148,13 @@ def pick_evaluations(key: str) -> tuple[list, dict | None]:
         return saved.get(os.path.realpath(source)) or (source if source == "default" else source.rsplit("/", 1)[-1])
 
     names = {d["data_hash"]: f"{shown(d['source'])} ({d['n_letters']} letters, {d['n_evaluations']} evaluations)" for d in sets}
+    from_url("dataset", list(names), f"{key}-dataset")
     chosen = st.sidebar.selectbox("Dataset", list(names), format_func=names.get, key=f"{key}-dataset")
     run_ids = [None] + [r.id for r in api.list_runs() if any(s.result for s in r.steps)]
+    from_url("run", run_ids, f"{key}-run")
     run_id = st.sidebar.selectbox("Run", run_ids, format_func=lambda r: "all runs" if r is None else f"run {r}", key=f"{key}-run")
+    to_url("dataset", chosen)
+    to_url("run", run_id)
     try:
         evals, _ = api.evaluations(data_hash=chosen, run_id=run_id)
     except ClinBenchError as exc:

@@ -6,28 +6,45 @@ from __future__ import annotations
 import pandas as pd
 
 CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over letters)"
-SCORE_COLUMNS = [
-    "evaluation",
-    "macro_f1",
-    "ci_low",
-    "ci_high",
-    "protocol",
-    "n_letters",
-    "n_scored",
-    "fold_sd",
-    "macro_precision",
-    "macro_recall",
-    "accuracy",
-    "baseline_macro_f1",
-    "n_test",
-    "pooling",
-    "max_length",
-    "smote",
-]
+# Column -> header on screen and in the CSVs (the engine's JSON keeps its snake_case names).
+SCORE_COLUMNS = {
+    "evaluation": "Evaluation",
+    "macro_f1": "Macro-F1",
+    "ci": "95% CI",
+    "scored_on": "Scored on",
+    "fold_sd": "Fold SD",
+    "macro_precision": "Precision",
+    "macro_recall": "Recall",
+    "baseline_macro_f1": "Baseline",
+}
+SETTING_COLUMNS = {
+    "evaluation": "Evaluation",
+    "protocol": "Protocol",
+    "n_scored": "Letters scored",
+    "ci_low": "CI low",
+    "ci_high": "CI high",
+    "accuracy": "Accuracy",
+    "n_letters": "Letters",
+    "n_test": "Predictions scored",
+    "seed": "Seed",
+    "pooling": "Pooling",
+    "max_length": "Max tokens",
+    "smote": "SMOTE",
+    "key": "Evaluation key",
+}
+PER_CLASS_COLUMNS = {
+    "evaluation": "Evaluation",
+    "class": "Class",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1",
+    "support": "Letters",
+}
 SCORE_NOTE = (
-    "macro_f1 is pooled over every scored letter and averaged over all classes of the dataset; protocol: cv "
-    "(cross-validation) or holdout (one test split); n_letters: letters in the dataset; n_scored: the letters "
-    "behind the figure (all of them under cv, the test split under holdout); n_test: predictions scored (letters × repeats under cv); fold_sd: standard deviation of macro-F1 over the folds."
+    "Macro-F1 is pooled over every scored letter and averaged over all classes of the dataset; precision and recall are "
+    "macro averages too. Scored on: the protocol, cv (cross-validation) or holdout (one test split), and the letters behind "
+    "the figure (all of them under cv, the test split under holdout). Fold SD: standard deviation of macro-F1 over the folds. "
+    "Baseline: macro-F1 of always answering the most frequent class, on the same letters."
 )
 SIGNIFICANCE_INTRO = (
     "The best evaluation against the next ones, on the letters and folds they share. Under cv the p-value is the "
@@ -36,24 +53,46 @@ SIGNIFICANCE_INTRO = (
     "bootstrap over letters (a letter's predictions in every repeat move together); p-values are Holm-adjusted over the "
     "comparisons. A difference counts only when its CI excludes 0 and p < 0.05."
 )
-SIGNIFICANCE_COLUMNS = [
-    "best",
-    "other",
-    "verdict",
-    "protocol",
-    "n_letters",
-    "n_folds",
-    "best_macro_f1",
-    "other_macro_f1",
-    "difference",
-    "diff_ci_low",
-    "diff_ci_high",
-    "p_corrected",
-    "p_bootstrap",
-    "p_mcnemar",
-    "p_holm",
-]
-LETTER_COLUMNS = {"letter": {"width": "large"}, "row": {"help": "0-based row of the letter in the dataset"}}
+SIGNIFICANCE_COLUMNS = {
+    "best": "Best",
+    "other": "Other",
+    "verdict": "Verdict",
+    "difference": "Difference",
+    "diff_ci": "95% CI",
+    "p_holm": "p (Holm)",
+    "n_letters": "Letters",
+}
+LETTER_HEADERS = {"row": "Row", "truth": "True label", "prediction": "Predicted", "score": "Probability", "letter": "Letter"}
+LETTER_COLUMNS = {"Letter": {"width": "large"}, "Row": {"help": "0-based row of the letter in the dataset"}}
+
+
+def _interval(lo, hi) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f"{lo:.3f}–{hi:.3f}"
+
+
+def score_table(comp: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as a person reads it: human headers, the CI as one column, figures to 3 decimals."""
+    t = comp.assign(
+        ci=[_interval(lo, hi) for lo, hi in zip(comp["ci_low"], comp["ci_high"])],
+        scored_on=[f"{p} · {n} letters" for p, n in zip(comp["protocol"], comp["n_scored"])],
+        fold_sd=[f"{v:.3f}" if p == "cv" and v is not None and not pd.isna(v) else "–" for p, v in zip(comp["protocol"], comp["fold_sd"])],
+    )
+    return t[list(SCORE_COLUMNS)].round(3).rename(columns=SCORE_COLUMNS)
+
+
+def settings_table(comp: pd.DataFrame) -> pd.DataFrame:
+    return comp[[c for c in SETTING_COLUMNS if c in comp]].round(4).rename(columns=SETTING_COLUMNS)
+
+
+def per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
+    return per_class[list(PER_CLASS_COLUMNS)].round(3).rename(columns=PER_CLASS_COLUMNS)
+
+
+def letters_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Misclassified/disagreement letters with human headers (per-evaluation prediction columns keep their labels)."""
+    out = df.round(3).rename(columns=LETTER_HEADERS)
+    out.attrs = df.attrs
+    return out
 
 
 def protocol_counts(comp: pd.DataFrame) -> str:
@@ -68,7 +107,10 @@ def verdict_lines(sig: pd.DataFrame) -> list[str]:
 
 
 def significance_table(sig: pd.DataFrame) -> pd.DataFrame:
-    return sig[[c for c in SIGNIFICANCE_COLUMNS if c in sig]].round(4)
+    """The verdicts' figures: the difference with its paired-bootstrap CI, the Holm-adjusted p of the test the verdict used
+    (the corrected resampled t-test under cv, the paired bootstrap under holdout), the shared letters."""
+    t = sig.assign(diff_ci=[_interval(lo, hi) for lo, hi in zip(sig["diff_ci_low"], sig["diff_ci_high"])])
+    return t[list(SIGNIFICANCE_COLUMNS)].round(4).rename(columns=SIGNIFICANCE_COLUMNS)
 
 
 def compared_labels(sig: pd.DataFrame | None, labels: list[str]) -> list[str]:

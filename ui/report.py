@@ -6,16 +6,20 @@ from __future__ import annotations
 import pandas as pd
 
 from engine import api
-from ui import charts
+from ui import charts, compare
 
 
 def tables(evals: list, with_significance: bool = True) -> dict[str, pd.DataFrame]:
     comp = api.comparison_table(evals)
-    out = {"macro-F1 by model and method": comp, "precision recall by class": api.per_class_table(evals)}
+    out = {
+        "macro-F1 by model and method": compare.score_table(comp),
+        "evaluation settings": compare.settings_table(comp),
+        "precision recall by class": compare.per_class_table(api.per_class_table(evals)),
+    }
     if with_significance:
         sig = api.significance(evals)
         if len(sig):
-            out["significance of the top models"] = sig
+            out["significance of the top models"] = compare.significance_table(sig)
     return out
 
 
