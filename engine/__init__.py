@@ -10,6 +10,7 @@ the import graph has no cycle.
 
     errors            ClinBenchError and its kinds, the messages a user sees
     config            where things live (cache folder, bundled resources), package versions
+    optionfields      how one option is declared and checked: option(), FieldSpec, coerce
     options           typed run options, one dataclass per concern: CLI flags, spec check, form, manifest
     states            Status of runs and steps (an enum), a run's status derived from its steps'
     context           StepKind (what a method is) and StepContext (progress, stop, metrics, logger)
@@ -61,6 +62,7 @@ __version__ = "0.2.0"
 LAYERS = (
     "errors",
     "config",
+    "optionfields",
     "options",
     "states",
     "context",

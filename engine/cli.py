@@ -76,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="one model x method in this process -> metrics on the test split",
-        description="Run one method on one model here and now, and print its scores on the held-out test split. svc/logreg: embed, fit "
-        "the classifier on the training split (hyper-parameters chosen by CV inside it). linear-probe/lora: train the model's "
-        "classification head (and LoRA adapters), choosing the epoch on a validation split carved from the training split. "
+        help="one model x method in this process -> metrics on letters it was not trained on (cv or holdout)",
+        description="Run one method on one model here and now, and print its scores on letters it was not trained on: "
+        "cross-validation (every letter scored once per repeat) or one held-out test split (--protocol; auto picks cv below "
+        "500 letters). svc/logreg: embed, fit the classifier on each training part (hyper-parameters chosen by CV inside it). "
+        "linear-probe/lora: train the model's classification head (and LoRA adapters), choosing the epoch on a validation "
+        "part carved from each training part. After cv every method is trained once more on every letter (the stored classifier). "
         "lora-svc: LoRA-tuned embeddings -> SVC. domain-adapt: LoRA on the language-model objective, perplexity before/after. "
         "The artifact is stored (and reused by runs with the same options).",
     )

@@ -21,74 +21,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from engine.errors import SpecError
+from engine.optionfields import FieldSpec, PerMethod, coerce, field_specs, option
 
 POOLINGS = ("mean", "last", "cls")
 DEFAULT_MAX_LENGTH = 512
-
-
-def option(
-    default: Any,
-    help: str,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    choices: tuple | None = None,
-    key: bool = True,
-    per_method: dict[str, Any] | None = None,
-    step: float | None = None,
-) -> Any:
-    """A dataclass field with ClinBench's metadata: help, bounds, choices, cache-key flag, per-method defaults, and the
-    step of a number widget where the default one (0.05 within [0, 1]) would not do."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "key": key, "per_method": per_method or {}, "step": step}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """What the CLI, the spec check and the form need to know of one option."""
-
-    name: str
-    group: str  # the concern's key in Options (protocol, embedding, ...)
-    kind: str  # bool | int | float | str | list
-    optional: bool  # None is allowed (meaning: the method's default, or off)
-    default: Any
-    help: str
-    min: float | None
-    max: float | None
-    choices: tuple | None
-    key: bool
-    per_method: dict
-    step: float | None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def describe_default(self) -> str:
-        if self.default is None and self.per_method:
-            return "by method: " + ", ".join(f"{v:g} {m}" if isinstance(v, float) else f"{v} {m}" for m, v in self.per_method.items())
-        return "none" if self.default is None else str(self.default)
-
-
-class _PerMethod:
-    """`resolved(method)`: a copy with the method's defaults (field metadata `per_method`) filled in where a field is None."""
-
-    def resolved(self, method: str):
-        fill = {}
-        for f in dataclasses.fields(self):
-            table = f.metadata.get("per_method") or {}
-            if getattr(self, f.name) is None and method in table:
-                fill[f.name] = table[method]
-        return dataclasses.replace(self, **fill)
 
 
 PROTOCOLS = ("auto", "cv", "holdout")
@@ -96,7 +37,7 @@ CV_AUTO_MAX_LETTERS = 500  # `auto` cross-validates datasets smaller than this; 
 
 
 @dataclass(frozen=True)
-class ProtocolOptions(_PerMethod):
+class ProtocolOptions(PerMethod):
     """How letters are split and scored: cv scores every letter once per repeat (best for small datasets), holdout one
     test split; duplicate letters always stay on one side."""
 
@@ -162,7 +103,7 @@ class ClassifierOptions:
 
 
 @dataclass(frozen=True)
-class FineTuneOptions(_PerMethod):
+class FineTuneOptions(PerMethod):
     """Training the model itself (linear-probe, lora, lora-svc, domain-adapt)."""
 
     TITLE: ClassVar[str] = "Fine-tuning"
@@ -201,60 +142,53 @@ class DomainAdaptOptions:
     mlm_probability: float = option(0.15, "share of tokens masked for an encoder's masked-LM objective", min=0.01, max=0.5)
 
 
+@dataclass(frozen=True)
+class PromptOptions:
+    """A generative model as the classifier (zero-shot, few-shot, instruct-lora): the prompt, each label's words, and how
+    their likelihood is scored."""
+
+    TITLE: ClassVar[str] = "Prompting"
+    prompt_template: str | None = option(
+        None,
+        "the prompt before the answer: {text} is the letter, {labels} the label words, and any column by name "
+        "(none: the default prompt for the task)",
+        multiline=True,
+    )
+    verbalizers: dict[str, str] | None = option(None, "the words that stand for each label, label=words (none: the label itself)")
+    scoring: str = option(
+        "sum",
+        "a label's score: sum of its words' log-likelihoods, mean per token, or norm (per byte, lm-evaluation-harness's acc_norm)",
+        choices=("sum", "mean", "norm"),
+    )
+    calibration: bool = option(True, "contextual calibration: divide out each label's prior on a content-free input")
+    k_shot: int | None = option(None, "few-shot: examples per label from the training letters (none: as many as fit the context)", min=1)
+
+
+@dataclass(frozen=True)
+class SetFitOptions:
+    """Few-shot encoders (setfit): contrastive fine-tuning of a sentence encoder on pairs of training letters, then a
+    logistic head."""
+
+    TITLE: ClassVar[str] = "SetFit"
+    setfit_pairs: int = option(2000, "most letter pairs per training (caps the time on a CPU)", min=10)
+    setfit_epochs: int = option(1, "epochs over the pairs", min=1, max=20)
+    labels_per_class: int | None = option(
+        None, "train on this many letters per label, drawn (seeded) from each training split (none: all)", min=1
+    )
+
+
 GROUPS: dict[str, type] = {
     "protocol": ProtocolOptions,
     "embedding": EmbeddingOptions,
     "classifier": ClassifierOptions,
     "finetune": FineTuneOptions,
     "domain": DomainAdaptOptions,
+    "prompt": PromptOptions,
+    "setfit": SetFitOptions,
 }
 
 
-def _kind(annotation: Any) -> tuple[str, bool]:
-    """('bool'|'int'|'float'|'str'|'list', optional) of a field's type annotation."""
-    hint = annotation
-    args = typing.get_args(hint)
-    optional = False
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        optional = type(None) in args
-        hint = next(a for a in args if a is not type(None))
-    if typing.get_origin(hint) is list:
-        return "list", optional
-    return {bool: "bool", int: "int", float: "float", str: "str"}[hint], optional
-
-
-def _specs() -> list[FieldSpec]:
-    out = []
-    for group, cls in GROUPS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            kind, optional = _kind(hints[f.name])
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            m = f.metadata
-            out.append(
-                FieldSpec(
-                    f.name,
-                    group,
-                    kind,
-                    optional,
-                    default,
-                    m["help"],
-                    m["min"],
-                    m["max"],
-                    m["choices"],
-                    m["key"],
-                    m["per_method"],
-                    m["step"],
-                )
-            )
-    names = [s.name for s in out]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:  # spec files are flat: a name must be unique across concerns
-        raise RuntimeError(f"option names must be unique across concerns: {sorted(dupes)}")
-    return out
-
-
-_FIELDS = _specs()
+_FIELDS = field_specs(GROUPS)
 _BY_NAME = {s.name: s for s in _FIELDS}
 
 
@@ -271,48 +205,6 @@ def group_doc(group: str) -> str:
     return (GROUPS[group].__doc__ or "").strip()
 
 
-# --- checking one value -----------------------------------------------------------
-
-
-def coerce(spec: FieldSpec, value: Any, where: str, label: str | None = None) -> Any:
-    """`value` checked against `spec` (type, range, choices). Ints pass as floats, and '1e-3' (a string in YAML 1.1) as a number."""
-    label = label or f"option {spec.name}"
-    if value is None:
-        if spec.optional:
-            return None
-        raise SpecError(f"{where}: {label} cannot be null; expected {_expected(spec)}.")
-    if spec.kind == "float" and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    ok = {
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, float),
-        "str": isinstance(value, str),
-        "list": isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value),
-    }[spec.kind]
-    if not ok:
-        raise SpecError(f"{where}: {label} has the wrong type ({value!r}); expected {_expected(spec)}.")
-    if spec.choices is not None and value not in spec.choices:
-        allowed = ", ".join("null" if c is None else repr(c) for c in spec.choices)
-        raise SpecError(f"{where}: {label} must be one of {allowed}; got {value!r}.")
-    if spec.kind in ("int", "float"):
-        lo, hi = spec.min, spec.max
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            bounds = f"at least {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
-            raise SpecError(f"{where}: {label} = {value} is out of range; use a value {bounds}.")
-    return value
-
-
-def _expected(spec: FieldSpec) -> str:
-    base = {"bool": "true or false", "int": "int", "float": "float", "str": "str", "list": "list of names"}[spec.kind]
-    return f"{base} or null" if spec.optional else base
-
-
 # --- all options of a run ----------------------------------------------------------
 
 
@@ -325,6 +217,8 @@ class Options:
     classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
     finetune: FineTuneOptions = field(default_factory=FineTuneOptions)
     domain: DomainAdaptOptions = field(default_factory=DomainAdaptOptions)
+    prompt: PromptOptions = field(default_factory=PromptOptions)
+    setfit: SetFitOptions = field(default_factory=SetFitOptions)
 
     @classmethod
     def parse(cls, raw: Mapping | None, where: str = "spec", label=None) -> Options:
@@ -378,6 +272,8 @@ def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] | Non
                 g.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=text)
             elif s.kind == "list":
                 g.add_argument(s.flag, dest=s.name, type=_split_names, default=None, metavar="A,B", help=text + "; comma-separated")
+            elif s.kind == "map":
+                g.add_argument(s.flag, dest=s.name, default=None, metavar="NAME=TEXT,...", help=text + "; or a JSON object")
             elif s.choices is not None:
                 g.add_argument(s.flag, dest=s.name, choices=[c for c in s.choices if c is not None], default=None, help=text)
             else:

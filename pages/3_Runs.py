@@ -81,16 +81,16 @@ def live() -> None:
     st.subheader("Queue")
     table = [
         {
-            "run": r.id,
-            "name": r.name,
-            "status": str(r.status),
-            "steps done": f"{r.counts['done']}/{len(r.steps)}",
-            "progress": f"{r.fraction:.0%}",
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
+            "Run": r.id,
+            "Name": r.name,
+            "Status": str(r.status),
+            "Steps done": f"{r.counts['done']}/{len(r.steps)}",
+            "Progress": f"{r.fraction:.0%}",
+            "Created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
         }
         for r in queue
     ]
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", height=min(250, 38 + 35 * len(table)))  # newest first
     ids = [r.id for r in queue]
     watch = st.session_state.get("watch")
     run_id = st.selectbox("Run", ids, index=ids.index(watch) if watch in ids else 0, format_func=lambda i: f"run {i}", key="run-pick")

@@ -25,6 +25,10 @@ def another_value(f: options.FieldSpec):
         return next(c for c in f.choices if c != f.default)
     if f.kind == "list":
         return ["query", "value"]
+    if f.kind == "map":
+        return {"cardiology": "heart", "urology": "kidney"}
+    if f.kind == "str":
+        return "Letter: {text}\nSpecialty:"
     if f.kind == "int":
         return (f.default or f.min or 0) + 1 if f.max is None or (f.default or f.min or 0) + 1 <= f.max else f.max - 1
     lo, hi = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1.0
@@ -43,8 +47,8 @@ def out_of_range(f: options.FieldSpec):
 def test_every_field_is_documented_and_unique():
     assert len({f.name for f in FIELDS}) == len(FIELDS) > 20
     for f in FIELDS:
-        assert f.help and f.group in options.GROUPS and f.kind in ("bool", "int", "float", "str", "list")
-        assert f.default is None or f.optional or type(f.default).__name__ == {"list": "list"}.get(f.kind, f.kind)
+        assert f.help and f.group in options.GROUPS and f.kind in ("bool", "int", "float", "str", "list", "map")
+        assert f.default is None or f.optional or type(f.default).__name__ == {"map": "dict"}.get(f.kind, f.kind)
 
 
 @pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
@@ -52,7 +56,7 @@ def test_spec_check_accepts_each_field_and_refuses_bad_values_by_name(f):
     value = another_value(f)
     assert Options.parse({f.name: value}).get(f.name) == value
     with pytest.raises(SpecError, match=f"option {f.name} has the wrong type"):
-        Options.parse({f.name: {"a": 1}})
+        Options.parse({f.name: {"a": 1}})  # a mapping whose value is not text: wrong for every kind
     bad = out_of_range(f)
     if bad is not None:
         with pytest.raises(SpecError, match=f"option {f.name}"):
@@ -75,6 +79,8 @@ def test_the_cli_has_one_flag_per_field_with_the_same_checks():
             argv = [f.flag if value else "--no-" + f.flag[2:]]
         elif f.kind == "list":
             argv = [f.flag, ",".join(value)]
+        elif f.kind == "map":
+            argv = [f.flag, ",".join(f"{k}={v}" for k, v in value.items())]
         else:
             argv = [f.flag, str(value)]
         assert options.from_args(parser.parse_args(argv)).get(f.name) == value, f.name
@@ -91,7 +97,7 @@ def test_the_runs_form_has_one_widget_per_field(monkeypatch, tmp_path):
     monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "cache"))
     at = AppTest.from_file(str(ROOT / "pages" / "3_Runs.py"), default_timeout=120).run()
     assert not at.exception, at.exception
-    keys = {w.key for kind in ("toggle", "selectbox", "number_input", "text_input") for w in getattr(at, kind) if w.key}
+    keys = {w.key for kind in ("toggle", "selectbox", "number_input", "text_input", "text_area") for w in getattr(at, kind) if w.key}
     assert {f"opt-{f.name}" for f in FIELDS} <= keys
 
 
@@ -135,3 +141,16 @@ def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(k
             assert changed != base, f"{kind.name}: option {f.name} changes results but not the cache key"
         elif not f.key:
             assert changed == base, f"{kind.name}: option {f.name} is marked as not entering keys"
+
+
+def test_a_mapping_option_reads_json_or_name_text_pairs():
+    assert Options.parse({"verbalizers": "cardiology=heart, urology = kidney"}).get("verbalizers") == {
+        "cardiology": "heart",
+        "urology": "kidney",
+    }
+    assert Options.parse({"verbalizers": '{"a": "x y"}'}).get("verbalizers") == {"a": "x y"}
+    assert Options.parse({"verbalizers": "a=x\nb=y"}).get("verbalizers") == {"a": "x", "b": "y"}
+    with pytest.raises(SpecError, match="'heart' is not name=text"):
+        Options.parse({"verbalizers": "heart"})
+    with pytest.raises(SpecError, match="not valid JSON"):
+        Options.parse({"verbalizers": "{nope"})

@@ -54,6 +54,11 @@ def widget(col, f):
             _label(f.name), ", ".join(f.default or []), key=key, help=help_text + "; comma-separated", placeholder=f.describe_default()
         )
         return [t.strip() for t in text.split(",") if t.strip()] or None
+    if f.kind == "map":  # one name=text per line
+        text = col.text_area(_label(f.name), "", key=key, help=help_text + "; one name=text per line", placeholder=f.describe_default())
+        return text.strip() or None  # the engine parses it when the run is checked (a bad pair is a clear error there)
+    if f.kind == "str" and f.multiline:
+        return col.text_area(_label(f.name), f.default or "", key=key, help=help_text, placeholder=f.describe_default()) or None
     if f.kind == "str":
         return col.text_input(_label(f.name), f.default or "", key=key, help=help_text) or None
     return _number(col, f, key, help_text)
