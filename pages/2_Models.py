@@ -19,20 +19,24 @@ st.caption(f"Device: {api.device()}")
 
 def _row(d: dict) -> dict:
     return {
-        "name": d["name"],
-        "source": d["source"],
-        "kind": d["kind"] or "read from its config",
-        "parameters": f"{d['params'] / 1e6:,.0f}M" if d["params"] else "?",
-        "available offline": "yes" if d["offline"] else "no",
-        "why": d["reason"],
-        "what": d["description"],
-        "reference": d["ref"],
+        "Name": d["name"],
+        "Source": d["source"],
+        "Kind": d["kind"] or "read from its config",
+        "Parameters": f"{d['params'] / 1e6:,.0f}M" if d["params"] else "?",
+        "Offline": "yes" if d["offline"] else "no",
+        "Why": d["reason"],
+        "What": d["description"],
+        "Reference": d["ref"],
     }
+
+
+COLUMNS = {"Why": st.column_config.TextColumn(width="medium"), "What": st.column_config.TextColumn(width="large")}
 
 
 rows = [_row(d) for d in api.model_rows()]
 st.subheader("Bundled and presets")
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config=COLUMNS)
+st.caption("Scroll the table sideways for what each model is and its reference.")
 
 st.subheader("Add a hub id or a local folder")
 name = st.text_input("Hub id (organisation/model) or folder path", placeholder="dmis-lab/biobert-v1.1  or  /path/to/model-folder")

@@ -75,13 +75,13 @@ def test_every_page_renders_on_an_empty_cache(empty_cache, name):
 
 def test_models_page_explains_unknown_and_missing_models(empty_cache, tiny_decoder):
     at = page("2_Models.py").run()
-    names = list(at.dataframe[0].value["name"])
+    names = list(at.dataframe[0].value["Name"])
     assert names[:2] == ["minilm", "smollm2"] and {"biogpt", "biomedlm", "pmc-llama", "biobert", "clinicalbert"} <= set(names)
     at.text_input[0].set_value("not a model").run()
     assert at.error and "Unknown model 'not a model'" in at.error[0].value
     at.text_input[0].set_value(str(tiny_decoder)).run()
     row = at.dataframe[1].value.iloc[0]
-    assert row["kind"] == "decoder" and row["available offline"] == "yes"
+    assert row["Kind"] == "decoder" and row["Offline"] == "yes"
 
 
 def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeypatch):
