@@ -82,12 +82,13 @@ def guess_columns(table: pd.DataFrame) -> tuple[str, str]:
     return data.guess_columns(table)
 
 
-def validate_file(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> ValidationReport:
-    """The validation report of a letters file ('default': the bundled dataset); never raises for content problems."""
+def validate_file(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None, **options) -> ValidationReport:
+    """The validation report of a letters file ('default': the bundled dataset); never raises for content problems. Data
+    options (engine.data.DATA_OPTIONS: text_template, split_column, test_ids) as keywords."""
     from engine import data
 
     return data.validate_file(
-        data.DEFAULT_DATASET if str(path) == DEFAULT_DATASET else path, text_column, label_column, label_sep=label_sep
+        data.DEFAULT_DATASET if str(path) == DEFAULT_DATASET else path, text_column, label_column, label_sep=label_sep, **options
     )
 
 
@@ -99,11 +100,12 @@ def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_
     return duplicates.summary(texts, labels, near_threshold=near_threshold, row_numbers=report.usable_rows)
 
 
-def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None) -> Dataset:
-    """Letters and labels of a file ('default': the bundled dataset); DataError lists every blocking problem."""
+def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None, **options) -> Dataset:
+    """Letters and labels of a file ('default': the bundled dataset); DataError lists every blocking problem. Data options
+    (text_template, split_column, test_ids) as keywords."""
     from engine import data
 
-    return data.load_dataset(path, text_column, label_column, label_sep=label_sep)
+    return data.load_dataset(path, text_column, label_column, label_sep=label_sep, **options)
 
 
 def default_dataset() -> Dataset:

@@ -169,6 +169,7 @@ def data_manifest(dataset) -> dict:
         "data_hash": dataset.data_hash,
         "text_hash": dataset.text_hash,
         "classes": dataset.classes,
+        **(getattr(dataset, "options", None) or {}),  # text_template, split_column, test_ids when given: a rerun reads them back
     }
 
 

@@ -25,14 +25,33 @@ from engine.errors import ClinBenchError
 EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: README.md."
 
 
+def _newlines(text: str) -> str:
+    return text.replace("\\n", "\n")  # a typed \n in a shell argument is a line break
+
+
 def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     if positional:
-        p.add_argument("path", help="CSV/TSV/JSONL file, or 'default'")
+        p.add_argument("path", help="CSV/TSV/JSONL/JSON file, or 'default'")
     else:
-        p.add_argument("--data", required=True, help="CSV/TSV/JSONL file of letters, or 'default' for the bundled dataset")
+        p.add_argument("--data", required=True, help="CSV/TSV/JSONL/JSON file of letters, or 'default' for the bundled dataset")
     p.add_argument("--text-column", default="text", help="column holding the letter text (default: text)")
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     p.add_argument("--label-sep", default=None, help="separator of several labels in one cell (multi-label), e.g. '|'")
+    p.add_argument(
+        "--text-template",
+        type=_newlines,
+        metavar="TEMPLATE",
+        help="build each letter from several columns instead of --text-column, e.g. 'Question: {QUESTION}\\nContext: {CONTEXTS}' "
+        "(list values joined with newlines)",
+    )
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--split-column", metavar="COL", help="column marking each row train or test: the split --protocol fixed scores")
+    split.add_argument(
+        "--test-ids",
+        metavar="FILE",
+        help="file of the test rows' ids (JSON object keys, JSON list, or one per line), matched against the 'id' column; the "
+        "other rows train (for --protocol fixed)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON: removed [{kind, name, path, bytes, why}], freed_bytes, runs_deleted")
 
     p = sub.add_parser(
+        "serve",
+        help="classify letters over HTTP with the stored classifiers (FastAPI; loopback by default)",
+        description="Serve the stored classifiers over HTTP: GET /health, GET /classifiers, POST /classify, POST /classify/batch, "
+        "GET /openapi.json. Letters are classified in memory and never stored or logged. Listening on anything but loopback "
+        "needs --token; README.md, section Serve, has curl examples.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every path but /health (or set $CLINBENCH_SERVE_TOKEN)")
+    p.add_argument("--max-bytes", type=int, default=1_000_000, help="refuse request bodies larger than this with 413 (default: 1000000)")
+
+    p = sub.add_parser(
         "worker",
         help="serve queued runs in this terminal (workers otherwise start on demand)",
         description="Execute queued steps, each in a child process, until stopped with Ctrl-C. Workers start by themselves when runs "
@@ -222,6 +253,12 @@ def cmd_worker(args) -> int:
     return worker.serve(idle_exit=args.idle_exit)
 
 
+def cmd_serve(args) -> int:
+    from engine import serve  # FastAPI is imported only when serving
+
+    return serve.cmd_serve(args)
+
+
 COMMANDS = {
     "models": out.cmd_models,
     "methods": out.cmd_methods,
@@ -236,6 +273,7 @@ COMMANDS = {
     "rerun": out.cmd_rerun,
     "cache": out.cmd_cache,
     "worker": cmd_worker,
+    "serve": cmd_serve,
 }
 
 

@@ -12,33 +12,13 @@ import sys
 import time
 
 from engine import options
+from engine.terminal import progress_bars
 
 
 def _api():
     from engine import api  # imported when a command runs, so `--help` does not load torch
 
     return api
-
-
-def progress_bars():
-    """A StepContext drawing one tqdm bar per stage on stderr."""
-    from tqdm import tqdm
-
-    state = {"bar": None, "stage": None}
-
-    def progress(done: int, total: int, stage: str) -> None:
-        if state["stage"] != stage:
-            if state["bar"] is not None:
-                state["bar"].close()
-            state["bar"] = tqdm(total=total, desc=stage, unit="letter" if total > 1 else "step", leave=False, file=sys.stderr, disable=None)
-            state["stage"] = stage
-        bar = state["bar"]
-        bar.total, bar.n = total, done
-        bar.refresh()
-        if done >= total and stage in ("done", "loaded from cache"):
-            bar.close()
-
-    return _api().step_context(progress=progress)
 
 
 def cmd_models(args) -> int:
@@ -73,7 +53,7 @@ def cmd_data(args) -> int:
     if args.data_command != "validate":
         print("usage: python -m engine data validate PATH [--text-column C] [--label-column C]", file=sys.stderr)
         return 2
-    report = api.validate_file(args.path, args.text_column, args.label_column, label_sep=args.label_sep)
+    report = api.validate_file(args.path, args.text_column, args.label_column, label_sep=args.label_sep, **data_options(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -87,8 +67,13 @@ def cmd_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def data_options(args) -> dict:
+    """The data flags (engine.cli._data_args) as engine.data.load_dataset's keywords: text_template, split_column, test_ids."""
+    return {k: getattr(args, k, None) for k in ("text_template", "split_column", "test_ids")}
+
+
 def _load(args):
-    return _api().load_dataset(args.data, args.text_column, args.label_column, label_sep=args.label_sep)
+    return _api().load_dataset(args.data, args.text_column, args.label_column, label_sep=args.label_sep, **data_options(args))
 
 
 def cmd_embed(args) -> int:

@@ -8,7 +8,7 @@ out-of-fold predictions into the figures every method reports:
 * `macro_f1_ci`: 95% bootstrap CI resampling letters (a letter's predictions in every repeat move together);
 * `fold_macro_f1` (one per fold), their mean and sd; the majority-class baseline on the same folds;
 * `protocol`, `n_letters`, `classes`, and the folds' rows (`folds` under cv, `train_rows`/`test_rows` under
-  holdout) as 0-based positions of the data rows of the input file, which scripts read.
+  holdout and fixed, the dataset's own split) as 0-based positions of the data rows of the input file, which scripts read.
 
 `write_predictions` stores one record per scored (repeat, letter) in predictions.json.
 """
@@ -94,7 +94,7 @@ def score(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed: int) -> dic
         values, counts = np.unique(y[f.train], return_counts=True)
         majority[(oof.repeat == f.repeat) & (oof.fold == f.fold)] = values[np.argmax(counts)]
     m["baseline"] = {
-        "label": str(majority[0]) if plan.name == "holdout" else "majority label of each training fold",
+        "label": str(majority[0]) if plan.name != "cv" else "majority label of each training fold",
         "macro_f1": float(f1_score(y_true, majority.astype(str), labels=classes, average="macro", zero_division=0)),
         "accuracy": float(np.mean(majority.astype(str) == y_true)),
     }

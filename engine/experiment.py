@@ -5,6 +5,8 @@ Spec (YAML or JSON):
 
     name: my-comparison
     data: default            # or {path: letters.csv, text_column: text, label_column: label, label_sep: "|"}
+                             # + text_template: "Question: {question}\nContext: {contexts}" (instead of text_column),
+                             #   split_column: split or test_ids: ids.json (the split `protocol: fixed` scores)
     models: [minilm, smollm2]
     methods: [svc, logreg]
     options: {max_length: 256, epochs: 3, ...}   # engine.options lists them all (`python -m engine evaluate --help`)
@@ -31,7 +33,7 @@ from engine.errors import ClinBenchError, SpecError
 from engine.options import Options
 
 SPEC_KEYS = ("name", "data", "models", "methods", "options", "reference")
-DATA_KEYS = ("path", "text_column", "label_column", "label_sep")
+DATA_KEYS = ("path", "text_column", "label_column", "label_sep", *data_mod.DATA_OPTIONS)
 
 
 @dataclass
@@ -40,9 +42,13 @@ class DataSpec:
     text_column: str = data_mod.DEFAULT_COLUMNS[0]
     label_column: str = data_mod.DEFAULT_COLUMNS[1]
     label_sep: str | None = None
+    text_template: str | None = None  # engine.data's data options
+    split_column: str | None = None
+    test_ids: str | None = None
 
     def load(self) -> data_mod.Dataset:
-        return data_mod.load_dataset(self.path, self.text_column, self.label_column, label_sep=self.label_sep)
+        options = {k: getattr(self, k) for k in data_mod.DATA_OPTIONS}
+        return data_mod.load_dataset(self.path, self.text_column, self.label_column, label_sep=self.label_sep, **options)
 
 
 @dataclass
@@ -98,13 +104,16 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
     if raw == data_mod.DEFAULT_NAME or raw is None:
         ds = DataSpec()
     elif isinstance(raw, dict):
-        missing = [k for k in ("path", "text_column", "label_column") if not raw.get(k)]
+        missing = [
+            k for k in ("path", "text_column", "label_column") if not raw.get(k) and not (k == "text_column" and raw.get("text_template"))
+        ]
         if missing:
             raise SpecError(f"{where}: data needs {', '.join(missing)} (or write data: default for the bundled dataset).")
         extra = set(raw) - set(DATA_KEYS)
         if extra:
-            raise SpecError(f"{where}: unknown data key(s) {', '.join(sorted(extra))}.")
-        ds = DataSpec(str(raw["path"]), str(raw["text_column"]), str(raw["label_column"]), raw.get("label_sep"))
+            raise SpecError(f"{where}: unknown data key(s) {', '.join(sorted(extra))}. Allowed: {', '.join(DATA_KEYS)}.")
+        options = {k: None if raw.get(k) is None else str(raw[k]) for k in data_mod.DATA_OPTIONS}
+        ds = DataSpec(str(raw["path"]), str(raw.get("text_column") or "text"), str(raw["label_column"]), raw.get("label_sep"), **options)
     else:
         raise SpecError(f"{where}: data must be 'default' or a mapping with path, text_column, label_column.")
     models_ = obj.get("models")

@@ -270,7 +270,7 @@ def paired_comparison(a: dict, b: dict, labels=None, *, n_boot: int = 2000, seed
         if n_letters - n_test > 0:
             tt = corrected_ttest(fold_diffs, n_letters - n_test, n_test, level=level)
             out.update(fold_diffs=fold_diffs.tolist(), p_corrected=tt["p"], t=tt["t"], df=tt["df"], corrected_ci=tt["ci"])
-    if out["protocol"] == "holdout":
+    if out["protocol"] in ("holdout", "fixed"):  # one test split
         a_right, b_right = pa == t, pb == t
         only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
         p_mcnemar = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0

@@ -8,8 +8,12 @@ models and methods are compared on the same letters:
   is shuffled by (seed, r) alone, so a 5x1 plan (fine-tuning's default) is the first repeat of a
   5x2 plan (the frozen methods' default);
 * `holdout`: one stratified train/test split;
+* `fixed`: the dataset's own split (`Dataset.split`: the data option `split_column`, a column holding `train` or
+  `test` per row, or `test_ids`, a file of the test rows' ids matched against the `id` column; engine.tables.split_of).
+  One fold, as under holdout; duplicate groups straddling it cannot be regrouped without moving letters, so a warning
+  gives their count and the split is kept as given. Fine-tuning carves its validation letters from the training rows;
 * `auto`: cv under `CV_AUTO_MAX_LETTERS` letters (a hold-out test split of a small dataset holds too few
-  letters to compare models), holdout above.
+  letters to compare models), holdout above; never fixed.
 
 Duplicate letters (engine.duplicates) form groups that never straddle training and test letters in any
 split, fold or validation carve (StratifiedGroupKFold). Every class of the dataset must have a test
@@ -42,12 +46,12 @@ class Fold:
 class Plan:
     """The folds of one evaluation (holdout: a single fold) and how they were made."""
 
-    name: str  # "cv" | "holdout"
+    name: str  # "cv" | "holdout" | "fixed"
     reason: str  # why this protocol, in a sentence a user reads
     seed: int
     n_splits: int  # cv folds per repeat (holdout: 1)
     n_repeats: int
-    test_size: float | None  # holdout only
+    test_size: float | None  # holdout only (fixed: the split's own test fraction)
     folds: tuple[Fold, ...]
     groups: np.ndarray  # duplicate group of each letter
     near_threshold: float | None
@@ -97,6 +101,8 @@ def choose(requested: str, n_letters: int, n_splits: int, n_repeats: int, test_s
         return "cv", f"{cv} (chosen in the options)"
     if requested == "holdout":
         return "holdout", f"{holdout} (chosen in the options)"
+    if requested == "fixed":
+        return "fixed", "the dataset's own train/test split (chosen in the options)"
     if n_letters < CV_AUTO_MAX_LETTERS:
         return "cv", (
             f"{cv}; chosen because the dataset has {n_letters} letters (< {CV_AUTO_MAX_LETTERS}), too few for a hold-out split "
@@ -170,7 +176,12 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
     key = np.asarray(stratify_key(ds))
     groups = groups_of(ds, p.near_duplicates)
     idx = np.arange(len(ds))
-    if name == "cv":
+    extra = [f"The dataset's own split is ignored under {name}: use protocol fixed to score it."] if getattr(ds, "split", None) else []
+    if name == "fixed":
+        train, test, extra = _fixed(ds, groups)
+        folds, n_splits, n_repeats, test_size = [Fold(0, 0, train, test)], 1, 1, round(len(test) / len(ds), 4)
+        reason = f"the dataset's own split: {len(train)} training and {len(test)} test letters (chosen in the options)"
+    elif name == "cv":
         _require_cv_counts(ds, p.cv_folds)
         folds = []
         for r in range(n_repeats):
@@ -181,11 +192,33 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
         train, test = _holdout(idx, key, groups, p.test_size, p.seed)
         folds, n_splits, n_repeats, test_size = [Fold(0, 0, train, test)], 1, 1, p.test_size
     _require_every_class(ds, folds, name)
-    warnings = _group_warnings(groups, len(ds), n_splits if name == "cv" else max(2, round(1 / p.test_size)))
+    warnings = extra + _group_warnings(groups, len(ds), n_splits if name == "cv" else max(2, round(1 / (test_size or p.test_size))))
     h = sha256_json(
         [ds.data_hash, name, p.seed, p.near_duplicates, sha256_json(groups.tolist()), [[f.repeat, f.fold, f.test.tolist()] for f in folds]]
     )
     return Plan(name, reason, p.seed, n_splits, n_repeats, test_size, tuple(folds), groups, p.near_duplicates, h, tuple(warnings))
+
+
+def _fixed(ds, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(train, test, warnings) of the dataset's own split; duplicate groups straddling it are counted, never moved."""
+    if getattr(ds, "split", None) is None:
+        raise DataError(
+            "The fixed protocol scores the dataset's own train/test split, and none was given: name the column that marks each "
+            "row train or test (data option split_column, --split-column), or a file of the test rows' ids (test_ids, --test-ids)."
+        )
+    split = np.asarray(ds.split)
+    train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    if not len(train) or not len(test):
+        raise DataError(f"The dataset's own split has {len(train)} training and {len(test)} test letters; it needs both.")
+    straddle = np.intersect1d(groups[train], groups[test])
+    if not len(straddle):
+        return train, test, []
+    warning = (
+        f"{len(straddle)} group(s) of duplicate letters ({int(np.isin(groups, straddle).sum())} letters) straddle the dataset's "
+        "own split: copies of test letters are among the training letters, which can inflate the scores. A fixed split is kept "
+        "as given (no letter is moved); delete the training copies from the file to remove the overlap."
+    )
+    return train, test, [warning]
 
 
 def carve(ds, train: np.ndarray, groups: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,9 +255,14 @@ def _require_every_class(ds, folds: list[Fold], name: str) -> None:
             present = {lab for i in rows for lab in labels[i]}
             missing = sorted(set(counts) - present)
             if missing:
-                where = f"fold {f.fold + 1} of repeat {f.repeat + 1}" if name == "cv" else "the hold-out split"
+                where = {"cv": f"fold {f.fold + 1} of repeat {f.repeat + 1}", "fixed": "the dataset's own split"}.get(
+                    name, "the hold-out split"
+                )
                 lab = missing[0]
-                fix = "use fewer folds (--cv-folds)" if name == "cv" else "use a larger test fraction (--test-size) or --protocol cv"
+                fix = {
+                    "cv": "use fewer folds (--cv-folds)",
+                    "fixed": f"move letters of {missing[0]!r} to the {part} rows of the split",
+                }.get(name, "use a larger test fraction (--test-size) or --protocol cv")
                 raise DataError(
                     f"Class {lab!r} ({counts[lab]} letters) has no {part} letter in {where}"
                     f"{f' (nor do {len(missing) - 1} other classes)' if len(missing) > 1 else ''}; its copies or its few letters "

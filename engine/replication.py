@@ -137,7 +137,8 @@ def _data_problem(ev) -> str | None:
             f"{Path(source).resolve()}). Restore it there (a relative path is read from the current folder), then rerun."
         )
     try:
-        ds = data.load_dataset(source, d.get("text_column", "text"), d.get("label_column", "label"), label_sep=d.get("label_sep"))
+        opts = {k: d[k] for k in data.DATA_OPTIONS if d.get(k)}
+        ds = data.load_dataset(source, d.get("text_column", "text"), d.get("label_column", "label"), label_sep=d.get("label_sep"), **opts)
         conflicts = ev.manifest.get("config", {}).get("label_conflicts", "group")
         ds = protocols.prepare(ds, options.ProtocolOptions(label_conflicts=conflicts))  # the letters it scored
     except ClinBenchError as exc:
@@ -171,7 +172,7 @@ try:
     step = next(s for s in spec.steps() if s["model"] == model and s["method"] == method)
     ctx = None
     if echo:
-        from engine.cli_commands import progress_bars
+        from engine.terminal import progress_bars
         ctx = progress_bars()
     res = api.run_in_process(spec, step, ctx=ctx)
 except api.ClinBenchError as exc:
@@ -223,8 +224,9 @@ def rerun(ref: str, *, echo: bool = False) -> dict:
     d = m["data"]
     source = d["source"] if d["source"] == data_mod.DEFAULT_NAME else str(Path(d["source"]).resolve())
     data = {"path": source, "text_column": d.get("text_column", "text"), "label_column": d.get("label_column", "label")}
-    if d.get("label_sep"):
-        data["label_sep"] = d["label_sep"]
+    for k in ("label_sep", *data_mod.DATA_OPTIONS):  # everything the letters were read with
+        if d.get(k):
+            data[k] = d[k]
     names = {s.name for s in options.fields()}
     opts = {k: v for k, v in m.get("config", {}).items() if k in names}  # drops "classifier", "train", ...
     spec = {"name": f"rerun {ev.key[:10]}", "data": data, "models": [ev.model], "methods": [ev.method], "options": opts}

@@ -153,7 +153,8 @@ def letters(ev: Evaluation):
     from engine.protocols import prepare
 
     d = ev.manifest["data"]
-    ds = data.load_dataset(d["source"], d.get("text_column", "text"), d.get("label_column", "label"))
+    opts = {k: d[k] for k in data.DATA_OPTIONS if d.get(k)}
+    ds = data.load_dataset(d["source"], d.get("text_column", "text"), d.get("label_column", "label"), **opts)
     ds = prepare(ds, ProtocolOptions(label_conflicts=ev.manifest.get("config", {}).get("label_conflicts", "group")))
     if ds.data_hash != d["data_hash"]:
         raise ClinBenchError(

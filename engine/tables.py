@@ -1,5 +1,14 @@
 """Reading a letters file into a table: size limit, encoding (UTF-8, byte-order marks, UTF-16), ragged CSV rows,
-JSONL records; and guessing which columns hold the text and the label.
+JSONL records, .json files; and guessing which columns hold the text and the label.
+
+A .json file is read by its content: an object of objects keyed by id (e.g. PubMedQA's `{PMID: {QUESTION, ...}}`)
+becomes one row per key with the key in an `id` column (`key` when the records hold an `id` of their own); a list
+of objects is one row per object; JSON lines in a .json file read as JSONL.
+
+Letters built from several columns: `template_texts` fills a text template such as "Question: {QUESTION}\nContext:
+{CONTEXTS}" per row (a list-valued cell is joined with newlines). A dataset's own split: `split_of` reads a column
+holding `train`/`test` per row, or a file of test ids (`read_ids`: the keys of a JSON object, the items of a JSON
+list, or one id per line) matched against the `id` column; every other row trains.
 
 Every problem with the file itself is a DataError that says what was wrong, where (line, byte offset) and how to
 fix it; what the rows contain is engine.data's business.
@@ -11,6 +20,7 @@ import csv
 import io
 import json
 import os
+import string
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +29,9 @@ from engine.errors import DataError
 
 MAX_FILE_MB_ENV = "CLINBENCH_MAX_DATA_MB"
 DEFAULT_MAX_FILE_MB = 200
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+ID_COLUMN = "id"  # the column a JSON object's keys land in, and that test ids are matched against
+SPLIT_VALUES = ("train", "test")
 BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "UTF-8"), (b"\xff\xfe", "utf-16", "UTF-16"), (b"\xfe\xff", "utf-16", "UTF-16"))
 TO_UTF8 = (
     "Re-save it as UTF-8: in Excel, File > Save As > 'CSV UTF-8 (Comma delimited)'; in LibreOffice, File > Save As > "
@@ -43,11 +55,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"File not found: {path}. Check the path, or upload the file again.")
     if path.is_dir():
-        raise DataError(f"{path} is a folder; give the path of a .csv, .tsv or .jsonl file.")
+        raise DataError(f"{path} is a folder; give the path of a .csv, .tsv, .jsonl or .json file.")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(
-            f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv or .jsonl (one JSON object per line)."
+            f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv, .jsonl (one JSON object per line) or .json."
         )
     size, limit_mb = path.stat().st_size, max_file_mb()
     if size > limit_mb * 2**20:
@@ -61,6 +73,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     text = decode(raw, path.name)
     if kind == "jsonl":
         return _read_jsonl(text, path.name)
+    if kind == "json":
+        return _read_json(text, path.name)
     sep = "\t" if kind == "tsv" else ","
     _refuse_unclosed_quote(text, sep, path.name)
     _refuse_ragged(text, sep, path.name)
@@ -165,6 +179,129 @@ def _read_jsonl(text: str, name: str) -> pd.DataFrame:
     if not records:
         raise DataError(f"{name} holds no JSON records. Each line must be one JSON object.")
     return pd.DataFrame.from_records(records)
+
+
+def _read_json(text: str, name: str) -> pd.DataFrame:
+    """A .json file: an object of objects keyed by id, a list of objects, or JSON lines."""
+    try:
+        top = json.loads(text)
+    except ValueError as exc:
+        if exc.msg == "Extra data":  # several JSON values: JSON lines
+            return _read_jsonl(text, name)
+        raise DataError(f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
+    if isinstance(top, list) and top and all(isinstance(r, dict) for r in top):
+        return pd.DataFrame.from_records(top)
+    if isinstance(top, dict) and top and all(isinstance(r, dict) for r in top.values()):
+        key = "key" if any(ID_COLUMN in r for r in top.values()) else ID_COLUMN
+        return pd.DataFrame.from_records([{key: str(k), **r} for k, r in top.items()])
+    raise DataError(
+        f'{name}: expected an object of records keyed by id ({{"id1": {{"text": ..., "label": ...}}, ...}}) or a list of '
+        f'records ([{{"text": ..., "label": ...}}, ...]); found {type(top).__name__ if top else "an empty value"}.'
+    )
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a text template uses ("{QUESTION} {CONTEXTS}" -> [QUESTION, CONTEXTS]); DataError when malformed."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise DataError(
+            f"The text template {template!r} is malformed ({exc}): write a column as {{name}}, a literal brace as {{{{ or }}}}."
+        ) from None
+    if not fields or "" in fields:
+        raise DataError(
+            f'The text template {template!r} must name columns in braces, e.g. "Question: {{question}}\\nContext: {{contexts}}".'
+        )
+    return list(dict.fromkeys(fields))
+
+
+def is_template(text: str) -> bool:
+    try:
+        return bool(template_fields(text))
+    except DataError:
+        return False
+
+
+def _cell_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "\n".join(t for t in (_cell_text(v) for v in value) if t.strip())
+    return "" if value is None or value != value else str(value)  # (NaN != NaN)
+
+
+def template_texts(df: pd.DataFrame, template: str, name: str) -> list[str]:
+    """Each row's letter: the template with each {column} replaced by the row's value (lists joined with newlines); an empty
+    text when every named cell is empty. DataError naming the columns present when the template names a missing one."""
+    fields, columns = template_fields(template), [str(c) for c in df.columns]
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        raise DataError(
+            f"The text template names {len(missing)} column(s) not in {name}: {', '.join(map(repr, missing))}. Columns present: "
+            f"{', '.join(columns) or '(none)'}."
+        )
+    parts = list(string.Formatter().parse(template))
+    out = []
+    for rec in df[fields].to_dict("records"):
+        values = {f: _cell_text(rec[f]) for f in fields}
+        out.append(
+            "".join(lit + (values[f] if f is not None else "") for lit, f, _, _ in parts) if any(v.strip() for v in values.values()) else ""
+        )
+    return out
+
+
+def read_ids(path: str | Path) -> set[str]:
+    """The ids a file lists: a JSON object's keys, a JSON list's items, or one id per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Test ids file not found: {path}. Give a JSON object keyed by id, a JSON list, or a file with one id per line.")
+    text = decode(path.read_bytes(), path.name)
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        if not isinstance(obj, (dict, list)):
+            raise DataError(f"{path.name}: expected a JSON object keyed by id or a list of ids, found {type(obj).__name__}.")
+        items = list(obj)
+    else:
+        items = text.splitlines()
+    ids = {str(i).strip() for i in items if str(i).strip()}
+    if not ids:
+        raise DataError(f"{path.name} lists no ids.")
+    return ids
+
+
+def split_of(df: pd.DataFrame, split_column: str | None, test_ids: str | Path | None, name: str) -> list[str] | None:
+    """'train' or 'test' per row (None without a split): from `split_column`, or from the file `test_ids` matched against
+    the `id` column (every other row trains). DataError naming the rows whose value is neither."""
+    columns = [str(c) for c in df.columns]
+    if split_column and test_ids:
+        raise DataError("Give the split as split_column or as test_ids, not both.")
+    needed = split_column or (ID_COLUMN if test_ids else None)
+    if needed and needed not in columns:
+        raise DataError(
+            f"{'Split' if split_column else 'Id'} column {needed!r} not found in {name}. Columns present: {', '.join(columns)}."
+        )
+    if split_column:
+        values = [_cell_text(v).strip().lower() for v in df[split_column].tolist()]
+        bad = [(n, v) for n, v in enumerate(df[split_column].tolist(), start=1) if values[n - 1] not in SPLIT_VALUES]
+        if bad:
+            shown = ", ".join(f"{n} ({v!r})" for n, v in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            raise DataError(
+                f"Split column {split_column!r} must hold 'train' or 'test' in every row of {name}; {len(bad)} row(s) hold something "
+                f"else: rows {shown} (counted from 1 after the header). Mark validation rows 'train' (fine-tuning carves its "
+                "validation letters from the training rows), or delete the rows."
+            )
+        return values
+    if not test_ids:
+        return None
+    ids, have = read_ids(test_ids), [_cell_text(v).strip() for v in df[ID_COLUMN].tolist()]
+    unknown = sorted(ids - set(have))
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} of the {len(ids)} test ids in {Path(test_ids).name} are not in the {ID_COLUMN!r} column of {name}: "
+            f"{', '.join(unknown[:8])}{' and more' if len(unknown) > 8 else ''}. Check that the ids file belongs to this dataset."
+        )
+    return ["test" if h in ids else "train" for h in have]
 
 
 def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
