@@ -14,6 +14,7 @@ the import graph has no cycle.
     options           typed run options, one dataclass per concern: CLI flags, spec check, form, manifest
     states            Status of runs and steps (an enum), a run's status derived from its steps'
     context           StepKind (what a method is) and StepContext (progress, stop, metrics, logger)
+    terminal          the command line's progress bars (one per stage of a step)
     storage           cache layout, content hashes, atomic writes
     duplicates        exact and near-duplicate letters: groups that never straddle a split, label conflicts
     devices           CUDA or CPU, dtype, free memory
@@ -35,6 +36,9 @@ the import graph has no cycle.
     finetune.head     the linear-probe and lora steps
     finetune.tuned_svc  the lora-svc step
     finetune.domain   the domain-adapt step
+    finetune.setfit   the setfit step: contrastive tuning of a sentence encoder on pairs, then a logistic head
+    prompting         a causal LM as a classifier: prompt template, label words, log-likelihood scoring, calibration
+    incontext         the zero-shot and few-shot steps (examples from the training letters) and their stored classifier
     steps             the registry of step kinds (methods)
     classifiers       one interface for every trained classifier: classes_, predict_proba(texts)
     experiment        specs checked and expanded into steps; executing one step
@@ -52,6 +56,7 @@ the import graph has no cycle.
     export            charts as PNG/SVG/HTML, tables as CSV, a report zip
     housekeeping      cache usage per folder, dataset, model and run; pruning that keeps what runs show
     api               the front door
+    serve             `python -m engine serve`: the stored classifiers over HTTP (FastAPI), loopback or with a token
     cli_commands      the bodies of the CLI's commands
     cli               `python -m engine ...`: the parser
     __main__
@@ -66,6 +71,7 @@ LAYERS = (
     "options",
     "states",
     "context",
+    "terminal",
     "storage",
     "duplicates",
     "devices",
@@ -87,6 +93,9 @@ LAYERS = (
     "finetune.head",
     "finetune.tuned_svc",
     "finetune.domain",
+    "finetune.setfit",
+    "prompting",
+    "incontext",
     "steps",
     "classifiers",
     "experiment",
@@ -104,6 +113,7 @@ LAYERS = (
     "export",
     "housekeeping",
     "api",
+    "serve",
     "cli_commands",
     "cli",
     "__main__",

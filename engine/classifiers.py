@@ -27,11 +27,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine import artifacts, features, models
+from engine import artifacts, features, incontext, models, prompting
 from engine.devices import choose
 from engine.errors import ArtifactError
 from engine.finetune.head import predict_proba as sequence_proba
 from engine.finetune.loading import load_tuned_classifier, load_tuned_extractor
+from engine.finetune.setfit import load_tuned_encoder
 from engine.options import DEFAULT_MAX_LENGTH
 
 MAX_LOADED = 2  # models kept in memory between letters
@@ -194,6 +195,21 @@ def _load_sequence_classifier(folder: Path, manifest: dict, placement) -> Sequen
     return SequenceClassifier(net, tokenizer, max_length, placement, _metadata(folder, manifest))
 
 
+def _load_tuned_encoder(folder: Path, manifest: dict, placement) -> EmbeddingClassifier:
+    """setfit: the encoder tuned on pairs, stored in the artifact, and its logistic head."""
+    loaded = shared_model(f"setfit:{folder}", lambda: load_tuned_encoder(folder, placement))
+    e = manifest["embedder"]
+    return EmbeddingClassifier(loaded, artifacts.load_joblib(folder), e["pooling"], int(e["max_length"]), _metadata(folder, manifest))
+
+
+def _load_prompted_lm(folder: Path, manifest: dict, placement) -> incontext.PromptClassifier:
+    """zero-shot, few-shot: the causal LM itself, with the stored prompt, label words and examples."""
+    lm = shared_model(f"lm:{manifest['model']['name']}", lambda: prompting.load_lm(manifest["model"]["name"], placement))
+    if not _same_model(lm, {k: v for k, v in manifest["model"].items() if k not in ("model_type", "kind")}):
+        raise ArtifactError(f"The files of model {manifest['model']['name']} changed since this evaluation; re-run it.")
+    return incontext.PromptClassifier(lm, incontext.read_prompt(folder), _metadata(folder, manifest))
+
+
 def _load_text_pipeline(folder: Path, manifest: dict, placement) -> TextPipeline:
     return TextPipeline(artifacts.load_joblib(folder), _metadata(folder, manifest))
 
@@ -202,6 +218,8 @@ LOADERS: dict[str, Callable[[Path, dict, Any], Classifier]] = {
     "text-pipeline": _load_text_pipeline,
     "embedding-classifier": _load_embedding_classifier,
     "sequence-classifier": _load_sequence_classifier,
+    "prompted-lm": _load_prompted_lm,
+    "tuned-encoder": _load_tuned_encoder,
 }
 # Artifacts stored before manifests named their predictor (ClinBench 0.1).
 _LEGACY_PREDICTOR = {"svc": "embedding-classifier", "logreg": "embedding-classifier", "lora-svc": "embedding-classifier",

@@ -32,7 +32,7 @@ POOLINGS = ("mean", "last", "cls")
 DEFAULT_MAX_LENGTH = 512
 
 
-PROTOCOLS = ("auto", "cv", "holdout")
+PROTOCOLS = ("auto", "cv", "holdout", "fixed")
 CV_AUTO_MAX_LETTERS = 500  # `auto` cross-validates datasets smaller than this; a hold-out test split is large enough above
 
 
@@ -45,7 +45,8 @@ class ProtocolOptions(PerMethod):
     protocol: str = option(
         "auto",
         f"cv: repeated stratified K-fold, every letter scored once per repeat; holdout: one test split; "
-        f"auto: cv under {CV_AUTO_MAX_LETTERS} letters, else holdout",
+        f"fixed: the dataset's own split (data option split_column or test_ids); "
+        f"auto: cv under {CV_AUTO_MAX_LETTERS} letters, else holdout (never fixed)",
         choices=PROTOCOLS,
     )
     seed: int = option(0, "seed of the split, SMOTE, the search and training", min=0)
@@ -56,7 +57,17 @@ class ProtocolOptions(PerMethod):
         "cv: repeats, each with its own shuffle of the folds",
         min=1,
         max=20,
-        per_method={"tfidf": 2, "svc": 2, "logreg": 2, "linear-probe": 1, "lora": 1, "lora-svc": 1},
+        per_method={
+            "tfidf": 2,
+            "svc": 2,
+            "logreg": 2,
+            "linear-probe": 1,
+            "lora": 1,
+            "lora-svc": 1,
+            "setfit": 1,
+            "zero-shot": 1,
+            "few-shot": 1,
+        },
     )
     near_duplicates: float | None = option(
         None,
@@ -118,7 +129,7 @@ class FineTuneOptions(PerMethod):
         "peak learning rate (under LoRA the new head learns at 10x)",
         min=1e-8,
         max=1.0,
-        per_method={"linear-probe": 1e-2, "lora": 5e-4, "lora-svc": 5e-4, "domain-adapt": 3e-4},
+        per_method={"linear-probe": 1e-2, "lora": 5e-4, "lora-svc": 5e-4, "domain-adapt": 3e-4, "setfit": 2e-5},
         step=1e-4,
     )
     warmup_ratio: float = option(0.1, "fraction of steps with a rising learning rate", min=0.0, max=0.9)
@@ -150,18 +161,25 @@ class PromptOptions:
     TITLE: ClassVar[str] = "Prompting"
     prompt_template: str | None = option(
         None,
-        "the prompt before the answer: {text} is the letter, {labels} the label words, and any column by name "
-        "(none: the default prompt for the task)",
+        "the prompt before the answer: {text} is the letter, {labels} the label words joined; the letter is cut, never "
+        "the rest (none: 'Medical transcription: {text} Medical specialty ({labels}):', chosen on training letters)",
         multiline=True,
     )
-    verbalizers: dict[str, str] | None = option(None, "the words that stand for each label, label=words (none: the label itself)")
+    verbalizers: dict[str, str] | None = option(
+        None, "the words that stand for each label, label=words (none: the label itself, '-' read as a space; the bundled task's own words)"
+    )
     scoring: str = option(
         "sum",
         "a label's score: sum of its words' log-likelihoods, mean per token, or norm (per byte, lm-evaluation-harness's acc_norm)",
         choices=("sum", "mean", "norm"),
     )
     calibration: bool = option(True, "contextual calibration: divide out each label's prior on a content-free input")
-    k_shot: int | None = option(None, "few-shot: examples per label from the training letters (none: as many as fit the context)", min=1)
+    k_shot: int | None = option(
+        None,
+        "few-shot: examples per label from the training letters, each cut to its first tokens (none: as many as fit "
+        "the context next to the letter, at least 1)",
+        min=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,9 @@ class SetFitOptions:
     TITLE: ClassVar[str] = "SetFit"
     setfit_pairs: int = option(2000, "most letter pairs per training (caps the time on a CPU)", min=10)
     setfit_epochs: int = option(1, "epochs over the pairs", min=1, max=20)
+    setfit_max_length: int = option(
+        128, "tokens per letter while training on pairs (the head's vectors read max_length); short keeps a CPU training to minutes", min=8
+    )
     labels_per_class: int | None = option(
         None, "train on this many letters per label, drawn (seeded) from each training split (none: all)", min=1
     )

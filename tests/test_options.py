@@ -121,6 +121,14 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
         return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", {"plan": plan.hash})
     if method == "tfidf":
         return reference.evaluation_key(opts, plan.hash)
+    if method == "setfit":
+        from engine.finetune import setfit
+
+        return setfit.setfit_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
+    if method in ("zero-shot", "few-shot"):
+        from engine import incontext
+
+        return incontext.evaluation_key(IDENTITY, method, opts, plan.hash, "bfloat16")
     identity = IDENTITY if method != "lora-svc" else {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
     ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
     return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, plan.hash)

@@ -1,0 +1,238 @@
+"""The zero-shot and few-shot steps: a generative model classifies by the likelihood of each label's words (engine.prompting).
+
+`zero-shot` trains nothing: every letter the plan tests is scored once by the same model (under cv the folds' predictions
+are read from those scores, so a repeat adds nothing: `cv_repeats` defaults to 1), calibrated by a content-free prior
+that reads no letter. `few-shot` puts k worked examples per label before each letter: drawn (seeded by the protocol seed,
+the repeat and the fold) from the fold's *training* letters only, each cut to its first tokens so the examples fit the
+context next to the letter, in label-balanced rounds; the examples' KV cache is computed once per fold and reused for
+every test letter, and the prior is taken on the same examples. The stored classifier (`PromptClassifier`, predictor
+`prompted-lm`) holds the prompt, the label words and, for few-shot, the examples' token ids; its manifest names the
+rows they came from (under cv drawn from every letter; under holdout those of the training split, as scored).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import artifacts, evaluation, models, options, prompting, protocols
+from engine.artifacts import StepResult
+from engine.config import environment, package_versions
+from engine.context import StepContext, StepKind, ensure
+from engine.data import Dataset, require_single_label
+from engine.devices import choose
+from engine.options import Options
+from engine.prompting import LM, Scorer, load_lm, softmax
+from engine.storage import evaluations_dir, sha256_json
+
+VERSION = 1
+PROMPT_FILE = "prompt.json"
+# Most letter tokens per example. Measured on 40 training letters of the default split (SmolLM2, zero-shot 0.54 there):
+# 1 example per label cut to 48 tokens 0.12, cut to 160 tokens 0.32; 2 per label at 96 tokens 0.11 on the test letters. A tiny
+# model copies labels from short examples; few long ones work best, so the default (as many as fit) is 1 per label at 256.
+DEMO_TOKENS = 256
+DEMO_CONTEXT = 2048  # most tokens a few-shot prompt uses (examples + letter): long prefixes cost attention on a CPU
+
+
+@dataclass
+class Demonstrations:
+    rows: list[int]  # dataset positions, in prompt order
+    labels: list[str]
+    ids: list[int]  # the examples' tokens, concatenated (what the prompt starts with)
+    k: int
+    letter_tokens: int
+
+
+def k_per_label(scorer: Scorer, n_classes: int, k_shot: int | None) -> tuple[int, int]:
+    """(examples per label, letter tokens per example): k_shot at DEMO_TOKENS each, shortened to fit; none: as many as fit."""
+    room = min(scorer.lm.context, DEMO_CONTEXT) - scorer.max_length - len(scorer.special)
+    frame = len(scorer.head_ids) + len(scorer.tail_ids) + len(scorer.sep_ids) + max(len(ids) for ids in scorer.label_ids)
+    per_example = room // n_classes
+    k = k_shot or max(1, per_example // (frame + DEMO_TOKENS))
+    tokens = min(DEMO_TOKENS, room // (n_classes * k) - frame)
+    if tokens < 8:
+        raise ValueError(
+            f"{k} examples per label do not fit next to a {scorer.max_length}-token letter in {min(scorer.lm.context, DEMO_CONTEXT)} tokens; "
+            "lower k_shot or max_length."
+        )
+    return k, tokens
+
+
+def draw(labels: np.ndarray, train: np.ndarray, classes: list[str], k: int, seed: int, repeat: int, fold: int) -> list[int]:
+    """k training rows per label (all a label has, when fewer), seeded by (seed, repeat, fold), in label-balanced rounds:
+    one example of every label per round, the labels shuffled within each round."""
+    rng = np.random.default_rng([seed, repeat + 1, fold + 1])
+    picked = {}
+    for c in classes:
+        pool = np.sort(train[labels[train] == c])
+        picked[c] = list(rng.choice(pool, size=min(k, len(pool)), replace=False)) if len(pool) else []
+    order = []
+    for r in range(k):
+        round_ = [picked[c][r] for c in classes if r < len(picked[c])]
+        order.extend(int(i) for i in rng.permutation(round_))
+    return order
+
+
+def demonstrations(scorer: Scorer, dataset: Dataset, train: np.ndarray, opts: Options, repeat: int, fold: int) -> Demonstrations:
+    k, tokens = k_per_label(scorer, len(dataset.classes), opts.prompt.k_shot)
+    y = np.asarray(dataset.labels, dtype=str)
+    rows = draw(y, np.asarray(train), dataset.classes, k, opts.protocol.seed, repeat, fold)
+    pos = {c: i for i, c in enumerate(dataset.classes)}
+    ids = [t for r in rows for t in scorer.demonstration_ids(dataset.texts[r], pos[y[r]], tokens)]
+    return Demonstrations(rows, [str(y[r]) for r in rows], ids, k, tokens)
+
+
+def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, dtype: str) -> str:
+    """The cache key of a prompted evaluation: the model, the prompt options it reads, max_length, the folds, the protocol."""
+    prompt = options.key_dict(opts.prompt)
+    if method == "zero-shot":
+        prompt.pop("k_shot")
+    p = opts.protocol
+    return sha256_json(
+        {
+            "v": VERSION,
+            "method": method,
+            "model": identity,
+            "prompt": prompt,
+            "defaults": [prompting.DEFAULT_TEMPLATE, prompting.CONTENT_FREE, DEMO_TOKENS, DEMO_CONTEXT],
+            "max_length": opts.embedding.max_length,
+            "dtype": dtype,
+            "plan": plan_hash,
+            "n_boot": p.n_boot,
+            "seed": p.seed,
+        }
+    )[:32]
+
+
+def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
+    """Score the plan's test letters with the prompted model (few-shot: the fold's examples first), store it all."""
+    ctx = ensure(ctx)
+    require_single_label(dataset)
+    t_start = time.perf_counter()
+    kind = KINDS[method]
+    plan = protocols.plan(dataset, opts.protocol, method)
+    evaluation.require_unseen(models.resolve(model), dataset, plan)
+    placement = choose()
+    lm = load_lm(model, placement)
+    identity = {"name": lm.name, **{k: v for k, v in lm.identity.items() if k != "name"}}
+    key = evaluation_key(identity, method, opts, plan.hash, placement.dtype)
+    folder = evaluations_dir() / key
+    if hit := artifacts.stored(folder, lm.name, method):
+        return hit
+    po = opts.prompt
+    scorer = Scorer(lm, dataset.classes, po.prompt_template, po.verbalizers, opts.embedding.max_length)
+    texts, classes = dataset.texts, dataset.classes
+    fold_demos: list[Demonstrations] = []
+    t_score = time.perf_counter()
+    if method == "zero-shot":
+        tested = np.unique(np.concatenate([f.test for f in plan.folds]))
+        sums = np.zeros((len(texts), len(classes)))
+        sums[tested] = scorer.token_logprobs([texts[i] for i in tested], ctx=ctx)
+        prior = scorer.prior() if po.calibration else None
+
+        def fit_predict(fold):
+            return softmax(scorer.scores(sums[fold.test], po.scoring, prior))
+
+    else:
+
+        def fit_predict(fold):
+            demos = demonstrations(scorer, dataset, fold.train, opts, fold.repeat, fold.fold)
+            fold_demos.append(demos)
+            stage = f"scoring letters {evaluation.fold_label(plan, fold)}".strip()
+            s = scorer.token_logprobs([texts[i] for i in fold.test], demos.ids, ctx, stage)
+            return softmax(scorer.scores(s, po.scoring, scorer.prior(demos.ids) if po.calibration else None))
+
+    oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
+    score_s = time.perf_counter() - t_score
+    m = evaluation.score(dataset, plan, oof, n_boot=opts.protocol.n_boot, seed=opts.protocol.seed)
+    final = None
+    if method == "few-shot":  # the stored classifier's examples: every letter under cv, the training split under holdout
+        final = fold_demos[0] if plan.name != "cv" else demonstrations(scorer, dataset, np.arange(len(texts)), opts, -1, -1)
+    stored = {
+        "template": scorer.template,
+        "classes": classes,
+        "words": scorer.words,
+        "scoring": po.scoring,
+        "calibration": po.calibration,
+        "max_length": scorer.max_length,
+        "prefix_ids": final.ids if final else [],
+    }
+    demo_record = None
+    if final is not None:
+        demo_record = {
+            "k_per_label": final.k,
+            "letter_tokens": final.letter_tokens,
+            "rows": evaluation.input_rows(dataset, final.rows),
+            "labels": final.labels,
+            "prefix_tokens": len(final.ids),
+            "fold_rows": [evaluation.input_rows(dataset, d.rows) for d in fold_demos],
+        }
+    n_scored = len(oof.test_index) if method == "few-shot" else len(np.unique(oof.test_index))
+    manifest = {
+        "kind": "evaluation",
+        "key": key,
+        "model": identity,
+        "method": method,
+        "method_title": kind.title,
+        "stage": kind.stage,
+        "predictor": "prompted-lm",
+        "config": opts.to_dict(),
+        "prompt": {k: v for k, v in stored.items() if k != "prefix_ids"} | {"demonstrations": demo_record},
+        "data": artifacts.data_manifest(dataset),
+        "protocol": plan.manifest(),
+        "refit": "no training: the same model scores every letter"
+        if method == "zero-shot"
+        else ("examples drawn from every letter" if plan.name == "cv" else "examples drawn from the training split"),
+        "placement": {"device": placement.device, "dtype": placement.dtype},
+        "timings": {"score_s": score_s, "s_per_letter": score_s / max(1, n_scored), "total_s": time.perf_counter() - t_start},
+        "versions": package_versions(),
+        "environment": environment(),
+        "metrics": m,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    def write_files(tmp):
+        (tmp / PROMPT_FILE).write_text(json.dumps(stored))
+        evaluation.write_predictions(tmp, dataset, plan, oof)
+
+    manifest = artifacts.write(folder, manifest, write_files)
+    ctx.progress(1, 1, "done")
+    return StepResult(lm.name, method, m, str(folder), False, manifest)
+
+
+class PromptClassifier:
+    """A stored zero-shot or few-shot evaluation as a classifier: the same prompt, label words, examples and scoring."""
+
+    def __init__(self, lm: LM, stored: dict, metadata: dict):
+        self.lm, self.stored, self.metadata = lm, stored, metadata
+        self.classes_ = list(stored["classes"])
+        self.scorer = Scorer(lm, self.classes_, stored["template"], dict(zip(self.classes_, stored["words"])), stored["max_length"])
+        self.tokenizer, self.max_length = lm.tokenizer, self.scorer.max_length
+        self.prefix = list(stored["prefix_ids"])
+        self._prior = self.scorer.prior(self.prefix) if stored["calibration"] else None
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        sums = self.scorer.token_logprobs(list(texts), self.prefix)
+        return softmax(self.scorer.scores(sums, self.stored["scoring"], self._prior))
+
+    def predict(self, texts: list[str]) -> list[str]:
+        return [self.classes_[i] for i in self.predict_proba(texts).argmax(1)]
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        return self.scorer.truncated(list(texts), len(self.prefix))
+
+
+def read_prompt(folder: Path) -> dict:
+    return json.loads(artifacts.verified_file(folder, PROMPT_FILE).read_text())
+
+
+READS = (*options.names("protocol", "prompt"), "max_length")
+ZERO_SHOT = StepKind(
+    "zero-shot", "generative model, zero-shot (label likelihood)", "frozen", prompted_step, tuple(r for r in READS if r != "k_shot")
+)
+FEW_SHOT = StepKind("few-shot", "generative model, few-shot (examples from the training letters)", "frozen", prompted_step, READS)
+KINDS = {k.name: k for k in (ZERO_SHOT, FEW_SHOT)}

@@ -1,0 +1,151 @@
+"""A generative model as the classifier (zero-shot, few-shot): the prompt, the label scores, calibration, the examples
+drawn from training letters only, and the stored classifier answering through the one interface."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import classifiers, incontext, prompting
+from engine.errors import ClinBenchError
+from engine.options import Options
+from tests.conftest import run_step
+
+CLASSES = ["cardiovascular-pulmonary", "gastroenterology", "neurology", "obstetrics-gynecology", "urology"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_decoder):
+    return prompting.load_lm(str(tiny_decoder))
+
+
+def _naive(lm, ids: list[int], label: list[int]) -> float:
+    """The label's summed log-likelihood from one forward pass over prompt + label, no cache."""
+    import torch
+
+    with torch.inference_mode():
+        logits = lm.net(input_ids=torch.tensor([ids + label])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return float(sum(lp[len(ids) - 1 + t, tok] for t, tok in enumerate(label)))
+
+
+def test_the_template_is_filled_and_only_the_letter_is_cut(lm, default_ds):
+    sc = prompting.Scorer(lm, CLASSES, "Letter: {text}\nWhich of {labels}? Answer:", None, 40)
+    assert sc.words[:2] == ["cardiovascular pulmonary", "gastroenterology"]  # the label, its dashes read as spaces
+    long_letter = default_ds.texts[0] + " " + default_ds.texts[1]
+    budget = sc.letter_budget()
+    ids = sc.prompt_ids(long_letter, budget)
+    assert ids[: len(sc.head_ids)] == sc.head_ids and ids[-len(sc.tail_ids) :] == sc.tail_ids  # the question survives
+    assert len(sc.special) + len(ids) + max(len(x) for x in sc.label_ids) == 40
+    assert sc.truncated([long_letter, "short letter"]) == [True, False]
+    assert sc.encode(" urology") == sc.label_ids[-1]
+    with pytest.raises(ClinBenchError, match="only"):
+        prompting.split_template("{text} {age}", ["a"])
+    with pytest.raises(ClinBenchError, match="exactly once"):
+        prompting.split_template("no letter here", ["a"])
+    with pytest.raises(ClinBenchError, match="no room"):
+        prompting.Scorer(lm, CLASSES, None, None, 12).letter_budget()
+
+
+def test_sum_mean_and_norm_are_as_defined_and_calibration_subtracts_the_prior():
+    sums = np.array([[-4.0, -6.0], [-2.0, -9.0]])
+    n_tok, n_bytes = np.array([2.0, 3.0]), np.array([8.0, 12.0])
+    assert np.allclose(prompting.combine(sums, n_tok, n_bytes, "sum"), sums)
+    assert np.allclose(prompting.combine(sums, n_tok, n_bytes, "mean"), [[-2, -2], [-1, -3]])
+    assert np.allclose(prompting.combine(sums, n_tok, n_bytes, "norm"), [[-0.5, -0.5], [-0.25, -0.75]])
+
+
+def test_label_scores_on_the_cache_equal_a_plain_forward_pass_and_calibration_subtracts_the_prior(lm, default_ds):
+    sc = prompting.Scorer(lm, CLASSES, None, {"urology": "urinary tract kidney"}, 48)
+    texts = default_ds.texts[:3]
+    sums = sc.token_logprobs(texts)
+    budget = sc.letter_budget()
+    for i, text in enumerate(texts):
+        ids = sc.special + sc.prompt_ids(text, budget)
+        assert np.allclose(sums[i], [_naive(lm, ids, lab) for lab in sc.label_ids], atol=1e-3)
+    prefix = sc.demonstration_ids(default_ds.texts[5], 1, 6) + sc.demonstration_ids(default_ds.texts[6], 4, 6)
+    with_prefix = sc.token_logprobs(texts[:2], prefix)  # one cache for both letters: cut back after each
+    ids = sc.special + prefix + sc.prompt_ids(texts[1], sc.letter_budget(len(prefix)))
+    assert np.allclose(with_prefix[1], [_naive(lm, ids, lab) for lab in sc.label_ids], atol=1e-3)
+    prior = sc.prior()
+    assert prior.shape == (len(prompting.CONTENT_FREE), len(CLASSES))
+    for scoring in prompting.SCORINGS:
+        raw = sc.scores(sums, scoring)
+        assert np.allclose(sc.scores(sums, scoring, prior), raw - sc.scores(prior, scoring).mean(0))
+    assert not np.allclose(sc.scores(sums, "sum"), sc.scores(sums, "mean"))  # the long verbalizer tells them apart
+
+
+def test_examples_come_from_training_rows_only_seeded_and_label_balanced():
+    labels = np.array(["a", "b", "c"] * 20)
+    train = np.arange(0, 45)
+    rows = incontext.draw(labels, train, ["a", "b", "c"], 3, seed=0, repeat=0, fold=1)
+    assert set(rows) <= set(train) and len(rows) == 9
+    assert [sorted(labels[rows[i : i + 3]]) for i in (0, 3, 6)] == [["a", "b", "c"]] * 3  # one of each label per round
+    assert rows == incontext.draw(labels, train, ["a", "b", "c"], 3, seed=0, repeat=0, fold=1)
+    assert rows != incontext.draw(labels, train, ["a", "b", "c"], 3, seed=0, repeat=0, fold=2)
+    assert rows != incontext.draw(labels, train, ["a", "b", "c"], 3, seed=1, repeat=0, fold=1)
+
+
+def test_an_option_change_changes_the_cache_key():
+    base = Options()
+    identity = {"name": "m", "weights_sha256": "ab"}
+    for method in ("zero-shot", "few-shot"):
+        key = incontext.evaluation_key(identity, method, base, "plan", "float32")
+        for change in ({"scoring": "norm"}, {"calibration": False}, {"prompt_template": "{text}\nA:"}, {"max_length": 256}):
+            assert incontext.evaluation_key(identity, method, base.replace(**change), "plan", "float32") != key, change
+        same = incontext.evaluation_key(identity, method, base.replace(k_shot=2), "plan", "float32") == key
+        assert same == (method == "zero-shot")  # zero-shot reads no examples
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "few-shot"])
+def test_the_stored_classifier_answers_like_the_evaluation(method, cache, small_csv, tiny_decoder):
+    from engine import experiment
+
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    res = run_step(ds, tiny_decoder, method, protocol="holdout", max_length=64, n_boot=100, k_shot=1)
+    m = res.metrics
+    assert {"accuracy", "macro_f1", "macro_f1_ci", "per_class", "train_rows", "test_rows", "baseline"} <= set(m)
+    clf = classifiers.load(res.artifact)
+    stored = json.loads((Path(res.artifact) / "predictions.json").read_text())
+    idx = stored["test_index"][:6]
+    proba = clf.predict_proba([ds.texts[i] for i in idx])
+    assert clf.classes_ == ds.classes and np.allclose(proba.sum(1), 1) and proba.shape == (6, 5)
+    assert np.allclose(proba, np.asarray(stored["scores"])[:6], atol=1e-3)
+    assert clf.predict([ds.texts[i] for i in idx]) == stored["y_pred"][:6]
+    assert clf.metadata["method"] == method and clf.truncated(["short letter"]) == [False]
+    demos = res.manifest["prompt"]["demonstrations"]
+    if method == "few-shot":
+        assert len(demos["rows"]) == 5 and set(demos["rows"]) <= set(m["train_rows"])
+        assert sorted(demos["labels"]) == sorted(ds.classes)
+    else:
+        assert demos is None
+    again = run_step(ds, tiny_decoder, method, protocol="holdout", max_length=64, n_boot=100, k_shot=1)
+    assert again.cache_hit
+
+
+def test_under_cv_few_shot_examples_never_include_the_fold_s_test_letters(cache, small_csv, tiny_decoder):
+    from engine import experiment
+
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    res = run_step(ds, tiny_decoder, "few-shot", protocol="cv", cv_folds=3, max_length=48, n_boot=100, k_shot=1)
+    folds = res.metrics["folds"]
+    assert res.manifest["protocol"]["n_repeats"] == 1  # cv_repeats defaults to 1 for prompted methods
+    for fold, rows in zip(folds, res.manifest["prompt"]["demonstrations"]["fold_rows"], strict=True):
+        assert not set(rows) & set(fold["test_rows"])
+
+
+def test_an_encoder_is_refused(tiny_encoder):
+    with pytest.raises(ClinBenchError, match="encoder"):
+        prompting.load_lm(str(tiny_encoder))
+
+
+@pytest.mark.slow
+def test_smollm2_zero_shot_beats_the_majority_baseline(cache, small_csv):
+    from engine import experiment
+
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    res = run_step(ds, "smollm2", "zero-shot", protocol="holdout", test_size=0.5, max_length=256, n_boot=100)
+    assert res.metrics["macro_f1"] >= res.metrics["baseline"]["macro_f1"] + 0.2
