@@ -114,6 +114,14 @@ def default_dataset() -> Dataset:
     return data.default_dataset()
 
 
+def prompt_preview(ds: Dataset, flat: dict | None = None, row: int = 0) -> str:
+    """The prompt letter `row` of `ds` gets from zero-shot/few-shot with these (flat) options, and the answers scored."""
+    from engine import options, prompting
+
+    p = options.Options.parse(flat or {}, where="the form").prompt
+    return prompting.preview(p.prompt_template, ds.classes, p.verbalizers, ds.texts[row])
+
+
 def protocol_preview(ds: Dataset, options: dict | None = None, method: str = "svc") -> dict:
     """The protocol a run with these (flat) options would use on `ds`, why, each class's test letters per fold, and warnings."""
     from engine.options import Options
@@ -196,9 +204,7 @@ def default_comparison() -> dict:
 
 list_runs = jobs.list_runs  # newest first, as RunView
 get_run = jobs.get_run  # one RunView with its curves
-cancel_run = jobs.cancel
-resume_run = jobs.resume
-delete_run = jobs.delete
+cancel_run, resume_run, delete_run = jobs.cancel, jobs.resume, jobs.delete
 run_log, workers = jobs.read_log, jobs.workers
 # the cache's bytes per folder/dataset/model/run (`cache usage`), pruning (`cache prune`), sizes in words
 cache_usage, prune_cache, human_size = housekeeping.usage, housekeeping.prune, housekeeping.human

@@ -109,6 +109,17 @@ def split_template(template: str, words: list[str]) -> tuple[str, str]:
     return head.replace("{{", "{").replace("}}", "}"), tail.replace("{{", "{").replace("}}", "}")
 
 
+def preview(template: str | None, classes: list[str], verbalizers: dict[str, str] | None, letter: str, words: int = 60) -> str:
+    """The prompt a letter gets, as a person checks it: the template filled with the letter's first `words` words and the
+    label words, followed by each answer the model is scored on. No model is loaded (the letter is cut by words here,
+    by tokens when scored)."""
+    label_text = label_words(classes, verbalizers)
+    head, tail = split_template(template or DEFAULT_TEMPLATE, label_text)
+    cut = letter.split()
+    shown = " ".join(cut[:words]) + (" […]" if len(cut) > words else "")
+    return head + shown + tail + "\n\n— scored answers: " + " | ".join(repr(" " + w) for w in label_text)
+
+
 def combine(sums: np.ndarray, n_tokens: np.ndarray, n_bytes: np.ndarray, scoring: str) -> np.ndarray:
     """Scores from summed log-likelihoods (letters x classes): sum, mean per token, or per byte (acc_norm)."""
     if scoring == "sum":

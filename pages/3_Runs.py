@@ -32,11 +32,12 @@ with st.form("new-run"):
     methods = {m["name"]: m["title"] for m in api.methods() if m["stage"] != "reference"}  # the tf-idf reference ends every run
     methods_ = st.multiselect("Methods", list(methods), default=list(methods)[:1], format_func=lambda m: f"{m} — {methods[m]}")
     option_values = forms.option_widgets()
-    b1, b2, _ = st.columns([1, 1, 4])
+    b1, b2, b3, _ = st.columns([1, 1.2, 1.4, 2.4])
     submitted = b1.form_submit_button("Start run", type="primary")
     estimated = b2.form_submit_button("Estimate time", help="How long this run would take, from this machine's earlier runs.")
+    previewed = b3.form_submit_button("Preview prompt", help="The prompt zero-shot and few-shot give the first letter (Prompting options).")
 
-if submitted or estimated:
+if submitted or estimated or previewed:
     all_models = chosen + [m.strip() for m in extra.split(",") if m.strip()]
     spec = {
         "name": name.strip() or "comparison",
@@ -45,10 +46,12 @@ if submitted or estimated:
         "data": api.DEFAULT_DATASET if ds_id == api.DEFAULT_DATASET else api.saved_dataset(ds_id).spec_data(),
         "options": option_values,
     }
-    if not methods_:
+    if not methods_ and not previewed:
         common.error("Choose at least one method.")
     elif estimated:
         runs.estimate(spec)
+    elif previewed:
+        runs.prompt_preview(spec)
     else:
         try:
             with st.spinner("Checking the data and the models…"):

@@ -98,6 +98,8 @@ def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeyp
     assert at.error and "No folder at no-such-org/no/model" in at.error[0].value
     assert jobs.list_runs() == []  # nothing queued
     at.text_input[1].set_value("")
+    next(b for b in at.button if b.label == "Preview prompt").click().run()  # what zero-shot/few-shot would read
+    assert not at.error and "Medical transcription:" in at.code[0].value and "scored answers" in at.code[0].value
     next(b for b in at.button if b.label == "Estimate time").click().run()
     assert jobs.list_runs() == [] and any("No estimate yet" in m.value for m in at.info)  # nothing ran on this machine yet
     start().click().run()

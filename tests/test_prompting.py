@@ -149,3 +149,13 @@ def test_smollm2_zero_shot_beats_the_majority_baseline(cache, small_csv):
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     res = run_step(ds, "smollm2", "zero-shot", protocol="holdout", test_size=0.5, max_length=256, n_boot=100)
     assert res.metrics["macro_f1"] >= res.metrics["baseline"]["macro_f1"] + 0.2
+
+
+def test_preview_fills_the_template_without_a_model(default_ds):
+    text = prompting.preview(None, CLASSES, {"urology": "kidney"}, default_ds.texts[0], words=5)
+    first = " ".join(default_ds.texts[0].split()[:5])
+    assert text.startswith("Medical transcription:\n" + first + " […]")  # the shipped template, the letter cut by words
+    assert "Medical specialty (cardiovascular pulmonary, " in text and "kidney" in text
+    assert "' kidney'" in text and "' urology'" not in text  # the answers scored (a verbalizer replaces its label), leading space kept
+    with pytest.raises(ClinBenchError, match=r"must contain \{text\}"):
+        prompting.preview("no letter here", CLASSES, None, "x")

@@ -48,3 +48,16 @@ def estimate(spec: dict) -> None:
         st.info("No estimate yet: this machine has not finished these models and methods before. The first run gives the figures.")
     table = [{"step": r.title, "estimate": api.fmt_duration(r.seconds) if r.seconds is not None else "–", "from": r.basis} for r in rows]
     st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+
+
+def prompt_preview(spec: dict) -> None:
+    """The filled prompt template for the dataset's first letter, and the answers each label is scored on."""
+    try:
+        d = spec["data"]
+        ds = api.default_dataset() if d == api.DEFAULT_DATASET else api.load_dataset(**d)
+        text = api.prompt_preview(ds, spec["options"])
+    except ClinBenchError as exc:
+        common.error(exc, "No preview")
+        return
+    st.caption("The prompt zero-shot and few-shot give the first letter (the letter shortened here; cut by tokens when scored):")
+    st.code(text, language=None, wrap_lines=True)
