@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.config import environment, package_versions
 from engine.errors import ArtifactError, ClinBenchError
 from engine.storage import atomic_dir, atomic_write_json, sha256_file
 
@@ -157,6 +158,16 @@ def write_predictions(
             }
         )
     )
+
+
+def provenance(metrics: dict) -> dict:
+    """The end of every manifest: package versions, the machine, the figures, and when it was made."""
+    return {
+        "versions": package_versions(),
+        "environment": environment(),
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def data_manifest(dataset) -> dict:

@@ -17,7 +17,6 @@ import numpy as np
 
 from engine import artifacts, estimators, evaluation, features, models, protocols
 from engine.artifacts import StepResult
-from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
@@ -154,10 +153,7 @@ def fit_on_embeddings(
             "fit_s": final.seconds,
             "total_s": time.perf_counter() - t_start,
         },
-        "versions": package_versions(),
-        "environment": environment(),
-        "metrics": m,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **artifacts.provenance(m),  # versions, environment, metrics, created
         **(extra or {}),
     }
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from engine import artifacts, evaluation, models, options, prompting, protocols
 from engine.artifacts import StepResult
-from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
@@ -189,10 +188,7 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         else ("examples drawn from every letter" if plan.name == "cv" else "examples drawn from the training split"),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {"score_s": score_s, "s_per_letter": score_s / max(1, n_scored), "total_s": time.perf_counter() - t_start},
-        "versions": package_versions(),
-        "environment": environment(),
-        "metrics": m,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
     def write_files(tmp):

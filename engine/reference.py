@@ -15,7 +15,6 @@ import numpy as np
 
 from engine import artifacts, evaluation, protocols
 from engine.artifacts import StepResult
-from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.options import Options
@@ -89,10 +88,7 @@ def tfidf_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: St
         "protocol": plan.manifest(),
         "refit": "every letter" if plan.name == "cv" else "training split",
         "timings": {"total_s": time.perf_counter() - t_start},
-        "versions": package_versions(),
-        "environment": environment(),
-        "metrics": m,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
     def write_files(tmp):

@@ -16,7 +16,6 @@ import numpy as np
 
 from engine import artifacts, evaluation, features, models, protocols
 from engine.artifacts import StepResult
-from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset
 from engine.devices import choose
@@ -156,10 +155,7 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {"train_s": state["train_s"], "total_s": time.perf_counter() - t_start},
-        "versions": package_versions(),
-        "environment": environment(),
-        "metrics": m,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
     def write_files(tmp):

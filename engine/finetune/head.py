@@ -19,7 +19,6 @@ import numpy as np
 
 from engine import artifacts, evaluation, features, protocols
 from engine.artifacts import StepResult
-from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
@@ -191,10 +190,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
             "train_s": final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values()),
             "total_s": time.perf_counter() - t_start,
         },
-        "versions": package_versions(),
-        "environment": environment(),
-        "metrics": m,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
     def write_files(tmp):

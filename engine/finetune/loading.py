@@ -27,6 +27,15 @@ def check_training_memory(name: str, n_params: int, placement) -> None:
     models.check_fits(f"{name} (training)", int(n_params * 1.5), Placement(placement.device, "float32"))
 
 
+def open_for_training(model: str, placement):
+    """(registry entry, folder, identity, config, kind) of a model about to be trained, its training memory checked first."""
+    entry = models.resolve(model)
+    folder, identity = models.locate(entry)
+    config = models.load_config(folder)
+    check_training_memory(entry.name, models.count_parameters(config), placement)
+    return entry, folder, identity, config, models.model_kind(config)
+
+
 def prepare_tokenizer(tokenizer, config) -> None:
     """Decoders often have no pad token: use eos (right padding; the model finds the last real token from the mask)."""
     if tokenizer.pad_token is None:
@@ -41,11 +50,7 @@ def load_classifier_model(model: str, classes: list[str], placement):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    entry = models.resolve(model)
-    folder, identity = models.locate(entry)
-    config = models.load_config(folder)
-    kind = models.model_kind(config)
-    check_training_memory(entry.name, models.count_parameters(config), placement)
+    entry, folder, identity, config, kind = open_for_training(model, placement)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         prepare_tokenizer(tokenizer, config)
@@ -66,11 +71,7 @@ def load_lm_model(model: str, placement):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-    entry = models.resolve(model)
-    folder, identity = models.locate(entry)
-    config = models.load_config(folder)
-    kind = models.model_kind(config)
-    check_training_memory(entry.name, models.count_parameters(config), placement)
+    entry, folder, identity, config, kind = open_for_training(model, placement)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prepare_tokenizer(tokenizer, config)
     if kind == "encoder" and tokenizer.mask_token_id is None:

@@ -32,13 +32,12 @@ import numpy as np
 
 from engine import artifacts, evaluation, features, models, protocols
 from engine.artifacts import StepResult
-from engine.config import environment, package_versions
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset, require_single_label
 from engine.devices import choose
 from engine.finetune import loop
 from engine.finetune.head import fold_context
-from engine.finetune.loading import check_training_memory, prepare_tokenizer
+from engine.finetune.loading import open_for_training, prepare_tokenizer
 from engine.options import Options, fields, names
 from engine.storage import atomic_dir, evaluations_dir, sha256_json
 
@@ -109,11 +108,7 @@ def load_encoder(model: str, placement):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    entry = models.resolve(model)
-    folder, identity = models.locate(entry)
-    config = models.load_config(folder)
-    kind = models.model_kind(config)
-    check_training_memory(entry.name, models.count_parameters(config), placement)
+    entry, folder, identity, config, kind = open_for_training(model, placement)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prepare_tokenizer(tokenizer, config)
     net = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32)
@@ -265,10 +260,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
             "train_s": final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values()),
             "total_s": time.perf_counter() - t_start,
         },
-        "versions": package_versions(),
-        "environment": environment(),
-        "metrics": m,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
     def write_files(tmp):
