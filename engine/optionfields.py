@@ -45,7 +45,7 @@ class FieldSpec:
 
     name: str
     group: str  # the concern's key in Options (protocol, embedding, ...)
-    kind: str  # bool | int | float | str | list | map (str -> str, e.g. label -> verbalizer)
+    kind: str  # bool | int | float | str | list (names) | sizes (whole numbers) | map (str -> str, e.g. label -> verbalizer)
     optional: bool  # None is allowed (meaning: the method's default, or off)
     default: Any
     help: str
@@ -80,7 +80,7 @@ class PerMethod:
 
 
 def _kind(annotation: Any) -> tuple[str, bool]:
-    """('bool'|'int'|'float'|'str'|'list', optional) of a field's type annotation."""
+    """('bool'|'int'|'float'|'str'|'list'|'sizes'|'map', optional) of a field's type annotation."""
     hint = annotation
     args = typing.get_args(hint)
     optional = False
@@ -88,7 +88,7 @@ def _kind(annotation: Any) -> tuple[str, bool]:
         optional = type(None) in args
         hint = next(a for a in args if a is not type(None))
     if typing.get_origin(hint) is list:
-        return "list", optional
+        return ("sizes" if typing.get_args(hint) == (int,) else "list"), optional
     if typing.get_origin(hint) is dict:
         return "map", optional
     return {bool: "bool", int: "int", float: "float", str: "str"}[hint], optional
@@ -143,12 +143,18 @@ def coerce(spec: FieldSpec, value: Any, where: str, label: str | None = None) ->
         value = float(value)
     if spec.kind == "map" and isinstance(value, str):
         value = parse_map(value, where, label)
+    if spec.kind == "sizes" and isinstance(value, str):
+        value = parse_sizes(value)
     ok = {
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, float),
         "str": isinstance(value, str),
         "list": isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value),
+        "sizes": isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        and len(set(value)) == len(value),
         "map": isinstance(value, dict)
         and bool(value)
         and all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()),
@@ -169,9 +175,20 @@ def coerce(spec: FieldSpec, value: Any, where: str, label: str | None = None) ->
 def _expected(spec: FieldSpec) -> str:
     base = {
         "bool": "true or false", "int": "int", "float": "float", "str": "str", "list": "list of names",
+        "sizes": "a list of distinct whole numbers of at least 1, e.g. [8, 16, 32]",
         "map": "a mapping of names to texts, e.g. {cardiology: heart, urology: kidney}",
     }[spec.kind]  # fmt: skip
     return f"{base} or null" if spec.optional else base
+
+
+def parse_sizes(text: str) -> list | str:
+    """Sizes as the command line and the form write them, `8,16,32` (or `8 16 32`); the text itself when it is not that,
+    so the type check names it."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        return text
 
 
 def parse_map(text: str, where: str, label: str) -> dict[str, str]:

@@ -67,6 +67,7 @@ class ProtocolOptions(PerMethod):
             "setfit": 1,
             "zero-shot": 1,
             "few-shot": 1,
+            "instruct-lora": 1,
         },
     )
     near_duplicates: float | None = option(
@@ -86,6 +87,18 @@ class ProtocolOptions(PerMethod):
     n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1 (100 or more: fewer give no usable CI)", min=100)
     n_seeds: int = option(
         1, "run every step with seeds seed, seed+1, ... and report the spread of macro-F1 across them", min=1, max=20, key=False
+    )
+    labels_per_class: int | None = option(
+        None,
+        "train on this many letters per label, drawn (seeded, nested: 8 of them are among 16) from each training split; "
+        "the test letters stay the same (none: all)",
+        min=1,
+    )
+    learning_curve: list[int] | None = option(
+        None,
+        "also run every step at these labels_per_class (e.g. 8,16,32,64) besides all letters, on the same test folds: "
+        "Compare plots macro-F1 against training size",
+        key=False,
     )
 
 
@@ -122,14 +135,14 @@ class FineTuneOptions(PerMethod):
         None,
         "most epochs; the best epoch on the validation split is kept (early stopping)",
         min=1,
-        per_method={"linear-probe": 8, "lora": 4, "lora-svc": 4, "domain-adapt": 2},
+        per_method={"linear-probe": 8, "lora": 4, "lora-svc": 4, "domain-adapt": 2, "instruct-lora": 2},
     )
     learning_rate: float | None = option(
         None,
         "peak learning rate (under LoRA the new head learns at 10x)",
         min=1e-8,
         max=1.0,
-        per_method={"linear-probe": 1e-2, "lora": 5e-4, "lora-svc": 5e-4, "domain-adapt": 3e-4, "setfit": 2e-5},
+        per_method={"linear-probe": 1e-2, "lora": 5e-4, "lora-svc": 5e-4, "domain-adapt": 3e-4, "setfit": 2e-5, "instruct-lora": 3e-4},
         step=1e-4,
     )
     warmup_ratio: float = option(0.1, "fraction of steps with a rising learning rate", min=0.0, max=0.9)
@@ -192,9 +205,6 @@ class SetFitOptions:
     setfit_epochs: int = option(1, "epochs over the pairs", min=1, max=20)
     setfit_max_length: int = option(
         128, "tokens per letter while training on pairs (the head's vectors read max_length); short keeps a CPU training to minutes", min=8
-    )
-    labels_per_class: int | None = option(
-        None, "train on this many letters per label, drawn (seeded) from each training split (none: all)", min=1
     )
 
 
@@ -293,6 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] | Non
                 g.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=text)
             elif s.kind == "list":
                 g.add_argument(s.flag, dest=s.name, type=_split_names, default=None, metavar="A,B", help=text + "; comma-separated")
+            elif s.kind == "sizes":
+                g.add_argument(s.flag, dest=s.name, default=None, metavar="N,N,...", help=text + "; comma-separated")
             elif s.kind == "map":
                 g.add_argument(s.flag, dest=s.name, default=None, metavar="NAME=TEXT,...", help=text + "; or a JSON object")
             elif s.choices is not None:

@@ -54,6 +54,9 @@ def widget(col, f):
             _label(f.name), ", ".join(f.default or []), key=key, help=help_text + "; comma-separated", placeholder=f.describe_default()
         )
         return [t.strip() for t in text.split(",") if t.strip()] or None
+    if f.kind == "sizes":  # whole numbers, comma-separated
+        text = col.text_input(_label(f.name), "", key=key, help=help_text + "; comma-separated", placeholder="e.g. 8, 16, 32, 64")
+        return text.strip() or None  # the engine parses it when the run is checked (a bad number is a clear error there)
     if f.kind == "map":  # one name=text per line
         text = col.text_area(_label(f.name), "", key=key, help=help_text + "; one name=text per line", placeholder=f.describe_default())
         return text.strip() or None  # the engine parses it when the run is checked (a bad pair is a clear error there)
