@@ -84,7 +84,7 @@ def guess_columns(table: pd.DataFrame) -> tuple[str, str]:
 
 def validate_file(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None, **options) -> ValidationReport:
     """The validation report of a letters file ('default': the bundled dataset); never raises for content problems. Data
-    options (engine.data.DATA_OPTIONS: text_template, split_column, test_ids) as keywords."""
+    options (engine.data.DATA_OPTIONS: text_template, split_column, test_ids, answer_column) as keywords."""
     from engine import data
 
     return data.validate_file(
@@ -102,7 +102,7 @@ def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_
 
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None, **options) -> Dataset:
     """Letters and labels of a file ('default': the bundled dataset); DataError lists every blocking problem. Data options
-    (text_template, split_column, test_ids) as keywords."""
+    (engine.data.DATA_OPTIONS) as keywords."""
     from engine import data
 
     return data.load_dataset(path, text_column, label_column, label_sep=label_sep, **options)
@@ -119,7 +119,8 @@ def prompt_preview(ds: Dataset, flat: dict | None = None, row: int = 0) -> str:
     from engine import options, prompting
 
     p = options.Options.parse(flat or {}, where="the form").prompt
-    return prompting.preview(p.prompt_template, ds.classes, p.verbalizers, ds.texts[row])
+    template, letters = prompting.with_columns(p.prompt_template, ds.letter_fields, ds.texts)
+    return prompting.preview(template, ds.classes, p.verbalizers, letters[row])
 
 
 def protocol_preview(ds: Dataset, options: dict | None = None, method: str = "svc") -> dict:

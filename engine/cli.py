@@ -52,6 +52,11 @@ def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
         help="file of the test rows' ids (JSON object keys, JSON list, or one per line), matched against the 'id' column; the "
         "other rows train (for --protocol fixed)",
     )
+    p.add_argument(
+        "--answer-column",
+        metavar="COL",
+        help="column of reference answers (never part of a letter): what domain-adapt's generated answers are scored against",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

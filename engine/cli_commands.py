@@ -68,8 +68,10 @@ def cmd_data(args) -> int:
 
 
 def data_options(args) -> dict:
-    """The data flags (engine.cli._data_args) as engine.data.load_dataset's keywords: text_template, split_column, test_ids."""
-    return {k: getattr(args, k, None) for k in ("text_template", "split_column", "test_ids")}
+    """The data flags (engine.cli._data_args) as engine.data.load_dataset's keywords (engine.data.DATA_OPTIONS)."""
+    from engine.data import DATA_OPTIONS
+
+    return {k: getattr(args, k, None) for k in DATA_OPTIONS}
 
 
 def _load(args):

@@ -6,7 +6,10 @@ list in JSONL or as a string split on `label_sep` (e.g. "|") in CSV.
 
 Data options (keywords of `load_dataset` and `validate_file`; spec `data:` keys; CLI flags): `text_template` builds
 each letter from several columns (engine.tables.template_texts; a text column that holds a {template} is one too);
-`split_column` or `test_ids` give the dataset's own train/test split (`Dataset.split`), which `protocol: fixed` scores.
+`split_column` or `test_ids` give the dataset's own train/test split (`Dataset.split`), which `protocol: fixed` scores;
+`answer_column` names a column of reference answers (e.g. PubMedQA's LONG_ANSWER) that is never part of a letter: what a
+generative model's written answers are scored against. The text template's columns and the answer column are kept beside
+the letters (`Dataset.fields`), so a prompt can lay out the template's columns its own way.
 
 `validate_table` never raises for content problems: it returns a report of every
 issue found (errors block use, warnings do not). `load_dataset` raises a DataError
@@ -33,7 +36,7 @@ from engine.tables import MAX_FILE_MB_ENV, SUFFIXES, guess_columns, max_file_mb,
 
 DEFAULT_NAME = "default"
 DEFAULT_COLUMNS = ("text", "label")
-DATA_OPTIONS = ("text_template", "split_column", "test_ids")  # besides path, columns and label_sep
+DATA_OPTIONS = ("text_template", "split_column", "test_ids", "answer_column")  # besides path, columns and label_sep
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Dataset:
     rows: list[int] | None = None  # 0-based data rows of the input file, when letters were left out (None: all, in order)
     split: list[str] | None = None  # "train" / "test" per letter: the dataset's own split (protocol fixed)
     options: dict | None = None  # the data options it was read with (DATA_OPTIONS that were given), for manifests and reruns
+    fields: dict[str, list[str]] | None = None  # text per letter of the text template's columns and the answer column
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -115,7 +119,21 @@ class Dataset:
         keep = [i for i in range(len(self)) if i not in gone]
         rows = [self.rows[i] if self.rows is not None else i for i in keep]
         split = [self.split[i] for i in keep] if self.split is not None else None
-        return replace(self, texts=[self.texts[i] for i in keep], labels=[self.labels[i] for i in keep], rows=rows, split=split)
+        fields = {k: [v[i] for i in keep] for k, v in self.fields.items()} if self.fields else None
+        texts, labels = [self.texts[i] for i in keep], [self.labels[i] for i in keep]
+        return replace(self, texts=texts, labels=labels, rows=rows, split=split, fields=fields)
+
+    @property
+    def letter_fields(self) -> dict[str, list[str]] | None:
+        """The text template's columns (what a prompt may lay out its own way); never the answer column."""
+        column = (self.options or {}).get("answer_column")
+        return {k: v for k, v in (self.fields or {}).items() if k != column} or None
+
+    @property
+    def answers(self) -> list[str] | None:
+        """The reference answer of each letter (data option answer_column), or None."""
+        column = (self.options or {}).get("answer_column")
+        return self.fields[column] if column and self.fields else None
 
     @property
     def classes(self) -> list[str]:
@@ -334,32 +352,20 @@ def _warn_leakage(report: ValidationReport, texts: list[str], labels: list, text
     )
 
 
-def _table(path, text_column: str, label_column: str, options: dict) -> tuple[pd.DataFrame, str, list[str] | None]:
-    """(table, text column, split per row). A text template adds its letters as a column named by the template."""
-    options = {k: v for k, v in options.items() if v is not None}
-    df, name = read_table(path), Path(path).name
-    template = options.get("text_template") or (text_column if text_column not in df and tables.is_template(text_column) else None)
-    if template:
-        if label_column in tables.template_fields(template):
-            raise DataError(f"The text template uses the label column {label_column!r}: every letter would carry its own answer.")
-        df = df.copy()
-        df[template] = tables.template_texts(df, template, name)
-        text_column = template
-    return df, text_column, tables.split_of(df, options.get("split_column"), options.get("test_ids"), name)
-
-
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None,
-                 text_template: str | None = None, split_column: str | None = None, test_ids: str | Path | None = None) -> Dataset:  # fmt: skip
+                 text_template: str | None = None, split_column: str | None = None, test_ids: str | Path | None = None,
+                 answer_column: str | None = None) -> Dataset:  # fmt: skip
     """Load and validate a dataset; raises DataError listing every blocking problem (data options: module docstring)."""
     if str(path) == DEFAULT_NAME:
         return default_dataset()
-    options = {"text_template": text_template, "split_column": split_column, "test_ids": test_ids}
-    df, text_column, split = _table(path, text_column, label_column, options)
+    options = {"text_template": text_template, "split_column": split_column, "test_ids": test_ids, "answer_column": answer_column}
+    df, text_column, split, columns = tables.letters_table(path, text_column, label_column, options)
     report, texts, labels = validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep)
     report.raise_for_errors()
     ds = Dataset(texts, labels, str(path), text_column, label_column, report.multi_label, report)
     ds.split = [split[r - 1] for r in report.usable_rows] if split is not None else None
     ds.options = {k: str(v) for k, v in options.items() if v is not None} or None
+    ds.fields = {c: [v[r - 1] for r in report.usable_rows] for c, v in columns.items()} or None
     return ds
 
 
@@ -368,7 +374,7 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
     if set(options) - set(DATA_OPTIONS):
         raise TypeError(f"validate_file() got unknown data option(s) {sorted(set(options) - set(DATA_OPTIONS))}")
     try:
-        df, text_column, _ = _table(path, text_column, label_column, options)
+        df, text_column, _, _ = tables.letters_table(path, text_column, label_column, options)
     except DataError as exc:
         report = ValidationReport(path=str(path))
         report.error("unreadable_file", str(exc))

@@ -3,8 +3,9 @@
 Layout (in the cache folder):
 
     datasets/files/<sha16>-<name>     the uploaded bytes, content-addressed (the same upload is stored once)
-    datasets/<id>.json                one saved dataset: name, file, text/label columns, label separator,
-                                      data hash, letters and classes when saved
+    datasets/<id>.json                one saved dataset: name, file, text/label columns, label separator, data
+                                      options (text template, split column, answer column), data hash, letters
+                                      and classes when saved
 
 A saved dataset is a file plus the columns to read; a run's spec points at the stored file,
 so a run keeps working when the browser's copy is gone. Deleting a saved dataset removes its
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from engine import data
 from engine.errors import DataError
-from engine.storage import atomic_write_bytes, atomic_write_json, datasets_dir, sha256_bytes
+from engine.storage import atomic_write_bytes, atomic_write_json, datasets_dir, sha256_bytes, sha256_json
 
 
 @dataclass
@@ -36,10 +37,12 @@ class SavedDataset:
     n_letters: int
     classes: list[str]
     created: str
+    options: dict | None = None  # engine.data's data options it was read with (text_template, split_column, ...)
 
     def spec_data(self) -> dict:
         """The `data` entry of an experiment spec that reads this dataset."""
-        return {"path": self.file, "text_column": self.text_column, "label_column": self.label_column, "label_sep": self.label_sep}
+        base = {"path": self.file, "text_column": self.text_column, "label_column": self.label_column, "label_sep": self.label_sep}
+        return {**base, **(self.options or {})}
 
 
 def _safe_name(name: str) -> str:
@@ -60,13 +63,14 @@ def store_upload(filename: str, content: bytes) -> Path:
     return path
 
 
-def save(path: str | Path, name: str, text_column: str, label_column: str, label_sep: str | None = None) -> SavedDataset:
-    """Validate the file with these columns and save its description; DataError lists every blocking problem."""
+def save(path: str | Path, name: str, text_column: str, label_column: str, label_sep: str | None = None, **options) -> SavedDataset:
+    """Validate the file with these columns (and data options, engine.data.DATA_OPTIONS, as keywords) and save its
+    description; DataError lists every blocking problem."""
     name = name.strip()
     if not name:
         raise DataError("Give the dataset a name (e.g. 'discharge letters 2024').")
-    ds = data.load_dataset(path, text_column, label_column, label_sep=label_sep or None)
-    ident = ds.data_hash[:16]
+    ds = data.load_dataset(path, text_column, label_column, label_sep=label_sep or None, **options)
+    ident = (sha256_json([ds.data_hash, ds.options]) if ds.options else ds.data_hash)[:16]  # the same letters read two ways: two
     saved = SavedDataset(
         ident,
         name,
@@ -78,6 +82,7 @@ def save(path: str | Path, name: str, text_column: str, label_column: str, label
         len(ds),
         ds.classes,
         time.strftime("%Y-%m-%d %H:%M"),
+        ds.options,
     )
     atomic_write_json(datasets_dir() / f"{ident}.json", asdict(saved))
     return saved

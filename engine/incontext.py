@@ -76,12 +76,16 @@ def draw(labels: np.ndarray, train: np.ndarray, classes: list[str], k: int, seed
     return order
 
 
-def demonstrations(scorer: Scorer, dataset: Dataset, train: np.ndarray, opts: Options, repeat: int, fold: int) -> Demonstrations:
+def demonstrations(
+    scorer: Scorer, dataset: Dataset, train: np.ndarray, opts: Options, repeat: int, fold: int, texts: list[str] | None = None
+) -> Demonstrations:
+    """The fold's worked examples; `texts`: the letters as the prompt lays them out (default: the dataset's)."""
+    texts = dataset.texts if texts is None else texts
     k, tokens = k_per_label(scorer, len(dataset.classes), opts.prompt.k_shot)
     y = np.asarray(dataset.labels, dtype=str)
     rows = draw(y, np.asarray(train), dataset.classes, k, opts.protocol.seed, repeat, fold)
     pos = {c: i for i, c in enumerate(dataset.classes)}
-    ids = [t for r in rows for t in scorer.demonstration_ids(dataset.texts[r], pos[y[r]], tokens)]
+    ids = [t for r in rows for t in scorer.demonstration_ids(texts[r], pos[y[r]], tokens)]
     return Demonstrations(rows, [str(y[r]) for r in rows], ids, k, tokens)
 
 
@@ -113,6 +117,7 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     require_single_label(dataset)
     t_start = time.perf_counter()
     kind = KINDS[method]
+    opts = opts.replace(labels_per_class=None) if method == "zero-shot" else opts  # it reads no training letter
     plan = protocols.plan(dataset, opts.protocol, method)
     evaluation.require_unseen(models.resolve(model), dataset, plan)
     placement = choose()
@@ -123,8 +128,9 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     if hit := artifacts.stored(folder, lm.name, method):
         return hit
     po = opts.prompt
-    scorer = Scorer(lm, dataset.classes, po.prompt_template, po.verbalizers, opts.embedding.max_length)
-    texts, classes = dataset.texts, dataset.classes
+    template, texts = prompting.with_columns(po.prompt_template, dataset.letter_fields, dataset.texts)  # columns -> {text}
+    scorer = Scorer(lm, dataset.classes, template, po.verbalizers, opts.embedding.max_length)
+    classes = dataset.classes
     fold_demos: list[Demonstrations] = []
     t_score = time.perf_counter()
     if method == "zero-shot":
@@ -139,7 +145,7 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     else:
 
         def fit_predict(fold):
-            demos = demonstrations(scorer, dataset, fold.train, opts, fold.repeat, fold.fold)
+            demos = demonstrations(scorer, dataset, fold.train, opts, fold.repeat, fold.fold, texts)
             fold_demos.append(demos)
             stage = f"scoring letters {evaluation.fold_label(plan, fold)}".strip()
             s = scorer.token_logprobs([texts[i] for i in fold.test], demos.ids, ctx, stage)
@@ -150,7 +156,7 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     m = evaluation.score(dataset, plan, oof, n_boot=opts.protocol.n_boot, seed=opts.protocol.seed)
     final = None
     if method == "few-shot":  # the stored classifier's examples: every letter under cv, the training split under holdout
-        final = fold_demos[0] if plan.name != "cv" else demonstrations(scorer, dataset, np.arange(len(texts)), opts, -1, -1)
+        final = fold_demos[0] if plan.name != "cv" else demonstrations(scorer, dataset, plan.final_train, opts, -1, -1, texts)
     stored = {
         "template": scorer.template,
         "classes": classes,
@@ -228,7 +234,11 @@ def read_prompt(folder: Path) -> dict:
 
 READS = (*options.names("protocol", "prompt"), "max_length")
 ZERO_SHOT = StepKind(
-    "zero-shot", "generative model, zero-shot (label likelihood)", "frozen", prompted_step, tuple(r for r in READS if r != "k_shot")
+    "zero-shot",
+    "generative model, zero-shot (label likelihood)",
+    "frozen",
+    prompted_step,
+    tuple(r for r in READS if r not in ("k_shot", "labels_per_class")),
 )
 FEW_SHOT = StepKind("few-shot", "generative model, few-shot (examples from the training letters)", "frozen", prompted_step, READS)
 KINDS = {k.name: k for k in (ZERO_SHOT, FEW_SHOT)}

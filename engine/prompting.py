@@ -1,9 +1,8 @@
 """A causal language model as a classifier: the prompt, each label's words, and how their likelihood is scored.
 
 `load_lm` loads a decoder with its language-model head (placement from engine.devices, memory checked like
-engine.models). A `Scorer` fills the prompt template (`{text}`: the letter, `{labels}`: the label words joined;
-a Dataset holds one text column, so no other column can be named), cuts the *letter* (never the instruction or
-the answer) so that prompt + longest label fits `max_length` and the model's context, and scores every label by
+engine.models). A `Scorer` fills the prompt template (`{text}`: the letter, `{labels}`: the label words joined), cuts
+the *letter* (never the instruction or the answer) so that prompt + longest label fits `max_length` and the model's context, and scores every label by
 the log-likelihood of its words (with a leading space) after the prompt: one forward pass over the prompt (on top
 of a cached prefix of demonstrations, when given), then each label's remaining tokens on that pass's KV cache.
 
@@ -101,12 +100,56 @@ def split_template(template: str, words: list[str]) -> tuple[str, str]:
     other = sorted(set(names) - {"text", "labels"})
     if other:
         raise ClinBenchError(
-            f"The prompt template names {', '.join('{' + o + '}' for o in other)}; a prompt can use {{text}} (the letter) and {{labels}} "
-            "(the label words) only: the letters file's other columns are not loaded."
+            f"The prompt template names {', '.join('{' + o + '}' for o in other)}; a prompt can use {{text}} (the letter), {{labels}} "
+            "(the label words) and the columns of the data's text template."
         )
     filled = template.replace("{labels}", ", ".join(words))
     head, tail = filled.split("{text}")
     return head.replace("{{", "{").replace("}}", "}"), tail.replace("{{", "{").replace("}}", "}")
+
+
+def with_columns(template: str | None, fields: dict[str, list[str]] | None, texts: list[str]) -> tuple[str | None, list[str]]:
+    """(template with `{text}`, the letters) for a template that may name the data's columns instead of `{text}` (the
+    columns of the data's text template, e.g. `Question: {QUESTION}\nContext: {CONTEXTS}\nAnswer:`): the span from the
+    first column to the last becomes each letter (so the letter side is what gets cut), the rest stays the prompt."""
+    if template is None:
+        return None, list(texts)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ClinBenchError(f"The prompt template is malformed ({exc}): write a placeholder as {{name}}, a brace as {{{{ or }}}}.") from None
+    names = [f for _, f, _, _ in parts if f is not None]
+    columns = [n for n in names if n not in ("text", "labels")]
+    if not columns:
+        return template, list(texts)
+    have = sorted(fields or {})
+    if "text" in names:
+        raise ClinBenchError("The prompt template names both {text} and columns; use {text} (the whole letter) or the columns, not both.")
+    missing = sorted(set(columns) - set(have))
+    if missing:
+        where = f"the columns of the data's text template: {', '.join(have)}" if have else "no columns: the data has no text template"
+        raise ClinBenchError(
+            f"The prompt template names {', '.join('{' + m + '}' for m in missing)}; it can name {{text}}, {{labels}} and {where}."
+        )
+    # literal text before the first column, the span (first column .. last column), literal text after
+    idx = [i for i, (_, f, _, _) in enumerate(parts) if f in columns]
+    first, last = idx[0], idx[-1]
+    if any(parts[i][1] == "labels" for i in range(first, last + 1)):
+        raise ClinBenchError("The prompt template puts {labels} between the columns; put it before or after them.")
+
+    def render(ps, values=None) -> str:
+        out = ""
+        for lit, f, _, _ in ps:
+            out += lit.replace("{", "{{").replace("}", "}}") if values is None else lit
+            if f is not None:
+                out += ("{" + f + "}") if values is None else values[f]
+        return out
+
+    head = render(parts[:first]) + parts[first][0].replace("{", "{{").replace("}", "}}")
+    tail = render(parts[last + 1 :])
+    span = [(lit if i else "", f, a, b) for i, (lit, f, a, b) in enumerate(parts[first : last + 1])]
+    letters = [render(span, {c: fields[c][r] for c in columns}) for r in range(len(texts))]
+    return head + "{text}" + tail, letters
 
 
 def preview(template: str | None, classes: list[str], verbalizers: dict[str, str] | None, letter: str, words: int = 60) -> str:
@@ -115,8 +158,8 @@ def preview(template: str | None, classes: list[str], verbalizers: dict[str, str
     by tokens when scored)."""
     label_text = label_words(classes, verbalizers)
     head, tail = split_template(template or DEFAULT_TEMPLATE, label_text)
-    cut = letter.split()
-    shown = " ".join(cut[:words]) + (" […]" if len(cut) > words else "")
+    spans = list(re.finditer(r"\S+", letter))  # cut after `words` words, keeping the letter's own line breaks
+    shown = letter[: spans[words - 1].end()] + " […]" if len(spans) > words else letter.strip()
     return head + shown + tail + "\n\n— scored answers: " + " | ".join(repr(" " + w) for w in label_text)
 
 

@@ -17,6 +17,7 @@ fix it; what the rows contain is engine.data's business.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -222,9 +223,9 @@ def is_template(text: str) -> bool:
         return False
 
 
-def _cell_text(value) -> str:
+def cell_text(value) -> str:
     if isinstance(value, (list, tuple)):
-        return "\n".join(t for t in (_cell_text(v) for v in value) if t.strip())
+        return "\n".join(t for t in (cell_text(v) for v in value) if t.strip())
     return "" if value is None or value != value else str(value)  # (NaN != NaN)
 
 
@@ -241,7 +242,7 @@ def template_texts(df: pd.DataFrame, template: str, name: str) -> list[str]:
     parts = list(string.Formatter().parse(template))
     out = []
     for rec in df[fields].to_dict("records"):
-        values = {f: _cell_text(rec[f]) for f in fields}
+        values = {f: cell_text(rec[f]) for f in fields}
         out.append(
             "".join(lit + (values[f] if f is not None else "") for lit, f, _, _ in parts) if any(v.strip() for v in values.values()) else ""
         )
@@ -282,7 +283,7 @@ def split_of(df: pd.DataFrame, split_column: str | None, test_ids: str | Path | 
             f"{'Split' if split_column else 'Id'} column {needed!r} not found in {name}. Columns present: {', '.join(columns)}."
         )
     if split_column:
-        values = [_cell_text(v).strip().lower() for v in df[split_column].tolist()]
+        values = [cell_text(v).strip().lower() for v in df[split_column].tolist()]
         bad = [(n, v) for n, v in enumerate(df[split_column].tolist(), start=1) if values[n - 1] not in SPLIT_VALUES]
         if bad:
             shown = ", ".join(f"{n} ({v!r})" for n, v in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
@@ -294,7 +295,7 @@ def split_of(df: pd.DataFrame, split_column: str | None, test_ids: str | Path | 
         return values
     if not test_ids:
         return None
-    ids, have = read_ids(test_ids), [_cell_text(v).strip() for v in df[ID_COLUMN].tolist()]
+    ids, have = read_ids(test_ids), [cell_text(v).strip() for v in df[ID_COLUMN].tolist()]
     unknown = sorted(ids - set(have))
     if unknown:
         raise DataError(
@@ -323,3 +324,32 @@ def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
         score = (distinct < 2, c.lower() not in LABEL_HINTS, distinct / max(len(df), 1), i)
         best = min(best, (score, c)) if best else (score, c)
     return text, best[1] if best else text
+
+
+def letters_table(path, text_column: str, label_column: str, options: dict) -> tuple[pd.DataFrame, str, list[str] | None, dict]:
+    """The table of a letters file under the data options (engine.data's docstring): (table, text column, split per row,
+    kept columns). A text template adds its letters as a column named by the template;
+    its columns and the answer column are kept (text per row)."""
+    options = {k: v for k, v in options.items() if v is not None}
+    df, name = read_table(path), Path(path).name
+    present = [str(c) for c in df.columns]
+    template = options.get("text_template") or (text_column if text_column not in df and is_template(text_column) else None)
+    kept: list[str] = []
+    if template:
+        kept = template_fields(template)
+        if label_column in kept:
+            raise DataError(f"The text template uses the label column {label_column!r}: every letter would carry its own answer.")
+        df = df.copy()
+        df[template] = template_texts(df, template, name)
+        text_column = template
+    answer = options.get("answer_column")
+    if answer is not None:
+        if answer not in df.columns:
+            close = difflib.get_close_matches(str(answer), present, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"The answer column {answer!r} is not in {name}.{hint} Columns present: {', '.join(present)}.")
+        if answer in (label_column, text_column) or answer in kept:
+            raise DataError(f"The answer column {answer!r} is also the letter or the label: name a column that only holds answers.")
+        kept.append(answer)
+    columns = {c: [cell_text(v) for v in df[c].tolist()] for c in kept}
+    return df, text_column, split_of(df, options.get("split_column"), options.get("test_ids"), name), columns

@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, duplicates
+from ui import charts, common, duplicates, forms
 
 common.page(
     "Data",
@@ -15,7 +15,7 @@ common.page(
     "Files stay in this machine's cache folder.",
 )
 
-upload = st.file_uploader("Letters file", type=["csv", "tsv", "jsonl", "ndjson"], key="upload")
+upload = st.file_uploader("Letters file", type=["csv", "tsv", "jsonl", "ndjson", "json"], key="upload")
 if upload is not None:
     try:
         path = api.store_upload(upload.name, upload.getvalue())
@@ -30,9 +30,16 @@ if upload is not None:
     text_col = c1.selectbox("Text column", columns, index=columns.index(guess_text))
     label_col = c2.selectbox("Label column", columns, index=columns.index(guess_label))
     sep = c3.text_input("Label separator (several labels per letter)", "", help="Leave empty for one label per letter, e.g. '|'.")
-    report = api.validate_file(path, text_col, label_col, label_sep=sep or None)
+    more = forms.data_option_widgets(columns)
+    report = api.validate_file(path, text_col, label_col, label_sep=sep or None, **more)
     st.subheader("Validation report")
-    choice = (upload.name, text_col, label_col, sep)  # errors wait until the user confirms the (guessed) columns
+    choice = (
+        upload.name,
+        text_col,
+        label_col,
+        sep,
+        tuple(sorted(more.items())),
+    )  # errors wait until the user confirms the (guessed) columns
     checked = report.ok or st.session_state.get("data_checked") == choice
     if not checked:
         st.info(
@@ -60,11 +67,12 @@ if upload is not None:
     if report.ok:
         st.subheader("How these letters would be scored")
         c1, c2, c3 = st.columns(3)
-        protocol = c1.selectbox("Protocol", ["auto", "cv", "holdout"], help="auto: cross-validation under 500 letters")
+        protocols = ["fixed"] * ("split_column" in more) + ["auto", "cv", "holdout"]
+        protocol = c1.selectbox("Protocol", protocols, help="auto: cross-validation under 500 letters; fixed: the split column's")
         folds = c2.number_input("Folds (cv)", 2, 20, 5)
         seed = c3.number_input("Seed", 0, 10_000, 0)
         try:
-            ds = api.load_dataset(path, text_col, label_col, label_sep=sep or None)
+            ds = api.load_dataset(path, text_col, label_col, label_sep=sep or None, **more)
             pv = api.protocol_preview(ds, {"protocol": protocol, "cv_folds": int(folds), "seed": int(seed)})
             st.markdown(f"**{pv['protocol']}**: {pv['reason']}")
             for w in pv["warnings"]:
@@ -75,7 +83,7 @@ if upload is not None:
         name = st.text_input("Dataset name", upload.name.rsplit(".", 1)[0])
         if st.button("Save dataset", type="primary"):
             try:
-                saved = api.save_dataset(path, name, text_col, label_col, sep or None)
+                saved = api.save_dataset(path, name, text_col, label_col, sep or None, **more)
                 st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). It is offered on the Runs page.")
             except ClinBenchError as exc:
                 common.error(exc, "Not saved")
@@ -97,6 +105,7 @@ if saved:
                     "labels": ", ".join(s.classes),
                     "text column": s.text_column,
                     "label column": s.label_column,
+                    "read with": ", ".join(f"{k}: {v}" for k, v in (s.options or {}).items()),
                     "saved": s.created,
                     "id": s.id,
                 }

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import data, experiment, protocols
+from engine import api, data, experiment, prompting, protocols
 from engine.cli import main
-from engine.errors import DataError, SpecError
+from engine.errors import ClinBenchError, DataError, SpecError
 from engine.options import ProtocolOptions
-from tests.conftest import SHARED_DATA, cli, write_csv
+from tests.conftest import SHARED_DATA, cli, run_step, write_csv
 
 WORDS = {
     "a": "cardiac chest pain angina troponin ecg murmur",
@@ -216,3 +216,48 @@ def test_pubmedqa_reads_with_the_official_split():
     assert "LONG_ANSWER" not in spec.data.text_template and ds.texts[0].startswith("Question: ")
     pl = protocols.plan(ds, spec.options.protocol)
     assert pl.name == "fixed" and (len(pl.folds[0].train), len(pl.folds[0].test)) == (500, 500)
+
+
+# --- columns beside the letters: a prompt's own layout, reference answers ------------
+
+
+def test_a_prompt_lays_out_the_template_columns_and_only_the_letter_side_is_cut(tmp_path, tiny_decoder):
+    path = tmp_path / "qa.jsonl"
+    recs = [{"q": f"question {i}?", "ctx": [f"first {i}.", "word " * 80], "ans": f"because {i}", "label": "yn"[i % 2]} for i in range(8)]
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    ds = data.load_dataset(path, "unused", "label", text_template="{q} {ctx}", answer_column="ans")
+    assert ds.letter_fields == {"q": [r["q"] for r in recs], "ctx": [f"first {i}.\n" + "word " * 80 for i in range(8)]}
+    assert ds.answers == [r["ans"] for r in recs] and all("because" not in t for t in ds.texts)  # answers are never letters
+    template, letters = prompting.with_columns("Question: {q}\nContext: {ctx}\nAnswer ({labels}):", ds.letter_fields, ds.texts)
+    assert template == "Question: {text}\nAnswer ({labels}):" and letters[0].startswith("question 0?\nContext: first 0.")
+    lm = prompting.load_lm(str(tiny_decoder))
+    scorer = prompting.Scorer(lm, ds.classes, template, None, max_length=48)
+    ids = scorer.prompt_ids(letters[0], scorer.letter_budget())
+    assert len(ids) + max(len(x) for x in scorer.label_ids) <= 48
+    whole = scorer.encode(letters[0])
+    assert ids[: len(scorer.head_ids)] == scorer.head_ids and ids[len(ids) - len(scorer.tail_ids) :] == scorer.tail_ids
+    assert ids[len(scorer.head_ids) : len(ids) - len(scorer.tail_ids)] == whole[: scorer.letter_budget()]  # the context's end is cut
+    assert len(whole) > scorer.letter_budget()
+    for bad, why in [("{ans} {text}", "both"), ("{ans}", "ans"), ("{q} {labels} {ctx}", "between")]:
+        with pytest.raises(ClinBenchError, match=why):
+            prompting.with_columns(bad, ds.letter_fields, ds.texts)  # the answer column is never a letter's
+
+
+def test_zero_shot_with_a_column_prompt_scores_and_previews(tmp_path, cache, tiny_decoder):
+    path = tmp_path / "qa.jsonl"
+    recs = [{"q": f"is it {i}?", "ctx": f"context {i}", "label": "yn"[i % 2]} for i in range(12)]
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    ds = data.load_dataset(path, "unused", "label", text_template="{q} {ctx}")
+    opts = {"prompt_template": "Q: {q}\nC: {ctx}\nA:", "protocol": "holdout", "test_size": 0.5, "max_length": 32, "n_boot": 100}
+    assert api.prompt_preview(ds, opts).startswith("Q: is it 0?\nC: context 0\nA:")
+    res = run_step(ds, tiny_decoder, "zero-shot", **opts)
+    assert res.manifest["prompt"]["template"] == "Q: {text}\nA:" and 0 <= res.metrics["macro_f1"] <= 1
+    with pytest.raises(ClinBenchError, match="columns of the data's text template: ctx, q"):
+        run_step(ds, tiny_decoder, "zero-shot", **{**opts, "prompt_template": "{question}"})
+
+
+def test_the_answer_column_must_exist_and_be_its_own(split_csv):
+    with pytest.raises(DataError, match="Did you mean 'title'"):
+        data.load_dataset(split_csv, "body", "label", answer_column="titel")
+    with pytest.raises(DataError, match="only holds answers"):
+        data.load_dataset(split_csv, "body", "label", answer_column="label")

@@ -77,3 +77,30 @@ def option_widgets(columns: int = 4) -> dict:
         for i, f in enumerate(g["fields"]):
             values[f.name] = widget(cols[i % columns], f)
     return values
+
+
+def data_option_widgets(columns: list[str]) -> dict:
+    """The data options of an uploaded file (engine.data.DATA_OPTIONS, besides its test-ids file): a text template joining
+    several columns, the file's own train/test split, a column of reference answers. Returns the ones given."""
+    box = st.expander("Letters from several columns · the file's own train/test split · reference answers")
+    c1, c2, c3 = box.columns(3)
+    template = c1.text_area(
+        "Text template",
+        "",
+        key="data-template",
+        placeholder="e.g. Question: {QUESTION}\nContext: {CONTEXTS}",
+        help="Build each letter from several columns instead of the text column: {column} is replaced by the row's value "
+        "(lists joined by line). A prompt can then lay these columns out its own way.",
+    )
+    none = "(none)"
+    split = c2.selectbox(
+        "Split column", [none, *columns], key="data-split", help="A column saying train or test for each row: protocol 'fixed' scores it."
+    )
+    answer = c3.selectbox(
+        "Answer column",
+        [none, *columns],
+        key="data-answer",
+        help="Reference answers (e.g. a conclusion), never part of a letter: what a tuned model's written answers are scored against.",
+    )
+    given = {"text_template": template.strip() or None, "split_column": split, "answer_column": answer}
+    return {k: v for k, v in given.items() if v not in (None, none)}
