@@ -118,16 +118,17 @@ def cmd_evaluate(args) -> int:
     opts = options.from_args(args)
     spec = api.parse_spec({"models": [args.model], "methods": [args.method], "options": opts.to_dict()}, where="--method")
     results = []
-    for step in spec.steps(reference=False):  # (--model tfidf runs its one method, the reference; --n-seeds: one per seed)
+    for step in spec.steps(reference=False):  # (--model tfidf runs its one method; --n-seeds: one per seed; --learning-curve)
         res = api.run_in_process(spec, step, dataset=ds, ctx=progress_bars())
-        results.append(res)
-        title = f"{args.model} · {api.method_title(step['method'])}" + (f" · seed {step['seed']}" if "seed" in step else "")
-        _print_result(title + (" (cached)" if res.cache_hit else ""), res)
-    first, m = results[0], results[0].metrics
+        results.append((step, res))
+        _print_result(step["title"] + (" (cached)" if res.cache_hit else ""), res)
+    sized = [(step, r) for step, r in results if "labels_per_class" in step]
+    full = [r for step, r in results if "labels_per_class" not in step]  # the run's own size, one per seed
+    first, m = full[0], full[0].metrics
     out = {"model": args.model, "method": first.method, "artifact": first.artifact, **m}
-    if len(results) > 1 and "macro_f1" in m:
-        f1 = [r.metrics["macro_f1"] for r in results]
-        seeds = [r.manifest["config"]["seed"] for r in results]
+    if len(full) > 1 and "macro_f1" in m:
+        f1 = [r.metrics["macro_f1"] for r in full]
+        seeds = [r.manifest["config"]["seed"] for r in full]
         sd = statistics.stdev(f1)
         print(
             f"\nacross {len(f1)} seeds ({seeds[0]}-{seeds[-1]}): macro-F1 {statistics.mean(f1):.3f} ± {sd:.3f} "
@@ -136,11 +137,22 @@ def cmd_evaluate(args) -> int:
         out.update(
             seeds=[
                 {"seed": s, "macro_f1": r.metrics["macro_f1"], "macro_f1_ci": r.metrics["macro_f1_ci"], "artifact": r.artifact}
-                for s, r in zip(seeds, results, strict=True)
+                for s, r in zip(seeds, full, strict=True)
             ],
             seed_macro_f1_mean=statistics.mean(f1),
             seed_macro_f1_sd=sd,
         )
+    if sized and "macro_f1" in m:
+        curve = [(step["labels_per_class"], r) for step, r in sized] + [(opts.protocol.labels_per_class, r) for r in full]
+        print("\nlearning curve (letters per label: macro-F1, 95% CI)")
+        for n, r in curve:
+            lo, hi = r.metrics["macro_f1_ci"]
+            print(f"  {n or 'all':>5}: {r.metrics['macro_f1']:.3f}  {lo:.3f}-{hi:.3f}")
+        out["learning_curve"] = [
+            {"labels_per_class": n, "seed": r.manifest["config"]["seed"], "macro_f1": r.metrics["macro_f1"],
+             "macro_f1_ci": r.metrics["macro_f1_ci"], "artifact": r.artifact}
+            for n, r in curve
+        ]  # fmt: skip
     if args.json_out:
         api.write_json(args.json_out, out)
     return 0
@@ -207,16 +219,17 @@ def _follow(run_id: int):
 
 
 def _print_results_table(run) -> None:
-    print(f"\n{'model':14s} {'method':12s} {'macro-F1':>8s}  {'95% CI':13s}  note")
+    print(f"\n{'model':14s} {'method':12s} {'variant':14s} {'macro-F1':>8s}  {'95% CI':13s}  note")
     for s in run.steps:
-        r = s.result
+        r, variant = s.result, " · ".join(s.title.split(" · ")[2:])[:14]  # seed, training size (title: model · method · ...)
+        head = f"{s.model[:14]:14s} {s.method:12s} {variant:14s}"
         if s.status == "done" and r and "macro_f1" in r:
             lo, hi = r["macro_f1_ci"]
-            print(f"{s.model[:14]:14s} {s.method:12s} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
+            print(f"{head} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
         elif s.status == "done" and r:
-            print(f"{s.model[:14]:14s} {s.method:12s} {'-':>8s}  {'':13s}  {s.detail}")
+            print(f"{head} {'-':>8s}  {'':13s}  {s.detail}")
         else:
-            print(f"{s.model[:14]:14s} {s.method:12s} {'-':>8s}  {'':13s}  {s.status.upper()}: {s.error or ''}")
+            print(f"{head} {'-':>8s}  {'':13s}  {s.status.upper()}: {s.error or ''}")
 
 
 def cmd_run(args) -> int:

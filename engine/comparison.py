@@ -54,7 +54,9 @@ def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
     shuffle and, for fine-tuning, the initial weights and data order). Groups of one seed are left out."""
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
-        cfg = {k: v for k, v in e.manifest.get("config", {}).items() if k not in ("seed", "n_seeds")}
+        # labels_per_class stays: a learning curve's sizes are different configurations; learning_curve and n_seeds only
+        # say which steps a run made
+        cfg = {k: v for k, v in e.manifest.get("config", {}).items() if k not in ("seed", "n_seeds", "learning_curve")}
         key = json.dumps([e.data_hash, e.model, e.method, cfg], sort_keys=True, default=str)
         groups.setdefault(key, []).append(e)
     rows = []
@@ -67,6 +69,7 @@ def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
             {
                 "model": members[0].model,
                 "method": members[0].method,
+                "labels_per_class": members[0].labels_per_class,
                 "n_seeds": len(members),
                 "seeds": sorted(e.manifest.get("config", {}).get("seed") for e in members),
                 "mean_macro_f1": float(f1.mean()),

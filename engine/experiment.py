@@ -45,6 +45,7 @@ class DataSpec:
     text_template: str | None = None  # engine.data's data options
     split_column: str | None = None
     test_ids: str | None = None
+    answer_column: str | None = None
 
     def load(self) -> data_mod.Dataset:
         options = {k: getattr(self, k) for k in data_mod.DATA_OPTIONS}
@@ -72,7 +73,8 @@ class Spec:
 
     def steps(self, reference: bool | None = None) -> list[dict]:
         """One step per model x method, in a stable order. The model `tfidf` runs its one method (`tfidf`); with `reference`,
-        a run that classifies ends with that reference step (seconds), so every comparison has its bag-of-words row."""
+        a run that classifies ends with that reference step (seconds), so every comparison has its bag-of-words row.
+        n_seeds > 1: one step per seed (its dict's "seed"); learning_curve: one more per size (its "labels_per_class")."""
         ref_model, ref_method = steps.REFERENCE
         reference = self.reference if reference is None else reference
         pairs = [(m, meth) for m in self.models if m != ref_model for meth in self.methods if meth != ref_method]
@@ -81,13 +83,25 @@ class Spec:
             pairs.append((ref_model, ref_method))
         p = self.options.protocol
         if p.n_seeds == 1:
-            return [{"model": m, "method": meth, "title": f"{m} · {steps.get(meth).title}"} for m, meth in pairs]
-        seeds = range(p.seed, p.seed + p.n_seeds)
-        return [
-            {"model": m, "method": meth, "seed": s, "title": f"{m} · {steps.get(meth).title} · seed {s}"}
-            for m, meth in pairs
-            for s in seeds
-        ]
+            out = [{"model": m, "method": meth, "title": f"{m} · {steps.get(meth).title}"} for m, meth in pairs]
+        else:
+            seeds = range(p.seed, p.seed + p.n_seeds)
+            out = [
+                {"model": m, "method": meth, "seed": s, "title": f"{m} · {steps.get(meth).title} · seed {s}"}
+                for m, meth in pairs
+                for s in seeds
+            ]
+        return [sized for step in out for sized in _learning_curve(step, p.learning_curve)]
+
+
+def _learning_curve(step: dict, sizes: list[int] | None) -> list[dict]:
+    """`step` at each training size of the learning curve (labels_per_class, smallest first), then at its own (all letters
+    unless labels_per_class is set). Only methods that train on labelled letters are repeated (not zero-shot, nor
+    domain-adapt, which makes a model rather than a classifier)."""
+    kind = steps.get(step["method"])
+    if not sizes or "labels_per_class" not in kind.reads or kind.produces != "classifier":
+        return [step]
+    return [*({**step, "labels_per_class": n, "title": f"{step['title']} · {n} per label"} for n in sorted(sizes)), step]
 
 
 def parse_spec(obj: Any, where: str = "spec") -> Spec:
@@ -189,7 +203,8 @@ def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, 
     kind = steps.KINDS.get(step["method"])
     if kind is None:
         raise ClinBenchError(f"Method {step['method']!r} cannot run in this version; available: {', '.join(steps.names())}.")
-    opts = spec.options.replace(seed=step["seed"]) if "seed" in step else spec.options  # one of n_seeds
+    # one of n_seeds, one size of the learning curve
+    opts = spec.options.replace(**{k: step[k] for k in ("seed", "labels_per_class") if k in step})
     letters = protocols.prepare(dataset or spec.data.load(), opts.protocol)  # (label_conflicts: drop)
     return kind.run(letters, step["model"], step["method"], opts, ctx or StepContext())
 

@@ -118,8 +118,8 @@ def fit_on_embeddings(
     if plan.name == "cv":
         ctx.check_stop("Cancelled before refitting on every letter.")
         ctx.progress(len(fits), len(plan.folds) + 1, f"refitting {estimator} on every letter")
-        X_all = np.asarray(vectors(None))
-        final = estimators.fit(X_all, y, estimator, opts.classifier, p.seed)
+        X_all, rows = np.asarray(vectors(None)), plan.final_train  # every letter, or labels_per_class of them
+        final = estimators.fit(X_all[rows], y[rows], estimator, opts.classifier, p.seed)
     else:
         final = fits[0]
     e = opts.embedding

@@ -19,6 +19,13 @@ Duplicate letters (engine.duplicates) form groups that never straddle training a
 split, fold or validation carve (StratifiedGroupKFold). Every class of the dataset must have a test
 letter in every fold, else `plan` refuses with the class, its count and what to change. `carve`
 takes fine-tuning's validation letters from a fold's training letters only.
+
+`labels_per_class` (the learning curve's sizes) keeps at most n training letters per label in every fold, and in
+`Plan.final_train`, the letters a stored classifier is trained on (cv: every letter; holdout and fixed: the training
+split). The draw is nested: each label's training letters are put in one order, seeded by (seed, repeat, fold) and never
+by n, and the first n are kept, so the 8 letters of a label are among its 16. The test letters are those of the plan
+without it, so every size is scored on the same letters; subsampling the training side only cannot bring a copy of a
+test letter into it.
 """
 
 from __future__ import annotations
@@ -55,8 +62,11 @@ class Plan:
     folds: tuple[Fold, ...]
     groups: np.ndarray  # duplicate group of each letter
     near_threshold: float | None
-    hash: str  # covers the letters, the groups and every fold's indices
+    hash: str  # covers the letters, the groups, every fold's indices and labels_per_class
     warnings: tuple[str, ...] = ()
+    labels_per_class: int | None = None  # at most this many training letters per label (None: all)
+    final_train: np.ndarray | None = None  # the letters the stored classifier is trained on (cv: every letter)
+    train_per_label: float | None = None  # training letters per label, the mean over folds and labels
 
     @property
     def groups_hash(self) -> str:
@@ -73,6 +83,8 @@ class Plan:
             "n_repeats": self.n_repeats,
             "test_size": self.test_size,
             "hash": self.hash,
+            "labels_per_class": self.labels_per_class,
+            "train_per_label": self.train_per_label,
             "groups": {
                 "hash": self.groups_hash,
                 "n_groups": int(len(sizes)),
@@ -81,6 +93,7 @@ class Plan:
                 "near_threshold": self.near_threshold,
             },
             "folds": [{"repeat": f.repeat, "fold": f.fold, "n_train": int(len(f.train)), "n_test": int(len(f.test))} for f in self.folds],
+            "n_final_train": None if self.final_train is None else int(len(self.final_train)),
             "warnings": list(self.warnings),
         }
 
@@ -137,6 +150,22 @@ def _seed(seed: int, *salt: int) -> int:
     return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
 
 
+SUBSAMPLE_SALT = 20_011  # keeps the draws of labels_per_class apart from the folds' shuffles
+
+
+def subsample(key: np.ndarray, idx: np.ndarray, n: int | None, seed: int, repeat: int = -1, fold: int = -1) -> np.ndarray:
+    """At most `n` of the letters `idx` per label (`key`: each letter's stratify_key; all of a label's when it has fewer;
+    None: all), sorted. Nested: each label's letters are put in one order seeded by (seed, repeat, fold) alone and the
+    first n are kept, so a smaller n keeps a subset of a larger one's letters. (-1, -1): the stored classifier's draw."""
+    idx = np.sort(np.asarray(idx, dtype=int))
+    if n is None:
+        return idx
+    rng = np.random.default_rng(_seed(seed, SUBSAMPLE_SALT, repeat + 1, fold + 1))
+    k = np.asarray(key)[idx]
+    kept = [rng.permutation(idx[k == label])[:n] for label in sorted(set(k.tolist()))]
+    return np.sort(np.concatenate(kept)) if kept else idx
+
+
 def _kfold(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """The test indices of each of `n_splits` stratified folds of `idx`, keeping groups whole."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -191,12 +220,20 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
     else:
         train, test = _holdout(idx, key, groups, p.test_size, p.seed)
         folds, n_splits, n_repeats, test_size = [Fold(0, 0, train, test)], 1, 1, p.test_size
+    n = p.labels_per_class
+    folds = [Fold(f.repeat, f.fold, subsample(key, f.train, n, p.seed, f.repeat, f.fold), f.test) for f in folds]
+    final = subsample(key, idx, n, p.seed) if name == "cv" else folds[0].train
+    if n is not None:
+        reason += f"; each training split keeps at most {n} letters per label (labels_per_class), the test letters stay the same"
     _require_every_class(ds, folds, name)
     warnings = extra + _group_warnings(groups, len(ds), n_splits if name == "cv" else max(2, round(1 / (test_size or p.test_size))))
     h = sha256_json(
         [ds.data_hash, name, p.seed, p.near_duplicates, sha256_json(groups.tolist()), [[f.repeat, f.fold, f.test.tolist()] for f in folds]]
+        + ([{"labels_per_class": n}] if n is not None else [])  # (without it: the hash of earlier versions, so their keys hold)
     )
-    return Plan(name, reason, p.seed, n_splits, n_repeats, test_size, tuple(folds), groups, p.near_duplicates, h, tuple(warnings))
+    per_label = round(float(np.mean([len(f.train) for f in folds])) / max(1, len(set(key.tolist()))), 2)
+    return Plan(name, reason, p.seed, n_splits, n_repeats, test_size, tuple(folds), groups, p.near_duplicates, h, tuple(warnings),
+                n, final, per_label)  # fmt: skip
 
 
 def _fixed(ds, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -74,7 +74,7 @@ def tfidf_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: St
 
     oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
     m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
-    final = _fit(texts, y, np.arange(len(texts)), p.seed) if plan.name == "cv" else fits[0]
+    final = _fit(texts, y, plan.final_train, p.seed) if plan.name == "cv" else fits[0]
     manifest = {
         "kind": "evaluation",
         "key": key,
@@ -107,5 +107,5 @@ TFIDF = StepKind(
     "tf-idf → logistic regression (reference)",
     "reference",
     tfidf_step,
-    ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot"),
+    ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot", "labels_per_class"),
 )

@@ -62,6 +62,21 @@ class Evaluation:
         return self.manifest["metrics"]
 
     @property
+    def labels_per_class(self) -> int | None:
+        """The training letters per label it was limited to (a learning curve's size); None: all of them."""
+        return (self.manifest.get("protocol") or {}).get("labels_per_class") or self.manifest.get("config", {}).get("labels_per_class")
+
+    @property
+    def train_per_label(self) -> float | None:
+        """Training letters per label, the mean over folds and labels (older artifacts: from the folds' sizes)."""
+        p = self.manifest.get("protocol") or {}
+        if p.get("train_per_label") is not None:
+            return p["train_per_label"]
+        sizes = [f.get("n_train") for f in p.get("folds") or [] if f.get("n_train")]
+        n_classes = len(self.manifest["data"].get("classes") or [])
+        return round(sum(sizes) / len(sizes) / n_classes, 2) if sizes and n_classes else None
+
+    @property
     def embeddings_key(self) -> str | None:
         return (self.manifest.get("embeddings") or {}).get("key")
 
@@ -107,10 +122,11 @@ def list_evaluations(data_hash: str | None = None, keys: set[str] | None = None)
 
 
 def _design(e: Evaluation) -> str:
-    """'cv 5x2', 'holdout 0.2', plus the seed when not 0: what tells two evaluations of one model and method apart."""
+    """'cv 5x2', 'holdout 0.2', plus the seed when not 0 and the training size when limited ('16 per label'): what tells
+    two evaluations of one model and method apart."""
     p, cfg = e.manifest.get("protocol") or {}, e.manifest.get("config", {})
     text = f"cv {p.get('n_splits')}x{p.get('n_repeats')}" if e.protocol == "cv" else f"holdout {cfg.get('test_size', 0.2):g}"
-    return text + (f", seed {cfg['seed']}" if cfg.get("seed") else "")
+    return text + (f", seed {cfg['seed']}" if cfg.get("seed") else "") + (f", {n} per label" if (n := e.labels_per_class) else "")
 
 
 def _label(evals: list[Evaluation]) -> None:
@@ -165,8 +181,9 @@ def letters(ev: Evaluation):
 
 
 def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
-    """One row per evaluation: macro-F1 with its 95% CI, the protocol and letters behind it, the sd over folds,
-    macro precision/recall, accuracy, baseline, what made it."""
+    """One row per evaluation: macro-F1 with its 95% CI, the protocol and letters behind it, the sd over folds, the
+    training size (labels_per_class, None: all; train_per_label: the mean training letters per label), macro
+    precision/recall, accuracy, baseline, what made it."""
     rows = []
     for e in evals:
         m, cfg = e.metrics, e.manifest.get("config", {})
@@ -185,6 +202,8 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
                 "n_scored": m.get("n_scored", m.get("n_test")),
                 "fold_sd": m.get("fold_macro_f1_sd"),
                 "seed": cfg.get("seed"),
+                "labels_per_class": e.labels_per_class,  # None: every training letter (a learning curve's sizes differ here)
+                "train_per_label": e.train_per_label,
                 "macro_precision": m.get("macro_precision"),
                 "macro_recall": m.get("macro_recall"),
                 "accuracy": m.get("accuracy"),

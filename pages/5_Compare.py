@@ -1,6 +1,7 @@
-"""Compare: macro-F1 with 95% CI for every model x method (with the protocol and letters behind each figure),
-precision/recall, per-class F1, confusion matrices, whether the top models differ on the letters they share,
-and the letters behind the figures: those one evaluation got wrong, those on which models disagree."""
+"""Compare: macro-F1 with 95% CI for every model x method (with the protocol and letters behind each figure), the
+learning curve when the evaluations hold several training sizes, precision/recall, per-class F1, confusion matrices,
+whether the top models differ on the letters they share, and the letters behind the figures: those one evaluation got
+wrong, those on which models disagree."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ st.caption(
     f"{len(evals)} evaluation(s) on {ds['n_letters']} letters ({compare.protocol_counts(comp)}), labels: {', '.join(ds['classes'])}."
 )
 common.chart(charts.macro_f1_chart(comp, title=compare.CHART_TITLE), "macro-F1 by model and method", "f1")
+if compare.has_learning_curve(comp):  # evaluations at more than one training size (the option learning_curve)
+    st.subheader("Learning curve")
+    common.chart(charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE), "learning curve", "curve")
+    st.caption(compare.CURVE_NOTE)
 
 st.subheader("Precision and recall")
 common.table(compare.score_table(comp), "macro-F1 by model and method", "comp")

@@ -88,3 +88,11 @@ def test_preview_lists_classes_and_warns_on_small_data(tmp_path):
     assert pv["protocol"] == "cv" and {r["label"] for r in pv["classes"]} == {"a", "b"}
     text = " ".join(pv["warnings"])
     assert "38 letters is a small dataset" in text and "'b' (8)" in text
+
+
+def test_a_plan_without_labels_per_class_hashes_as_before_so_stored_keys_hold(default_ds):
+    # the hash of the default data's plans as versions before labels_per_class computed it: every key holds the plan hash
+    assert protocols.plan(default_ds, ProtocolOptions(), "svc").hash.startswith("94957505b15dbf98")
+    assert protocols.plan(default_ds, ProtocolOptions(protocol="cv"), "svc").hash.startswith("b37c17dd1bbb84a8")
+    limited = protocols.plan(default_ds, ProtocolOptions(labels_per_class=8), "svc")
+    assert limited.hash != protocols.plan(default_ds, ProtocolOptions(), "svc").hash and "at most 8 letters per label" in limited.reason

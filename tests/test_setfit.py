@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import artifacts, classifiers, protocols, steps
+from engine import artifacts, classifiers, evaluation, protocols, steps
 from engine.context import StepContext
 from engine.data import load_dataset
 from engine.finetune import setfit
@@ -47,14 +47,16 @@ def test_pairs_of_a_large_training_split_are_drawn_without_listing_them(monkeypa
 
 
 def test_labels_per_class_draws_n_per_label_within_the_training_split():
+    # the few shots are the plan's training letters (engine.protocols.subsample; tests/test_learning_curve.py has the rest)
     labels = np.array(["a"] * 20 + ["b"] * 20 + ["c"] * 3)
     train = np.concatenate([np.arange(0, 10), np.arange(20, 35), np.arange(40, 42)])
-    shots = setfit.draw_per_class(labels, train, 8, seed=1)
+    shots = protocols.subsample(labels, train, 8, seed=1)
     assert set(shots.tolist()) <= set(train.tolist())
     assert Counter(labels[shots].tolist()) == {"a": 8, "b": 8, "c": 2}  # c has 2 training letters
-    assert (setfit.draw_per_class(labels, train, 8, seed=1) == shots).all()
-    assert not (setfit.draw_per_class(labels, train, 8, seed=2) == shots).all()
-    assert (setfit.draw_per_class(labels, train, None, seed=1) == np.sort(train)).all()
+    assert (protocols.subsample(labels, train, 8, seed=1) == shots).all()
+    assert not (protocols.subsample(labels, train, 8, seed=2) == shots).all()
+    assert (protocols.subsample(labels, train, None, seed=1) == np.sort(train)).all()
+    assert not hasattr(setfit, "draw_per_class"), "one draw, the plan's"
 
 
 def test_setfit_is_registered_and_reads_its_options():
@@ -77,10 +79,11 @@ def test_a_tiny_encoder_trains_end_to_end_and_its_classifier_loads(cache, ds, ti
     man = res.manifest
     assert man["predictor"] == "tuned-encoder" and man["training"]["n_shots"] == 4 * len(ds.classes)
     assert man["training"]["n_pairs"] <= 24 and any(f.startswith("encoder/") for f in man["files"])
-    # the few shots came from the training rows only
-    plan = protocols.plan(ds, Options.parse(FAST).protocol, "setfit")
-    shots = setfit.draw_per_class(np.asarray(ds.labels, dtype=str), plan.folds[0].train, 4, setfit.loop.seed_of(0, "r0f0"))
-    assert not set(shots.tolist()) & set(plan.folds[0].test.tolist())
+    # the few shots are the plan's training rows (4 per label), never a test row
+    plan = protocols.plan(ds, Options.parse({**FAST, "labels_per_class": 4}).protocol, "setfit")
+    shots = plan.folds[0].train
+    assert len(shots) == man["training"]["n_shots"] and not set(shots.tolist()) & set(plan.folds[0].test.tolist())
+    assert m["train_rows"] == evaluation.input_rows(ds, shots) and man["protocol"]["labels_per_class"] == 4
 
     clf = classifiers.load(res.artifact)
     proba = clf.predict_proba(ds.texts[:5])
@@ -99,6 +102,7 @@ def test_a_tiny_encoder_trains_end_to_end_and_its_classifier_loads(cache, ds, ti
 def test_setfit_under_cv_refits_on_every_letter(cache, ds, tiny_encoder):
     res = run_step(ds, tiny_encoder, "setfit", **{**FAST, "protocol": "cv", "cv_folds": 2, "setfit_pairs": 10, "labels_per_class": 2})
     assert res.manifest["refit"] == "every letter" and len(res.manifest["fold_trainings"]) == 2
+    assert res.manifest["training"]["n_shots"] == 2 * len(ds.classes)  # the stored classifier: 2 per label of every letter
     assert res.metrics["n_scored"] == len(ds) and len(res.metrics["fold_macro_f1"]) == 2
 
 

@@ -95,6 +95,48 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the scored let
     return _layout(fig, title, height=max(320, 90 + 42 * len(t)))
 
 
+def learning_curve_chart(points: pd.DataFrame, title: str = "Learning curve: macro-F1 against training letters per label") -> go.Figure:
+    """Macro-F1 (95% CI as error bars) against training letters per label, one line per model · method, from
+    ui.compare.learning_curve_points: the sizes on a log2 axis, 'all' at the mean training letters per label."""
+    fig = go.Figure()
+    for i, (line, part) in enumerate(points.groupby("line", sort=False)):
+        names = ["all" if pd.isna(s) else str(int(s)) for s in part["size"]]
+        fig.add_trace(
+            go.Scatter(
+                x=part["x"],
+                y=part["macro_f1"],
+                mode="lines+markers",
+                name=line,
+                line=dict(color=PALETTE[i % len(PALETTE)], width=2),
+                marker=dict(size=8),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
+                    arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0),
+                    thickness=1.2,
+                    width=4,
+                ),
+                customdata=[[n, float(lo), float(hi), int(k)] for n, lo, hi, k in zip(names, part["ci_low"], part["ci_high"], part["n"])],
+                hovertemplate=f"<b>{html.escape(line)}</b><br>%{{customdata[0]}} per label (mean %{{x:.0f}})<br>macro-F1 %{{y:.3f}} "
+                "(95% CI %{customdata[1]:.3f}–%{customdata[2]:.3f}), %{customdata[3]} evaluation(s)<extra></extra>",
+            )
+        )
+    sizes = sorted({int(s) for s in points["size"].dropna()})
+    alls = sorted({round(x) for x in points.loc[points["size"].isna(), "x"]})
+    ticks = [(float(s), str(s)) for s in sizes] + [(float(x), f"all (≈{x})") for x in alls]
+    fig.update_xaxes(
+        title="training letters per label (log scale)",
+        type="log",
+        tickmode="array",
+        tickvals=[v for v, _ in ticks],
+        ticktext=[t for _, t in ticks],
+    )
+    fig.update_yaxes(title="macro-F1 (95% CI)", range=[0, 1.02])
+    fig.update_layout(legend_title_text="model · method", hovermode="closest")
+    return _layout(fig, title, height=440)
+
+
 def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = "Per-class F1 on the scored letters") -> go.Figure:
     pivot = per_class.pivot_table(index="evaluation", columns="class", values=metric, aggfunc="first")
     fig = go.Figure(

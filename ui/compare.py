@@ -6,6 +6,13 @@ from __future__ import annotations
 import pandas as pd
 
 CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over letters)"
+CURVE_TITLE = "Learning curve: macro-F1 against training letters per label (95% CI)"
+CURVE_NOTE = (
+    "Each point: one training size, scored on the same test letters (the sizes' training letters are nested: the 8 per "
+    "label are among the 16). 'all' sits at the mean number of training letters per label. A line still rising at 'all' "
+    "says more labelled letters would help; lines that are flat and apart say the model matters more than the labels. "
+    "Several evaluations at one size (seeds, settings) are averaged. Run one with the option learning_curve (e.g. 8,16,32,64)."
+)
 # Column -> header on screen and in the CSVs (the engine's JSON keeps its snake_case names).
 SCORE_COLUMNS = {
     "evaluation": "Evaluation",
@@ -27,6 +34,8 @@ SETTING_COLUMNS = {
     "n_letters": "Letters",
     "n_test": "Predictions scored",
     "seed": "Seed",
+    "labels_per_class": "Training letters per label (limit)",
+    "train_per_label": "Training letters per label (mean)",
     "pooling": "Pooling",
     "max_length": "Max tokens",
     "smote": "SMOTE",
@@ -128,3 +137,38 @@ def letters_caption(df: pd.DataFrame, ev, what: str) -> str:
     if note := df.attrs.get("note"):
         text += f" {note}"
     return text
+
+
+def has_learning_curve(comp: pd.DataFrame) -> bool:
+    """Whether the comparison holds more than one training size (labels_per_class; None: all letters)."""
+    return "labels_per_class" in comp and comp["labels_per_class"].nunique(dropna=False) > 1
+
+
+def learning_curve_points(comp: pd.DataFrame) -> pd.DataFrame:
+    """One row per model · method (`line`, with its stage when tuned, as evaluation labels write it) and training size:
+    `size` (letters per label, None: all), `x` (the size; for all, the mean training letters per label), macro-F1 and its
+    CI (the mean over the evaluations at that size: seeds, settings), `n` evaluations and their labels. Sorted by line, x."""
+    columns = ["line", "size", "x", "macro_f1", "ci_low", "ci_high", "n", "evaluations"]
+    if not len(comp):
+        return pd.DataFrame(columns=columns)
+    t = comp.assign(
+        line=[
+            f"{m} · {meth}" + ("" if st == "frozen" else f" ({st})") for m, meth, st in zip(comp["model"], comp["method"], comp["stage"])
+        ],
+        size=[None if pd.isna(n) else int(n) for n in comp["labels_per_class"]],
+    )
+    rows = []
+    for (line, size), part in t.groupby(["line", t["size"].fillna(-1)], sort=True):
+        rows.append(
+            {
+                "line": line,
+                "size": None if size == -1 else int(size),
+                "x": float(part["train_per_label"].mean()) if size == -1 else float(size),
+                "macro_f1": float(part["macro_f1"].mean()),
+                "ci_low": float(part["ci_low"].mean()),
+                "ci_high": float(part["ci_high"].mean()),
+                "n": int(len(part)),
+                "evaluations": list(part["evaluation"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns).sort_values(["line", "x"], kind="stable").reset_index(drop=True)

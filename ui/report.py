@@ -29,6 +29,8 @@ def figures(evals: list, confusion_for: list | None = None) -> dict:
         "macro-F1 by model and method": charts.macro_f1_chart(comp),
         "per-class F1": charts.per_class_heatmap(api.per_class_table(evals)),
     }
+    if compare.has_learning_curve(comp):
+        figs["learning curve"] = charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE)
     for ev in confusion_for if confusion_for is not None else evals:
         figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}")
     return figs

@@ -162,7 +162,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
     if plan.name == "cv":
         ctx.check_stop("Cancelled before training on every letter.")
-        final = train_on(np.arange(len(dataset)), "all", "all letters")
+        final = train_on(plan.final_train, "all", "all letters")
         save_trained(final.pop("net"), method, staging / "all")
     else:
         final = trainings.pop("r0f0")

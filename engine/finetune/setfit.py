@@ -2,7 +2,8 @@
 
 For each fold of the plan (engine.protocols), on that fold's training letters only:
 
-1. `labels_per_class` (None: all) letters of each label are drawn, seeded (`draw_per_class`): the few-shot set;
+1. the few-shot set is the fold's training letters: the plan keeps `labels_per_class` of each label (a split option,
+   every method's: drawn seeded and nested, so 8 of them are among 16; None: all);
 2. pairs of them are drawn (`draw_pairs`, after setfit's sampler): positive (same label, target cosine 1) and
    negative (different labels, target 0), as many of each (the rarer kind cycled, setfit's "oversampling"),
    at most `setfit_pairs` in all;
@@ -13,7 +14,8 @@ For each fold of the plan (engine.protocols), on that fold's training letters on
    as every embedding method does) and a logistic regression on the L2-normalised vectors is fitted on the
    few-shot letters and scores the test letters.
 
-Under cv one more training on every letter gives the stored classifier (under holdout: the training split's).
+Under cv one more training on every letter (the plan's `final_train`: labels_per_class of them when set) gives the
+stored classifier (under holdout: the training split's).
 The artifact holds the tuned encoder (encoder/, in transformers' format) and the head (classifier.joblib); its
 predictor `tuned-encoder` is rebuilt by `load_tuned_encoder` + engine.classifiers' EmbeddingClassifier.
 Own code, not the `setfit` package: it would pull datasets, evaluate, aiohttp and eight more packages for a
@@ -55,21 +57,6 @@ def setfit_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_h
     chosen = {name: opts.get(name) for name in READS if name in keyed}
     return sha256_json({"v": SETFIT_VERSION, "method": "setfit", "model": ident, "data": data_hash, "plan": plan_hash,
                         "options": chosen, "dtype": dtype})[:32]  # fmt: skip
-
-
-def draw_per_class(labels, train_idx, n: int | None, seed: int) -> np.ndarray:
-    """`n` letters of each label among the training letters `train_idx` (all of a label's if it has fewer; None: all
-    letters), drawn with `seed`; sorted dataset indices."""
-    train_idx = np.asarray(train_idx)
-    if n is None:
-        return np.sort(train_idx)
-    labels = np.asarray(labels, dtype=str)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in sorted(set(labels[train_idx].tolist())):
-        members = train_idx[labels[train_idx] == label]
-        chosen.append(rng.choice(members, size=min(n, len(members)), replace=False))
-    return np.sort(np.concatenate(chosen))
 
 
 def draw_pairs(idx, labels, cap: int, seed: int) -> np.ndarray:
@@ -144,8 +131,8 @@ def make_head(seed: int):
 
 
 def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """For each fold: draw the few-shot letters and their pairs from its training letters, tune the encoder on the pairs,
-    fit the logistic head on the tuned vectors, score the test letters; under cv, once more on every letter."""
+    """For each fold: draw pairs of its training letters (the few shots), tune the encoder on the pairs, fit the logistic
+    head on the tuned vectors, score the test letters; under cv, once more on the plan's final_train."""
     import torch
 
     ctx = ensure(ctx)
@@ -171,10 +158,10 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
     final_tag = "all" if plan.name == "cv" else "r0f0"
 
     def train_on(train_idx: np.ndarray, tag: str, label: str, test_idx: np.ndarray) -> dict:
-        """Tune a fresh encoder on pairs of `train_idx`'s few-shot letters, fit the head; (test probabilities, record)."""
+        """Tune a fresh encoder on pairs of the few-shot letters `train_idx`, fit the head; (test probabilities, record)."""
         fctx = fold_context(ctx, label)
         seed = loop.seed_of(p.seed, tag)
-        shots = draw_per_class(y_str, train_idx, s.labels_per_class, seed)
+        shots = np.sort(np.asarray(train_idx))  # the plan's training letters: labels_per_class of each label when set
         pairs = draw_pairs(shots, y_str, s.setfit_pairs, seed)
         fctx.progress(0, 1, "loading model")
         loop.seed_torch(seed)
@@ -236,7 +223,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
     m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
     if plan.name == "cv":
         ctx.check_stop("Cancelled before training on every letter.")
-        final = train_on(np.arange(len(dataset)), "all", "all letters", np.arange(0))
+        final = train_on(plan.final_train, "all", "all letters", np.arange(0))
     else:
         final = trainings.pop("r0f0")
     autocast = placement.dtype if placement.dtype == "bfloat16" else None
