@@ -9,7 +9,8 @@ HTTP endpoint use it without knowing the method.
 How a stored artifact becomes a Classifier is the artifact's `predictor` (written by the step that
 made it): an `embedding-classifier` embeds the letters the way its training letters were embedded
 (same model or LoRA-tuned model, pooling, max_length) and applies its scikit-learn estimator; a
-`sequence-classifier` (linear probe, LoRA) runs the model with its head. Letters are embedded in
+`sequence-classifier` (linear probe, LoRA) runs the model with its head; a `prompted-lm` (zero-shot, few-shot) or
+`tuned-lm` (instruct-lora: the LoRA adapter merged first) scores each label's words after the stored prompt. Letters are embedded in
 memory and never enter the embeddings cache: a pasted letter is patient data. Loaded models are
 shared between classifiers in a small in-process cache, so a second letter pays no loading time.
 """
@@ -30,6 +31,7 @@ import numpy as np
 from engine import artifacts, features, incontext, models, prompting
 from engine.devices import choose
 from engine.errors import ArtifactError
+from engine.finetune import instruct
 from engine.finetune.head import predict_proba as sequence_proba
 from engine.finetune.loading import load_tuned_classifier, load_tuned_extractor
 from engine.finetune.setfit import load_tuned_encoder
@@ -210,6 +212,14 @@ def _load_prompted_lm(folder: Path, manifest: dict, placement) -> incontext.Prom
     return incontext.PromptClassifier(lm, incontext.read_prompt(folder), _metadata(folder, manifest))
 
 
+def _load_tuned_lm(folder: Path, manifest: dict, placement) -> incontext.PromptClassifier:
+    """instruct-lora: the causal LM with the artifact's LoRA adapter merged, the stored prompt and label words."""
+    lm, stored = shared_model(f"tuned-lm:{folder}", lambda: instruct.load_classifier(folder, manifest, placement))
+    if not instruct.same_base(lm, manifest["model"]):
+        raise ArtifactError(f"The files of model {manifest['model']['name']} changed since this evaluation; re-run it.")
+    return incontext.PromptClassifier(lm, stored, _metadata(folder, manifest))
+
+
 def _load_text_pipeline(folder: Path, manifest: dict, placement) -> TextPipeline:
     return TextPipeline(artifacts.load_joblib(folder), _metadata(folder, manifest))
 
@@ -219,6 +229,7 @@ LOADERS: dict[str, Callable[[Path, dict, Any], Classifier]] = {
     "embedding-classifier": _load_embedding_classifier,
     "sequence-classifier": _load_sequence_classifier,
     "prompted-lm": _load_prompted_lm,
+    "tuned-lm": _load_tuned_lm,
     "tuned-encoder": _load_tuned_encoder,
 }
 # Artifacts stored before manifests named their predictor (ClinBench 0.1).

@@ -35,7 +35,9 @@ with st.form("new-run"):
     b1, b2, b3, _ = st.columns([1, 1.2, 1.4, 2.4])
     submitted = b1.form_submit_button("Start run", type="primary")
     estimated = b2.form_submit_button("Estimate time", help="How long this run would take, from this machine's earlier runs.")
-    previewed = b3.form_submit_button("Preview prompt", help="The prompt zero-shot and few-shot give the first letter (Prompting options).")
+    previewed = b3.form_submit_button(
+        "Preview prompt", help="The prompt zero-shot, few-shot and instruct-lora give the first letter (Prompting options)."
+    )
 
 if submitted or estimated or previewed:
     all_models = chosen + [m.strip() for m in extra.split(",") if m.strip()]

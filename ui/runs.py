@@ -59,5 +59,7 @@ def prompt_preview(spec: dict) -> None:
     except ClinBenchError as exc:
         common.error(exc, "No preview")
         return
-    st.caption("The prompt zero-shot and few-shot give the first letter (the letter shortened here; cut by tokens when scored):")
+    st.caption(
+        "The prompt zero-shot, few-shot and instruct-lora give the first letter (the letter shortened here; cut by tokens when scored):"
+    )
     st.code(text, language=None, wrap_lines=True)
