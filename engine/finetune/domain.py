@@ -2,12 +2,21 @@
 
 Masked LM for encoders (BERT masking, `mlm_probability` of the real tokens), causal LM for decoders;
 the epoch is chosen on the validation letters' perplexity, and the test letters' perplexity is reported
-before and after. The merged model is saved under cache/models/adapted-*/ and the registry lists it as a
-feature extractor (engine.models.adapted_models).
+before and after. Under `protocol: fixed` the dataset's own split is used (its training letters fit, less a validation
+carve; its test letters are scored), otherwise a hold-out split.
+
+When the dataset has reference answers (data option answer_column) and the model is a decoder, each training letter is
+learnt followed by the answer prompt and its answer (never a test letter's answer), and the base and the tuned model
+each write an answer to the test letters (engine.finetune.generation): ROUGE-L and BLEU against the references are
+reported beside perplexity, and the written answers are kept in the artifact (generated.json), never logged.
+
+The merged model is saved under cache/models/adapted-*/ and the registry lists it as a feature extractor
+(engine.models.adapted_models).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import replace
@@ -19,10 +28,10 @@ from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
 from engine.data import Dataset
 from engine.devices import choose
-from engine.finetune import loop
+from engine.finetune import generation, loop
 from engine.finetune.loading import load_lm_model, lora_config
 from engine.options import Options, key_dict, names
-from engine.storage import models_dir
+from engine.storage import models_dir, sha256_json
 
 
 def mask_tokens(input_ids, mask, tokenizer, generator, prob: float):
@@ -80,6 +89,24 @@ def perplexity(
     return math.exp(total / max(count, 1))
 
 
+def _write(net, tokenizer, dataset: Dataset, test, opts: Options, placement, ctx: StepContext, which: str):
+    """{"written", "scores", "seconds"}: greedy answers of `net` to the first generate_letters test letters."""
+    t = time.perf_counter()
+    test = test[: opts.domain.generate_letters]
+    prompts = generation.prompt_ids(tokenizer, [dataset.texts[i] for i in test], opts.domain.answer_prompt, opts.embedding.max_length)
+    written = generation.generate(
+        net,
+        tokenizer,
+        prompts,
+        placement,
+        max_new_tokens=opts.domain.generate_tokens,
+        batch_size=32 if placement.device == "cuda" else 8,
+        progress=lambda done, total: ctx.progress(done, total, f"answers written ({which} model)"),
+    )
+    scores = generation.scores(written, [dataset.answers[i] for i in test])
+    return {"written": written, "scores": scores, "seconds": time.perf_counter() - t}
+
+
 def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
     """LoRA on the language-model objective over the training letters; perplexity on the test letters before/after;
     the merged model is saved under cache/models/ and becomes selectable as a feature extractor."""
@@ -91,17 +118,17 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
     placement = choose()
     entry = models.resolve(model)
     p, mlm = opts.protocol, opts.domain.mlm_probability
-    plan = protocols.plan(dataset, replace(p, protocol="holdout"))
+    plan = protocols.plan(dataset, p if p.protocol == "fixed" else replace(p, protocol="holdout"))
     split = plan.folds[0]
     fit_idx, val_idx = protocols.carve(dataset, split.train, plan.groups, opts.finetune.val_size, p.seed)
-    key = loop.training_key(
-        method,
-        models.locate(entry)[1],
-        dataset.data_hash,
-        opts,
-        placement.dtype,
-        extra={"domain": key_dict(opts.domain), "plan": plan.hash},
-    )
+    identity = models.locate(entry)[1]
+    answers = dataset.answers  # (decoders only learn and write them; the key names them whenever the data has them)
+    extra = {
+        "domain": key_dict(opts.domain),
+        "plan": plan.hash,
+        **({"answers": sha256_json(answers), "generation": generation.VERSION} if answers else {}),
+    }
+    key = loop.training_key(method, identity, dataset.data_hash, opts, placement.dtype, extra=extra)
     out = models_dir() / f"adapted-{models.safe_name(entry.name)}-{key[:12]}"
     if hit := artifacts.stored(out, entry.name, method):
         return hit
@@ -112,6 +139,16 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
     ctx.progress(0, 1, "perplexity before")
     net.eval()
     ppl_before = perplexity(net, kind, ids, split.test, tokenizer, placement, seed=p.seed, mlm_probability=mlm)
+    writes = answers is not None and kind == "decoder"
+    if writes:  # training letters are learnt with their answers; test letters' answers are only references
+        seen = np.concatenate([fit_idx, val_idx])
+        texts, said = [dataset.texts[i] for i in seen], [answers[i] for i in seen]
+        train_ids = list(ids)
+        for i, x in zip(seen, generation.answer_ids(tokenizer, texts, said, opts.domain.answer_prompt, opts.embedding.max_length)):
+            train_ids[i] = x
+        before = _write(net, tokenizer, dataset, split.test, opts, placement, ctx, "base")
+    else:
+        train_ids = ids
     ft = opts.finetune.resolved(method)
     for param in net.parameters():
         param.requires_grad_(False)
@@ -123,10 +160,10 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         return tuned(input_ids=inputs.to(placement.device), attention_mask=mask, labels=labels.to(placement.device)).loss
 
     def validate() -> dict:
-        ppl = perplexity(tuned, kind, ids, val_idx, tokenizer, placement, seed=p.seed + 1, mlm_probability=mlm)
+        ppl = perplexity(tuned, kind, train_ids, val_idx, tokenizer, placement, seed=p.seed + 1, mlm_probability=mlm)
         return {"val_perplexity": ppl, "score": -ppl}
 
-    state = loop.train(tuned, ids, fit_idx, loss_fn, validate, ft, p.seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
+    state = loop.train(tuned, train_ids, fit_idx, loss_fn, validate, ft, p.seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
     ctx.progress(0, 1, "perplexity after")
     ppl_after = perplexity(tuned, kind, ids, split.test, tokenizer, placement, seed=p.seed, mlm_probability=mlm)
     name = f"{models.safe_name(entry.name)}-adapted-{key[:8]}"
@@ -137,6 +174,16 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "adapted_model": name,
         "head_from_checkpoint": not head,
     }
+    timings = {"train_s": state["train_s"]}
+    if writes:
+        after = _write(tuned, tokenizer, dataset, split.test, opts, placement, ctx, "tuned")
+        m |= {f"{k}_before": v for k, v in before["scores"].items()} | {f"{k}_after": v for k, v in after["scores"].items()}
+        m |= {"generated_letters": len(before["written"]), "answers_from": dataset.options["answer_column"]}
+        timings |= {"generate_before_s": before["seconds"], "generate_after_s": after["seconds"]}
+        written = [
+            {"row": int(dataset.rows[i] if dataset.rows is not None else i), "reference": answers[i], "base": b, "tuned": t}
+            for i, b, t in zip(split.test[: len(before["written"])], before["written"], after["written"])
+        ]
     manifest = {
         "kind": "domain-adaptation",
         "key": key,
@@ -154,7 +201,7 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "seen_letters": evaluation.letter_hashes([dataset.texts[i] for i in np.concatenate([fit_idx, val_idx])]),
         "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
         "placement": {"device": placement.device, "dtype": placement.dtype},
-        "timings": {"train_s": state["train_s"], "total_s": time.perf_counter() - t_start},
+        "timings": {**timings, "total_s": time.perf_counter() - t_start},
         **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
@@ -163,6 +210,8 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         merged = tuned.merge_and_unload()
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if writes:  # the written answers, for reading them (local cache only; never logged)
+            (tmp / "generated.json").write_text(json.dumps(written, indent=1, ensure_ascii=False), encoding="utf-8")
 
     manifest = artifacts.write(out, manifest, write_files)
     loop.checkpoint_path(key).unlink(missing_ok=True)
@@ -175,6 +224,6 @@ DOMAIN_ADAPT = StepKind(
     "domain adaptation (LM objective)",
     "tuned",
     domain_adapt_step,
-    ("seed", "test_size", "near_duplicates", "max_length", *names("finetune"), *names("domain")),
+    ("seed", "test_size", "near_duplicates", "max_length", *names("finetune"), *names("domain")),  # (protocol: fixed or not)
     produces="model",
 )
