@@ -20,7 +20,8 @@ the import graph has no cycle.
     devices           CUDA or CPU, dtype, free memory
     tables            reading a letters file: encodings, ragged rows, JSONL; guessing the text and label columns
     data              loading CSV/JSONL, the validation report
-    protocols         which letters fit and which score: cv folds or a hold-out split, duplicate groups, validation carve
+    protocols         which letters fit and which score: cv folds, a hold-out or the data's own split, duplicate groups,
+                      validation carve, training letters per label (the learning curve)
     metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test
     artifacts         sealed artifact folders: manifests, hash checks, cache lookup, predictions.json
     evaluation        out-of-fold predictions under a plan -> the figures every method reports
@@ -35,10 +36,12 @@ the import graph has no cycle.
     finetune.loading  models and adapters for training and for reuse
     finetune.head     the linear-probe and lora steps
     finetune.tuned_svc  the lora-svc step
+    finetune.generation  written answers of a causal LM: batched greedy generation, ROUGE-L and BLEU
     finetune.domain   the domain-adapt step
     finetune.setfit   the setfit step: contrastive tuning of a sentence encoder on pairs, then a logistic head
     prompting         a causal LM as a classifier: prompt template, label words, log-likelihood scoring, calibration
     incontext         the zero-shot and few-shot steps (examples from the training letters) and their stored classifier
+    finetune.instruct  the instruct-lora step: LoRA on prompt -> label words (loss on the answer), then label likelihood
     steps             the registry of step kinds (methods)
     classifiers       one interface for every trained classifier: classes_, predict_proba(texts)
     experiment        specs checked and expanded into steps; executing one step
@@ -92,10 +95,12 @@ LAYERS = (
     "finetune.loading",
     "finetune.head",
     "finetune.tuned_svc",
+    "finetune.generation",
     "finetune.domain",
     "finetune.setfit",
     "prompting",
     "incontext",
+    "finetune.instruct",
     "steps",
     "classifiers",
     "experiment",

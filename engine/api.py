@@ -115,7 +115,7 @@ def default_dataset() -> Dataset:
 
 
 def prompt_preview(ds: Dataset, flat: dict | None = None, row: int = 0) -> str:
-    """The prompt letter `row` of `ds` gets from zero-shot/few-shot with these (flat) options, and the answers scored."""
+    """The prompt letter `row` of `ds` gets from zero-shot/few-shot/instruct-lora with these (flat) options, and the answers scored."""
     from engine import options, prompting
 
     p = options.Options.parse(flat or {}, where="the form").prompt

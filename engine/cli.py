@@ -25,10 +25,6 @@ from engine.errors import ClinBenchError
 EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: README.md."
 
 
-def _newlines(text: str) -> str:
-    return text.replace("\\n", "\n")  # a typed \n in a shell argument is a line break
-
-
 def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     if positional:
         p.add_argument("path", help="CSV/TSV/JSONL/JSON file, or 'default'")
@@ -39,7 +35,7 @@ def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     p.add_argument("--label-sep", default=None, help="separator of several labels in one cell (multi-label), e.g. '|'")
     p.add_argument(
         "--text-template",
-        type=_newlines,
+        type=options.newlines,
         metavar="TEMPLATE",
         help="build each letter from several columns instead of --text-column, e.g. 'Question: {QUESTION}\\nContext: {CONTEXTS}' "
         "(list values joined with newlines)",

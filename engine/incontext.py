@@ -61,10 +61,10 @@ def k_per_label(scorer: Scorer, n_classes: int, k_shot: int | None) -> tuple[int
     return k, tokens
 
 
-def draw(labels: np.ndarray, train: np.ndarray, classes: list[str], k: int, seed: int, repeat: int, fold: int) -> list[int]:
-    """k training rows per label (all a label has, when fewer), seeded by (seed, repeat, fold), in label-balanced rounds:
-    one example of every label per round, the labels shuffled within each round."""
-    rng = np.random.default_rng([seed, repeat + 1, fold + 1])
+def draw(labels: np.ndarray, train: np.ndarray, classes: list[str], k: int, seed: int, repeat: int, fold: int, salt: int = 0) -> list[int]:
+    """k training rows per label (all a label has, when fewer), seeded by (seed, repeat, fold[, salt]), in label-balanced
+    rounds: one example of every label per round, the labels shuffled within each round."""
+    rng = np.random.default_rng([seed, repeat + 1, fold + 1] + ([salt] if salt else []))
     picked = {}
     for c in classes:
         pool = np.sort(train[labels[train] == c])
@@ -87,6 +87,25 @@ def demonstrations(
     pos = {c: i for i, c in enumerate(dataset.classes)}
     ids = [t for r in rows for t in scorer.demonstration_ids(texts[r], pos[y[r]], tokens)]
     return Demonstrations(rows, [str(y[r]) for r in rows], ids, k, tokens)
+
+
+CALIBRATION_SALT = 104_729  # keeps the calibration letters' draw apart from the examples'
+
+
+def prior_sums(scorer: Scorer, texts, labels, classes, pool, opts: Options, repeat: int, fold: int, prefix=None, scored=None):
+    """(summed label log-likelihoods the prior is the mean of, the rows they came from) or (None, []) without calibration:
+    content-free inputs, or `calibration_letters` letters per label drawn (seeded) from `pool` (training letters that are
+    not examples: never a test letter), scored after `prefix`; `scored` (row -> sums) saves scoring a letter twice."""
+    po = opts.prompt
+    if not po.calibration:
+        return None, []
+    if po.calibrate_on == "content-free":
+        return scorer.prior(prefix), []
+    rows = draw(np.asarray(labels, dtype=str), np.asarray(pool), classes, po.calibration_letters, opts.protocol.seed, repeat, fold,
+                CALIBRATION_SALT)  # fmt: skip
+    if scored is not None and all(r in scored for r in rows):
+        return np.array([scored[r] for r in rows]), rows
+    return scorer.token_logprobs([texts[r] for r in rows], prefix, stage="calibration letters"), rows
 
 
 def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, dtype: str) -> str:
@@ -133,13 +152,18 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     classes = dataset.classes
     fold_demos: list[Demonstrations] = []
     t_score = time.perf_counter()
+    y = np.asarray(dataset.labels, dtype=str)
+    priors: list = []  # each fold's (prior sums, calibration rows); the stored classifier keeps the first, or under cv its own
+    scored = None
     if method == "zero-shot":
         tested = np.unique(np.concatenate([f.test for f in plan.folds]))
         sums = np.zeros((len(texts), len(classes)))
         sums[tested] = scorer.token_logprobs([texts[i] for i in tested], ctx=ctx)
-        prior = scorer.prior() if po.calibration else None
+        scored = {int(i): sums[i] for i in tested}
 
         def fit_predict(fold):
+            priors.append(prior_sums(scorer, texts, y, classes, fold.train, opts, fold.repeat, fold.fold, scored=scored))
+            prior = priors[-1][0]
             return softmax(scorer.scores(sums[fold.test], po.scoring, prior))
 
     else:
@@ -149,20 +173,28 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
             fold_demos.append(demos)
             stage = f"scoring letters {evaluation.fold_label(plan, fold)}".strip()
             s = scorer.token_logprobs([texts[i] for i in fold.test], demos.ids, ctx, stage)
-            return softmax(scorer.scores(s, po.scoring, scorer.prior(demos.ids) if po.calibration else None))
+            pool = np.setdiff1d(fold.train, demos.rows)
+            priors.append(prior_sums(scorer, texts, y, classes, pool, opts, fold.repeat, fold.fold, demos.ids))
+            prior = priors[-1][0]
+            return softmax(scorer.scores(s, po.scoring, prior))
 
     oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
     score_s = time.perf_counter() - t_score
     m = evaluation.score(dataset, plan, oof, n_boot=opts.protocol.n_boot, seed=opts.protocol.seed)
-    final = None
+    final, (prior, prior_rows) = None, priors[0]
     if method == "few-shot":  # the stored classifier's examples: every letter under cv, the training split under holdout
         final = fold_demos[0] if plan.name != "cv" else demonstrations(scorer, dataset, plan.final_train, opts, -1, -1, texts)
+    if plan.name == "cv":  # the stored classifier's prior: drawn from every letter (not its examples)
+        pool = np.setdiff1d(plan.final_train, final.rows if final else [])
+        prior, prior_rows = prior_sums(scorer, texts, y, classes, pool, opts, -1, -1, final.ids if final else None, scored)
     stored = {
         "template": scorer.template,
         "classes": classes,
         "words": scorer.words,
         "scoring": po.scoring,
         "calibration": po.calibration,
+        "calibrate_on": po.calibrate_on,
+        "prior_sums": None if prior is None else np.asarray(prior).tolist(),
         "max_length": scorer.max_length,
         "prefix_ids": final.ids if final else [],
     }
@@ -186,7 +218,8 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         "stage": kind.stage,
         "predictor": "prompted-lm",
         "config": opts.to_dict(),
-        "prompt": {k: v for k, v in stored.items() if k != "prefix_ids"} | {"demonstrations": demo_record},
+        "prompt": {k: v for k, v in stored.items() if k not in ("prefix_ids", "prior_sums")}
+        | {"demonstrations": demo_record, "calibration_rows": evaluation.input_rows(dataset, prior_rows)},
         "data": artifacts.data_manifest(dataset),
         "protocol": plan.manifest(),
         "refit": "no training: the same model scores every letter"
@@ -215,7 +248,10 @@ class PromptClassifier:
         self.scorer = Scorer(lm, self.classes_, stored["template"], dict(zip(self.classes_, stored["words"])), stored["max_length"])
         self.tokenizer, self.max_length = lm.tokenizer, self.scorer.max_length
         self.prefix = list(stored["prefix_ids"])
-        self._prior = self.scorer.prior(self.prefix) if stored["calibration"] else None
+        if stored.get("prior_sums") is not None:  # the prior the evaluation used (calibration letters or content-free)
+            self._prior = np.asarray(stored["prior_sums"], dtype=float)
+        else:  # (stored before calibrate_on: content-free, computed here)
+            self._prior = self.scorer.prior(self.prefix) if stored["calibration"] else None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         sums = self.scorer.token_logprobs(list(texts), self.prefix)

@@ -117,7 +117,9 @@ def with_columns(template: str | None, fields: dict[str, list[str]] | None, text
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ClinBenchError(f"The prompt template is malformed ({exc}): write a placeholder as {{name}}, a brace as {{{{ or }}}}.") from None
+        raise ClinBenchError(
+            f"The prompt template is malformed ({exc}): write a placeholder as {{name}}, a brace as {{{{ or }}}}."
+        ) from None
     names = [f for _, f, _, _ in parts if f is not None]
     columns = [n for n in names if n not in ("text", "labels")]
     if not columns:

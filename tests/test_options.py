@@ -25,6 +25,8 @@ def another_value(f: options.FieldSpec):
         return next(c for c in f.choices if c != f.default)
     if f.kind == "list":
         return ["query", "value"]
+    if f.kind == "sizes":
+        return [8, 16, 32]
     if f.kind == "map":
         return {"cardiology": "heart", "urology": "kidney"}
     if f.kind == "str":
@@ -47,7 +49,7 @@ def out_of_range(f: options.FieldSpec):
 def test_every_field_is_documented_and_unique():
     assert len({f.name for f in FIELDS}) == len(FIELDS) > 20
     for f in FIELDS:
-        assert f.help and f.group in options.GROUPS and f.kind in ("bool", "int", "float", "str", "list", "map")
+        assert f.help and f.group in options.GROUPS and f.kind in ("bool", "int", "float", "str", "list", "sizes", "map")
         assert f.default is None or f.optional or type(f.default).__name__ == {"map": "dict"}.get(f.kind, f.kind)
 
 
@@ -77,8 +79,8 @@ def test_the_cli_has_one_flag_per_field_with_the_same_checks():
         value = another_value(f)
         if f.kind == "bool":
             argv = [f.flag if value else "--no-" + f.flag[2:]]
-        elif f.kind == "list":
-            argv = [f.flag, ",".join(value)]
+        elif f.kind in ("list", "sizes"):
+            argv = [f.flag, ",".join(map(str, value))]
         elif f.kind == "map":
             argv = [f.flag, ",".join(f"{k}={v}" for k, v in value.items())]
         else:
@@ -111,8 +113,9 @@ def test_to_dict_is_flat_and_round_trips():
 def _artifact_key(method: str, opts: Options, ds) -> str:
     """The key under which `method` stores its result for these options (what its step function computes)."""
     ds = protocols.prepare(ds, opts.protocol)
-    if method == "domain-adapt":  # always a hold-out split: perplexity on letters the adaptation never read
-        plan = protocols.plan(ds, dataclasses.replace(opts.protocol, protocol="holdout"))
+    if method == "domain-adapt":  # the dataset's own split under fixed, else a hold-out split (+ an answers hash: none here)
+        p = opts.protocol if opts.protocol.protocol == "fixed" else dataclasses.replace(opts.protocol, protocol="holdout")
+        plan = protocols.plan(ds, p)
         return loop.training_key(
             method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
         )
@@ -129,6 +132,10 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
         from engine import incontext
 
         return incontext.evaluation_key(IDENTITY, method, opts, plan.hash, "bfloat16")
+    if method == "instruct-lora":
+        from engine.finetune import instruct
+
+        return instruct.instruct_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
     identity = IDENTITY if method != "lora-svc" else {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
     ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
     return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, plan.hash)

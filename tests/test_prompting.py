@@ -42,7 +42,7 @@ def test_the_template_is_filled_and_only_the_letter_is_cut(lm, default_ds):
     assert len(sc.special) + len(ids) + max(len(x) for x in sc.label_ids) == 40
     assert sc.truncated([long_letter, "short letter"]) == [True, False]
     assert sc.encode(" urology") == sc.label_ids[-1]
-    with pytest.raises(ClinBenchError, match="columns of the data.s text template"):
+    with pytest.raises(ClinBenchError, match="the columns of the data's text template"):
         prompting.split_template("{text} {age}", ["a"])
     with pytest.raises(ClinBenchError, match="exactly once"):
         prompting.split_template("no letter here", ["a"])
@@ -122,6 +122,12 @@ def test_the_stored_classifier_answers_like_the_evaluation(method, cache, small_
         assert sorted(demos["labels"]) == sorted(ds.classes)
     else:
         assert demos is None
+    calibration = res.manifest["prompt"]["calibration_rows"]  # the prior: training letters only, never an example
+    assert (
+        len(calibration) == 5 * 5
+        and set(calibration) <= set(m["train_rows"])
+        and not set(calibration) & set(demos["rows"] if demos else [])
+    )
     again = run_step(ds, tiny_decoder, method, protocol="holdout", max_length=64, n_boot=100, k_shot=1)
     assert again.cache_hit
 
@@ -135,6 +141,27 @@ def test_under_cv_few_shot_examples_never_include_the_fold_s_test_letters(cache,
     assert res.manifest["protocol"]["n_repeats"] == 1  # cv_repeats defaults to 1 for prompted methods
     for fold, rows in zip(folds, res.manifest["prompt"]["demonstrations"]["fold_rows"], strict=True):
         assert not set(rows) & set(fold["test_rows"])
+
+
+def test_content_free_calibration_and_none_are_options_and_each_is_its_own_evaluation(cache, small_csv, tiny_decoder):
+    from engine import experiment
+
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    common = {"protocol": "holdout", "max_length": 48, "n_boot": 100}
+    runs = {
+        name: run_step(ds, tiny_decoder, "zero-shot", **common, **extra)
+        for name, extra in [("letters", {}), ("content-free", {"calibrate_on": "content-free"}), ("none", {"calibration": False})]
+    }
+    assert len({r.artifact for r in runs.values()}) == 3
+    assert (
+        runs["content-free"].manifest["prompt"]["calibration_rows"] == []
+        and len(runs["letters"].manifest["prompt"]["calibration_rows"]) == 25
+    )
+    scores = {k: np.asarray(json.loads((Path(r.artifact) / "predictions.json").read_text())["scores"]) for k, r in runs.items()}
+    assert not np.allclose(scores["letters"], scores["content-free"]) and not np.allclose(scores["letters"], scores["none"])
+    for name, r in runs.items():  # the stored classifier carries the evaluation's prior
+        idx = json.loads((Path(r.artifact) / "predictions.json").read_text())["test_index"][:4]
+        assert np.allclose(classifiers.load(r.artifact).predict_proba([ds.texts[i] for i in idx]), scores[name][:4], atol=1e-3), name
 
 
 def test_an_encoder_is_refused(tiny_encoder):
