@@ -28,3 +28,25 @@ def wait_quiet(max_wait: float = 60.0, threshold: float = 0.9) -> None:
         b1, s1 = cpu_snapshot()
         if (b1 - b0) - (s1 - s0) < (1 - threshold) * 0.3 * os.cpu_count():
             return
+
+
+def progress_context(t0: float, every_s: float = 20.0, loss_every: int = 10):
+    """A step context for a long bench row: progress (each new stage, and at most every `every_s` seconds) and curve points
+    (every validation point, every `loss_every`-th training loss) printed to stderr with the seconds since `t0`."""
+    import sys
+
+    from engine.context import StepContext
+
+    last = {"t": 0.0, "unit": ""}
+
+    def progress(done, total, unit):
+        now = time.perf_counter()
+        if unit != last["unit"] or now - last["t"] > every_s:
+            last.update(t=now, unit=unit)
+            print(f"  [{now - t0:7.0f} s] {unit} {done}/{total}", file=sys.stderr, flush=True)
+
+    def log_metric(name, value, step):
+        if not name.startswith("train_loss") or step % loss_every == 0:
+            print(f"  [{time.perf_counter() - t0:7.0f} s] {name} @ {step}: {value:.4f}", file=sys.stderr, flush=True)
+
+    return StepContext(progress=progress, log_metric=log_metric)

@@ -54,27 +54,9 @@ def _value(text: str):
         return text
 
 
-def progress_context(t0: float):
-    """A step context that prints progress (at most every 20 s) and every curve point to stderr."""
-    from engine.context import StepContext
-
-    last = {"t": 0.0, "unit": ""}
-
-    def progress(done, total, unit):
-        now = time.perf_counter()
-        if unit != last["unit"] or now - last["t"] > 20:
-            last.update(t=now, unit=unit)
-            print(f"  [{now - t0:7.0f} s] {unit} {done}/{total}", file=sys.stderr, flush=True)
-
-    def log_metric(name, value, step):
-        if not name.startswith("train_loss") or step % 10 == 0:
-            print(f"  [{time.perf_counter() - t0:7.0f} s] {name} @ {step}: {value:.4f}", file=sys.stderr, flush=True)
-
-    return StepContext(progress=progress, log_metric=log_metric)
-
-
 def run(args) -> None:
     sys.path.insert(0, str(ROOT))
+    from bench._machine import progress_context
     from engine import experiment
     from engine.data import default_dataset
     from engine.options import Options

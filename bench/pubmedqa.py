@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._machine import progress_context  # noqa: E402
 from engine import experiment  # noqa: E402
-from engine.context import StepContext  # noqa: E402
 from engine.options import Options  # noqa: E402
 
 SPECS = {"classifiers": ROOT / "examples" / "pubmedqa.yaml", "smollm2": ROOT / "examples" / "pubmedqa-smollm2.yaml"}
@@ -51,27 +51,11 @@ def _value(text: str):
         return text
 
 
-def progress_context(t0: float) -> StepContext:
-    last = {"t": 0.0, "unit": ""}
-
-    def progress(done, total, unit):
-        now = time.perf_counter()
-        if unit != last["unit"] or now - last["t"] > 30:
-            last.update(t=now, unit=unit)
-            print(f"  [{now - t0:7.0f} s] {unit} {done}/{total}", file=sys.stderr, flush=True)
-
-    def log_metric(name, value, step):
-        if not name.startswith("train_loss") or step % 20 == 0:
-            print(f"  [{time.perf_counter() - t0:7.0f} s] {name} @ {step}: {value:.4f}", file=sys.stderr, flush=True)
-
-    return StepContext(progress=progress, log_metric=log_metric)
-
-
 def row(ds, spec, model: str, method: str, opts: Options) -> dict:
     one = experiment.Spec("bench-pubmedqa", spec.data, [model], [method], opts)
     t0 = time.perf_counter()
     step = next(s for s in one.steps(reference=method == "tfidf") if s["method"] == method)
-    res = experiment.execute(one, step, dataset=ds, ctx=progress_context(t0))
+    res = experiment.execute(one, step, dataset=ds, ctx=progress_context(t0, every_s=30, loss_every=20))
     seconds = time.perf_counter() - t0
     m, man = res.metrics, res.manifest
     out = {"row": f"{method} · {model}", "model": model, "method": method, "seconds": seconds, "cache_hit": res.cache_hit}

@@ -177,9 +177,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
         "data": artifacts.data_manifest(dataset),
         "protocol": plan.manifest(),
-        "refit": "every letter" if plan.name == "cv" else "training split",
-        "training": {**final["training"], "n_fit": final["n_fit"], "n_val": final["n_val"], "val_index": final["val_index"]},
-        "fold_trainings": {tag: {**t["training"], "n_fit": t["n_fit"], "n_val": t["n_val"]} for tag, t in trainings.items()},
+        **loop.folds_manifest(plan.name, final, trainings),  # refit, training, fold_trainings
         "placement": {
             "device": placement.device,
             "dtype": placement.dtype,
@@ -204,9 +202,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
 
     (folder.parent).mkdir(parents=True, exist_ok=True)
     manifest = artifacts.write(folder, manifest, write_files)
-    shutil.rmtree(staging, ignore_errors=True)
-    for tag in [*trainings, "all", "r0f0"]:
-        loop.checkpoint_path(f"{key}-{tag}").unlink(missing_ok=True)
+    loop.discard_staging(key, staging, trainings)
     ctx.progress(1, 1, "done")
     return StepResult(final["identity"]["name"], method, m, str(folder), False, manifest)
 

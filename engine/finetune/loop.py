@@ -270,3 +270,23 @@ def training_manifest(state: dict, **extra) -> dict:
 def train_config(ft, seed: int) -> dict:
     """The resolved training options as the manifest records them (`config.train`)."""
     return {**dataclasses.asdict(ft), "seed": seed}
+
+
+def folds_manifest(plan_name: str, final: dict, trainings: dict[str, dict]) -> dict:
+    """The manifest's record of a step's trainings (one per fold, plus the stored classifier's): what the stored one was
+    trained on, its training, and each fold's (a training dict: `training`, and `n_fit`/`n_val`/`val_index` when carved)."""
+    sizes = ("n_fit", "n_val")
+    return {
+        "refit": "every letter" if plan_name == "cv" else "training split",
+        "training": {**final["training"], **{k: final[k] for k in (*sizes, "val_index") if k in final}},
+        "fold_trainings": {tag: {**t["training"], **{k: t[k] for k in sizes if k in t}} for tag, t in trainings.items()},
+    }
+
+
+def discard_staging(key: str, staging: Path, tags) -> None:
+    """After a step's artifact is sealed: its per-fold staging folder and every training's checkpoint are removed."""
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    for tag in [*tags, "all", "r0f0"]:
+        checkpoint_path(f"{key}-{tag}").unlink(missing_ok=True)

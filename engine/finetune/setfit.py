@@ -239,9 +239,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
         "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed), "head": "normalise + logistic regression"},
         "data": artifacts.data_manifest(dataset),
         "protocol": plan.manifest(),
-        "refit": "every letter" if plan.name == "cv" else "training split",
-        "training": final["training"],
-        "fold_trainings": {tag: t["training"] for tag, t in trainings.items()},
+        **loop.folds_manifest(plan.name, final, trainings),  # refit, training, fold_trainings
         "placement": {"device": placement.device, "dtype": placement.dtype, "weights": "float32", "autocast": autocast},
         "timings": {
             "train_s": final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values()),
@@ -259,9 +257,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     manifest = artifacts.write(folder, manifest, write_files)
-    shutil.rmtree(staging, ignore_errors=True)
-    for tag in [*trainings, "all", "r0f0"]:
-        loop.checkpoint_path(f"{key}-{tag}").unlink(missing_ok=True)
+    loop.discard_staging(key, staging, trainings)
     ctx.progress(1, 1, "done")
     return StepResult(final["identity"]["name"], "setfit", m, str(folder), False, manifest)
 
