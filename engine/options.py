@@ -177,7 +177,7 @@ class DomainAdaptOptions:
 
 @dataclass(frozen=True)
 class PromptOptions:
-    """A generative model as the classifier (zero-shot, few-shot): the prompt, each label's words, and how
+    """A generative model as the classifier (zero-shot, few-shot, instruct-lora): the prompt, each label's words, and how
     their likelihood is scored."""
 
     TITLE: ClassVar[str] = "Prompting"

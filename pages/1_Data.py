@@ -11,7 +11,7 @@ from ui import charts, common, duplicates, forms
 
 common.page(
     "Data",
-    "Upload a CSV, TSV or JSONL file with one letter per row, name the text and label columns, and save it. "
+    "Upload a CSV, TSV, JSONL or JSON file with one letter per row, name the text and label columns, and save it. "
     "Files stay in this machine's cache folder.",
 )
 
