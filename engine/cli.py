@@ -31,8 +31,14 @@ def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     else:
         p.add_argument("--data", required=True, help="CSV/TSV/JSONL/JSON file of letters, or 'default' for the bundled dataset")
     p.add_argument("--text-column", default="text", help="column holding the letter text (default: text)")
-    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label; ignored with --label-columns)")
     p.add_argument("--label-sep", default=None, help="separator of several labels in one cell (multi-label), e.g. '|'")
+    p.add_argument(
+        "--label-columns",
+        metavar="A,B,C",
+        help="multi-label as one 0/1 column per label (1/true/yes: the letter has it; 0/false/no or blank: not); the labels are "
+        "the column names, --label-column is ignored. In multi-label data a letter with no label is kept (a 'no label' outcome)",
+    )
     p.add_argument(
         "--text-template",
         type=options.newlines,
@@ -78,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = dsub.add_parser(
         "validate",
         help="check a CSV/JSONL file and print its validation report",
-        description="Check a file of labelled letters: columns, empty texts, encoding, rare labels, duplicates.",
+        description="Check a file of labelled letters: columns, empty texts, encoding, rare labels, duplicates; for multi-label "
+        "data (--label-sep, JSON lists, --label-columns) also labels per letter, letters with no label and label co-occurrence.",
     )
     _data_args(v, positional=True)
     v.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -2,7 +2,10 @@
 
 A dataset is a table with one letter per row; the user names the text column and the
 label column. A label cell holds one label, or several (multi-label) given as a JSON
-list in JSONL or as a string split on `label_sep` (e.g. "|") in CSV.
+list in JSONL or as a string split on `label_sep` (e.g. "|") in CSV; or `label_columns` names
+one 0/1 column per label (the label column is then ignored). Label cells are read by
+engine.labels. In multi-label data a letter with no label (an empty list or cell, 0 in every
+label column) is kept with the labels `()`: a "no label" outcome, counted and warned about.
 
 Data options (keywords of `load_dataset` and `validate_file`; spec `data:` keys; CLI flags): `text_template` builds
 each letter from several columns (engine.tables.template_texts; a text column that holds a {template} is one too);
@@ -19,15 +22,14 @@ that lists all errors at once, so a user fixes the file in one pass.
 from __future__ import annotations
 
 import difflib
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from engine import duplicates, tables
+from engine import labels as labelling
 from engine.config import DEFAULT_DATASET
 from engine.errors import ClinBenchError, DataError
 from engine.options import ProtocolOptions
@@ -36,7 +38,7 @@ from engine.tables import MAX_FILE_MB_ENV, SUFFIXES, guess_columns, max_file_mb,
 
 DEFAULT_NAME = "default"
 DEFAULT_COLUMNS = ("text", "label")
-DATA_OPTIONS = ("text_template", "split_column", "test_ids", "answer_column")  # besides path, columns and label_sep
+DATA_OPTIONS = ("text_template", "split_column", "test_ids", "answer_column", "label_columns")  # besides path, columns, label_sep
 
 
 @dataclass
@@ -58,6 +60,8 @@ class ValidationReport:
     multi_label: bool = False
     issues: list[Issue] = field(default_factory=list)
     duplicates: dict | None = None  # engine.duplicates.summary of the usable rows (exact duplicates and conflicts)
+    no_label: int = 0  # multi-label: usable letters that carry no label (kept: a "no label" outcome)
+    label_summary: dict | None = None  # multi-label: engine.labels.summary (cardinality, labels per letter, co-occurrence)
     usable_rows: list[int] = field(default_factory=list, repr=False)  # data row (1-based) of each usable letter
 
     @property
@@ -88,7 +92,13 @@ class ValidationReport:
             "multi_label": self.multi_label,
             "issues": [vars(i) for i in self.issues],
             "duplicates": self.duplicates,
+            "no_label": self.no_label,
+            "label_summary": self.label_summary,
         }
+
+    def label_lines(self) -> list[str]:
+        """The labels as `python -m engine data validate` prints them (engine.labels.lines)."""
+        return labelling.lines(self.class_counts, self.label_summary)
 
     def raise_for_errors(self) -> None:
         if self.errors:
@@ -99,7 +109,7 @@ class ValidationReport:
 @dataclass
 class Dataset:
     texts: list[str]
-    labels: list  # str per letter, or tuple[str, ...] per letter when multi_label
+    labels: list  # str per letter, or tuple[str, ...] per letter when multi_label (() for a letter with no label)
     source: str
     text_column: str
     label_column: str
@@ -162,49 +172,18 @@ def _row_list(rows: list[int], limit: int = 8) -> str:
 
 def _labels_text(labels: list) -> str:
     """The distinct labels of a group, e.g. 'a' vs 'b' (a multi-label letter's labels joined with +)."""
-    distinct = dict.fromkeys("+".join(map(repr, lab)) if isinstance(lab, list) else repr(lab) for lab in labels)
+    distinct = dict.fromkeys(("+".join(map(repr, lab)) or "no label") if isinstance(lab, list) else repr(lab) for lab in labels)
     return " vs ".join(distinct)
 
 
-def _is_blank(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and np.isnan(value):
-        return True
-    if isinstance(value, str):
-        return not value.strip() or value.strip().lower() in {"nan", "null", "none", "n/a"}
-    return False
-
-
-def _clean(label: str) -> str:
-    """A label without control characters (NUL, escape, ...): they are invisible and would make a new class."""
-    return "".join(ch for ch in label if unicodedata.category(ch) != "Cc").strip()
-
-
-def _has_control(value, label_sep: str | None = None) -> bool:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    items = [v.replace(label_sep, "") if label_sep and isinstance(v, str) else v for v in items]
-    return any(isinstance(v, str) and any(unicodedata.category(ch) == "Cc" for ch in v.strip()) for v in items)
-
-
-def _parse_labels(value, label_sep: str | None):
-    """One label (str) or a tuple of labels, without control characters; None when blank."""
-    if isinstance(value, (list, tuple)):
-        labs = tuple(sorted({_clean(str(v)) for v in value if not _is_blank(v)} - {""}))
-        return labs
-    if _is_blank(value):
-        return None
-    if label_sep:  # split first: the separator may itself be a control character (a tab)
-        return tuple(sorted({_clean(p) for p in str(value).split(label_sep)} - {""}))
-    return _clean(str(value)) or None
-
-
 def validate_table(
-    df: pd.DataFrame, text_column: str, label_column: str, *, path: str = "data", label_sep: str | None = None
+    df: pd.DataFrame, text_column: str, label_column: str, *, path: str = "data", label_sep: str | None = None, label_columns=None
 ) -> tuple[ValidationReport, list[str], list]:
-    """Check a table for use as labelled letters. Returns (report, texts, labels) of the usable rows."""
+    """Check a table for use as labelled letters. Returns (report, texts, labels) of the usable rows. With `label_columns`
+    (one 0/1 column per label, a list or 'a,b,c') `label_column` is ignored."""
     report = ValidationReport(path=path, n_rows=len(df), columns=[str(c) for c in df.columns])
-    for role, col in (("text", text_column), ("label", label_column)):
+    label_columns = labelling.columns_option(label_columns)
+    for role, col in (("text", text_column), *([] if label_columns else [("label", label_column)])):
         if col not in df.columns:
             close = difflib.get_close_matches(col, report.columns, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -212,12 +191,17 @@ def validate_table(
                 "missing_column",
                 f"{role} column {col!r} not found in {path}. Columns present: {', '.join(report.columns) or '(none)'}.{hint}",
             )
-    if text_column == label_column and not report.errors:
+    if text_column in (label_columns or [label_column]) and not report.errors:
         report.error(
             "same_column",
             f"The text column and the label column must differ: both are {text_column!r}, so every letter would carry "
             "its own answer. Choose the column with the letters' text and the column with their labels.",
         )
+    raw_labels = df[label_column].tolist() if label_column in df.columns and not label_columns else []
+    if label_columns:
+        raw_labels, problems = labelling.from_columns(df, label_columns, path, label_sep)
+        report.issues += [Issue("error", code, message) for code, message in problems]
+        label_column = ", ".join(label_columns)  # (as messages name it)
     if report.errors:
         return report, [], []
     if len(df) == 0:
@@ -227,11 +211,11 @@ def validate_table(
     row_no = list(range(1, len(df) + 1))  # 1-based data rows (header not counted)
     texts, labels = [], []
     blank_text, blank_label, cleaned, only_control = [], [], [], []
-    for n, text, raw_label in zip(row_no, df[text_column].tolist(), df[label_column].tolist()):
-        lab = _parse_labels(raw_label, label_sep)
-        if _has_control(raw_label, label_sep):
+    for n, text, raw_label in zip(row_no, df[text_column].tolist(), raw_labels):
+        lab = labelling.parse(raw_label, label_sep)
+        if labelling.has_control(raw_label, label_sep):
             (cleaned if lab else only_control).append(n)
-        if _is_blank(text) or not isinstance(text, str):
+        if labelling.is_blank(text) or not isinstance(text, str):
             blank_text.append(n)
         if lab is None or lab == ():
             blank_label.append(n)
@@ -257,6 +241,9 @@ def validate_table(
             f"removed so that they do not make new labels: row{'s' if len(cleaned) > 1 else ''} {_row_list(cleaned)}. Check these rows, and remove the "
             "characters from the file to silence this warning.",
         )
+    multi = bool(label_columns or label_sep) or any(isinstance(lab, tuple) for lab in labels)
+    if multi:  # a letter with no label is kept: a "no label" outcome
+        blank_label, labels = [], [lab if isinstance(lab, tuple) else (lab,) if lab is not None else () for lab in labels]
     if blank_label:
         report.error(
             "empty_label",
@@ -266,12 +253,21 @@ def validate_table(
 
     bad = set(blank_text) | set(blank_label) | set(only_control)
     ok_rows = [i for i in range(len(texts)) if (i + 1) not in bad]
-    multi = any(isinstance(labels[i], tuple) for i in ok_rows)
     report.multi_label = multi
-    if multi:
-        labels = [lab if isinstance(lab, tuple) else (lab,) if lab is not None else None for lab in labels]
-    counts = Counter(x for i in ok_rows for x in (labels[i] if multi else [labels[i]]))
+    counts = Counter(dict.fromkeys(label_columns or (), 0))  # (a label column without a 1 is a label with no letter)
+    counts.update(x for i in ok_rows for x in (labels[i] if multi else [labels[i]]))
     report.class_counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    if multi:
+        report.label_summary = labelling.summary([labels[i] for i in ok_rows], list(counts))
+        no_label = [i + 1 for i in ok_rows if not labels[i]]
+        report.no_label = len(no_label)
+        if no_label:
+            report.warn(
+                "no_label",
+                f"{len(no_label)} letter(s) carry no label ({'0 in every label column' if label_columns else 'an empty list or cell'}): "
+                f'rows {_row_list(no_label)}. They are kept and count as "no label" outcomes (every label absent), not as a '
+                "label of their own; label them if that is a mistake.",
+            )
 
     if len(counts) == 1:
         (only,) = counts
@@ -286,8 +282,8 @@ def validate_table(
     if rare and len(counts) > 1:
         where = []
         for lab in rare[:8]:
-            r = next(i + 1 for i in ok_rows if (lab in labels[i] if multi else labels[i] == lab))
-            where.append(f"{lab!r} (row {r})")
+            r = next((i + 1 for i in ok_rows if (lab in labels[i] if multi else labels[i] == lab)), None)
+            where.append(f"{lab!r} ({f'row {r}' if r else 'no letter'})")
         report.error(
             "rare_label",
             f"{len(rare)} label(s) have fewer than 2 letters: {', '.join(where)}"
@@ -354,17 +350,19 @@ def _warn_leakage(report: ValidationReport, texts: list[str], labels: list, text
 
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None,
                  text_template: str | None = None, split_column: str | None = None, test_ids: str | Path | None = None,
-                 answer_column: str | None = None) -> Dataset:  # fmt: skip
-    """Load and validate a dataset; raises DataError listing every blocking problem (data options: module docstring)."""
+                 answer_column: str | None = None, label_columns: list[str] | str | None = None) -> Dataset:  # fmt: skip
+    """Load and validate a dataset; raises DataError listing every blocking problem (data options: module docstring).
+    With label_columns, label_column is ignored: the dataset's label_column names the label columns ('a, b, c')."""
     if str(path) == DEFAULT_NAME:
         return default_dataset()
+    cols = labelling.columns_option(label_columns)
     options = {"text_template": text_template, "split_column": split_column, "test_ids": test_ids, "answer_column": answer_column}
-    df, text_column, split, columns = tables.letters_table(path, text_column, label_column, options)
-    report, texts, labels = validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep)
+    df, text_column, split, columns = tables.letters_table(path, text_column, label_column, {**options, "label_columns": cols})
+    report, texts, labels = validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep, label_columns=cols)
     report.raise_for_errors()
-    ds = Dataset(texts, labels, str(path), text_column, label_column, report.multi_label, report)
+    ds = Dataset(texts, labels, str(path), text_column, ", ".join(cols or [label_column]), report.multi_label, report)
     ds.split = [split[r - 1] for r in report.usable_rows] if split is not None else None
-    ds.options = {k: str(v) for k, v in options.items() if v is not None} or None
+    ds.options = {k: str(v) for k, v in options.items() if v is not None} | ({"label_columns": cols} if cols else {}) or None
     ds.fields = {c: [v[r - 1] for r in report.usable_rows] for c, v in columns.items()} or None
     return ds
 
@@ -374,13 +372,13 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
     if set(options) - set(DATA_OPTIONS):
         raise TypeError(f"validate_file() got unknown data option(s) {sorted(set(options) - set(DATA_OPTIONS))}")
     try:
-        df, text_column, _, _ = tables.letters_table(path, text_column, label_column, options)
+        cols = labelling.columns_option(options.pop("label_columns", None))
+        df, text_column, _, _ = tables.letters_table(path, text_column, label_column, {**options, "label_columns": cols})
     except DataError as exc:
         report = ValidationReport(path=str(path))
         report.error("unreadable_file", str(exc))
         return report
-    report, _, _ = validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep)
-    return report
+    return validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep, label_columns=cols)[0]
 
 
 def default_dataset() -> Dataset:

@@ -4,8 +4,8 @@ Layout (in the cache folder):
 
     datasets/files/<sha16>-<name>     the uploaded bytes, content-addressed (the same upload is stored once)
     datasets/<id>.json                one saved dataset: name, file, text/label columns, label separator, data
-                                      options (text template, split column, answer column), data hash, letters
-                                      and classes when saved
+                                      options (text template, split column, answer column, label columns), data
+                                      hash, letters and classes when saved
 
 A saved dataset is a file plus the columns to read; a run's spec points at the stored file,
 so a run keeps working when the browser's copy is gone. Deleting a saved dataset removes its
@@ -37,7 +37,7 @@ class SavedDataset:
     n_letters: int
     classes: list[str]
     created: str
-    options: dict | None = None  # engine.data's data options it was read with (text_template, split_column, ...)
+    options: dict | None = None  # engine.data's data options it was read with (text_template, split_column, label_columns, ...)
 
     def spec_data(self) -> dict:
         """The `data` entry of an experiment spec that reads this dataset."""
@@ -76,7 +76,7 @@ def save(path: str | Path, name: str, text_column: str, label_column: str, label
         name,
         str(Path(path).resolve()),
         text_column,
-        label_column,
+        ds.label_column,  # (with label_columns: their names, 'a, b, c'; the label column is ignored)
         label_sep or None,
         ds.data_hash,
         len(ds),

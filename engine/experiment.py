@@ -7,6 +7,7 @@ Spec (YAML or JSON):
     data: default            # or {path: letters.csv, text_column: text, label_column: label, label_sep: "|"}
                              # + text_template: "Question: {question}\nContext: {contexts}" (instead of text_column),
                              #   split_column: split or test_ids: ids.json (the split `protocol: fixed` scores)
+                             #   label_columns: [a, b, c] (multi-label, one 0/1 column per label; label_column not needed)
     models: [minilm, smollm2]
     methods: [svc, logreg]
     options: {max_length: 256, epochs: 3, ...}   # engine.options lists them all (`python -m engine evaluate --help`)
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import data as data_mod
-from engine import protocols, steps
+from engine import labels, protocols, steps
 from engine.artifacts import StepResult
 from engine.context import StepContext
 from engine.errors import ClinBenchError, SpecError
@@ -46,6 +47,7 @@ class DataSpec:
     split_column: str | None = None
     test_ids: str | None = None
     answer_column: str | None = None
+    label_columns: list[str] | None = None  # multi-label as one 0/1 column per label (label_column is then ignored)
 
     def load(self) -> data_mod.Dataset:
         options = {k: getattr(self, k) for k in data_mod.DATA_OPTIONS}
@@ -118,16 +120,20 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
     if raw == data_mod.DEFAULT_NAME or raw is None:
         ds = DataSpec()
     elif isinstance(raw, dict):
-        missing = [
-            k for k in ("path", "text_column", "label_column") if not raw.get(k) and not (k == "text_column" and raw.get("text_template"))
-        ]
+        instead = {"text_column": "text_template", "label_column": "label_columns"}  # (either one will do)
+        missing = [k for k in ("path", "text_column", "label_column") if not raw.get(k) and not raw.get(instead.get(k, ""))]
         if missing:
             raise SpecError(f"{where}: data needs {', '.join(missing)} (or write data: default for the bundled dataset).")
         extra = set(raw) - set(DATA_KEYS)
         if extra:
             raise SpecError(f"{where}: unknown data key(s) {', '.join(sorted(extra))}. Allowed: {', '.join(DATA_KEYS)}.")
         options = {k: None if raw.get(k) is None else str(raw[k]) for k in data_mod.DATA_OPTIONS}
-        ds = DataSpec(str(raw["path"]), str(raw.get("text_column") or "text"), str(raw["label_column"]), raw.get("label_sep"), **options)
+        try:
+            options["label_columns"] = labels.columns_option(raw.get("label_columns"))
+        except ClinBenchError as exc:
+            raise SpecError(f"{where}: data: {exc}") from None
+        label = str(raw.get("label_column") or data_mod.DEFAULT_COLUMNS[1])
+        ds = DataSpec(str(raw["path"]), str(raw.get("text_column") or "text"), label, raw.get("label_sep"), **options)
     else:
         raise SpecError(f"{where}: data must be 'default' or a mapping with path, text_column, label_column.")
     models_ = obj.get("models")

@@ -329,16 +329,16 @@ def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
 def letters_table(path, text_column: str, label_column: str, options: dict) -> tuple[pd.DataFrame, str, list[str] | None, dict]:
     """The table of a letters file under the data options (engine.data's docstring): (table, text column, split per row,
     kept columns). A text template adds its letters as a column named by the template;
-    its columns and the answer column are kept (text per row)."""
+    its columns and the answer column are kept (text per row). With `label_columns` (a list) those are the label columns."""
     options = {k: v for k, v in options.items() if v is not None}
     df, name = read_table(path), Path(path).name
-    present = [str(c) for c in df.columns]
+    present, label_columns = [str(c) for c in df.columns], list(options.get("label_columns") or [label_column])
     template = options.get("text_template") or (text_column if text_column not in df and is_template(text_column) else None)
     kept: list[str] = []
     if template:
         kept = template_fields(template)
-        if label_column in kept:
-            raise DataError(f"The text template uses the label column {label_column!r}: every letter would carry its own answer.")
+        if used := [c for c in label_columns if c in kept]:
+            raise DataError(f"The text template uses the label column {used[0]!r}: every letter would carry its own answer.")
         df = df.copy()
         df[template] = template_texts(df, template, name)
         text_column = template
@@ -348,7 +348,7 @@ def letters_table(path, text_column: str, label_column: str, options: dict) -> t
             close = difflib.get_close_matches(str(answer), present, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise DataError(f"The answer column {answer!r} is not in {name}.{hint} Columns present: {', '.join(present)}.")
-        if answer in (label_column, text_column) or answer in kept:
+        if answer in (*label_columns, text_column) or answer in kept:
             raise DataError(f"The answer column {answer!r} is also the letter or the label: name a column that only holds answers.")
         kept.append(answer)
     columns = {c: [cell_text(v) for v in df[c].tolist()] for c in kept}
