@@ -19,10 +19,12 @@ the import graph has no cycle.
     duplicates        exact and near-duplicate letters: groups that never straddle a split, label conflicts
     devices           CUDA or CPU, dtype, free memory
     tables            reading a letters file: encodings, ragged rows, JSONL; guessing the text and label columns
+    labels            reading label cells (one label, several, one 0/1 column per label); the multi-label summary
     data              loading CSV/JSONL, the validation report
+    metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test; multi-label scores
+    binary            two-label tasks: the positive label, the operating threshold, sensitivity/specificity/AUCs with CIs
     protocols         which letters fit and which score: cv folds, a hold-out or the data's own split, duplicate groups,
                       validation carve, training letters per label (the learning curve)
-    metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test
     artifacts         sealed artifact folders: manifests, hash checks, cache lookup, predictions.json
     evaluation        out-of-fold predictions under a plan -> the figures every method reports
     hub               the Hugging Face hub: local cache first, bounded time, clear offline errors
@@ -79,9 +81,11 @@ LAYERS = (
     "duplicates",
     "devices",
     "tables",
+    "labels",
     "data",
-    "protocols",
     "metrics",
+    "binary",
+    "protocols",
     "artifacts",
     "evaluation",
     "hub",

@@ -150,14 +150,19 @@ def write_predictions(
                 "test_index": [int(i) for i in test_index],
                 "repeat": [int(r) for r in repeat] if repeat is not None else zeros,
                 "fold": [int(f) for f in fold] if fold is not None else zeros,
-                "y_true": [str(v) for v in y_true],
-                "y_pred": [str(v) for v in y_pred],
+                "y_true": [_labels_json(v) for v in y_true],
+                "y_pred": [_labels_json(v) for v in y_pred],
                 "classes": list(classes),
                 "score_kind": score_kind,
                 "scores": np.round(np.asarray(scores, dtype=float), 6).tolist(),
             }
         )
     )
+
+
+def _labels_json(v):
+    """A label as a string; a multi-label letter's label set as a list of strings."""
+    return [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else str(v)
 
 
 def provenance(metrics: dict) -> dict:

@@ -1,7 +1,10 @@
 """One interface for every trained classifier, whatever trained it.
 
 `load(artifact)` returns a `Classifier`: `classes_`, `predict_proba(texts)` (probabilities, always: one
-row per letter, one column per class, rows summing to 1), `predict(texts)` (the most probable label),
+row per letter, one column per class, rows summing to 1; multi-label: each label's own probability), `thresholds`
+(None; multi-label: each label's decision threshold, tuned on training letters), `threshold` and `positive_label` (a
+two-label task's operating threshold, where its step chose one), `predict(texts)` (the most probable label; two labels:
+the positive one at or above the threshold; multi-label: the tuple of labels at or above their thresholds, possibly empty),
 `truncated(texts)` (which letters are longer than the classifier reads), and `metadata` (model, method,
 stage, key, options, the evaluation's figures). The Classify page, `python -m engine predict` and the
 HTTP endpoint use it without knowing the method.
@@ -45,6 +48,7 @@ _LOCK = threading.Lock()
 class Classifier(Protocol):
     classes_: list[str]
     metadata: dict
+    thresholds: np.ndarray | None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray: ...
 
@@ -74,10 +78,23 @@ class _Base:
     metadata: dict
     max_length: int
     tokenizer: Any
+    thresholds: np.ndarray | None = None
+    threshold: float | None = None  # a two-label task's operating threshold on P(positive_label)
+    positive_label: str | None = None
 
-    def predict(self, texts: list[str]) -> list[str]:
+    def predict(self, texts: list[str]) -> list:
         proba = self.predict_proba(texts)
+        if self.thresholds is not None:
+            return [tuple(c for c, p, t in zip(self.classes_, row, self.thresholds, strict=True) if p >= t) for row in proba]
+        if self.threshold is not None:
+            j = self.classes_.index(self.positive_label)
+            return [self.classes_[j] if row[j] >= self.threshold else self.classes_[1 - j] for row in proba]
         return [self.classes_[i] for i in proba.argmax(1)]
+
+    def _decision_of(self, estimator) -> None:
+        """The thresholds a fitted estimator carries: one per label (multi-label) or one operating threshold (two labels)."""
+        self.thresholds = getattr(estimator, "thresholds_", None)
+        self.threshold, self.positive_label = getattr(estimator, "threshold_", None), getattr(estimator, "positive_label_", None)
 
     def truncated(self, texts: list[str]) -> list[bool]:
         return [len(ids) > self.max_length for ids in features.tokenize(self.tokenizer, texts, 10**9)[0]]
@@ -93,6 +110,7 @@ class EmbeddingClassifier(_Base):
         self.loaded, self.estimator, self.pooling, self.max_length, self.metadata = loaded, estimator, pooling, max_length, metadata
         self.tokenizer = loaded.tokenizer
         self.classes_ = [str(c) for c in estimator.classes_]
+        self._decision_of(estimator)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """The letters' vectors, made as its training letters' were (model, pooling, max_length)."""
@@ -106,11 +124,17 @@ class EmbeddingClassifier(_Base):
 
 
 class SequenceClassifier(_Base):
-    """The model itself with its classification head (linear-probe, lora)."""
+    """The model itself with its classification head (linear-probe, lora). A multi-label head (its config's problem_type)
+    gives each label's sigmoid probability, and `thresholds` (label -> threshold, as the manifest stores them; 0.5 for a
+    label without one) become one per label in `classes_` order."""
 
-    def __init__(self, net, tokenizer, max_length: int, placement, metadata: dict):
+    def __init__(self, net, tokenizer, max_length: int, placement, metadata: dict, thresholds: dict | None = None):
         self.net, self.tokenizer, self.max_length, self.placement, self.metadata = net, tokenizer, max_length, placement, metadata
         self.classes_ = [net.config.id2label[i] for i in range(net.config.num_labels)]
+        from engine.finetune.loading import is_multi_label
+
+        if is_multi_label(net.config):
+            self.thresholds = np.array([float((thresholds or {}).get(c, 0.5)) for c in self.classes_])
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         ids, _ = features.tokenize(self.tokenizer, list(texts), self.max_length)
@@ -125,6 +149,7 @@ class TextPipeline(_Base):
     def __init__(self, pipeline, metadata: dict):
         self.pipeline, self.metadata = pipeline, metadata
         self.classes_ = [str(c) for c in pipeline.classes_]
+        self._decision_of(pipeline)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.pipeline.predict_proba(list(texts)), dtype=float)
@@ -142,8 +167,10 @@ def _metadata(folder: Path, manifest: dict) -> dict:
         "method_title": manifest.get("method_title", manifest["method"]),
         "stage": manifest.get("stage", "frozen"),
         "options": manifest.get("config", {}),
+        "task": manifest.get("metrics", {}).get("task", "single-label"),
         "macro_f1": manifest.get("metrics", {}).get("macro_f1"),
         "macro_f1_ci": manifest.get("metrics", {}).get("macro_f1_ci"),
+        "micro_f1": manifest.get("metrics", {}).get("micro_f1"),
         "data_hash": manifest.get("data", {}).get("data_hash"),
     }
 
@@ -194,7 +221,8 @@ def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> Embed
 def _load_sequence_classifier(folder: Path, manifest: dict, placement) -> SequenceClassifier:
     net, tokenizer, _ = shared_model(f"classifier:{folder}", lambda: load_tuned_classifier(folder, placement))
     max_length = int(manifest.get("config", {}).get("max_length", DEFAULT_MAX_LENGTH))
-    return SequenceClassifier(net, tokenizer, max_length, placement, _metadata(folder, manifest))
+    thresholds = (manifest.get("classifier") or {}).get("thresholds")  # multi-label: tuned on the validation letters
+    return SequenceClassifier(net, tokenizer, max_length, placement, _metadata(folder, manifest), thresholds)
 
 
 def _load_tuned_encoder(folder: Path, manifest: dict, placement) -> EmbeddingClassifier:

@@ -12,7 +12,7 @@ import sys
 import time
 
 from engine import options
-from engine.terminal import progress_bars
+from engine.terminal import print_metrics, progress_bars
 
 
 def _api():
@@ -59,8 +59,8 @@ def cmd_data(args) -> int:
     else:
         if report.columns:  # (a file that could not be read has no rows or labels to count)
             print(f"{report.path}: {report.n_rows} rows, {len(report.class_counts)} labels{' (multi-label)' if report.multi_label else ''}")
-        for lab, n in report.class_counts.items():
-            print(f"  {lab:40s} {n}")
+        for line in report.label_lines():  # letters per label; multi-label: no label, labels per letter, co-occurrence
+            print(line)
         for issue in report.issues:
             print(f"{issue.level.upper()}: {issue.message}")
         print("OK: usable." if report.ok else f"NOT USABLE: {len(report.errors)} error(s) to fix.")
@@ -91,25 +91,6 @@ def cmd_embed(args) -> int:
     print(f"{stats.n_letters} letters -> {stats.dim}-d vectors ({src}); {stats.n_truncated} letter(s) cut to {stats.max_length} tokens")
     print(f"key {stats.key}" + (f"; saved to {args.out}" if args.out else ""))
     return 0
-
-
-def _print_metrics(title: str, m: dict, reason: str | None = None) -> None:
-    lo, hi = m["macro_f1_ci"]
-    print(f"\n{title}")
-    if reason:
-        print(f"  protocol: {reason}")
-    n = m.get("n_scored", m.get("n_test"))  # the letters behind the figure: all (cv) or the test split (holdout)
-    print(
-        f"  macro-F1 {m['macro_f1']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {m.get('protocol', 'holdout')}, n={n} letters)   accuracy {m['accuracy']:.3f}"
-        + (f"   majority baseline macro-F1 {m['baseline']['macro_f1']:.3f}" if m.get("baseline") else "")
-    )
-    if len(m.get("fold_macro_f1") or []) > 1:
-        print(
-            f"  per fold: macro-F1 {m['fold_macro_f1_mean']:.3f} ± {m['fold_macro_f1_sd']:.3f} (mean ± sd of {len(m['fold_macro_f1'])} folds)"
-        )
-    print(f"  {'label':32s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'n':>5s}")
-    for lab, r in m["per_class"].items():
-        print(f"  {lab[:32]:32s} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:5d}")
 
 
 def cmd_evaluate(args) -> int:
@@ -161,7 +142,7 @@ def cmd_evaluate(args) -> int:
 def _print_result(title: str, res) -> None:
     m, plan = res.metrics, res.manifest.get("protocol") or {}
     if "macro_f1" in m:
-        _print_metrics(title, m, plan.get("reason"))
+        print_metrics(title, m, plan.get("reason"))
         for warning in plan.get("warnings") or []:
             print(f"  WARNING: {warning}")
     else:
@@ -353,7 +334,7 @@ def cmd_predict(args) -> int:
 def cmd_score(args) -> int:
     api = _api()
     res = api.score_external(args.result, args.data, args.text_column, args.label_column, label_sep=args.label_sep)
-    _print_metrics(f"{res['evaluation']} on {args.data} ({res['n_letters']} letters)", res)
+    print_metrics(f"{res['evaluation']} on {args.data} ({res['n_letters']} letters)", res)
     if res.get("stored_macro_f1") is not None:
         print(f"  in its stored evaluation (its own letters): macro-F1 {res['stored_macro_f1']:.3f}")
     if args.json_out:

@@ -4,7 +4,9 @@
 fold of the plan (engine.protocols) fits the estimator on the fold's training vectors (engine.estimators:
 search and calibration inside those letters only) and scores its test letters; under cv it refits on
 every letter for the stored classifier. `fit_on_embeddings` is its second half, shared with `lora-svc`,
-which feeds it the vectors of a model tuned on each fold's training letters instead.
+which feeds it the vectors of a model tuned on each fold's training letters instead. Multi-label letters get one
+classifier and one threshold per label; a two-label task's operating threshold is chosen on the training letters'
+cross-validated probabilities (engine.binary, DecisionOptions).
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ from dataclasses import asdict
 
 import numpy as np
 
-from engine import artifacts, estimators, evaluation, features, models, protocols
+from engine import artifacts, binary, estimators, evaluation, features, metrics, models, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
-from engine.data import Dataset, require_single_label
+from engine.data import Dataset
 from engine.devices import choose
-from engine.options import Options, names
+from engine.options import Options, key_dict, names
 from engine.storage import evaluations_dir, sha256_json
 
-READS = names("protocol", "embedding", "classifier")
+READS = names("protocol", "embedding", "classifier", "decision")
 EVAL_VERSION = 2  # 2: cross-validation plans, duplicate groups, every class counted
 
 
-def evaluation_key(estats_key: str, estimator: str, method: str, opts: Options, plan_hash: str) -> str:
-    """The cache key of an evaluation on embeddings: the vectors, the estimator and its options, the folds, the protocol."""
+def evaluation_key(estats_key: str, estimator: str, method: str, opts: Options, plan_hash: str, two_labels: bool = False) -> str:
+    """The cache key of an evaluation on embeddings: the vectors, the estimator and its options, the folds, the protocol
+    (and for a two-label task the decision options: its threshold)."""
     p = opts.protocol
     return sha256_json(
         {
@@ -38,6 +41,7 @@ def evaluation_key(estats_key: str, estimator: str, method: str, opts: Options, 
             "plan": plan_hash,
             "n_boot": p.n_boot,
             **({"method": method} if method != estimator else {}),
+            **({"decision": key_dict(opts.decision), "binary": 1} if two_labels else {}),
         }
     )[:32]
 
@@ -47,7 +51,6 @@ def embedding_step(dataset: Dataset, model: str, method: str, opts: Options, ctx
     ctx = ensure(ctx)
     if method not in estimators.ESTIMATORS:
         raise ValueError(f"embedding_step runs {', '.join(estimators.ESTIMATORS)}, not {method!r}.")
-    require_single_label(dataset)
     t_start = time.perf_counter()
     plan = protocols.plan(dataset, opts.protocol, method)  # refuses before any embedding when a class cannot be scored
     placement = choose()
@@ -96,32 +99,54 @@ def fit_on_embeddings(
     ctx = ensure(ctx)
     t_start = t_start or time.perf_counter()
     p = opts.protocol
-    key = evaluation_key(estats.key, estimator, kind.name, opts, plan.hash)
+    two_labels = not dataset.multi_label and len(dataset.classes) == 2
+    key = evaluation_key(estats.key, estimator, kind.name, opts, plan.hash, two_labels)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, model_identity["name"], kind.name):
         return hit
-    y = np.asarray(dataset.labels, dtype=str)
     classes = dataset.classes
+    multi = dataset.multi_label
+    y = metrics.indicator(dataset.labels, classes) if multi else np.asarray(dataset.labels, dtype=str)
+    pos = binary.positive_label(classes, dataset.labels, opts.decision.positive_label) if two_labels else None
     fits: list[estimators.FitResult] = []
+
+    def fit(X, rows):
+        if multi:  # one classifier and one threshold per label
+            return estimators.fit_multilabel(X[rows], y[rows], classes, estimator, opts.classifier, p.seed)
+        fitted = estimators.fit(X[rows], y[rows], estimator, opts.classifier, p.seed, oof=two_labels)
+        if two_labels:  # the operating threshold, from the training letters' cross-validated probabilities
+            d, tp = opts.decision, fitted.train_proba
+            col = list(map(str, fitted.estimator.classes_)).index(pos)
+            t = 0.5 if tp is None else binary.choose_threshold(tp[:, col], y[rows] == pos, d.threshold_rule, d.threshold_target)
+            fitted.estimator.threshold_, fitted.estimator.positive_label_ = t, pos
+        return fitted
 
     def fit_predict(fold):
         ctx.progress(len(fits), len(plan.folds) + (plan.name == "cv"), f"fitting {estimator} {evaluation.fold_label(plan, fold)}".strip())
         X = np.asarray(vectors(fold))
-        fitted = estimators.fit(X[fold.train], y[fold.train], estimator, opts.classifier, p.seed)
+        fitted = fit(X, fold.train)
         fits.append(fitted)
-        return evaluation.aligned(fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.classes_, classes)
+        if multi:
+            return fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.predict(X[fold.test])
+        proba = evaluation.aligned(fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.classes_, classes)
+        if two_labels:
+            return proba, binary.one_hot(proba[:, classes.index(pos)] >= fitted.estimator.threshold_, classes, pos)
+        return proba
 
     t_fit = time.perf_counter()
     oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
     cv_s = time.perf_counter() - t_fit
-    m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
+    thresholds = [f.estimator.threshold_ for f in fits] if two_labels else None
+    m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed, decision=opts.decision, thresholds=thresholds)
     if plan.name == "cv":
         ctx.check_stop("Cancelled before refitting on every letter.")
         ctx.progress(len(fits), len(plan.folds) + 1, f"refitting {estimator} on every letter")
         X_all, rows = np.asarray(vectors(None)), plan.final_train  # every letter, or labels_per_class of them
-        final = estimators.fit(X_all[rows], y[rows], estimator, opts.classifier, p.seed)
+        final = fit(X_all, rows)
     else:
         final = fits[0]
+    if two_labels:
+        m["threshold"] = final.estimator.threshold_  # the stored classifier's (the folds' are in fold_thresholds)
     e = opts.embedding
     manifest = {
         "kind": "evaluation",
@@ -140,11 +165,17 @@ def fit_on_embeddings(
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "classifier": {
             "best_params": final.best_params,
-            "inner_cv_macro_f1": final.inner_cv_macro_f1,
+            f"inner_cv_{final.inner_cv_metric}": final.inner_cv_macro_f1,
             "inner_folds": final.inner_folds,
             "smote": final.smote,
             "calibration": final.calibration,
             "fold_best_params": [f.best_params for f in fits],
+            **(
+                {"thresholds": final.calibration["thresholds"], "fold_thresholds": [f.calibration["thresholds"] for f in fits]}
+                if multi
+                else {}
+            ),
+            **({"threshold": final.estimator.threshold_, "positive_label": pos, "fold_thresholds": thresholds} if two_labels else {}),
         },
         "timings": {
             "embed_s": estats.seconds,

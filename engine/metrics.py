@@ -28,7 +28,7 @@ def _codes(values, labels: list[str]) -> np.ndarray:
     return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
 
 
-def _cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
+def cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
     """(cluster number of each record, number of clusters); every record its own cluster when None."""
     if clusters is None:
         return np.arange(n), n
@@ -39,7 +39,7 @@ def _cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
     return ids, len(index)
 
 
-def _resample_weights(rng: np.random.Generator, ids: np.ndarray, n_clusters: int) -> np.ndarray:
+def resample_weights(rng: np.random.Generator, ids: np.ndarray, n_clusters: int) -> np.ndarray:
     """How often each record enters one bootstrap resample of the clusters (all records of a cluster move together)."""
     drawn = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
     return drawn[ids].astype(float)
@@ -76,11 +76,11 @@ def bootstrap_macro_f1(
     y_true, y_pred = [str(v) for v in y_true], [str(v) for v in y_pred]
     labs = _label_set(labels, y_true, y_pred)
     t, p, k = _codes(y_true, labs), _codes(y_pred, labs), len(labs)
-    ids, n_clusters = _cluster_ids(clusters, len(t))
+    ids, n_clusters = cluster_ids(clusters, len(t))
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     for b in range(n_boot):
-        stats[b] = _macro_f1_from_confusion(_confusion(t, p, k, _resample_weights(rng, ids, n_clusters)))
+        stats[b] = _macro_f1_from_confusion(_confusion(t, p, k, resample_weights(rng, ids, n_clusters)))
     alpha = (1 - level) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
@@ -228,7 +228,7 @@ def paired_comparison(a: dict, b: dict, labels=None, *, n_boot: int = 2000, seed
     labs = _label_set(labels, y_true, pred_a, pred_b)
     t, pa, pb, k = _codes(y_true, labs), _codes(pred_a, labs), _codes(pred_b, labs), len(labs)
     letters = [i for _, i in keys]
-    ids, n_letters = _cluster_ids(letters, len(keys))
+    ids, n_letters = cluster_ids(letters, len(keys))
 
     f1_a, f1_b = (float(_f1_per_class(_confusion(t, p, k)).mean()) for p in (pa, pb))
     identical = pred_a == pred_b
@@ -236,7 +236,7 @@ def paired_comparison(a: dict, b: dict, labels=None, *, n_boot: int = 2000, seed
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for i in range(n_boot):
-        w = _resample_weights(rng, ids, n_letters)
+        w = resample_weights(rng, ids, n_letters)
         cm_a, cm_b = _confusion(t, pa, k, w), _confusion(t, pb, k, w)
         present = (cm_a.sum(1) + cm_a.sum(0) + cm_b.sum(0)) > 0
         diffs[i] = _f1_per_class(cm_a)[present].mean() - _f1_per_class(cm_b)[present].mean()
@@ -287,3 +287,86 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+# Multi-label: a letter carries a set of labels (possibly none); truth and predictions are 0/1 matrices, letters x labels.
+
+
+def indicator(label_sets, classes) -> np.ndarray:
+    """One row per letter, one 0/1 column per class of `classes`: the labels each letter carries (or is predicted)."""
+    pos = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(label_sets), len(classes)), dtype=np.int8)
+    for i, labs in enumerate(label_sets):
+        for lab in labs:
+            out[i, pos[lab]] = 1
+    return out
+
+
+def _multilabel_scores(T: np.ndarray, P: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(micro-F1, macro-F1, samples-F1) of 0/1 matrices, records weighted by `w`. Macro-F1 averages over the labels present
+    in truth or predictions; samples-F1 counts a letter with no label and none predicted as 1 (scikit-learn's zero_division=1)."""
+    w = np.ones(len(T)) if w is None else w
+    both, t_sum, p_sum = (T & P).astype(float), T.astype(float), P.astype(float)
+    tp, t_n, p_n = w @ both, w @ t_sum, w @ p_sum
+    denom = t_n + p_n
+    micro = float(2 * tp.sum() / denom.sum()) if denom.sum() > 0 else 0.0
+    present = denom > 0
+    macro = float((2 * tp[present] / denom[present]).mean()) if present.any() else 0.0
+    per_letter_denom = t_sum.sum(1) + p_sum.sum(1)
+    per_letter = np.divide(2 * both.sum(1), per_letter_denom, out=np.ones(len(T)), where=per_letter_denom > 0)
+    samples = float(w @ per_letter / w.sum()) if w.sum() > 0 else 0.0
+    return micro, macro, samples
+
+
+def multilabel_metrics(T, P, classes, *, clusters=None, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """All scores of multi-label predictions (`T`, `P`: letters x labels, 0/1), JSON-ready.
+
+    micro-F1 pools every (letter, label) decision (the BLURB convention for Hallmarks of Cancer: over positive labels);
+    macro-F1 averages the F1 of every label of `classes` (a label never predicted nor present scores 0 in the point figure);
+    samples-F1 averages each letter's F1 (a letter with no label and none predicted counts 1); subset accuracy: the whole set
+    right; Hamming loss: the share of wrong (letter, label) decisions. micro, macro and samples F1 carry a bootstrap CI
+    resampling letters (`clusters`: one id per record, so a letter's records of every repeat move together)."""
+    from sklearn.metrics import f1_score, hamming_loss
+
+    T, P = np.asarray(T, dtype=np.int8), np.asarray(P, dtype=np.int8)
+    if T.shape != P.shape or T.shape[1] != len(classes):
+        raise ValueError(f"multilabel_metrics: truth {T.shape} and predictions {P.shape} must be letters x {len(classes)} labels")
+    p, r, f, s = precision_recall_fscore_support(T, P, average=None, zero_division=0)
+    out = {"n_test": len(T), "subset_accuracy": float(np.mean((T == P).all(1)))}
+    out["accuracy"] = out["subset_accuracy"]  # tables read one accuracy for every task: here the whole set right
+    for avg in ("micro", "macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(T, P, average=avg, zero_division=0)
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(ap), float(ar), float(af)
+    out["samples_f1"] = float(f1_score(T, P, average="samples", zero_division=1.0))
+    out["hamming_loss"] = float(hamming_loss(T, P))
+    ids, n_clusters = cluster_ids(clusters, len(T))
+    rng = np.random.default_rng(seed)
+    stats = np.array([_multilabel_scores(T, P, resample_weights(rng, ids, n_clusters)) for _ in range(n_boot)]).reshape(-1, 3)
+    alpha = (1 - level) / 2
+    for j, name in enumerate(("micro_f1", "macro_f1", "samples_f1")):
+        out[f"{name}_ci"] = [float(np.quantile(stats[:, j], q)) for q in (alpha, 1 - alpha)] if n_boot else None
+    out["per_label"] = [
+        {
+            "label": lab,
+            "precision": float(p[j]),
+            "recall": float(r[j]),
+            "f1": float(f[j]),
+            "support": int(s[j]),
+            "predicted": int(P[:, j].sum()),
+        }
+        for j, lab in enumerate(classes)
+    ]
+    out["per_class"] = {row["label"]: {k: row[k] for k in ("precision", "recall", "f1", "support")} for row in out["per_label"]}
+    out["labels_per_letter"] = {"truth": float(T.sum(1).mean()), "predicted": float(P.sum(1).mean())}
+    return out
+
+
+def multilabel_fold_scores(T: np.ndarray, P: np.ndarray, folds: Sequence[Hashable]) -> dict[str, list[float]]:
+    """Micro- and macro-F1 of each fold (one fold id per record), in sorted fold-id order; macro over every label."""
+    from sklearn.metrics import f1_score
+
+    members: dict = {}
+    for i, fold in enumerate(folds):
+        members.setdefault(fold, []).append(i)
+    idx = [members[f] for f in sorted(members)]
+    return {avg: [float(f1_score(T[i], P[i], average=avg, zero_division=0)) for i in idx] for avg in ("micro", "macro")}

@@ -126,6 +126,25 @@ class ClassifierOptions:
     k_neighbors: int = option(5, "SMOTE neighbours (lowered to fit the smallest label)", min=1, max=50)
 
 
+THRESHOLD_RULES = ("best-f1", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class DecisionOptions:
+    """Binary tasks (two labels): which label is positive and where the operating threshold on its probability lies,
+    chosen on cross-validated probabilities of the training letters (svc, logreg, lora-svc, tfidf), never the test letters."""
+
+    TITLE: ClassVar[str] = "Decision (binary tasks)"
+    positive_label: str | None = option(None, "the label counted as positive (sensitivity, PPV, ROC); none: the rarer label")
+    threshold_rule: str = option(
+        "best-f1",
+        "how the threshold is chosen: best-f1 (the positive label's F1), sensitivity or specificity (the threshold that "
+        "reaches threshold_target on the training letters, the other as high as it then can be)",
+        choices=THRESHOLD_RULES,
+    )
+    threshold_target: float = option(0.9, "the sensitivity or specificity threshold_rule aims at", min=0.5, max=0.999)
+
+
 @dataclass(frozen=True)
 class FineTuneOptions(PerMethod):
     """Training the model itself (linear-probe, lora, lora-svc, domain-adapt)."""
@@ -228,6 +247,7 @@ GROUPS: dict[str, type] = {
     "protocol": ProtocolOptions,
     "embedding": EmbeddingOptions,
     "classifier": ClassifierOptions,
+    "decision": DecisionOptions,
     "finetune": FineTuneOptions,
     "domain": DomainAdaptOptions,
     "prompt": PromptOptions,
@@ -262,6 +282,7 @@ class Options:
     protocol: ProtocolOptions = field(default_factory=ProtocolOptions)
     embedding: EmbeddingOptions = field(default_factory=EmbeddingOptions)
     classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
+    decision: DecisionOptions = field(default_factory=DecisionOptions)
     finetune: FineTuneOptions = field(default_factory=FineTuneOptions)
     domain: DomainAdaptOptions = field(default_factory=DomainAdaptOptions)
     prompt: PromptOptions = field(default_factory=PromptOptions)

@@ -15,6 +15,9 @@ models and methods are compared on the same letters:
 * `auto`: cv under `CV_AUTO_MAX_LETTERS` letters (a hold-out test split of a small dataset holds too few
   letters to compare models), holdout above; never fixed.
 
+Multi-label letters (several labels, or none) are split by iterative stratification (the iterative-stratification
+package: every label's share kept in every fold, rarest label first), applied to the duplicate groups.
+
 Duplicate letters (engine.duplicates) form groups that never straddle training and test letters in any
 split, fold or validation carve (StratifiedGroupKFold). Every class of the dataset must have a test
 letter in every fold, else `plan` refuses with the class, its count and what to change. `carve`
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import duplicates
+from engine import duplicates, metrics
 from engine.errors import DataError
 from engine.options import CV_AUTO_MAX_LETTERS, ProtocolOptions
 from engine.storage import sha256_json
@@ -99,11 +102,22 @@ class Plan:
 
 
 def stratify_key(ds) -> list[str]:
-    """The label stratification balances: the label, or (multi-label) each letter's rarest label, a standard approximation."""
+    """One label per letter: the label, or (multi-label) the letter's rarest label ("" when it has none). The learning
+    curve's draw per label reads it; multi-label folds balance every label (split_key)."""
     if not ds.multi_label:
         return [str(v) for v in ds.labels]
     counts = Counter(lab for labs in ds.labels for lab in labs)
-    return [min(labs, key=lambda lab: (counts[lab], lab)) for labs in ds.labels]
+    return [min(labs, key=lambda lab: (counts[lab], lab)) if labs else "" for labs in ds.labels]
+
+
+def split_key(ds) -> np.ndarray:
+    """What the folds balance: each letter's label, or (multi-label) its 0/1 row over every label, which iterative
+    stratification (the iterative-stratification package) balances label by label, rarest first; a last column marks
+    the letters with no label, so they are spread evenly too."""
+    if not ds.multi_label:
+        return np.asarray(stratify_key(ds))
+    y = metrics.indicator(ds.labels, ds.classes)
+    return np.column_stack([y, (y.sum(1) == 0).astype(np.int8)])
 
 
 def choose(requested: str, n_letters: int, n_splits: int, n_repeats: int, test_size: float) -> tuple[str, str]:
@@ -167,10 +181,18 @@ def subsample(key: np.ndarray, idx: np.ndarray, n: int | None, seed: int, repeat
 
 
 def _kfold(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
-    """The test indices of each of `n_splits` stratified folds of `idx`, keeping groups whole."""
+    """The test indices of each of `n_splits` stratified folds of `idx`, keeping groups whole (`key`: split_key)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     k, g = key[idx], groups[idx]
+    if k.ndim == 2:  # multi-label: iterative stratification of the duplicate groups, a group carrying its letters' labels
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        names, member = np.unique(g, return_inverse=True)
+        per_group = np.zeros((len(names), k.shape[1]), dtype=np.int8)
+        np.maximum.at(per_group, member, k)
+        splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed % 2**32)
+        return [np.sort(idx[np.isin(member, test)]) for _, test in splitter.split(np.zeros(len(names)), per_group)]
     if len(np.unique(g)) == len(g):  # no duplicates here: the plain stratified K-fold
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         parts = splitter.split(idx, k)
@@ -186,7 +208,7 @@ def _holdout(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, test_size: fl
     from sklearn.model_selection import train_test_split
 
     k, g = key[idx], groups[idx]
-    if len(np.unique(g)) == len(g):
+    if len(np.unique(g)) == len(g) and k.ndim == 1:
         counts = np.unique(k, return_counts=True)[1]
         n_test = int(np.ceil(test_size * len(idx)))
         strat = k if counts.min() >= 2 and len(counts) <= n_test and len(counts) <= len(idx) - n_test else None
@@ -202,7 +224,7 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
     p = p.resolved(method) if method else p
     n_repeats = p.cv_repeats or 1
     name, reason = choose(p.protocol, len(ds), p.cv_folds, n_repeats, p.test_size)
-    key = np.asarray(stratify_key(ds))
+    key, by_label = split_key(ds), np.asarray(stratify_key(ds))
     groups = groups_of(ds, p.near_duplicates)
     idx = np.arange(len(ds))
     extra = [f"The dataset's own split is ignored under {name}: use protocol fixed to score it."] if getattr(ds, "split", None) else []
@@ -221,8 +243,8 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
         train, test = _holdout(idx, key, groups, p.test_size, p.seed)
         folds, n_splits, n_repeats, test_size = [Fold(0, 0, train, test)], 1, 1, p.test_size
     n = p.labels_per_class
-    folds = [Fold(f.repeat, f.fold, subsample(key, f.train, n, p.seed, f.repeat, f.fold), f.test) for f in folds]
-    final = subsample(key, idx, n, p.seed) if name == "cv" else folds[0].train
+    folds = [Fold(f.repeat, f.fold, subsample(by_label, f.train, n, p.seed, f.repeat, f.fold), f.test) for f in folds]
+    final = subsample(by_label, idx, n, p.seed) if name == "cv" else folds[0].train
     if n is not None:
         reason += f"; each training split keeps at most {n} letters per label (labels_per_class), the test letters stay the same"
     _require_every_class(ds, folds, name)
@@ -231,7 +253,7 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
         [ds.data_hash, name, p.seed, p.near_duplicates, sha256_json(groups.tolist()), [[f.repeat, f.fold, f.test.tolist()] for f in folds]]
         + ([{"labels_per_class": n}] if n is not None else [])  # (without it: the hash of earlier versions, so their keys hold)
     )
-    per_label = round(float(np.mean([len(f.train) for f in folds])) / max(1, len(set(key.tolist()))), 2)
+    per_label = round(float(np.mean([len(f.train) for f in folds])) / max(1, len(set(by_label.tolist()))), 2)
     return Plan(name, reason, p.seed, n_splits, n_repeats, test_size, tuple(folds), groups, p.near_duplicates, h, tuple(warnings),
                 n, final, per_label)  # fmt: skip
 
@@ -261,7 +283,7 @@ def _fixed(ds, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def carve(ds, train: np.ndarray, groups: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(fitting, validation) indices from the training letters `train` alone: stratified where every label allows it,
     duplicate groups whole. Fine-tuning picks its epoch on the validation letters."""
-    key = np.asarray(stratify_key(ds))
+    key = split_key(ds)
     fit, val = _holdout(np.asarray(train), key, groups, val_size, _seed(seed, 10_007))
     if len(val) == 0 or len(fit) == 0:
         raise DataError(f"{len(train)} training letters are too few to carve a validation set of {val_size:g}; add letters.")

@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 
-from engine import artifacts, evaluation, protocols
+from engine import artifacts, binary, evaluation, metrics, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
-from engine.data import Dataset, require_single_label
-from engine.options import Options
+from engine.data import Dataset
+from engine.options import Options, key_dict, names
 from engine.storage import evaluations_dir, sha256_json
 
 MODEL = "tfidf"
@@ -36,10 +36,67 @@ def pipeline(seed: int):
     )
 
 
-def evaluation_key(opts: Options, plan_hash: str) -> str:
-    """The cache key of a reference evaluation: its configuration, the folds, the protocol's bootstrap and seed."""
+class TextOneVsRest:
+    """Multi-label reference: the tf-idf vocabulary of the training letters, then one logistic regression and one
+    threshold per label (engine.estimators.OneVsRest). Answers classes_, predict_proba(texts), predict(texts), thresholds_."""
+
+    def __init__(self, vectorizer, ovr):
+        self.vectorizer, self.ovr = vectorizer, ovr
+        self.classes_, self.thresholds_ = ovr.classes_, ovr.thresholds_
+
+    def predict_proba(self, texts) -> np.ndarray:
+        return self.ovr.predict_proba(self.vectorizer.transform(list(texts)))
+
+    def predict(self, texts) -> np.ndarray:
+        return self.ovr.predict(self.vectorizer.transform(list(texts)))
+
+
+def _fit_multilabel(texts: list[str], Y: np.ndarray, classes: list[str], idx: np.ndarray, seed: int) -> TextOneVsRest:
+    from sklearn.linear_model import LogisticRegression
+
+    from engine.estimators import fit_multilabel
+    from engine.options import ClassifierOptions
+
+    vectorizer = pipeline(seed).steps[0][1]
+    subset = [texts[i] for i in idx]
+    try:
+        X = vectorizer.fit_transform(subset)
+    except ValueError:  # too few letters for min_df=2: keep every word
+        X = vectorizer.set_params(min_df=1).fit_transform(subset)
+
+    def make(params, weighted, s):  # liblinear: one binary problem per label, several times faster than lbfgs on tf-idf
+        return LogisticRegression(C=CONFIG["C"], class_weight=CONFIG["class_weight"], solver="liblinear", random_state=s)
+
+    fitted = fit_multilabel(X, Y[idx], classes, "logreg", ClassifierOptions(grid=False), seed, make=make, grid={})
+    return TextOneVsRest(vectorizer, fitted.estimator)
+
+
+def evaluation_key(opts: Options, plan_hash: str, two_labels: bool = False) -> str:
+    """The cache key of a reference evaluation: its configuration, the folds, the protocol's bootstrap and seed (and for
+    a two-label task the decision options: its threshold)."""
     p = opts.protocol
-    return sha256_json({"v": VERSION, "method": "tfidf", "config": CONFIG, "plan": plan_hash, "n_boot": p.n_boot, "seed": p.seed})[:32]
+    decision = {"decision": key_dict(opts.decision), "binary": 1} if two_labels else {}
+    return sha256_json(
+        {"v": VERSION, "method": "tfidf", "config": CONFIG, "plan": plan_hash, "n_boot": p.n_boot, "seed": p.seed, **decision}
+    )[:32]
+
+
+def _threshold(texts: list[str], y: np.ndarray, idx: np.ndarray, pos: str, seed: int, decision) -> float:
+    """A two-label task's threshold on P(pos): chosen on probabilities of the training letters `idx`, each predicted by a
+    pipeline (vocabulary included) fitted on the other inner folds."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    yi = y[idx]
+    folds = min(3, int(min(np.unique(yi, return_counts=True)[1])))
+    if folds < 2:
+        return 0.5
+    cv, subset = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed), [texts[i] for i in idx]
+    try:
+        proba = cross_val_predict(pipeline(seed), subset, yi, cv=cv, method="predict_proba")
+    except ValueError:  # an inner fold too small for min_df=2, as in _fit
+        proba = cross_val_predict(pipeline(seed).set_params(tfidfvectorizer__min_df=1), subset, yi, cv=cv, method="predict_proba")
+    col = sorted(set(yi.tolist())).index(pos)
+    return binary.choose_threshold(proba[:, col], yi == pos, decision.threshold_rule, decision.threshold_target)
 
 
 def _fit(texts: list[str], y: np.ndarray, idx: np.ndarray, seed: int):
@@ -55,26 +112,45 @@ def _fit(texts: list[str], y: np.ndarray, idx: np.ndarray, seed: int):
 def tfidf_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
     """Fit the reference on each fold's training letters, score its test letters, refit on every letter (cv), store it."""
     ctx = ensure(ctx)
-    require_single_label(dataset)
     t_start = time.perf_counter()
     p = opts.protocol
     plan = protocols.plan(dataset, p, TFIDF.name)
-    key = evaluation_key(opts, plan.hash)
+    two_labels = not dataset.multi_label and len(dataset.classes) == 2
+    key = evaluation_key(opts, plan.hash, two_labels)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, MODEL, TFIDF.name):
         return hit
-    texts, y, classes = dataset.texts, np.asarray(dataset.labels, dtype=str), dataset.classes
+    texts, classes, multi = dataset.texts, dataset.classes, dataset.multi_label
+    y = metrics.indicator(dataset.labels, classes) if multi else np.asarray(dataset.labels, dtype=str)
+    pos = binary.positive_label(classes, dataset.labels, opts.decision.positive_label) if two_labels else None
     fits = []
+
+    def fit(idx):
+        if multi:
+            return _fit_multilabel(texts, y, classes, idx, p.seed)
+        fitted = _fit(texts, y, idx, p.seed)
+        if two_labels:  # the operating threshold, from cross-validated probabilities of the training letters
+            fitted.threshold_, fitted.positive_label_ = _threshold(texts, y, idx, pos, p.seed, opts.decision), pos
+        return fitted
 
     def fit_predict(fold):
         ctx.progress(len(fits), len(plan.folds) + 1, f"fitting tf-idf {evaluation.fold_label(plan, fold)}".strip())
-        fitted = _fit(texts, y, fold.train, p.seed)
+        fitted = fit(fold.train)
         fits.append(fitted)
-        return evaluation.aligned(fitted.predict_proba([texts[i] for i in fold.test]), fitted.classes_, classes)
+        test = [texts[i] for i in fold.test]
+        if multi:
+            return fitted.predict_proba(test), fitted.predict(test)
+        proba = evaluation.aligned(fitted.predict_proba(test), fitted.classes_, classes)
+        if two_labels:
+            return proba, binary.one_hot(proba[:, classes.index(pos)] >= fitted.threshold_, classes, pos)
+        return proba
 
     oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
-    m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
-    final = _fit(texts, y, plan.final_train, p.seed) if plan.name == "cv" else fits[0]
+    thresholds = [f.threshold_ for f in fits] if two_labels else None
+    m = evaluation.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed, decision=opts.decision, thresholds=thresholds)
+    final = fit(plan.final_train) if plan.name == "cv" else fits[0]
+    if two_labels:
+        m["threshold"] = final.threshold_  # the stored classifier's (the folds' are in fold_thresholds)
     manifest = {
         "kind": "evaluation",
         "key": key,
@@ -107,5 +183,5 @@ TFIDF = StepKind(
     "tf-idf → logistic regression (reference)",
     "reference",
     tfidf_step,
-    ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot", "labels_per_class"),
+    ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot", "labels_per_class", *names("decision")),
 )

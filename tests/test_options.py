@@ -122,8 +122,9 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
     plan = protocols.plan(ds, opts.protocol, method)
     if method in ("linear-probe", "lora"):
         return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", {"plan": plan.hash})
+    two_labels = len(ds.classes) == 2  # (the decision options act on two-label tasks only)
     if method == "tfidf":
-        return reference.evaluation_key(opts, plan.hash)
+        return reference.evaluation_key(opts, plan.hash, two_labels)
     if method == "setfit":
         from engine.finetune import setfit
 
@@ -138,7 +139,7 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
         return instruct.instruct_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
     identity = IDENTITY if method != "lora-svc" else {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
     ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
-    return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, plan.hash)
+    return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, plan.hash, two_labels)
 
 
 # Options that only act under one protocol (the 600 default letters are scored by holdout under `auto`).
@@ -147,11 +148,15 @@ WHERE_IT_MATTERS = {"cv_folds": {"protocol": "cv"}, "cv_repeats": {"protocol": "
 
 @pytest.mark.parametrize("kind", list(steps.KINDS.values()), ids=lambda k: k.name)
 def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds):
+    two = default_ds.without([i for i, lab in enumerate(default_ds.labels) if lab not in default_ds.classes[:2]])
     for f in FIELDS:
+        ds = two if f.group == "decision" else default_ds  # a binary task's threshold options act on two labels only
         setting = Options().replace(**WHERE_IT_MATTERS.get(f.name, {}))
-        base = _artifact_key(kind.name, setting, default_ds)
-        value = 3 if f.name == "cv_repeats" else another_value(f)  # (2 is the frozen methods' default)
-        changed = _artifact_key(kind.name, setting.replace(**{f.name: value}), default_ds)
+        if f.name == "positive_label":
+            setting = setting.replace(positive_label=two.classes[0])
+        base = _artifact_key(kind.name, setting, ds)
+        value = 3 if f.name == "cv_repeats" else two.classes[1] if f.name == "positive_label" else another_value(f)
+        changed = _artifact_key(kind.name, setting.replace(**{f.name: value}), ds)
         if f.key and f.name in kind.reads:
             assert changed != base, f"{kind.name}: option {f.name} changes results but not the cache key"
         elif not f.key:

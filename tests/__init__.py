@@ -1,0 +1,1 @@
+"""ClinBench's test suite (a package, so `tests.conftest` never resolves to another distribution's top-level `tests`)."""
