@@ -4,10 +4,16 @@
 * `lora`: LoRA adapters on the attention projections trained together with the head (the head learns at
   HEAD_LR_FACTOR x the rate); the adapter is saved in peft's format.
 For each fold of the plan (engine.protocols) a fresh model is trained on the fold's training letters, its
-epoch chosen on a validation carve of them (macro-F1), and the fold's test letters scored once; under cv
-one more model is trained on every letter (its own validation carve): the stored classifier. Each
+epoch chosen on a validation carve of them (macro-F1; multi-label: micro-F1), and the fold's test letters scored once;
+under cv one more model is trained on every letter (its own validation carve): the stored classifier. Each
 training is seeded from the run seed and the fold, so a configuration reproduces to the bit on a CPU.
 Class-weighted cross-entropy by default.
+
+Multi-label data: one sigmoid per label (problem_type multi_label_classification), trained with BCE-with-logits against
+the 0/1 label matrix, each label's positives weighted by negatives/positives of the fitting letters (capped at
+POS_WEIGHT_CAP; when class_weighted_loss is on). After training, each label's decision threshold is the best-F1 one on
+the validation carve's probabilities (never the test letters'); the fold's test predictions use them, and the stored
+classifier's are in the manifest (`classifier.thresholds`, label -> threshold), which engine.classifiers reads.
 """
 
 from __future__ import annotations
@@ -17,13 +23,13 @@ import time
 
 import numpy as np
 
-from engine import artifacts, evaluation, features, protocols
+from engine import artifacts, estimators, evaluation, features, metrics, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
-from engine.data import Dataset, require_single_label
+from engine.data import Dataset
 from engine.devices import choose
 from engine.finetune import loop
-from engine.finetune.loading import load_classifier_model, prepare_trainable
+from engine.finetune.loading import MULTI_LABEL, is_multi_label, load_classifier_model, prepare_trainable
 from engine.models import locate, resolve
 from engine.options import Options, names
 from engine.storage import atomic_dir, evaluations_dir
@@ -32,6 +38,10 @@ from engine.storage import atomic_dir, evaluations_dir
 # steps. So under LoRA the head learns at HEAD_LR_FACTOR x the learning rate (cf. LoRA+).
 HEAD_LR_FACTOR = 10.0
 READS = (*names("protocol"), "max_length", *names("finetune"))
+# Multi-label: a label's positives weigh negatives/positives in the BCE, at most this much (a rare label's few positives
+# would otherwise dominate the gradient) and at least its inverse.
+POS_WEIGHT_CAP = 10.0
+THRESHOLD_RULE = "best F1 per label on the validation carve's probabilities"
 
 
 def class_weights(y: np.ndarray, n_classes: int, enabled: bool):
@@ -44,10 +54,40 @@ def class_weights(y: np.ndarray, n_classes: int, enabled: bool):
     return torch.tensor(w, dtype=torch.float32)
 
 
-def predict_proba(net, ids: list[np.ndarray], idx, pad_id: int, placement, batch_size: int = 16) -> np.ndarray:
-    """Softmax probabilities for the letters `idx`, in that order."""
+def pos_weights(Y: np.ndarray, enabled: bool):
+    """BCE's weight of each label's positives (`Y`: the fitting letters' 0/1 matrix): negatives/positives, within
+    [1/POS_WEIGHT_CAP, POS_WEIGHT_CAP]; None when class weighting is off."""
     import torch
 
+    if not enabled:
+        return None
+    pos = Y.sum(0).astype(float)
+    w = np.clip((len(Y) - pos) / np.maximum(pos, 1), 1 / POS_WEIGHT_CAP, POS_WEIGHT_CAP)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def tune_thresholds(proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """One decision threshold per label: the best F1 on these (validation) probabilities (estimators.best_threshold)."""
+    return np.array([estimators.best_threshold(proba[:, j], Y[:, j]) for j in range(Y.shape[1])], dtype=float)
+
+
+def multilabel_validation(proba: np.ndarray, Y: np.ndarray) -> dict:
+    """The validation figures of a multi-label epoch: micro-F1 at thresholds tuned on these letters (what the epoch's
+    model would predict once its thresholds are tuned) and the mean (unweighted) BCE."""
+    from sklearn.metrics import f1_score
+
+    P = (proba >= tune_thresholds(proba, Y)).astype(np.int8)
+    f1 = float(f1_score(Y, P, average="micro", zero_division=0))
+    p = np.clip(proba.astype(np.float64), 1e-12, 1 - 1e-12)  # (float32 would round 1 - 1e-12 to 1: log(0))
+    loss = float(-np.mean(Y * np.log(p) + (1 - Y) * np.log(1 - p)))
+    return {"val_micro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
+
+
+def predict_proba(net, ids: list[np.ndarray], idx, pad_id: int, placement, batch_size: int = 16) -> np.ndarray:
+    """Softmax probabilities for the letters `idx`, in that order; a multi-label head's: each label's sigmoid."""
+    import torch
+
+    squash = torch.sigmoid if is_multi_label(net.config) else (lambda logits: torch.softmax(logits, -1))
     lengths = [len(x) for x in ids]
     out = np.zeros((len(idx), net.config.num_labels), dtype=np.float32)
     pos = {int(i): r for r, i in enumerate(idx)}
@@ -55,7 +95,7 @@ def predict_proba(net, ids: list[np.ndarray], idx, pad_id: int, placement, batch
         for batch in loop.length_grouped_batches(lengths, np.asarray(idx), batch_size, None):
             input_ids, mask = loop.collate(ids, batch, pad_id, placement.device)
             logits = net(input_ids=input_ids, attention_mask=mask).logits.float()
-            out[[pos[int(i)] for i in batch]] = torch.softmax(logits, -1).cpu().numpy()
+            out[[pos[int(i)] for i in batch]] = squash(logits).cpu().numpy()
     return out
 
 
@@ -80,7 +120,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     ctx = ensure(ctx)
     if method not in KINDS:
         raise ValueError(f"classifier_step runs linear-probe or lora, not {method!r}.")
-    require_single_label(dataset)
+    multi = dataset.multi_label
     t_start = time.perf_counter()
     placement = choose()
     classes = dataset.classes
@@ -88,14 +128,19 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     plan = protocols.plan(dataset, p, method)
     entry = resolve(model)
     evaluation.require_unseen(entry, dataset, plan)
-    key = loop.training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra={"plan": plan.hash})
+    extra = {"plan": plan.hash, **({"loss": "bce"} if multi else {})}
+    key = loop.training_key(method, locate(entry)[1], dataset.data_hash, opts, placement.dtype, extra=extra)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, entry.name, method):
         return hit
     ft = opts.finetune.resolved(method)
     staging = loop.checkpoint_path(key).with_suffix(".folds")
-    y_all = np.asarray([classes.index(str(v)) for v in dataset.labels])
-    y_t = torch.from_numpy(y_all)
+    if multi:  # letters x labels, 0/1
+        y_all = metrics.indicator(dataset.labels, classes)
+        y_t = torch.from_numpy(y_all.astype(np.float32))
+    else:
+        y_all = np.asarray([classes.index(str(v)) for v in dataset.labels])
+        y_t = torch.from_numpy(y_all)
     tokens: dict = {}
 
     def train_on(train_idx: np.ndarray, tag: str, label: str) -> dict:
@@ -105,23 +150,29 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         seed = loop.seed_of(p.seed, tag)
         loop.seed_torch(seed)  # the head's and the adapters' initial weights
         fctx.progress(0, 1, "loading model")
-        net, tokenizer, identity, kind, head = load_classifier_model(model, classes, placement)
+        net, tokenizer, identity, kind, head = load_classifier_model(model, classes, placement, multi)
         trained, targets = prepare_trainable(net, method, head, ft)
         if not tokens:
             fctx.progress(0, len(dataset), "tokenising")
             tokens["ids"], tokens["n_truncated"] = features.tokenize(tokenizer, dataset.texts, opts.embedding.max_length)
         ids, pad_id = tokens["ids"], tokenizer.pad_token_id
-        weights = class_weights(y_all[fit_idx], len(classes), ft.class_weighted_loss)
+        if multi:
+            weights = pos_weights(y_all[fit_idx], ft.class_weighted_loss)
+        else:
+            weights = class_weights(y_all[fit_idx], len(classes), ft.class_weighted_loss)
 
         def loss_fn(input_ids, mask, batch):
             logits = trained(input_ids=input_ids, attention_mask=mask).logits.float()
-            return torch.nn.functional.cross_entropy(
-                logits, y_t[batch].to(logits.device), weight=weights.to(logits.device) if weights is not None else None
-            )
+            w = weights.to(logits.device) if weights is not None else None
+            if multi:
+                return torch.nn.functional.binary_cross_entropy_with_logits(logits, y_t[batch].to(logits.device), pos_weight=w)
+            return torch.nn.functional.cross_entropy(logits, y_t[batch].to(logits.device), weight=w)
 
         def validate() -> dict:
             proba = predict_proba(trained, ids, val_idx, pad_id, placement)
             y_val = y_all[val_idx]
+            if multi:
+                return multilabel_validation(proba, y_val)
             loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(val_idx)), y_val], 1e-12, None))))
             f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
             return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
@@ -145,8 +196,12 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         training = loop.training_manifest(
             state, trainable_params=int(n_trainable), head_modules=head, target_modules=targets, n_truncated=tokens["n_truncated"]
         )
-        return {"net": trained, "pad_id": pad_id, "identity": identity, "kind": kind, "training": training, "state": state,
-                "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()}  # fmt: skip
+        out = {"net": trained, "pad_id": pad_id, "identity": identity, "kind": kind, "training": training, "state": state,
+               "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()}  # fmt: skip
+        if multi:  # the best epoch's thresholds, tuned on the validation carve (never on test letters)
+            out["thresholds"] = tune_thresholds(predict_proba(trained, ids, val_idx, pad_id, placement), y_all[val_idx])
+            out["pos_weight"] = None if weights is None else weights.tolist()
+        return out
 
     trainings: dict[str, dict] = {}
 
@@ -156,6 +211,8 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         proba = predict_proba(run["net"], tokens["ids"], fold.test, run["pad_id"], placement)
         save_trained(run["net"], method, staging / tag)  # the fold's model, for lora-svc's fold embeddings
         del run["net"]
+        if multi:  # each label's own probability, and the labels at or above the fold's thresholds
+            return proba, (proba >= run["thresholds"]).astype(np.int8)
         return proba
 
     oof = evaluation.cross_predict(plan, fit_predict, len(classes), ctx)
@@ -189,6 +246,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
             "total_s": time.perf_counter() - t_start,
         },
         **artifacts.provenance(m),  # versions, environment, metrics, created
+        **(multilabel_manifest(classes, final, trainings) if multi else {}),
     }
 
     def write_files(tmp):
@@ -205,6 +263,24 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
     loop.discard_staging(key, staging, trainings)
     ctx.progress(1, 1, "done")
     return StepResult(final["identity"]["name"], method, m, str(folder), False, manifest)
+
+
+def multilabel_manifest(classes: list[str], final: dict, trainings: dict[str, dict]) -> dict:
+    """What a multi-label step's manifest adds: the loss, and the stored classifier's thresholds (label -> threshold, full
+    precision: engine.classifiers applies them) with each fold's."""
+
+    def by_label(values):
+        return None if values is None else {c: float(v) for c, v in zip(classes, values, strict=True)}
+
+    return {
+        "loss": {"name": "bce", "pos_weight": by_label(final["pos_weight"]), "pos_weight_cap": POS_WEIGHT_CAP},
+        "classifier": {
+            "problem_type": MULTI_LABEL,
+            "thresholds": by_label(final["thresholds"]),
+            "threshold_rule": THRESHOLD_RULE,
+            "fold_thresholds": {tag: by_label(t["thresholds"]) for tag, t in trainings.items()},
+        },
+    }
 
 
 def save_trained(net, method: str, out) -> None:

@@ -2,6 +2,7 @@
 
 * `load_classifier_model`: AutoModelForSequenceClassification in fp32 with a new head for the labels
   (the modules the checkpoint does not provide: classifier/score, and BERT's pooler where it has none);
+  multi-label: `problem_type` "multi_label_classification" (a sigmoid per label, BCE);
 * `load_lm_model`: the same model with its language-model head (masked LM for encoders, causal LM for
   decoders), for domain adaptation;
 * `prepare_trainable`: freeze the pretrained weights; train the head (linear-probe) or LoRA adapters on
@@ -20,6 +21,8 @@ from engine.artifacts import read_manifest, verified_file, verify_tree
 from engine.devices import Placement, choose
 from engine.errors import ClinBenchError
 from engine.storage import sha256_json
+
+MULTI_LABEL = "multi_label_classification"  # transformers' problem_type of a head with one sigmoid per label
 
 
 def check_training_memory(name: str, n_params: int, placement) -> None:
@@ -45,8 +48,9 @@ def prepare_tokenizer(tokenizer, config) -> None:
         config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_classifier_model(model: str, classes: list[str], placement):
-    """(AutoModelForSequenceClassification in fp32, tokenizer, identity, kind, head module names)."""
+def load_classifier_model(model: str, classes: list[str], placement, multi_label: bool = False):
+    """(AutoModelForSequenceClassification in fp32, tokenizer, identity, kind, head module names). `multi_label`: the
+    config's problem_type says so (each label's own sigmoid probability, see is_multi_label)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -56,6 +60,10 @@ def load_classifier_model(model: str, classes: list[str], placement):
         prepare_tokenizer(tokenizer, config)
         config.num_labels = len(classes)
         config.id2label, config.label2id = dict(enumerate(classes)), {c: i for i, c in enumerate(classes)}
+        if multi_label:
+            config.problem_type = MULTI_LABEL
+        elif getattr(config, "problem_type", None) == MULTI_LABEL:  # a checkpoint's own multi-label head: not for one label per letter
+            config.problem_type = None
         net, info = AutoModelForSequenceClassification.from_pretrained(
             folder, config=config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
         )
@@ -64,6 +72,13 @@ def load_classifier_model(model: str, classes: list[str], placement):
     net.config.pad_token_id = tokenizer.pad_token_id
     head = head_modules(net, info)
     return net.to(placement.device), tokenizer, {**identity, "model_type": config.model_type}, kind, head
+
+
+def is_multi_label(config) -> bool:
+    """Whether a classifier's config (or a stored artifact's manifest) is multi-label: one sigmoid per label."""
+    if isinstance(config, dict):
+        return (config.get("classifier") or {}).get("problem_type") == MULTI_LABEL
+    return getattr(config, "problem_type", None) == MULTI_LABEL
 
 
 def load_lm_model(model: str, placement):
@@ -183,7 +198,7 @@ def load_tuned_classifier(artifact: str | Path, placement=None, prefix: str = ""
     folder = Path(artifact)
     manifest = read_manifest(folder)
     classes = manifest["data"]["classes"]
-    net, tokenizer, _identity, _kind, _head = load_classifier_model(manifest["model"]["name"], classes, placement)
+    net, tokenizer, _identity, _kind, _head = load_classifier_model(manifest["model"]["name"], classes, placement, is_multi_label(manifest))
     if manifest["method"] == "lora":
         from peft import PeftModel
 

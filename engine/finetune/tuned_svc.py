@@ -4,7 +4,8 @@ It trains (or reuses, by its cache key) the `lora` step's adapters: under cv one
 fold's training letters only, and one on every letter. For each fold it embeds every letter with that
 fold's tuned model (adapter merged; cached under the tuned model's identity, base weights plus adapter
 hash) and fits the same calibrated SVC pipeline as `svc` on the fold's training letters; the stored
-classifier is the SVC on the every-letter model's vectors.
+classifier is the SVC on the every-letter model's vectors. Multi-label data: the adapters are tuned with the lora step's
+BCE head, and `fit_on_embeddings` fits one SVC and one threshold per label on the tuned vectors.
 """
 
 from __future__ import annotations
