@@ -92,11 +92,12 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
     )
 
 
-def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_sep: str | None = None, near_threshold=0.8) -> dict:
+def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_sep=None, near_threshold=0.8, label_columns=None) -> dict:
     """engine.duplicates.summary of a file's usable letters (duplicate groups, label conflicts), rows as validation numbers them."""
     from engine import data, duplicates
 
-    report, texts, labels = data.validate_table(data.read_table(path), text_col, label_col, path=Path(path).name, label_sep=label_sep)
+    df, name = data.read_table(path), Path(path).name
+    report, texts, labels = data.validate_table(df, text_col, label_col, path=name, label_sep=label_sep, label_columns=label_columns)
     return duplicates.summary(texts, labels, near_threshold=near_threshold, row_numbers=report.usable_rows)
 
 
@@ -386,13 +387,8 @@ def save_npy(path: str | Path, array) -> None:
 # Exports (engine.export imports only the standard library until a chart is rendered): the Chrome/Chromium that
 # PNG/SVG need (or None), a plotly figure as png/svg/html (ExportError when it cannot be rendered), a table as CSV,
 # the report zip, file-name slugs.
-browser_path, figure_bytes, table_csv, report_zip, slug = (
-    export.browser_path,
-    export.figure_bytes,
-    export.table_csv,
-    export.report_zip,
-    export.slug,
-)
+browser_path, figure_bytes, table_csv = export.browser_path, export.figure_bytes, export.table_csv
+report_zip, slug = export.report_zip, export.slug
 
 
 def export_formats() -> dict[str, str]:

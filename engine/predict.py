@@ -18,7 +18,8 @@ from engine.errors import ClinBenchError
 def classify(text: str, evals: list) -> list[dict]:
     """One row per evaluation (engine.results.Evaluation): predicted label, its probability, every class's
     probability, latency, model load time, whether the letter was cut to max_length; an error instead when that
-    classifier cannot answer."""
+    classifier cannot answer. `task` says single-label or multi-label; a multi-label classifier's row also has `labels`
+    (the tuple it predicts, possibly empty) and `thresholds`, and `predicted` is those labels as text (_label_set)."""
     text = (text or "").strip()
     if not text:
         raise ClinBenchError("The letter is empty: paste or upload the text of one letter.")
@@ -42,20 +43,45 @@ def classify(text: str, evals: list) -> list[dict]:
                 truncated=clf.truncated([text])[0],
                 error=None,
             )
+            row.update(_label_set(clf, proba))
         except ClinBenchError as exc:
             row.update(predicted=None, error=str(exc))
         rows.append(row)
     return rows
 
 
+NO_LABEL = "(no label)"
+
+
+def _label_set(clf, proba: np.ndarray) -> dict:
+    """A multi-label classifier's answer (its `thresholds` are set): `labels` (the tuple of labels whose probability
+    reaches its threshold, possibly empty), `thresholds` (label -> threshold), `predicted` (the labels joined with ' + ',
+    or '(no label)') and `score` (the probability of the likeliest label). Nothing for a single-label classifier."""
+    cuts = getattr(clf, "thresholds", None)
+    if cuts is None:
+        return {"task": "single-label"}
+    labels = tuple(c for c, p, t in zip(clf.classes_, proba, cuts, strict=True) if p >= t)
+    return {
+        "task": "multi-label",
+        "labels": labels,
+        "thresholds": {c: float(t) for c, t in zip(clf.classes_, cuts, strict=True)},
+        "predicted": " + ".join(labels) or NO_LABEL,
+    }
+
+
 def agreement(rows: list[dict]) -> dict:
-    """The majority label among the classifiers that answered, and the share that chose it."""
-    votes = Counter(r["predicted"] for r in rows if r.get("predicted"))
+    """The majority answer among the classifiers that answered, and the share that chose it (multi-label: the whole label
+    set, '(no label)' included; `label_votes` then counts, for each label, the classifiers that predicted it)."""
+    answered = [r for r in rows if r.get("predicted")]
+    votes = Counter(r["predicted"] for r in answered)
     if not votes:
         return {"label": None, "share": 0.0, "n": 0, "votes": {}}
     label, n = votes.most_common(1)[0]
     total = sum(votes.values())
-    return {"label": label, "share": n / total, "n": total, "votes": dict(votes)}
+    out = {"label": label, "share": n / total, "n": total, "votes": dict(votes)}
+    if any(r.get("labels") is not None for r in answered):
+        out["label_votes"] = dict(Counter(lab for r in answered for lab in r.get("labels") or ()))
+    return out
 
 
 def nearest(text: str, ev, k: int = 5, words: int = 30) -> list[dict]:
@@ -86,7 +112,7 @@ def nearest(text: str, ev, k: int = 5, words: int = 30) -> list[dict]:
         out.append(
             {
                 "row": i,
-                "label": str(ds.labels[i]),
+                "label": results.label_text(ds.labels[i]),
                 "similarity": float(sims[j]),
                 "letter": " ".join(first[:words]) + (" …" if len(first) > words else ""),
             }

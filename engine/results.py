@@ -62,6 +62,11 @@ class Evaluation:
         return self.manifest["metrics"]
 
     @property
+    def multi_label(self) -> bool:
+        """Whether it scored label sets (metrics task "multi-label"); older evaluations, without a task, are single-label."""
+        return self.metrics.get("task") == "multi-label"
+
+    @property
     def labels_per_class(self) -> int | None:
         """The training letters per label it was limited to (a learning curve's size); None: all of them."""
         return (self.manifest.get("protocol") or {}).get("labels_per_class") or self.manifest.get("config", {}).get("labels_per_class")
@@ -209,6 +214,7 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
                 "accuracy": m.get("accuracy"),
                 "baseline_macro_f1": (m.get("baseline") or {}).get("macro_f1"),
                 "n_test": m.get("n_test"),
+                **_multilabel_columns(m),
                 "pooling": cfg.get("pooling"),
                 "max_length": cfg.get("max_length"),
                 "smote": cfg.get("smote"),
@@ -219,10 +225,40 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
     return df.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True) if len(df) else df
 
 
+MULTILABEL_SCORES = ("micro_f1", "macro_f1", "samples_f1")  # the F1 scores of a multi-label evaluation that carry a CI
+
+
+def _multilabel_columns(m: dict) -> dict:
+    """A comparison row's multi-label figures (task, micro/samples-F1 with CIs, subset accuracy, Hamming loss, baselines);
+    a single-label evaluation has task "single-label" and None in the others."""
+    multi = m.get("task") == "multi-label"
+    out: dict = {"task": "multi-label" if multi else "single-label"}
+    for name in ("micro_f1", "samples_f1"):
+        lo, hi = (m.get(f"{name}_ci") or [None, None])[:2] if multi else (None, None)
+        out |= {name: m.get(name) if multi else None, f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+    base = m.get("baseline") or {}
+    out |= {k: m.get(k) if multi else None for k in ("subset_accuracy", "hamming_loss")}
+    out |= {f"baseline_{k}": base.get(k) if multi else None for k in ("micro_f1", "samples_f1", "subset_accuracy")}
+    return out
+
+
 def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
-    """Long table: evaluation, class, precision, recall, F1, support."""
-    rows = [{"evaluation": e.label, "class": cls, **vals} for e in evals for cls, vals in e.metrics.get("per_class", {}).items()]
-    return pd.DataFrame(rows, columns=["evaluation", "class", "precision", "recall", "f1", "support"])
+    """Long table: evaluation, class, precision, recall, F1, support, and (multi-label) how many letters it was predicted for."""
+    rows = []
+    for e in evals:
+        per_label = e.metrics.get("per_label")
+        if per_label:  # multi-label: one row per label, with the letters it was predicted for
+            rows += [{"evaluation": e.label, "class": r["label"], **{k: v for k, v in r.items() if k != "label"}} for r in per_label]
+        else:
+            rows += [{"evaluation": e.label, "class": cls, **vals} for cls, vals in e.metrics.get("per_class", {}).items()]
+    return pd.DataFrame(rows, columns=["evaluation", "class", "precision", "recall", "f1", "support", "predicted"])
+
+
+def label_text(value) -> str:
+    """A prediction or truth as text: a label, or a multi-label letter's labels joined with ' + ' ('(no label)' when none)."""
+    if isinstance(value, (list, tuple)):
+        return " + ".join(map(str, value)) or "(no label)"
+    return str(value)
 
 
 def _first_repeat(p: dict) -> dict[int, int]:
@@ -257,8 +293,8 @@ def misclassified(ev: Evaluation, texts: list[str] | None = None, width: int = 1
     classes, scores = [str(c) for c in p.get("classes") or []], p.get("scores")
     rows = []
     for row, j in sorted(_first_repeat(p).items()):
-        truth, pred = str(p["y_true"][j]), str(p["y_pred"][j])
-        if truth != pred:
+        truth, pred = label_text(p["y_true"][j]), label_text(p["y_pred"][j])
+        if truth != pred:  # multi-label: the label set differs (the score is then left out: each label has its own)
             score = float(scores[j][classes.index(pred)]) if scores and pred in classes else None
             rows.append({"row": row, "truth": truth, "prediction": pred, "score": score})
     df = pd.DataFrame(rows, columns=["row", "truth", "prediction", "score"])
@@ -279,7 +315,7 @@ def disagreements(evals: list[Evaluation], texts: list[str] | None = None, width
     shared = sorted(set.intersection(*(set(f) for f in firsts)))
     rows = []
     for row in shared:
-        said = [str(p["y_pred"][f[row]]) for p, f in zip(preds, firsts, strict=True)]
+        said = [label_text(p["y_pred"][f[row]]) for p, f in zip(preds, firsts, strict=True)]
         if len(set(said)) > 1:
-            rows.append([row, str(preds[0]["y_true"][firsts[0][row]]), *said])
+            rows.append([row, label_text(preds[0]["y_true"][firsts[0][row]]), *said])
     return _with_letters(pd.DataFrame(rows, columns=columns), evals[0], texts, width)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, duplicates, forms
+from ui import charts, common, duplicates, forms, multilabel
 
 common.page(
     "Data",
@@ -29,8 +29,15 @@ if upload is not None:
     c1, c2, c3 = st.columns(3)
     text_col = c1.selectbox("Text column", columns, index=columns.index(guess_text))
     label_col = c2.selectbox("Label column", columns, index=columns.index(guess_label))
-    sep = c3.text_input("Label separator (several labels per letter)", "", help="Leave empty for one label per letter, e.g. '|'.")
-    more = forms.data_option_widgets(columns)
+    sep = c3.text_input(
+        "Label separator (several labels per letter)", "", help="Leave empty for one label per letter (or a JSON list of labels), e.g. '|'."
+    )
+    label_cols = st.multiselect(
+        "…or label columns: one 0/1 column per label (several labels per letter; the label column is then ignored)",
+        [c for c in columns if c != text_col],
+        key="label-columns",
+    )
+    more = forms.data_option_widgets(columns) | ({"label_columns": label_cols} if label_cols else {})
     report = api.validate_file(path, text_col, label_col, label_sep=sep or None, **more)
     st.subheader("Validation report")
     choice = (
@@ -56,14 +63,19 @@ if upload is not None:
     if report.ok:
         st.success(
             f"{report.n_rows} rows, {len(report.class_counts)} labels: ready to use."
-            + (" (several labels per letter: loading works, evaluation needs one label per letter)" if report.multi_label else "")
+            + (
+                " Several labels per letter (multi-label): methods svc, logreg and the tf-idf reference accept it."
+                if report.multi_label
+                else ""
+            )
         )
     if report.class_counts:
         common.chart(
             charts.class_distribution(report.class_counts, f"Letters per label in {upload.name}"), f"labels {upload.name}", "upload-dist"
         )
+    multilabel.data_summary(report, upload.name)  # several labels per letter: labels per letter, no label, co-occurrence
     if report.duplicates is not None:  # the columns exist: duplicate groups, near-copies, label conflicts
-        duplicates.show(path, text_col, label_col, sep or None, {i.message for i in report.warnings})
+        duplicates.show(path, text_col, label_col, sep or None, {i.message for i in report.warnings}, label_cols)
     if report.ok:
         st.subheader("How these letters would be scored")
         c1, c2, c3 = st.columns(3)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common
+from ui import charts, common, multilabel
 
 common.page(
     "Embeddings",
@@ -24,7 +24,8 @@ if not evals:
     st.stop()
 
 models_ = sorted({e.model for e in evals})
-c1, c2 = st.columns(2)
+multi = any(e.multi_label for e in evals)  # several labels per letter: colour by one chosen label (has it / not)
+c1, c2, c3 = st.columns([2, 3, 2]) if multi else (*st.columns(2), None)
 colourings = ["true label", "predicted label", "correct / wrong"]
 common.from_url("model", models_, "emb-model")
 common.from_url("colour", colourings, "emb-colour")
@@ -32,6 +33,14 @@ model = c1.selectbox("Model", models_, key="emb-model")
 colour_by = c2.radio("Colour by", colourings, horizontal=True, key="emb-colour")
 common.to_url("model", model)
 common.to_url("colour", colour_by)
+label = None
+if multi:
+    common.from_url("label", list(ds["classes"]), "emb-label")
+    label = c3.selectbox("Label", list(ds["classes"]), key="emb-label", help="Several labels per letter: the map shows one at a time.")
+    common.to_url("label", label)
+    st.caption(
+        f"Several labels per letter: colours show **{label}** only — whether a test letter carries it, was given it, or was right about it."
+    )
 mine = [e for e in evals if e.model == model and e.embeddings_key]
 stages = [s for s in ("frozen", "tuned") if any(e.stage == s for e in mine)] + sorted({e.stage for e in mine} - {"frozen", "tuned"})
 
@@ -40,7 +49,7 @@ stages = [s for s in ("frozen", "tuned") if any(e.stage == s for e in mine)] + s
 def _letters(key: str) -> tuple[list[str], list[str]]:
     ev = next(e for e in api.evaluations()[0] if e.key == key)
     ds_ = api.letters(ev)
-    return ds_.texts, [str(v) for v in ds_.labels]
+    return ds_.texts, [v if isinstance(v, tuple) else str(v) for v in ds_.labels]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -49,8 +58,10 @@ def _coords(embeddings_key: str) -> np.ndarray:
 
 
 def _colours(ev, truth: list[str]) -> tuple[list[str], list[str] | None]:
-    colour = ["training letter"] * len(truth)
     pred = api.predictions(ev)
+    if label is not None:
+        return multilabel.colours(pred, truth, label, colour_by)
+    colour = ["training letter"] * len(truth)
     for i, t, p in zip(pred["test_index"], pred["y_true"], pred["y_pred"]):
         colour[i] = {"true label": t, "predicted label": p}.get(colour_by, "correct" if t == p else "wrong")
     order = ["correct", "wrong", "training letter"] if colour_by == "correct / wrong" else sorted(set(truth)) + ["training letter"]
@@ -75,7 +86,14 @@ for col, stage in zip(cols, stages):
         except ClinBenchError as exc:
             common.error(exc, f"No map for {ev.label}")
             continue
-        fig = charts.umap_scatter(coords, colour, texts, f"{model} ({stage}) embeddings, UMAP — colour: {colour_by}", colour_by, order)
+        fig = charts.umap_scatter(
+            coords,
+            colour,
+            texts,
+            f"{model} ({stage}) embeddings, UMAP — colour: {colour_by}" + (f" ({label})" if label else ""),
+            colour_by,
+            order,
+        )
         state = common.chart(
             fig,
             f"umap {model} {stage} {colour_by}",
@@ -89,9 +107,9 @@ for col, stage in zip(cols, stages):
             idx = int(points[0]["customdata"] if not isinstance(points[0]["customdata"], list) else points[0]["customdata"][0])
             pred = api.predictions(ev)
             where = dict(zip(pred["test_index"], pred["y_pred"]))
-            extra = f" · predicted **{where[idx]}**" if idx in where else " · training letter"
+            extra = f" · predicted **{multilabel.label_text(where[idx])}**" if idx in where else " · training letter"
             st.markdown(
-                f"**Letter {idx}** · true label **{truth[idx]}**{extra}"
+                f"**Letter {idx}** · true label **{multilabel.label_text(truth[idx])}**{extra}"
                 + (f" · {len(points)} points selected, showing the first" if len(points) > 1 else "")
             )
             st.text_area("Letter", texts[idx], height=260, key=f"letter-{stage}-{idx}", disabled=True)

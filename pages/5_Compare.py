@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, compare, external
+from ui import charts, common, compare, external, multilabel
 
 common.page(
     "Compare",
@@ -22,18 +22,30 @@ if not evals:
     st.stop()
 
 comp = api.comparison_table(evals)
+multi = compare.is_multi_label(evals)  # several labels per letter: three F1 scores, per-label views, no confusion matrix
 st.caption(
-    f"{len(evals)} evaluation(s) on {ds['n_letters']} letters ({compare.protocol_counts(comp)}), labels: {', '.join(ds['classes'])}."
+    f"{len(evals)} evaluation(s) on {ds['n_letters']} letters ({compare.protocol_counts(comp)}), labels: {', '.join(ds['classes'])}"
+    + (" (several labels per letter, or none)." if multi else ".")
 )
-common.chart(charts.macro_f1_chart(comp, title=compare.CHART_TITLE), "macro-F1 by model and method", "f1")
+if multi:
+    metric = multilabel.headline_picker("compare")
+    fig = charts.macro_f1_chart(
+        compare.headline(comp, metric), compare.headline_title(metric), compare.HEADLINES[metric], "most frequent label set"
+    )
+    common.chart(fig, f"{compare.HEADLINES[metric]} by model and method", "f1")
+else:
+    common.chart(charts.macro_f1_chart(comp, title=compare.CHART_TITLE), "macro-F1 by model and method", "f1")
 if compare.has_learning_curve(comp):  # evaluations at more than one training size (the option learning_curve)
     st.subheader("Learning curve")
     common.chart(charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE), "learning curve", "curve")
     st.caption(compare.CURVE_NOTE)
 
-st.subheader("Precision and recall")
-common.table(compare.score_table(comp), "macro-F1 by model and method", "comp")
-st.caption(compare.SCORE_NOTE)
+st.subheader("Micro-, macro- and samples-F1" if multi else "Precision and recall")
+if multi:
+    common.table(compare.multilabel_score_table(comp), "micro macro samples F1 by model and method", "comp")
+else:
+    common.table(compare.score_table(comp), "macro-F1 by model and method", "comp")
+st.caption(compare.ML_SCORE_NOTE if multi else compare.SCORE_NOTE)
 with st.expander("Settings and keys of each evaluation"):
     common.table(compare.settings_table(comp), "evaluation settings", "settings")
 spread = api.seed_spread(evals)
@@ -41,19 +53,24 @@ if len(spread):
     st.markdown("**Across seeds** (runs with n_seeds > 1): the spread of macro-F1 next to the width of its 95% CI")
     common.table(spread.round(4), "macro-F1 across seeds", "seeds")
 per_class = api.per_class_table(evals)
-with st.expander("Per class: precision, recall, F1, support"):
-    common.table(compare.per_class_table(per_class), "precision recall by class", "perclass")
-
-st.subheader("Per-class F1")
-common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
+if multi:
+    multilabel.per_label_section(per_class)
+else:
+    with st.expander("Per class: precision, recall, F1, support"):
+        common.table(compare.per_class_table(per_class), "precision recall by class", "perclass")
+    st.subheader("Per-class F1")
+    common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
 
 st.subheader("Are the top models different?")
+sig = None
 try:
-    with st.spinner("Comparing the top models on the letters they share…"):
-        sig = api.significance(evals)
+    if multi:
+        st.info(compare.ML_PAIRED_NOTE)
+    else:
+        with st.spinner("Comparing the top models on the letters they share…"):
+            sig = api.significance(evals)
 except ClinBenchError as exc:
     common.error(exc, "Significance")
-    sig = None
 if sig is not None and len(sig):
     st.write(compare.SIGNIFICANCE_INTRO)
     for line in compare.verdict_lines(sig):
@@ -61,14 +78,14 @@ if sig is not None and len(sig):
     table = compare.significance_table(sig)  # on screen without the Best column (the same on every row); the CSV keeps it
     st.caption(f"Each row: the best, **{sig['best'].iloc[0]}**, against another evaluation.")
     common.table(table, "significance of the top models", "sig", column_order=[c for c in table if c != "Best"])
-elif sig is not None:
+elif sig is not None and not multi:
     st.caption("Needs at least two evaluations of this dataset scored on the same letters (the same folds or test split).")
 
 st.subheader("The letters behind the figures")
 labels = [e.label for e in evals]
 by_label = {e.label: e for e in evals}
 letters = common.letters_in_downloads("compare")
-with st.expander("Misclassified letters"):
+with st.expander("Letters with a wrong label set" if multi else "Misclassified letters"):
     common.from_url("wrong", list(comp["evaluation"]), "compare-wrong")
     chosen = st.selectbox("Evaluation", list(comp["evaluation"]), key="compare-wrong")  # best first
     common.to_url("wrong", chosen)
@@ -99,6 +116,9 @@ with st.expander("Letters where the models disagree"):
                 compare.letters_table(differ), "letters where models disagree", "disagree", letters, column_config=compare.LETTER_COLUMNS
             )
 
+if multi:  # no confusion matrix for label sets (the per-label heatmap above stands in for it), no external scoring yet
+    st.caption("External validation of multi-label classifiers is not available yet.")
+    st.stop()
 st.subheader("Confusion matrices")
 common.from_url("cm", labels, "compare-cm", many=True)
 picked = st.multiselect("Evaluations", labels, default=None if "compare-cm" in st.session_state else labels[:2], key="compare-cm")

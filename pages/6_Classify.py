@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common
+from ui import charts, common, multilabel
 
 common.page(
     "Classify",
@@ -33,7 +33,8 @@ def _load_test_letter() -> None:
         i = random.Random().choice(pred["test_index"])
         st.session_state["letter"] = texts[i]
         seen = " Under cv the stored classifier was refitted on every letter, this one included." if pred.get("protocol") == "cv" else ""
-        st.session_state["letter_note"] = f"Test letter {i} (true label: {pred['y_true'][pred['test_index'].index(i)]}).{seen}"
+        truth = multilabel.label_text(pred["y_true"][pred["test_index"].index(i)])
+        st.session_state["letter_note"] = f"Test letter {i} (true label: {truth}).{seen}"
     except ClinBenchError as exc:
         st.session_state["letter_note"] = f"error: {exc}"
 
@@ -93,12 +94,14 @@ if st.button("Classify", type="primary"):
 rows = st.session_state.get("answers")
 if rows:
     agree = api.agreement(rows)
+    what = "Majority label set" if "label_votes" in agree else "Majority label"
     if agree["label"]:
-        st.metric("Majority label", agree["label"], f"{agree['share']:.0%} of {agree['n']} classifiers agree", delta_color="off")
+        st.metric(what, agree["label"], f"{agree['share']:.0%} of {agree['n']} classifiers agree", delta_color="off")
     for r in rows:
         if r["error"]:
             st.error(f"{r['evaluation']}: {r['error']}")
-    ok = [r for r in rows if r.get("predicted")]
+    multilabel.classify_answers(rows)  # several labels per letter: each label's probability and threshold
+    ok = [r for r in rows if r.get("predicted") and r.get("thresholds") is None]
     if ok:
         df = pd.DataFrame(
             [

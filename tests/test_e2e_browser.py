@@ -146,3 +146,64 @@ def test_comparison_compare_png_and_classify_in_a_real_browser(server):
         finally:
             browser.close()
     assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"
+
+
+def test_multi_label_compare_and_classify_in_a_real_browser(server, monkeypatch, default_ds, tiny_encoder):
+    """Two multi-label evaluations (svc of a tiny encoder, tf-idf) in the server's cache: Compare names micro-, macro- and
+    samples-F1 (the headline selectable) and draws the per-label heatmap instead of confusion matrices; Classify shows each
+    label's probability and threshold. $CLINBENCH_SCREENSHOTS (a folder), when set, receives both pages' screenshots."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from engine import api
+    from tests.conftest import run_step
+    from tests.test_multilabel import multi_label_ds
+
+    base, tmp = server
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp / "cache"))  # the server's cache
+    ml = multi_label_ds(default_ds)
+    path = tmp / "multi.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "labels": list(labs)}) + "\n" for t, labs in zip(ml.texts, ml.labels)))
+    ds = api.load_dataset(str(path), "text", "labels")
+    for model, method in ((tiny_encoder, "svc"), ("tfidf", "tfidf")):
+        run_step(ds, model, method, protocol="holdout", test_size=0.3, max_length=64, grid=False, n_boot=100)
+    shots = os.environ.get("CLINBENCH_SCREENSHOTS")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        outside = []
+        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
+        try:
+            page.goto(f"{base}/Compare")
+            expect(page.locator(".js-plotly-plot .gtitle", has_text="Micro-F1 per model and method")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Paired tests for multi-label evaluations are not available yet")).to_be_visible()
+            expect(page.locator(".js-plotly-plot .gtitle", has_text="Per label: precision, recall and F1")).to_be_visible()
+            expect(page.get_by_text("Confusion matrices")).to_have_count(0)
+            page.get_by_test_id("stRadioGroup").get_by_text("Samples-F1", exact=True).click()
+            expect(page.locator(".js-plotly-plot .gtitle", has_text="Samples-F1 per model and method")).to_be_visible(timeout=60_000)
+            _settle(page)
+            page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
+            page.screenshot(path=str(tmp / "ml-compare.png"))
+            page.set_viewport_size({"width": 1280, "height": 900})
+
+            page.goto(f"{base}/Classify")
+            expect(page.get_by_label("Letter", exact=True)).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="Load a test letter").click()
+            _settle(page)
+            page.get_by_role("button", name="Classify", exact=True).click()
+            expect(page.get_by_text("Majority label set")).to_be_visible(timeout=120_000)
+            expect(page.locator(".js-plotly-plot .gtitle", has_text="Each label's probability and threshold")).to_be_visible()
+            _settle(page)
+            page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
+            page.screenshot(path=str(tmp / "ml-classify.png"))
+            page.set_viewport_size({"width": 1280, "height": 900})
+        finally:
+            browser.close()
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        for name in ("ml-compare.png", "ml-classify.png"):
+            shutil.copy(tmp / name, Path(shots) / name)
+    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"

@@ -46,8 +46,15 @@ def class_distribution(counts: dict[str, int], title: str = "Letters per label")
     return _layout(fig, title, height=max(260, 60 + 32 * len(labels)))
 
 
-def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the scored letters (95% bootstrap CI)") -> go.Figure:
-    """One bar per model x method with its CI as an error bar; the majority-class baseline as a dashed line."""
+def macro_f1_chart(
+    table: pd.DataFrame,
+    title: str = "Macro-F1 on the scored letters (95% bootstrap CI)",
+    name: str = "macro-F1",
+    baseline_name: str = "majority baseline",
+) -> go.Figure:
+    """One bar per model x method with its CI as an error bar; the majority-class baseline as a dashed line. Reads the
+    columns macro_f1, ci_low, ci_high, baseline_macro_f1; another score (multi-label micro- or samples-F1: ui.compare.headline
+    puts it in those columns) is named by `name`, its baseline by `baseline_name`."""
     t = table.sort_values("macro_f1", ascending=True, kind="stable")
     fig = go.Figure()
     for i, (method, part) in enumerate(t.groupby("method", sort=False)):
@@ -68,7 +75,7 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the scored let
                 text=[f"{v:.3f}" for v in part["macro_f1"]],
                 textposition="inside",
                 insidetextanchor="start",
-                hovertemplate="%{y}<br>macro-F1 %{x:.3f}<extra></extra>",
+                hovertemplate=f"%{{y}}<br>{name} %{{x:.3f}}<extra></extra>",
             )
         )
     if "baseline_macro_f1" in t and t["baseline_macro_f1"].notna().any():
@@ -79,11 +86,13 @@ def macro_f1_chart(table: pd.DataFrame, title: str = "Macro-F1 on the scored let
                 y=[t["evaluation"].iloc[0], t["evaluation"].iloc[-1]],
                 mode="lines",
                 line=dict(dash="dash", color="#888"),
-                name=f"majority baseline {base:.2f}",
-                hovertemplate=f"majority-class baseline: macro-F1 {base:.3f}<extra></extra>",
+                name=f"{baseline_name} {base:.2f}",
+                hovertemplate=f"{baseline_name}: {name} {base:.3f}<extra></extra>",
             )
         )
-    fig.update_xaxes(title="macro-F1 (pooled over the scored letters)", range=[0, 1.05])
+    fig.update_xaxes(
+        title=f"{name} " + ("(pooled over the scored letters)" if name == "macro-F1" else "on the scored letters"), range=[0, 1.05]
+    )
     fig.update_yaxes(
         title=dict(text="model · method", standoff=14),
         ticksuffix=" ",
@@ -156,6 +165,42 @@ def per_class_heatmap(per_class: pd.DataFrame, metric: str = "f1", title: str = 
     fig.update_xaxes(title="label", automargin=True, tickangle=0)
     fig.update_yaxes(title=dict(text="model · method", standoff=14), ticksuffix=" ", automargin=True)
     return _layout(fig, title, height=max(300, 140 + 40 * len(pivot)))
+
+
+def per_label_heatmap(per_label: pd.DataFrame, title: str = "Per label: precision, recall and F1 on the scored letters") -> go.Figure:
+    """Multi-label evaluations: one panel each for precision, recall and F1, a row per label and a column per evaluation
+    (what the confusion matrix is for single-label ones: where each evaluation misses or over-calls a label)."""
+    from plotly.subplots import make_subplots
+
+    metrics = [("precision", "Precision"), ("recall", "Recall"), ("f1", "F1")]
+    labels = list(dict.fromkeys(per_label["class"]))
+    evals = list(dict.fromkeys(per_label["evaluation"]))
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[t for _, t in metrics])
+    for i, (metric, _) in enumerate(metrics, start=1):
+        pivot = per_label.pivot_table(index="class", columns="evaluation", values=metric, aggfunc="first").reindex(
+            index=labels, columns=evals
+        )
+        fig.add_trace(
+            go.Heatmap(
+                z=pivot.values,
+                x=[wrap_label(e, 14) for e in evals],
+                y=[wrap_label(lab, 28) for lab in labels],
+                zmin=0,
+                zmax=1,
+                colorscale="Blues",
+                showscale=i == 3,
+                text=np.round(pivot.values.astype(float), 2),
+                texttemplate="%{text}",
+                colorbar=dict(title="score"),
+                hovertemplate=f"%{{y}}<br>%{{x}}<br>{metric}: %{{z:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=i,
+        )
+    fig.update_xaxes(tickangle=0, automargin=True)
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig.update_yaxes(title="label", row=1, col=1)
+    return _layout(fig, title, height=max(320, 170 + 34 * len(labels)))
 
 
 def wrap_label(label: str, width: int = 12) -> str:
@@ -250,6 +295,88 @@ def scores_chart(rows: list[dict], title: str = "Each classifier's answer") -> g
     fig.update_xaxes(title="probability of the predicted label", range=[0, 1.02])
     fig.update_yaxes(title="model · method", automargin=True)
     return _layout(fig, title, height=max(260, 90 + 40 * len(ok)))
+
+
+def label_probabilities_chart(
+    rows: list[dict], title: str = "Each label's probability and threshold (bar: probability, dark when predicted; black tick: threshold)"
+) -> go.Figure:
+    """Multi-label classifiers (engine.predict rows with `thresholds`): a panel per classifier, a bar per label with its own
+    probability (dark: at or above its threshold, so predicted; light: not), its threshold as a black tick."""
+    from plotly.subplots import make_subplots
+
+    n, per_row = len(rows), min(3, len(rows))
+    n_rows = -(-n // per_row)
+    labels = list(rows[0]["scores"])
+    fig = make_subplots(
+        rows=n_rows,
+        cols=per_row,
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        vertical_spacing=0.12 if n_rows > 1 else 0.05,
+        subplot_titles=[html.escape(_shorten(r["evaluation"], 48)) for r in rows],
+    )
+    for i, r in enumerate(rows):
+        at = dict(row=i // per_row + 1, col=i % per_row + 1)
+        probs = [r["scores"].get(lab, 0.0) for lab in labels]
+        cuts = [r["thresholds"].get(lab, 0.5) for lab in labels]
+        fig.add_trace(
+            go.Bar(
+                x=probs,
+                y=[wrap_label(lab, 28) for lab in labels],
+                orientation="h",
+                marker_color=[PALETTE[0] if p >= t else "#c6dbef" for p, t in zip(probs, cuts)],
+                text=[f"{p:.2f}" for p in probs],
+                textposition="inside",
+                insidetextanchor="start",
+                showlegend=False,
+                hovertemplate="%{y}: probability %{x:.3f}<extra></extra>",
+            ),
+            **at,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=cuts,
+                y=[wrap_label(lab, 28) for lab in labels],
+                mode="markers",
+                marker=dict(symbol="line-ns", size=22, line=dict(width=3, color="#222")),
+                name="threshold",
+                showlegend=False,
+                hovertemplate="%{y}: threshold %{x:.3f}<extra></extra>",
+            ),
+            **at,
+        )
+    fig.update_xaxes(range=[0, 1.02], title="probability")
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig.update_annotations(font_size=13)  # the panels' titles
+    fig = _layout(fig, title, height=max(300, n_rows * (100 + 30 * len(labels)) + 60))
+    fig.update_layout(margin=dict(t=90))
+    return fig
+
+
+def _shorten(text: str, width: int) -> str:
+    """A long name cut in the middle (the model's folder and the method both stay readable)."""
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2) :]
+
+
+def cooccurrence_heatmap(co: dict, title: str = "Letters carrying both labels") -> go.Figure:
+    """A multi-label dataset's co-occurrence (engine.labels.summary): letters carrying both labels; the diagonal counts
+    each label's letters."""
+    labels, matrix = co["labels"], [list(map(int, row)) for row in co["matrix"]]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=[wrap_label(lab) for lab in labels],
+            y=[wrap_label(lab, 28) for lab in labels],
+            colorscale="Blues",
+            text=matrix,
+            texttemplate="%{text}",
+            colorbar=dict(title="letters"),
+            hovertemplate="%{y} and %{x}: %{z} letters<extra></extra>",
+        )
+    )
+    fig.update_xaxes(automargin=True, tickangle=0)
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return _layout(fig, title, height=max(340, 160 + 40 * len(labels)))
 
 
 def training_curves(metrics: dict[str, list[list[float]]], title: str = "Training curves") -> go.Figure:

@@ -75,6 +75,79 @@ LETTER_HEADERS = {"row": "Row", "truth": "True label", "prediction": "Predicted"
 LETTER_COLUMNS = {"Letter": {"width": "large"}, "Row": {"help": "0-based row of the letter in the dataset"}}
 
 
+# Multi-label evaluations (metrics task "multi-label"): three F1 scores with CIs, one of them the headline.
+HEADLINES = {"micro_f1": "Micro-F1", "macro_f1": "Macro-F1", "samples_f1": "Samples-F1"}
+ML_SCORE_COLUMNS = {
+    "evaluation": "Evaluation",
+    "micro_f1": "Micro-F1",
+    "micro_ci": "Micro-F1 95% CI",
+    "macro_f1": "Macro-F1",
+    "macro_ci": "Macro-F1 95% CI",
+    "samples_f1": "Samples-F1",
+    "samples_ci": "Samples-F1 95% CI",
+    "subset_accuracy": "Subset accuracy",
+    "hamming_loss": "Hamming loss",
+    "scored_on": "Scored on",
+    "baseline_micro_f1": "Baseline micro-F1",
+}
+ML_SCORE_NOTE = (
+    "Several labels per letter (multi-label). Micro-F1 pools every (letter, label) decision, so frequent labels weigh "
+    "more; macro-F1 averages the F1 of each label, so rare labels count as much as frequent ones; samples-F1 averages each "
+    "letter's F1 (a letter with no label and none predicted counts 1). Subset accuracy: the whole label set right; Hamming "
+    "loss: the share of wrong (letter, label) decisions (lower is better). CIs: bootstrap over letters. Baseline: always "
+    "answering the most frequent label set of the training letters (often: no label)."
+)
+ML_PAIRED_NOTE = (
+    "Paired tests for multi-label evaluations are not available yet: compare the 95% CIs above (overlapping CIs do not show a difference)."
+)
+ML_PER_LABEL_NOTE = (
+    "Multi-label evaluations have no confusion matrix (a letter may carry several labels, or none): each label is its own "
+    "yes/no decision, scored by its precision (of the letters given the label, the share that carry it), recall (of the "
+    "letters that carry it, the share given it) and F1."
+)
+
+
+def is_multi_label(evals: list) -> bool:
+    """Whether the evaluations scored label sets (one dataset's evaluations are all of one kind)."""
+    return any(e.multi_label for e in evals)
+
+
+def headline(comp: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The comparison with `metric` (micro_f1, macro_f1 or samples_f1), its CI and baseline in the columns the score chart
+    reads (macro_f1, ci_low, ci_high, baseline_macro_f1), best first."""
+    if metric == "macro_f1":
+        return comp
+    t = comp.assign(
+        macro_f1=comp[metric],
+        ci_low=comp[f"{metric}_ci_low"],
+        ci_high=comp[f"{metric}_ci_high"],
+        baseline_macro_f1=comp[f"baseline_{metric}"],
+    )
+    return t.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def headline_title(metric: str) -> str:
+    return f"{HEADLINES[metric]} per model and method, several labels per letter (95% bootstrap CI over letters)"
+
+
+def multilabel_score_table(comp: pd.DataFrame) -> pd.DataFrame:
+    """A multi-label comparison as a person reads it: micro-, macro- and samples-F1 with their CIs, subset accuracy,
+    Hamming loss, the letters behind the figures, the baseline."""
+    t = comp.assign(
+        micro_ci=[_interval(lo, hi) for lo, hi in zip(comp["micro_f1_ci_low"], comp["micro_f1_ci_high"])],
+        macro_ci=[_interval(lo, hi) for lo, hi in zip(comp["ci_low"], comp["ci_high"])],
+        samples_ci=[_interval(lo, hi) for lo, hi in zip(comp["samples_f1_ci_low"], comp["samples_f1_ci_high"])],
+        scored_on=[f"{p} · {n} letters" for p, n in zip(comp["protocol"], comp["n_scored"])],
+    )
+    return t[list(ML_SCORE_COLUMNS)].round(3).rename(columns=ML_SCORE_COLUMNS)
+
+
+def per_label_table(per_class: pd.DataFrame) -> pd.DataFrame:
+    """Multi-label: precision, recall, F1, letters carrying the label and letters it was predicted for, per label."""
+    columns = {**PER_CLASS_COLUMNS, "class": "Label", "support": "Letters with it", "predicted": "Predicted for"}
+    return per_class[list(columns)].round(3).rename(columns=columns)
+
+
 def _interval(lo, hi) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) else f"{lo:.3f}–{hi:.3f}"
 

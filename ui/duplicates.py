@@ -11,12 +11,14 @@ from engine.errors import ClinBenchError
 
 
 @st.cache_data(show_spinner="Looking for near-duplicate letters…", max_entries=16)
-def _summary(path: str, text_col: str, label_col: str, label_sep: str | None, threshold: float) -> dict:
-    return api.duplicate_summary(path, text_col, label_col, label_sep=label_sep, near_threshold=threshold)
+def _summary(path: str, text_col: str, label_col: str, label_sep: str | None, threshold: float, label_columns: tuple = ()) -> dict:
+    return api.duplicate_summary(
+        path, text_col, label_col, label_sep=label_sep, near_threshold=threshold, label_columns=list(label_columns) or None
+    )
 
 
 def _label(lab) -> str:
-    return " + ".join(lab) if isinstance(lab, list) else str(lab)
+    return (" + ".join(lab) or "(no label)") if isinstance(lab, (list, tuple)) else str(lab)
 
 
 def _group(kind: str, group: dict) -> None:
@@ -34,8 +36,11 @@ def _group(kind: str, group: dict) -> None:
                 st.caption(f"first difference from row {rows[0]} (normalised words): {differs[k]}")
 
 
-def show(path, text_col: str, label_col: str, label_sep: str | None = None, already_shown: set[str] = frozenset()) -> None:
-    """The 'Duplicate letters' section; `already_shown`: warning texts the validation report displayed already."""
+def show(
+    path, text_col: str, label_col: str, label_sep: str | None = None, already_shown: set[str] = frozenset(), label_columns=None
+) -> None:
+    """The 'Duplicate letters' section; `already_shown`: warning texts the validation report displayed already;
+    `label_columns`: the 0/1 columns of a multi-label file (one per label), when its labels are read that way."""
     st.subheader("Duplicate letters")
     threshold = st.slider(
         "Near-duplicate threshold (Jaccard similarity of 5-word shingles)",
@@ -48,7 +53,7 @@ def show(path, text_col: str, label_col: str, label_sep: str | None = None, alre
         "and collapsing spacing and punctuation). Lower finds more, and more loosely related, letters.",
     )
     try:
-        s = _summary(str(path), text_col, label_col, label_sep, float(threshold))
+        s = _summary(str(path), text_col, label_col, label_sep, float(threshold), tuple(label_columns or ()))
     except ClinBenchError as exc:
         st.error(f"Duplicates: {exc}")
         return

@@ -11,6 +11,10 @@ import streamlit as st
 from engine import api
 
 OPEN_GROUPS = ("protocol", "embedding", "classifier")  # the rest (fine-tuning, domain adaptation) start folded
+SMOTE_MULTI_LABEL = (
+    "Several labels per letter (multi-label data): SMOTE is not defined for label sets, so it is replaced by class weights "
+    "per label (each label's classifier weighs its rare 'yes' letters up), with one tuned threshold per label."
+)
 
 
 def _label(name: str) -> str:
@@ -76,6 +80,8 @@ def option_widgets(columns: int = 4) -> dict:
         cols = box.columns(columns)
         for i, f in enumerate(g["fields"]):
             values[f.name] = widget(cols[i % columns], f)
+        if any(f.name == "smote" for f in g["fields"]):
+            box.caption(SMOTE_MULTI_LABEL)
     return values
 
 

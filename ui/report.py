@@ -1,5 +1,9 @@
 """The figures and tables of one comparison (a set of evaluations), as the Compare page shows them
-and the Export page bundles them. Pure: engine results in, plotly figures and DataFrames out."""
+and the Export page bundles them. Pure: engine results in, plotly figures and DataFrames out.
+
+Multi-label evaluations: the micro/macro/samples-F1 table and the per-label table replace the macro-F1 and per-class
+ones, the per-label heatmap replaces the confusion matrices (they have none), and there is no significance table (paired
+tests for label sets are not available yet)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,12 @@ from ui import charts, compare
 
 def tables(evals: list, with_significance: bool = True) -> dict[str, pd.DataFrame]:
     comp = api.comparison_table(evals)
+    if compare.is_multi_label(evals):
+        return {
+            "micro macro samples F1 by model and method": compare.multilabel_score_table(comp),
+            "evaluation settings": compare.settings_table(comp),
+            "precision recall F1 per label": compare.per_label_table(api.per_class_table(evals)),
+        }
     out = {
         "macro-F1 by model and method": compare.score_table(comp),
         "evaluation settings": compare.settings_table(comp),
@@ -23,8 +33,17 @@ def tables(evals: list, with_significance: bool = True) -> dict[str, pd.DataFram
     return out
 
 
-def figures(evals: list, confusion_for: list | None = None) -> dict:
+def figures(evals: list, confusion_for: list | None = None, metric: str = "micro_f1") -> dict:
+    """The comparison's charts; `metric`: a multi-label comparison's headline (micro_f1, macro_f1 or samples_f1)."""
     comp = api.comparison_table(evals)
+    if compare.is_multi_label(evals):
+        name = compare.HEADLINES[metric]
+        return {
+            f"{name} by model and method": charts.macro_f1_chart(
+                compare.headline(comp, metric), compare.headline_title(metric), name, "most frequent label set"
+            ),
+            "precision recall F1 per label": charts.per_label_heatmap(api.per_class_table(evals)),
+        }
     figs = {
         "macro-F1 by model and method": charts.macro_f1_chart(comp),
         "per-class F1": charts.per_class_heatmap(api.per_class_table(evals)),
@@ -32,5 +51,6 @@ def figures(evals: list, confusion_for: list | None = None) -> dict:
     if compare.has_learning_curve(comp):
         figs["learning curve"] = charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE)
     for ev in confusion_for if confusion_for is not None else evals:
-        figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}")
+        if "confusion_matrix" in ev.metrics:  # (multi-label evaluations have none)
+            figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}")
     return figs
