@@ -166,11 +166,13 @@ def describe_model(name: str) -> dict:
 
 
 def methods() -> list[dict]:
-    """Every method, in display order: name, title, stage, what it produces, the options it reads."""
+    """Every method, in display order: name, title, stage, what it produces, the options it reads, whether it takes
+    multi-label data."""
     from engine import steps
 
     return [
-        {"name": k.name, "title": k.title, "stage": k.stage, "produces": k.produces, "reads": list(k.reads)} for k in steps.KINDS.values()
+        {"name": k.name, "title": k.title, "stage": k.stage, "produces": k.produces, "reads": list(k.reads), "label_sets": k.label_sets}
+        for k in steps.KINDS.values()
     ]
 
 

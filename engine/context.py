@@ -64,7 +64,8 @@ class StepKind:
 
     `run(dataset, model, method, options, ctx) -> engine.artifacts.StepResult`; `reads` names the options it uses
     (the form shows them, tests check that each key option among them changes its cache key); `stage` is frozen
-    (the pretrained model) or tuned; `produces` is "classifier" (an evaluation a Classify page can use) or "model"."""
+    (the pretrained model) or tuned; `produces` is "classifier" (an evaluation a Classify page can use) or "model"; `label_sets`: it takes multi-label
+    data."""
 
     name: str
     title: str
@@ -72,3 +73,4 @@ class StepKind:
     run: Callable
     reads: tuple[str, ...]
     produces: str = "classifier"
+    label_sets: bool = False  # it scores multi-label data (several labels per letter, or none)

@@ -212,6 +212,7 @@ def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, 
     # one of n_seeds, one size of the learning curve
     opts = spec.options.replace(**{k: step[k] for k in ("seed", "labels_per_class") if k in step})
     letters = protocols.prepare(dataset or spec.data.load(), opts.protocol)  # (label_conflicts: drop)
+    steps.require_task(step["method"], letters)
     return kind.run(letters, step["model"], step["method"], opts, ctx or StepContext())
 
 

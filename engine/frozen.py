@@ -199,6 +199,6 @@ def fit_on_embeddings(
     return StepResult(model_identity["name"], kind.name, m, str(folder), False, manifest)
 
 
-SVC = StepKind("svc", "frozen embeddings → SVC", "frozen", embedding_step, READS)
-LOGREG = StepKind("logreg", "frozen embeddings → logistic regression", "frozen", embedding_step, READS)
+SVC = StepKind("svc", "frozen embeddings → SVC", "frozen", embedding_step, READS, label_sets=True)
+LOGREG = StepKind("logreg", "frozen embeddings → logistic regression", "frozen", embedding_step, READS, label_sets=True)
 KINDS = {k.name: k for k in (SVC, LOGREG)}

@@ -28,7 +28,7 @@ def submit(spec, *, start_worker: bool = True) -> int:
     """
     from engine import models, protocols
     from engine.experiment import Spec  # (reading runs never loads the methods)
-    from engine.steps import KINDS, REFERENCE
+    from engine.steps import KINDS, REFERENCE, require_task
 
     if not isinstance(spec, Spec):
         raise ClinBenchError("submit() takes an engine.experiment.Spec (see experiment.parse_spec / load_spec).")
@@ -47,6 +47,8 @@ def submit(spec, *, start_worker: bool = True) -> int:
                 check_targets_of(name, targets)  # a module the architecture lacks fails now, not after the data is tokenised
     steps = spec.steps()
     letters = protocols.prepare(dataset, spec.options.protocol)
+    for method in dict.fromkeys(s["method"] for s in steps):
+        require_task(method, letters)  # a multi-label dataset with a single-label method is refused now
     for method in {s["method"] for s in steps if KINDS[s["method"]].produces == "classifier"}:
         protocols.plan(letters, spec.options.protocol, method)  # a class that some test fold would lack is refused now
     now = time.time()

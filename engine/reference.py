@@ -184,4 +184,5 @@ TFIDF = StepKind(
     "reference",
     tfidf_step,
     ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot", "labels_per_class", *names("decision")),
+    label_sets=True,
 )

@@ -31,6 +31,18 @@ FROZEN_EMBEDDING = tuple(frozen.KINDS)
 REFERENCE = (REFERENCE_MODEL, TFIDF.name)
 
 
+def require_task(method: str, dataset) -> None:
+    """Refuse multi-label letters for a method that predicts one label per letter, naming those that take them."""
+    from engine.errors import DataError
+
+    if dataset.multi_label and not KINDS[method].label_sets:
+        takes = ", ".join(k.name for k in KINDS.values() if k.label_sets)
+        raise DataError(
+            f"{method} predicts one label per letter and cannot score this multi-label dataset (several labels per letter, "
+            f"or none). Methods for multi-label data: {takes}; or choose a label column with one label per letter."
+        )
+
+
 def names() -> list[str]:
     """The methods a spec may name, in display order."""
     return list(KINDS)

@@ -119,3 +119,19 @@ def test_multilabel_step_scores_and_stores_a_classifier(cache, default_ds, tiny_
     assert [list(p) for p in clf.predict(test)] == pred["y_pred"]  # the stored classifier is the one that was scored
     if method == "tfidf":
         assert m["micro_f1"] > m["baseline"]["micro_f1"]
+
+
+def test_a_single_label_method_is_refused_before_anything_is_queued(cache, default_ds, tmp_path):
+    from engine import api, steps
+    from engine.errors import DataError
+
+    rows = [{"text": t, "labels": list(lab)} for t, lab in zip(multi_label_ds(default_ds).texts, multi_label_ds(default_ds).labels)]
+    path = tmp_path / "multi.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    spec = api.parse_spec(
+        {"data": {"path": str(path), "text_column": "text", "label_column": "labels"}, "models": ["smollm2"], "methods": ["zero-shot"]}
+    )
+    with pytest.raises(DataError, match="zero-shot predicts one label per letter.*Methods for multi-label data: tfidf, svc, logreg"):
+        api.submit(spec, start_worker=False)
+    assert api.list_runs() == []  # nothing queued
+    assert {m["name"] for m in api.methods() if m["label_sets"]} == {k.name for k in steps.KINDS.values() if k.label_sets}

@@ -226,4 +226,5 @@ DOMAIN_ADAPT = StepKind(
     domain_adapt_step,
     ("seed", "test_size", "near_duplicates", "max_length", *names("finetune"), *names("domain")),  # (protocol: fixed or not)
     produces="model",
+    label_sets=True,  # it reads the letters, not their labels
 )

@@ -295,6 +295,6 @@ def save_trained(net, method: str, out) -> None:
             save_file({n: p.detach().contiguous() for n, p in net.named_parameters() if p.requires_grad}, tmp / "head.safetensors")
 
 
-LINEAR_PROBE = StepKind("linear-probe", "linear head (before fine-tuning)", "frozen", classifier_step, READS)
-LORA = StepKind("lora", "LoRA fine-tuning", "tuned", classifier_step, READS)
+LINEAR_PROBE = StepKind("linear-probe", "linear head (before fine-tuning)", "frozen", classifier_step, READS, label_sets=True)
+LORA = StepKind("lora", "LoRA fine-tuning", "tuned", classifier_step, READS, label_sets=True)
 KINDS = {k.name: k for k in (LINEAR_PROBE, LORA)}

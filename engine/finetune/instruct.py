@@ -26,7 +26,7 @@ import numpy as np
 from engine import artifacts, evaluation, incontext, models, options, prompting, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
-from engine.data import Dataset, require_single_label
+from engine.data import Dataset
 from engine.devices import Placement, choose
 from engine.errors import ClinBenchError
 from engine.finetune import loop
@@ -130,7 +130,6 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     from sklearn.metrics import f1_score
 
     ctx = ensure(ctx)
-    require_single_label(dataset)
     t_start = time.perf_counter()
     placement = choose()
     classes, po, p = dataset.classes, opts.prompt, opts.protocol

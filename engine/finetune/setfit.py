@@ -35,7 +35,7 @@ import numpy as np
 from engine import artifacts, evaluation, features, models, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
-from engine.data import Dataset, require_single_label
+from engine.data import Dataset
 from engine.devices import choose
 from engine.finetune import loop
 from engine.finetune.head import fold_context
@@ -136,7 +136,6 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
     import torch
 
     ctx = ensure(ctx)
-    require_single_label(dataset)
     t_start = time.perf_counter()
     placement = choose()
     classes = dataset.classes
