@@ -18,8 +18,9 @@ from engine.errors import ClinBenchError
 def classify(text: str, evals: list) -> list[dict]:
     """One row per evaluation (engine.results.Evaluation): predicted label, its probability, every class's
     probability, latency, model load time, whether the letter was cut to max_length; an error instead when that
-    classifier cannot answer. `task` says single-label or multi-label; a multi-label classifier's row also has `labels`
-    (the tuple it predicts, possibly empty) and `thresholds`, and `predicted` is those labels as text (_label_set)."""
+    classifier cannot answer. `task` says single-label, binary or multi-label; a multi-label classifier's row also has
+    `labels` (the tuple it predicts, possibly empty) and `thresholds`, and `predicted` is those labels as text (_label_set);
+    a two-label classifier with an operating threshold answers the label that threshold gives (_operating_point)."""
     text = (text or "").strip()
     if not text:
         raise ClinBenchError("The letter is empty: paste or upload the text of one letter.")
@@ -59,13 +60,33 @@ def _label_set(clf, proba: np.ndarray) -> dict:
     or '(no label)') and `score` (the probability of the likeliest label). Nothing for a single-label classifier."""
     cuts = getattr(clf, "thresholds", None)
     if cuts is None:
-        return {"task": "single-label"}
+        return _operating_point(clf, proba)
     labels = tuple(c for c, p, t in zip(clf.classes_, proba, cuts, strict=True) if p >= t)
     return {
         "task": "multi-label",
         "labels": labels,
         "thresholds": {c: float(t) for c, t in zip(clf.classes_, cuts, strict=True)},
         "predicted": " + ".join(labels) or NO_LABEL,
+    }
+
+
+def _operating_point(clf, proba: np.ndarray) -> dict:
+    """A two-label classifier with an operating threshold (its `threshold` and `positive_label` are set): `task` "binary",
+    `positive_label`, `threshold`, `p_positive` (the letter's probability of the positive label), and the label that
+    threshold gives as `predicted` with its probability as `score` (it may differ from the most probable label). Other
+    single-label classifiers: `task` "single-label" only."""
+    cut, pos = getattr(clf, "threshold", None), getattr(clf, "positive_label", None)
+    if cut is None or pos is None:
+        return {"task": "single-label"}
+    j = list(clf.classes_).index(pos)
+    given = j if proba[j] >= cut else 1 - j
+    return {
+        "task": "binary",
+        "positive_label": pos,
+        "threshold": float(cut),
+        "p_positive": float(proba[j]),
+        "predicted": clf.classes_[given],
+        "score": float(proba[given]),
     }
 
 

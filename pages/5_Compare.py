@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, compare, external, multilabel
+from ui import binary, charts, common, compare, external, multilabel
 
 common.page(
     "Compare",
@@ -46,6 +46,8 @@ if multi:
 else:
     common.table(compare.score_table(comp), "macro-F1 by model and method", "comp")
 st.caption(compare.ML_SCORE_NOTE if multi else compare.SCORE_NOTE)
+if binary.is_binary(evals):  # two labels: sensitivity, specificity, PPV, NPV, AUCs with CIs; ROC and PR curves
+    binary.compare_section(evals)
 with st.expander("Settings and keys of each evaluation"):
     common.table(compare.settings_table(comp), "evaluation settings", "settings")
 spread = api.seed_spread(evals)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, multilabel
+from ui import binary, charts, common, multilabel
 
 common.page(
     "Classify",
@@ -101,6 +101,7 @@ if rows:
         if r["error"]:
             st.error(f"{r['evaluation']}: {r['error']}")
     multilabel.classify_answers(rows)  # several labels per letter: each label's probability and threshold
+    binary.classify_answers(rows, evals)  # two labels: P(positive label) against each classifier's threshold
     ok = [r for r in rows if r.get("predicted") and r.get("thresholds") is None]
     if ok:
         df = pd.DataFrame(

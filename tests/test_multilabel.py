@@ -131,7 +131,7 @@ def test_a_single_label_method_is_refused_before_anything_is_queued(cache, defau
     spec = api.parse_spec(
         {"data": {"path": str(path), "text_column": "text", "label_column": "labels"}, "models": ["smollm2"], "methods": ["zero-shot"]}
     )
-    with pytest.raises(DataError, match="zero-shot predicts one label per letter.*Methods for multi-label data: tfidf, svc, logreg"):
+    with pytest.raises(DataError, match=r"zero-shot predicts one label per letter.*Methods for multi-label data: tfidf, svc, logreg"):
         api.submit(spec, start_worker=False)
     assert api.list_runs() == []  # nothing queued
     assert {m["name"] for m in api.methods() if m["label_sets"]} == {k.name for k in steps.KINDS.values() if k.label_sets}

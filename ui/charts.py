@@ -405,3 +405,135 @@ def training_curves(metrics: dict[str, list[list[float]]], title: str = "Trainin
             )
         )
     return _layout(fig, title, height=340)
+
+
+def roc_chart(curves: list[dict], title: str = "ROC curves of P(positive label), with each operating point") -> go.Figure:
+    """Two-label evaluations (ui.binary.curve_rows): one ROC line per evaluation (its ROC-AUC in the legend), its operating
+    point at (1 - specificity, sensitivity) as a marker of the same colour, and the chance diagonal."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#aaa", dash="dash", width=1), hoverinfo="skip")
+    )
+    for i, c in enumerate(curves):
+        colour, name = PALETTE[i % len(PALETTE)], html.escape(c["evaluation"])
+        auc = "" if c.get("roc_auc") is None else f" (AUC {c['roc_auc']:.3f})"
+        fig.add_trace(
+            go.Scatter(
+                x=c["fpr"],
+                y=c["tpr"],
+                mode="lines",
+                name=f"{name}{auc}",
+                legendgroup=name,
+                line=dict(color=colour, width=2),
+                hovertemplate=f"<b>{name}</b><br>1 - specificity %{{x:.3f}}<br>sensitivity %{{y:.3f}}<extra></extra>",
+            )
+        )
+        if c.get("sensitivity") is not None and c.get("specificity") is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[1 - c["specificity"]],
+                    y=[c["sensitivity"]],
+                    mode="markers",
+                    name=f"{name}: operating point",
+                    legendgroup=name,
+                    showlegend=False,
+                    marker=dict(color=colour, size=12, symbol="circle", line=dict(color="#222", width=1.5)),
+                    hovertemplate=f"<b>{name}</b> at its threshold {c['threshold_text']}<br>sensitivity %{{y:.3f}}, "
+                    "specificity %{customdata:.3f}<extra></extra>",
+                    customdata=[c["specificity"]],
+                )
+            )
+    fig.update_xaxes(title="1 - specificity (false-positive rate)", range=[-0.02, 1.02])
+    fig.update_yaxes(title="sensitivity (true-positive rate)", range=[-0.02, 1.02])
+    return _curves_layout(fig, title, len(curves) + 1)
+
+
+def pr_chart(curves: list[dict], title: str = "Precision-recall curves of P(positive label), with each operating point") -> go.Figure:
+    """Two-label evaluations (ui.binary.curve_rows): one precision-recall line per evaluation (its PR-AUC in the legend), its
+    operating point at (sensitivity, PPV), and the share of positive letters (a classifier guessing at random) dotted."""
+    fig = go.Figure()
+    for i, c in enumerate(curves):
+        colour, name = PALETTE[i % len(PALETTE)], html.escape(c["evaluation"])
+        auc = "" if c.get("pr_auc") is None else f" (AUC {c['pr_auc']:.3f})"
+        fig.add_trace(
+            go.Scatter(
+                x=c["recall"],
+                y=c["precision"],
+                mode="lines",
+                name=f"{name}{auc}",
+                legendgroup=name,
+                line=dict(color=colour, width=2, shape="hv"),  # recall falls along the curve: each step holds its precision
+                hovertemplate=f"<b>{name}</b><br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>",
+            )
+        )
+        if c.get("sensitivity") is not None and c.get("ppv") is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[c["sensitivity"]],
+                    y=[c["ppv"]],
+                    mode="markers",
+                    name=f"{name}: operating point",
+                    legendgroup=name,
+                    showlegend=False,
+                    marker=dict(color=colour, size=12, line=dict(color="#222", width=1.5)),
+                    hovertemplate=f"<b>{name}</b> at its threshold {c['threshold_text']}<br>sensitivity %{{x:.3f}}, PPV %{{y:.3f}}<extra></extra>",
+                )
+            )
+    prevalence = sorted({round(c["prevalence"], 4) for c in curves if c.get("prevalence") is not None})
+    if len(prevalence) == 1:
+        fig.add_hline(
+            y=prevalence[0],
+            line=dict(color="#aaa", dash="dot", width=1),
+            annotation_text=f"positive letters: {prevalence[0]:.0%}",
+            annotation_position="bottom right",
+        )
+    fig.update_xaxes(title="recall (sensitivity)", range=[-0.02, 1.02])
+    fig.update_yaxes(title="precision (PPV)", range=[-0.02, 1.04])
+    return _curves_layout(fig, title, len(curves))
+
+
+def _curves_layout(fig: go.Figure, title: str, n_lines: int) -> go.Figure:
+    """ROC / PR layout: a square-ish plot, its legend (one evaluation a line) below it so the plot keeps its width."""
+    fig.update_layout(
+        legend=dict(title_text="model · method (dot: operating point)", orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
+        hovermode="closest",
+    )
+    return _layout(fig, title, height=470 + 24 * n_lines)
+
+
+def threshold_chart(rows: list[dict], title: str = "Probability of the positive label against each classifier's threshold") -> go.Figure:
+    """Two-label classifiers with an operating threshold (engine.predict rows of task "binary"): a bar per classifier with
+    the letter's probability of the positive label (dark: at or above the threshold, so the positive label; light: the
+    other label), the threshold as a black tick, and the label given as the bar's text."""
+    names = [_shorten(r["evaluation"], 60) for r in rows]
+    probs, cuts = [r["p_positive"] for r in rows], [r["threshold"] for r in rows]
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=names,
+            orientation="h",
+            marker_color=[PALETTE[3] if p >= t else "#c6dbef" for p, t in zip(probs, cuts)],
+            text=[
+                f"P({r['positive_label']}) {p:.2f} {'≥' if p >= t else '<'} {t:.2f} → {r['predicted']}"
+                for r, p, t in zip(rows, probs, cuts)
+            ],
+            textposition="outside",
+            cliponaxis=False,
+            name="probability",
+            hovertemplate="%{y}: P(positive) %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cuts,
+            y=names,
+            mode="markers",
+            marker=dict(symbol="line-ns", size=30, line=dict(width=3, color="#222")),
+            name="threshold",
+            hovertemplate="%{y}: threshold %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="probability of the positive label (black tick: the classifier's threshold)", range=[0, 1.02])
+    fig.update_yaxes(title="model · method", autorange="reversed", automargin=True)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title, height=max(240, 110 + 50 * len(rows)))
