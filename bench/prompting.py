@@ -6,7 +6,8 @@ variants behind the defaults.
 Rows, all on the test letters of one plan (the default options: the 600 default letters -> a hold-out split of 120):
 
 * the steps as `python -m engine evaluate --method zero-shot|few-shot` runs them (shipped defaults; few-shot with its
-  default k and with k=4): macro-F1 with its 95% bootstrap CI, seconds and seconds per letter;
+  default k and with k=4; few-shot averages the examples' prompt with the letter alone, the option with_letter_alone):
+  macro-F1 with its 95% bootstrap CI, seconds and seconds per letter;
 * variants of the zero-shot prompt (engine.prompting.PROMPTS) x scoring (sum, mean, norm) x calibration (on/off),
   from one scoring pass per prompt (scores of every variant come from the same label log-likelihoods).
 

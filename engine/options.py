@@ -228,6 +228,12 @@ class PromptOptions:
         "the context next to the letter, at least 1)",
         min=1,
     )
+    with_letter_alone: bool = option(
+        True,
+        "few-shot: also score each letter without the examples and average the two calibrated scores (SmolLM2-135M on 60 "
+        "training letters: examples alone 0.30 macro-F1, averaged 0.53, the letter alone 0.53: a tiny model copies labels "
+        "from examples)",
+    )
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,12 @@ def test_the_stored_classifier_answers_like_the_evaluation(method, cache, small_
     if method == "few-shot":
         assert len(demos["rows"]) == 5 and set(demos["rows"]) <= set(m["train_rows"])
         assert sorted(demos["labels"]) == sorted(ds.classes)
+        # the letters are scored after the examples and without them, each calibrated, the log-probabilities averaged
+        texts, sc, st = [ds.texts[i] for i in idx], clf.scorer, clf.stored
+        few = incontext.log_softmax(sc.scores(sc.token_logprobs(texts, clf.prefix), "sum", np.asarray(st["prior_sums"])))
+        zero = incontext.log_softmax(sc.scores(sc.token_logprobs(texts), "sum", np.asarray(st["zero_prior_sums"])))
+        assert st["with_zero_shot"] and np.allclose(np.asarray(stored["scores"])[:6], prompting.softmax((few + zero) / 2), atol=1e-3)
+        assert not np.allclose(np.asarray(stored["scores"])[:6], np.exp(few), atol=1e-3)  # not the examples' prompt alone
     else:
         assert demos is None
     calibration = res.manifest["prompt"]["calibration_rows"]  # the prior: training letters only, never an example

@@ -40,7 +40,7 @@ from engine.storage import atomic_dir, evaluations_dir
 VERSION = 1
 METHOD = "instruct-lora"
 PREDICTOR = "tuned-lm"
-PROMPT_READS = tuple(n for n in options.names("prompt") if n != "k_shot")  # no examples in the prompt
+PROMPT_READS = tuple(n for n in options.names("prompt") if n not in ("k_shot", "with_letter_alone"))  # no examples in the prompt
 
 
 def instruct_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_hash: str) -> str:
