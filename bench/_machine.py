@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -50,3 +51,17 @@ def progress_context(t0: float, every_s: float = 20.0, loss_every: int = 10):
             print(f"  [{time.perf_counter() - t0:7.0f} s] {name} @ {step}: {value:.4f}", file=sys.stderr, flush=True)
 
     return StepContext(progress=progress, log_metric=log_metric)
+
+
+@contextlib.contextmanager
+def fresh_cache(name: str):
+    """A new, empty ClinBench cache for one benchmark (CLINBENCH_CACHE), deleted afterwards: nothing is a cache hit."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=f"clinbench-bench-{name}-")
+    os.environ["CLINBENCH_CACHE"] = folder
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

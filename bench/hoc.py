@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,12 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data} not found: give the Hallmarks of Cancer JSONL with --data")
-    cache = tempfile.mkdtemp(prefix="clinbench-bench-hoc-")
-    os.environ["CLINBENCH_CACHE"] = cache
-    try:
+    sys.path.insert(0, str(ROOT))
+    from bench._machine import fresh_cache
+
+    with fresh_cache("hoc"):
         run(args)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
 
 
 def run(args) -> None:

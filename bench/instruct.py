@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +36,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="an option for both rows, e.g. max_length=256")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    cache = tempfile.mkdtemp(prefix="clinbench-bench-instruct-")
-    os.environ["CLINBENCH_CACHE"] = cache
-    try:
+    sys.path.insert(0, str(ROOT))
+    from bench._machine import fresh_cache
+
+    with fresh_cache("instruct"):
         run(args)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
 
 
 def _value(text: str):

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +34,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--rows", default="shots,all,svc", help="which rows, comma-separated (shots, all, svc)")
     args = ap.parse_args()
-    cache = tempfile.mkdtemp(prefix="clinbench-bench-setfit-")
-    os.environ["CLINBENCH_CACHE"] = cache
-    try:
+    sys.path.insert(0, str(ROOT))
+    from bench._machine import fresh_cache
+
+    with fresh_cache("setfit"):
         run(args)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
 
 
 def run(args) -> None:

@@ -31,7 +31,7 @@ import pandas as pd
 from engine import duplicates, tables
 from engine import labels as labelling
 from engine.config import DEFAULT_DATASET
-from engine.errors import ClinBenchError, DataError
+from engine.errors import DataError
 from engine.options import ProtocolOptions
 from engine.storage import sha256_json, sha256_texts
 from engine.tables import MAX_FILE_MB_ENV, SUFFIXES, guess_columns, max_file_mb, read_table  # noqa: F401 (the module's API)
@@ -386,12 +386,3 @@ def default_dataset() -> Dataset:
     ds = load_dataset(DEFAULT_DATASET, *DEFAULT_COLUMNS)
     ds.source = DEFAULT_NAME
     return ds
-
-
-def require_single_label(dataset: Dataset) -> None:
-    """Refuse a multi-label dataset for a method that predicts one label per letter."""
-    if dataset.multi_label:
-        raise ClinBenchError(
-            "This dataset is multi-label (several labels per letter); multi-label evaluation is not available in this "
-            "version. Choose a label column with one label per letter."
-        )

@@ -24,7 +24,7 @@ import numpy as np
 from engine import artifacts, evaluation, models, options, prompting, protocols
 from engine.artifacts import StepResult
 from engine.context import StepContext, StepKind, ensure
-from engine.data import Dataset, require_single_label
+from engine.data import Dataset
 from engine.devices import choose
 from engine.options import Options
 from engine.prompting import LM, Scorer, load_lm, softmax
@@ -155,7 +155,6 @@ def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, d
 def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
     """Score the plan's test letters with the prompted model (few-shot: the fold's examples first), store it all."""
     ctx = ensure(ctx)
-    require_single_label(dataset)
     t_start = time.perf_counter()
     kind = KINDS[method]
     opts = opts.replace(labels_per_class=None) if method == "zero-shot" else opts  # it reads no training letter

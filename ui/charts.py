@@ -407,6 +407,37 @@ def training_curves(metrics: dict[str, list[list[float]]], title: str = "Trainin
     return _layout(fig, title, height=340)
 
 
+def _curve(fig: go.Figure, c: dict, i: int, line: tuple, point: tuple | None, hover: str, point_hover: str, auc: str, **kw) -> None:
+    """One evaluation's curve (`line`: x and y) in its colour, its AUC in the legend, and its operating point (`point`)."""
+    colour, name = PALETTE[i % len(PALETTE)], html.escape(c["evaluation"])
+    value = "" if c.get(auc) is None else f" (AUC {c[auc]:.3f})"
+    fig.add_trace(
+        go.Scatter(
+            x=line[0],
+            y=line[1],
+            mode="lines",
+            name=f"{name}{value}",
+            legendgroup=name,
+            line=dict(color=colour, width=2, shape=kw.get("shape", "linear")),
+            hovertemplate=f"<b>{name}</b><br>{hover}<extra></extra>",
+        )
+    )
+    if point is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[point[0]],
+                y=[point[1]],
+                mode="markers",
+                name=f"{name}: operating point",
+                legendgroup=name,
+                showlegend=False,
+                marker=dict(color=colour, size=12, symbol="circle", line=dict(color="#222", width=1.5)),
+                hovertemplate=f"<b>{name}</b> at its threshold {c['threshold_text']}<br>{point_hover}<extra></extra>",
+                customdata=kw.get("customdata"),
+            )
+        )
+
+
 def roc_chart(curves: list[dict], title: str = "ROC curves of P(positive label), with each operating point") -> go.Figure:
     """Two-label evaluations (ui.binary.curve_rows): one ROC line per evaluation (its ROC-AUC in the legend), its operating
     point at (1 - specificity, sensitivity) as a marker of the same colour, and the chance diagonal."""
@@ -415,34 +446,10 @@ def roc_chart(curves: list[dict], title: str = "ROC curves of P(positive label),
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#aaa", dash="dash", width=1), hoverinfo="skip")
     )
     for i, c in enumerate(curves):
-        colour, name = PALETTE[i % len(PALETTE)], html.escape(c["evaluation"])
-        auc = "" if c.get("roc_auc") is None else f" (AUC {c['roc_auc']:.3f})"
-        fig.add_trace(
-            go.Scatter(
-                x=c["fpr"],
-                y=c["tpr"],
-                mode="lines",
-                name=f"{name}{auc}",
-                legendgroup=name,
-                line=dict(color=colour, width=2),
-                hovertemplate=f"<b>{name}</b><br>1 - specificity %{{x:.3f}}<br>sensitivity %{{y:.3f}}<extra></extra>",
-            )
-        )
-        if c.get("sensitivity") is not None and c.get("specificity") is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[1 - c["specificity"]],
-                    y=[c["sensitivity"]],
-                    mode="markers",
-                    name=f"{name}: operating point",
-                    legendgroup=name,
-                    showlegend=False,
-                    marker=dict(color=colour, size=12, symbol="circle", line=dict(color="#222", width=1.5)),
-                    hovertemplate=f"<b>{name}</b> at its threshold {c['threshold_text']}<br>sensitivity %{{y:.3f}}, "
-                    "specificity %{customdata:.3f}<extra></extra>",
-                    customdata=[c["specificity"]],
-                )
-            )
+        known = c.get("sensitivity") is not None and c.get("specificity") is not None
+        point = (1 - c["specificity"], c["sensitivity"]) if known else None
+        hover, at = "1 - specificity %{x:.3f}<br>sensitivity %{y:.3f}", "sensitivity %{y:.3f}, specificity %{customdata:.3f}"
+        _curve(fig, c, i, (c["fpr"], c["tpr"]), point, hover, at, "roc_auc", customdata=[c.get("specificity")])
     fig.update_xaxes(title="1 - specificity (false-positive rate)", range=[-0.02, 1.02])
     fig.update_yaxes(title="sensitivity (true-positive rate)", range=[-0.02, 1.02])
     return _curves_layout(fig, title, len(curves) + 1)
@@ -453,32 +460,11 @@ def pr_chart(curves: list[dict], title: str = "Precision-recall curves of P(posi
     operating point at (sensitivity, PPV), and the share of positive letters (a classifier guessing at random) dotted."""
     fig = go.Figure()
     for i, c in enumerate(curves):
-        colour, name = PALETTE[i % len(PALETTE)], html.escape(c["evaluation"])
-        auc = "" if c.get("pr_auc") is None else f" (AUC {c['pr_auc']:.3f})"
-        fig.add_trace(
-            go.Scatter(
-                x=c["recall"],
-                y=c["precision"],
-                mode="lines",
-                name=f"{name}{auc}",
-                legendgroup=name,
-                line=dict(color=colour, width=2, shape="hv"),  # recall falls along the curve: each step holds its precision
-                hovertemplate=f"<b>{name}</b><br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>",
-            )
-        )
-        if c.get("sensitivity") is not None and c.get("ppv") is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[c["sensitivity"]],
-                    y=[c["ppv"]],
-                    mode="markers",
-                    name=f"{name}: operating point",
-                    legendgroup=name,
-                    showlegend=False,
-                    marker=dict(color=colour, size=12, line=dict(color="#222", width=1.5)),
-                    hovertemplate=f"<b>{name}</b> at its threshold {c['threshold_text']}<br>sensitivity %{{x:.3f}}, PPV %{{y:.3f}}<extra></extra>",
-                )
-            )
+        known = c.get("sensitivity") is not None and c.get("ppv") is not None
+        point = (c["sensitivity"], c["ppv"]) if known else None
+        hover, at = "recall %{x:.3f}<br>precision %{y:.3f}", "sensitivity %{x:.3f}, PPV %{y:.3f}"
+        # recall falls along the curve: each step holds its precision
+        _curve(fig, c, i, (c["recall"], c["precision"]), point, hover, at, "pr_auc", shape="hv")
     prevalence = sorted({round(c["prevalence"], 4) for c in curves if c.get("prevalence") is not None})
     if len(prevalence) == 1:
         fig.add_hline(
