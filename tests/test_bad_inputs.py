@@ -9,9 +9,9 @@ import shutil
 import time
 
 import pytest
-from conftest import cli, evaluate_cli
 
 from engine.errors import ClinBenchError, DataError, ModelUnavailable, SpecError
+from tests.conftest import cli, evaluate_cli
 
 
 def _refused(out, *needles: str) -> str:
@@ -270,9 +270,8 @@ class unchanged:  # (a context manager: `with unchanged(cache):`)
 @pytest.fixture(scope="session")
 def _template_cache(tmp_path_factory):
     """One finished tfidf evaluation, a saved dataset and a queued run (built once; tests get copies)."""
-    from conftest import run_step, write_csv
-
     from engine import api, datasets, experiment
+    from tests.conftest import run_step, write_csv
 
     root = tmp_path_factory.mktemp("seeded")
     folder, csv_path = root / "cache", write_csv(root / "letters.csv", _letters({"cardio": 10, "neuro": 10}))
@@ -409,7 +408,7 @@ def test_a_very_long_letter_under_the_limit_is_read_whole(seeded, tmp_path):
 
 @pytest.fixture
 def two_labels_csv(tmp_path):
-    from conftest import write_csv
+    from tests.conftest import write_csv
 
     return write_csv(tmp_path / "letters.csv", _letters({"cardio": 10, "neuro": 10}))
 
@@ -428,7 +427,7 @@ BAD_ARGS = {
 
 @pytest.mark.parametrize("case", list(BAD_ARGS))
 def test_bad_evaluate_argument_is_refused_and_nothing_is_written(seeded, tmp_path, two_labels_csv, case):
-    from conftest import write_csv
+    from tests.conftest import write_csv
 
     extra, needles = BAD_ARGS[case]
     args = {"--data": str(two_labels_csv), "--text-column": "letter", "--label-column": "specialty", "--model": "tfidf"}
@@ -460,9 +459,8 @@ def test_a_class_with_two_letters_is_scored_in_every_fold_or_refused(cache, tmp_
     Under 5-fold cv it is refused naming the class (test_bad_evaluate_argument_...); with 2 folds each test fold holds one
     of its letters and macro-F1 averages all three classes' F1; a hold-out split holds one of its letters or is refused
     naming it. Through the engine, as `evaluate` runs it, to stay fast."""
-    from conftest import run_step, write_csv
-
     from engine import experiment
+    from tests.conftest import run_step, write_csv
 
     path = write_csv(tmp_path / "three.csv", _letters({"cardio": 10, "neuro": 10, "rare": 2}))
     ds = experiment.DataSpec(str(path), "letter", "specialty").load()
@@ -535,9 +533,8 @@ def test_saved_dataset_ids_cannot_reach_other_files(seeded, ident):
 
 
 def test_html_and_script_in_letters_and_labels_are_carried_as_text(cache, tmp_path):
-    from conftest import write_csv
-
     from engine import api
+    from tests.conftest import write_csv
 
     script = '<script>alert("x")</script> </textarea><img src=x onerror=alert(1)> &amp; &lt;'
     rows = _letters({"cardio": 6, "neuro": 6})
