@@ -220,7 +220,7 @@ def test_a_training_step_writes_its_curves_to_the_store_while_it_runs(store, tin
 
 
 def test_failing_step_is_recorded_and_the_next_step_runs(store, tiny_encoder, small_csv, tmp_path):
-    from test_cli import broken_tokenizer  # passes submit's checks, fails when its step loads it
+    from tests.test_cli import broken_tokenizer  # passes submit's checks, fails when its step loads it
 
     spec = write_spec(tmp_path / "fail.json", small_csv, [broken_tokenizer(tiny_encoder, tmp_path), str(tiny_encoder)], ["logreg"])
     out = cli("run", str(spec), "--json", str(tmp_path / "r.json"))  # `run` queues and follows until the end
