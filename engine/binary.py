@@ -30,19 +30,35 @@ def positive_label(classes: list[str], labels, option: str | None) -> str:
     return min(sorted(classes, reverse=True), key=lambda c: counts[c])
 
 
+def _cuts(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate thresholds high to low, true and false positives at each): each distinct probability lets every letter
+    with it through at once (predicted positive when p >= threshold)."""
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    last = np.r_[ps[1:] != ps[:-1], True]
+    return ps[last], np.cumsum(ys)[last].astype(float), np.cumsum(1 - ys)[last].astype(float)
+
+
+def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """The threshold with the best F1 of the positive letters (`y`: 1) on these probabilities; 0.5 when none is positive.
+    Ties go to the higher threshold. (One label of a multi-label task, or a two-label task's best-f1 rule.)"""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=int)
+    if y.sum() == 0:
+        return 0.5
+    cuts, tp, fp = _cuts(p, y)
+    return float(cuts[int(np.argmax(2 * tp / (tp + fp + y.sum())))])
+
+
 def choose_threshold(p: np.ndarray, y: np.ndarray, rule: str = "best-f1", target: float = 0.9) -> float:
     """The threshold on P(positive) (`y`: 1 for positive letters): predicted positive when p >= threshold. 0.5 when the
     letters hold a single label."""
     p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=int)
     if y.min() == y.max():
         return 0.5
-    cuts = np.unique(p)[::-1]  # candidate thresholds, high to low: each lets one more probability through
-    tp = np.array([(p[y == 1] >= c).sum() for c in cuts], dtype=float)
-    fp = np.array([(p[y == 0] >= c).sum() for c in cuts], dtype=float)
-    pos, neg = y.sum(), len(y) - y.sum()
     if rule == "best-f1":
-        f1 = 2 * tp / (tp + fp + pos)
-        return float(cuts[int(np.argmax(f1))])
+        return best_threshold(p, y)
+    cuts, tp, fp = _cuts(p, y)
+    pos, neg = y.sum(), len(y) - y.sum()
     if rule == "sensitivity":  # the highest threshold whose sensitivity reaches the target
         return float(cuts[int(np.argmax(tp / pos >= target))])
     if rule == "specificity":  # the lowest threshold whose specificity still reaches the target

@@ -32,10 +32,12 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from engine.binary import best_threshold
 from engine.options import ClassifierOptions, key_dict
 
 ESTIMATORS = ("svc", "logreg")
@@ -212,20 +214,6 @@ def _platt(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
-def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
-    """The probability threshold with the best F1 of one label on (cross-validated) training probabilities; 0.5 when the
-    label has no positive there. Predicted positive when p >= threshold; ties go to the higher threshold."""
-    if y.sum() == 0:
-        return 0.5
-    order = np.argsort(-p, kind="stable")
-    ps, ys = p[order], y[order]
-    tp = np.cumsum(ys)
-    f1 = 2 * tp / (np.arange(1, len(ps) + 1) + y.sum())
-    last = np.r_[ps[1:] != ps[:-1], True]  # a threshold keeps every letter with the same probability together
-    best = int(np.flatnonzero(last)[np.argmax(f1[last])])
-    return float(ps[best])
-
-
 def fit_multilabel(
     X, Y: np.ndarray, classes: list[str], estimator: str, opts: ClassifierOptions, seed: int, make=None, grid: dict | None = None
 ) -> FitResult:
@@ -253,7 +241,7 @@ def fit_multilabel(
         platt = np.array([_platt(d[:, j], Y[:, j]) for j in range(Y.shape[1])])
         p = _sigmoid(d, platt)
         thresholds = np.array([best_threshold(p[:, j], Y[:, j]) for j in range(Y.shape[1])])
-        score = _micro_f1(Y, (p >= thresholds).astype(np.int8))
+        score = float(f1_score(Y, (p >= thresholds).astype(np.int8), average="micro", zero_division=0))
         if best is None or score > best[0]:
             best = (score, params, platt, thresholds)
     score, params, platt, thresholds = best
@@ -276,9 +264,3 @@ def _product(grid: dict) -> list[tuple]:
     import itertools
 
     return list(itertools.product(*grid.values()))
-
-
-def _micro_f1(Y: np.ndarray, P: np.ndarray) -> float:
-    tp = float((Y & P).sum())
-    denom = float(Y.sum() + P.sum())
-    return 2 * tp / denom if denom else 0.0
