@@ -3,7 +3,8 @@
 * `positive_label`: the option's label, or the rarer label (ties: the last in sorted order), the one a screen looks for;
 * `choose_threshold`: the threshold on P(positive) from probabilities of *training* letters (cross-validated inside
   them), by the rule of engine.options.DecisionOptions: the best F1 of the positive label, or the highest threshold
-  reaching a target sensitivity, or the lowest reaching a target specificity;
+  reaching a target sensitivity, or the lowest reaching a target specificity; its `best_threshold` (the best F1) also
+  sets each label's threshold of a multi-label task (engine.estimators, engine.finetune.head);
 * `binary_metrics`: sensitivity, specificity, PPV, NPV of the predictions at that threshold and ROC-AUC, PR-AUC (average precision) of the
   probabilities, each with a 95% bootstrap CI resampling letters (a letter's records of every repeat move together).
 """
