@@ -5,12 +5,14 @@ test letters (engine.protocols uses `exact_groups`).
 * `exact_groups`: one id per distinct normalised text;
 * `near_groups`: exact groups merged with their near-copies (MinHash LSH over word shingles, datasketch),
   by leader clustering, so templated letters do not chain into one giant group;
-* `conflicts`: exact copies that carry different labels;
+* `conflicts`: exact copies that carry different labels; `merge_conflicts`: each set of them made one letter with all
+  their labels (label_conflicts: merge);
 * `summary`: the JSON-ready report (counts, examples, conflicts, fold-balance warnings) of the Data page.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 
@@ -243,3 +245,16 @@ def summary(
         "groups": [_group(rows, texts, labels, numbers, preview=False) for rows in clash[:20]],
     }
     return {"n_letters": n, "exact": exact, "near": near, "conflicts": found, "warnings": [w for w in warnings if w]}
+
+
+def merge_conflicts(ds):
+    """`ds` with each set of exact copies filed under different labels kept once (its first row), carrying the union of
+    their labels: a multi-label dataset (each other letter keeps its own label, as a set of one, or none)."""
+    groups = conflicts(ds.texts, ds.labels)
+    if not groups:
+        return ds
+    sets = [tuple(labs) if ds.multi_label else (labs,) for labs in ds.labels]
+    for group in groups:
+        sets[group[0]] = tuple(sorted({lab for i in group for lab in sets[i]}))
+    merged = dataclasses.replace(ds, labels=sets, multi_label=True)
+    return merged.without([i for group in groups for i in group[1:]])

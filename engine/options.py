@@ -64,6 +64,7 @@ class ProtocolOptions(PerMethod):
             "linear-probe": 1,
             "lora": 1,
             "lora-svc": 1,
+            "adapt-svc": 1,
             "setfit": 1,
             "zero-shot": 1,
             "few-shot": 1,
@@ -80,8 +81,8 @@ class ProtocolOptions(PerMethod):
     label_conflicts: str = option(
         "group",
         "exact copies filed under different labels: group keeps each set of copies on one side of every split; drop leaves "
-        "them out before scoring",
-        choices=("group", "drop"),
+        "them out before scoring; merge makes each set one letter carrying all their labels (the task becomes multi-label)",
+        choices=("group", "drop", "merge"),
         key=False,  # it changes the letters, and so the data hash every key holds
     )
     n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1 (100 or more: fewer give no usable CI)", min=100)
@@ -147,21 +148,29 @@ class DecisionOptions:
 
 @dataclass(frozen=True)
 class FineTuneOptions(PerMethod):
-    """Training the model itself (linear-probe, lora, lora-svc, domain-adapt)."""
+    """Training the model itself (linear-probe, lora, lora-svc, domain-adapt, adapt-svc)."""
 
     TITLE: ClassVar[str] = "Fine-tuning"
     epochs: int | None = option(
         None,
         "most epochs; the best epoch on the validation split is kept (early stopping)",
         min=1,
-        per_method={"linear-probe": 8, "lora": 4, "lora-svc": 4, "domain-adapt": 2, "instruct-lora": 2},
+        per_method={"linear-probe": 8, "lora": 4, "lora-svc": 4, "domain-adapt": 2, "adapt-svc": 2, "instruct-lora": 2},
     )
     learning_rate: float | None = option(
         None,
         "peak learning rate (under LoRA the new head learns at 10x)",
         min=1e-8,
         max=1.0,
-        per_method={"linear-probe": 1e-2, "lora": 5e-4, "lora-svc": 5e-4, "domain-adapt": 3e-4, "setfit": 2e-5, "instruct-lora": 3e-4},
+        per_method={
+            "linear-probe": 1e-2,
+            "lora": 5e-4,
+            "lora-svc": 5e-4,
+            "domain-adapt": 3e-4,
+            "adapt-svc": 3e-4,
+            "setfit": 2e-5,
+            "instruct-lora": 3e-4,
+        },
         step=1e-4,
     )
     warmup_ratio: float = option(0.1, "fraction of steps with a rising learning rate", min=0.0, max=0.9)
@@ -179,7 +188,7 @@ class FineTuneOptions(PerMethod):
 
 @dataclass(frozen=True)
 class DomainAdaptOptions:
-    """Domain adaptation: LoRA on the language-model objective (domain-adapt)."""
+    """Domain adaptation: LoRA on the language-model objective (domain-adapt, adapt-svc)."""
 
     TITLE: ClassVar[str] = "Domain adaptation"
     mlm_probability: float = option(0.15, "share of tokens masked for an encoder's masked-LM objective", min=0.01, max=0.5)

@@ -146,7 +146,10 @@ def groups_of(ds, near_threshold: float | None = None) -> np.ndarray:
 
 
 def prepare(ds, p: ProtocolOptions):
-    """The letters a run scores: `ds`, or (label_conflicts: drop) `ds` without the exact copies filed under different labels."""
+    """The letters a run scores: `ds`; or without the exact copies filed under different labels (label_conflicts: drop); or
+    with each set of them merged into one letter that carries all their labels (merge: a multi-label task)."""
+    if p.label_conflicts == "merge":
+        return duplicates.merge_conflicts(ds)
     if p.label_conflicts != "drop":
         return ds
     drop = [i for group in duplicates.conflicts(ds.texts, ds.labels) for i in group]

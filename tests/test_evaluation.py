@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import classifiers, data, jobs
+from engine import classifiers, data, jobs, protocols
 from engine.errors import DataError
 from engine.experiment import parse_spec
+from engine.options import ProtocolOptions
 from tests.conftest import evaluate_cli, run_step, write_csv
 
 
@@ -152,3 +153,22 @@ def test_label_conflicts_can_be_dropped_and_rows_still_name_the_input_file(cache
     assert sorted(i for f in d["folds"] if f["repeat"] == 0 for i in f["test_rows"]) == [i for i in range(61) if i not in (0, 3)]
     for f in g["folds"]:
         assert (0 in f["test_rows"]) == (3 in f["test_rows"]), "the two copies stay on one side of every fold"
+
+
+def test_label_conflicts_merge_makes_one_multi_label_letter_of_each_set_of_copies(cache, small_csv, tmp_path):
+    ds = data.load_dataset(small_csv, "letter", "specialty")
+    rows = [{"letter": t, "specialty": lab} for t, lab in zip(ds.texts, ds.labels, strict=True)]
+    other = next(lab for lab in ds.classes if lab != ds.labels[0])
+    rows.insert(3, {"letter": ds.texts[0].upper(), "specialty": other})  # row 3: a copy of row 0 filed under another label
+    csv = write_csv(tmp_path / "conflict.csv", rows)
+    merged = protocols.prepare(data.load_dataset(csv, "letter", "specialty"), ProtocolOptions(label_conflicts="merge"))
+    assert merged.multi_label and len(merged) == 60 and merged.rows[:4] == [0, 1, 2, 4]
+    assert merged.labels[0] == tuple(sorted({ds.labels[0], other}))
+    assert all(labs == (lab,) for labs, lab in zip(merged.labels[1:], ds.labels[1:], strict=True))
+    out = tmp_path / "m.json"
+    r = evaluate_cli(csv, "tfidf", "--label-conflicts", "merge", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    m = _json(out)
+    assert m["task"] == "multi-label" and m["n_letters"] == 60 and "micro_f1" in m
+    refused = evaluate_cli(csv, "minilm", "--method", "setfit", "--label-conflicts", "merge")
+    assert refused.returncode != 0 and "multi-label" in refused.stderr.lower()
