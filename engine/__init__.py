@@ -40,6 +40,7 @@ the import graph has no cycle.
     finetune.tuned_svc  the lora-svc step
     finetune.generation  written answers of a causal LM: batched greedy generation, ROUGE-L and BLEU
     finetune.domain   the domain-adapt step
+    finetune.adapted_svc  the adapt-svc step: domain adaptation per fold, then the SVC on the adapted vectors
     finetune.setfit   the setfit step: contrastive tuning of a sentence encoder on pairs, then a logistic head
     prompting         a causal LM as a classifier: prompt template, label words, log-likelihood scoring, calibration
     incontext         the zero-shot and few-shot steps (examples from the training letters) and their stored classifier
@@ -101,6 +102,7 @@ LAYERS = (
     "finetune.tuned_svc",
     "finetune.generation",
     "finetune.domain",
+    "finetune.adapted_svc",
     "finetune.setfit",
     "prompting",
     "incontext",

@@ -32,11 +32,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine import artifacts, features, incontext, models, prompting
+from engine.artifacts import verify_tree
 from engine.devices import choose
 from engine.errors import ArtifactError
 from engine.finetune import instruct
 from engine.finetune.head import predict_proba as sequence_proba
-from engine.finetune.loading import load_tuned_classifier, load_tuned_extractor
+from engine.finetune.loading import load_adapted_extractor, load_tuned_classifier, load_tuned_extractor
 from engine.finetune.setfit import load_tuned_encoder
 from engine.options import DEFAULT_MAX_LENGTH
 
@@ -104,7 +105,7 @@ class _Base:
 
 
 class EmbeddingClassifier(_Base):
-    """A scikit-learn estimator on a model's letter vectors (svc, logreg, lora-svc)."""
+    """A scikit-learn estimator on a model's letter vectors (svc, logreg, lora-svc, adapt-svc)."""
 
     def __init__(self, loaded: models.LoadedModel, estimator, pooling: str, max_length: int, metadata: dict):
         self.loaded, self.estimator, self.pooling, self.max_length, self.metadata = loaded, estimator, pooling, max_length, metadata
@@ -206,7 +207,12 @@ def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> Embed
             f"{manifest['model']['name']} · {manifest['method']} was stored by an earlier ClinBench as an uncalibrated SVC, which gives "
             "decision values, not probabilities. Its scores stay on Compare; re-run its step to classify letters with it."
         )
-    if "lora_artifact" in manifest:
+    if "adapter_key" in manifest:  # adapt-svc: the base model with the adapter trained on its language-model objective
+        verify_tree(folder, "adapter/")
+        loaded = shared_model(
+            f"adapted:{folder}", lambda: load_adapted_extractor(manifest["model"]["name"], folder / "adapter", placement, manifest["model"])
+        )
+    elif "lora_artifact" in manifest:
         lora = manifest["lora_artifact"]
         loaded = shared_model(f"tuned:{lora}", lambda: load_tuned_extractor(lora, placement))
     else:

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "linear-probe/lora: train the model's classification head (and LoRA adapters), choosing the epoch on a validation "
         "part carved from each training part. After cv every method is trained once more on every letter (the stored classifier). "
         "lora-svc: LoRA-tuned embeddings -> SVC. domain-adapt: LoRA on the language-model objective, perplexity before/after. "
+        "adapt-svc: that adaptation on each fold's training letters, then the SVC on the adapted model's vectors. "
         "The artifact is stored (and reused by runs with the same options).",
     )
     _data_args(p)

@@ -3,8 +3,8 @@
 `embedding_step` embeds every letter with the pretrained model (cached by content), then for each
 fold of the plan (engine.protocols) fits the estimator on the fold's training vectors (engine.estimators:
 search and calibration inside those letters only) and scores its test letters; under cv it refits on
-every letter for the stored classifier. `fit_on_embeddings` is its second half, shared with `lora-svc`,
-which feeds it the vectors of a model tuned on each fold's training letters instead. Multi-label letters get one
+every letter for the stored classifier. `fit_on_embeddings` is its second half, shared with `lora-svc` and
+`adapt-svc`, which feed it the vectors of a model tuned (or domain-adapted) on each fold's training letters instead. Multi-label letters get one
 classifier and one threshold per label; a two-label task's operating threshold is chosen on the training letters'
 cross-validated probabilities (engine.binary, DecisionOptions).
 """
@@ -89,13 +89,15 @@ def fit_on_embeddings(
     placement,
     ctx: StepContext | None = None,
     t_start: float | None = None,
-    extra: dict | None = None,
+    extra: dict | Callable[[], dict] | None = None,
+    write_extra: Callable | None = None,
 ) -> StepResult:
     """Fit `estimator` (svc|logreg) on each fold's training vectors and score its test letters; under cv, refit on every
     letter for the stored classifier (under holdout the stored classifier is the one fitted on the training split). `plan`
     is the step's (protocols.plan for the kind). The artifact is stored under the step kind's name (svc, logreg, lora-svc). `vectors(fold)` gives every letter's vectors
     for a fold (the same frozen vectors for every fold, or those of a model tuned on that fold's training letters;
-    `vectors(None)`: the stored classifier's) and `estats` describes the stored classifier's vectors."""
+    `vectors(None)`: the stored classifier's) and `estats` describes the stored classifier's vectors. `extra` (a dict, or a
+    function called once the folds are fitted) adds to the manifest; `write_extra(folder)` adds files to the artifact."""
     ctx = ensure(ctx)
     t_start = t_start or time.perf_counter()
     p = opts.protocol
@@ -185,7 +187,7 @@ def fit_on_embeddings(
             "total_s": time.perf_counter() - t_start,
         },
         **artifacts.provenance(m),  # versions, environment, metrics, created
-        **(extra or {}),
+        **((extra() if callable(extra) else extra) or {}),
     }
 
     def write_files(tmp):
@@ -193,6 +195,8 @@ def fit_on_embeddings(
 
         joblib.dump(final.estimator, tmp / "classifier.joblib")
         evaluation.write_predictions(tmp, dataset, plan, oof)
+        if write_extra:
+            write_extra(tmp)
 
     manifest = artifacts.write(folder, manifest, write_files)
     ctx.progress(1, 1, "done")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from engine import frozen
 from engine.context import StepKind
+from engine.finetune.adapted_svc import ADAPT_SVC
 from engine.finetune.domain import DOMAIN_ADAPT
 from engine.finetune.head import LINEAR_PROBE, LORA
 from engine.finetune.instruct import INSTRUCT_LORA
@@ -21,7 +22,8 @@ from engine.reference import MODEL as REFERENCE_MODEL
 from engine.reference import TFIDF
 
 KINDS: dict[str, StepKind] = {
-    k.name: k for k in (TFIDF, SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT, SETFIT, ZERO_SHOT, FEW_SHOT, INSTRUCT_LORA)
+    k.name: k
+    for k in (TFIDF, SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT, ADAPT_SVC, SETFIT, ZERO_SHOT, FEW_SHOT, INSTRUCT_LORA)
 }
 # The methods that classify with frozen embeddings only: what the home page's default comparison runs.
 FROZEN_EMBEDDING = tuple(frozen.KINDS)

@@ -137,9 +137,16 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
         from engine.finetune import instruct
 
         return instruct.instruct_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
-    identity = IDENTITY if method != "lora-svc" else {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
+    identity = IDENTITY
+    if method == "lora-svc":
+        identity = {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
+    if method == "adapt-svc":  # the model adapted to the stored classifier's letters (every letter under cv)
+        adapted = loop.training_key(
+            method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
+        )
+        identity = {**IDENTITY, "adapted": adapted, "fold": "all" if plan.name == "cv" else "r0f0"}
     ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
-    return frozen.evaluation_key(ek, "svc" if method == "lora-svc" else method, method, opts, plan.hash, two_labels)
+    return frozen.evaluation_key(ek, "svc" if method in ("lora-svc", "adapt-svc") else method, method, opts, plan.hash, two_labels)
 
 
 # Options that only act under one protocol (the 600 default letters are scored by holdout under `auto`).

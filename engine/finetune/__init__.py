@@ -9,6 +9,7 @@ One module per concern (this file holds nothing else):
     head       the `linear-probe` and `lora` steps: train the head (and adapters), score the test split
     tuned_svc  the `lora-svc` step: the LoRA-tuned model's embeddings -> the frozen stage's SVC
     domain     the `domain-adapt` step: LoRA on the language-model objective, perplexity before/after
+    adapted_svc  the `adapt-svc` step: that adaptation inside each fold, then the SVC on the adapted model's vectors
 
 Splits: the test split is the frozen stage's (same seed and test_size); a stratified validation split
 carved from the training split picks the epoch (early stopping) and is never the test split

@@ -107,12 +107,48 @@ def _write(net, tokenizer, dataset: Dataset, test, opts: Options, placement, ctx
     return {"written": written, "scores": scores, "seconds": time.perf_counter() - t}
 
 
-def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """LoRA on the language-model objective over the training letters; perplexity on the test letters before/after;
-    the merged model is saved under cache/models/ and becomes selectable as a feature extractor."""
+def train_lm_adapter(
+    net,
+    kind: str,
+    tokenizer,
+    train_ids,
+    fit_idx,
+    val_idx,
+    opts: Options,
+    method: str,
+    placement,
+    *,
+    seed: int,
+    key: str,
+    head: list[str],
+    ctx: StepContext,
+):
+    """LoRA adapters (plus the LM head the checkpoint lacked, `head`) trained on the model's own objective over the letters
+    `fit_idx`, the epoch chosen on the perplexity of `val_idx`. Returns (the peft model, the training state of loop.train)."""
     import torch
     from peft import get_peft_model
 
+    ft, mlm = opts.finetune.resolved(method), opts.domain.mlm_probability
+    for param in net.parameters():
+        param.requires_grad_(False)
+    tuned = get_peft_model(net, lora_config(net, ft, "CAUSAL_LM" if kind == "decoder" else None, head))
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss_fn(input_ids, mask, batch):
+        inputs, labels = lm_batch(kind, input_ids.cpu(), mask.cpu(), tokenizer, gen, mlm)
+        return tuned(input_ids=inputs.to(placement.device), attention_mask=mask, labels=labels.to(placement.device)).loss
+
+    def validate() -> dict:
+        ppl = perplexity(tuned, kind, train_ids, val_idx, tokenizer, placement, seed=seed + 1, mlm_probability=mlm)
+        return {"val_perplexity": ppl, "score": -ppl}
+
+    state = loop.train(tuned, train_ids, fit_idx, loss_fn, validate, ft, seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
+    return tuned, state
+
+
+def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
+    """LoRA on the language-model objective over the training letters; perplexity on the test letters before/after;
+    the merged model is saved under cache/models/ and becomes selectable as a feature extractor."""
     ctx = ensure(ctx)
     t_start = time.perf_counter()
     placement = choose()
@@ -149,21 +185,9 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         before = _write(net, tokenizer, dataset, split.test, opts, placement, ctx, "base")
     else:
         train_ids = ids
-    ft = opts.finetune.resolved(method)
-    for param in net.parameters():
-        param.requires_grad_(False)
-    tuned = get_peft_model(net, lora_config(net, ft, "CAUSAL_LM" if kind == "decoder" else None, head))
-    gen = torch.Generator().manual_seed(p.seed)
-
-    def loss_fn(input_ids, mask, batch):
-        inputs, labels = lm_batch(kind, input_ids.cpu(), mask.cpu(), tokenizer, gen, mlm)
-        return tuned(input_ids=inputs.to(placement.device), attention_mask=mask, labels=labels.to(placement.device)).loss
-
-    def validate() -> dict:
-        ppl = perplexity(tuned, kind, train_ids, val_idx, tokenizer, placement, seed=p.seed + 1, mlm_probability=mlm)
-        return {"val_perplexity": ppl, "score": -ppl}
-
-    state = loop.train(tuned, train_ids, fit_idx, loss_fn, validate, ft, p.seed, placement, pad_id=tokenizer.pad_token_id, key=key, ctx=ctx)
+    tuned, state = train_lm_adapter(
+        net, kind, tokenizer, train_ids, fit_idx, val_idx, opts, method, placement, seed=p.seed, key=key, head=head, ctx=ctx
+    )
     ctx.progress(0, 1, "perplexity after")
     ppl_after = perplexity(tuned, kind, ids, split.test, tokenizer, placement, seed=p.seed, mlm_probability=mlm)
     name = f"{models.safe_name(entry.name)}-adapted-{key[:8]}"
@@ -192,7 +216,7 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "method": method,
         "method_title": DOMAIN_ADAPT.title,
         "stage": DOMAIN_ADAPT.stage,
-        "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
+        "config": {**opts.to_dict(), "train": loop.train_config(opts.finetune.resolved(method), p.seed)},
         "objective": "masked LM" if kind == "encoder" else "causal LM",
         "data": artifacts.data_manifest(dataset),
         "protocol": plan.manifest(),

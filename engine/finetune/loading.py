@@ -8,7 +8,9 @@
 * `prepare_trainable`: freeze the pretrained weights; train the head (linear-probe) or LoRA adapters on
   the attention projections plus the head (lora, peft's `modules_to_save`);
 * `load_tuned_classifier` / `load_tuned_extractor`: a stored probe or LoRA model rebuilt after its files'
-  hashes are checked, as a classifier or (adapter merged) as a feature extractor.
+  hashes are checked, as a classifier or (adapter merged) as a feature extractor;
+* `load_adapted_extractor`: a model with an adapter trained on its language-model objective, merged, as a feature
+  extractor (the adapt-svc step's models).
 Training memory is checked up front; a model that cannot load gets a message that says why.
 """
 
@@ -227,17 +229,41 @@ def load_tuned_extractor(lora_artifact: str | Path, placement=None, prefix: str 
     placement = placement or choose()
     net, tokenizer, manifest = load_tuned_classifier(lora_artifact, placement, prefix)
     merged = net.merge_and_unload()
-    backbone = getattr(merged, merged.base_model_prefix).to(placement.torch_dtype).eval()
-    for p in backbone.parameters():
-        p.requires_grad_(False)
     kind = manifest["model"]["kind"]
     return models.LoadedModel(
         models.resolve(manifest["model"]["name"]),
-        backbone,
+        _backbone_of(merged, placement),
         tokenizer,
         kind,
         {**tuned_identity(manifest, prefix), "model_type": manifest["model"].get("model_type"), "kind": kind},
         placement,
         Path(lora_artifact),
         merged.config,
+    )
+
+
+def _backbone_of(merged, placement):
+    """The transformer under a merged model's head, in the placement's dtype, frozen, in eval mode: what embeds letters."""
+    backbone = getattr(merged, merged.base_model_prefix).to(placement.torch_dtype).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone
+
+
+def load_adapted_extractor(model: str, adapter: str | Path, placement, identity: dict) -> models.LoadedModel:
+    """`model` with its language-model head and the LoRA adapter at `adapter` (trained on that objective), merged, as a
+    feature extractor whose identity is `identity` (the base's plus the adaptation's key)."""
+    from peft import PeftModel
+
+    net, tokenizer, _identity, kind, config, _head = load_lm_model(model, placement)
+    merged = PeftModel.from_pretrained(net, Path(adapter)).merge_and_unload()
+    return models.LoadedModel(
+        models.resolve(model),
+        _backbone_of(merged, placement),
+        tokenizer,
+        kind,
+        {**identity, "kind": kind},
+        placement,
+        Path(adapter),
+        config,
     )
