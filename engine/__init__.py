@@ -22,6 +22,7 @@ the import graph has no cycle.
     labels            reading label cells (one label, several, one 0/1 column per label); the multi-label summary
     data              loading CSV/JSONL, the validation report
     metrics           scores of predictions: per class, macro-F1 CI, baseline, paired test; multi-label scores
+    paired            is A's score different from B's on the same letters: paired bootstrap, corrected t-test, McNemar, Holm
     binary            two-label tasks: the positive label, the operating threshold, sensitivity/specificity/AUCs with CIs
     protocols         which letters fit and which score: cv folds, a hold-out or the data's own split, duplicate groups,
                       validation carve, training letters per label (the learning curve)
@@ -85,6 +86,7 @@ LAYERS = (
     "labels",
     "data",
     "metrics",
+    "paired",
     "binary",
     "protocols",
     "artifacts",

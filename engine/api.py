@@ -297,10 +297,10 @@ def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
     return results.per_class_table(evals)
 
 
-def significance(evals: list[Evaluation]) -> pd.DataFrame:
+def significance(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
     from engine import comparison
 
-    return comparison.significance(evals)
+    return comparison.significance(evals, metric=metric)
 
 
 def misclassified(ev: Evaluation) -> pd.DataFrame:

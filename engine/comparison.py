@@ -1,6 +1,6 @@
 """Is one model better than another? Comparisons across stored evaluations: the best against the next ones on the
-letters and folds they share (paired bootstrap; under cv the Nadeau-Bengio corrected resampled t-test; Holm-adjusted),
-with a verdict in plain words, and the spread of macro-F1 across seeds (runs with n_seeds > 1)."""
+letters and folds they share (engine.paired: paired bootstrap; under cv the Nadeau-Bengio corrected resampled t-test;
+Holm-adjusted; macro-F1, or for label sets the chosen headline), with a verdict in plain words, and the spread of macro-F1 across seeds (runs with n_seeds > 1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from engine import metrics
+from engine import paired
 from engine.results import Evaluation, predictions
 
 
@@ -21,15 +21,19 @@ def _classes(*sources: dict) -> list[str]:
     return sorted(out)
 
 
-def _verdict(best: str, other: str, res: dict, p_holm: float) -> tuple[str, bool]:
-    """(the verdict in words, whether the difference is detectable)."""
+METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "samples_f1": "samples-F1"}
+
+
+def _verdict(best: str, other: str, res: dict, p_holm: float, name: str = "macro-F1") -> tuple[str, bool]:
+    """(the verdict in words, whether the difference is detectable); `name`: the metric, said when it is not macro-F1."""
     if res["identical"]:
         return "identical predictions", False
     intervals = [res["diff_ci"]] + ([res["corrected_ci"]] if res["corrected_ci"] else [])
     if any(lo <= 0 <= hi for lo, hi in intervals) or p_holm >= 0.05 or res["diff"] == 0:
         return "no detectable difference", False
     winner = best if res["diff"] > 0 else other
-    return f"{winner} better by {fmt_diff(abs(res['diff']))}", True
+    said = "" if name == "macro-F1" else f" {name}"
+    return f"{winner} better by {fmt_diff(abs(res['diff']))}{said}", True
 
 
 def _summary(verdict: str, detectable: bool, res: dict, p_holm: float) -> str:
@@ -90,18 +94,19 @@ def fmt_diff(x: float) -> str:
     return f"{x:+.3f}" if abs(x) >= 0.0005 else f"{x:+.2g}"
 
 
-def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """The best evaluation against each of the next `top - 1` that share its letters, paired on those letters.
+def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed: int = 0, metric: str = "macro_f1") -> pd.DataFrame:
+    """The best evaluation by `metric` (macro_f1; for label sets also micro_f1 or samples_f1) against each of the next
+    `top - 1` that share its letters, paired on those letters.
 
     Compared: evaluations of the same dataset (data hash) with at least one fold scored on the same
-    test letters (engine.metrics.paired_comparison; a 5x2 and a 5x1 cross-validation meet on repeat 0).
+    test letters (engine.paired.paired_comparison; a 5x2 and a 5x1 cross-validation meet on repeat 0).
     The p-value behind the verdict is the Nadeau-Bengio corrected t-test under cv (with >= 2 shared
     folds), else the paired bootstrap, Holm-adjusted over the comparisons made. Rows: best, other,
-    protocol, letters and folds shared, both macro-F1 on them, the difference with its 95% CI, p-values,
+    protocol, the metric, letters and folds shared, both scores on them, the difference with its 95% CI, p-values,
     `verdict` (identical predictions / no detectable difference / "<one> better by +0.0xx") and `summary`
     (the comparison in a sentence).
     """
-    ranked = sorted(evals, key=lambda e: -e.metrics["macro_f1"])
+    ranked = sorted(evals, key=lambda e: -e.metrics[metric])
     if len(ranked) < 2:
         return pd.DataFrame()
     best, pb = ranked[0], None
@@ -115,7 +120,7 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
         po = predictions(other)
         labels = _classes(pb, po, best.manifest["data"], other.manifest["data"])
         try:
-            res = metrics.paired_comparison(pb, po, labels, n_boot=n_boot, seed=seed)
+            res = paired.paired_comparison(pb, po, labels, metric=metric, n_boot=n_boot, seed=seed)
         except ValueError:
             continue  # no fold scored on the same letters (another split or plan): not comparable pairwise
         results.append((other, res))
@@ -123,17 +128,18 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
         return pd.DataFrame()
     p_used = [res["p_corrected"] if res["p_corrected"] is not None else res["p_bootstrap"] for _, res in results]
     rows = []
-    for (other, res), p_holm in zip(results, metrics.holm(p_used), strict=True):
-        verdict, detectable = _verdict(best.label, other.label, res, p_holm)
+    for (other, res), p_holm in zip(results, paired.holm(p_used), strict=True):
+        verdict, detectable = _verdict(best.label, other.label, res, p_holm, METRIC_NAMES[metric])
         rows.append(
             {
                 "best": best.label,
                 "other": other.label,
                 "protocol": res["protocol"],
+                "metric": metric,
                 "n_letters": res["n_letters"],
                 "n_folds": res["n_folds"],
-                "best_macro_f1": res["macro_f1_a"],
-                "other_macro_f1": res["macro_f1_b"],
+                "best_score": res["score_a"],
+                "other_score": res["score_b"],
                 "difference": res["diff"],
                 "diff_ci_low": res["diff_ci"][0],
                 "diff_ci_high": res["diff_ci"][1],

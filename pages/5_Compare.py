@@ -66,21 +66,18 @@ else:
 st.subheader("Are the top models different?")
 sig = None
 try:
-    if multi:
-        st.info(compare.ML_PAIRED_NOTE)
-    else:
-        with st.spinner("Comparing the top models on the letters they share…"):
-            sig = api.significance(evals)
+    with st.spinner("Comparing the top models on the letters they share…"):
+        sig = api.significance(evals, metric if multi else "macro_f1")
 except ClinBenchError as exc:
     common.error(exc, "Significance")
 if sig is not None and len(sig):
-    st.write(compare.SIGNIFICANCE_INTRO)
+    st.write(compare.SIGNIFICANCE_INTRO + (compare.ML_PAIRED_NOTE if multi else ""))
     for line in compare.verdict_lines(sig):
         st.markdown(line)
     table = compare.significance_table(sig)  # on screen without the Best column (the same on every row); the CSV keeps it
     st.caption(f"Each row: the best, **{sig['best'].iloc[0]}**, against another evaluation.")
     common.table(table, "significance of the top models", "sig", column_order=[c for c in table if c != "Best"])
-elif sig is not None and not multi:
+elif sig is not None:
     st.caption("Needs at least two evaluations of this dataset scored on the same letters (the same folds or test split).")
 
 st.subheader("The letters behind the figures")

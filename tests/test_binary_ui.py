@@ -205,3 +205,16 @@ def test_classify_rows_apply_the_operating_threshold(bin_cache):
             assert row["score"] == pytest.approx(row["scores"][label])
             overruled += label != max(row["scores"], key=row["scores"].get)
     assert overruled  # at a threshold other than 0.5 some letters get the less probable label
+
+
+def test_the_report_bundles_the_two_label_figures_and_curves(bin_cache):
+    from engine import api
+    from ui import report
+
+    evals, _ = api.evaluations()
+    figs, tables = report.figures(evals), report.tables(evals)
+    assert {"ROC curves", "precision-recall curves"} <= set(figs)
+    table = tables["sensitivity specificity by model and method"]
+    assert set(FIGURES) <= set(table.columns) and len(table) == 2
+    roc = figs["ROC curves"].to_dict()
+    assert len([t for t in roc["data"] if t.get("mode") == "markers"]) == 2  # each evaluation's operating point

@@ -51,7 +51,7 @@ def test_multilabel_scores_match_scikit_learn():
     assert [r["label"] for r in m["per_label"]] == ["a", "b", "c", "d"]
     assert m["per_label"][1]["support"] == int(T[:, 1].sum())
     # the bootstrap's own scorer agrees with scikit-learn on the unweighted data
-    micro, macro, samples = metrics._multilabel_scores(T, P)
+    micro, macro, samples = metrics.multilabel_scores(T, P)
     assert (micro, macro, samples) == pytest.approx((m["micro_f1"], m["macro_f1"], m["samples_f1"]))
 
 

@@ -141,7 +141,9 @@ def test_compare_page_shows_the_multi_label_scores_and_the_per_label_heatmap(ml_
     assert not any("Confusion matrix" in t for t in titles) and "Confusion matrices" not in [s.value for s in at.subheader]
     assert "compare-cm" not in [m.key for m in at.multiselect]
     words = _words(at)
-    assert "Paired tests for multi-label evaluations are not available yet" in words and "no confusion matrix" in words
+    assert "no confusion matrix" in words and "whole label set" in words
+    sig = next(d.value for d in at.dataframe if "Verdict" in d.value.columns)  # the paired test of the headline
+    assert len(sig) == 1 and set(sig["Metric"]) == {"Micro-F1"}
     heat = next(f for f in _charts(at) if f["layout"]["title"]["text"].startswith("Per label"))
     assert [t["type"] for t in heat["data"]] == ["heatmap"] * 3 and len(heat["data"][0]["y"]) == 3
     wrong = next(d.value for d in at.dataframe if "True label" in d.value.columns)
@@ -153,6 +155,8 @@ def test_compare_page_shows_the_multi_label_scores_and_the_per_label_heatmap(ml_
     assert _titles(at)[0].startswith("Samples-F1 per model and method") and at.query_params["metric"] in ("samples_f1", ["samples_f1"])
     bars = _charts(at)[0]
     assert bars["layout"]["xaxis"]["title"]["text"].startswith("Samples-F1")
+    sig = next(d.value for d in at.dataframe if "Verdict" in d.value.columns)
+    assert set(sig["Metric"]) == {"Samples-F1"}
 
 
 def test_embeddings_page_colours_by_one_chosen_label(ml_cache):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import comparison, experiment, metrics, results
+from engine import comparison, experiment, paired, results
 from engine.errors import ClinBenchError
 
 
@@ -112,7 +112,7 @@ def test_significance_compares_cv_evaluations_on_their_common_folds(stored_predi
     assert sig.loc["poor", "verdict"] == f"best better by {comparison.fmt_diff(sig.loc['poor', 'difference'])}"
     assert sig.loc["poor", "difference"] > 0.3 and sig.loc["poor", "significant"]
     assert sig.loc["same", "verdict"] == "identical predictions" and sig.loc["same", "identical"]
-    assert sig["p_holm"].tolist() == pytest.approx(metrics.holm(sig["p_corrected"].tolist()))
+    assert sig["p_holm"].tolist() == pytest.approx(paired.holm(sig["p_corrected"].tolist()))
     assert all("+0.000" not in s and "p =" in s for s in sig["summary"])
 
 

@@ -66,6 +66,7 @@ SIGNIFICANCE_COLUMNS = {
     "best": "Best",
     "other": "Other",
     "verdict": "Verdict",
+    "metric": "Metric",
     "difference": "Difference",
     "diff_ci": "95% CI",
     "p_holm": "p (Holm)",
@@ -98,7 +99,8 @@ ML_SCORE_NOTE = (
     "answering the most frequent label set of the training letters (often: no label)."
 )
 ML_PAIRED_NOTE = (
-    "Paired tests for multi-label evaluations are not available yet: compare the 95% CIs above (overlapping CIs do not show a difference)."
+    " Several labels per letter: the tests compare the headline chosen above (micro-, macro- or samples-F1), and McNemar's "
+    "test counts the letters whose whole label set only one of the two got right."
 )
 ML_PER_LABEL_NOTE = (
     "Multi-label evaluations have no confusion matrix (a letter may carry several labels, or none): each label is its own "
@@ -191,7 +193,9 @@ def verdict_lines(sig: pd.DataFrame) -> list[str]:
 def significance_table(sig: pd.DataFrame) -> pd.DataFrame:
     """The verdicts' figures: the difference with its paired-bootstrap CI, the Holm-adjusted p of the test the verdict used
     (the corrected resampled t-test under cv, the paired bootstrap under holdout), the shared letters."""
-    t = sig.assign(diff_ci=[_interval(lo, hi) for lo, hi in zip(sig["diff_ci_low"], sig["diff_ci_high"])])
+    t = sig.assign(
+        diff_ci=[_interval(lo, hi) for lo, hi in zip(sig["diff_ci_low"], sig["diff_ci_high"])], metric=sig["metric"].map(HEADLINES)
+    )
     return t[list(SIGNIFICANCE_COLUMNS)].round(4).rename(columns=SIGNIFICANCE_COLUMNS)
 
 

@@ -2,32 +2,38 @@
 and the Export page bundles them. Pure: engine results in, plotly figures and DataFrames out.
 
 Multi-label evaluations: the micro/macro/samples-F1 table and the per-label table replace the macro-F1 and per-class
-ones, the per-label heatmap replaces the confusion matrices (they have none), and there is no significance table (paired
-tests for label sets are not available yet)."""
+ones, the per-label heatmap replaces the confusion matrices (they have none), and the significance table tests the
+chosen headline (micro-, macro- or samples-F1). Two-label evaluations add their sensitivity/specificity table and the ROC
+and precision-recall curves."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from engine import api
-from ui import charts, compare
+from ui import binary, charts, compare
 
 
-def tables(evals: list, with_significance: bool = True) -> dict[str, pd.DataFrame]:
+def tables(evals: list, with_significance: bool = True, metric: str = "micro_f1") -> dict[str, pd.DataFrame]:
+    """The comparison's tables; `metric`: a multi-label comparison's headline, what its significance table tests."""
     comp = api.comparison_table(evals)
-    if compare.is_multi_label(evals):
-        return {
+    multi = compare.is_multi_label(evals)
+    if multi:
+        out = {
             "micro macro samples F1 by model and method": compare.multilabel_score_table(comp),
             "evaluation settings": compare.settings_table(comp),
             "precision recall F1 per label": compare.per_label_table(api.per_class_table(evals)),
         }
-    out = {
-        "macro-F1 by model and method": compare.score_table(comp),
-        "evaluation settings": compare.settings_table(comp),
-        "precision recall by class": compare.per_class_table(api.per_class_table(evals)),
-    }
+    else:
+        out = {
+            "macro-F1 by model and method": compare.score_table(comp),
+            "evaluation settings": compare.settings_table(comp),
+            "precision recall by class": compare.per_class_table(api.per_class_table(evals)),
+        }
+    if binary.is_binary(evals):
+        out["sensitivity specificity by model and method"] = binary.figures_table(evals)
     if with_significance:
-        sig = api.significance(evals)
+        sig = api.significance(evals, metric if multi else "macro_f1")
         if len(sig):
             out["significance of the top models"] = compare.significance_table(sig)
     return out
@@ -48,6 +54,9 @@ def figures(evals: list, confusion_for: list | None = None, metric: str = "micro
         "macro-F1 by model and method": charts.macro_f1_chart(comp),
         "per-class F1": charts.per_class_heatmap(api.per_class_table(evals)),
     }
+    curves = binary.curve_rows(evals) if binary.is_binary(evals) else []
+    if curves:
+        figs["ROC curves"], figs["precision-recall curves"] = charts.roc_chart(curves), charts.pr_chart(curves)
     if compare.has_learning_curve(comp):
         figs["learning curve"] = charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE)
     for ev in confusion_for if confusion_for is not None else evals:
