@@ -38,6 +38,7 @@ class SavedDataset:
     classes: list[str]
     created: str
     options: dict | None = None  # engine.data's data options it was read with (text_template, split_column, label_columns, ...)
+    multi_label: bool | None = None  # several labels per letter (None: saved before this was recorded)
 
     def spec_data(self) -> dict:
         """The `data` entry of an experiment spec that reads this dataset."""
@@ -83,6 +84,7 @@ def save(path: str | Path, name: str, text_column: str, label_column: str, label
         ds.classes,
         time.strftime("%Y-%m-%d %H:%M"),
         ds.options,
+        ds.multi_label,
     )
     atomic_write_json(datasets_dir() / f"{ident}.json", asdict(saved))
     return saved

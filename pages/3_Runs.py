@@ -20,17 +20,19 @@ from ui import common, forms, runs
 common.page("Runs", "Queue a comparison; workers run it in the background. Closing the tab does not stop a run.")
 top = st.container()  # the queue and the chosen run's live progress, drawn above the form (below, once the form is handled)
 
+st.subheader("New run")
+saved, _ = api.saved_datasets()
+choices = {api.DEFAULT_DATASET: "default: 600 MTSamples letters"} | {s.id: f"{s.name} ({s.n_letters} letters)" for s in saved}
+ds_id = st.columns(2)[0].selectbox("Dataset", list(choices), format_func=choices.get)  # outside the form: the methods offered follow it
+multi = any(s.multi_label for s in saved if s.id == ds_id)
 with st.form("new-run"):
-    st.subheader("New run")
-    saved, _ = api.saved_datasets()
-    choices = {api.DEFAULT_DATASET: "default: 600 MTSamples letters"} | {s.id: f"{s.name} ({s.n_letters} letters)" for s in saved}
-    c1, c2 = st.columns(2)
-    ds_id = c1.selectbox("Dataset", list(choices), format_func=choices.get)
-    name = c2.text_input("Run name", "comparison")
+    name = st.columns(2)[0].text_input("Run name", "comparison")
     chosen = st.multiselect("Models", api.model_names(), default=["minilm"])
     extra = st.text_input("More models: hub ids or local folders, comma-separated", "")
-    methods = {m["name"]: m["title"] for m in api.methods() if m["stage"] != "reference"}  # the tf-idf reference ends every run
+    methods = forms.method_choices(multi)
     methods_ = st.multiselect("Methods", list(methods), default=list(methods)[:1], format_func=lambda m: f"{m} — {methods[m]}")
+    if multi:
+        st.caption(forms.LABEL_SET_METHODS)
     option_values = forms.option_widgets()
     b1, b2, b3, _ = st.columns([1, 1.2, 1.4, 2.4])
     submitted = b1.form_submit_button("Start run", type="primary")

@@ -11,6 +11,10 @@ import streamlit as st
 from engine import api
 
 OPEN_GROUPS = ("protocol", "embedding", "classifier")  # the rest (fine-tuning, domain adaptation) start folded
+LABEL_SET_METHODS = (
+    "Several labels per letter: only the methods that predict a set of labels are offered (zero-shot, few-shot, "
+    "instruct-lora and setfit predict one label per letter)."
+)
 SMOTE_MULTI_LABEL = (
     "Several labels per letter (multi-label data): SMOTE is not defined for label sets, so it is replaced by class weights "
     "per label (each label's classifier weighs its rare 'yes' letters up), with one tuned threshold per label."
@@ -69,6 +73,12 @@ def widget(col, f):
     if f.kind == "str":
         return col.text_input(_label(f.name), f.default or "", key=key, help=help_text) or None
     return _number(col, f, key, help_text)
+
+
+def method_choices(multi_label: bool) -> dict[str, str]:
+    """{method: title} the Runs form offers (the tf-idf reference ends every run); for several labels per letter, only
+    the methods that predict label sets."""
+    return {m["name"]: m["title"] for m in api.methods() if m["stage"] != "reference" and (m["label_sets"] or not multi_label)}
 
 
 def option_widgets(columns: int = 4) -> dict:
