@@ -55,6 +55,8 @@ class Classifier(Protocol):
 
     def predict(self, texts: list[str]) -> list[str]: ...
 
+    def decide(self, proba: np.ndarray) -> list: ...
+
     def truncated(self, texts: list[str]) -> list[bool]: ...
 
 
@@ -84,7 +86,11 @@ class _Base:
     positive_label: str | None = None
 
     def predict(self, texts: list[str]) -> list:
-        proba = self.predict_proba(texts)
+        return self.decide(self.predict_proba(texts))
+
+    def decide(self, proba: np.ndarray) -> list:
+        """What the classifier answers for these probabilities (one row per letter): the set of labels at or above their
+        thresholds (multi-label), the label the operating threshold gives (two labels with one), else the likeliest."""
         if self.thresholds is not None:
             return [tuple(c for c, p, t in zip(self.classes_, row, self.thresholds, strict=True) if p >= t) for row in proba]
         if self.threshold is not None:

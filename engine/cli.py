@@ -175,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="external validation: a stored classifier's scores on another labelled file",
         description="Score a stored classifier on another file of labelled letters (external validation; nothing is retrained). "
-        "The file is checked like any dataset; labels the classifier never saw, and multi-label files, are refused. Prints "
-        "macro-F1 with its bootstrap 95% CI (the evaluation's n_boot and seed), accuracy, per-class scores and the baseline of "
-        "always answering the majority label of its training letters.",
+        "The file is checked like any dataset; labels the classifier never saw are refused. Prints macro-F1 with its "
+        "bootstrap 95% CI (the evaluation's n_boot and seed), accuracy, per-class scores and the baseline of always answering "
+        "the majority label of its training letters. A multi-label classifier takes a file with several labels per letter "
+        "(a JSON list, or --label-sep) and prints micro-, macro- and samples-F1 with CIs and the per-label table.",
     )
     p.add_argument("result", metavar="RESULT", help="evaluation key (6+ leading characters suffice) or artifact folder")
     _data_args(p)

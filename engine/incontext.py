@@ -293,7 +293,11 @@ class PromptClassifier:
         return ensemble(self.scorer, parts, self.stored["scoring"])
 
     def predict(self, texts: list[str]) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(texts).argmax(1)]
+        return self.decide(self.predict_proba(texts))
+
+    def decide(self, proba: np.ndarray) -> list[str]:
+        """The likeliest label of each row of probabilities (a prompt classifier has no threshold)."""
+        return [self.classes_[i] for i in proba.argmax(1)]
 
     def truncated(self, texts: list[str]) -> list[bool]:
         return self.scorer.truncated(list(texts), len(self.prefix))

@@ -61,7 +61,7 @@ def _label_set(clf, proba: np.ndarray) -> dict:
     cuts = getattr(clf, "thresholds", None)
     if cuts is None:
         return _operating_point(clf, proba)
-    labels = tuple(c for c, p, t in zip(clf.classes_, proba, cuts, strict=True) if p >= t)
+    labels = clf.decide(proba[None])[0]
     return {
         "task": "multi-label",
         "labels": labels,
@@ -79,7 +79,7 @@ def _operating_point(clf, proba: np.ndarray) -> dict:
     if cut is None or pos is None:
         return {"task": "single-label"}
     j = list(clf.classes_).index(pos)
-    given = j if proba[j] >= cut else 1 - j
+    given = list(clf.classes_).index(clf.decide(proba[None])[0])
     return {
         "task": "binary",
         "positive_label": pos,

@@ -52,10 +52,11 @@ def _refuse_unknown_labels(labels: list[str], classes: list[str], ev, path) -> N
     unknown = Counter(lab for lab in labels if lab not in set(classes))
     if unknown:
         listed = ", ".join(f"{lab!r} ({n})" for lab, n in unknown.most_common())
+        several = " If a cell holds several labels, give their separator (--label-sep)." if ev.multi_label else ""
         raise DataError(
             f"{Path(path).name}: {sum(unknown.values())} letter(s) carry label(s) the classifier {ev.label} [{ev.key[:10]}] was never "
             f"trained on: {listed}. Its classes: {', '.join(classes)}. Rename those labels to one of its classes or remove "
-            "those rows, then score again."
+            f"those rows, then score again.{several}"
         )
 
 
@@ -80,40 +81,46 @@ def score_external(ref: str, path: str | Path, text_column: str, label_column: s
     """The classifier of a stored evaluation (`ref`: key, key prefix or artifact folder) on every letter of another
     labelled file: macro-F1 over all its classes with a bootstrap 95% CI (the evaluation's n_boot and seed), accuracy,
     per-class scores, confusion matrix, and the baseline of always answering its training letters' majority label. The
-    file is checked like a dataset (engine.data); multi-label files and labels the classifier never saw are refused."""
+    file is checked like a dataset (engine.data); labels the classifier never saw are refused. The classifier answers as
+    it does on the Classify page: a two-label classifier at its operating threshold. A multi-label classifier's file may
+    hold several labels per letter (a JSON list, or --label-sep) or none, and gets the multi-label figures (micro-F1 ...,
+    engine.metrics.multilabel_metrics); a single-label classifier refuses a multi-label file."""
     from sklearn.metrics import f1_score
 
     from engine import classifiers, data, metrics
 
     (ev,) = find_evaluations([ref])
     ds = data.load_dataset(path, text_column, label_column, label_sep=label_sep)
-    if ds.multi_label:
+    if ds.multi_label and not ev.multi_label:
         raise DataError(
             f"{Path(path).name} is multi-label (several labels per letter in column {label_column!r}); the classifier "
             f"{ev.label} predicts one label per letter. Choose a column with one label per letter, or drop --label-sep."
         )
-    labels = [str(lab) for lab in ds.labels]
+    sets = [tuple(map(str, labs)) for labs in ds.labels] if ds.multi_label else [(str(lab),) for lab in ds.labels]
+    labels = [lab for labs in sets for lab in labs] if ev.multi_label else [str(lab) for lab in ds.labels]
     if ev.manifest["data"].get("classes"):  # refuse early, before a model is loaded
         _refuse_unknown_labels(labels, [str(c) for c in ev.manifest["data"]["classes"]], ev, path)
     clf = classifiers.load(ev.folder)
     classes = [str(c) for c in clf.classes_]
     _refuse_unknown_labels(labels, classes, ev, path)
-    proba = clf.predict_proba(ds.texts)
-    y_pred = [classes[i] for i in proba.argmax(1)]
+    answers = clf.decide(clf.predict_proba(ds.texts))
     cfg = ev.manifest.get("config", {})
     n_boot, seed = int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0))
+    out = {"result": ev.key, "evaluation": ev.label, "model": ev.model, "method": ev.method, "data": str(path), "classes": classes}
+    if ev.multi_label:
+        T, P = metrics.indicator(sets, classes), metrics.indicator(answers, classes)
+        m = metrics.multilabel_metrics(T, P, classes, n_boot=n_boot, seed=seed)
+        present = sorted({lab for labs in sets for lab in labs})
+        return {**out, "task": "multi-label", "classes_in_file": present, "stored_micro_f1": ev.metrics.get("micro_f1"),
+                "stored_macro_f1": ev.metrics.get("macro_f1"), **m, "protocol": "external", "n_letters": len(ds)}  # fmt: skip
+    y_pred = [str(a) for a in answers]
     m = metrics.metrics(labels, y_pred, labels=classes, n_boot=n_boot, seed=seed)  # every class counts, present in the file or not
     if (majority := _training_majority(ev)) in classes:
         base = [majority] * len(labels)
         f1 = f1_score(labels, base, labels=classes, average="macro", zero_division=0)
         m["baseline"] = {"label": majority, "macro_f1": float(f1), "accuracy": sum(t == majority for t in labels) / len(labels)}
     return {
-        "result": ev.key,
-        "evaluation": ev.label,
-        "model": ev.model,
-        "method": ev.method,
-        "data": str(path),
-        "classes": classes,
+        **out,
         "classes_in_file": ds.classes,
         "stored_macro_f1": ev.metrics.get("macro_f1"),
         **m,

@@ -115,8 +115,8 @@ with st.expander("Letters where the models disagree"):
                 compare.letters_table(differ), "letters where models disagree", "disagree", letters, column_config=compare.LETTER_COLUMNS
             )
 
-if multi:  # no confusion matrix for label sets (the per-label heatmap above stands in for it), no external scoring yet
-    st.caption("External validation of multi-label classifiers is not available yet.")
+if multi:  # no confusion matrix for label sets (the per-label heatmap above stands in for it)
+    external.external_validation(evals)
     st.stop()
 st.subheader("Confusion matrices")
 common.from_url("cm", labels, "compare-cm", many=True)

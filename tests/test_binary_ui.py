@@ -218,3 +218,25 @@ def test_the_report_bundles_the_two_label_figures_and_curves(bin_cache):
     assert set(FIGURES) <= set(table.columns) and len(table) == 2
     roc = figs["ROC curves"].to_dict()
     assert len([t for t in roc["data"] if t.get("mode") == "markers"]) == 2  # each evaluation's operating point
+
+
+def test_external_scoring_answers_at_the_operating_threshold(bin_cache, tmp_path):
+    """A two-label classifier scored on another file answers as on Classify: at its threshold, not the likelier label."""
+    from sklearn.metrics import accuracy_score
+
+    from engine import api, classifiers
+
+    _, ds, results = bin_cache
+    logreg = next(r for r in results if r.method == "logreg")
+    clf = classifiers.load(logreg.artifact)
+    assert clf.threshold is not None and abs(clf.threshold - 0.5) > 1e-3
+    texts, labels = ds.texts[:80], [str(lab) for lab in ds.labels[:80]]
+    path = write_csv(tmp_path / "other.csv", [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)])
+    res = api.score_external(logreg.artifact, path, "text", "label")
+    at_threshold = clf.predict(texts)
+    assert res["accuracy"] == pytest.approx(accuracy_score(labels, at_threshold))
+    proba = clf.predict_proba(texts)
+    likelier = [clf.classes_[i] for i in proba.argmax(1)]
+    j = clf.classes_.index(clf.positive_label)
+    assert at_threshold == [clf.classes_[j] if p[j] >= clf.threshold else clf.classes_[1 - j] for p in proba]
+    assert at_threshold != likelier or not any(min(clf.threshold, 0.5) <= p[j] < max(clf.threshold, 0.5) for p in proba)

@@ -13,6 +13,7 @@ import zipfile
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from engine.errors import ClinBenchError
 from tests.conftest import ROOT, run_step, write_csv
 from tests.test_multilabel import multi_label_ds
 
@@ -222,3 +223,34 @@ def test_export_page_and_report_have_the_per_label_table_and_no_confusion_matrix
     assert set(ML_NAMES) <= set(tables["micro macro samples F1 by model and method"].columns)
     zf = zipfile.ZipFile(io.BytesIO(api.report_zip(figs, tables, formats=("html",))))
     assert "tables/precision-recall-f1-per-label.csv" in zf.namelist() and not any("confusion" in n for n in zf.namelist())
+
+
+def test_a_multi_label_classifier_is_scored_on_another_file_at_its_own_thresholds(ml_cache, tmp_path):
+    from sklearn.metrics import f1_score
+
+    from engine import api, classifiers, metrics
+    from tests.conftest import cli
+
+    _, ds, _ = ml_cache
+    svc = next(e for e in api.evaluations()[0] if e.method == "svc")
+    texts, sets = ds.texts[::2], ds.labels[::2]  # single labels, pairs and letters with none
+    assert any(len(s) == 2 for s in sets) and () in sets
+    rows = [{"note": t, "tags": "|".join(labs)} for t, labs in zip(texts, sets, strict=True)]
+    path = write_csv(tmp_path / "other.csv", rows)  # several labels in one cell, '|' between them; some cells empty
+    res = api.score_external(svc.key, path, "note", "tags", label_sep="|")
+    assert res["task"] == "multi-label" and res["n_letters"] == len(texts) and {"micro_f1_ci", "samples_f1", "per_label"} <= set(res)
+    clf = classifiers.load(svc.folder)
+    T = metrics.indicator(sets, clf.classes_)
+    P = metrics.indicator(clf.predict(texts), clf.classes_)
+    assert res["micro_f1"] == pytest.approx(f1_score(T, P, average="micro", zero_division=0))
+    labelled = write_csv(tmp_path / "labelled.csv", [r for r in rows if r["tags"]])
+    with pytest.raises(ClinBenchError, match="give their separator"):  # without --label-sep the cell 'a|b' is one unknown label
+        api.score_external(svc.key, labelled, "note", "tags")
+    out = tmp_path / "score.json"
+    r = cli("score", svc.key[:10], "--data", str(path), "--text-column", "note", "--label-column", "tags", "--label-sep", "|",
+            "--json", str(out), env_extra={"CLINBENCH_CACHE": str(ml_cache[0])})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["micro_f1"] == pytest.approx(res["micro_f1"]) and "micro-F1" in r.stdout
+    at = page("5_Compare.py").run()
+    _ok(at)
+    assert any("External validation" in e.label for e in at.expander)

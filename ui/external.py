@@ -1,5 +1,7 @@
 """External validation on the Compare page: one of the shown classifiers scored on another labelled file
-(engine.api.score_external): upload, choose the columns, score; macro-F1 with its 95% CI and a per-class table."""
+(engine.api.score_external): upload, choose the columns, score; macro-F1 with its 95% CI and a per-class table (a
+multi-label classifier: micro-, macro- and samples-F1 with CIs and the per-label table; its file may hold several labels
+per letter, a JSON list or a separator)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,25 @@ def _guess(columns: list[str], names: tuple[str, ...], fallback: int) -> int:
     return next((i for i, c in enumerate(columns) if c.lower() in names), fallback % len(columns))
 
 
+def _show_label_sets(res: dict) -> None:
+    cols = st.columns(4)
+    for col, (key, name) in zip(cols, (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("samples_f1", "samples-F1")), strict=False):
+        lo, hi = res[f"{key}_ci"]
+        col.metric(name, f"{res[key]:.3f}", help=f"95% bootstrap CI {lo:.3f}–{hi:.3f}")
+    if res.get("stored_micro_f1") is not None:
+        cols[3].metric("stored evaluation", f"{res['stored_micro_f1']:.3f}", help="micro-F1 in its own evaluation, on its own letters")
+    st.caption(
+        f"{res['n_letters']} letters of {res['data'].rsplit('/', 1)[-1]}; subset accuracy {res['subset_accuracy']:.3f}, "
+        f"Hamming loss {res['hamming_loss']:.3f}; each label decided at the classifier's own threshold."
+    )
+    table = pd.DataFrame(res["per_label"], columns=["label", "precision", "recall", "f1", "support", "predicted"])
+    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}")
+
+
 def _show(res: dict) -> None:
+    if res.get("task") == "multi-label":
+        _show_label_sets(res)
+        return
     lo, hi = res["macro_f1_ci"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("macro-F1", f"{res['macro_f1']:.3f}", help=f"95% bootstrap CI {lo:.3f}–{hi:.3f}, averaged over all classifier classes")
@@ -66,11 +86,14 @@ def external_validation(evals: list) -> None:
         c1, c2 = st.columns(2)
         text_col = c1.selectbox("Text column", columns, index=_guess(columns, TEXT_GUESSES, 0), key="ext-text")
         label_col = c2.selectbox("Label column", columns, index=_guess(columns, LABEL_GUESSES, -1), key="ext-label")
-        choice = (ev.key, str(path), text_col, label_col)
+        sep = None
+        if ev.multi_label:  # several labels per letter: a JSON list needs nothing, a text cell its separator
+            sep = st.text_input("Label separator (several labels in one cell; empty for a JSON list)", "", key="ext-sep") or None
+        choice = (ev.key, str(path), text_col, label_col, sep)
         if st.button("Score", key="ext-score", type="primary"):
             try:
                 with st.spinner(f"Classifying the letters of {upload.name} with {ev.label}…"):
-                    st.session_state["ext-result"] = (choice, api.score_external(ev.key, path, text_col, label_col))
+                    st.session_state["ext-result"] = (choice, api.score_external(ev.key, path, text_col, label_col, label_sep=sep))
             except ClinBenchError as exc:
                 st.session_state.pop("ext-result", None)
                 common.error(exc, "External validation")
