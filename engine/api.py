@@ -285,10 +285,10 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
     return results.comparison_table(evals)
 
 
-def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
+def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
     from engine import comparison
 
-    return comparison.seed_spread(evals)
+    return comparison.seed_spread(evals, metric)
 
 
 def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:

@@ -52,9 +52,9 @@ def _summary(verdict: str, detectable: bool, res: dict, p_holm: float) -> str:
     return text + "."
 
 
-def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
-    """Evaluations that differ only in their seed (a run's n_seeds), grouped: macro-F1 mean, sd, min and max across the
-    seeds, next to the mean width of their 95% CIs (the spread across seeds is a second source of uncertainty: the folds'
+def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
+    """Evaluations that differ only in their seed (a run's n_seeds), grouped: `metric` (macro_f1; for label sets also
+    micro_f1 or samples_f1) mean, sd, min and max across the seeds, next to the mean width of their 95% CIs (the spread across seeds is a second source of uncertainty: the folds'
     shuffle and, for fine-tuning, the initial weights and data order). Groups of one seed are left out."""
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
@@ -67,8 +67,8 @@ def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
     for members in groups.values():
         if len(members) < 2:
             continue
-        f1 = np.array([e.metrics["macro_f1"] for e in members])
-        widths = [e.metrics["macro_f1_ci"][1] - e.metrics["macro_f1_ci"][0] for e in members if e.metrics.get("macro_f1_ci")]
+        f1 = np.array([e.metrics[metric] for e in members])
+        widths = [e.metrics[f"{metric}_ci"][1] - e.metrics[f"{metric}_ci"][0] for e in members if e.metrics.get(f"{metric}_ci")]
         rows.append(
             {
                 "model": members[0].model,
@@ -76,7 +76,7 @@ def seed_spread(evals: list[Evaluation]) -> pd.DataFrame:
                 "labels_per_class": members[0].labels_per_class,
                 "n_seeds": len(members),
                 "seeds": sorted(e.manifest.get("config", {}).get("seed") for e in members),
-                "mean_macro_f1": float(f1.mean()),
+                f"mean_{metric}": float(f1.mean()),
                 "sd_across_seeds": float(f1.std(ddof=1)),
                 "min": float(f1.min()),
                 "max": float(f1.max()),

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import binary, charts, common, compare, external, multilabel
+from ui import binary, charts, common, compare, external, multilabel, report
 
 common.page(
     "Compare",
@@ -27,8 +27,8 @@ st.caption(
     f"{len(evals)} evaluation(s) on {ds['n_letters']} letters ({compare.protocol_counts(comp)}), labels: {', '.join(ds['classes'])}"
     + (" (several labels per letter, or none)." if multi else ".")
 )
+metric = multilabel.headline_picker("compare") if multi else "macro_f1"  # the headline the charts and tests use
 if multi:
-    metric = multilabel.headline_picker("compare")
     fig = charts.macro_f1_chart(
         compare.headline(comp, metric), compare.headline_title(metric), compare.HEADLINES[metric], "most frequent label set"
     )
@@ -37,7 +37,7 @@ else:
     common.chart(charts.macro_f1_chart(comp, title=compare.CHART_TITLE), "macro-F1 by model and method", "f1")
 if compare.has_learning_curve(comp):  # evaluations at more than one training size (the option learning_curve)
     st.subheader("Learning curve")
-    common.chart(charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE), "learning curve", "curve")
+    common.chart(report.learning_curve_figure(comp, metric), "learning curve", "curve")
     st.caption(compare.CURVE_NOTE)
 
 st.subheader("Micro-, macro- and samples-F1" if multi else "Precision and recall")
@@ -50,10 +50,11 @@ if binary.is_binary(evals):  # two labels: sensitivity, specificity, PPV, NPV, A
     binary.compare_section(evals)
 with st.expander("Settings and keys of each evaluation"):
     common.table(compare.settings_table(comp), "evaluation settings", "settings")
-spread = api.seed_spread(evals)
+spread = api.seed_spread(evals, metric)
 if len(spread):
-    st.markdown("**Across seeds** (runs with n_seeds > 1): the spread of macro-F1 next to the width of its 95% CI")
-    common.table(spread.round(4), "macro-F1 across seeds", "seeds")
+    name = compare.HEADLINES[metric]
+    st.markdown(f"**Across seeds** (runs with n_seeds > 1): the spread of {name} next to the width of its 95% CI")
+    common.table(spread.round(4), f"{name} across seeds", "seeds")
 per_class = api.per_class_table(evals)
 if multi:
     multilabel.per_label_section(per_class)
@@ -67,7 +68,7 @@ st.subheader("Are the top models different?")
 sig = None
 try:
     with st.spinner("Comparing the top models on the letters they share…"):
-        sig = api.significance(evals, metric if multi else "macro_f1")
+        sig = api.significance(evals, metric)
 except ClinBenchError as exc:
     common.error(exc, "Significance")
 if sig is not None and len(sig):

@@ -180,3 +180,36 @@ def test_evaluate_on_the_command_line_prints_and_writes_the_curve(cache, small_c
     m = __import__("json").loads(out.read_text())
     assert [p["labels_per_class"] for p in m["learning_curve"]] == [4, 8, None]
     assert m["macro_f1"] == m["learning_curve"][-1]["macro_f1"]  # the headline figure is the run's own size (all letters)
+
+
+def test_a_multi_label_comparison_draws_its_headline_across_sizes_and_seeds(cache, default_ds, tmp_path):
+    """Label sets: the learning curve and the spread across seeds follow the chosen headline (here micro-F1)."""
+    import pandas as pd
+
+    from engine.experiment import parse_spec
+    from tests.test_multilabel import multi_label_ds
+    from tests.test_multilabel_ui import write_jsonl
+    from ui import report
+
+    path = write_jsonl(tmp_path / "multi.jsonl", multi_label_ds(default_ds))
+    spec = parse_spec(
+        {"models": ["tfidf"], "methods": [], "options": {"n_seeds": 2, "learning_curve": [4], "protocol": "holdout", "n_boot": 100},
+         "data": {"path": str(path), "text_column": "text", "label_column": "labels"}}
+    )  # fmt: skip
+    ds = spec.data.load()
+    done = [experiment.execute(spec, s, dataset=ds) for s in spec.steps()]
+    assert len(done) == 4 and all(r.metrics["task"] == "multi-label" for r in done)
+    evals, _ = results.list_evaluations(ds.data_hash)
+    comp = results.comparison_table(evals)
+    fig = report.learning_curve_figure(comp, "micro_f1")
+    (line,) = fig.data
+    by_size = {}
+    for r in done:
+        by_size.setdefault(r.manifest["protocol"]["labels_per_class"], []).append(r.metrics["micro_f1"])
+    assert list(line.y) == pytest.approx([np.mean(by_size[4]), np.mean(by_size[None])])
+    assert fig.layout.yaxis.title.text.startswith("Micro-F1") and "Micro-F1" in fig.layout.title.text
+    spread = comparison.seed_spread(evals, "micro_f1").set_index("labels_per_class", drop=False)
+    assert len(spread) == 2 and "mean_micro_f1" in spread
+    for _, row in spread.iterrows():
+        size = None if pd.isna(row["labels_per_class"]) else int(row["labels_per_class"])
+        assert row["sd_across_seeds"] == pytest.approx(np.std(by_size[size], ddof=1))

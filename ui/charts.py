@@ -104,9 +104,12 @@ def macro_f1_chart(
     return _layout(fig, title, height=max(320, 90 + 42 * len(t)))
 
 
-def learning_curve_chart(points: pd.DataFrame, title: str = "Learning curve: macro-F1 against training letters per label") -> go.Figure:
-    """Macro-F1 (95% CI as error bars) against training letters per label, one line per model · method, from
-    ui.compare.learning_curve_points: the sizes on a log2 axis, 'all' at the mean training letters per label."""
+def learning_curve_chart(
+    points: pd.DataFrame, title: str = "Learning curve: macro-F1 against training letters per label", name: str = "macro-F1"
+) -> go.Figure:
+    """The score `name` (macro-F1, or a multi-label headline; 95% CI as error bars) against training letters per label, one
+    line per model · method, from ui.compare.learning_curve_points (its `macro_f1` column holds that score): the sizes on a
+    log2 axis, 'all' at the mean training letters per label."""
     fig = go.Figure()
     for i, (line, part) in enumerate(points.groupby("line", sort=False)):
         names = ["all" if pd.isna(s) else str(int(s)) for s in part["size"]]
@@ -127,7 +130,7 @@ def learning_curve_chart(points: pd.DataFrame, title: str = "Learning curve: mac
                     width=4,
                 ),
                 customdata=[[n, float(lo), float(hi), int(k)] for n, lo, hi, k in zip(names, part["ci_low"], part["ci_high"], part["n"])],
-                hovertemplate=f"<b>{html.escape(line)}</b><br>%{{customdata[0]}} per label (mean %{{x:.0f}})<br>macro-F1 %{{y:.3f}} "
+                hovertemplate=f"<b>{html.escape(line)}</b><br>%{{customdata[0]}} per label (mean %{{x:.0f}})<br>{name} %{{y:.3f}} "
                 "(95% CI %{customdata[1]:.3f}–%{customdata[2]:.3f}), %{customdata[3]} evaluation(s)<extra></extra>",
             )
         )
@@ -141,7 +144,7 @@ def learning_curve_chart(points: pd.DataFrame, title: str = "Learning curve: mac
         tickvals=[v for v, _ in ticks],
         ticktext=[t for _, t in ticks],
     )
-    fig.update_yaxes(title="macro-F1 (95% CI)", range=[0, 1.02])
+    fig.update_yaxes(title=f"{name} (95% CI)", range=[0, 1.02])
     fig.update_layout(legend_title_text="model · method", hovermode="closest")
     return _layout(fig, title, height=440)
 

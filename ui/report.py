@@ -39,17 +39,27 @@ def tables(evals: list, with_significance: bool = True, metric: str = "micro_f1"
     return out
 
 
+def learning_curve_figure(comp: pd.DataFrame, metric: str = "macro_f1"):
+    """The learning curve of `metric` (macro_f1; a multi-label comparison's headline: micro_f1, macro_f1, samples_f1)."""
+    name = "macro-F1" if metric == "macro_f1" else compare.HEADLINES[metric]
+    points = compare.learning_curve_points(compare.headline(comp, metric))
+    return charts.learning_curve_chart(points, compare.CURVE_TITLE.replace("macro-F1", name), name)
+
+
 def figures(evals: list, confusion_for: list | None = None, metric: str = "micro_f1") -> dict:
     """The comparison's charts; `metric`: a multi-label comparison's headline (micro_f1, macro_f1 or samples_f1)."""
     comp = api.comparison_table(evals)
     if compare.is_multi_label(evals):
         name = compare.HEADLINES[metric]
-        return {
+        figs = {
             f"{name} by model and method": charts.macro_f1_chart(
                 compare.headline(comp, metric), compare.headline_title(metric), name, "most frequent label set"
             ),
             "precision recall F1 per label": charts.per_label_heatmap(api.per_class_table(evals)),
         }
+        if compare.has_learning_curve(comp):
+            figs["learning curve"] = learning_curve_figure(comp, metric)
+        return figs
     figs = {
         "macro-F1 by model and method": charts.macro_f1_chart(comp),
         "per-class F1": charts.per_class_heatmap(api.per_class_table(evals)),
@@ -58,7 +68,7 @@ def figures(evals: list, confusion_for: list | None = None, metric: str = "micro
     if curves:
         figs["ROC curves"], figs["precision-recall curves"] = charts.roc_chart(curves), charts.pr_chart(curves)
     if compare.has_learning_curve(comp):
-        figs["learning curve"] = charts.learning_curve_chart(compare.learning_curve_points(comp), compare.CURVE_TITLE)
+        figs["learning curve"] = learning_curve_figure(comp)
     for ev in confusion_for if confusion_for is not None else evals:
         if "confusion_matrix" in ev.metrics:  # (multi-label evaluations have none)
             figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}")
