@@ -36,7 +36,7 @@ def _verdict(best: str, other: str, res: dict, p_holm: float, name: str = "macro
     return f"{winner} better by {fmt_diff(abs(res['diff']))}{said}", True
 
 
-def _summary(verdict: str, detectable: bool, res: dict, p_holm: float) -> str:
+def _summary(verdict: str, detectable: bool, res: dict, p_holm: float, name: str = "macro-F1") -> str:
     """The comparison in one plain sentence (what the Compare page prints); the CI is the winner's lead when one won."""
     folds = f" in {res['n_folds']} folds" if res["protocol"] == "cv" else ""
     if res["identical"]:
@@ -44,7 +44,8 @@ def _summary(verdict: str, detectable: bool, res: dict, p_holm: float) -> str:
     diff, (lo, hi) = res["diff"], res["diff_ci"]
     if detectable and diff < 0:  # the other one won: its lead, positive
         diff, lo, hi = -diff, -hi, -lo
-    head = verdict if detectable else f"{verdict}: difference {fmt_diff(diff)}"
+    said = "" if name == "macro-F1" else f"{name} "
+    head = verdict if detectable else f"{verdict}: {said}difference {fmt_diff(diff)}"
     test = "corrected resampled t-test over the folds" if res["p_corrected"] is not None else "paired bootstrap over letters"
     text = f"{head} (95% CI {fmt_diff(lo)} to {fmt_diff(hi)}) on {res['n_letters']} shared letters{folds}; p = {p_holm:.3g} (Holm-adjusted, {test})"
     if res["p_mcnemar"] is not None:
@@ -150,7 +151,7 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
                 "significant": detectable,
                 "identical": res["identical"],
                 "verdict": verdict,
-                "summary": _summary(verdict, detectable, res, p_holm),
+                "summary": _summary(verdict, detectable, res, p_holm, METRIC_NAMES[metric]),
                 "n_test": res["n_records"],
             }
         )
