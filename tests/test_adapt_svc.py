@@ -19,7 +19,8 @@ FAST = {"max_length": 32, "n_boot": 100, "epochs": 1, "batch_size": 8, "learning
 
 @pytest.fixture(scope="module")
 def mlm_encoder(tiny_encoder, tmp_path_factory) -> Path:
-    """The session's tiny BERT with a [MASK] token (masked-LM adaptation needs one)."""
+    """The session's tiny BERT with a [MASK] token (masked-LM adaptation needs one), saved without its LM head, as sentence
+    encoders such as MiniLM are: the adaptation trains a new head beside the adapters, and only the adapters embed."""
     from transformers import AutoTokenizer, BertForMaskedLM
 
     tok = AutoTokenizer.from_pretrained(tiny_encoder)
@@ -27,7 +28,7 @@ def mlm_encoder(tiny_encoder, tmp_path_factory) -> Path:
     net = BertForMaskedLM.from_pretrained(tiny_encoder)
     net.resize_token_embeddings(len(tok))
     folder = tmp_path_factory.mktemp("tiny-mlm-bert")
-    net.save_pretrained(folder)
+    net.bert.save_pretrained(folder)  # the encoder alone (BertModel)
     tok.save_pretrained(folder)
     return folder
 
@@ -79,6 +80,7 @@ def test_manifest_records_the_adaptations_and_keeps_each_adapter(adapt_cv, ml_ds
     a = manifest["adaptation"]
     assert a["objective"] == "masked LM" and sorted(a["fold_trainings"]) == ["r0f0", "r0f1", "r0f2"]
     assert a["training"]["n_fit"] > 0 and a["training"]["n_val"] > 0
+    assert a["training"]["training"]["head_modules"], "the checkpoint has no LM head: one was trained beside the adapters"
     assert list(manifest["classifier"]["thresholds"]) == ml_ds.classes
     files = manifest["files"]
     assert any(f.startswith("adapter/") for f in files)

@@ -251,12 +251,22 @@ def _backbone_of(merged, placement):
 
 
 def load_adapted_extractor(model: str, adapter: str | Path, placement, identity: dict) -> models.LoadedModel:
-    """`model` with its language-model head and the LoRA adapter at `adapter` (trained on that objective), merged, as a
-    feature extractor whose identity is `identity` (the base's plus the adaptation's key)."""
-    from peft import PeftModel
+    """`model` with the LoRA weights of the adapter at `adapter` (trained on its language-model objective) merged, as a
+    feature extractor whose identity is `identity` (the base's plus the adaptation's key). Only the LoRA weights are read:
+    an LM head the checkpoint lacked was trained in full beside them (peft's modules_to_save, tied to the embeddings in
+    BERT), and embedding letters never uses it."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     net, tokenizer, _identity, kind, config, _head = load_lm_model(model, placement)
-    merged = PeftModel.from_pretrained(net, Path(adapter)).merge_and_unload()
+    lora = LoraConfig.from_pretrained(str(adapter))
+    lora.modules_to_save = None
+    tuned = get_peft_model(net, lora)
+    weights = {k: v for k, v in load_file(Path(adapter) / "adapter_model.safetensors").items() if "lora_" in k}
+    result = set_peft_model_state_dict(tuned, weights)
+    if result.unexpected_keys:
+        raise ClinBenchError(f"The adapter at {adapter} does not fit {model}: unexpected weights {result.unexpected_keys[:3]}.")
+    merged = tuned.merge_and_unload()
     return models.LoadedModel(
         models.resolve(model),
         _backbone_of(merged, placement),
