@@ -190,6 +190,7 @@ def data_manifest(dataset) -> dict:
 
 
 CONTRACT_KEYS = (
+    "task",
     "n_scored",
     "fold_macro_f1",
     "fold_macro_f1_mean",
@@ -199,6 +200,19 @@ CONTRACT_KEYS = (
     "test_rows",
     "classes",
     "n_letters",
+    # several labels per letter (task "multi-label")
+    "micro_f1",
+    "micro_f1_ci",
+    "samples_f1",
+    "samples_f1_ci",
+    "subset_accuracy",
+    "hamming_loss",
+    "per_label",
+    "fold_micro_f1",
+    # two labels (task "binary")
+    "positive_label",
+    "threshold",
+    *(f"{name}{suffix}" for name in ("sensitivity", "specificity", "roc_auc", "pr_auc") for suffix in ("", "_ci")),
 )
 
 
