@@ -138,12 +138,18 @@ def test_n_seeds_runs_each_step_per_seed_and_compare_shows_the_spread(cache, sma
     assert spread.loc[0, "sd_across_seeds"] == pytest.approx(np.std(f1, ddof=1))
 
 
-def test_label_conflicts_can_be_dropped_and_rows_still_name_the_input_file(cache, small_csv, tmp_path):
+def _conflict_csv(small_csv, tmp_path):
+    """(the small dataset, a copy of its file with row 3 a copy of row 0 filed under another label, that label)."""
     ds = data.load_dataset(small_csv, "letter", "specialty")
     rows = [{"letter": t, "specialty": lab} for t, lab in zip(ds.texts, ds.labels, strict=True)]
     other = next(lab for lab in ds.classes if lab != ds.labels[0])
     rows.insert(3, {"letter": ds.texts[0].upper(), "specialty": other})  # row 3: a copy of row 0 filed under another label
     csv = write_csv(tmp_path / "conflict.csv", rows)
+    return ds, csv, other
+
+
+def test_label_conflicts_can_be_dropped_and_rows_still_name_the_input_file(cache, small_csv, tmp_path):
+    _, csv, _ = _conflict_csv(small_csv, tmp_path)
     grouped, dropped = tmp_path / "g.json", tmp_path / "d.json"
     assert evaluate_cli(csv, "tfidf", "--json", str(grouped)).returncode == 0
     r = evaluate_cli(csv, "tfidf", "--label-conflicts", "drop", "--json", str(dropped))
@@ -156,11 +162,7 @@ def test_label_conflicts_can_be_dropped_and_rows_still_name_the_input_file(cache
 
 
 def test_label_conflicts_merge_makes_one_multi_label_letter_of_each_set_of_copies(cache, small_csv, tmp_path):
-    ds = data.load_dataset(small_csv, "letter", "specialty")
-    rows = [{"letter": t, "specialty": lab} for t, lab in zip(ds.texts, ds.labels, strict=True)]
-    other = next(lab for lab in ds.classes if lab != ds.labels[0])
-    rows.insert(3, {"letter": ds.texts[0].upper(), "specialty": other})  # row 3: a copy of row 0 filed under another label
-    csv = write_csv(tmp_path / "conflict.csv", rows)
+    ds, csv, other = _conflict_csv(small_csv, tmp_path)
     merged = protocols.prepare(data.load_dataset(csv, "letter", "specialty"), ProtocolOptions(label_conflicts="merge"))
     assert merged.multi_label and len(merged) == 60 and merged.rows[:4] == [0, 1, 2, 4]
     assert merged.labels[0] == tuple(sorted({ds.labels[0], other}))
