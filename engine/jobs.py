@@ -39,7 +39,7 @@ def submit(spec, *, start_worker: bool = True) -> int:
     for name in names:  # unknown names, missing or damaged folders, hub ids that cannot be had (offline) fail now
         models.check_available(name)
     targets = spec.options.finetune.target_modules
-    if targets and {"lora", "lora-svc", "domain-adapt", "instruct-lora"} & set(spec.methods):
+    if targets and {"lora", "lora-svc", "domain-adapt", "adapt-svc", "instruct-lora"} & set(spec.methods):
         from engine.finetune.loading import check_targets_of
 
         for name in names:
