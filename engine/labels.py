@@ -3,12 +3,13 @@ column per label) and the multi-label summary a validation report shows (labels 
 which labels occur together).
 
 In multi-label data a letter may carry no label at all: its labels are the empty tuple `()`, a valid "no label"
-outcome (every label absent), never a class of its own. What is usable is engine.data's business; this module reads
-and counts.
+outcome (every label absent), not a class of its own unless a run asks for it (the option no_label: class,
+`label_the_unlabelled`). What is usable is engine.data's business; this module reads and counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import unicodedata
 from collections import Counter
@@ -157,3 +158,15 @@ def lines(class_counts: dict[str, int], label_summary: dict | None) -> list[str]
         for i, (lab, row) in enumerate(zip(co["labels"], co["matrix"]), start=1):
             out.append(f"  {i:>3d} {lab[:40]:40s}" + "".join(f"{v:>{width}d}" for v in row))
     return out
+
+
+NO_LABEL = "no label"  # the label of letters with none, when they are asked to be a class (no_label: class)
+
+
+def label_the_unlabelled(ds):
+    """`ds` with each multi-label letter that carries no label given the label NO_LABEL (single-label data: unchanged)."""
+    if not ds.multi_label or all(ds.labels):
+        return ds
+    if NO_LABEL in ds.classes:
+        raise DataError(f"The data already has a label {NO_LABEL!r}, so letters with no label cannot take it: use no_label: outcome.")
+    return dataclasses.replace(ds, labels=[labs or (NO_LABEL,) for labs in ds.labels])

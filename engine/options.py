@@ -85,6 +85,13 @@ class ProtocolOptions(PerMethod):
         choices=("group", "drop", "merge"),
         key=False,  # it changes the letters, and so the data hash every key holds
     )
+    no_label: str = option(
+        "outcome",
+        "multi-label letters with no label: outcome keeps them as a valid answer (every label absent); class gives them the "
+        "label 'no label' of their own, scored like any other",
+        choices=("outcome", "class"),
+        key=False,  # it changes the labels, and so the data hash every key holds
+    )
     n_boot: int = option(1000, "bootstrap resamples for the 95% CI of macro-F1 (100 or more: fewer give no usable CI)", min=100)
     n_seeds: int = option(
         1, "run every step with seeds seed, seed+1, ... and report the spread of macro-F1 across them", min=1, max=20, key=False

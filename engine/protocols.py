@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import duplicates, metrics
+from engine import labels as labelling
 from engine.errors import DataError
 from engine.options import CV_AUTO_MAX_LETTERS, ProtocolOptions
 from engine.storage import sha256_json
@@ -147,7 +148,10 @@ def groups_of(ds, near_threshold: float | None = None) -> np.ndarray:
 
 def prepare(ds, p: ProtocolOptions):
     """The letters a run scores: `ds`; or without the exact copies filed under different labels (label_conflicts: drop); or
-    with each set of them merged into one letter that carries all their labels (merge: a multi-label task)."""
+    with each set of them merged into one letter that carries all their labels (merge: a multi-label task); and (no_label:
+    class) a multi-label letter with no label given the label engine.labels.NO_LABEL."""
+    if p.no_label == "class":
+        ds = labelling.label_the_unlabelled(ds)
     if p.label_conflicts == "merge":
         return duplicates.merge_conflicts(ds)
     if p.label_conflicts != "drop":

@@ -189,3 +189,19 @@ def test_the_hallmarks_of_cancer_corpus_loads():
     matrix = s["cooccurrence"]["matrix"]
     assert [matrix[i][i] for i in range(10)] == [ds.report.class_counts[c] for c in s["cooccurrence"]["labels"]]
     assert all(matrix[i][j] == matrix[j][i] for i in range(10) for j in range(10))
+
+
+def test_letters_with_no_label_become_a_class_only_when_asked(default_ds, cache):
+    from engine import labels, protocols
+    from engine.options import ProtocolOptions
+    from tests.conftest import run_step
+    from tests.test_multilabel import multi_label_ds
+
+    ds = multi_label_ds(default_ds)
+    assert () in ds.labels and labels.NO_LABEL not in ds.classes
+    assert protocols.prepare(ds, ProtocolOptions()) is ds  # outcome (default): kept as every label absent
+    asked = protocols.prepare(ds, ProtocolOptions(no_label="class"))
+    assert labels.NO_LABEL in asked.classes and () not in asked.labels
+    assert [labs for labs in asked.labels if labs != (labels.NO_LABEL,)] == [labs for labs in ds.labels if labs]
+    res = run_step(ds, "tfidf", "tfidf", protocol="holdout", n_boot=100, no_label="class")
+    assert labels.NO_LABEL in res.metrics["per_class"] and res.metrics["per_class"][labels.NO_LABEL]["support"] > 0
