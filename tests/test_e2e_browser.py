@@ -179,11 +179,13 @@ def test_multi_label_compare_and_classify_in_a_real_browser(server, monkeypatch,
         try:
             page.goto(f"{base}/Compare")
             expect(page.locator(".js-plotly-plot .gtitle", has_text="Micro-F1 per model and method")).to_be_visible(timeout=90_000)
-            expect(page.get_by_text("Paired tests for multi-label evaluations are not available yet")).to_be_visible()
+            expect(page.get_by_text("whole label set only one of the two got right")).to_be_visible(timeout=60_000)  # paired tests
+            expect(page.get_by_text("micro-F1 difference").or_(page.get_by_text("better by")).first).to_be_visible()
             expect(page.locator(".js-plotly-plot .gtitle", has_text="Per label: precision, recall and F1")).to_be_visible()
             expect(page.get_by_text("Confusion matrices")).to_have_count(0)
             page.get_by_test_id("stRadioGroup").get_by_text("Samples-F1", exact=True).click()
             expect(page.locator(".js-plotly-plot .gtitle", has_text="Samples-F1 per model and method")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("samples-F1 difference").or_(page.get_by_text("samples-F1 (95% CI")).first).to_be_visible()
             _settle(page)
             page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
             page.screenshot(path=str(tmp / "ml-compare.png"))
