@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -18,6 +19,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@contextlib.contextmanager
+def cache_at(folder: str | Path):
+    """CLINBENCH_CACHE set to `folder` for the block, restored after it: the cache of its own that a module-scoped fixture
+    fills once (such a fixture cannot use the function-scoped monkeypatch)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLINBENCH_CACHE", str(folder))
+        yield Path(folder)
 
 
 def stop_workers(cache: str | Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import experiment
-from tests.conftest import ROOT, run_step
+from tests.conftest import ROOT, cache_at, run_step
 
 PAGES = ["1_Data.py", "2_Models.py", "3_Runs.py", "4_Embeddings.py", "5_Compare.py", "6_Classify.py", "7_Export.py"]
 
@@ -28,28 +28,22 @@ def empty_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory, tiny_encoder, default_ds):
     """A cache holding two evaluations (svc, logreg) of the tiny encoder on 60 real letters."""
-    import os
 
     from tests.conftest import write_csv
 
     cache = tmp_path_factory.mktemp("app-cache")
-    old = os.environ.get("CLINBENCH_CACHE")
-    os.environ["CLINBENCH_CACHE"] = str(cache)
-    per: dict = {}
-    rows = []
-    for t, lab in zip(default_ds.texts, default_ds.labels):
-        if per.get(lab, 0) < 12:
-            per[lab] = per.get(lab, 0) + 1
-            rows.append({"letter": t, "specialty": lab})
-    csv = write_csv(cache.parent / "letters.csv", rows)
-    ds = experiment.DataSpec(str(csv), "letter", "specialty").load()
-    for m in ("svc", "logreg"):
-        run_step(ds, tiny_encoder, m, max_length=64, grid=False, n_boot=100)
-    yield cache, ds
-    if old is None:
-        os.environ.pop("CLINBENCH_CACHE", None)
-    else:
-        os.environ["CLINBENCH_CACHE"] = old
+    with cache_at(cache):
+        per: dict = {}
+        rows = []
+        for t, lab in zip(default_ds.texts, default_ds.labels):
+            if per.get(lab, 0) < 12:
+                per[lab] = per.get(lab, 0) + 1
+                rows.append({"letter": t, "specialty": lab})
+        csv = write_csv(cache.parent / "letters.csv", rows)
+        ds = experiment.DataSpec(str(csv), "letter", "specialty").load()
+        for m in ("svc", "logreg"):
+            run_step(ds, tiny_encoder, m, max_length=64, grid=False, n_boot=100)
+        yield cache, ds
 
 
 def test_home_page_shows_default_dataset_models_and_the_run_button(empty_cache):

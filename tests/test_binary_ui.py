@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, run_step, write_csv
+from tests.conftest import ROOT, cache_at, run_step, write_csv
 from tests.test_binary import _binary_ds
 
 FIGURES = ("Sensitivity", "Specificity", "PPV", "NPV", "ROC-AUC", "PR-AUC")
@@ -26,26 +26,20 @@ def page(name: str) -> AppTest:
 def bin_stored(tmp_path_factory, tiny_encoder, default_ds):
     """A cache of its own holding two holdout evaluations of a two-label dataset (one specialty as 'refer', the rest
     'no'): the tf-idf reference and logreg of the tiny encoder, both choosing a best-F1 threshold."""
-    import os
 
     cache = tmp_path_factory.mktemp("bin-cache")
-    old = os.environ.get("CLINBENCH_CACHE")
-    os.environ["CLINBENCH_CACHE"] = str(cache)
-    from engine import api
+    with cache_at(cache):
+        from engine import api
 
-    two = _binary_ds(default_ds)
-    rows = [{"text": t, "label": lab} for t, lab in zip(two.texts, two.labels)]
-    ds = api.load_dataset(str(write_csv(cache.parent / "binary.csv", rows)), "text", "label")
-    results = [
-        run_step(ds, "tfidf", "tfidf", protocol="holdout", n_boot=100),
-        run_step(ds, tiny_encoder, "logreg", protocol="holdout", max_length=64, grid=False, n_boot=100),
-    ]
-    assert all(r.metrics["task"] == "binary" for r in results)
-    yield cache, ds, results
-    if old is None:
-        os.environ.pop("CLINBENCH_CACHE", None)
-    else:
-        os.environ["CLINBENCH_CACHE"] = old
+        two = _binary_ds(default_ds)
+        rows = [{"text": t, "label": lab} for t, lab in zip(two.texts, two.labels)]
+        ds = api.load_dataset(str(write_csv(cache.parent / "binary.csv", rows)), "text", "label")
+        results = [
+            run_step(ds, "tfidf", "tfidf", protocol="holdout", n_boot=100),
+            run_step(ds, tiny_encoder, "logreg", protocol="holdout", max_length=64, grid=False, n_boot=100),
+        ]
+        assert all(r.metrics["task"] == "binary" for r in results)
+        yield cache, ds, results
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.errors import ClinBenchError
-from tests.conftest import ROOT, run_step, write_csv
+from tests.conftest import ROOT, cache_at, run_step, write_csv
 from tests.test_multilabel import multi_label_ds
 
 ML_NAMES = ("Micro-F1", "Macro-F1", "Samples-F1", "Subset accuracy", "Hamming loss")
@@ -33,23 +33,17 @@ def write_jsonl(path, ds):
 def ml_stored(tmp_path_factory, tiny_encoder, default_ds):
     """A cache of its own holding two multi-label evaluations of one small JSONL dataset (three labels, pairs of them,
     letters with none): svc of the tiny encoder and the tf-idf reference, both holdout."""
-    import os
 
     from engine import api
 
     cache = tmp_path_factory.mktemp("ml-cache")
-    old = os.environ.get("CLINBENCH_CACHE")
-    os.environ["CLINBENCH_CACHE"] = str(cache)
-    path = write_jsonl(cache.parent / "multi.jsonl", multi_label_ds(default_ds))
-    ds = api.load_dataset(str(path), "text", "labels")
-    assert ds.multi_label and () in ds.labels
-    for model, method in ((tiny_encoder, "svc"), ("tfidf", "tfidf")):
-        run_step(ds, model, method, protocol="holdout", test_size=0.3, max_length=64, grid=False, n_boot=100)
-    yield cache, ds, path
-    if old is None:
-        os.environ.pop("CLINBENCH_CACHE", None)
-    else:
-        os.environ["CLINBENCH_CACHE"] = old
+    with cache_at(cache):
+        path = write_jsonl(cache.parent / "multi.jsonl", multi_label_ds(default_ds))
+        ds = api.load_dataset(str(path), "text", "labels")
+        assert ds.multi_label and () in ds.labels
+        for model, method in ((tiny_encoder, "svc"), ("tfidf", "tfidf")):
+            run_step(ds, model, method, protocol="holdout", test_size=0.3, max_length=64, grid=False, n_boot=100)
+        yield cache, ds, path
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ evaluation run again in a fresh cache), through engine.api and the CLI."""
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from engine import api, experiment
 from engine.errors import ClinBenchError, DataError
 from engine.options import Options
-from tests.conftest import cli, write_csv
+from tests.conftest import cache_at, cli, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +20,19 @@ def two_evals(tmp_path_factory, tiny_encoder, default_ds):
     """svc and logreg of the tiny encoder on 60 real letters (12 per label, as small_csv), stored in a cache of this
     module's own (each step executed by name). Tests that change the letters file restore it."""
     cache = tmp_path_factory.mktemp("score-cache")
-    old = os.environ.get("CLINBENCH_CACHE")
-    os.environ["CLINBENCH_CACHE"] = str(cache)
-    seen, rows = Counter(), []
-    for t, lab in zip(default_ds.texts, default_ds.labels):
-        seen[lab] += 1
-        if seen[lab] <= 12:
-            rows.append({"letter": t, "specialty": lab})
-    ds = experiment.DataSpec(str(write_csv(cache.parent / "letters.csv", rows)), "letter", "specialty").load()
-    out = []
-    for method in ("svc", "logreg"):
-        opts = Options.parse({"max_length": 64, "grid": False, "n_boot": 100})
-        spec = experiment.Spec("test", experiment.DataSpec(), [str(tiny_encoder)], [method], opts)
-        out.append(experiment.execute(spec, {"model": str(tiny_encoder), "method": method}, dataset=ds))
-    yield ds, out
-    if old is None:
-        os.environ.pop("CLINBENCH_CACHE", None)
-    else:
-        os.environ["CLINBENCH_CACHE"] = old
+    with cache_at(cache):
+        seen, rows = Counter(), []
+        for t, lab in zip(default_ds.texts, default_ds.labels):
+            seen[lab] += 1
+            if seen[lab] <= 12:
+                rows.append({"letter": t, "specialty": lab})
+        ds = experiment.DataSpec(str(write_csv(cache.parent / "letters.csv", rows)), "letter", "specialty").load()
+        out = []
+        for method in ("svc", "logreg"):
+            opts = Options.parse({"max_length": 64, "grid": False, "n_boot": 100})
+            spec = experiment.Spec("test", experiment.DataSpec(), [str(tiny_encoder)], [method], opts)
+            out.append(experiment.execute(spec, {"model": str(tiny_encoder), "method": method}, dataset=ds))
+        yield ds, out
 
 
 def _external_rows(default_ds, per_label: int = 4, skip: int = 12) -> list[dict]:
