@@ -110,9 +110,7 @@ if rows:
                     "Classifier": r["evaluation"],
                     "Label": r["predicted"],
                     "Probability": round(r["score"], 3),
-                    "Latency (ms)": round(r["latency_ms"], 1),
-                    "Model load (s)": round(r["load_s"], 2),
-                    "Cut to max length": r["truncated"],
+                    **common.answer_costs(r),
                 }
                 for r in ok
             ]

@@ -174,3 +174,9 @@ def worker_status() -> None:
     for w in live:
         doing = f"run {w['step']['run_id']}, step {w['step']['idx'] + 1}: {w['step']['title']}" if w.get("step") else "idle"
         st.caption(f"Worker pid {w['pid']}: {doing}")
+
+
+def answer_costs(row: dict) -> dict:
+    """The columns every Classify table gives one classifier's answer (an engine.predict.classify row): its latency, the
+    time its model took to load, whether the letter was cut to its max_length."""
+    return {"Latency (ms)": round(row["latency_ms"], 1), "Model load (s)": round(row["load_s"], 2), "Cut to max length": row["truncated"]}

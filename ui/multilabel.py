@@ -91,9 +91,7 @@ def classify_answers(rows: list[dict]) -> None:
                 "Classifier": r["evaluation"],
                 "Predicted labels": " + ".join(r["labels"]) or NO_LABEL,
                 "Labels": len(r["labels"]),
-                "Latency (ms)": round(r["latency_ms"], 1),
-                "Model load (s)": round(r["load_s"], 2),
-                "Cut to max length": r["truncated"],
+                **common.answer_costs(r),
             }
             for r in ok
         ]
