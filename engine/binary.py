@@ -19,6 +19,12 @@ from engine.errors import DataError
 from engine.metrics import cluster_ids, resample_weights
 
 
+def is_two_label(dataset) -> bool:
+    """Whether a dataset is a two-label task (one label per letter, two labels): the task whose operating threshold is
+    chosen and whose figures are sensitivity, specificity, PPV, NPV and the AUCs."""
+    return not dataset.multi_label and len(dataset.classes) == 2
+
+
 def positive_label(classes: list[str], labels, option: str | None) -> str:
     """The label counted as positive: `option`, or the rarer of the two (ties: the last in sorted order)."""
     if option is not None:

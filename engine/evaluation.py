@@ -113,7 +113,7 @@ def score(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed: int, decisi
     }
     m.update(_fold_summary("macro_f1", per_fold))
     m.update({"task": "single-label", **_common(dataset, plan, oof)})
-    if len(classes) == 2:
+    if binary.is_two_label(dataset):
         m.update(_score_binary(dataset, oof, y_true, y_pred, decision, thresholds, n_boot=n_boot, seed=seed))
     return _folds_rows(dataset, plan, m)
 

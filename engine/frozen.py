@@ -101,7 +101,7 @@ def fit_on_embeddings(
     ctx = ensure(ctx)
     t_start = t_start or time.perf_counter()
     p = opts.protocol
-    two_labels = not dataset.multi_label and len(dataset.classes) == 2
+    two_labels = binary.is_two_label(dataset)
     key = evaluation_key(estats.key, estimator, kind.name, opts, plan.hash, two_labels)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, model_identity["name"], kind.name):

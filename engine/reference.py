@@ -115,7 +115,7 @@ def tfidf_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: St
     t_start = time.perf_counter()
     p = opts.protocol
     plan = protocols.plan(dataset, p, TFIDF.name)
-    two_labels = not dataset.multi_label and len(dataset.classes) == 2
+    two_labels = binary.is_two_label(dataset)
     key = evaluation_key(opts, plan.hash, two_labels)
     folder = evaluations_dir() / key
     if hit := artifacts.stored(folder, MODEL, TFIDF.name):
