@@ -11,7 +11,8 @@ the import graph has no cycle.
     errors            ClinBenchError and its kinds, the messages a user sees
     config            where things live (cache folder, bundled resources), package versions
     optionfields      how one option is declared and checked: option(), FieldSpec, coerce
-    options           typed run options, one dataclass per concern: CLI flags, spec check, form, manifest
+    options           typed run options, one dataclass per concern: spec check, form, manifest
+    optionflags       the command-line flags derived from the options
     states            Status of runs and steps (an enum), a run's status derived from its steps'
     context           StepKind (what a method is) and StepContext (progress, stop, metrics, logger)
     terminal          the command line's progress bars (one per stage of a step)
@@ -76,6 +77,7 @@ LAYERS = (
     "config",
     "optionfields",
     "options",
+    "optionflags",
     "states",
     "context",
     "terminal",

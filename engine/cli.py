@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from engine import cli_commands as out
-from engine import options
+from engine import optionflags
 from engine.errors import ClinBenchError
 
 EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: README.md."
@@ -41,7 +41,7 @@ def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     )
     p.add_argument(
         "--text-template",
-        type=options.newlines,
+        type=optionflags.newlines,
         metavar="TEMPLATE",
         help="build each letter from several columns instead of --text-column, e.g. 'Question: {QUESTION}\\nContext: {CONTEXTS}' "
         "(list values joined with newlines)",
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_args(p)
     p.add_argument("--model", required=True, help="registry name (minilm, smollm2, biobert, ...), hub id 'org/name', or local folder")
-    options.add_arguments(p, groups=("embedding",))
+    optionflags.add_arguments(p, groups=("embedding",))
     p.add_argument("--out", type=Path, help="also save the vectors to this .npy file")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
 
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--model", required=True, help="registry name (minilm, smollm2, biobert, ...), hub id 'org/name', or local folder")
     p.add_argument("--method", default="svc", help="a method name; `python -m engine methods` lists them (default: svc)")
-    options.add_arguments(p)
+    optionflags.add_arguments(p, groups=optionflags.IN_PROCESS)
     p.add_argument(
         "--json", type=Path, dest="json_out", help="write the metrics (macro_f1, macro_f1_ci, per_class, confusion_matrix, ...) here"
     )
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=text[0].upper() + text[1:] + ". A worker process is started if none is alive; Ctrl-C only stops following.",
         )
         p.add_argument("spec", type=Path, help="YAML or JSON file: {name, data, models, methods, options}")
+        optionflags.add_arguments(p, groups=("execution",))  # given flags override the spec's (e.g. --executor ray)
         if name == "submit":
             p.add_argument("--no-worker", action="store_true", help="only queue; do not start a worker")
         else:

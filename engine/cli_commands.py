@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 
-from engine import options
+from engine import optionflags
 from engine.terminal import print_metrics, progress_bars
 
 
@@ -81,7 +81,7 @@ def _load(args):
 def cmd_embed(args) -> int:
     api = _api()
     ds = _load(args)
-    e = options.from_args(args).embedding
+    e = optionflags.from_args(args).embedding
     vectors, stats = api.embed(
         args.model, ds.texts, pooling=e.pooling, max_length=e.max_length, use_cache=not args.no_cache, ctx=progress_bars()
     )
@@ -96,7 +96,7 @@ def cmd_embed(args) -> int:
 def cmd_evaluate(args) -> int:
     api = _api()
     ds = _load(args)
-    opts = options.from_args(args)
+    opts = optionflags.from_args(args)
     spec = api.parse_spec({"models": [args.model], "methods": [args.method], "options": opts.to_dict()}, where="--method")
     results = []
     for step in spec.steps(reference=False):  # (--model tfidf runs its one method; --n-seeds: one per seed; --learning-curve)
@@ -165,9 +165,16 @@ def _step_line(s) -> str:
     return f"  [{s.index + 1}] {s.status:11s} {s.title:52s} {_api().fmt_duration(s.seconds):>10s}  {s.detail}"
 
 
+def _spec_of(args):
+    """The spec file, with the execution flags given on the command line (--executor ray, ...) over its options."""
+    spec = _api().load_spec(args.spec)
+    spec.options = optionflags.from_args(args, base=spec.options)
+    return spec
+
+
 def cmd_submit(args) -> int:
     api = _api()
-    spec = api.load_spec(args.spec)
+    spec = _spec_of(args)
     run_id = api.submit(spec, start_worker=not args.no_worker)
     print(f"queued run {run_id} '{spec.name}': {len(spec.steps())} step(s). Follow it with `python -m engine runs show {run_id}`.")
     print(run_id)
@@ -215,7 +222,7 @@ def _print_results_table(run) -> None:
 
 def cmd_run(args) -> int:
     api = _api()
-    spec = api.load_spec(args.spec)
+    spec = _spec_of(args)
     run_id = api.submit(spec)
     print(
         f"run {run_id} '{spec.name}': {len(spec.steps())} step(s) on {spec.data.path}; following it (Ctrl-C stops following, the run goes on)",

@@ -6,7 +6,7 @@ these dataclasses, with no list of options anywhere else:
 
 * the `options:` mapping of a spec file: `Options.parse` rejects unknown keys and values of the
   wrong type or out of range, naming the field;
-* the CLI flags (`add_arguments`, `from_args`), grouped by concern, help and defaults included;
+* the CLI flags (engine.optionflags), grouped by concern, help and defaults included;
 * the Runs form (`fields()` gives each widget's kind, bounds, choices and help; ui/ draws them);
 * the manifest (`Options.to_dict`, flat as in spec files) and the option part of cache keys
   (`key_dict`: only the fields marked as entering the key).
@@ -18,7 +18,6 @@ depends on the method (epochs, learning rate, CV repeats) carry that table in th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 from collections.abc import Mapping
@@ -265,6 +264,35 @@ class SetFitOptions:
     )
 
 
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """Where a run's steps execute: the background worker on this machine, or a Ray cluster (engine.rayexec). Results do not
+    depend on it."""
+
+    TITLE: ClassVar[str] = "Execution"
+    executor: str = option(
+        "local",
+        "local: the background worker on this machine, one step at a time; ray: every step a Ray task, independent steps in "
+        "parallel (needs the ray extra: scripts/setup.sh --ray)",
+        choices=EXECUTORS,
+        key=False,
+    )
+    ray_address: str | None = option(
+        None, "ray: the cluster to use (host:6379, or ray://host:10001); none: $RAY_ADDRESS, else a local Ray instance", key=False
+    )
+    step_cpus: int = option(1, "ray: CPUs each step reserves (also its torch thread count)", min=1, max=256, key=False)
+    step_gpus: float | None = option(
+        None,
+        "ray: GPUs each step reserves; none: 1 for steps that run a neural model when the cluster has a GPU, else 0",
+        min=0,
+        max=8,
+        key=False,
+    )
+
+
 GROUPS: dict[str, type] = {
     "protocol": ProtocolOptions,
     "embedding": EmbeddingOptions,
@@ -274,6 +302,7 @@ GROUPS: dict[str, type] = {
     "domain": DomainAdaptOptions,
     "prompt": PromptOptions,
     "setfit": SetFitOptions,
+    "execution": ExecutionOptions,
 }
 
 
@@ -309,6 +338,7 @@ class Options:
     domain: DomainAdaptOptions = field(default_factory=DomainAdaptOptions)
     prompt: PromptOptions = field(default_factory=PromptOptions)
     setfit: SetFitOptions = field(default_factory=SetFitOptions)
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
     @classmethod
     def parse(cls, raw: Mapping | None, where: str = "spec", label=None) -> Options:
@@ -342,46 +372,6 @@ class Options:
 def key_dict(group_options: Any) -> dict[str, Any]:
     """The fields of one concern's options that enter cache keys."""
     return {f.name: getattr(group_options, f.name) for f in dataclasses.fields(group_options) if f.metadata.get("key", True)}
-
-
-# --- the command line ---------------------------------------------------------------
-
-
-def newlines(text: str) -> str:
-    """A free-text option as a shell argument: a typed \\n is a line break (prompt templates, answer prompts)."""
-    return text.replace("\\n", "\n")
-
-
-def _split_names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None) -> None:
-    """One flag per option (`--max-length`, `--smote/--no-smote`, ...), in an argument group per concern. Defaults are
-    left unset (None), so `from_args` can tell a given flag from an absent one."""
-    for group in groups or tuple(GROUPS):
-        g = parser.add_argument_group(f"{group_title(group).lower()} options", group_doc(group))
-        for s in fields(group):
-            text = f"{s.help} (default: {s.describe_default()})".replace("%", "%%")
-            if s.kind == "bool":
-                g.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-            elif s.kind == "list":
-                g.add_argument(s.flag, dest=s.name, type=_split_names, default=None, metavar="A,B", help=text + "; comma-separated")
-            elif s.kind == "sizes":
-                g.add_argument(s.flag, dest=s.name, default=None, metavar="N,N,...", help=text + "; comma-separated")
-            elif s.kind == "map":
-                g.add_argument(s.flag, dest=s.name, default=None, metavar="NAME=TEXT,...", help=text + "; or a JSON object")
-            elif s.choices is not None:
-                g.add_argument(s.flag, dest=s.name, choices=[c for c in s.choices if c is not None], default=None, help=text)
-            else:
-                py = {"int": int, "float": float, "str": newlines}[s.kind]
-                g.add_argument(s.flag, dest=s.name, type=py, default=None, metavar=s.kind.upper(), help=text)
-
-
-def from_args(args: argparse.Namespace) -> Options:
-    """The Options of parsed flags (absent flags keep their defaults), checked like a spec's."""
-    given = {s.name: getattr(args, s.name) for s in _FIELDS if getattr(args, s.name, None) is not None}
-    return Options.parse(given, where="command line", label=lambda s: s.flag)
 
 
 def names(*groups: str) -> tuple[str, ...]:

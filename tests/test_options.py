@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from engine import features, frozen, options, protocols, reference, steps
+from engine import features, frozen, optionflags, options, protocols, reference, steps
 from engine.errors import SpecError
 from engine.finetune import loop
 from engine.options import Options
@@ -72,7 +72,7 @@ def test_spec_check_names_an_unknown_option_and_suggests_the_close_one():
 
 def test_the_cli_has_one_flag_per_field_with_the_same_checks():
     parser = argparse.ArgumentParser()
-    options.add_arguments(parser)
+    optionflags.add_arguments(parser)
     dests = {a.dest for a in parser._actions if a.dest != "help"}
     assert dests == {f.name for f in FIELDS}
     for f in FIELDS:
@@ -85,10 +85,10 @@ def test_the_cli_has_one_flag_per_field_with_the_same_checks():
             argv = [f.flag, ",".join(f"{k}={v}" for k, v in value.items())]
         else:
             argv = [f.flag, str(value)]
-        assert options.from_args(parser.parse_args(argv)).get(f.name) == value, f.name
-    assert options.from_args(parser.parse_args([])) == Options()
+        assert optionflags.from_args(parser.parse_args(argv)).get(f.name) == value, f.name
+    assert optionflags.from_args(parser.parse_args([])) == Options()
     with pytest.raises(SpecError, match="--max-length = 2 is out of range"):
-        options.from_args(parser.parse_args(["--max-length", "2"]))
+        optionflags.from_args(parser.parse_args(["--max-length", "2"]))
 
 
 def test_the_runs_form_has_one_widget_per_field(monkeypatch, tmp_path):
