@@ -31,6 +31,7 @@ the import graph has no cycle.
     evaluation        out-of-fold predictions under a plan -> the figures every method reports
     hub               the Hugging Face hub: local cache first, bounded time, clear offline errors
     models            registry (bundled, presets, hub ids, local folders, adapted), loading
+    windows           long letters read in overlapping windows of max_length tokens, their vectors pooled into one
     features          embedding extraction (pooling, batching, streaming to disk, cache)
     estimators        scikit-learn pipelines on embeddings (SMOTE, search, calibrated SVC, logreg)
     frozen            the svc and logreg steps (frozen embeddings -> estimator)
@@ -95,6 +96,7 @@ LAYERS = (
     "evaluation",
     "hub",
     "models",
+    "windows",
     "features",
     "estimators",
     "frozen",

@@ -250,11 +250,13 @@ def run_in_process(spec: Spec, step: dict, dataset: Dataset | None = None, ctx: 
     return experiment.execute(spec, step, dataset=dataset, ctx=ctx)
 
 
-def embed(model: str, texts: list[str], *, pooling: str, max_length: int, use_cache: bool = True, ctx: StepContext | None = None):
-    """(vectors, stats) of letters with one model, from the embeddings cache when possible."""
+def embed(
+    model: str, texts: list[str], *, pooling: str, max_length: int, windows: int = 1, use_cache: bool = True, ctx: StepContext | None = None
+):
+    """(vectors, stats) of letters with one model, from the embeddings cache when possible (`windows`: see EmbeddingOptions)."""
     from engine import features
 
-    return features.embed(model, texts, pooling=pooling, max_length=max_length, use_cache=use_cache, ctx=ctx)
+    return features.embed(model, texts, pooling=pooling, max_length=max_length, windows=windows, use_cache=use_cache, ctx=ctx)
 
 
 # --- results ----------------------------------------------------------------------------

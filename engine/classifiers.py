@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine import artifacts, features, incontext, models, prompting
+from engine import artifacts, features, incontext, models, prompting, windows
 from engine.artifacts import verify_tree
 from engine.devices import choose
 from engine.errors import ArtifactError
@@ -113,18 +113,26 @@ class _Base:
 class EmbeddingClassifier(_Base):
     """A scikit-learn estimator on a model's letter vectors (svc, logreg, lora-svc, adapt-svc)."""
 
-    def __init__(self, loaded: models.LoadedModel, estimator, pooling: str, max_length: int, metadata: dict):
+    def __init__(self, loaded: models.LoadedModel, estimator, pooling: str, max_length: int, metadata: dict, n_windows: int = 1):
         self.loaded, self.estimator, self.pooling, self.max_length, self.metadata = loaded, estimator, pooling, max_length, metadata
-        self.tokenizer = loaded.tokenizer
+        self.windows, self.tokenizer = n_windows, loaded.tokenizer
         self.classes_ = [str(c) for c in estimator.classes_]
         self._decision_of(estimator)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """The letters' vectors, made as its training letters' were (model, pooling, max_length)."""
+        """The letters' vectors, made as its training letters' were (model, pooling, max_length, windows)."""
         with tempfile.TemporaryDirectory(prefix="clinbench-letters-") as tmp:
             out = Path(tmp) / "letters.npy"
-            features.extract(self.loaded, list(texts), out, pooling=self.pooling, max_length=self.max_length)
+            features.extract(self.loaded, list(texts), out, pooling=self.pooling, max_length=self.max_length, windows=self.windows)
             return np.array(np.load(out))
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Whether each letter is cut: longer than max_length, or under windows longer than the windows reach."""
+        if self.windows == 1:
+            return super().truncated(texts)
+        prefix, suffix = windows.special_tokens(self.tokenizer)
+        most = windows.reach(self.max_length, self.windows, len(prefix) + len(suffix))
+        return [len(ids) > most for ids in features.tokenize(self.tokenizer, texts, 10**9)[0]]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.estimator.predict_proba(self.embed(texts)), dtype=float)
@@ -206,6 +214,7 @@ def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> Embed
     cfg = manifest.get("config", {})
     pooling = manifest.get("embedder", {}).get("pooling", cfg.get("pooling", "mean"))
     max_length = int(manifest.get("embedder", {}).get("max_length", cfg.get("max_length", DEFAULT_MAX_LENGTH)))
+    n_windows = int(manifest.get("embedder", {}).get("windows", 1))  # (stored before the option: cut at max_length)
     with _legacy_pickles():
         estimator = artifacts.load_joblib(folder)
     if not hasattr(estimator, "predict_proba"):  # a pipeline ending in SVC(probability=False)
@@ -227,7 +236,7 @@ def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> Embed
             raise ArtifactError(
                 f"The files of model {manifest['model']['name']} changed since this classifier was trained; re-run its evaluation."
             )
-    return EmbeddingClassifier(loaded, estimator, pooling, max_length, _metadata(folder, manifest))
+    return EmbeddingClassifier(loaded, estimator, pooling, max_length, _metadata(folder, manifest), n_windows)
 
 
 def _load_sequence_classifier(folder: Path, manifest: dict, placement) -> SequenceClassifier:
@@ -241,7 +250,9 @@ def _load_tuned_encoder(folder: Path, manifest: dict, placement) -> EmbeddingCla
     """setfit: the encoder tuned on pairs, stored in the artifact, and its logistic head."""
     loaded = shared_model(f"setfit:{folder}", lambda: load_tuned_encoder(folder, placement))
     e = manifest["embedder"]
-    return EmbeddingClassifier(loaded, artifacts.load_joblib(folder), e["pooling"], int(e["max_length"]), _metadata(folder, manifest))
+    return EmbeddingClassifier(
+        loaded, artifacts.load_joblib(folder), e["pooling"], int(e["max_length"]), _metadata(folder, manifest), int(e.get("windows", 1))
+    )
 
 
 def _load_prompted_lm(folder: Path, manifest: dict, placement) -> incontext.PromptClassifier:

@@ -83,12 +83,19 @@ def cmd_embed(args) -> int:
     ds = _load(args)
     e = optionflags.from_args(args).embedding
     vectors, stats = api.embed(
-        args.model, ds.texts, pooling=e.pooling, max_length=e.max_length, use_cache=not args.no_cache, ctx=progress_bars()
+        args.model,
+        ds.texts,
+        pooling=e.pooling,
+        max_length=e.max_length,
+        windows=e.windows,
+        use_cache=not args.no_cache,
+        ctx=progress_bars(),
     )
     if args.out:
         api.save_npy(args.out, vectors)
     src = "cache" if stats.cache_hit else f"{stats.tokens_per_s:,.0f} tokens/s on {stats.device} ({stats.dtype})"
-    print(f"{stats.n_letters} letters -> {stats.dim}-d vectors ({src}); {stats.n_truncated} letter(s) cut to {stats.max_length} tokens")
+    read = f"{stats.max_length} tokens" if stats.windows == 1 else f"{stats.windows} windows of {stats.max_length} tokens"
+    print(f"{stats.n_letters} letters -> {stats.dim}-d vectors ({src}); {stats.n_truncated} letter(s) cut to {read}")
     print(f"key {stats.key}" + (f"; saved to {args.out}" if args.out else ""))
     return 0
 

@@ -3,8 +3,9 @@
 * Pooling: `mean` (mask-aware mean over real tokens), `last` (the last real token,
   correct under left or right padding), `cls` (first token; encoders only).
 * Letters are tokenised once, truncated to `max_length` tokens (the number truncated is
-  reported), sorted by length and cut into batches under a token budget, so little
-  compute goes to padding. Forward passes run under `torch.inference_mode` in the
+  reported) or, with `windows` > 1, a long letter read in overlapping windows whose vectors
+  are pooled into one (engine.windows); the rows (letters or windows) are sorted by length
+  and cut into batches under a token budget, so little compute goes to padding. Forward passes run under `torch.inference_mode` in the
   placement's dtype (bf16 on CPUs with native bf16, see engine.devices).
 * Vectors are written batch by batch into a memory-mapped .npy beside its final name and
   renamed when complete: memory does not grow with the number of letters, and a
@@ -12,7 +13,7 @@
 * `CLINBENCH_BATCH_DELAY_S` (testing knob): sleep this long after each batch, so tests
   and demos can cancel or kill a run in the middle of an extraction on a tiny model.
 * Content-addressed cache: the key covers model identity (id + weights hash or revision),
-  pooling, max_length, dtype and the hash of the letters. A repeated request loads the
+  pooling, max_length, windows (when more than 1, with their overlap), dtype and the hash of the letters. A repeated request loads the
   stored vectors and runs no forward pass.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import models
+from engine import windows as windowing
 from engine.context import StepContext, ensure
 from engine.devices import choose
 from engine.errors import ClinBenchError
@@ -46,13 +48,15 @@ class EmbedStats:
     n_letters: int
     dim: int
     n_tokens: int  # real (non-padding) tokens fed to the model
-    n_truncated: int  # letters longer than max_length, cut to it
+    n_truncated: int  # letters longer than max_length (or than `windows` windows reach), cut to it
     pooling: str
     max_length: int
     dtype: str
     device: str
     seconds: float
     cache_hit: bool
+    windows: int = 1  # most windows of max_length tokens read per letter (1: cut at max_length)
+    n_windows: int | None = None  # rows fed to the model: letters, plus the extra windows of long ones (none: stored before windows)
 
     @property
     def tokens_per_s(self) -> float:
@@ -89,9 +93,11 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def embedding_key(identity: dict, pooling: str, max_length: int, dtype: str, text_hash: str) -> str:
+def embedding_key(identity: dict, pooling: str, max_length: int, dtype: str, text_hash: str, windows: int = 1) -> str:
+    """The cache key of vectors; `windows` enters it only above 1, so vectors cut at max_length keep the keys they always had."""
+    read = {"windows": windows, "overlap": windowing.OVERLAP} if windows > 1 else {}
     return sha256_json(
-        {"v": FEATURES_VERSION, "model": identity, "pooling": pooling, "max_length": max_length, "dtype": dtype, "texts": text_hash}
+        {"v": FEATURES_VERSION, "model": identity, "pooling": pooling, "max_length": max_length, "dtype": dtype, "texts": text_hash, **read}
     )[:32]
 
 
@@ -117,6 +123,26 @@ def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 512) -> 
             n_truncated += len(long)
         ids.extend(np.asarray(x, dtype=np.int32) for x in full)
     return ids, n_truncated
+
+
+def tokenize_rows(tokenizer, texts: list[str], max_length: int, windows: int = 1, chunk: int = 512):
+    """(rows of token ids, the letter of each row, letters cut): one row per letter cut at max_length (`tokenize`), or with
+    `windows` > 1 the overlapping windows of each longer letter (engine.windows); cut then means longer than they reach."""
+    if windows == 1:
+        ids, n_truncated = tokenize(tokenizer, texts, max_length, chunk)
+        return ids, np.arange(len(ids)), n_truncated
+    prefix, suffix = windowing.special_tokens(tokenizer)
+    rows: list[np.ndarray] = []
+    owner: list[int] = []
+    n_truncated = 0
+    for start in range(0, len(texts), chunk):
+        full = tokenizer(texts[start : start + chunk], add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        for i, x in enumerate(full, start):
+            parts, cut = windowing.split(x, prefix, suffix, max_length, windows) if len(x) > max_length else ([x], False)
+            rows.extend(np.asarray(p, dtype=np.int32) for p in parts)
+            owner.extend([i] * len(parts))
+            n_truncated += cut
+    return rows, np.asarray(owner, dtype=np.int64), n_truncated
 
 
 def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 256, tiebreak: list | None = None) -> list[list[int]]:
@@ -166,9 +192,11 @@ def extract(
     pooling: str = "mean",
     max_length: int = DEFAULT_MAX_LENGTH,
     batch_tokens: int | None = None,
+    windows: int = 1,
     ctx: StepContext | None = None,
 ) -> EmbedStats:
-    """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically)."""
+    """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically); `windows` > 1 reads a letter
+    longer than max_length in up to that many overlapping windows and pools them into its one vector (engine.windows)."""
     global FORWARD_PASSES
     import torch
 
@@ -182,7 +210,7 @@ def extract(
         )
     t0 = time.perf_counter()
     ctx.progress(0, len(texts), "tokenising")
-    ids, n_truncated = tokenize(tok, texts, max_length)
+    ids, owner, n_truncated = tokenize_rows(tok, texts, max_length, windows)
     lengths = [len(x) for x in ids]
     batches = plan_batches(lengths, batch_tokens or default_batch_tokens(placement.device), tiebreak=[x.tobytes() for x in ids])
     dim = model.config.hidden_size
@@ -193,9 +221,10 @@ def extract(
     use_mask = loaded.kind != "decoder"
     _keep_freed_memory()
     delay = float(os.environ.get("CLINBENCH_BATCH_DELAY_S") or 0)
-    done = 0
+    rows_done, stage = 0, "embedding" if len(ids) == len(texts) else "embedding windows"
     with atomic_path(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+        pooled = windowing.Accumulator(out, owner, lengths)  # a long letter's windows -> its one vector
         with torch.inference_mode():
             for batch in batches:
                 ctx.check_stop("Embedding extraction was cancelled; no vectors were stored.")
@@ -209,9 +238,9 @@ def extract(
                 mask_t = torch.from_numpy(mask).to(placement.device)
                 hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
                 FORWARD_PASSES += 1
-                out[batch] = pool(hidden, mask_t, pooling).cpu().numpy()
-                done += len(batch)
-                ctx.progress(done, len(texts), "embedding")
+                pooled.add(batch, pool(hidden, mask_t, pooling).cpu().numpy())
+                rows_done += len(batch)
+                ctx.progress(rows_done, len(ids), stage)  # (rows: a long letter's windows come before its tail)
                 if delay:
                     time.sleep(delay)
         out.flush()
@@ -229,6 +258,8 @@ def extract(
         placement.device,
         seconds,
         cache_hit=False,
+        windows=windows,
+        n_windows=len(ids),
     )
 
 
@@ -254,6 +285,7 @@ def embed(
     max_length: int = DEFAULT_MAX_LENGTH,
     placement=None,
     batch_tokens: int | None = None,
+    windows: int = 1,
     use_cache: bool = True,
     ctx: StepContext | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
@@ -262,7 +294,8 @@ def embed(
     `model_name_or_loaded` is a registry name / hub id / folder, an already loaded model, or a LazyModel.
     """
     ctx = ensure(ctx)
-    Options.parse({"pooling": pooling, "max_length": max_length, "batch_tokens": batch_tokens}, where="embed")  # checked as options
+    checked = {"pooling": pooling, "max_length": max_length, "batch_tokens": batch_tokens, "windows": windows}
+    Options.parse(checked, where="embed")  # checked as options
     if isinstance(model_name_or_loaded, str):
         entry = models.resolve(model_name_or_loaded)
         placement = placement or choose()
@@ -277,7 +310,7 @@ def embed(
         loaded = model_name_or_loaded
         placement = loaded.placement
         identity = {k: v for k, v in loaded.identity.items() if k not in ("model_type", "kind")}
-    key = embedding_key(identity, pooling, max_length, placement.dtype, sha256_texts(texts))
+    key = embedding_key(identity, pooling, max_length, placement.dtype, sha256_texts(texts), windows)
     npy, meta_path = embeddings_dir() / f"{key}.npy", embeddings_dir() / f"{key}.json"
     if use_cache and meta_path.exists() and npy.exists():
         t0 = time.perf_counter()
@@ -295,7 +328,7 @@ def embed(
         loaded = model_name_or_loaded.load()
     elif loaded is None:
         loaded = models.load(model_name_or_loaded, placement)
-    stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens, ctx=ctx)
+    stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens, windows=windows, ctx=ctx)
     stats.key = key
     atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
     return np.load(npy, mmap_mode="r"), stats

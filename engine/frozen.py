@@ -58,7 +58,14 @@ def embedding_step(dataset: Dataset, model: str, method: str, opts: Options, ctx
     evaluation.require_unseen(entry, dataset, plan)
     e = opts.embedding
     X, estats = features.embed(
-        model, dataset.texts, pooling=e.pooling, max_length=e.max_length, placement=placement, batch_tokens=e.batch_tokens, ctx=ctx
+        model,
+        dataset.texts,
+        pooling=e.pooling,
+        max_length=e.max_length,
+        placement=placement,
+        batch_tokens=e.batch_tokens,
+        windows=e.windows,
+        ctx=ctx,
     )
     identity = {"name": entry.name, **features.read_meta(estats.key)["model"]}
     return fit_on_embeddings(
@@ -158,7 +165,7 @@ def fit_on_embeddings(
         "method_title": kind.title,
         "stage": kind.stage,
         "predictor": "embedding-classifier",
-        "embedder": {"pooling": e.pooling, "max_length": e.max_length},
+        "embedder": {"pooling": e.pooling, "max_length": e.max_length, "windows": e.windows},
         "config": {**opts.to_dict(), "classifier": estimators.config_key(estimator, opts.classifier, p.seed)},
         "data": artifacts.data_manifest(dataset),
         "protocol": plan.manifest(),

@@ -115,7 +115,15 @@ class EmbeddingOptions:
 
     TITLE: ClassVar[str] = "Embeddings"
     pooling: str = option("mean", "how token vectors become one letter vector", choices=POOLINGS)
-    max_length: int = option(DEFAULT_MAX_LENGTH, "tokens read per letter; longer letters are cut", min=8)
+    max_length: int = option(DEFAULT_MAX_LENGTH, "tokens read per letter (per window); longer letters are cut", min=8)
+    windows: int = option(
+        1,
+        "letter vectors (svc, logreg, lora-svc, adapt-svc, setfit): a letter longer than max_length is read in up to this "
+        "many overlapping windows of max_length tokens (each shares a quarter with the next), their vectors averaged by the "
+        "tokens each read; 1: cut at max_length",
+        min=1,
+        max=32,
+    )
     batch_tokens: int | None = option(
         None, "tokens per forward pass (none: 4096 on CPU, 32768 on GPU); changes speed and memory, not results", min=16, key=False
     )

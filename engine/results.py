@@ -217,6 +217,7 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
                 **_multilabel_columns(m),
                 "pooling": cfg.get("pooling"),
                 "max_length": cfg.get("max_length"),
+                "windows": cfg.get("windows", 1),  # (stored before the option: cut at max_length)
                 "smote": cfg.get("smote"),
                 "key": e.key,
             }

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import features, models
+from engine import features, models, windows
 from engine.context import StepContext
 from engine.devices import Placement
-from engine.errors import Cancelled, ClinBenchError
+from engine.errors import Cancelled, ClinBenchError, SpecError
 
 FP32 = Placement("cpu", "float32")
 
@@ -139,3 +139,105 @@ def test_a_damaged_embeddings_meta_file_is_a_cache_miss(cache, tiny_encoder, def
     again, stats = features.embed(str(tiny_encoder), texts, max_length=16)
     assert not stats.cache_hit and again.shape[0] == 6
     assert features.embed(str(tiny_encoder), texts, max_length=16)[1].cache_hit, "rewritten, so the next call hits"
+
+
+# --- long letters in overlapping windows (option `windows`) ---------------------------
+
+
+def _long_and_short(default_ds, tokenizer, max_length: int) -> tuple[list[str], list[str]]:
+    """Five letters longer than 3 x max_length tokens, and five that fit in max_length (their first words)."""
+    lengths = [len(x) for x in features.tokenize(tokenizer, default_ds.texts[:80], 10**9)[0]]
+    long = [t for t, n in zip(default_ds.texts, lengths) if n > 3 * max_length][:5]
+    short = [" ".join(t.split()[: max_length // 3]) for t in default_ds.texts[80:85]]
+    assert len(long) == 5 and all(len(x) <= max_length for x in features.tokenize(tokenizer, short, 10**9)[0])
+    return long, short
+
+
+def test_windows_split_a_long_letter_with_overlap_and_keep_the_special_tokens():
+    ids = [101, *range(1000, 1030), 102]  # [CLS] 30 tokens [SEP]
+    parts, cut = windows.split(ids, [101], [102], max_length=10, windows=8)  # 8 letter tokens a window, starting 0, 6, 12, 18, 24
+    assert [p[0] for p in parts] == [101] * 5 and all(p[-1] == 102 and len(p) <= 10 for p in parts) and not cut
+    assert parts[0][1:-1] == list(range(1000, 1008)) and parts[1][1:3] == [1006, 1007]  # a quarter shared with the next
+    assert parts[-1][-2] == 1029  # read to the end
+    two, cut = windows.split(ids, [101], [102], max_length=10, windows=2)
+    assert len(two) == 2 and cut and windows.reach(10, 2, 2) == 2 + 8 + 6 < len(ids)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_windows_change_long_letters_only_for_an_encoder(encoder, default_ds, tmp_path, pooling):
+    long, short = _long_and_short(default_ds, encoder.tokenizer, 24)
+    texts = [long[0], short[0], long[1], short[1], long[2], short[2]]
+    cut = features.extract(encoder, texts, tmp_path / "cut.npy", pooling=pooling, max_length=24, batch_tokens=96)
+    win = features.extract(encoder, texts, tmp_path / "win.npy", pooling=pooling, max_length=24, batch_tokens=96, windows=3)
+    a, b = np.load(tmp_path / "cut.npy"), np.load(tmp_path / "win.npy")
+    for i in (0, 2, 4):  # long: the windows read more of the letter
+        assert not np.allclose(a[i], b[i], atol=1e-4)
+    np.testing.assert_allclose(a[[1, 3, 5]], b[[1, 3, 5]], rtol=1e-5, atol=1e-6)  # short: one window, as cut
+    assert cut.n_truncated == 3 and cut.n_windows == 6 and win.windows == 3 and win.n_windows == 3 * 3 + 3
+    assert win.n_truncated == 3  # longer than 3 windows of 24 reach: honestly still cut
+    # Short letters alone meet the same batches either way: the identical vector.
+    features.extract(encoder, short, tmp_path / "s1.npy", pooling=pooling, max_length=24)
+    features.extract(encoder, short, tmp_path / "s3.npy", pooling=pooling, max_length=24, windows=3)
+    np.testing.assert_array_equal(np.load(tmp_path / "s1.npy"), np.load(tmp_path / "s3.npy"))
+
+
+def test_windows_mean_pooling_is_the_token_weighted_mean_of_each_window_alone(encoder, default_ds, tmp_path):
+    long, short = _long_and_short(default_ds, encoder.tokenizer, 24)
+    texts = [short[0], long[0], short[1], long[1]]  # vector i belongs to letter i, whatever the batches
+    stats = features.extract(encoder, texts, tmp_path / "v.npy", max_length=24, batch_tokens=64, windows=2)
+    got = np.load(tmp_path / "v.npy")
+    prefix, suffix = windows.special_tokens(encoder.tokenizer)
+    for i, text in enumerate(texts):
+        ids = encoder.tokenizer(text)["input_ids"]
+        parts = windows.split(ids, prefix, suffix, 24, 2)[0] if len(ids) > 24 else [ids]
+        with torch.inference_mode():
+            vecs = [encoder.model(input_ids=torch.tensor([p])).last_hidden_state[0].mean(0).numpy() for p in parts]
+        want = np.average(vecs, axis=0, weights=[len(p) for p in parts])
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
+    assert stats.n_truncated == 2 and stats.n_tokens == sum(min(len(encoder.tokenizer(t)["input_ids"]), 24) for t in texts) + 2 * 24
+
+
+def test_windows_for_a_decoder_average_each_window_last_token(decoder, default_ds, tmp_path):
+    long, _short = _long_and_short(default_ds, decoder.tokenizer, 32)
+    stats = features.extract(decoder, long[:2], tmp_path / "v.npy", pooling="last", max_length=32, windows=4)
+    got = np.load(tmp_path / "v.npy")
+    for i, text in enumerate(long[:2]):
+        parts = windows.split(decoder.tokenizer(text)["input_ids"], [], [], 32, 4)[0]
+        with torch.inference_mode():
+            lasts = [decoder.model(input_ids=torch.tensor([p])).last_hidden_state[0, -1].numpy() for p in parts]
+        np.testing.assert_allclose(got[i], np.average(lasts, axis=0, weights=[len(p) for p in parts]), rtol=1e-4, atol=1e-5)
+    assert stats.n_windows == sum(len(windows.split(decoder.tokenizer(t)["input_ids"], [], [], 32, 4)[0]) for t in long[:2])
+
+
+def test_windows_enter_the_cache_key_and_one_window_keeps_the_old_key(encoder, default_ds):
+    long, short = _long_and_short(default_ds, encoder.tokenizer, 24)
+    texts = long + short
+    identity = {"name": "x"}
+    assert features.embedding_key(identity, "mean", 24, "float32", "h") == features.embedding_key(identity, "mean", 24, "float32", "h", 1)
+    assert features.embedding_key(identity, "mean", 24, "float32", "h", 2) != features.embedding_key(identity, "mean", 24, "float32", "h")
+    _, cut = features.embed(encoder, texts, max_length=24)
+    v2, two = features.embed(encoder, texts, max_length=24, windows=2)
+    _, three = features.embed(encoder, texts, max_length=24, windows=3)
+    assert len({cut.key, two.key, three.key}) == 3 and not two.cache_hit
+    again, hit = features.embed(encoder, texts, max_length=24, windows=2)
+    assert hit.cache_hit and hit.windows == 2 and hit.n_truncated == two.n_truncated
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(v2))
+    with pytest.raises(SpecError, match="windows"):
+        features.embed(encoder, texts, max_length=24, windows=0)
+
+
+def test_a_stored_classifier_embeds_a_new_letter_in_the_windows_it_was_trained_on(cache, small_csv, tiny_encoder):
+    from engine import classifiers, experiment
+    from engine.storage import embeddings_dir
+    from tests.conftest import run_step
+
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    res = run_step(ds, tiny_encoder, "svc", max_length=32, windows=3, grid=False, n_boot=100)
+    assert res.manifest["embedder"] == {"pooling": "mean", "max_length": 32, "windows": 3}
+    estats = res.manifest["embeddings"]
+    assert estats["windows"] == 3 and estats["n_windows"] > len(ds.texts)
+    stored = np.load(embeddings_dir() / f"{estats['key']}.npy")
+    clf = classifiers.load(res.artifact)
+    assert clf.windows == 3
+    np.testing.assert_allclose(clf.embed(ds.texts), stored, rtol=1e-3, atol=1e-3)  # (bf16: batches may differ in the last bit)
+    assert sum(clf.truncated(ds.texts)) == estats["n_truncated"]

@@ -145,7 +145,8 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
             method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
         )
         identity = {**IDENTITY, "adapted": adapted, "fold": "all" if plan.name == "cv" else "r0f0"}
-    ek = features.embedding_key(identity, opts.embedding.pooling, opts.embedding.max_length, "bfloat16", ds.text_hash)
+    e = opts.embedding
+    ek = features.embedding_key(identity, e.pooling, e.max_length, "bfloat16", ds.text_hash, e.windows)
     return frozen.evaluation_key(ek, "svc" if method in ("lora-svc", "adapt-svc") else method, method, opts, plan.hash, two_labels)
 
 

@@ -38,6 +38,7 @@ SETTING_COLUMNS = {
     "train_per_label": "Training letters per label (mean)",
     "pooling": "Pooling",
     "max_length": "Max tokens",
+    "windows": "Windows per letter",
     "smote": "SMOTE",
     "key": "Evaluation key",
 }

@@ -87,7 +87,13 @@ def adapt_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx
                 identity(tag), placement, lambda: load_adapted_extractor(model, adapter(tag, train_idx, label), placement, identity(tag))
             )
             embedded[tag] = features.embed(
-                lazy, dataset.texts, pooling=e.pooling, max_length=e.max_length, batch_tokens=e.batch_tokens, ctx=fold_context(ctx, label)
+                lazy,
+                dataset.texts,
+                pooling=e.pooling,
+                max_length=e.max_length,
+                batch_tokens=e.batch_tokens,
+                windows=e.windows,
+                ctx=fold_context(ctx, label),
             )
         return embedded[tag]
 

@@ -10,7 +10,7 @@ For each fold of the plan (engine.protocols), on that fold's training letters on
 3. the whole encoder is trained (engine.finetune.loop: seeded, checkpointed, cancellable, live train_loss) to
    make the cosine similarity of each pair's pooled vectors match its target (setfit's CosineSimilarityLoss),
    on letters cut to `setfit_max_length` tokens (short pairs keep a CPU training within minutes);
-4. the few-shot letters and the fold's test letters are embedded with the tuned encoder (pooling, max_length,
+4. the few-shot letters and the fold's test letters are embedded with the tuned encoder (pooling, max_length, windows,
    as every embedding method does) and a logistic regression on the L2-normalised vectors is fitted on the
    few-shot letters and scores the test letters.
 
@@ -46,7 +46,7 @@ from engine.storage import atomic_dir, evaluations_dir, sha256_json
 SETFIT_VERSION = 1  # bump when the recipe changes its results, to invalidate stored setfit artifacts
 PREDICTOR = "tuned-encoder"
 FINETUNE_READS = ("learning_rate", "batch_size", "warmup_ratio", "weight_decay", "grad_accum")
-READS = (*names("protocol"), "pooling", "max_length", *names("setfit"), *FINETUNE_READS)
+READS = (*names("protocol"), "pooling", "max_length", "windows", *names("setfit"), *FINETUNE_READS)
 ENUMERATE_MAX = 500_000  # up to this many possible pairs they are enumerated (setfit's way); above, drawn at random
 
 
@@ -55,6 +55,8 @@ def setfit_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_h
     ident = {k: v for k, v in identity.items() if k not in ("model_type", "kind")}
     keyed = {f.name for f in fields() if f.key}
     chosen = {name: opts.get(name) for name in READS if name in keyed}
+    if chosen["windows"] == 1:  # cut at max_length, as before the option existed: the keys stored then stay valid
+        del chosen["windows"]
     return sha256_json({"v": SETFIT_VERSION, "method": "setfit", "model": ident, "data": data_hash, "plan": plan_hash,
                         "options": chosen, "dtype": dtype})[:32]  # fmt: skip
 
@@ -200,7 +202,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
         with tempfile.TemporaryDirectory(prefix="clinbench-setfit-") as tmp:
             out = Path(tmp) / "vectors.npy"
             estats = features.extract(loaded, [dataset.texts[i] for i in wanted], out, pooling=e.pooling,
-                                      max_length=e.max_length, batch_tokens=e.batch_tokens, ctx=fctx)  # fmt: skip
+                                      max_length=e.max_length, batch_tokens=e.batch_tokens, windows=e.windows, ctx=fctx)  # fmt: skip
             X = np.array(np.load(out))
         fctx.progress(0, 1, "fitting the logistic head")
         head = make_head(seed).fit(X[: len(shots)], y_str[shots])
@@ -234,7 +236,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
         "method_title": SETFIT.title,
         "stage": SETFIT.stage,
         "predictor": PREDICTOR,
-        "embedder": {"pooling": e.pooling, "max_length": e.max_length},
+        "embedder": {"pooling": e.pooling, "max_length": e.max_length, "windows": e.windows},
         "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed), "head": "normalise + logistic regression"},
         "data": artifacts.data_manifest(dataset),
         "protocol": plan.manifest(),

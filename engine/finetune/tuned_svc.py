@@ -51,6 +51,7 @@ def lora_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
                 pooling=e.pooling,
                 max_length=e.max_length,
                 batch_tokens=e.batch_tokens,
+                windows=e.windows,
                 ctx=ctx,
             )
         return embedded[prefix]
