@@ -39,7 +39,8 @@ the import graph has no cycle.
     dropout           cheap dropout masks for CPU training
     finetune.loop     the training loop, checkpoints, live curves, a training's cache key
     finetune.loading  models and adapters for training and for reuse
-    finetune.head     the linear-probe and lora steps
+    finetune.head     the lora step (and the helpers the linear probe shares)
+    finetune.probe    the linear-probe step: a linear head trained on the cached embeddings
     finetune.tuned_svc  the lora-svc step
     finetune.generation  written answers of a causal LM: batched greedy generation, ROUGE-L and BLEU
     finetune.domain   the domain-adapt step
@@ -105,6 +106,7 @@ LAYERS = (
     "finetune.loop",
     "finetune.loading",
     "finetune.head",
+    "finetune.probe",
     "finetune.tuned_svc",
     "finetune.generation",
     "finetune.domain",

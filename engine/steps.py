@@ -12,8 +12,9 @@ from engine import frozen
 from engine.context import StepKind
 from engine.finetune.adapted_svc import ADAPT_SVC
 from engine.finetune.domain import DOMAIN_ADAPT
-from engine.finetune.head import LINEAR_PROBE, LORA
+from engine.finetune.head import LORA
 from engine.finetune.instruct import INSTRUCT_LORA
+from engine.finetune.probe import LINEAR_PROBE
 from engine.finetune.setfit import SETFIT
 from engine.finetune.tuned_svc import LORA_SVC
 from engine.frozen import LOGREG, SVC

@@ -13,7 +13,7 @@ from engine.context import StepContext
 from engine.data import load_dataset
 from engine.devices import choose
 from engine.errors import Cancelled, ClinBenchError
-from engine.finetune import domain, head, loading, loop
+from engine.finetune import domain, head, loading, loop, probe
 from engine.options import FineTuneOptions, Options
 from engine.storage import evaluations_dir
 from tests.conftest import ROOT
@@ -136,16 +136,57 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
 
     before = set(evaluations_dir().iterdir())
     with pytest.raises(Cancelled, match="cancelled in epoch 1"):
-        head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
+        probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
     assert set(evaluations_dir().iterdir()) == before, "no artifact folder for a cancelled training"
     # 48 fitting letters / 8 = 6 batches per epoch: stop in the middle of epoch 2, after epoch 1 was checkpointed
     calls["n"] = 0
     with pytest.raises(Cancelled, match="epoch 2"):
-        head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
+        probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
     assert set(evaluations_dir().iterdir()) == before and list(loop.checkpoint_path("x").parent.glob("*.pt"))
-    res = head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts)
+    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 3
-    assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "head.safetensors").exists()
+    assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "classifier.joblib").exists()
+
+
+def test_linear_probe_trains_on_the_cached_vectors_reproducibly_and_its_classifier_reproduces_the_step(
+    tiny_encoder, ds, cache, monkeypatch, tmp_path
+):
+    """The probe reads the svc step's cached vectors (no forward pass of its own), trains the same to the bit in a fresh
+    cache, and its stored classifier (an embedding classifier) gives the step's test probabilities back."""
+    from engine import classifiers, frozen
+
+    opts = OPTS.replace(protocol="cv", cv_folds=2, epochs=3, seed=5)
+    frozen.embedding_step(ds, str(tiny_encoder), "svc", opts)
+    passes = features.FORWARD_PASSES
+    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    assert passes == features.FORWARD_PASSES, "the backbone ran again"
+    manifest = res.manifest
+    assert manifest["embeddings"]["cache_hit"] and manifest["predictor"] == "embedding-classifier"
+    assert manifest["refit"] == "every letter" and set(manifest["fold_trainings"]) == {"r0f0", "r0f1"}
+    preds = json.loads((Path(res.artifact) / "predictions.json").read_text())
+    clf = classifiers.load(res.artifact)
+    X, _ = features.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
+    final_val = manifest["training"]["val_index"]
+    assert clf.classes_ == ds.classes and len(final_val) > 0
+    # the stored classifier is the refit on every letter: its labels for new letters come from the same vectors
+    live = clf.predict([ds.texts[i] for i in preds["test_index"][:5]])
+    assert live == list(np.asarray(ds.classes)[clf.estimator.predict_proba(np.asarray(X)[preds["test_index"][:5]]).argmax(1)])
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "again"))
+    again = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    assert Path(again.artifact).name == Path(res.artifact).name and not again.cache_hit
+    assert json.loads((Path(again.artifact) / "predictions.json").read_text()) == preds, "not bit-reproducible"
+    assert again.manifest["training"]["curve"] == manifest["training"]["curve"]
+
+
+def test_linear_probe_holdout_classifier_reproduces_its_test_scores(tiny_encoder, ds, cache):
+    from engine import classifiers
+
+    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS)
+    preds = json.loads((Path(res.artifact) / "predictions.json").read_text())
+    clf = classifiers.load(res.artifact)
+    X, _ = features.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
+    assert np.allclose(clf.estimator.predict_proba(np.asarray(X)[preds["test_index"]]), np.asarray(preds["scores"]), atol=1e-6)
+    assert probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS).cache_hit
 
 
 def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds):
@@ -220,7 +261,7 @@ def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_enco
     logged = []
     ctx = StepContext(log_metric=lambda name, value, step: logged.append((name, step, value)))
     opts = OPTS.replace(epochs=2, patience=2, seed=3)
-    res = head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, ctx)
+    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, ctx)
     losses = [(s, v) for n, s, v in logged if n == "train_loss"]
     vals = [(s, v) for n, s, v in logged if n == "val_macro_f1"]
     steps = res.manifest["training"]["steps"]
@@ -236,9 +277,9 @@ def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_enco
         return calls["n"] > 8
 
     with pytest.raises(Cancelled):
-        head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
+        probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
     again = StepContext()
-    res = head.classifier_step(ds, str(tiny_encoder), "linear-probe", opts, again)
+    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, again)
     assert res.manifest["training"]["resumed_from_epoch"] == 1
     assert len(again.metrics["val_macro_f1"]) == 2, "epoch 1's validation point came back from the checkpoint"
 

@@ -120,8 +120,12 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
             method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
         )
     plan = protocols.plan(ds, opts.protocol, method)
-    if method in ("linear-probe", "lora"):
+    if method == "lora":
         return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", {"plan": plan.hash})
+    if method == "linear-probe":
+        from engine.finetune import probe
+
+        return probe.probe_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
     two_labels = len(ds.classes) == 2  # (the decision options act on two-label tasks only)
     if method == "tfidf":
         return reference.evaluation_key(opts, plan.hash, two_labels)

@@ -1,8 +1,10 @@
-"""The `linear-probe` and `lora` steps: the model itself as the classifier.
+"""The `lora` step: the model itself as the classifier, and the helpers the linear probe shares with it.
 
-* `linear-probe`: the pretrained weights frozen, only the new head trained (before any fine-tuning);
 * `lora`: LoRA adapters on the attention projections trained together with the head (the head learns at
   HEAD_LR_FACTOR x the rate); the adapter is saved in peft's format.
+* `linear-probe` (the pretrained weights frozen, only a head trained) is engine.finetune.probe: a head on the cached
+  letter vectors. Probe artifacts of ClinBench <= 0.2 (the model's own head on the backbone, head.safetensors) still
+  load as sequence classifiers (engine.finetune.loading.load_tuned_classifier).
 For each fold of the plan (engine.protocols) a fresh model is trained on the fold's training letters, its
 epoch chosen on a validation carve of them (macro-F1; multi-label: micro-F1), and the fold's test letters scored once;
 under cv one more model is trained on every letter (its own validation carve): the stored classifier. Each
@@ -112,14 +114,14 @@ def fold_context(ctx: StepContext, label: str) -> StepContext:
 
 
 def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """`linear-probe` or `lora`: for each fold of the plan, train on its training letters (the epoch picked on a validation
+    """`lora`: for each fold of the plan, train on its training letters (the epoch picked on a validation
     carve of them) and score its test letters; under cv, train once more on every letter for the stored classifier."""
     import torch
     from sklearn.metrics import f1_score
 
     ctx = ensure(ctx)
     if method not in KINDS:
-        raise ValueError(f"classifier_step runs linear-probe or lora, not {method!r}.")
+        raise ValueError(f"classifier_step runs lora, not {method!r} (linear-probe: engine.finetune.probe).")
     multi = dataset.multi_label
     t_start = time.perf_counter()
     placement = choose()
@@ -295,6 +297,5 @@ def save_trained(net, method: str, out) -> None:
             save_file({n: p.detach().contiguous() for n, p in net.named_parameters() if p.requires_grad}, tmp / "head.safetensors")
 
 
-LINEAR_PROBE = StepKind("linear-probe", "linear head (before fine-tuning)", "frozen", classifier_step, READS, label_sets=True)
 LORA = StepKind("lora", "LoRA fine-tuning", "tuned", classifier_step, READS, label_sets=True)
-KINDS = {k.name: k for k in (LINEAR_PROBE, LORA)}
+KINDS = {k.name: k for k in (LORA,)}

@@ -123,7 +123,7 @@ def _log(state: dict, ctx: StepContext, name: str, value: float, step: int) -> N
 
 def train(
     net,
-    ids: list[np.ndarray],
+    ids: list[np.ndarray] | None,
     fit_idx: np.ndarray,
     loss_fn,
     validate,
@@ -139,6 +139,8 @@ def train(
 ) -> dict:
     """Train the parameters of `net` that require grad with the resolved FineTuneOptions `ft`.
     `loss_fn(input_ids, mask, batch) -> loss`; `validate() -> dict` of metrics with a `score` (higher is better).
+    `ids` None: `net` reads no tokens (a head on cached vectors): shuffled batches of the `fit_idx` rows, and
+    `loss_fn(None, None, batch)`.
     Parameters for which `is_head(name)` learn at `head_lr_factor` x the rate. Keeps the best epoch's weights in
     `net`; returns the state: per-epoch curve, metric log, best epoch, steps, tokens, timings."""
     import torch
@@ -153,7 +155,7 @@ def train(
         {"params": [p for n, p in named if is_head(n)], "lr": ft.learning_rate * head_lr_factor},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=ft.learning_rate, weight_decay=ft.weight_decay)
-    lengths = [len(x) for x in ids]
+    lengths = [len(x) for x in ids] if ids is not None else [0] * (int(np.max(fit_idx)) + 1)
     n_batches = math.ceil(len(fit_idx) / ft.batch_size)
     steps_per_epoch = math.ceil(n_batches / ft.grad_accum)
     total_steps = steps_per_epoch * ft.epochs
@@ -201,13 +203,13 @@ def train(
                 ctx.check_stop(
                     f"Training was cancelled in epoch {epoch + 1}; finished epochs are kept in a checkpoint, and no adapter was written."
                 )
-                input_ids, mask = collate(ids, batch, pad_id, placement.device, multiple=PAD_MULTIPLE)
+                input_ids, mask = collate(ids, batch, pad_id, placement.device, multiple=PAD_MULTIPLE) if ids is not None else (None, None)
                 with autocast(placement):
                     loss = loss_fn(input_ids, mask, batch)
                 (loss / ft.grad_accum).backward()
                 losses.append(float(loss.detach()))
                 recent.append(losses[-1])
-                state["tokens"] += int(mask.sum())
+                state["tokens"] += int(mask.sum()) if mask is not None else 0
                 if (b + 1) % ft.grad_accum == 0 or b + 1 == len(batches):
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     opt.step()
