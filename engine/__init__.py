@@ -53,10 +53,14 @@ the import graph has no cycle.
     classifiers       one interface for every trained classifier: classes_, predict_proba(texts)
     experiment        specs checked and expanded into steps; executing one step
     store             the SQLite run store, workers' liveness
+    launch            starting executors on demand: the local worker, the Ray driver
     runview           RunView / StepView: the one view of a run (CLI JSON, pages)
     estimates         how long a run will take, from this machine's finished steps
     jobs              submit, read, cancel, resume, delete runs
+    stepcall          one step called where it runs: spec and letters checked, executed, its outcome recorded
     worker            worker processes executing queued steps, each in a child process
+    raytask           what runs on a Ray cluster for one step: the task's body, the relay actor, its resources
+    rayexec           the Ray executor: a driver that sends a run's steps to a Ray cluster as tasks
     datasets          uploaded datasets saved in the cache
     results           stored evaluations, comparison tables, the letters behind the figures
     comparison        is one model better than another: paired tests with a verdict, spread across seeds
@@ -119,10 +123,14 @@ LAYERS = (
     "classifiers",
     "experiment",
     "store",
+    "launch",
     "runview",
     "estimates",
     "jobs",
+    "stepcall",
     "worker",
+    "raytask",
+    "rayexec",
     "datasets",
     "results",
     "comparison",

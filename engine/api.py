@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import datasets, export, housekeeping, jobs, replication, store
+from engine import datasets, export, housekeeping, jobs, replication
 from engine.data import DEFAULT_NAME
 from engine.errors import ClinBenchError
 from engine.runview import RunView, StepView, fmt_duration
@@ -212,7 +212,7 @@ cancel_run, resume_run, delete_run = jobs.cancel, jobs.resume, jobs.delete
 run_log, workers = jobs.read_log, jobs.workers
 # the cache's bytes per folder/dataset/model/run (`cache usage`), pruning (`cache prune`), sizes in words
 cache_usage, prune_cache, human_size = housekeeping.usage, housekeeping.prune, housekeeping.human
-ensure_worker = store.ensure_worker
+ensure_worker = jobs.ensure_worker
 
 
 def parse_spec(obj: Any, where: str = "spec") -> Spec:

@@ -246,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
         "are queued; at most $CLINBENCH_WORKERS (default 1) serve at once.",
     )
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS", help="leave after this long with nothing queued (0 = never)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: execute local runs' steps here, one at a time; ray: send Ray runs' steps to a Ray cluster (default: local)",
+    )
+    p.add_argument(
+        "--ray-address", help="with --executor ray: the cluster (default: the run's ray_address, $RAY_ADDRESS, or a local instance)"
+    )
     p.add_argument("--step", help=argparse.SUPPRESS)  # internal: RUN:IDX, the child process that executes one step
     return parser
 
@@ -261,6 +270,10 @@ def cmd_worker(args) -> int:
         return worker.execute_child(run_id, idx)
     if args.idle_exit < 0:
         raise ClinBenchError("--idle-exit must be 0 (never) or a number of seconds.")
+    if args.executor == "ray":
+        from engine import rayexec
+
+        return rayexec.serve(idle_exit=args.idle_exit, address=args.ray_address)
     return worker.serve(idle_exit=args.idle_exit)
 
 

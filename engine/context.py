@@ -74,3 +74,6 @@ class StepKind:
     reads: tuple[str, ...]
     produces: str = "classifier"
     label_sets: bool = False  # it scores multi-label data (several labels per letter, or none)
+    # the methods whose artifacts it reuses (logreg: svc's embeddings; lora-svc: lora's adapters): in one run, an executor
+    # that runs steps in parallel starts it after those steps of the same model, seed and training size (experiment.dependencies)
+    after: tuple[str, ...] = ()

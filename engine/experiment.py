@@ -96,6 +96,18 @@ class Spec:
         return [sized for step in out for sized in _learning_curve(step, p.learning_curve)]
 
 
+def dependencies(steps_: list[dict]) -> list[list[int]]:
+    """For each step of Spec.steps(), the earlier steps it waits for when steps run in parallel: those of the same model,
+    seed and training size whose method it reuses (StepKind.after). The local worker runs steps in order, which satisfies them."""
+
+    def same(a: dict, b: dict) -> bool:
+        return all(a.get(k) == b.get(k) for k in ("model", "seed", "labels_per_class"))
+
+    return [
+        [j for j in range(i) if same(steps_[j], s) and steps_[j]["method"] in steps.get(s["method"]).after] for i, s in enumerate(steps_)
+    ]
+
+
 def _learning_curve(step: dict, sizes: list[int] | None) -> list[dict]:
     """`step` at each training size of the learning curve (labels_per_class, smallest first), then at its own (all letters
     unless labels_per_class is set). Only methods that train on labelled letters are repeated (not zero-shot, nor

@@ -211,5 +211,5 @@ def fit_on_embeddings(
 
 
 SVC = StepKind("svc", "frozen embeddings → SVC", "frozen", embedding_step, READS, label_sets=True)
-LOGREG = StepKind("logreg", "frozen embeddings → logistic regression", "frozen", embedding_step, READS, label_sets=True)
+LOGREG = StepKind("logreg", "frozen embeddings → logistic regression", "frozen", embedding_step, READS, label_sets=True, after=("svc",))
 KINDS = {k.name: k for k in (SVC, LOGREG)}

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from engine.errors import ClinBenchError
+from engine.launch import check_ray, ensure_worker
 from engine.runview import RunView
 from engine.states import RESTARTABLE, Status, sql_list
-from engine.store import alive_workers, append_log, connect, ensure_worker, log_path, new_run_id, recover, transaction
+from engine.store import alive_workers, append_log, connect, log_path, new_run_id, recover, transaction
 
 
 def submit(spec, *, start_worker: bool = True) -> int:
@@ -38,6 +39,8 @@ def submit(spec, *, start_worker: bool = True) -> int:
     names = [name for name in spec.models if name != REFERENCE[0]]
     for name in names:  # unknown names, missing or damaged folders, hub ids that cannot be had (offline) fail now
         models.check_available(name)
+    if spec.options.execution.executor == "ray":
+        check_ray()  # ray not installed: refused now, with how to install it
     targets = spec.options.finetune.target_modules
     if targets and {"lora", "lora-svc", "domain-adapt", "adapt-svc", "instruct-lora"} & set(spec.methods):
         from engine.finetune.loading import check_targets_of
@@ -55,8 +58,8 @@ def submit(spec, *, start_worker: bool = True) -> int:
     with connect() as conn, transaction(conn, durable=True):
         run_id = new_run_id(conn)  # never an id an earlier run had, even one the database lost
         conn.execute(
-            "INSERT INTO runs (id, name, spec, data_hash, created) VALUES (?, ?, ?, ?, ?)",
-            (run_id, spec.name, json.dumps(spec.to_dict()), dataset.data_hash, now),
+            "INSERT INTO runs (id, name, spec, data_hash, created, executor) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, spec.name, json.dumps(spec.to_dict()), dataset.data_hash, now, spec.options.execution.executor),
         )
         conn.executemany(
             "INSERT INTO steps (run_id, idx, model, method, title, updated) VALUES (?, ?, ?, ?, ?, ?)",
@@ -65,7 +68,7 @@ def submit(spec, *, start_worker: bool = True) -> int:
     append_log(
         run_id,
         f"run {run_id} '{spec.name}' submitted: {len(steps)} step(s), {len(dataset)} letters from {spec.data.path} "
-        f"(data hash {dataset.data_hash[:12]})",
+        f"(data hash {dataset.data_hash[:12]}), executor {spec.options.execution.executor}",
     )
     if start_worker:
         ensure_worker()
@@ -138,7 +141,7 @@ def resume(run_id: int, *, start_worker: bool = True) -> RunView:
             conn.execute("UPDATE runs SET cancel_requested = NULL WHERE id = ?", (int(run_id),))
             conn.execute(
                 "UPDATE steps SET status = ?, done = 0, total = 0, stage = '', rate = NULL, eta_s = NULL, "
-                "started = NULL, finished = NULL, error = NULL, result = NULL, worker_pid = NULL, step_pid = NULL, "
+                "started = NULL, finished = NULL, error = NULL, result = NULL, worker_pid = NULL, step_pid = NULL, node = NULL, "
                 f"updated = ? WHERE run_id = ? AND status IN {sql_list(RESTARTABLE)}",
                 (Status.QUEUED, now, int(run_id)),
             )
@@ -175,13 +178,15 @@ def read_log(run_id: int) -> str:
 
 
 def workers() -> list[dict]:
-    """Live workers with what each is doing (for the dashboard's worker status)."""
+    """Live workers (kind: local, or the Ray driver) with what each is doing: `steps` running under it (a Ray driver has
+    several at once), `step` the first of them (for the dashboard's worker status)."""
     with connect() as conn:
         recover(conn)
         out = alive_workers(conn)
         for w in out:
-            step = conn.execute(
-                "SELECT run_id, idx, title FROM steps WHERE status = ? AND worker_pid = ?", (Status.RUNNING, w["pid"])
-            ).fetchone()
-            w["step"] = dict(step) if step else None
+            rows = conn.execute(
+                "SELECT run_id, idx, title FROM steps WHERE status = ? AND worker_pid = ? ORDER BY run_id, idx", (Status.RUNNING, w["pid"])
+            ).fetchall()
+            w["steps"] = [dict(r) for r in rows]
+            w["step"] = w["steps"][0] if w["steps"] else None
     return out

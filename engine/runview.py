@@ -2,9 +2,9 @@
 
 `RunView` and `StepView` are built from the run store's rows (engine.jobs reads them); `to_dict()` is
 the JSON of `python -m engine runs show --json` (keys: id, name, status, created, started, finished,
-cancel_requested, worker_pid, counts, n_steps, fraction, steps, log, spec, data_hash; each step: index,
+cancel_requested, worker_pid, executor, counts, n_steps, fraction, steps, log, spec, data_hash; each step: index,
 title, model, method, status, progress, error, result, started, finished, seconds, attempts,
-worker_pid, step_pid, metrics). `StepView.detail` is the one-line summary the CLI and the Runs page
+worker_pid, step_pid, node, metrics). `executor` is local or ray; a step's `node` is the machine that ran it. `StepView.detail` is the one-line summary the CLI and the Runs page
 both print.
 """
 
@@ -46,6 +46,7 @@ class StepView:
     attempts: int
     worker_pid: int | None
     step_pid: int | None
+    node: str | None = None  # the machine (host name, or Ray node address) that ran or runs it
     metrics: dict[str, list[list[float]]] = field(default_factory=dict)  # name -> [[step, value], ...]
 
     @classmethod
@@ -66,6 +67,7 @@ class StepView:
             attempts=r["attempts"],
             worker_pid=r["worker_pid"] if running else None,
             step_pid=r["step_pid"] if running else None,
+            node=r["node"],
             metrics=metrics or {},
         )
 
@@ -114,6 +116,7 @@ class StepView:
             "attempts": self.attempts,
             "worker_pid": self.worker_pid,
             "step_pid": self.step_pid,
+            "node": self.node,
             "metrics": self.metrics,
         }
 
@@ -132,6 +135,7 @@ class RunView:
     log: str
     spec: dict
     data_hash: str
+    executor: str = "local"  # options.EXECUTORS
 
     @classmethod
     def from_rows(cls, run, steps: list, log: str, metrics: dict[int, dict] | None = None) -> RunView:
@@ -152,6 +156,7 @@ class RunView:
             log=log,
             spec=json.loads(run["spec"]),
             data_hash=run["data_hash"],
+            executor=run["executor"],
         )
 
     @property
@@ -180,6 +185,7 @@ class RunView:
             "finished": self.finished,
             "cancel_requested": self.cancel_requested,
             "worker_pid": self.worker_pid,
+            "executor": self.executor,
             "counts": self.counts,
             "n_steps": len(self.steps),
             "fraction": round(self.fraction, 4),

@@ -7,7 +7,7 @@ model x method: state, progress, result), metrics (curves logged while a step tr
 start time of each live worker). Each run also has a plain-text log, runs/run-<id>.log.
 
 A worker that died (kill -9, power loss) is noticed by its pid and process start time (`recover`): its
-running steps become `interrupted`. Workers start on demand (`ensure_worker`), detached, at most
+running steps become `interrupted`. Workers start on demand (engine.launch), detached, at most
 $CLINBENCH_WORKERS at once.
 
 Integrity when files are deleted or replaced under the store:
@@ -29,20 +29,17 @@ import contextlib
 import os
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.config import CACHE_ENV, REPO_ROOT, cache_dir
 from engine.errors import ClinBenchError
 from engine.states import Status
 from engine.storage import atomic_write_bytes, runs_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WORKERS_ENV = "CLINBENCH_WORKERS"
-WORKER_IDLE_EXIT_S = 60.0  # a worker started on demand leaves after this long with nothing queued
 
 _SCHEMA = [
     # version 1
@@ -98,6 +95,12 @@ _SCHEMA = [
         t REAL NOT NULL
     );
     CREATE INDEX metrics_by_step ON metrics (run_id, idx, name, step);
+    """,
+    # version 3: where steps run (options.EXECUTORS): the run's executor, the node that ran each step, each worker's kind
+    """
+    ALTER TABLE runs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE steps ADD COLUMN node TEXT;
+    ALTER TABLE workers ADD COLUMN kind TEXT NOT NULL DEFAULT 'local';
     """,
 ]
 
@@ -301,13 +304,13 @@ def process_alive(pid: int | None, create_time: float | None = None) -> bool:
         return False
 
 
-def alive_workers(conn: sqlite3.Connection) -> list[dict]:
-    """Registered workers whose process is alive on this host."""
+def alive_workers(conn: sqlite3.Connection, kind: str | None = None) -> list[dict]:
+    """Registered workers whose process is alive on this host (of one kind, an executor of options.EXECUTORS, when given)."""
     host = socket.gethostname()
     return [
         dict(r)
         for r in conn.execute("SELECT * FROM workers ORDER BY started")
-        if r["host"] == host and process_alive(r["pid"], r["create_time"])
+        if r["host"] == host and process_alive(r["pid"], r["create_time"]) and kind in (None, r["kind"])
     ]
 
 
@@ -360,40 +363,3 @@ def max_workers() -> int:
     if n < 1:
         raise ClinBenchError(f"{WORKERS_ENV}={n}: set it to 1 or more.")
     return n
-
-
-_SPAWNED: list[subprocess.Popen] = []
-
-
-def spawn_worker(idle_exit: float = WORKER_IDLE_EXIT_S) -> int:
-    """Start `python -m engine worker` detached from this process (its own session: it outlives a closed
-    tab, a stopped dashboard or a Ctrl-C in the terminal that submitted). Returns its pid."""
-    for proc in list(_SPAWNED):  # reap workers we started that have exited, so no zombie lingers
-        if proc.poll() is not None:
-            _SPAWNED.remove(proc)
-    env = {**os.environ, CACHE_ENV: str(cache_dir())}
-    with open(runs_dir() / "worker.log", "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "worker", "--idle-exit", str(idle_exit)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _SPAWNED.append(proc)
-    return proc.pid
-
-
-def ensure_worker() -> int | None:
-    """Start a worker if steps are queued and fewer than max_workers() are alive. Returns the new pid or None."""
-    with connect() as conn:
-        recover(conn)
-        queued = conn.execute(
-            "SELECT COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.cancel_requested IS NULL",
-            (Status.QUEUED,),
-        ).fetchone()[0]
-        if not queued or len(alive_workers(conn)) >= max_workers():
-            return None
-    return spawn_worker()

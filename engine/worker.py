@@ -22,6 +22,7 @@ deleted or replaced under it exits at once without writing (store.exit_on_change
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -29,17 +30,14 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
 
-from engine import store
+from engine import launch, stepcall, store
 from engine.config import REPO_ROOT
 from engine.context import StepContext
-from engine.errors import Cancelled, ClinBenchError
 from engine.states import Status
 from engine.storage import sweep_orphans
 
 CANCEL_GRACE_S = 2.5  # a running step gets this long to stop by itself after a cancel; then it is terminated (all within 5 s)
-PROGRESS_EVERY_S = 0.5
 STOP_CHECK_EVERY_S = 0.25
 POLL_S = 0.2
 
@@ -70,7 +68,7 @@ def serve(idle_exit: float = 0.0) -> int:
     with store.connect() as conn:
         store.recover(conn)
         with store.transaction(conn):
-            others = [w["pid"] for w in store.alive_workers(conn) if w["pid"] != me.pid]
+            others = [w["pid"] for w in store.alive_workers(conn, "local") if w["pid"] != me.pid]
             limit = store.max_workers()
             if len(others) >= limit:
                 _say(
@@ -119,17 +117,17 @@ def _claim(conn, worker_pid: int) -> tuple[int, int] | None:
     with store.transaction(conn):
         row = conn.execute(
             "SELECT s.run_id, s.idx FROM steps s JOIN runs r ON r.id = s.run_id "
-            "WHERE s.status = ? AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx LIMIT 1",
+            "WHERE s.status = ? AND r.cancel_requested IS NULL AND r.executor = 'local' ORDER BY s.run_id, s.idx LIMIT 1",
             (Status.QUEUED,),
         ).fetchone()
         if row is None:
             return None
         now = time.time()
         conn.execute(
-            "UPDATE steps SET status = ?, worker_pid = ?, step_pid = NULL, started = ?, updated = ?, "
+            "UPDATE steps SET status = ?, worker_pid = ?, step_pid = NULL, started = ?, updated = ?, node = ?, "
             "finished = NULL, attempts = attempts + 1, stage = 'starting', done = 0, total = 0, rate = NULL, eta_s = NULL "
             "WHERE run_id = ? AND idx = ?",
-            (Status.RUNNING, worker_pid, now, now, row["run_id"], row["idx"]),
+            (Status.RUNNING, worker_pid, now, now, socket.gethostname(), row["run_id"], row["idx"]),
         )
         # a new attempt draws its curves afresh (a training resumed from a checkpoint logs its earlier points again)
         conn.execute("DELETE FROM metrics WHERE run_id = ? AND idx = ?", (row["run_id"], row["idx"]))
@@ -139,11 +137,7 @@ def _claim(conn, worker_pid: int) -> tuple[int, int] | None:
 def _leave(conn, worker_pid: int) -> bool:
     """Deregister, unless something was queued meanwhile (checked in the same transaction as submissions write)."""
     with store.transaction(conn):
-        queued = conn.execute(
-            "SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.cancel_requested IS NULL LIMIT 1",
-            (Status.QUEUED,),
-        ).fetchone()
-        if queued:
+        if launch.queued(conn, "local"):
             return False
         conn.execute("DELETE FROM workers WHERE pid = ?", (worker_pid,))
     return True
@@ -250,38 +244,11 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
                 "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ?, eta_s = NULL WHERE run_id = ? AND idx = ? AND status = ?",
                 (status, error, now, now, run_id, idx, Status.RUNNING),
             )
-    detail = (
-        f": {error}"
-        if error
-        else (f": macro-F1 {result['macro_f1']:.3f}" + (" (cached)" if result.get("cache_hit") else "") if "macro_f1" in result else "")
-    )
+    detail = stepcall.end_line(status, error, result)
     store.append_log(run_id, f"step {idx + 1}/{row['n']} {status}{detail}")
 
 
 # --- the child process that executes one step ---------------------------------------------
-
-
-class _Reporter:
-    """progress(done, total, stage) -> the step's row, at most every PROGRESS_EVERY_S (and on every new stage)."""
-
-    def __init__(self, conn, run_id: int, idx: int):
-        self.conn, self.key = conn, (run_id, idx)
-        self.stage, self.t_stage, self.done0, self.t_write = None, 0.0, 0, 0.0
-
-    def __call__(self, done: int, total: int, stage: str) -> None:
-        now = time.monotonic()
-        if stage != self.stage:
-            self.stage, self.t_stage, self.done0 = stage, now, done
-        elif now - self.t_write < PROGRESS_EVERY_S and done < total:
-            return
-        elapsed = now - self.t_stage
-        rate = (done - self.done0) / elapsed if elapsed > 0.2 and done > self.done0 else None
-        eta = (total - done) / rate if rate else None
-        self.conn.execute(
-            "UPDATE steps SET done = ?, total = ?, stage = ?, rate = ?, eta_s = ?, updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
-            (done, total, stage, rate, eta, time.time(), *self.key, Status.RUNNING),
-        )
-        self.t_write = now
 
 
 class _StopCheck:
@@ -302,19 +269,6 @@ class _StopCheck:
             row = self.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (self.run_id,)).fetchone()
             self.stop = row is None or row["cancel_requested"] is not None
         return self.stop
-
-
-class _MetricWriter:
-    """log_metric(name, value, step) -> one row of the metrics table (the Runs page draws them while the step runs)."""
-
-    def __init__(self, conn, run_id: int, idx: int):
-        self.conn, self.key = conn, (run_id, idx)
-
-    def __call__(self, name: str, value: float, step: int) -> None:
-        self.conn.execute(
-            "INSERT INTO metrics (run_id, idx, name, step, value, t) VALUES (?, ?, ?, ?, ?, ?)",
-            (*self.key, name, int(step), float(value), time.time()),
-        )
 
 
 class _Terminated(BaseException):
@@ -344,56 +298,16 @@ def execute_child(run_id: int, idx: int) -> int:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // store.max_workers()))
-        outcome: dict = {}
+        ctx = StepContext(
+            stepcall.Rate(functools.partial(stepcall.write_progress, conn, run_id, idx)),
+            _StopCheck(conn, run_id, parent),
+            functools.partial(stepcall.write_metric, conn, run_id, idx),
+        )
         try:
-            from engine import artifacts, experiment, features
-
-            spec = experiment.parse_stored_spec(json.loads(row["spec"]), where=f"run {run_id}")
-            dataset = spec.data.load()
-            if dataset.data_hash != row["data_hash"]:
-                raise ClinBenchError(
-                    f"The data file {spec.data.path} changed after this run was submitted (its content hash differs), "
-                    "so results would not match the run. Submit the run again to use the new content."
-                )
-            ctx = StepContext(_Reporter(conn, run_id, idx), _StopCheck(conn, run_id, parent), _MetricWriter(conn, run_id, idx))
-            res = experiment.execute(spec, spec.steps()[idx], dataset=dataset, ctx=ctx)
-            outcome = {"status": Status.DONE, "result": {**artifacts.summary(res), "forward_passes": features.FORWARD_PASSES}}
+            outcome = stepcall.call(row["spec"], row["data_hash"], idx, ctx, where=f"run {run_id}")
         except _Terminated:
             print(f"step {run_id}:{idx} terminated by its worker", flush=True)
             return 143  # the worker records the outcome
-        except Cancelled as exc:
-            outcome = {"status": Status.CANCELLED, "error": str(exc)}
-        except ClinBenchError as exc:
-            traceback.print_exc()
-            outcome = {"status": Status.FAILED, "error": str(exc)}
-        except MemoryError:
-            traceback.print_exc()
-            outcome = {"status": Status.FAILED, "error": "Ran out of memory. Try a smaller max_length or batch_tokens, or a smaller model."}
-        except Exception as exc:  # any bug or library error: the user gets one line, the log the traceback
-            traceback.print_exc()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            outcome = {
-                "status": Status.FAILED,
-                "error": f"Unexpected error: {type(exc).__name__}: {first} (the traceback is in the run log).",
-            }
-        now = time.time()
-        with store.transaction(conn, durable=True):  # reported done: reaches runs.sqlite
-            conn.execute(
-                "UPDATE steps SET status = ?, error = ?, result = ?, finished = ?, updated = ?, eta_s = NULL, "
-                "done = CASE WHEN ? THEN total ELSE done END "
-                "WHERE run_id = ? AND idx = ? AND status = ? AND worker_pid = ?",
-                (
-                    outcome["status"],
-                    outcome.get("error"),
-                    json.dumps(outcome["result"]) if "result" in outcome else None,
-                    now,
-                    now,
-                    outcome["status"] == Status.DONE,
-                    run_id,
-                    idx,
-                    Status.RUNNING,
-                    parent,
-                ),
-            )
+        stepcall.record(conn, run_id, idx, outcome, parent)
         sys.stdout.flush()
     return 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the project environment in .venv/ (idempotent; re-running is cheap).
 #   scripts/setup.sh          runtime + bundled models
-#   scripts/setup.sh --dev    also test and benchmark tools
+#   scripts/setup.sh --dev    also test and benchmark tools (and Ray, so the tests cover the Ray executor)
+#   scripts/setup.sh --ray    also Ray, for `executor: ray` (a Ray cluster, or parallel steps on this machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,6 +16,9 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --no-deps -r requirements-bundled.txt
 if [ "${1:-}" = "--dev" ]; then
     "${PIP[@]}" -r requirements-dev.txt
+fi
+if [ "${1:-}" = "--dev" ] || [ "${1:-}" = "--ray" ]; then
+    "${PIP[@]}" -r requirements-ray.txt
 fi
 # Chromium: kaleido renders PNG/SVG exports with it, and the browser tests drive it (Playwright).
 if ! command -v chromium >/dev/null 2>&1 && [ -z "${BROWSER_PATH:-}" ]; then

@@ -149,7 +149,7 @@ def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatc
 
     from engine import jobs, store
 
-    monkeypatch.setattr(store, "ensure_worker", lambda: None)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda: None)
     run_id = jobs.submit(experiment.parse_spec({"models": ["minilm"], "methods": ["lora"]}), start_worker=False)
     with store.connect() as conn:
         conn.execute("UPDATE steps SET status = 'done', started = ?, finished = ? WHERE run_id = ?", (time.time() - 5, time.time(), run_id))

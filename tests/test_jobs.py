@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import experiment, jobs
+from engine import experiment, jobs, launch
 from engine import store as run_store
 from engine.errors import ClinBenchError
 from engine.states import Status
@@ -304,6 +304,6 @@ def test_data_changed_after_submission_fails_the_step(store, tiny_encoder, small
     )
     run_id = jobs.submit(spec, start_worker=False)
     small_csv.write_text(small_csv.read_text().replace("patient", "person"))
-    run_store.ensure_worker()
+    launch.ensure_worker()
     run = wait_for(finished, run_id=run_id)
     assert run["status"] == "failed" and "changed after this run was submitted" in run["steps"][0]["error"]

@@ -12,7 +12,7 @@ from engine.runview import RunView, fmt_duration
 def _step(idx, status, **kw):
     row = {"idx": idx, "title": f"m · step {idx}", "model": "m", "method": "svc", "status": status, "done": 0, "total": 0, "stage": "",
            "rate": None, "eta_s": None, "error": None, "result": None, "started": None, "finished": None, "attempts": 0,
-           "worker_pid": None, "step_pid": None}  # fmt: skip
+           "worker_pid": None, "step_pid": None, "node": None}  # fmt: skip
     row.update(kw)
     return row
 
@@ -25,6 +25,7 @@ def _run(steps, metrics=None):
         "cancel_requested": None,
         "spec": json.dumps({"models": ["m"]}),
         "data_hash": "h",
+        "executor": "local",
     }
     return RunView.from_rows(run, steps, "/log", metrics)
 
@@ -51,7 +52,7 @@ def test_summary_lines_and_progress():
 def test_json_keys_outside_scripts_read():
     d = _run([_step(0, "failed", error="boom")]).to_dict()
     assert {"id", "name", "status", "created", "started", "finished", "cancel_requested", "worker_pid", "counts", "n_steps", "steps", "log",
-            "spec", "data_hash"} <= set(d)  # fmt: skip
+            "spec", "data_hash", "executor"} <= set(d)  # fmt: skip
     assert d["status"] == "failed" and d["counts"]["failed"] == 1 and json.loads(json.dumps(d)) == d
     assert {
         "index",
@@ -65,6 +66,7 @@ def test_json_keys_outside_scripts_read():
         "seconds",
         "attempts",
         "worker_pid",
+        "node",
         "metrics",
     } <= set(d["steps"][0])
 

@@ -29,9 +29,10 @@ def test_a_store_of_the_previous_version_is_migrated_and_its_run_still_shows(leg
     assert run.status == "done" and [s.method for s in run.steps] == ["svc", "logreg"]
     assert all(s.result["macro_f1"] > 0.5 for s in run.steps) and run.steps[0].detail.startswith("macro-F1 0.680")
     with sqlite3.connect(legacy_cache / "runs" / "runs.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
         assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0
     shown = api.get_run(run.id).to_dict()
+    assert shown["executor"] == "local" and shown["steps"][0]["node"] is None  # columns of version 3, filled for an old run
     assert shown["status"] == "done" and shown["steps"][1]["result"]["macro_f1"] == pytest.approx(0.7333, abs=1e-4)
 
 

@@ -106,7 +106,7 @@ def test_normal_use_of_the_wal_by_other_processes_does_not_count_as_a_change(run
     script = (
         "import sqlite3, sys\n"
         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "c.execute('INSERT INTO workers VALUES (?, 1, \"h\", 1, 1)', (int(sys.argv[2]),))\n"
+        "c.execute('INSERT INTO workers (pid, create_time, host, started, heartbeat) VALUES (?, 1, \"h\", 1, 1)', (int(sys.argv[2]),))\n"
         "c.execute('PRAGMA wal_checkpoint(TRUNCATE)')\n"
         "c.close()\n"
     )

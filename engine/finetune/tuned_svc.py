@@ -79,5 +79,11 @@ def lora_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
 
 
 LORA_SVC = StepKind(
-    "lora-svc", "LoRA-tuned embeddings → SVC", "tuned", lora_svc_step, tuple(dict.fromkeys((*HEAD_READS, *FROZEN_READS))), label_sets=True
+    "lora-svc",
+    "LoRA-tuned embeddings → SVC",
+    "tuned",
+    lora_svc_step,
+    tuple(dict.fromkeys((*HEAD_READS, *FROZEN_READS))),
+    label_sets=True,
+    after=("lora",),
 )

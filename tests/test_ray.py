@@ -1,0 +1,174 @@
+"""The Ray executor (engine.rayexec) on a local Ray cluster that this module starts: two CPUs, so two steps at once.
+
+Steps run as Ray tasks; the run store stays with the driver. Checked: a grid of independent steps overlaps in time and
+finishes, a dependent step waits for its input and reuses it, results equal the local worker's bit for bit, a cancel stops
+running and queued tasks, a killed Ray worker's step is run again, and a spec can ask for Ray without the CLI flag.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import experiment, jobs, launch
+from engine.errors import ClinBenchError
+from tests.conftest import cache_at, cli, stop_workers
+from tests.test_jobs import finished, leftovers, show, submit, wait_for, write_spec
+
+pytest.importorskip("ray")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`ray start --head` with 2 CPUs (two worker processes at once) in a folder of its own; RAY_ADDRESS points at it."""
+    tmp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # a test cluster on loopback
+    port = "6391"
+    subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+         f"--object-store-memory={200 * 2**20}", f"--temp-dir={tmp}", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    old = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    yield os.environ["RAY_ADDRESS"]
+    if old is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = old
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    monkeypatch.delenv("CLINBENCH_BATCH_DELAY_S", raising=False)
+    yield cache
+    stop_workers(cache)
+
+
+def overlapping(steps: list[dict]) -> int:
+    """The most steps running at one moment (from their start and end times)."""
+    edges = sorted([(s["started"], 1) for s in steps] + [(s["finished"], -1) for s in steps])
+    most = now = 0
+    for _t, d in edges:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def predictions(step: dict) -> bytes:
+    return (Path(step["result"]["artifact"]) / "predictions.json").read_bytes()
+
+
+def test_grid_runs_in_parallel_waits_for_inputs_and_equals_the_local_worker(cluster, store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "grid.json", small_csv, [str(tiny_encoder)], ["svc", "logreg"], reference=True, n_seeds=2)
+    out = cli("submit", str(spec), "--executor", "ray")  # the spec says nothing of Ray: the flag does
+    assert out.returncode == 0, out.stderr
+    ray_id = int(out.stdout.strip().splitlines()[-1])
+    run = wait_for(finished, run_id=ray_id, timeout=300)
+    assert show(ray_id)["executor"] == "ray"
+    assert run["status"] == "done", jobs.read_log(ray_id)[-3000:]
+    steps = run["steps"]
+    assert len(steps) == 6 and all(s["node"] for s in steps) and all(s["attempts"] == 1 for s in steps)
+    assert overlapping(steps) >= 2, [(s["title"], s["started"], s["finished"]) for s in steps]
+    by = {(s["method"], s["title"].rsplit("seed ", 1)[-1]): s for s in steps}
+    for seed in ("0", "1"):  # logreg reuses svc's embeddings: it starts after that step and runs no forward pass
+        assert by[("logreg", seed)]["started"] >= by[("svc", seed)]["finished"]
+        assert by[("logreg", seed)]["result"]["forward_passes"] == 0
+    # the local worker, in a cache of its own, computes the same results bit for bit
+    fresh = tmp_path / "local-cache"
+    fresh.mkdir()
+    with cache_at(fresh):
+        local_id = submit(spec)
+        try:
+            local = wait_for(finished, run_id=local_id, timeout=300)
+        finally:
+            stop_workers(fresh)
+        assert show(local_id)["executor"] == "local"
+    assert [s["status"] for s in local["steps"]] == ["done"] * 6
+    for a, b in zip(local["steps"], steps, strict=True):
+        assert Path(a["result"]["artifact"]).name == Path(b["result"]["artifact"]).name  # the same cache key
+        assert Path(a["result"]["artifact"]) != Path(b["result"]["artifact"])  # computed twice, in two caches
+        assert predictions(a) == predictions(b), a["title"]
+        assert a["result"]["macro_f1"] == b["result"]["macro_f1"]
+
+
+def test_cancel_stops_running_and_queued_ray_steps(cluster, store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "slow.json", small_csv, [str(tiny_encoder)], ["svc"], n_seeds=4, executor="ray")
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "1.0"})  # each batch of the extraction takes a second
+    wait_for(lambda r: sum(s["status"] == "running" and s["progress"]["total"] > 0 for s in r["steps"]) >= 1, run_id=run_id, timeout=180)
+    jobs.cancel(run_id)
+    run = wait_for(finished, run_id=run_id, timeout=30)
+    assert run["status"] == "cancelled"
+    assert all(s["status"] == "cancelled" for s in run["steps"]), [(s["status"], s["error"]) for s in run["steps"]]
+    assert not leftovers(store)
+
+
+def test_a_killed_ray_worker_s_step_runs_again(cluster, store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "kill.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray")
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.5"})
+    step = wait_for(lambda r: r["steps"][0]["progress"]["total"] > 0 and r["steps"][0], run_id=run_id, timeout=180)
+    first_pid = step["step_pid"]
+    os.kill(first_pid, signal.SIGKILL)  # the Ray worker process running the step
+    run = wait_for(finished, run_id=run_id, timeout=240)
+    assert run["status"] == "done" and run["steps"][0]["attempts"] == 2, jobs.read_log(run_id)[-3000:]
+    assert "its Ray worker died; Ray runs it again" in jobs.read_log(run_id)
+
+
+def test_the_local_worker_leaves_ray_runs_to_the_ray_driver(store, small_csv, tiny_encoder, tmp_path):
+    from engine import store as run_store
+    from engine import worker
+
+    spec = experiment.load_spec(write_spec(tmp_path / "r.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray"))
+    run_id = jobs.submit(spec, start_worker=False)
+    with run_store.connect() as conn:
+        assert worker._claim(conn, 1) is None and launch.queued(conn, "ray") == 1 and launch.queued(conn, "local") == 0
+    assert jobs.get_run(run_id).executor == "ray"
+
+
+def test_without_ray_installed_a_ray_run_is_refused_with_the_fix(store, small_csv, tiny_encoder, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    spec = experiment.load_spec(write_spec(tmp_path / "r.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray"))
+    with pytest.raises(ClinBenchError, match=r"scripts/setup.sh --ray"):
+        jobs.submit(spec, start_worker=False)
+    assert jobs.list_runs() == []  # nothing queued
+
+
+def test_steps_wait_only_for_the_steps_whose_artifacts_they_reuse():
+    spec = experiment.parse_spec(
+        {"models": ["minilm", "smollm2"], "methods": ["svc", "logreg", "lora", "lora-svc"], "options": {"n_seeds": 2}}
+    )
+    steps = spec.steps()
+    deps = experiment.dependencies(steps)
+    for i, s in enumerate(steps):
+        want = {"logreg": "svc", "lora-svc": "lora"}.get(s["method"])
+        got = [(steps[j]["model"], steps[j]["method"], steps[j].get("seed")) for j in deps[i]]
+        assert got == ([(s["model"], want, s.get("seed"))] if want else []), s["title"]
+
+
+def test_ray_is_in_the_test_setup_but_optional_for_users():
+    root = Path(__file__).resolve().parents[1]
+    assert not any(line.strip().lower().startswith("ray") for line in (root / "requirements.txt").read_text().splitlines())
+    assert shutil.which("ray", path=str(Path(sys.executable).parent))  # installed by scripts/setup.sh --dev
+
+
+def test_an_unreachable_cluster_fails_the_queued_steps_in_seconds(store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "far.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray", ray_address="127.0.0.1:1")
+    run = wait_for(finished, run_id=submit(spec), timeout=60)
+    assert run["status"] == "failed"
+    assert (
+        "Could not connect to the Ray cluster at 127.0.0.1:1" in run["steps"][0]["error"] and "resume the run" in run["steps"][0]["error"]
+    )
