@@ -93,6 +93,7 @@ def live() -> None:
             "Status": str(r.status),
             "Steps done": f"{r.counts['done']}/{len(r.steps)}",
             "Progress": f"{r.fraction:.0%}",
+            "Executor": r.executor,
             "Created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
         }
         for r in queue
@@ -106,7 +107,7 @@ def live() -> None:
     except ClinBenchError as exc:
         common.error(exc)
         return
-    st.markdown(f"### Run {run.id}: {run.name} — {run.status}")
+    st.markdown(f"### Run {run.id}: {run.name} — {run.status}" + (" · on Ray" if run.executor == "ray" else ""))
     for s in run.steps:
         runs.step(s)
     c1, c2, c3, _ = st.columns([1, 1, 1, 4])

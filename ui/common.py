@@ -173,7 +173,9 @@ def worker_status() -> None:
         st.caption("Workers: none running (one starts when a run is queued).")
     for w in live:
         doing = f"run {w['step']['run_id']}, step {w['step']['idx'] + 1}: {w['step']['title']}" if w.get("step") else "idle"
-        st.caption(f"Worker pid {w['pid']}: {doing}")
+        if w.get("kind") == "ray":
+            doing = f"{len(w['steps'])} step(s) sent to the cluster" if w["steps"] else "idle"
+        st.caption(f"{'Ray driver' if w.get('kind') == 'ray' else 'Worker'} pid {w['pid']}: {doing}")
 
 
 def answer_costs(row: dict) -> dict:

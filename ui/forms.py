@@ -85,7 +85,8 @@ def option_widgets(columns: int = 4) -> dict:
     """Every option, grouped by concern in expanders (inside the caller's form); returns {name: value}."""
     values = {}
     for g in api.option_groups():
-        box = st.expander(f"{g['title']} — used by {', '.join(g['used_by'])}", expanded=g["group"] in OPEN_GROUPS)
+        users = f"used by {', '.join(g['used_by'])}" if g["used_by"] else "every step"
+        box = st.expander(f"{g['title']} — {users}", expanded=g["group"] in OPEN_GROUPS)
         box.caption(g["doc"])
         cols = box.columns(columns)
         for i, f in enumerate(g["fields"]):

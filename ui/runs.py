@@ -16,7 +16,12 @@ def step(s: api.StepView) -> None:
         s.fraction,
         text=" · ".join(
             b
-            for b in (f"**{s.index + 1}. {s.title}** — {s.status}", s.detail if s.status != "failed" else "", api.fmt_duration(s.seconds))
+            for b in (
+                f"**{s.index + 1}. {s.title}** — {s.status}",
+                s.detail if s.status != "failed" else "",
+                api.fmt_duration(s.seconds),
+                f"on {s.node}" if s.node else "",
+            )
             if b
         ),
     )
