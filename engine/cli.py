@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the model registry: bundled offline models and presets (hub ids), with kind, size and offline availability.",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--prepare", action="store_true", help="make the bundled models ready in the cache (scripts/setup.sh runs it)")
 
     p = sub.add_parser(
         "methods", help="list the methods a run can use", description="List the methods (step kinds): name, stage, what each does."

@@ -32,4 +32,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${BROWSER_PATH:-}" ]; then
     fi
 fi
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# The bundled models made ready in the cache once (SmolLM2's GGUF converted to safetensors, ~20 s), not on the first run.
+.venv/bin/python -m engine models --prepare
 echo "ClinBench environment ready in .venv/"

