@@ -339,7 +339,7 @@ def umap_map(embeddings_key: str):
 def start_umap_warm_up() -> dict:
     from engine import projection
 
-    return projection.start_warm_up()
+    return projection.start_warm_up(wait_while=jobs.busy)  # a queued or running step goes first
 
 
 # --- classification and export ----------------------------------------------------------

@@ -190,3 +190,14 @@ def workers() -> list[dict]:
             w["steps"] = [dict(r) for r in rows]
             w["step"] = w["steps"][0] if w["steps"] else None
     return out
+
+
+def busy() -> bool:
+    """Whether any step is queued or running (the dashboard's background work waits for it; False if the store cannot be read)."""
+    try:
+        with connect() as conn:
+            return (
+                conn.execute("SELECT 1 FROM steps WHERE status IN (?, ?) LIMIT 1", (Status.QUEUED, Status.RUNNING)).fetchone() is not None
+            )
+    except (sqlite3.Error, ClinBenchError):
+        return False

@@ -4,16 +4,20 @@
 its .json), runs UMAP with a fixed seed and stores the coordinates as
 projections/<pkey>.npy with a .json saying what made them; a repeated request loads them.
 UMAP's numba functions compile on first use (~30 s on 2 cores); `warm_up()` compiles them on
-a small random array, and numba's on-disk cache (NUMBA_CACHE_DIR, set to cache/numba unless
+a small random array, in a thread that first lets queued and running steps go (`start_warm_up`), and
+numba's on-disk cache (NUMBA_CACHE_DIR, set to cache/numba unless
 already set) keeps the compiled code for the next process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,6 +25,7 @@ from engine.config import cache_dir
 from engine.errors import ArtifactError
 from engine.storage import atomic_path, atomic_write_json, embeddings_dir, projections_dir, sha256_file, sha256_json
 
+WARM_UP_DELAY_S = 10.0  # after the dashboard opens: a run queued at once starts before the compiling
 DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "seed": 0}
 
 
@@ -104,10 +109,21 @@ def warm_up() -> float:
     return time.perf_counter() - t0
 
 
-def start_warm_up() -> dict:
-    """Start warm_up() once per process in a daemon thread; returns its state (cold | warming | warm | failed)."""
+def start_warm_up(wait_while: Callable[[], bool] | None = None, delay: float = WARM_UP_DELAY_S) -> dict:
+    """Start warm_up() once per process in a daemon thread; returns its state (cold | warming | warm | failed).
+
+    The thread first waits `delay` seconds and then for as long as `wait_while()` is true (the dashboard passes "a step is
+    queued or running"): compiling takes ~15-30 CPU seconds, which would otherwise slow the first step of a run queued
+    right after the page opened (on Linux each session's processes share the CPU as one group, so the thread's low
+    priority alone does not protect a worker in another session)."""
 
     def target():
+        if sys.platform.startswith("linux"):  # this thread only (Linux nice is per thread)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        time.sleep(delay)
+        while wait_while is not None and wait_while():
+            time.sleep(2.0)
         try:
             _WARM["seconds"] = warm_up()
             _WARM["state"] = "warm"
