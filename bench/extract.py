@@ -1,6 +1,7 @@
 """Throughput of ClinBench's embedding extractor against the alternatives and the hardware limit.
 
     python bench/extract.py [--quick] --json PATH
+    python bench/extract.py --scale [N] [--json PATH]      # N letters (default 50,000) streamed to disk: memory and rate
 
 For MiniLM (encoder) and SmolLM2 (decoder), on the bundled default letters and, when
 present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
@@ -21,6 +22,16 @@ present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
             plus the linear layers at the measured matmul peak, and nothing else. Softmax over each
             letter's tokens squared is not in the limit's FLOP count; this shows what it costs.
 
+Scale mode (--scale N): `engine.features.extract` (MiniLM, max_length 512, mean pooling, the default placement)
+on N letters - the MTSamples transcriptions repeated, each with a counter appended so no two texts are equal - into a
+.npy in a fresh temporary cache. A thread samples this process's RSS every 0.5 s (psutil, else /proc/self/status);
+it prints the RSS before the letters exist, with the letters in memory, with the model loaded, and the peak during
+the extraction (and getrusage's maxrss), the tokenising seconds, and letters/s and tokens/s over each tenth of the
+letters (and at least every minute), so a rate that decays or memory that grows with N shows. The target: a peak under
+3 GB at 50,000 letters. --seconds S stops the extraction after S seconds (cancelled as a run is; no vectors kept):
+every letter is still tokenised and planned up front, so the part of the memory that grows with N is measured in full,
+and the rate over the letters done.
+
 Every method's tokens are counted the same way (the tokenizer's counts, truncated at 512).
 Each timing follows warm-up passes. The machine may be shared: before each timing the
 script waits (a while) for the CPUs to be quiet, and it reports the CPU time other
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -254,6 +266,167 @@ def measure_model(name: str, sets, peak: float, workdir: Path) -> dict:
     return results
 
 
+SCALE_RSS_TARGET_GB = 3.0
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+class RssSampler:
+    """Samples rss_bytes() every `every` seconds in a thread: (seconds since start, bytes) pairs and the peak."""
+
+    def __init__(self, every: float = 0.5):
+        import threading
+
+        self.every, self.samples, self.t0 = every, [], time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self.t0, rss_bytes()))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.perf_counter() - self.t0, rss_bytes()))
+        return False
+
+    @property
+    def peak(self) -> int:
+        return max(b for _, b in self.samples)
+
+
+def scale_letters(path: Path, n: int) -> list[str]:
+    """n letters: the non-empty MTSamples transcriptions repeated, each with its number appended (so every text differs)."""
+    import pandas as pd
+
+    col = pd.read_csv(path, usecols=["transcription"])["transcription"]
+    base = [t for t in col.dropna().astype(str) if t.strip()]
+    return [f"{base[i % len(base)]} [{i}]" for i in range(n)]
+
+
+def run_scale(args) -> int:
+    """--scale N: extract N letters into a memory-mapped .npy in a fresh cache; RSS over time and the rate per tenth."""
+    import resource
+
+    from _machine import fresh_cache
+
+    gb = 2**30
+    placement = choose()
+    rss_start = rss_bytes()
+    texts = scale_letters(Path(args.mtsamples), args.scale)
+    rss_texts = rss_bytes()
+    loaded = models.load("minilm", placement)
+    features.extract(loaded, texts[:16], Path(tempfile.mkdtemp()) / "warm.npy", max_length=MAX_LENGTH)  # warm-up
+    rss_model = rss_bytes()
+    print(f"scale: {len(texts):,} letters on {placement.describe()}, {torch.get_num_threads()} threads; RSS at start "
+          f"{rss_start / gb:.2f} GB, with the letters {rss_texts / gb:.2f} GB, with the model {rss_model / gb:.2f} GB", flush=True)  # fmt: skip
+    marks: list[tuple[float, int, str]] = []  # (seconds, rows done, stage)
+    tenth = max(1, args.scale // 10)
+
+    def progress(done, total, stage):
+        now = time.perf_counter() - t0
+        if stage != "embedding":
+            return
+        if not marks or done // tenth > marks[-1][1] // tenth or now - marks[-1][0] >= 60 or done == total:
+            marks.append((now, done, stage))
+            rss_now = sampler.samples[-1][1] if sampler.samples else 0
+            print(f"  [{now:7.1f} s] {done:>7,}/{total:,} letters, RSS {rss_now / gb:.2f} GB", flush=True)
+
+    from engine.context import StepContext
+    from engine.errors import Cancelled
+
+    def should_stop() -> bool:
+        return args.seconds is not None and time.perf_counter() - t0 > args.seconds
+
+    stats = None
+    with fresh_cache("scale") as cache, RssSampler() as sampler:
+        t0 = time.perf_counter()
+        try:
+            ctx = StepContext(progress=progress, should_stop=should_stop)
+            stats = features.extract(loaded, texts, Path(cache) / "scale.npy", max_length=MAX_LENGTH, ctx=ctx)
+            vectors = np.load(Path(cache) / "scale.npy", mmap_mode="r")
+            assert vectors.shape == (len(texts), stats.dim) and np.isfinite(vectors[-1]).all()
+        except Cancelled:
+            print(f"  stopped after {args.seconds} s (--seconds)", flush=True)
+        seconds = time.perf_counter() - t0
+    done = len(texts) if stats else (marks[-1][1] if marks else 0)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (Linux: KB)
+    # Letters are embedded longest first, so letters/s rises over a run by itself; tokens/s is the rate to compare. The
+    # tokens of the first k letters embedded: the k longest (ties are equally long), counted after the memory was measured.
+    lengths = []
+    for start in range(0, len(texts), 2048):
+        lengths.extend(len(x) for x in features.tokenize(loaded.tokenizer, texts[start : start + 2048], MAX_LENGTH)[0])
+    before = np.concatenate([[0], np.cumsum(sorted(lengths, reverse=True))])
+    windows = []
+    for (t_a, d_a, _), (t_b, d_b, _) in itertools.pairwise(marks):
+        tokens = int(before[d_b] - before[d_a])
+        windows.append({"from_letter": d_a, "to_letter": d_b, "seconds": t_b - t_a, "letters_per_s": (d_b - d_a) / (t_b - t_a),
+                        "tokens_per_s": tokens / (t_b - t_a)})  # fmt: skip
+    tokenise_s = marks[0][0] if marks else float("nan")  # until the first batch was embedded
+    print(f"\n{'letters':>17} {'seconds':>8} {'letters/s':>10} {'tokens/s':>9}")
+    for w in windows:
+        print(f"{w['from_letter']:>8,}-{w['to_letter']:<8,} {w['seconds']:8.1f} {w['letters_per_s']:10.1f} {w['tokens_per_s']:9,.0f}")
+    rates = [w["tokens_per_s"] for w in windows]
+    peak = sampler.peak
+    whole = f"{stats.n_tokens / seconds:,.0f} tokens/s; {stats.n_truncated:,} cut to {MAX_LENGTH} tokens" if stats else "stopped"
+    print(f"\n{done:,} of {len(texts):,} letters in {seconds:.0f} s ({done / seconds:.1f} letters/s; tokenising, planning and "
+          f"the first batch {tokenise_s:.1f} s; {whole})")  # fmt: skip
+    if rates:
+        print(f"tokens/s over time: min {min(rates):,.0f}, max {max(rates):,.0f}, last/first {rates[-1] / rates[0]:.2f}")
+    print(f"peak RSS {peak / gb:.2f} GB (sampled every 0.5 s; getrusage maxrss {maxrss / gb:.2f} GB); above the model "
+          f"and letters: {(peak - rss_model) / gb:.2f} GB; target < {SCALE_RSS_TARGET_GB} GB: "
+          f"{'met' if max(peak, maxrss) < SCALE_RSS_TARGET_GB * gb else 'MISSED'}")  # fmt: skip
+    out = {
+        "mode": "scale",
+        "letters": len(texts),
+        "letters_done": done,
+        "complete": stats is not None,
+        "model": "minilm",
+        "max_length": MAX_LENGTH,
+        "device": placement.device,
+        "dtype": placement.dtype,
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "tokenise_s": tokenise_s,
+        "letters_per_s": done / seconds,
+        "tokens": stats.n_tokens if stats else None,
+        "tokens_per_s": stats.n_tokens / seconds if stats else None,
+        "n_truncated": stats.n_truncated if stats else None,
+        "rss_start_bytes": rss_start,
+        "rss_with_letters_bytes": rss_texts,
+        "rss_with_model_bytes": rss_model,
+        "peak_rss_bytes": peak,
+        "maxrss_bytes": maxrss,
+        "peak_above_model_bytes": peak - rss_model,
+        "target_gb": SCALE_RSS_TARGET_GB,
+        "met": max(peak, maxrss) < SCALE_RSS_TARGET_GB * gb,
+        "rate_over_time": windows,  # per tenth of the letters, or per minute when a tenth takes longer
+        "rss_samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],  # (seconds, bytes), at most ~400
+        "load_average": os.getloadavg()[0],
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="96 letters per dataset, 24 for the naive way (~1-2 min)")
@@ -263,7 +436,12 @@ def main(argv=None) -> int:
     ap.add_argument("--mts-letters", type=int, default=2000, help="full mode: letters of mtsamples measured (0 = all)")
     ap.add_argument("--naive-letters", type=int, default=0, help="letters for the naive way (default: quick 24, full 120)")
     ap.add_argument("--mtsamples", default=str(MTSAMPLES))
+    ap.add_argument("--scale", type=int, nargs="?", const=50_000, default=None, metavar="N",
+                    help="scale mode: N letters (default 50,000) of MTSamples repeated, peak RSS and rate over time")  # fmt: skip
+    ap.add_argument("--seconds", type=float, default=None, help="scale mode: stop the extraction after this many seconds")
     args = ap.parse_args(argv)
+    if args.scale:
+        return run_scale(args)
 
     t_start = time.perf_counter()
     placement = choose()

@@ -37,3 +37,14 @@ def test_attention_timing_sees_every_layer_of_every_batch(bench_extract, fixture
     assert out["attention_calls"] == n_batches * loaded.model.config.num_hidden_layers
     assert 0 < out["attention_seconds"] < out["seconds"]
     assert out["tokens"] == sum(len(x) for x in ids)
+
+
+def test_scale_mode_letters_all_differ_and_the_rss_sampler_sees_the_process(bench_extract, tmp_path):
+    csv = tmp_path / "mts.csv"
+    csv.write_text('transcription\n"first letter"\n""\n"second letter"\n')
+    letters = bench_extract.scale_letters(csv, 5)
+    assert len(letters) == len(set(letters)) == 5 and letters[2].startswith("first letter")  # repeated, numbered
+    before = bench_extract.rss_bytes()
+    with bench_extract.RssSampler(every=0.01) as sampler:
+        block = b"\x01" * (64 * 2**20)  # written, so resident
+    assert sampler.peak >= before + 48 * 2**20 and len(sampler.samples) >= 2 and len(block)
