@@ -118,7 +118,7 @@ class EmbeddingOptions:
     max_length: int = option(DEFAULT_MAX_LENGTH, "tokens read per letter (per window); longer letters are cut", min=8)
     windows: int = option(
         1,
-        "letter vectors (svc, logreg, lora-svc, adapt-svc, setfit): a letter longer than max_length is read in up to this "
+        "letter vectors (svc, logreg, linear-probe, lora-svc, adapt-svc, setfit): a letter longer than max_length is read in up to this "
         "many overlapping windows of max_length tokens (each shares a quarter with the next), their vectors averaged by the "
         "tokens each read; 1: cut at max_length",
         min=1,
