@@ -338,10 +338,13 @@ def run_scale(args) -> int:
     marks: list[tuple[float, int, str]] = []  # (seconds, rows done, stage)
     tenth = max(1, args.scale // 10)
 
+    last_done = [0]  # the last progress report's count (a stop comes between marks)
+
     def progress(done, total, stage):
         now = time.perf_counter() - t0
         if stage != "embedding":
             return
+        last_done[0] = done
         if not marks or done // tenth > marks[-1][1] // tenth or now - marks[-1][0] >= 60 or done == total:
             marks.append((now, done, stage))
             rss_now = sampler.samples[-1][1] if sampler.samples else 0
@@ -364,7 +367,7 @@ def run_scale(args) -> int:
         except Cancelled:
             print(f"  stopped after {args.seconds} s (--seconds)", flush=True)
         seconds = time.perf_counter() - t0
-    done = len(texts) if stats else (marks[-1][1] if marks else 0)
+    done = len(texts) if stats else last_done[0]
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (Linux: KB)
     # Letters are embedded longest first, so letters/s rises over a run by itself; tokens/s is the rate to compare. The
     # tokens of the first k letters embedded: the k longest (ties are equally long), counted after the memory was measured.
