@@ -1,4 +1,4 @@
-"""The extraction benchmark's attention bound: the timing hook must see every attention call of the model."""
+"""The benchmarks' own logic: the extraction bench's attention bound and scale mode, the default comparison's report."""
 
 from __future__ import annotations
 
@@ -48,3 +48,25 @@ def test_scale_mode_letters_all_differ_and_the_rss_sampler_sees_the_process(benc
     with bench_extract.RssSampler(every=0.01) as sampler:
         block = b"\x01" * (64 * 2**20)  # written, so resident
     assert sampler.peak >= before + 48 * 2**20 and len(sampler.samples) >= 2 and len(block)
+
+
+def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monkeypatch):
+    from types import SimpleNamespace
+
+    from engine.states import Status
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        bench = importlib.import_module("default_comparison")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def step(model, started, finished, hit):
+        result = {"macro_f1": 0.9, "embed_cache_hit": hit}
+        return SimpleNamespace(model=model, method="svc", status=Status.DONE, started=started, finished=finished, result=result, error=None)
+
+    run = SimpleNamespace(id=7, steps=[step("minilm", 101.0, 131.0, False), step("smollm2", 132.0, 142.0, True)])
+    rep = bench._report(run, "worker", submitted_wall=100.0, total_s=50.0, load_before=[1, 1, 1], load_after=[2, 2, 2])
+    assert rep["in_steps_s"] == 40.0 and rep["outside_steps_s"] == 10.0
+    assert [s["share"] for s in rep["steps"]] == [0.6, 0.2] and [s["queued_s"] for s in rep["steps"]] == [1.0, 32.0]
+    assert rep["steps"][1]["embed_cache_hit"] is True and rep["run_id"] == 7
