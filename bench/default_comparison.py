@@ -134,7 +134,9 @@ def _print(rep: dict) -> None:
     if rep.get("prepare_s") is not None:
         print(f"  (before the timer: the bundled models made ready, as scripts/setup.sh does, {rep['prepare_s']:.1f} s)")
     if "server_cpu_s" in rep:
-        print(f"  CPU seconds used during the run by the Streamlit server {rep['server_cpu_s']:.1f}, by the browser {rep['browser_cpu_s']:.1f}")
+        print(
+            f"  CPU seconds used during the run by the Streamlit server {rep['server_cpu_s']:.1f}, by the browser {rep['browser_cpu_s']:.1f}"
+        )
 
 
 PREPARED: dict = {}  # seconds `models --prepare` took in each fresh cache
