@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -64,16 +63,6 @@ class _Task:
     started: bool = False
     stop_sent: bool = False
     forced: bool = False
-
-
-class _Stop:
-    requested = False
-    signal_name = ""
-
-
-def _on_signal(signum, _frame) -> None:
-    _Stop.requested = True
-    _Stop.signal_name = signal.Signals(signum).name
 
 
 def _address_of_queued(conn) -> str | None:
@@ -141,8 +130,7 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
                 (me.pid, me.create_time(), socket.gethostname(), now, now),
             )
         address = address or _address_of_queued(conn)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stepcall.Stop.install()
     try:
         try:
             cluster = connect_cluster(address)
@@ -192,7 +180,7 @@ def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: fl
     tasks: dict = {}  # ObjectRef -> _Task
     specs: dict[int, tuple] = {}  # run id -> (spec, steps, dependencies)
     idle_since = time.monotonic()
-    while not _Stop.requested:
+    while not stepcall.Stop.requested:
         store.check(conn)
         conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), pid))
         for run_id, idx in _claim_ready(conn, pid, address, specs):
@@ -219,7 +207,7 @@ def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: fl
             return
         else:
             time.sleep(POLL_S * 2)
-    _say(f"stopped by {_Stop.signal_name}")
+    _say(f"stopped by {stepcall.Stop.signal_name}")
     for ref, t in tasks.items():
         ray.cancel(ref, force=True)
         _record(
@@ -228,7 +216,7 @@ def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: fl
             t,
             {
                 "status": Status.INTERRUPTED,
-                "error": f"The Ray driver was stopped ({_Stop.signal_name}) during this step. Resume the run to do it again.",
+                "error": f"The Ray driver was stopped ({stepcall.Stop.signal_name}) during this step. Resume the run to do it again.",
             },
         )
 

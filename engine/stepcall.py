@@ -8,11 +8,13 @@
   stage's rate and ETA.
 * `record(conn, run_id, idx, outcome, worker_pid)`: the outcome into the run store in one durable transaction, only if the
   step is still running under that worker (a cancel or a recovery that came first wins); `end_line` is its run-log line.
+* `Stop`: the stop flag that SIGTERM/SIGINT set in the process that serves steps (the local worker, the Ray driver).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +25,22 @@ from engine.errors import Cancelled, ClinBenchError
 from engine.states import Status
 
 PROGRESS_EVERY_S = 0.5
+
+
+class Stop:
+    """SIGTERM/SIGINT in a process that serves steps (the local worker, the Ray driver): `install()` makes them set
+    `requested` (and `signal_name`) instead of killing it, so it can mark what it was running and leave cleanly."""
+
+    requested = False
+    signal_name = ""
+
+    @classmethod
+    def install(cls) -> None:
+        def on_signal(signum, _frame) -> None:
+            cls.requested, cls.signal_name = True, signal.Signals(signum).name
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
 
 
 def call(spec_json: str, data_hash: str, idx: int, ctx: StepContext, where: str) -> dict:

@@ -49,16 +49,6 @@ def _say(msg: str) -> None:
 # --- the worker ------------------------------------------------------------------
 
 
-class _Stop:
-    requested = False
-    signal_name = ""
-
-
-def _on_signal(signum, _frame) -> None:
-    _Stop.requested = True
-    _Stop.signal_name = signal.Signals(signum).name
-
-
 def serve(idle_exit: float = 0.0) -> int:
     """Serve queued steps until stopped (SIGTERM/Ctrl-C), or until idle for `idle_exit` seconds (0 = never)."""
     import psutil
@@ -84,8 +74,7 @@ def serve(idle_exit: float = 0.0) -> int:
     swept = sweep_orphans()
     if swept:
         _say(f"removed {len(swept)} half-written file(s) left by killed processes")
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stepcall.Stop.install()
     _say(
         f"serving runs from {store.db_path()} (at most {limit} worker(s); "
         f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'})"
@@ -93,7 +82,7 @@ def serve(idle_exit: float = 0.0) -> int:
     idle_since = time.monotonic()
     try:
         with store.connect() as conn:
-            while not _Stop.requested:
+            while not stepcall.Stop.requested:
                 store.check(conn)  # the store it opened is still the store (else it leaves, writing nothing)
                 conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), me.pid))
                 step = _claim(conn, me.pid)
@@ -105,7 +94,7 @@ def serve(idle_exit: float = 0.0) -> int:
                     continue
                 _run_step(conn, *step, worker_pid=me.pid)
                 idle_since = time.monotonic()
-            _say(f"stopped by {_Stop.signal_name}")
+            _say(f"stopped by {stepcall.Stop.signal_name}")
     finally:
         with store.connect() as conn:
             conn.execute("DELETE FROM workers WHERE pid = ?", (me.pid,))
@@ -204,7 +193,7 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
     while proc.poll() is None:
         time.sleep(POLL_S)
         store.check(conn)
-        if _Stop.requested:
+        if stepcall.Stop.requested:
             _kill_tree(proc)
             forced = "stopped"
             break
@@ -236,7 +225,7 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
             elif forced == "stopped":
                 status, error = (
                     Status.INTERRUPTED,
-                    f"The worker was stopped ({_Stop.signal_name}) during this step. Resume the run to do it again.",
+                    f"The worker was stopped ({stepcall.Stop.signal_name}) during this step. Resume the run to do it again.",
                 )
             else:
                 status, error = Status.FAILED, _exit_message(rc)
