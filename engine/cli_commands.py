@@ -26,7 +26,7 @@ def cmd_models(args) -> int:
     if args.prepare:  # scripts/setup.sh: the bundled models' files made ready in the cache (SmolLM2's GGUF converted once)
         from engine import models
 
-        print("\n".join(f"{n}: ready ({models.locate(models.resolve(n))[0].name})" for n in api.bundled_models()))
+        print("\n".join(f"{n}: ready in {models.locate(models.resolve(n))[0]}" for n in api.bundled_models()))
         return 0
     rows = api.model_rows()
     if args.json:
