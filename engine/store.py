@@ -314,6 +314,24 @@ def alive_workers(conn: sqlite3.Connection, kind: str | None = None) -> list[dic
     ]
 
 
+def register_worker(conn: sqlite3.Connection, kind: str, limit: int) -> list[int]:
+    """In one transaction: register this process as a live worker of `kind` and return [], or, when `limit` workers of that
+    kind already serve this store, register nothing and return their pids (this process should then leave)."""
+    import psutil
+
+    me = psutil.Process()
+    with transaction(conn):
+        others = [w["pid"] for w in alive_workers(conn, kind) if w["pid"] != me.pid]
+        if len(others) >= limit:
+            return others
+        now = time.time()
+        conn.execute(
+            "INSERT OR REPLACE INTO workers (pid, create_time, host, started, heartbeat, kind) VALUES (?, ?, ?, ?, ?, ?)",
+            (me.pid, me.create_time(), socket.gethostname(), now, now, kind),
+        )
+    return []
+
+
 def recover(conn: sqlite3.Connection | None = None) -> list[tuple[int, int]]:
     """Mark the running steps of dead workers `interrupted` and forget those workers. Returns (run, step) pairs."""
     if conn is None:

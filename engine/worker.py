@@ -55,22 +55,16 @@ def serve(idle_exit: float = 0.0) -> int:
 
     me = psutil.Process()
     store.exit_on_change(_say)
+    limit = store.max_workers()
     with store.connect() as conn:
         store.recover(conn)
-        with store.transaction(conn):
-            others = [w["pid"] for w in store.alive_workers(conn, "local") if w["pid"] != me.pid]
-            limit = store.max_workers()
-            if len(others) >= limit:
-                _say(
-                    f"{len(others)} worker(s) already serving (pid {', '.join(map(str, others))}); at most {limit} "
-                    f"(set {store.WORKERS_ENV} to allow more). Leaving."
-                )
-                return 0
-            now = time.time()
-            conn.execute(
-                "INSERT OR REPLACE INTO workers (pid, create_time, host, started, heartbeat) VALUES (?, ?, ?, ?, ?)",
-                (me.pid, me.create_time(), socket.gethostname(), now, now),
+        others = store.register_worker(conn, "local", limit)
+        if others:
+            _say(
+                f"{len(others)} worker(s) already serving (pid {', '.join(map(str, others))}); at most {limit} "
+                f"(set {store.WORKERS_ENV} to allow more). Leaving."
             )
+            return 0
     swept = sweep_orphans()
     if swept:
         _say(f"removed {len(swept)} half-written file(s) left by killed processes")
