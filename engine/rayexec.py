@@ -119,16 +119,10 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
     store.exit_on_change(_say)
     with store.connect() as conn:
         store.recover(conn)
-        with store.transaction(conn):
-            others = [w["pid"] for w in store.alive_workers(conn, "ray") if w["pid"] != me.pid]
-            if others:
-                _say(f"a Ray driver already serves this store (pid {others[0]}). Leaving.")
-                return 0
-            now = time.time()
-            conn.execute(
-                "INSERT OR REPLACE INTO workers (pid, create_time, host, started, heartbeat, kind) VALUES (?, ?, ?, ?, ?, 'ray')",
-                (me.pid, me.create_time(), socket.gethostname(), now, now),
-            )
+        others = store.register_worker(conn, "ray", 1)
+        if others:
+            _say(f"a Ray driver already serves this store (pid {others[0]}). Leaving.")
+            return 0
         address = address or _address_of_queued(conn)
     stepcall.Stop.install()
     try:
@@ -155,6 +149,11 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
     return 0
 
 
+def _serves(run_address: str | None, address: str | None) -> bool:
+    """Whether the driver for `address` serves a run that asked for `run_address` (none: whichever driver runs)."""
+    return not run_address or run_address == address
+
+
 def _fail_queued(address: str | None, message: str) -> None:
     """Every queued step of the Ray runs this driver would serve becomes failed with `message` (nothing waits forever)."""
     _say(message)
@@ -165,7 +164,7 @@ def _fail_queued(address: str | None, message: str) -> None:
             (Status.QUEUED,),
         ).fetchall()
         for r in rows:
-            if (json.loads(r["spec"])["options"].get("ray_address") or None) in (None, address):
+            if _serves(json.loads(r["spec"])["options"].get("ray_address"), address):
                 conn.execute(
                     "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
                     (Status.FAILED, message, now, now, r["run_id"], r["idx"], Status.QUEUED),
@@ -228,17 +227,18 @@ def _claim_ready(conn, pid: int, address: str | None, specs: dict) -> list[tuple
         "AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx",
         (Status.QUEUED,),
     ).fetchall()
-    ready = []
+    ready, states = [], {}  # states: run id -> {idx: status}, read once per run
     for r in rows:
         if r["run_id"] not in specs:
             spec = experiment.parse_stored_spec(json.loads(r["spec"]), where=f"run {r['run_id']}")
             steps = spec.steps()
             specs[r["run_id"]] = (spec, steps, experiment.dependencies(steps))
         spec, _steps, deps = specs[r["run_id"]]
-        if (spec.options.execution.ray_address or None) != (address or None) and spec.options.execution.ray_address:
+        if not _serves(spec.options.execution.ray_address, address):
             continue  # another cluster's run: the next driver takes it
-        states = dict(conn.execute("SELECT idx, status FROM steps WHERE run_id = ?", (r["run_id"],)).fetchall())
-        if all(Status(states[j]).final for j in deps[r["idx"]]):
+        if r["run_id"] not in states:
+            states[r["run_id"]] = dict(conn.execute("SELECT idx, status FROM steps WHERE run_id = ?", (r["run_id"],)).fetchall())
+        if all(Status(states[r["run_id"]][j]).final for j in deps[r["idx"]]):
             ready.append((r["run_id"], r["idx"]))
     now = time.time()
     with store.transaction(conn):
