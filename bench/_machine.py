@@ -36,7 +36,7 @@ def progress_context(t0: float, every_s: float = 20.0, loss_every: int = 10):
     (every validation point, every `loss_every`-th training loss) printed to stderr with the seconds since `t0`."""
     import sys
 
-    from engine.context import StepContext
+    from engine.cache.context import StepContext
 
     last = {"t": 0.0, "unit": ""}
 

@@ -62,7 +62,7 @@ def _stop_workers() -> None:
 def _wait_for_run(run_id: int | None, t0: float, find=None):
     """Poll the run store until run `run_id` (or the first run `find()` returns) has ended; the RunView and the time."""
     from engine import api
-    from engine.states import Status
+    from engine.runs.states import Status
 
     deadline = time.monotonic() + TIMEOUT_S
     last = ""

@@ -27,13 +27,17 @@ os.environ.setdefault("CLINBENCH_CACHE", tempfile.mkdtemp(prefix="clinbench-benc
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from engine import data, estimators, evaluation, features, protocols  # noqa: E402
-from engine.options import ClassifierOptions, ProtocolOptions  # noqa: E402
+from engine.data import dataset  # noqa: E402
+from engine.evaluation import scoring  # noqa: E402
+from engine.features import extract  # noqa: E402
+from engine.methods import estimators  # noqa: E402
+from engine.options.groups import ClassifierOptions, ProtocolOptions  # noqa: E402
+from engine.protocols import plans  # noqa: E402
 
 MTSAMPLES = ROOT.parent / "shared" / "data" / "mtsamples.csv"
 
 
-def straddling_pairs(groups: np.ndarray, plan: protocols.Plan) -> int:
+def straddling_pairs(groups: np.ndarray, plan: plans.Plan) -> int:
     """Exact-duplicate pairs with one letter in a fold's training part and the other in its test part (summed over folds)."""
     n = 0
     for f in plan.folds:
@@ -59,30 +63,30 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mtsamples.csv"
         df.to_csv(path, index=False)
-        ds = data.load_dataset(path, "transcription", "medical_specialty")
-    groups = protocols.groups_of(ds)
+        ds = dataset.load_dataset(path, "transcription", "medical_specialty")
+    groups = plans.groups_of(ds)
     sizes = np.bincount(groups)
     t0 = time.perf_counter()
-    X, stats = features.embed("minilm", ds.texts, pooling="mean", max_length=256)
+    X, stats = extract.embed("minilm", ds.texts, pooling="mean", max_length=256)
     embed_s = time.perf_counter() - t0
     y = np.asarray(ds.labels, dtype=str)
     opts = ClassifierOptions(grid=False, smote=False)
-    grouped = protocols.plan(ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=1, seed=0))
+    grouped = plans.plan(ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=1, seed=0))
     singletons = np.arange(len(ds))
-    key = np.asarray(protocols.stratify_key(ds))
-    tests = protocols._kfold(singletons, key, singletons, 5, protocols._seed(0, 0))
-    ungrouped_folds = tuple(protocols.Fold(0, i, np.setdiff1d(singletons, t), t) for i, t in enumerate(tests))
-    ungrouped = protocols.Plan("cv", "plain stratified 5-fold", 0, 5, 1, None, ungrouped_folds, singletons, None, "ungrouped")
+    key = np.asarray(plans.stratify_key(ds))
+    tests = plans._kfold(singletons, key, singletons, 5, plans._seed(0, 0))
+    ungrouped_folds = tuple(plans.Fold(0, i, np.setdiff1d(singletons, t), t) for i, t in enumerate(tests))
+    ungrouped = plans.Plan("cv", "plain stratified 5-fold", 0, 5, 1, None, ungrouped_folds, singletons, None, "ungrouped")
     rows = []
     for name, plan in (("grouped (ClinBench)", grouped), ("ungrouped", ungrouped)):
         t0 = time.perf_counter()
 
         def fit_predict(fold):
             fitted = estimators.fit(X[fold.train], y[fold.train], "logreg", opts, 0)
-            return evaluation.aligned(fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.classes_, ds.classes)
+            return scoring.aligned(fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.classes_, ds.classes)
 
-        oof = evaluation.cross_predict(plan, fit_predict, len(ds.classes))
-        m = evaluation.score(ds, plan, oof, n_boot=1000, seed=0)
+        oof = scoring.cross_predict(plan, fit_predict, len(ds.classes))
+        m = scoring.score(ds, plan, oof, n_boot=1000, seed=0)
         rows.append(
             {
                 "plan": name,

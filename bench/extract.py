@@ -7,7 +7,7 @@ For MiniLM (encoder) and SmolLM2 (decoder), on the bundled default letters and, 
 present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
 (non-padding) tokens per second of:
 
-* engine  - `engine.features.extract`: max_length 512, mean pooling, the default placement
+* engine  - `engine.features.extract.extract`: max_length 512, mean pooling, the default placement
             (bf16 on a CPU with native bf16);
 * naive   - the original study's way: transformers `pipeline("feature-extraction")`, one letter
             at a time, fp32, last token, truncation at 512 (measured on a subset of letters);
@@ -22,7 +22,7 @@ present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
             plus the linear layers at the measured matmul peak, and nothing else. Softmax over each
             letter's tokens squared is not in the limit's FLOP count; this shows what it costs.
 
-Scale mode (--scale N): `engine.features.extract` (MiniLM, max_length 512, mean pooling, the default placement)
+Scale mode (--scale N): `engine.features.extract.extract` (MiniLM, max_length 512, mean pooling, the default placement)
 on N letters - the MTSamples transcriptions repeated, each with a counter appended so no two texts are equal - into a
 .npy in a fresh temporary cache. A thread samples this process's RSS every 0.5 s (psutil, else /proc/self/status);
 it prints the RSS before the letters exist, with the letters in memory, with the model loaded, and the peak during
@@ -58,8 +58,10 @@ os.environ.setdefault("CLINBENCH_CACHE", tempfile.mkdtemp(prefix="clinbench-benc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine import data, features, models  # noqa: E402
-from engine.devices import choose  # noqa: E402
+from engine.data import dataset  # noqa: E402
+from engine.features import extract  # noqa: E402
+from engine.models import catalog  # noqa: E402
+from engine.models.devices import choose  # noqa: E402
 
 MAX_LENGTH = 512
 MTSAMPLES = ROOT.parent / "shared" / "data" / "mtsamples.csv"
@@ -112,7 +114,7 @@ def peak_matmul_flops(dtype: torch.dtype, sizes=(2048, 3072, 4096), repeats: int
 
 
 def real_tokens(tokenizer, texts: list[str]) -> int:
-    ids, _ = features.tokenize(tokenizer, texts, MAX_LENGTH)
+    ids, _ = extract.tokenize(tokenizer, texts, MAX_LENGTH)
     return int(sum(len(x) for x in ids))
 
 
@@ -141,9 +143,9 @@ def timed_attention():
 
 
 def run_engine(loaded, texts: list[str], workdir: Path) -> dict:
-    features.extract(loaded, texts[:16], workdir / "warm.npy", pooling="mean", max_length=MAX_LENGTH)  # warm-up
+    extract.extract(loaded, texts[:16], workdir / "warm.npy", pooling="mean", max_length=MAX_LENGTH)  # warm-up
     with timed_attention() as attention, Timer() as t:
-        stats = features.extract(loaded, texts, workdir / "engine.npy", pooling="mean", max_length=MAX_LENGTH)
+        stats = extract.extract(loaded, texts, workdir / "engine.npy", pooling="mean", max_length=MAX_LENGTH)
     return {
         "tokens": stats.n_tokens,
         "seconds": t.seconds,
@@ -199,7 +201,7 @@ def flops_per_token(model, seq_len: float) -> tuple[float, int]:
 def datasets(args) -> list[tuple[str, list[str], int]]:
     """(name, letters measured, letters for the naive way)."""
     out = []
-    default = list(data.default_dataset().texts)
+    default = list(dataset.default_dataset().texts)
     n = args.letters or (96 if args.quick else len(default))
     out.append(("default", default[:n], min(n, args.naive_letters or (24 if args.quick else 120))))
     path = Path(args.mtsamples)
@@ -221,8 +223,8 @@ def datasets(args) -> list[tuple[str, list[str], int]]:
 
 def measure_model(name: str, sets, peak: float, workdir: Path) -> dict:
     placement = choose()
-    loaded = models.load(name, placement)
-    folder = models.locate(models.resolve(name))[0]
+    loaded = catalog.load(name, placement)
+    folder = catalog.locate(catalog.resolve(name))[0]
     results = {}
     for ds_name, texts, n_naive in sets:
         print(f"  {name} on {ds_name}: {len(texts)} letters ...", flush=True)
@@ -330,8 +332,8 @@ def run_scale(args) -> int:
     rss_start = rss_bytes()
     texts = scale_letters(Path(args.mtsamples), args.scale)
     rss_texts = rss_bytes()
-    loaded = models.load("minilm", placement)
-    features.extract(loaded, texts[:16], Path(tempfile.mkdtemp()) / "warm.npy", max_length=MAX_LENGTH)  # warm-up
+    loaded = catalog.load("minilm", placement)
+    extract.extract(loaded, texts[:16], Path(tempfile.mkdtemp()) / "warm.npy", max_length=MAX_LENGTH)  # warm-up
     rss_model = rss_bytes()
     print(f"scale: {len(texts):,} letters on {placement.describe()}, {torch.get_num_threads()} threads; RSS at start "
           f"{rss_start / gb:.2f} GB, with the letters {rss_texts / gb:.2f} GB, with the model {rss_model / gb:.2f} GB", flush=True)  # fmt: skip
@@ -350,7 +352,7 @@ def run_scale(args) -> int:
             rss_now = sampler.samples[-1][1] if sampler.samples else 0
             print(f"  [{now:7.1f} s] {done:>7,}/{total:,} letters, RSS {rss_now / gb:.2f} GB", flush=True)
 
-    from engine.context import StepContext
+    from engine.cache.context import StepContext
     from engine.errors import Cancelled
 
     def should_stop() -> bool:
@@ -361,7 +363,7 @@ def run_scale(args) -> int:
         t0 = time.perf_counter()
         try:
             ctx = StepContext(progress=progress, should_stop=should_stop)
-            stats = features.extract(loaded, texts, Path(cache) / "scale.npy", max_length=MAX_LENGTH, ctx=ctx)
+            stats = extract.extract(loaded, texts, Path(cache) / "scale.npy", max_length=MAX_LENGTH, ctx=ctx)
             vectors = np.load(Path(cache) / "scale.npy", mmap_mode="r")
             assert vectors.shape == (len(texts), stats.dim) and np.isfinite(vectors[-1]).all()
         except Cancelled:
@@ -373,7 +375,7 @@ def run_scale(args) -> int:
     # tokens of the first k letters embedded: the k longest (ties are equally long), counted after the memory was measured.
     lengths = []
     for start in range(0, len(texts), 2048):
-        lengths.extend(len(x) for x in features.tokenize(loaded.tokenizer, texts[start : start + 2048], MAX_LENGTH)[0])
+        lengths.extend(len(x) for x in extract.tokenize(loaded.tokenizer, texts[start : start + 2048], MAX_LENGTH)[0])
     before = np.concatenate([[0], np.cumsum(sorted(lengths, reverse=True))])
     windows = []
     for (t_a, d_a, _), (t_b, d_b, _) in itertools.pairwise(marks):

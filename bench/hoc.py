@@ -58,9 +58,9 @@ def main() -> None:
 
 def run(args) -> None:
     sys.path.insert(0, str(ROOT))
-    from engine import experiment
-    from engine.data import load_dataset
-    from engine.options import Options
+    from engine.data.dataset import load_dataset
+    from engine.options.groups import Options
+    from engine.runs import experiment
 
     ds = load_dataset(args.data, "text", "labels")
     n_none = sum(1 for labs in ds.labels if not labs)

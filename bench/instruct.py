@@ -54,9 +54,9 @@ def _value(text: str):
 def run(args) -> None:
     sys.path.insert(0, str(ROOT))
     from bench._machine import progress_context
-    from engine import experiment
-    from engine.data import default_dataset
-    from engine.options import Options
+    from engine.data.dataset import default_dataset
+    from engine.options.groups import Options
+    from engine.runs import experiment
 
     ds = default_dataset()
     given = {name: _value(text) for name, text in (s.split("=", 1) for s in args.set)}

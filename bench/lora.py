@@ -7,7 +7,7 @@ the bundled default dataset three ways, each in its own fresh subprocess (so tha
 included, is that configuration's alone):
 
 * engine       - `engine.finetune.loop.train` as the `lora` step runs it (`load_classifier_model`,
-                 `prepare_trainable`, `features.tokenize`, class-weighted cross-entropy): length-grouped
+                 `prepare_trainable`, `extract.tokenize`, class-weighted cross-entropy): length-grouped
                  batches with dynamic padding, AdamW, warm-up/decay, grad clipping, and bf16 autocast where
                  the default placement picks bf16 (fp32 weights and optimiser state);
 * engine_fp32  - the same with CLINBENCH_DTYPE=float32 (no autocast): how much of the speed is the loop
@@ -142,21 +142,23 @@ def child_prep(spec: dict) -> dict:
     """Pick the letters; the model's folder, LoRA targets and head modules as the engine chooses them."""
     import numpy as np
 
-    from engine import data, features, models
-    from engine.devices import choose
+    from engine.data import dataset
+    from engine.features import extract
     from engine.finetune import loading
+    from engine.models import catalog
+    from engine.models.devices import choose
 
-    ds = data.default_dataset()
+    ds = dataset.default_dataset()
     n = min(len(ds.texts), spec["n_letters"])
     texts, labels = list(ds.texts[:n]), [str(v) for v in ds.labels[:n]]
     net, tok, identity, kind, head = loading.load_classifier_model(spec["model"], ds.classes, choose())
-    ids, n_trunc = features.tokenize(tok, texts, spec["max_length"])
+    ids, n_trunc = extract.tokenize(tok, texts, spec["max_length"])
     lengths = np.array([len(x) for x in ids])
     return {
         "texts": texts,
         "labels": labels,
         "classes": list(ds.classes),
-        "folder": str(models.locate(models.resolve(spec["model"]))[0]),
+        "folder": str(catalog.locate(catalog.resolve(spec["model"]))[0]),
         "head": head,
         "targets": loading.default_target_modules(net),
         "kind": kind,
@@ -174,12 +176,12 @@ def child_engine(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from engine import features
-    from engine.context import StepContext
-    from engine.devices import choose
-    from engine.finetune import head as head_step
+    from engine.cache.context import StepContext
+    from engine.features import extract
     from engine.finetune import loading, loop
-    from engine.options import Options
+    from engine.methods import lora as head_step
+    from engine.models.devices import choose
+    from engine.options.groups import Options
 
     placement = choose()
     prep = spec["prep"]
@@ -190,7 +192,7 @@ def child_engine(spec: dict) -> dict:
     opts = Options.parse({"max_length": spec["max_length"], "batch_size": spec["batch_size"], "epochs": 1})
     ft = opts.finetune.resolved("lora")
     trained, targets = loading.prepare_trainable(net, "lora", head, ft)
-    ids, n_trunc = features.tokenize(tok, prep["texts"], spec["max_length"])
+    ids, n_trunc = extract.tokenize(tok, prep["texts"], spec["max_length"])
     y_all = np.asarray([classes.index(v) for v in prep["labels"]])
     weights = head_step.class_weights(y_all, len(classes), ft.class_weighted_loss)
     y_t = torch.from_numpy(y_all)
@@ -440,7 +442,7 @@ def measure_model(name: str, args, workdir: Path, cache: Path) -> dict:
     prep = run_child("prep", {**base, "n_letters": n_letters}, workdir, make_env(cache, None), quiet=False)
     if prep["n_letters"] < n_letters:
         raise SystemExit(f"{name}: the default dataset has {prep['n_letters']} letters, {n_letters} needed; lower --steps or --batch")
-    # the engine's defaults for these (engine.options.FineTuneOptions) are checked in the engine run: they must match
+    # the engine's defaults for these (engine.options.groups.FineTuneOptions) are checked in the engine run: they must match
     spec = {**base, "prep": prep}
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for r in range(args.rounds):

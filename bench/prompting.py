@@ -8,7 +8,7 @@ Rows, all on the test letters of one plan (the default options: the 600 default 
 * the steps as `python -m engine evaluate --method zero-shot|few-shot` runs them (shipped defaults; few-shot with its
   default k and with k=4; few-shot averages the examples' prompt with the letter alone, the option with_letter_alone):
   macro-F1 with its 95% bootstrap CI, seconds and seconds per letter;
-* variants of the zero-shot prompt (engine.prompting.PROMPTS) x scoring (sum, mean, norm) x calibration (on/off),
+* variants of the zero-shot prompt (engine.methods.prompting.PROMPTS) x scoring (sum, mean, norm) x calibration (on/off),
   from one scoring pass per prompt (scores of every variant come from the same label log-likelihoods).
 
 `--letters N` scores only the first N test letters in the variant rows (the step rows always score the whole plan).
@@ -29,9 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import experiment, prompting, protocols
-from engine.data import default_dataset
-from engine.options import Options
+from engine.data.dataset import default_dataset
+from engine.methods import prompting
+from engine.options.groups import Options
+from engine.protocols import plans
+from engine.runs import experiment
 
 
 def step_row(ds, model: str, method: str, label: str, **options) -> dict:
@@ -60,7 +62,7 @@ def step_row(ds, model: str, method: str, label: str, **options) -> dict:
 
 
 def variant_rows(ds, model: str, test: np.ndarray, max_length: int, prompts: list[str], rows: list[dict], save) -> list[dict]:
-    from engine import metrics
+    from engine.evaluation import metrics
 
     lm = prompting.load_lm(model)
     y = np.asarray(ds.labels, dtype=str)[test]
@@ -99,12 +101,14 @@ def main() -> None:
     ap.add_argument("--letters", type=int, default=None, help="variant rows: score only the first N test letters")
     ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--steps", default="zero-shot,few-shot,few-shot-k4", help="which step rows to run")
-    ap.add_argument("--prompts", default=",".join(prompting.PROMPTS), help="variant rows: which prompts of engine.prompting.PROMPTS")
+    ap.add_argument(
+        "--prompts", default=",".join(prompting.PROMPTS), help="variant rows: which prompts of engine.methods.prompting.PROMPTS"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     ds = default_dataset()
     opts = Options()
-    plan = protocols.plan(ds, opts.protocol, "zero-shot")
+    plan = plans.plan(ds, opts.protocol, "zero-shot")
     rows = []
 
     def save():

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._machine import progress_context  # noqa: E402
-from engine import experiment  # noqa: E402
-from engine.options import Options  # noqa: E402
+from engine.options.groups import Options  # noqa: E402
+from engine.runs import experiment  # noqa: E402
 
 SPECS = {"classifiers": ROOT / "examples" / "pubmedqa.yaml", "smollm2": ROOT / "examples" / "pubmedqa-smollm2.yaml"}
 ROWS = {"zero-shot": [("smollm2", "zero-shot")], "classifiers": [("tfidf", "tfidf"), ("minilm", "svc"), ("minilm", "logreg")]}

@@ -129,7 +129,7 @@ def main() -> int:
     env = {**os.environ, "CLINBENCH_CACHE": str(args.cache or workdir / "cache"), "TOKENIZERS_PARALLELISM": "false"}
     keys = store_classifiers(env, workdir)
 
-    from engine.data import default_dataset
+    from engine.data.dataset import default_dataset
 
     letters = list(default_dataset().texts)
     with socket.socket() as s:

@@ -43,9 +43,9 @@ def main() -> None:
 
 def run(args) -> None:
     sys.path.insert(0, str(ROOT))
-    from engine import experiment
-    from engine.data import default_dataset
-    from engine.options import Options
+    from engine.data.dataset import default_dataset
+    from engine.options.groups import Options
+    from engine.runs import experiment
 
     ds = default_dataset()
     common = {"protocol": args.protocol, "seed": args.seed, **({"setfit_pairs": args.pairs} if args.pairs else {})}

@@ -80,9 +80,10 @@ def run(args) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from _machine import cpu_snapshot, wait_quiet
 
-    from engine import experiment, paired
-    from engine.data import load_dataset
-    from engine.options import Options
+    from engine.data.dataset import load_dataset
+    from engine.evaluation import paired
+    from engine.options.groups import Options
+    from engine.runs import experiment
 
     df, chosen = sample(args.data, args.specialties, args.per_label, args.seed)
     with tempfile.TemporaryDirectory() as tmp:

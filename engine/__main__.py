@@ -1,5 +1,5 @@
 """`python -m engine` entry point."""
 
-from engine.cli import main
+from engine.cli.parser import main
 
 raise SystemExit(main())

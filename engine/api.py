@@ -17,21 +17,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import datasets, export, housekeeping, jobs, replication
-from engine.data import DEFAULT_NAME
+from engine.data import datasets
+from engine.data.dataset import DEFAULT_NAME
 from engine.errors import ClinBenchError
-from engine.runview import RunView, StepView, fmt_duration
-from engine.states import Status
+from engine.reports import export
+from engine.runs import housekeeping, jobs, replication
+from engine.runs.states import Status
+from engine.runs.view import RunView, StepView, fmt_duration
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from engine.artifacts import StepResult
-    from engine.classifiers import Classifier
-    from engine.context import StepContext
-    from engine.data import Dataset, ValidationReport
-    from engine.experiment import Spec
-    from engine.results import Evaluation, Skipped
+    from engine.cache.artifacts import StepResult
+    from engine.cache.context import StepContext
+    from engine.data.dataset import Dataset, ValidationReport
+    from engine.evaluation.results import Evaluation, Skipped
+    from engine.methods.classifiers import Classifier
+    from engine.runs.experiment import Spec
 
 __all__ = ["ClinBenchError", "RunView", "Status", "StepView", "fmt_duration"]
 DEFAULT_DATASET = DEFAULT_NAME  # the bundled letters, as a spec's `data:` names them
@@ -39,7 +41,7 @@ DEFAULT_DATASET = DEFAULT_NAME  # the bundled letters, as a spec's `data:` names
 
 def step_context(**callbacks) -> StepContext:
     """A step context (progress, should_stop, log_metric, logger) for work run in this process."""
-    from engine.context import StepContext
+    from engine.cache.context import StepContext
 
     return StepContext(**callbacks)
 
@@ -49,13 +51,13 @@ def step_context(**callbacks) -> StepContext:
 
 def device() -> str:
     """Where models run now, e.g. 'cpu (CPU), bfloat16'."""
-    from engine.devices import choose
+    from engine.models.devices import choose
 
     return choose().describe()
 
 
 def placement() -> dict:
-    from engine.devices import choose
+    from engine.models.devices import choose
 
     p = choose()
     return {"device": p.device, "dtype": p.dtype}
@@ -71,63 +73,64 @@ forget_dataset = datasets.delete
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    from engine import data
+    from engine.data import dataset
 
-    return data.read_table(path)
+    return dataset.read_table(path)
 
 
 def guess_columns(table: pd.DataFrame) -> tuple[str, str]:
-    from engine import data
+    from engine.data import dataset
 
-    return data.guess_columns(table)
+    return dataset.guess_columns(table)
 
 
 def validate_file(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None, **options) -> ValidationReport:
     """The validation report of a letters file ('default': the bundled dataset); never raises for content problems. Data
-    options (engine.data.DATA_OPTIONS: text_template, split_column, test_ids, answer_column) as keywords."""
-    from engine import data
+    options (engine.data.dataset.DATA_OPTIONS: text_template, split_column, test_ids, answer_column) as keywords."""
+    from engine.data import dataset
 
-    return data.validate_file(
-        data.DEFAULT_DATASET if str(path) == DEFAULT_DATASET else path, text_column, label_column, label_sep=label_sep, **options
+    return dataset.validate_file(
+        dataset.DEFAULT_DATASET if str(path) == DEFAULT_DATASET else path, text_column, label_column, label_sep=label_sep, **options
     )
 
 
 def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_sep=None, near_threshold=0.8, label_columns=None) -> dict:
-    """engine.duplicates.summary of a file's usable letters (duplicate groups, label conflicts), rows as validation numbers them."""
-    from engine import data, duplicates
+    """engine.data.dataset.duplicates.summary of a file's usable letters (duplicate groups, label conflicts), rows as validation numbers them."""
+    from engine.data import dataset, duplicates
 
-    df, name = data.read_table(path), Path(path).name
-    report, texts, labels = data.validate_table(df, text_col, label_col, path=name, label_sep=label_sep, label_columns=label_columns)
+    df, name = dataset.read_table(path), Path(path).name
+    report, texts, labels = dataset.validate_table(df, text_col, label_col, path=name, label_sep=label_sep, label_columns=label_columns)
     return duplicates.summary(texts, labels, near_threshold=near_threshold, row_numbers=report.usable_rows)
 
 
 def load_dataset(path: str | Path, text_column: str, label_column: str, *, label_sep: str | None = None, **options) -> Dataset:
     """Letters and labels of a file ('default': the bundled dataset); DataError lists every blocking problem. Data options
-    (engine.data.DATA_OPTIONS) as keywords."""
-    from engine import data
+    (engine.data.dataset.DATA_OPTIONS) as keywords."""
+    from engine.data import dataset
 
-    return data.load_dataset(path, text_column, label_column, label_sep=label_sep, **options)
+    return dataset.load_dataset(path, text_column, label_column, label_sep=label_sep, **options)
 
 
 def default_dataset() -> Dataset:
-    from engine import data
+    from engine.data import dataset
 
-    return data.default_dataset()
+    return dataset.default_dataset()
 
 
 def prompt_preview(ds: Dataset, flat: dict | None = None, row: int = 0) -> str:
     """The prompt letter `row` of `ds` gets from zero-shot/few-shot/instruct-lora with these (flat) options, and the answers scored."""
-    from engine import options, prompting
+    from engine.methods import prompting
+    from engine.options import groups
 
-    p = options.Options.parse(flat or {}, where="the form").prompt
+    p = groups.Options.parse(flat or {}, where="the form").prompt
     template, letters = prompting.with_columns(p.prompt_template, ds.letter_fields, ds.texts)
     return prompting.preview(template, ds.classes, p.verbalizers, letters[row])
 
 
 def protocol_preview(ds: Dataset, options: dict | None = None, method: str = "svc") -> dict:
     """The protocol a run with these (flat) options would use on `ds`, why, each class's test letters per fold, and warnings."""
-    from engine.options import Options
-    from engine.protocols import preview
+    from engine.options.groups import Options
+    from engine.protocols.plans import preview
 
     return preview(ds, Options.parse(options or {}, where="options").protocol, method)
 
@@ -137,29 +140,29 @@ def protocol_preview(ds: Dataset, options: dict | None = None, method: str = "sv
 
 def model_rows() -> list[dict]:
     """Every registry entry (bundled, presets, adapted): name, source, kind, parameters, offline availability and why."""
-    from engine import models
+    from engine.models import catalog
 
-    return [models.describe(e) for e in models.registry()]
+    return [catalog.describe(e) for e in catalog.registry()]
 
 
 def bundled_models() -> list[str]:
     """The models that ship with ClinBench (offline)."""
-    from engine import models
+    from engine.models import catalog
 
-    return list(models.BUNDLED)
+    return list(catalog.BUNDLED)
 
 
 def model_names() -> list[str]:
-    from engine import models
+    from engine.models import catalog
 
-    return [e.name for e in models.registry()]
+    return [e.name for e in catalog.registry()]
 
 
 def describe_model(name: str) -> dict:
     """A registry name, hub id or local folder described like `model_rows`; ClinBenchError for a name that cannot be a model."""
-    from engine import models
+    from engine.models import catalog
 
-    return models.describe_name(name)
+    return catalog.describe_name(name)
 
 
 # --- methods and options ----------------------------------------------------------------
@@ -168,40 +171,41 @@ def describe_model(name: str) -> dict:
 def methods() -> list[dict]:
     """Every method, in display order: name, title, stage, what it produces, the options it reads, whether it takes
     multi-label data."""
-    from engine import steps
+    from engine.methods import registry
 
     return [
         {"name": k.name, "title": k.title, "stage": k.stage, "produces": k.produces, "reads": list(k.reads), "label_sets": k.label_sets}
-        for k in steps.KINDS.values()
+        for k in registry.KINDS.values()
     ]
 
 
 def method_title(name: str) -> str:
-    from engine import steps
+    from engine.methods import registry
 
-    return steps.get(name).title if name in steps.KINDS else name
+    return registry.get(name).title if name in registry.KINDS else name
 
 
 def option_groups() -> list[dict]:
-    """The options by concern, for forms: group key, title, description, its fields (engine.options.FieldSpec) and the
+    """The options by concern, for forms: group key, title, description, its fields (engine.options.groups.FieldSpec) and the
     methods that read any of them."""
-    from engine import options, steps
+    from engine.methods import registry
+    from engine.options import groups
 
     out = []
-    for group in options.GROUPS:
-        fields = options.fields(group)
-        used_by = [k.name for k in steps.KINDS.values() if any(f.name in k.reads for f in fields)]
+    for group in groups.GROUPS:
+        fields = groups.fields(group)
+        used_by = [k.name for k in registry.KINDS.values() if any(f.name in k.reads for f in fields)]
         out.append(
-            {"group": group, "title": options.group_title(group), "doc": options.group_doc(group), "fields": fields, "used_by": used_by}
+            {"group": group, "title": groups.group_title(group), "doc": groups.group_doc(group), "fields": fields, "used_by": used_by}
         )
     return out
 
 
 def default_comparison() -> dict:
     """The spec of the home page's button: the bundled models x the frozen-embedding methods on the default letters."""
-    from engine import steps
+    from engine.methods import registry
 
-    return {"name": "default comparison", "data": DEFAULT_DATASET, "models": bundled_models(), "methods": list(steps.FROZEN_EMBEDDING)}
+    return {"name": "default comparison", "data": DEFAULT_DATASET, "models": bundled_models(), "methods": list(registry.FROZEN_EMBEDDING)}
 
 
 # --- runs -------------------------------------------------------------------------------
@@ -216,20 +220,20 @@ ensure_worker = jobs.ensure_worker
 
 
 def parse_spec(obj: Any, where: str = "spec") -> Spec:
-    from engine import experiment
+    from engine.runs import experiment
 
     return experiment.parse_spec(obj, where=where)
 
 
 def load_spec(path: str | Path) -> Spec:
-    from engine import experiment
+    from engine.runs import experiment
 
     return experiment.load_spec(path)
 
 
 def submit(spec: Spec | dict, *, where: str = "spec", start_worker: bool = True) -> int:
     """Check a spec (a Spec, or a mapping as in a spec file) and queue it as a background run; returns the run id."""
-    from engine import experiment, jobs
+    from engine.runs import experiment, jobs
 
     if not isinstance(spec, experiment.Spec):
         spec = experiment.parse_spec(spec, where=where)
@@ -237,15 +241,15 @@ def submit(spec: Spec | dict, *, where: str = "spec", start_worker: bool = True)
 
 
 def estimate(spec: Spec | dict, *, where: str = "spec") -> list:
-    """How long each step of `spec` would take on this machine (engine.estimates.StepEstimate), from its finished steps."""
-    from engine import estimates
+    """How long each step of `spec` would take on this machine (engine.runs.estimates.StepEstimate), from its finished steps."""
+    from engine.runs import estimates
 
     return estimates.estimate(spec if not isinstance(spec, dict) else parse_spec(spec, where))
 
 
 def run_in_process(spec: Spec, step: dict, dataset: Dataset | None = None, ctx: StepContext | None = None) -> StepResult:
     """Execute one step of a spec here and now (the CLI's `evaluate`); the artifact is cached like a background run's."""
-    from engine import experiment
+    from engine.runs import experiment
 
     return experiment.execute(spec, step, dataset=dataset, ctx=ctx)
 
@@ -254,9 +258,9 @@ def embed(
     model: str, texts: list[str], *, pooling: str, max_length: int, windows: int = 1, use_cache: bool = True, ctx: StepContext | None = None
 ):
     """(vectors, stats) of letters with one model, from the embeddings cache when possible (`windows`: see EmbeddingOptions)."""
-    from engine import features
+    from engine.features import extract
 
-    return features.embed(model, texts, pooling=pooling, max_length=max_length, windows=windows, use_cache=use_cache, ctx=ctx)
+    return extract.embed(model, texts, pooling=pooling, max_length=max_length, windows=windows, use_cache=use_cache, ctx=ctx)
 
 
 # --- results ----------------------------------------------------------------------------
@@ -264,7 +268,8 @@ def embed(
 
 def evaluations(data_hash: str | None = None, run_id: int | None = None) -> tuple[list[Evaluation], list[Skipped]]:
     """Stored evaluations (newest first), of one dataset and/or one run; damaged ones are skipped with a reason."""
-    from engine import jobs, results
+    from engine.evaluation import results
+    from engine.runs import jobs
 
     keys = jobs.get_run(run_id).artifacts if run_id is not None else None
     return results.list_evaluations(data_hash=data_hash, keys=keys)
@@ -276,68 +281,68 @@ rerun = replication.rerun  # a stored evaluation run again in a fresh cache: {id
 
 
 def result_datasets(evals: list[Evaluation]) -> list[dict]:
-    from engine import results
+    from engine.evaluation import results
 
     return results.datasets(evals)
 
 
 def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
-    from engine import results
+    from engine.evaluation import results
 
     return results.comparison_table(evals)
 
 
 def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
-    from engine import comparison
+    from engine.evaluation import comparison
 
     return comparison.seed_spread(evals, metric)
 
 
 def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
-    from engine import results
+    from engine.evaluation import results
 
     return results.per_class_table(evals)
 
 
 def significance(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
-    from engine import comparison
+    from engine.evaluation import comparison
 
     return comparison.significance(evals, metric=metric)
 
 
 def misclassified(ev: Evaluation) -> pd.DataFrame:
-    from engine import results
+    from engine.evaluation import results
 
     return results.misclassified(ev)
 
 
 def disagreements(evals: list[Evaluation]) -> pd.DataFrame:
-    from engine import results
+    from engine.evaluation import results
 
     return results.disagreements(evals)
 
 
 def predictions(ev: Evaluation) -> dict:
-    from engine import results
+    from engine.evaluation import results
 
     return results.predictions(ev)
 
 
 def letters(ev: Evaluation) -> Dataset:
-    from engine import results
+    from engine.evaluation import results
 
     return results.letters(ev)
 
 
 def umap_map(embeddings_key: str):
     """(n_letters, 2) UMAP coordinates of stored embeddings (cached)."""
-    from engine import projection
+    from engine.features import projection
 
     return projection.project(embeddings_key)
 
 
 def start_umap_warm_up() -> dict:
-    from engine import projection
+    from engine.features import projection
 
     return projection.start_warm_up(wait_while=jobs.busy)  # a queued or running step goes first
 
@@ -347,33 +352,33 @@ def start_umap_warm_up() -> dict:
 
 def load_classifier(artifact: str | Path) -> Classifier:
     """The classifier of a stored evaluation: `classes_`, `predict_proba(texts)`, `predict(texts)`, `metadata`."""
-    from engine import classifiers
+    from engine.methods import classifiers
 
     return classifiers.load(artifact)
 
 
 def classify(text: str, evals: list[Evaluation]) -> list[dict]:
     """One letter through each evaluation's classifier: label, probability, every class's probability, latency."""
-    from engine import predict
+    from engine.serving import predict
 
     return predict.classify(text, evals)
 
 
 def nearest(text: str, ev: Evaluation, k: int = 5) -> list[dict]:
     """The k training letters of a frozen-embedding evaluation closest to `text` (cosine): row, label, similarity, first words."""
-    from engine import predict
+    from engine.serving import predict
 
     return predict.nearest(text, ev, k)
 
 
 def agreement(rows: list[dict]) -> dict:
-    from engine import predict
+    from engine.serving import predict
 
     return predict.agreement(rows)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    from engine.storage import atomic_write_json
+    from engine.cache.storage import atomic_write_json
 
     atomic_write_json(Path(path), obj)
 
@@ -382,7 +387,7 @@ def save_npy(path: str | Path, array) -> None:
     """Save an array as .npy, atomically."""
     import numpy as np
 
-    from engine.storage import atomic_path
+    from engine.cache.storage import atomic_path
 
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.asarray(array))

@@ -74,7 +74,7 @@ def _word_tokenizer(texts: list[str], size: int = 3000):
 
 @pytest.fixture(scope="session")
 def default_ds():
-    from engine.data import default_dataset
+    from engine.data.dataset import default_dataset
 
     return default_dataset()
 
@@ -168,8 +168,8 @@ def small_csv(tmp_path, default_ds) -> Path:
 
 def run_step(ds, model, method: str, ctx=None, **options):
     """Execute one step (model x method) on a loaded dataset in this process, as a run's worker would."""
-    from engine import experiment
-    from engine.options import Options
+    from engine.options.groups import Options
+    from engine.runs import experiment
 
     spec = experiment.Spec("test", experiment.DataSpec(), [str(model)], [method], Options.parse(options))
     return experiment.execute(spec, spec.steps(reference=False)[0], dataset=ds, ctx=ctx)
@@ -185,7 +185,7 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def two_evals(cache, small_csv, tiny_encoder):
     """svc and logreg of the tiny encoder on 60 real letters, stored in the test's cache."""
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     return ds, [run_step(ds, tiny_encoder, m, max_length=64, grid=False, n_boot=100) for m in ("svc", "logreg")]

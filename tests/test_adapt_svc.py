@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.finetune.adapted_svc as adapted_svc
-from engine import artifacts, classifiers, experiment
+import engine.methods.adapt_svc as adapted_svc
+from engine.cache import artifacts
+from engine.methods import classifiers
+from engine.runs import experiment
 from tests.conftest import ROOT, SHARED_DATA, cli, run_step
 from tests.test_multilabel import multi_label_ds
 

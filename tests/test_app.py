@@ -9,7 +9,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import experiment
+from engine.runs import experiment
 from tests.conftest import ROOT, cache_at, run_step
 
 PAGES = ["1_Data.py", "2_Models.py", "3_Runs.py", "4_Embeddings.py", "5_Compare.py", "6_Classify.py", "7_Export.py"]
@@ -79,7 +79,7 @@ def test_models_page_explains_unknown_and_missing_models(empty_cache, tiny_decod
 
 
 def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeypatch):
-    from engine import jobs
+    from engine.runs import jobs
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda: None)  # queue only; no worker process in this test
     at = page("3_Runs.py").run()
@@ -147,7 +147,7 @@ def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatc
     """A step that is training (its worker wrote metrics into the store) shows its loss curve on the Runs page."""
     import time
 
-    from engine import jobs, store
+    from engine.runs import jobs, store
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda: None)
     run_id = jobs.submit(experiment.parse_spec({"models": ["minilm"], "methods": ["lora"]}), start_worker=False)

@@ -7,7 +7,7 @@ import json
 import joblib
 import pytest
 
-from engine import artifacts
+from engine.cache import artifacts
 from engine.errors import ArtifactError
 
 

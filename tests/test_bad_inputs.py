@@ -49,7 +49,7 @@ def test_too_few_bootstrap_resamples_are_refused(seeded, small_csv, n):
     with unchanged(seeded):
         _refused(evaluate_cli(small_csv, "tfidf", "--n-boot", n), "--n-boot", "at least 100")
     with pytest.raises(SpecError, match="n_boot"):
-        from engine.options import Options
+        from engine.options.groups import Options
 
         Options.parse({"n_boot": int(n)})
 
@@ -107,7 +107,7 @@ def test_yaml_alias_bomb_fails_fast(seeded, tmp_path):
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\nname: *a9\nmodels: [tfidf]\n", encoding="utf-8")
-    from engine import experiment
+    from engine.runs import experiment
 
     t0 = time.monotonic()
     with pytest.raises(SpecError, match=r"bomb\.yaml") as exc:
@@ -121,14 +121,14 @@ def test_yaml_alias_bomb_fails_fast(seeded, tmp_path):
 def test_spec_larger_than_a_megabyte(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text("name: big\nmodels: [tfidf]\n# " + "x" * 1_100_000 + "\n", encoding="utf-8")
-    from engine import experiment
+    from engine.runs import experiment
 
     with pytest.raises(SpecError, match=r"big\.yaml.*1 MB"):
         experiment.load_spec(path)
 
 
 def test_spec_name_must_be_text(tmp_path, small_csv):
-    from engine import experiment
+    from engine.runs import experiment
 
     with pytest.raises(SpecError, match="name"):
         experiment.parse_spec({"name": [["a"] * 3], "models": ["tfidf"]})
@@ -178,11 +178,12 @@ def test_garbage_model_folder_is_refused_by_evaluate(request, seeded, small_csv,
 @pytest.mark.parametrize("offline", ["1", "0"])
 def test_hub_id_offline_is_refused_at_submit_within_2s(monkeypatch, seeded, tmp_path, small_csv, offline):
     """The machine has no internet: with or without HF_HUB_OFFLINE, submit refuses a hub id that is not cached."""
-    from engine import api, models
+    from engine import api
+    from engine.models import catalog
 
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     spec = _spec(tmp_path, small_csv, ["clinbench-test/not-cached"])
-    models.check_available("minilm")  # (warm the imports, as a running dashboard has them)
+    catalog.check_available("minilm")  # (warm the imports, as a running dashboard has them)
     with unchanged(seeded):
         t0 = time.monotonic()
         with pytest.raises(ModelUnavailable) as exc:
@@ -270,7 +271,9 @@ class unchanged:  # (a context manager: `with unchanged(cache):`)
 @pytest.fixture(scope="session")
 def _template_cache(tmp_path_factory):
     """One finished tfidf evaluation, a saved dataset and a queued run (built once; tests get copies)."""
-    from engine import api, datasets, experiment
+    from engine import api
+    from engine.data import datasets
+    from engine.runs import experiment
     from tests.conftest import run_step, write_csv
 
     root = tmp_path_factory.mktemp("seeded")
@@ -381,12 +384,12 @@ def test_file_over_the_size_limit_is_refused_before_reading(seeded, tmp_path):
             "over the 1 MB limit",
             "CLINBENCH_MAX_DATA_MB",
         )
-    from engine import data
+    from engine.data import dataset
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLINBENCH_MAX_DATA_MB", "1")
         with pytest.raises(DataError, match="over the 1 MB limit"):
-            data.read_table(path)
+            dataset.read_table(path)
 
 
 def test_a_very_long_letter_under_the_limit_is_read_whole(seeded, tmp_path):
@@ -397,9 +400,9 @@ def test_a_very_long_letter_under_the_limit_is_read_whole(seeded, tmp_path):
     path.write_bytes(_csv_bytes(rows))
     res = cli("data", "validate", str(path), "--text-column", "letter", "--label-column", "specialty", timeout=120)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    from engine import data
+    from engine.data import dataset
 
-    ds = data.load_dataset(path, "letter", "specialty")
+    ds = dataset.load_dataset(path, "letter", "specialty")
     assert len(ds) == 12 and len(ds.texts[0]) == len(rows[0]["letter"].strip())
 
 
@@ -459,7 +462,7 @@ def test_a_class_with_two_letters_is_scored_in_every_fold_or_refused(cache, tmp_
     Under 5-fold cv it is refused naming the class (test_bad_evaluate_argument_...); with 2 folds each test fold holds one
     of its letters and macro-F1 averages all three classes' F1; a hold-out split holds one of its letters or is refused
     naming it. Through the engine, as `evaluate` runs it, to stay fast."""
-    from engine import experiment
+    from engine.runs import experiment
     from tests.conftest import run_step, write_csv
 
     path = write_csv(tmp_path / "three.csv", _letters({"cardio": 10, "neuro": 10, "rare": 2}))

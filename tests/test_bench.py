@@ -24,16 +24,17 @@ def bench_extract():
 def test_attention_timing_sees_every_layer_of_every_batch(bench_extract, fixture, request, default_ds, tmp_path, monkeypatch):
     import torch.nn.functional as F
 
-    from engine import features, models
+    from engine.features import extract
+    from engine.models import catalog
 
     monkeypatch.setattr(bench_extract, "wait_quiet", lambda *a, **k: None)  # no waiting for a quiet machine in tests
-    loaded = models.load(str(request.getfixturevalue(fixture)))
+    loaded = catalog.load(str(request.getfixturevalue(fixture)))
     texts = list(default_ds.texts[:40])
     original = F.scaled_dot_product_attention
     out = bench_extract.run_engine(loaded, texts, tmp_path)  # warm-up pass untimed, then the timed pass
     assert F.scaled_dot_product_attention is original  # the hook is removed again
-    ids, _ = features.tokenize(loaded.tokenizer, texts, bench_extract.MAX_LENGTH)
-    n_batches = len(features.plan_batches([len(x) for x in ids], features.default_batch_tokens("cpu")))
+    ids, _ = extract.tokenize(loaded.tokenizer, texts, bench_extract.MAX_LENGTH)
+    n_batches = len(extract.plan_batches([len(x) for x in ids], extract.default_batch_tokens("cpu")))
     assert out["attention_calls"] == n_batches * loaded.model.config.num_hidden_layers
     assert 0 < out["attention_seconds"] < out["seconds"]
     assert out["tokens"] == sum(len(x) for x in ids)
@@ -53,7 +54,7 @@ def test_scale_mode_letters_all_differ_and_the_rss_sampler_sees_the_process(benc
 def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monkeypatch):
     from types import SimpleNamespace
 
-    from engine.states import Status
+    from engine.runs.states import Status
 
     sys.path.insert(0, str(ROOT / "bench"))
     try:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from engine import binary, classifiers
-from engine.data import Dataset
+from engine.data.dataset import Dataset
 from engine.errors import DataError
+from engine.evaluation import binary
+from engine.methods import classifiers
 from tests.conftest import cli, run_step, write_csv
 
 

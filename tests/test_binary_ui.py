@@ -183,7 +183,8 @@ def test_classify_page_shows_the_probability_of_the_positive_label_against_the_t
 
 def test_classify_rows_apply_the_operating_threshold(bin_cache):
     """A two-label classifier answers the label its threshold gives, which may differ from the more probable one."""
-    from engine import api, classifiers
+    from engine import api
+    from engine.methods import classifiers
 
     _, ds, _ = bin_cache
     evals, _ = api.evaluations()
@@ -218,7 +219,8 @@ def test_external_scoring_answers_at_the_operating_threshold(bin_cache, tmp_path
     """A two-label classifier scored on another file answers as on Classify: at its threshold, not the likelier label."""
     from sklearn.metrics import accuracy_score
 
-    from engine import api, classifiers
+    from engine import api
+    from engine.methods import classifiers
 
     _, ds, results = bin_cache
     logreg = next(r for r in results if r.method == "logreg")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import classifiers
 from engine.errors import ArtifactError
+from engine.methods import classifiers
 from tests.conftest import run_step
 
 
@@ -17,7 +17,7 @@ from tests.conftest import run_step
 def trained(cache, small_csv, tiny_encoder):
     """Holdout evaluations, so the stored classifier is the one that made the stored test predictions (under cv the
     stored classifier is refitted on every letter)."""
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     fast = {"protocol": "holdout", "max_length": 64, "n_boot": 100}
@@ -56,7 +56,7 @@ def test_a_tampered_classifier_is_refused(trained):
 
 
 def test_an_artifact_without_a_classifier_is_refused(tmp_path):
-    from engine import artifacts
+    from engine.cache import artifacts
 
     folder = tmp_path / "adapted"
     artifacts.write(folder, {"kind": "domain-adaptation", "method": "domain-adapt", "metrics": {}}, lambda tmp: None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import datasets, experiment
+from engine.data import datasets
 from engine.errors import DataError
+from engine.runs import experiment
 
 
 def test_saved_datasets_round_trip_and_errors(cache, small_csv):

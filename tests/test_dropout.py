@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine import dropout as cheap
+from engine.finetune import dropout as cheap
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

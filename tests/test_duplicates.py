@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from engine import api, data, duplicates
+from engine import api
+from engine.data import dataset, duplicates
 from engine.errors import DataError
 from tests.conftest import SHARED_DATA, write_csv
 
@@ -127,7 +128,7 @@ ROWS = [{"text": f"letter number {i} about {lab}", "label": lab} for i, lab in e
 
 def test_validation_names_duplicate_groups_and_conflicting_rows(tmp_path):
     rows = [*ROWS, {"text": ROWS[0]["text"].upper() + "!", "label": "b"}, {"text": ROWS[3]["text"], "label": "b"}]
-    report = data.validate_file(write_csv(tmp_path / "x.csv", rows), "text", "label")
+    report = dataset.validate_file(write_csv(tmp_path / "x.csv", rows), "text", "label")
     assert report.ok
     warn = {w.code: w.message for w in report.warnings}
     assert "2 letter(s) repeat another letter" in warn["duplicate_text"] and "2 group(s)" in warn["duplicate_text"]
@@ -140,7 +141,7 @@ def test_validation_names_duplicate_groups_and_conflicting_rows(tmp_path):
 
 def test_validation_rows_count_from_the_file_even_after_blank_rows(tmp_path):
     rows = [{"text": "", "label": "a"}, *ROWS, {"text": ROWS[2]["text"], "label": "b"}]
-    report = data.validate_file(write_csv(tmp_path / "x.csv", rows), "text", "label")
+    report = dataset.validate_file(write_csv(tmp_path / "x.csv", rows), "text", "label")
     conflict = next(w.message for w in report.warnings if w.code == "conflicting_labels")
     assert "rows 4, 22 ('a' vs 'b')" in conflict
     s = api.duplicate_summary(tmp_path / "x.csv", "text", "label", near_threshold=0.8)
@@ -150,14 +151,14 @@ def test_validation_rows_count_from_the_file_even_after_blank_rows(tmp_path):
 def test_validation_multi_label_conflicts_and_large_groups(tmp_path):
     rows = [{"text": f"note {i}", "labels": "x|y" if i % 2 else "x"} for i in range(8)]
     rows += [{"text": "copied note", "labels": "x|y"}, {"text": "copied note", "labels": "y"}, {"text": "copied note", "labels": "y"}]
-    report = data.validate_file(write_csv(tmp_path / "m.csv", rows), "text", "labels", label_sep="|")
+    report = dataset.validate_file(write_csv(tmp_path / "m.csv", rows), "text", "labels", label_sep="|")
     warn = {w.code: w.message for w in report.warnings}
     assert "rows 9, 10, 11 ('x'+'y' vs 'y')" in warn["conflicting_labels"]
     assert "holds 3 letters, more than n/(2K) = 11/(2x5)" in warn["large_duplicate_group"]
 
 
 def test_no_duplicates_no_warnings(tmp_path):
-    report = data.validate_file(write_csv(tmp_path / "ok.csv", ROWS), "text", "label")
+    report = dataset.validate_file(write_csv(tmp_path / "ok.csv", ROWS), "text", "label")
     assert not report.issues and report.duplicates["exact"]["n_groups"] == 0 and report.duplicates["exact"]["largest"] == 1
 
 

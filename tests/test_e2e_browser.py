@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from engine import export
+from engine.reports import export
 from tests.conftest import ROOT, stop_workers
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""What manifests record of the machine and the packages (engine.config.environment, package_versions)."""
+"""What manifests record of the machine and the packages (engine.options.config.environment, package_versions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import engine
-from engine import config
+from engine.options import config
 
 
 def test_package_versions_cover_the_packages_that_decide_the_numbers():

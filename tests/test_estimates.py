@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from engine import api, estimates, store
+from engine import api
+from engine.runs import estimates, store
 
 
 def _finished_step(run_id: int, model: str, method: str, seconds: float, result: dict, options: dict | None = None) -> None:

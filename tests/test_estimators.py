@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import estimators
-from engine.options import ClassifierOptions
+from engine.methods import estimators
+from engine.options.groups import ClassifierOptions
 
 NO_GRID = ClassifierOptions(grid=False)
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import classifiers, data, jobs, protocols
+from engine.data import dataset
 from engine.errors import DataError
-from engine.experiment import parse_spec
-from engine.options import ProtocolOptions
+from engine.methods import classifiers
+from engine.options.groups import ProtocolOptions
+from engine.protocols import plans
+from engine.runs import jobs
+from engine.runs.experiment import parse_spec
 from tests.conftest import evaluate_cli, run_step, write_csv
 
 
@@ -62,7 +65,7 @@ def test_holdout_contract_and_tfidf_reference(cache, small_csv, tmp_path):
 def test_a_run_starts_with_the_reference_and_refuses_an_unscorable_class(cache, tmp_path, small_csv):
     spec = parse_spec({"models": ["minilm"], "methods": ["svc", "lora"]})
     assert [(s["model"], s["method"]) for s in spec.steps()] == [("minilm", "svc"), ("minilm", "lora"), ("tfidf", "tfidf")]
-    ds = data.load_dataset(small_csv, "letter", "specialty")
+    ds = dataset.load_dataset(small_csv, "letter", "specialty")
     rows = [{"text": t, "label": lab} for t, lab in zip(ds.texts, ds.labels, strict=True)]
     rows += [{"text": "a rare letter about gout", "label": "rheumatology"}, {"text": "another one, on lupus", "label": "rheumatology"}]
     csv = write_csv(tmp_path / "rare.csv", rows)
@@ -73,7 +76,7 @@ def test_a_run_starts_with_the_reference_and_refuses_an_unscorable_class(cache, 
 
 
 def test_every_class_counts_in_macro_f1(cache, small_csv, tiny_encoder):
-    ds = data.load_dataset(small_csv, "letter", "specialty")
+    ds = dataset.load_dataset(small_csv, "letter", "specialty")
     res = run_step(ds, tiny_encoder, "logreg", protocol="cv", cv_repeats=1, max_length=32)
     per_class = res.metrics["per_class"]
     assert set(per_class) == set(ds.classes)
@@ -110,7 +113,7 @@ def test_lora_cv_is_bit_identical_in_fresh_processes_and_lora_svc_uses_the_fold_
 
 
 def test_a_domain_adapted_model_is_not_scored_on_letters_it_read(cache, small_csv, tiny_decoder):
-    ds = data.load_dataset(small_csv, "letter", "specialty")
+    ds = dataset.load_dataset(small_csv, "letter", "specialty")
     adapted = run_step(ds, tiny_decoder, "domain-adapt", epochs=1, max_length=32).metrics["adapted_model"]
     with pytest.raises(DataError, match=r"domain-adapted on \d+ of the letters this evaluation tests.*--protocol holdout"):
         run_step(ds, adapted, "svc", protocol="cv", max_length=32)
@@ -119,7 +122,8 @@ def test_a_domain_adapted_model_is_not_scored_on_letters_it_read(cache, small_cs
 
 
 def test_n_seeds_runs_each_step_per_seed_and_compare_shows_the_spread(cache, small_csv):
-    from engine import comparison, experiment, results
+    from engine.evaluation import comparison, results
+    from engine.runs import experiment
 
     spec = parse_spec(
         {"models": ["tfidf"], "methods": [], "options": {"n_seeds": 3, "seed": 5, "n_boot": 100},
@@ -140,7 +144,7 @@ def test_n_seeds_runs_each_step_per_seed_and_compare_shows_the_spread(cache, sma
 
 def _conflict_csv(small_csv, tmp_path):
     """(the small dataset, a copy of its file with row 3 a copy of row 0 filed under another label, that label)."""
-    ds = data.load_dataset(small_csv, "letter", "specialty")
+    ds = dataset.load_dataset(small_csv, "letter", "specialty")
     rows = [{"letter": t, "specialty": lab} for t, lab in zip(ds.texts, ds.labels, strict=True)]
     other = next(lab for lab in ds.classes if lab != ds.labels[0])
     rows.insert(3, {"letter": ds.texts[0].upper(), "specialty": other})  # row 3: a copy of row 0 filed under another label
@@ -163,7 +167,7 @@ def test_label_conflicts_can_be_dropped_and_rows_still_name_the_input_file(cache
 
 def test_label_conflicts_merge_makes_one_multi_label_letter_of_each_set_of_copies(cache, small_csv, tmp_path):
     ds, csv, other = _conflict_csv(small_csv, tmp_path)
-    merged = protocols.prepare(data.load_dataset(csv, "letter", "specialty"), ProtocolOptions(label_conflicts="merge"))
+    merged = plans.prepare(dataset.load_dataset(csv, "letter", "specialty"), ProtocolOptions(label_conflicts="merge"))
     assert merged.multi_label and len(merged) == 60 and merged.rows[:4] == [0, 1, 2, 4]
     assert merged.labels[0] == tuple(sorted({ds.labels[0], other}))
     assert all(labs == (lab,) for labs, lab in zip(merged.labels[1:], ds.labels[1:], strict=True))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import experiment
 from engine.errors import ClinBenchError, SpecError
+from engine.runs import experiment
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ import io
 import json
 import zipfile
 
-from engine import export, results
+from engine.evaluation import results
+from engine.reports import export
 
 
 def test_exports_png_svg_html_csv_and_report(cache, two_evals):

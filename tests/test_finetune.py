@@ -8,14 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import artifacts, experiment, features, models
-from engine.context import StepContext
-from engine.data import load_dataset
-from engine.devices import choose
+from engine.cache import artifacts
+from engine.cache.context import StepContext
+from engine.cache.storage import evaluations_dir
+from engine.data.dataset import load_dataset
 from engine.errors import Cancelled, ClinBenchError
-from engine.finetune import domain, head, loading, loop, probe
-from engine.options import FineTuneOptions, Options
-from engine.storage import evaluations_dir
+from engine.features import extract
+from engine.finetune import loading, loop
+from engine.methods import domain_adapt, linear_probe, lora
+from engine.models import catalog
+from engine.models.devices import choose
+from engine.options.groups import FineTuneOptions, Options
+from engine.runs import experiment
 from tests.conftest import ROOT
 
 FAST = {"protocol": "holdout", "max_length": 32, "n_boot": 100, "epochs": 2, "batch_size": 8}  # one training per step; cv: test_evaluation
@@ -32,7 +36,7 @@ def _one_epoch(trained, tokenizer, ds, ctx=None):
     import torch
 
     before = {n: p.detach().clone() for n, p in trained.named_parameters()}
-    ids, _ = features.tokenize(tokenizer, ds.texts, 32)
+    ids, _ = extract.tokenize(tokenizer, ds.texts, 32)
     y = torch.tensor([ds.classes.index(v) for v in ds.labels])
     ft = FineTuneOptions(epochs=1, learning_rate=1e-2, warmup_ratio=0.0, patience=1)
 
@@ -112,9 +116,9 @@ def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_en
         assert key in res.metrics
     assert set(manifest["training"]["val_index"]).isdisjoint(json.loads((folder / "predictions.json").read_text())["test_index"])
     net, tok, _ = loading.load_tuned_classifier(folder)
-    ids, _ = features.tokenize(tok, ds.texts, FAST["max_length"])
+    ids, _ = extract.tokenize(tok, ds.texts, FAST["max_length"])
     preds = json.loads((folder / "predictions.json").read_text())
-    again = head.predict_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
+    again = lora.predict_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
     assert np.allclose(again, np.asarray(preds["scores"]), atol=1e-5)
     assert experiment.execute(
         experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
@@ -136,14 +140,14 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
 
     before = set(evaluations_dir().iterdir())
     with pytest.raises(Cancelled, match="cancelled in epoch 1"):
-        probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
+        linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
     assert set(evaluations_dir().iterdir()) == before, "no artifact folder for a cancelled training"
     # 48 fitting letters / 8 = 6 batches per epoch: stop in the middle of epoch 2, after epoch 1 was checkpointed
     calls["n"] = 0
     with pytest.raises(Cancelled, match="epoch 2"):
-        probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
+        linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
     assert set(evaluations_dir().iterdir()) == before and list(loop.checkpoint_path("x").parent.glob("*.pt"))
-    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 3
     assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "classifier.joblib").exists()
 
@@ -153,49 +157,49 @@ def test_linear_probe_trains_on_the_cached_vectors_reproducibly_and_its_classifi
 ):
     """The probe reads the svc step's cached vectors (no forward pass of its own), trains the same to the bit in a fresh
     cache, and its stored classifier (an embedding classifier) gives the step's test probabilities back."""
-    from engine import classifiers, frozen
+    from engine.methods import classifiers, frozen
 
     opts = OPTS.replace(protocol="cv", cv_folds=2, epochs=3, seed=5)
     frozen.embedding_step(ds, str(tiny_encoder), "svc", opts)
-    passes = features.FORWARD_PASSES
-    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
-    assert passes == features.FORWARD_PASSES, "the backbone ran again"
+    passes = extract.FORWARD_PASSES
+    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    assert passes == extract.FORWARD_PASSES, "the backbone ran again"
     manifest = res.manifest
     assert manifest["embeddings"]["cache_hit"] and manifest["predictor"] == "embedding-classifier"
     assert manifest["refit"] == "every letter" and set(manifest["fold_trainings"]) == {"r0f0", "r0f1"}
     preds = json.loads((Path(res.artifact) / "predictions.json").read_text())
     clf = classifiers.load(res.artifact)
-    X, _ = features.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
+    X, _ = extract.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
     final_val = manifest["training"]["val_index"]
     assert clf.classes_ == ds.classes and len(final_val) > 0
     # the stored classifier is the refit on every letter: its labels for new letters come from the same vectors
     live = clf.predict([ds.texts[i] for i in preds["test_index"][:5]])
     assert live == list(np.asarray(ds.classes)[clf.estimator.predict_proba(np.asarray(X)[preds["test_index"][:5]]).argmax(1)])
     monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "again"))
-    again = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    again = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
     assert Path(again.artifact).name == Path(res.artifact).name and not again.cache_hit
     assert json.loads((Path(again.artifact) / "predictions.json").read_text()) == preds, "not bit-reproducible"
     assert again.manifest["training"]["curve"] == manifest["training"]["curve"]
 
 
 def test_linear_probe_holdout_classifier_reproduces_its_test_scores(tiny_encoder, ds, cache):
-    from engine import classifiers
+    from engine.methods import classifiers
 
-    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS)
+    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS)
     preds = json.loads((Path(res.artifact) / "predictions.json").read_text())
     clf = classifiers.load(res.artifact)
-    X, _ = features.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
+    X, _ = extract.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
     assert np.allclose(clf.estimator.predict_proba(np.asarray(X)[preds["test_index"]]), np.asarray(preds["scores"]), atol=1e-6)
-    assert probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS).cache_hit
+    assert linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS).cache_hit
 
 
 def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds):
-    res = domain.domain_adapt_step(ds, str(tiny_decoder), "domain-adapt", OPTS.replace(epochs=1, learning_rate=1e-2))
+    res = domain_adapt.domain_adapt_step(ds, str(tiny_decoder), "domain-adapt", OPTS.replace(epochs=1, learning_rate=1e-2))
     m = res.metrics
     assert m["perplexity_before"] > 1 and m["perplexity_after"] > 1 and m["head_from_checkpoint"]
-    entry = models.resolve(m["adapted_model"])
-    assert entry.source == "adapted" and entry in models.registry()
-    vectors, _stats = features.embed(m["adapted_model"], ds.texts[:5], max_length=16)
+    entry = catalog.resolve(m["adapted_model"])
+    assert entry.source == "adapted" and entry in catalog.registry()
+    vectors, _stats = extract.embed(m["adapted_model"], ds.texts[:5], max_length=16)
     assert vectors.shape == (5, 32)
     summary = artifacts.summary(res)
     assert summary["adapted_model"] == m["adapted_model"] and "macro_f1" not in summary
@@ -203,7 +207,7 @@ def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds
 
 def test_masked_lm_needs_a_mask_token(tiny_encoder, ds):
     with pytest.raises(ClinBenchError, match=r"no \[MASK\] token"):
-        domain.domain_adapt_step(ds, str(tiny_encoder), "domain-adapt", OPTS)
+        domain_adapt.domain_adapt_step(ds, str(tiny_encoder), "domain-adapt", OPTS)
 
 
 def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
@@ -241,7 +245,8 @@ def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):
 
 def test_live_classification_with_fine_tuned_classifiers(tiny_encoder, ds):
     """Classify one letter with the linear-probe, LoRA and LoRA-SVC classifiers: the same label as stored for a test letter."""
-    from engine import predict, results
+    from engine.evaluation import results
+    from engine.serving import predict
 
     spec = experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["linear-probe", "lora", "lora-svc"], "options": FAST})
     keys = {experiment.execute(spec, step, dataset=ds).manifest["key"] for step in spec.steps(reference=False)}
@@ -261,7 +266,7 @@ def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_enco
     logged = []
     ctx = StepContext(log_metric=lambda name, value, step: logged.append((name, step, value)))
     opts = OPTS.replace(epochs=2, patience=2, seed=3)
-    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, ctx)
+    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, ctx)
     losses = [(s, v) for n, s, v in logged if n == "train_loss"]
     vals = [(s, v) for n, s, v in logged if n == "val_macro_f1"]
     steps = res.manifest["training"]["steps"]
@@ -277,9 +282,9 @@ def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_enco
         return calls["n"] > 8
 
     with pytest.raises(Cancelled):
-        probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
+        linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
     again = StepContext()
-    res = probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, again)
+    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, again)
     assert res.manifest["training"]["resumed_from_epoch"] == 1
     assert len(again.metrics["val_macro_f1"]) == 2, "epoch 1's validation point came back from the checkpoint"
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import artifacts, features, frozen, protocols
-from engine.data import load_dataset
-from engine.options import Options
+from engine.cache import artifacts
+from engine.data.dataset import load_dataset
+from engine.features import extract
+from engine.methods import frozen
+from engine.options.groups import Options
+from engine.protocols import plans
 from tests.conftest import run_step
 
 FAST = {"max_length": 64, "n_boot": 200}
@@ -44,8 +47,8 @@ GOLDEN = {"embedding": "5d79bfa0638ba8426318a5f5a1deeabe", "eval-logreg": "99531
 
 def test_cache_keys_are_pinned(default_ds):
     opts = Options()
-    ek = features.embedding_key(IDENTITY, "mean", 512, "bfloat16", default_ds.text_hash)
+    ek = extract.embedding_key(IDENTITY, "mean", 512, "bfloat16", default_ds.text_hash)
     assert ek == GOLDEN["embedding"]
-    plan = protocols.plan(default_ds, opts.protocol, "logreg")
+    plan = plans.plan(default_ds, opts.protocol, "logreg")
     assert frozen.evaluation_key(ek, "logreg", "logreg", opts, plan.hash) == GOLDEN["eval-logreg"]
     assert frozen.evaluation_key(ek, "svc", "svc", opts, plan.hash) == GOLDEN["eval-svc"]

@@ -12,8 +12,9 @@ import numpy as np
 import psutil
 import pytest
 
-from engine import artifacts, housekeeping, jobs, storage
+from engine.cache import artifacts, storage
 from engine.errors import ClinBenchError, DiskFull
+from engine.runs import housekeeping, jobs
 from tests.conftest import cli, run_step, stop_workers
 
 
@@ -66,7 +67,7 @@ def test_disk_full_in_atomic_path_and_atomic_dir(tmp_path):
 def test_disk_full_during_an_evaluation_leaves_no_artifact(cache, small_csv, monkeypatch):
     import joblib
 
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     monkeypatch.setattr(joblib, "dump", _no_space)
@@ -97,7 +98,7 @@ def _fake_pair(folder: Path, key: str, meta: dict) -> None:
 def filled(cache, small_csv, tiny_encoder, tmp_path):
     """A run (logreg on the tiny encoder + the tf-idf reference) done by a worker, an `evaluate`-style result outside any
     run, and orphans: a dead writer's temporary, a quarantined folder, a checkpoint, a deleted run's log, unused embeddings."""
-    from engine import experiment
+    from engine.runs import experiment
 
     spec = experiment.parse_spec(
         {
@@ -192,7 +193,7 @@ def test_usage_adds_up_and_prune_keeps_what_a_run_shows(filled):
 
 
 def test_cache_commands(cache, small_csv):
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     folder = Path(run_step(ds, "tfidf", "tfidf", n_boot=100).artifact)
@@ -216,7 +217,7 @@ def test_disk_full_while_saving_a_folds_weights_leaves_no_folder(tmp_path, monke
     import safetensors.torch
     import torch
 
-    from engine.finetune.head import save_trained
+    from engine.methods.lora import save_trained
 
     def no_space(*_a, **_k):
         raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import classifiers, experiment, prompting
-from engine.context import StepContext
-from engine.devices import choose
+from engine.cache.context import StepContext
+from engine.cache.storage import evaluations_dir
 from engine.errors import Cancelled, ClinBenchError
-from engine.finetune import instruct, loop
+from engine.finetune import loop
 from engine.finetune.loading import load_lm_model
-from engine.options import Options
-from engine.prompting import Scorer
-from engine.storage import evaluations_dir
+from engine.methods import classifiers, instruct_lora, prompting
+from engine.methods.prompting import Scorer
+from engine.models.devices import choose
+from engine.options.groups import Options
+from engine.runs import experiment
 from tests.conftest import run_step
 
 FAST = {"protocol": "holdout", "max_length": 32, "n_boot": 100, "epochs": 2, "learning_rate": 1e-2}
@@ -49,7 +50,7 @@ def ds(small_csv):
 
 def _scorer(tiny_decoder, classes, max_length=40):
     net, tok, identity, _kind, config, _ = load_lm_model(str(tiny_decoder), choose("cpu", "float32"))
-    lm = instruct.as_lm("tiny", net.eval(), tok, identity, choose("cpu", "float32"), config)
+    lm = instruct_lora.as_lm("tiny", net.eval(), tok, identity, choose("cpu", "float32"), config)
     return Scorer(lm, classes, None, None, max_length), net
 
 
@@ -59,19 +60,19 @@ def test_only_the_answer_tokens_carry_the_loss(tiny_decoder, default_ds):
     scorer, net = _scorer(tiny_decoder, default_ds.classes)
     rows = [0, 1, 2, 3]
     y = np.array([default_ds.classes.index(default_ds.labels[i]) for i in rows])
-    ids, n_answer, n_cut = instruct.sequences(scorer, [default_ds.texts[i] for i in rows], y)
+    ids, n_answer, n_cut = instruct_lora.sequences(scorer, [default_ds.texts[i] for i in rows], y)
     assert n_cut == 4 and all(len(x) <= 40 for x in ids)  # real letters are cut, never the answer
     for x, c, n in zip(ids, y, n_answer, strict=True):
         assert list(x[-n:]) == scorer.label_ids[c] and list(x[: len(scorer.head_ids)]) == scorer.head_ids
     lengths = np.array([len(x) for x in ids])
     input_ids, mask = loop.collate(ids, np.arange(4), 0, "cpu", multiple=64)  # right-padded to 64
-    labels = instruct.answer_labels(input_ids, lengths, n_answer)
+    labels = instruct_lora.answer_labels(input_ids, lengths, n_answer)
     for row in range(4):
         carried = (labels[row] != -100).nonzero().flatten().tolist()
         assert carried == list(range(lengths[row] - n_answer[row], lengths[row]))  # not the prompt, the letter or the padding
         assert labels[row, carried].tolist() == scorer.label_ids[y[row]]
     with torch.no_grad():
-        nll = instruct.answer_nll(net, input_ids, mask, labels)
+        nll = instruct_lora.answer_nll(net, input_ids, mask, labels)
         full = torch.log_softmax(net(input_ids=input_ids, attention_mask=mask).logits.float(), -1)
     for row in range(4):  # the answer's summed NLL from a plain forward pass over every position
         expected = -sum(float(full[row, t - 1, input_ids[row, t]]) for t in range(lengths[row] - n_answer[row], lengths[row]))
@@ -98,7 +99,7 @@ def test_the_step_tunes_towards_the_labels_and_its_classifier_answers_like_the_e
     # training moved the likelihood of the fitting letters' own labels up (the base model is the zero-shot one)
     fit = sorted(set(range(len(ds))) - set(m["test_rows"]) - set(training["val_index"]))[::2]
     base = _right_label_logprob(prompting.load_lm(str(wide_decoder)), ds, fit)
-    tuned = _right_label_logprob(instruct.load_tuned_lm(str(wide_decoder), Path(res.artifact) / "adapter"), ds, fit)
+    tuned = _right_label_logprob(instruct_lora.load_tuned_lm(str(wide_decoder), Path(res.artifact) / "adapter"), ds, fit)
     assert tuned > base + 0.3, (base, tuned)
     # the stored classifier, through the one interface, gives the step's test predictions
     clf = classifiers.load(res.artifact)
@@ -123,10 +124,10 @@ def test_cancel_in_epoch_two_then_resume_from_the_checkpoint(ds, cache, tiny_dec
         return calls["n"] > 9  # fold check, 6 batches of epoch 1, its validation, then inside epoch 2
 
     with pytest.raises(Cancelled, match="epoch 2"):
-        instruct.instruct_step(ds, str(tiny_decoder), "instruct-lora", opts, StepContext(should_stop=stop))
+        instruct_lora.instruct_step(ds, str(tiny_decoder), "instruct-lora", opts, StepContext(should_stop=stop))
     assert not evaluations_dir().exists() or not list(evaluations_dir().iterdir()), "no artifact for a cancelled training"
     again = StepContext()
-    res = instruct.instruct_step(ds, str(tiny_decoder), "instruct-lora", opts, again)
+    res = instruct_lora.instruct_step(ds, str(tiny_decoder), "instruct-lora", opts, again)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 2
     assert len(again.metrics["val_macro_f1"]) == 2, "epoch 1's validation point came back from the checkpoint"
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import experiment, jobs, launch
-from engine import store as run_store
 from engine.errors import ClinBenchError
-from engine.states import Status
+from engine.runs import experiment, jobs, launch
+from engine.runs import store as run_store
+from engine.runs.states import Status
 from tests import conftest
 from tests.conftest import ROOT, stop_workers
 

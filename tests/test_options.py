@@ -8,16 +8,19 @@ import dataclasses
 
 import pytest
 
-from engine import features, frozen, optionflags, options, protocols, reference, steps
 from engine.errors import SpecError
+from engine.features import extract
 from engine.finetune import loop
-from engine.options import Options
+from engine.methods import frozen, registry, tfidf
+from engine.options import flags, groups
+from engine.options.groups import Options
+from engine.protocols import plans
 
-FIELDS = options.fields()
+FIELDS = groups.fields()
 IDENTITY = {"name": "tiny", "source": "local", "path": "/models/tiny", "weights_sha256": "ab" * 32}
 
 
-def another_value(f: options.FieldSpec):
+def another_value(f: groups.FieldSpec):
     """A valid value of the field that differs from its default."""
     if f.kind == "bool":
         return not f.default
@@ -38,7 +41,7 @@ def another_value(f: options.FieldSpec):
     return value if value != f.default else lo
 
 
-def out_of_range(f: options.FieldSpec):
+def out_of_range(f: groups.FieldSpec):
     if f.kind in ("int", "float") and f.min is not None:
         return f.min - (1 if f.kind == "int" else f.min / 2 + 0.01)
     if f.choices is not None:
@@ -49,7 +52,7 @@ def out_of_range(f: options.FieldSpec):
 def test_every_field_is_documented_and_unique():
     assert len({f.name for f in FIELDS}) == len(FIELDS) > 20
     for f in FIELDS:
-        assert f.help and f.group in options.GROUPS and f.kind in ("bool", "int", "float", "str", "list", "sizes", "map")
+        assert f.help and f.group in groups.GROUPS and f.kind in ("bool", "int", "float", "str", "list", "sizes", "map")
         assert f.default is None or f.optional or type(f.default).__name__ == {"map": "dict"}.get(f.kind, f.kind)
 
 
@@ -72,7 +75,7 @@ def test_spec_check_names_an_unknown_option_and_suggests_the_close_one():
 
 def test_the_cli_has_one_flag_per_field_with_the_same_checks():
     parser = argparse.ArgumentParser()
-    optionflags.add_arguments(parser)
+    flags.add_arguments(parser)
     dests = {a.dest for a in parser._actions if a.dest != "help"}
     assert dests == {f.name for f in FIELDS}
     for f in FIELDS:
@@ -85,10 +88,10 @@ def test_the_cli_has_one_flag_per_field_with_the_same_checks():
             argv = [f.flag, ",".join(f"{k}={v}" for k, v in value.items())]
         else:
             argv = [f.flag, str(value)]
-        assert optionflags.from_args(parser.parse_args(argv)).get(f.name) == value, f.name
-    assert optionflags.from_args(parser.parse_args([])) == Options()
+        assert flags.from_args(parser.parse_args(argv)).get(f.name) == value, f.name
+    assert flags.from_args(parser.parse_args([])) == Options()
     with pytest.raises(SpecError, match="--max-length = 2 is out of range"):
-        optionflags.from_args(parser.parse_args(["--max-length", "2"]))
+        flags.from_args(parser.parse_args(["--max-length", "2"]))
 
 
 def test_the_runs_form_has_one_widget_per_field(monkeypatch, tmp_path):
@@ -112,45 +115,45 @@ def test_to_dict_is_flat_and_round_trips():
 
 def _artifact_key(method: str, opts: Options, ds) -> str:
     """The key under which `method` stores its result for these options (what its step function computes)."""
-    ds = protocols.prepare(ds, opts.protocol)
+    ds = plans.prepare(ds, opts.protocol)
     if method == "domain-adapt":  # the dataset's own split under fixed, else a hold-out split (+ an answers hash: none here)
         p = opts.protocol if opts.protocol.protocol == "fixed" else dataclasses.replace(opts.protocol, protocol="holdout")
-        plan = protocols.plan(ds, p)
+        plan = plans.plan(ds, p)
         return loop.training_key(
-            method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
+            method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": groups.key_dict(opts.domain), "plan": plan.hash}
         )
-    plan = protocols.plan(ds, opts.protocol, method)
+    plan = plans.plan(ds, opts.protocol, method)
     if method == "lora":
         return loop.training_key(method, IDENTITY, ds.data_hash, opts, "bfloat16", {"plan": plan.hash})
     if method == "linear-probe":
-        from engine.finetune import probe
+        from engine.methods import linear_probe
 
-        return probe.probe_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
+        return linear_probe.probe_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
     two_labels = len(ds.classes) == 2  # (the decision options act on two-label tasks only)
     if method == "tfidf":
-        return reference.evaluation_key(opts, plan.hash, two_labels)
+        return tfidf.evaluation_key(opts, plan.hash, two_labels)
     if method == "setfit":
-        from engine.finetune import setfit
+        from engine.methods import setfit
 
         return setfit.setfit_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
     if method in ("zero-shot", "few-shot"):
-        from engine import incontext
+        from engine.methods import incontext
 
         return incontext.evaluation_key(IDENTITY, method, opts, plan.hash, "bfloat16")
     if method == "instruct-lora":
-        from engine.finetune import instruct
+        from engine.methods import instruct_lora
 
-        return instruct.instruct_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
+        return instruct_lora.instruct_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
     identity = IDENTITY
     if method == "lora-svc":
         identity = {**IDENTITY, "adapter": _artifact_key("lora", opts, ds)}
     if method == "adapt-svc":  # the model adapted to the stored classifier's letters (every letter under cv)
         adapted = loop.training_key(
-            method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": options.key_dict(opts.domain), "plan": plan.hash}
+            method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": groups.key_dict(opts.domain), "plan": plan.hash}
         )
         identity = {**IDENTITY, "adapted": adapted, "fold": "all" if plan.name == "cv" else "r0f0"}
     e = opts.embedding
-    ek = features.embedding_key(identity, e.pooling, e.max_length, "bfloat16", ds.text_hash, e.windows)
+    ek = extract.embedding_key(identity, e.pooling, e.max_length, "bfloat16", ds.text_hash, e.windows)
     return frozen.evaluation_key(ek, "svc" if method in ("lora-svc", "adapt-svc") else method, method, opts, plan.hash, two_labels)
 
 
@@ -158,7 +161,7 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
 WHERE_IT_MATTERS = {"cv_folds": {"protocol": "cv"}, "cv_repeats": {"protocol": "cv"}, "test_size": {"protocol": "holdout"}}
 
 
-@pytest.mark.parametrize("kind", list(steps.KINDS.values()), ids=lambda k: k.name)
+@pytest.mark.parametrize("kind", list(registry.KINDS.values()), ids=lambda k: k.name)
 def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds):
     two = default_ds.without([i for i, lab in enumerate(default_ds.labels) if lab not in default_ds.classes[:2]])
     for f in FIELDS:

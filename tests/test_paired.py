@@ -10,7 +10,8 @@ import pytest
 from scipy.stats import t as student
 from sklearn.metrics import f1_score
 
-from engine import metrics, paired
+from engine.data.labels import indicator
+from engine.evaluation import metrics, paired
 
 
 def _sklearn_example_ttest(differences, df, n_train, n_test):
@@ -157,7 +158,7 @@ def test_label_sets_compare_the_chosen_f1_as_sklearn_scores_it():
     truth, good = _label_sets(rng, 150, 0.95)
     _, poor = _label_sets(np.random.default_rng(4), 150, 0.7)
     poor = [p if i % 3 else g for i, (p, g) in enumerate(zip(poor, good, strict=True))]
-    T, G, P = (metrics.indicator(x, list("abc")) for x in (truth, good, poor))
+    T, G, P = (indicator(x, list("abc")) for x in (truth, good, poor))
     for metric, kw in (("micro_f1", {}), ("macro_f1", {}), ("samples_f1", {"zero_division": 1.0})):
         res = paired.paired_comparison(_sets(truth, good), _sets(truth, poor), list("abc"), metric=metric, n_boot=300)
         avg = metric.removesuffix("_f1")
@@ -176,7 +177,7 @@ def test_label_sets_under_cv_use_the_corrected_ttest_and_spot_identical_predicti
     _, b = _label_sets(np.random.default_rng(6), 100, 0.8)
     fold = [i % 5 for i in range(100)]
     res = paired.paired_comparison(_sets(truth, a, fold, "cv"), _sets(truth, b, fold, "cv"), metric="micro_f1", n_boot=200)
-    T, A, B = (metrics.indicator(x, list("abc")) for x in (truth, a, b))
+    T, A, B = (indicator(x, list("abc")) for x in (truth, a, b))
     per_fold = [
         f1_score(T[rows], A[rows], average="micro") - f1_score(T[rows], B[rows], average="micro")
         for rows in (np.flatnonzero(np.array(fold) == f) for f in range(5))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import predict, results
-from engine.data import load_dataset
+from engine.data.dataset import load_dataset
+from engine.evaluation import results
+from engine.serving import predict
 from tests.conftest import run_step
 
 

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from engine import projection, results
+from engine.evaluation import results
+from engine.features import projection
 
 
 def test_projection_is_cached_and_checked(cache, two_evals):

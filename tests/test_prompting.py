@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import classifiers, incontext, prompting
 from engine.errors import ClinBenchError
-from engine.options import Options
+from engine.methods import classifiers, incontext, prompting
+from engine.options.groups import Options
 from tests.conftest import run_step
 
 CLASSES = ["cardiovascular-pulmonary", "gastroenterology", "neurology", "obstetrics-gynecology", "urology"]
@@ -102,7 +102,7 @@ def test_an_option_change_changes_the_cache_key():
 
 @pytest.mark.parametrize("method", ["zero-shot", "few-shot"])
 def test_the_stored_classifier_answers_like_the_evaluation(method, cache, small_csv, tiny_decoder):
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     res = run_step(ds, tiny_decoder, method, protocol="holdout", max_length=64, n_boot=100, k_shot=1)
@@ -139,7 +139,7 @@ def test_the_stored_classifier_answers_like_the_evaluation(method, cache, small_
 
 
 def test_under_cv_few_shot_examples_never_include_the_fold_s_test_letters(cache, small_csv, tiny_decoder):
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     res = run_step(ds, tiny_decoder, "few-shot", protocol="cv", cv_folds=3, max_length=48, n_boot=100, k_shot=1)
@@ -150,7 +150,7 @@ def test_under_cv_few_shot_examples_never_include_the_fold_s_test_letters(cache,
 
 
 def test_content_free_calibration_and_none_are_options_and_each_is_its_own_evaluation(cache, small_csv, tiny_decoder):
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     common = {"protocol": "holdout", "max_length": 48, "n_boot": 100}
@@ -177,7 +177,7 @@ def test_an_encoder_is_refused(tiny_encoder):
 
 @pytest.mark.slow
 def test_smollm2_zero_shot_beats_the_majority_baseline(cache, small_csv):
-    from engine import experiment
+    from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
     res = run_step(ds, "smollm2", "zero-shot", protocol="holdout", test_size=0.5, max_length=256, n_boot=100)

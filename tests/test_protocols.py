@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import data, protocols
+from engine.data import dataset
 from engine.errors import DataError
-from engine.options import ProtocolOptions
+from engine.options.groups import ProtocolOptions
+from engine.protocols import plans
 from tests.conftest import write_csv
 
 
 def _ds(tmp_path, rows, name="x.csv"):
-    return data.load_dataset(write_csv(tmp_path / name, [{"text": t, "label": lab} for t, lab in rows]), "text", "label")
+    return dataset.load_dataset(write_csv(tmp_path / name, [{"text": t, "label": lab} for t, lab in rows]), "text", "label")
 
 
 def _letters(n_per_class: dict, dup_of: dict | None = None) -> list[tuple[str, str]]:
@@ -24,67 +25,67 @@ def _letters(n_per_class: dict, dup_of: dict | None = None) -> list[tuple[str, s
 
 
 def test_cv_plan_every_letter_once_per_repeat_and_repeats_nest(default_ds):
-    p2 = protocols.plan(default_ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=2, seed=3))
+    p2 = plans.plan(default_ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=2, seed=3))
     assert p2.name == "cv" and len(p2.folds) == 10
     for r in range(2):
         tests = np.concatenate([f.test for f in p2.folds if f.repeat == r])
         assert sorted(tests) == list(range(len(default_ds))), "each letter in exactly one test fold per repeat"
     for f in p2.folds:
         assert not set(f.train) & set(f.test) and len(f.train) + len(f.test) == len(default_ds)
-    p1 = protocols.plan(default_ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=1, seed=3))
+    p1 = plans.plan(default_ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=1, seed=3))
     assert all(np.array_equal(a.test, b.test) for a, b in zip(p1.folds, p2.folds[:5])), "5x1 is the first repeat of 5x2"
     assert not np.array_equal(p2.folds[0].test, p2.folds[5].test), "repeats shuffle differently"
-    again = protocols.plan(default_ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=2, seed=3))
-    assert again.hash == p2.hash and protocols.plan(default_ds, ProtocolOptions(protocol="cv", seed=4), "svc").hash != p2.hash
+    again = plans.plan(default_ds, ProtocolOptions(protocol="cv", cv_folds=5, cv_repeats=2, seed=3))
+    assert again.hash == p2.hash and plans.plan(default_ds, ProtocolOptions(protocol="cv", seed=4), "svc").hash != p2.hash
 
 
 def test_method_defaults_for_repeats(default_ds):
     p = ProtocolOptions(protocol="cv")
-    assert protocols.plan(default_ds, p, "svc").n_repeats == 2 and protocols.plan(default_ds, p, "lora").n_repeats == 1
+    assert plans.plan(default_ds, p, "svc").n_repeats == 2 and plans.plan(default_ds, p, "lora").n_repeats == 1
 
 
 def test_auto_chooses_cv_for_small_datasets_and_says_why(tmp_path, default_ds):
     small = _ds(tmp_path, _letters({"a": 30, "b": 20}))
-    pl = protocols.plan(small, ProtocolOptions(), "svc")
+    pl = plans.plan(small, ProtocolOptions(), "svc")
     assert pl.name == "cv" and "50 letters" in pl.reason
-    big = protocols.plan(default_ds, ProtocolOptions(), "svc")
+    big = plans.plan(default_ds, ProtocolOptions(), "svc")
     assert big.name == "holdout" and len(big.folds) == 1 and len(big.folds[0].test) == 120 and "600 letters" in big.reason
 
 
 def test_duplicates_never_straddle_a_fold(tmp_path):
     rows = _letters({"a": 30, "b": 30}, dup_of={i: i - 1 for i in range(1, 60, 3)})
     ds = _ds(tmp_path, rows)
-    groups = protocols.groups_of(ds)
+    groups = plans.groups_of(ds)
     assert len(set(groups)) < len(ds)
     for proto in ("cv", "holdout"):
-        pl = protocols.plan(ds, ProtocolOptions(protocol=proto, cv_repeats=2))
+        pl = plans.plan(ds, ProtocolOptions(protocol=proto, cv_repeats=2))
         for f in pl.folds:
             assert not set(groups[f.train]) & set(groups[f.test]), f"a duplicate group straddles {proto} fold {f}"
-        fit, val = protocols.carve(ds, pl.folds[0].train, pl.groups, 0.2, 0)
+        fit, val = plans.carve(ds, pl.folds[0].train, pl.groups, 0.2, 0)
         assert not set(groups[fit]) & set(groups[val]) and sorted([*fit, *val]) == sorted(pl.folds[0].train)
 
 
 def test_a_class_too_small_for_the_folds_is_refused_by_name(tmp_path):
     ds = _ds(tmp_path, _letters({"a": 20, "b": 20, "rare": 3}))
     with pytest.raises(DataError, match=r"'rare' \(3 letters\).*fewer folds"):
-        protocols.plan(ds, ProtocolOptions(protocol="cv", cv_folds=5))
-    assert protocols.plan(ds, ProtocolOptions(protocol="cv", cv_folds=3)).name == "cv"
+        plans.plan(ds, ProtocolOptions(protocol="cv", cv_folds=5))
+    assert plans.plan(ds, ProtocolOptions(protocol="cv", cv_folds=3)).name == "cv"
 
 
 def test_a_class_whose_copies_fill_one_fold_is_refused(tmp_path):
     # five letters of 'c', all copies of one: one group, so four test folds of five lack the class
     rows = _letters({"a": 20, "b": 20, "c": 5}, dup_of={41: 40, 42: 40, 43: 40, 44: 40})
     with pytest.raises(DataError, match=r"Class 'c' \(5 letters\) has no test letter"):
-        protocols.plan(_ds(tmp_path, rows), ProtocolOptions(protocol="cv", cv_folds=5))
+        plans.plan(_ds(tmp_path, rows), ProtocolOptions(protocol="cv", cv_folds=5))
 
 
 def test_holdout_keeps_every_class_in_the_test_split(tmp_path):
     with pytest.raises(DataError, match="Every class must be scored"):
-        protocols.plan(_ds(tmp_path, _letters({"a": 40, "b": 40, "c": 2, "d": 2})), ProtocolOptions(protocol="holdout", test_size=0.1))
+        plans.plan(_ds(tmp_path, _letters({"a": 40, "b": 40, "c": 2, "d": 2})), ProtocolOptions(protocol="holdout", test_size=0.1))
 
 
 def test_preview_lists_classes_and_warns_on_small_data(tmp_path):
-    pv = protocols.preview(_ds(tmp_path, _letters({"a": 30, "b": 8})), ProtocolOptions(protocol="cv", cv_folds=4))
+    pv = plans.preview(_ds(tmp_path, _letters({"a": 30, "b": 8})), ProtocolOptions(protocol="cv", cv_folds=4))
     assert pv["protocol"] == "cv" and {r["label"] for r in pv["classes"]} == {"a", "b"}
     text = " ".join(pv["warnings"])
     assert "38 letters is a small dataset" in text and "'b' (8)" in text
@@ -92,7 +93,7 @@ def test_preview_lists_classes_and_warns_on_small_data(tmp_path):
 
 def test_a_plan_without_labels_per_class_hashes_as_before_so_stored_keys_hold(default_ds):
     # the hash of the default data's plans as versions before labels_per_class computed it: every key holds the plan hash
-    assert protocols.plan(default_ds, ProtocolOptions(), "svc").hash.startswith("94957505b15dbf98")
-    assert protocols.plan(default_ds, ProtocolOptions(protocol="cv"), "svc").hash.startswith("b37c17dd1bbb84a8")
-    limited = protocols.plan(default_ds, ProtocolOptions(labels_per_class=8), "svc")
-    assert limited.hash != protocols.plan(default_ds, ProtocolOptions(), "svc").hash and "at most 8 letters per label" in limited.reason
+    assert plans.plan(default_ds, ProtocolOptions(), "svc").hash.startswith("94957505b15dbf98")
+    assert plans.plan(default_ds, ProtocolOptions(protocol="cv"), "svc").hash.startswith("b37c17dd1bbb84a8")
+    limited = plans.plan(default_ds, ProtocolOptions(labels_per_class=8), "svc")
+    assert limited.hash != plans.plan(default_ds, ProtocolOptions(), "svc").hash and "at most 8 letters per label" in limited.reason

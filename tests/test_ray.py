@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import experiment, jobs, launch
 from engine.errors import ClinBenchError
+from engine.runs import experiment, jobs, launch
 from tests.conftest import cache_at, cli, stop_workers
 from tests.test_jobs import finished, leftovers, show, submit, wait_for, write_spec
 
@@ -126,8 +126,8 @@ def test_a_killed_ray_worker_s_step_runs_again(cluster, store, tiny_encoder, sma
 
 
 def test_the_local_worker_leaves_ray_runs_to_the_ray_driver(store, small_csv, tiny_encoder, tmp_path):
-    from engine import store as run_store
-    from engine import worker
+    from engine.runs import store as run_store
+    from engine.runs import worker
 
     spec = experiment.load_spec(write_spec(tmp_path / "r.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray"))
     run_id = jobs.submit(spec, start_worker=False)

@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import classifiers, data, estimators, experiment, features, metrics, models, protocols
-from engine.devices import Placement, cpu_has_bf16
-from engine.options import ClassifierOptions, ProtocolOptions
+from engine.data import dataset
+from engine.evaluation import metrics
+from engine.features import extract
+from engine.methods import classifiers, estimators
+from engine.models import catalog
+from engine.models.devices import Placement, cpu_has_bf16
+from engine.options.groups import ClassifierOptions, ProtocolOptions
+from engine.protocols import plans
+from engine.runs import experiment
 from tests.conftest import cli, run_step
 
 
@@ -21,8 +27,8 @@ def _cosines(a, b):
 
 def test_minilm_svc_on_default_dataset_beats_majority_baseline(default_ds):
     """Embed the whole default dataset with MiniLM, fit the SVC pipeline on the training split, score the test split."""
-    split = protocols.plan(default_ds, ProtocolOptions(protocol="holdout")).folds[0]
-    X, stats = features.embed("minilm", default_ds.texts)
+    split = plans.plan(default_ds, ProtocolOptions(protocol="holdout")).folds[0]
+    X, stats = extract.embed("minilm", default_ds.texts)
     assert X.shape == (600, 384) and stats.n_tokens > 0
     y = np.asarray(default_ds.labels)
     fitted = estimators.fit(np.asarray(X)[split.train], y[split.train], "svc", ClassifierOptions(), seed=0)
@@ -38,26 +44,26 @@ def test_minilm_svc_on_default_dataset_beats_majority_baseline(default_ds):
 @pytest.mark.parametrize("name,n,max_length", [("minilm", 48, 512), ("smollm2", 12, 256)])
 def test_bf16_matches_fp32(default_ds, name, n, max_length):
     texts = default_ds.texts[:n]
-    v32, _ = features.embed(models.load(name, Placement("cpu", "float32")), texts, max_length=max_length, use_cache=False)
-    v16, _ = features.embed(models.load(name, Placement("cpu", "bfloat16")), texts, max_length=max_length, use_cache=False)
+    v32, _ = extract.embed(catalog.load(name, Placement("cpu", "float32")), texts, max_length=max_length, use_cache=False)
+    v16, _ = extract.embed(catalog.load(name, Placement("cpu", "bfloat16")), texts, max_length=max_length, use_cache=False)
     cos = _cosines(v32, v16)
     print(f"{name}: fp32 vs bf16 cosine min {cos.min():.5f}")
     assert cos.min() >= 0.999
 
 
 def test_smollm2_gguf_is_converted_once_then_reloaded(monkeypatch):
-    folder, identity = models.locate(models.resolve("smollm2"))
+    folder, identity = catalog.locate(catalog.resolve("smollm2"))
     assert (folder / "model.safetensors").exists() and identity["gguf_sha256"]
-    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("GGUF converted twice"))
-    again, identity2 = models.locate(models.resolve("smollm2"))
+    monkeypatch.setattr(catalog, "_convert_gguf", lambda *a: pytest.fail("GGUF converted twice"))
+    again, identity2 = catalog.locate(catalog.resolve("smollm2"))
     assert again == folder and identity2 == identity
-    m = models.load("smollm2")
+    m = catalog.load("smollm2")
     assert m.kind == "decoder" and m.model.config.model_type == "llama" and m.tokenizer.pad_token is not None
 
 
 def test_smollm2_evaluate_step_on_a_subset(tmp_path, default_ds):
     keep = [i for i, lab in enumerate(default_ds.labels) if i % 6 == 0]  # 100 letters, all 5 labels
-    ds = data.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
+    ds = dataset.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
     res = run_step(ds, "smollm2", "svc", max_length=128, n_boot=300)
     m = res.metrics
     print(f"SmolLM2 SVC (100 letters, 128 tokens) macro-F1 {m['macro_f1']:.3f} vs majority {m['baseline']['macro_f1']:.3f}")
@@ -77,7 +83,7 @@ def test_cli_evaluate_on_minilm_default(tmp_path):
     out = cli("evaluate", "--data", "default", "--model", "minilm", "--method", "logreg", "--json", str(tmp_path / "m.json"))
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "m.json").read_text())
-    assert m["macro_f1"] > m["baseline"]["macro_f1"] and set(m["per_class"]) == set(data.default_dataset().classes)
+    assert m["macro_f1"] > m["baseline"]["macro_f1"] and set(m["per_class"]) == set(dataset.default_dataset().classes)
 
 
 def test_minilm_lora_on_default_dataset_learns_and_feeds_the_svc(default_ds):
@@ -114,7 +120,7 @@ def test_minilm_lora_on_default_dataset_learns_and_feeds_the_svc(default_ds):
 
 def test_smollm2_domain_adaptation_lowers_held_out_perplexity(default_ds):
     keep = [i for i in range(len(default_ds)) if i % 4 == 0]  # 150 letters
-    ds = data.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
+    ds = dataset.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
     res = experiment.execute(
         experiment.parse_spec(
             {"models": ["smollm2"], "methods": ["domain-adapt"], "options": {"max_length": 48, "epochs": 1, "learning_rate": 1e-3}}
@@ -125,7 +131,7 @@ def test_smollm2_domain_adaptation_lowers_held_out_perplexity(default_ds):
     m = res.metrics
     print(f"SmolLM2 domain adaptation: test-letter perplexity {m['perplexity_before']:.2f} -> {m['perplexity_after']:.2f}")
     assert m["perplexity_after"] < 0.9 * m["perplexity_before"]
-    assert models.resolve(m["adapted_model"]).source == "adapted"
+    assert catalog.resolve(m["adapted_model"]).source == "adapted"
 
 
 def test_minilm_adapt_svc_on_multi_label_letters(default_ds):

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import comparison, experiment, paired, results
 from engine.errors import ClinBenchError
+from engine.evaluation import comparison, paired, results
+from engine.runs import experiment
 
 
 def test_results_list_filter_tables_and_skip_damaged(cache, two_evals):
@@ -40,7 +41,8 @@ def test_results_list_filter_tables_and_skip_damaged(cache, two_evals):
 
 
 def test_results_filter_by_run(cache, small_csv, tiny_encoder):
-    from engine import api, jobs
+    from engine import api
+    from engine.runs import jobs
 
     spec = experiment.parse_spec(
         {

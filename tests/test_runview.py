@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from engine.runview import RunView, fmt_duration
+from engine.runs.view import RunView, fmt_duration
 
 
 def _step(idx, status, **kw):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import api, experiment
+from engine import api
 from engine.errors import ClinBenchError, DataError
-from engine.options import Options
+from engine.options.groups import Options
+from engine.runs import experiment
 from tests.conftest import cache_at, cli, write_csv
 
 
@@ -167,7 +168,7 @@ def test_the_compare_page_expander_renders_and_shows_a_result(two_evals, externa
 
 
 def test_compare_reports_what_differs():
-    from engine import replication
+    from engine.runs import replication
 
     old = {"test_index": [0, 1, 2], "y_true": ["a", "b", "a"], "y_pred": ["a", "b", "b"], "classes": ["a", "b"], "scores": [[0.9, 0.1]] * 3}
     new = {**old, "y_pred": ["a", "a", "b"], "scores": [[0.9, 0.1], [0.6, 0.4], [0.9, 0.1]]}

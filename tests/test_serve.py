@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from engine import classifiers, serve
 from engine.errors import ClinBenchError
+from engine.methods import classifiers
+from engine.serving import server
 from tests.conftest import ROOT, run_step, write_csv
 
 SECRET = "Zyxwquartz patient Ottoline Bramblewick presented with palpitations"  # must never reach a log
@@ -28,7 +29,7 @@ SECRET = "Zyxwquartz patient Ottoline Bramblewick presented with palpitations"  
 @pytest.fixture(scope="module")
 def stored_cache(tmp_path_factory, default_ds, tiny_encoder):
     """svc and logreg of the tiny encoder on 60 real letters (as conftest's two_evals), made once for this module."""
-    from engine import experiment
+    from engine.runs import experiment
 
     folder = tmp_path_factory.mktemp("serve")
     per, rows = Counter(), []
@@ -53,7 +54,7 @@ def stored(stored_cache, monkeypatch):
 
 @pytest.fixture
 def client(stored):
-    with TestClient(serve.create_app()) as c:
+    with TestClient(server.create_app()) as c:
         yield c
 
 
@@ -100,7 +101,7 @@ def test_several_classifiers_and_batch(client, stored):
 
 def test_unknown_id_empty_text_and_size_limit(stored):
     _, svc_id, *_ = stored
-    with TestClient(serve.create_app(max_bytes=2000)) as c:
+    with TestClient(server.create_app(max_bytes=2000)) as c:
         r = c.post("/classify", json={"text": "a letter", "classifier": "nope123"})
         assert r.status_code == 404 and "GET /classifiers" in r.json()["detail"]
         r = c.post("/classify", json={"text": "a letter", "classifiers": [svc_id, "../etc"]})
@@ -117,13 +118,13 @@ def test_unknown_id_empty_text_and_size_limit(stored):
 
 def test_bind_check_and_bearer_token(stored):
     for host in ("127.0.0.1", "::1", "localhost"):
-        serve.check_bind(host, None)
+        server.check_bind(host, None)
     for host in ("0.0.0.0", "192.168.1.5", "example.org", "::"):
         with pytest.raises(ClinBenchError, match="--token"):
-            serve.check_bind(host, None)
-        serve.check_bind(host, "s3cret")
+            server.check_bind(host, None)
+        server.check_bind(host, "s3cret")
     _, svc_id, *_ = stored
-    with TestClient(serve.create_app(token="s3cret")) as c:
+    with TestClient(server.create_app(token="s3cret")) as c:
         assert c.get("/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             assert c.get("/classifiers", headers=headers).status_code == 401
@@ -137,7 +138,7 @@ def test_bind_check_and_bearer_token(stored):
 def test_letters_never_reach_the_logs(stored, caplog, capsys, monkeypatch):
     _, svc_id, *_ = stored
     caplog.set_level(logging.DEBUG)
-    with TestClient(serve.create_app()) as c:
+    with TestClient(server.create_app()) as c:
         assert c.post("/classify", json={"text": SECRET, "classifier": svc_id}).status_code == 200
         assert c.post("/classify/batch", json={"texts": [SECRET], "classifier": "missing"}).status_code == 404
 

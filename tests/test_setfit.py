@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import artifacts, classifiers, evaluation, protocols, steps
-from engine.context import StepContext
-from engine.data import load_dataset
-from engine.finetune import setfit
-from engine.options import Options
+from engine.cache import artifacts
+from engine.cache.context import StepContext
+from engine.data.dataset import load_dataset
+from engine.evaluation import scoring
+from engine.methods import classifiers, registry, setfit
+from engine.options.groups import Options
+from engine.protocols import plans
 from tests.conftest import run_step
 
 FAST = {"protocol": "holdout", "max_length": 32, "setfit_max_length": 16, "setfit_pairs": 24, "batch_size": 4, "n_boot": 100}
@@ -47,20 +49,20 @@ def test_pairs_of_a_large_training_split_are_drawn_without_listing_them(monkeypa
 
 
 def test_labels_per_class_draws_n_per_label_within_the_training_split():
-    # the few shots are the plan's training letters (engine.protocols.subsample; tests/test_learning_curve.py has the rest)
+    # the few shots are the plan's training letters (engine.protocols.plans.subsample; tests/test_learning_curve.py has the rest)
     labels = np.array(["a"] * 20 + ["b"] * 20 + ["c"] * 3)
     train = np.concatenate([np.arange(0, 10), np.arange(20, 35), np.arange(40, 42)])
-    shots = protocols.subsample(labels, train, 8, seed=1)
+    shots = plans.subsample(labels, train, 8, seed=1)
     assert set(shots.tolist()) <= set(train.tolist())
     assert Counter(labels[shots].tolist()) == {"a": 8, "b": 8, "c": 2}  # c has 2 training letters
-    assert (protocols.subsample(labels, train, 8, seed=1) == shots).all()
-    assert not (protocols.subsample(labels, train, 8, seed=2) == shots).all()
-    assert (protocols.subsample(labels, train, None, seed=1) == np.sort(train)).all()
+    assert (plans.subsample(labels, train, 8, seed=1) == shots).all()
+    assert not (plans.subsample(labels, train, 8, seed=2) == shots).all()
+    assert (plans.subsample(labels, train, None, seed=1) == np.sort(train)).all()
     assert not hasattr(setfit, "draw_per_class"), "one draw, the plan's"
 
 
 def test_setfit_is_registered_and_reads_its_options():
-    kind = steps.get("setfit")
+    kind = registry.get("setfit")
     assert kind.stage == "tuned" and kind.produces == "classifier"
     for name in ("setfit_pairs", "setfit_epochs", "setfit_max_length", "labels_per_class", "pooling", "max_length", "learning_rate"):
         assert name in kind.reads
@@ -80,10 +82,10 @@ def test_a_tiny_encoder_trains_end_to_end_and_its_classifier_loads(cache, ds, ti
     assert man["predictor"] == "tuned-encoder" and man["training"]["n_shots"] == 4 * len(ds.classes)
     assert man["training"]["n_pairs"] <= 24 and any(f.startswith("encoder/") for f in man["files"])
     # the few shots are the plan's training rows (4 per label), never a test row
-    plan = protocols.plan(ds, Options.parse({**FAST, "labels_per_class": 4}).protocol, "setfit")
+    plan = plans.plan(ds, Options.parse({**FAST, "labels_per_class": 4}).protocol, "setfit")
     shots = plan.folds[0].train
     assert len(shots) == man["training"]["n_shots"] and not set(shots.tolist()) & set(plan.folds[0].test.tolist())
-    assert m["train_rows"] == evaluation.input_rows(ds, shots) and man["protocol"]["labels_per_class"] == 4
+    assert m["train_rows"] == scoring.input_rows(ds, shots) and man["protocol"]["labels_per_class"] == 4
 
     clf = classifiers.load(res.artifact)
     proba = clf.predict_proba(ds.texts[:5])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine.states import FINAL, RESTARTABLE, Status, run_status, sql_list
+from engine.runs.states import FINAL, RESTARTABLE, Status, run_status, sql_list
 
 
 def test_a_run_state_follows_from_its_steps():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine import storage
+from engine.cache import storage
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):

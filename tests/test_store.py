@@ -8,7 +8,8 @@ import sqlite3
 
 import pytest
 
-from engine import api, store
+from engine import api
+from engine.runs import store
 from tests.conftest import ROOT
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy-v0.1-cache"

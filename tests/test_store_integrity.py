@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import api, experiment, jobs, store
+from engine import api
 from engine.errors import ClinBenchError
-from engine.states import Status
+from engine.runs import experiment, jobs, store
+from engine.runs.states import Status
 from tests.conftest import cli, stop_workers
 
 

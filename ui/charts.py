@@ -362,7 +362,7 @@ def _shorten(text: str, width: int) -> str:
 
 
 def cooccurrence_heatmap(co: dict, title: str = "Letters carrying both labels") -> go.Figure:
-    """A multi-label dataset's co-occurrence (engine.labels.summary): letters carrying both labels; the diagonal counts
+    """A multi-label dataset's co-occurrence (engine.data.dataset.labels.summary): letters carrying both labels; the diagonal counts
     each label's letters."""
     labels, matrix = co["labels"], [list(map(int, row)) for row in co["matrix"]]
     fig = go.Figure(

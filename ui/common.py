@@ -179,6 +179,6 @@ def worker_status() -> None:
 
 
 def answer_costs(row: dict) -> dict:
-    """The columns every Classify table gives one classifier's answer (an engine.predict.classify row): its latency, the
+    """The columns every Classify table gives one classifier's answer (an engine.serving.predict.classify row): its latency, the
     time its model took to load, whether the letter was cut to its max_length."""
     return {"Latency (ms)": round(row["latency_ms"], 1), "Model load (s)": round(row["load_s"], 2), "Cut to max length": row["truncated"]}

@@ -97,7 +97,7 @@ def option_widgets(columns: int = 4) -> dict:
 
 
 def data_option_widgets(columns: list[str]) -> dict:
-    """The data options of an uploaded file (engine.data.DATA_OPTIONS, besides its test-ids file): a text template joining
+    """The data options of an uploaded file (engine.data.dataset.DATA_OPTIONS, besides its test-ids file): a text template joining
     several columns, the file's own train/test split, a column of reference answers. Returns the ones given."""
     box = st.expander("Letters from several columns · the file's own train/test split · reference answers")
     c1, c2, c3 = box.columns(3)

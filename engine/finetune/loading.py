@@ -18,27 +18,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import models
-from engine.artifacts import read_manifest, verified_file, verify_tree
-from engine.devices import Placement, choose
+from engine.cache.artifacts import read_manifest, verified_file, verify_tree
+from engine.cache.storage import sha256_json
 from engine.errors import ClinBenchError
-from engine.storage import sha256_json
+from engine.models import catalog
+from engine.models.devices import Placement, choose
 
 MULTI_LABEL = "multi_label_classification"  # transformers' problem_type of a head with one sigmoid per label
 
 
 def check_training_memory(name: str, n_params: int, placement) -> None:
     """Training keeps fp32 weights, gradients of the trainable part, optimiser state and activations: refuse up front."""
-    models.check_fits(f"{name} (training)", int(n_params * 1.5), Placement(placement.device, "float32"))
+    catalog.check_fits(f"{name} (training)", int(n_params * 1.5), Placement(placement.device, "float32"))
 
 
 def open_for_training(model: str, placement):
     """(registry entry, folder, identity, config, kind) of a model about to be trained, its training memory checked first."""
-    entry = models.resolve(model)
-    folder, identity = models.locate(entry)
-    config = models.load_config(folder)
-    check_training_memory(entry.name, models.count_parameters(config), placement)
-    return entry, folder, identity, config, models.model_kind(config)
+    entry = catalog.resolve(model)
+    folder, identity = catalog.locate(entry)
+    config = catalog.load_config(folder)
+    check_training_memory(entry.name, catalog.count_parameters(config), placement)
+    return entry, folder, identity, config, catalog.model_kind(config)
 
 
 def prepare_tokenizer(tokenizer, config) -> None:
@@ -153,9 +153,9 @@ def check_targets_of(model: str, targets: list[str]) -> None:
     import torch
     from transformers import AutoModel
 
-    folder, _ = models.locate(models.resolve(model))
+    folder, _ = catalog.locate(catalog.resolve(model))
     with torch.device("meta"):
-        net = AutoModel.from_config(models.load_config(folder))
+        net = AutoModel.from_config(catalog.load_config(folder))
     check_target_modules(net, targets, model)
 
 
@@ -224,14 +224,14 @@ def tuned_identity(lora_manifest: dict, prefix: str = "") -> dict:
     }
 
 
-def load_tuned_extractor(lora_artifact: str | Path, placement=None, prefix: str = "") -> models.LoadedModel:
+def load_tuned_extractor(lora_artifact: str | Path, placement=None, prefix: str = "") -> catalog.LoadedModel:
     """The LoRA-tuned model (adapter merged; `prefix`: one fold's) as a feature extractor: a LoadedModel whose `model` is the backbone."""
     placement = placement or choose()
     net, tokenizer, manifest = load_tuned_classifier(lora_artifact, placement, prefix)
     merged = net.merge_and_unload()
     kind = manifest["model"]["kind"]
-    return models.LoadedModel(
-        models.resolve(manifest["model"]["name"]),
+    return catalog.LoadedModel(
+        catalog.resolve(manifest["model"]["name"]),
         _backbone_of(merged, placement),
         tokenizer,
         kind,
@@ -250,7 +250,7 @@ def _backbone_of(merged, placement):
     return backbone
 
 
-def load_adapted_extractor(model: str, adapter: str | Path, placement, identity: dict) -> models.LoadedModel:
+def load_adapted_extractor(model: str, adapter: str | Path, placement, identity: dict) -> catalog.LoadedModel:
     """`model` with the LoRA weights of the adapter at `adapter` (trained on its language-model objective) merged, as a
     feature extractor whose identity is `identity` (the base's plus the adaptation's key). Only the LoRA weights are read:
     an LM head the checkpoint lacked was trained in full beside them (peft's modules_to_save, tied to the embeddings in
@@ -267,8 +267,8 @@ def load_adapted_extractor(model: str, adapter: str | Path, placement, identity:
     if result.unexpected_keys:
         raise ClinBenchError(f"The adapter at {adapter} does not fit {model}: unexpected weights {result.unexpected_keys[:3]}.")
     merged = tuned.merge_and_unload()
-    return models.LoadedModel(
-        models.resolve(model),
+    return catalog.LoadedModel(
+        catalog.resolve(model),
         _backbone_of(merged, placement),
         tokenizer,
         kind,

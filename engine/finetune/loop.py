@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.context import StepContext, ensure
-from engine.options import Options, key_dict
-from engine.storage import atomic_path, checkpoints_dir, sha256_json
+from engine.cache.context import StepContext, ensure
+from engine.cache.storage import atomic_path, checkpoints_dir, sha256_json
+from engine.options.groups import Options, key_dict
 
 FT_VERSION = 2  # (2: seeded, folds) bump when training changes its results, to invalidate stored fine-tuning artifacts
 # Training batches are padded to a multiple of this many tokens: few distinct tensor shapes, so the allocator
@@ -145,7 +145,7 @@ def train(
     `net`; returns the state: per-epoch curve, metric log, best epoch, steps, tokens, timings."""
     import torch
 
-    from engine.dropout import cheap_dropout  # (it imports transformers' attention code: only when training)
+    from engine.finetune.dropout import cheap_dropout  # (it imports transformers' attention code: only when training)
 
     ctx = ensure(ctx)
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]

@@ -1,0 +1,74 @@
+"""What the command line draws on a terminal: one progress bar per stage of a step (tqdm, on stderr), and an
+evaluation's figures (single-label: macro-F1 and per class; multi-label: micro-, macro- and samples-F1 and per label)."""
+
+from __future__ import annotations
+
+import sys
+
+from engine.cache.context import StepContext
+
+
+def progress_bars():
+    """A StepContext drawing one tqdm bar per stage on stderr."""
+    from tqdm import tqdm
+
+    state = {"bar": None, "stage": None}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if state["stage"] != stage:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["bar"] = tqdm(total=total, desc=stage, unit="letter" if total > 1 else "step", leave=False, file=sys.stderr, disable=None)
+            state["stage"] = stage
+        bar = state["bar"]
+        bar.total, bar.n = total, done
+        bar.refresh()
+        if done >= total and stage in ("done", "loaded from cache"):
+            bar.close()
+
+    return StepContext(progress=progress)
+
+
+def print_metrics(title: str, m: dict, reason: str | None = None) -> None:
+    """An evaluation's headline figures with their 95% CIs, the per-fold spread, and the per-class (per-label) table."""
+    print(f"\n{title}")
+    if reason:
+        print(f"  protocol: {reason}")
+    n = m.get("n_scored", m.get("n_test"))  # the letters behind the figure: all (cv) or the test split (holdout)
+    where = f"{m.get('protocol', 'holdout')}, n={n} letters"
+    base = m.get("baseline") or {}
+    if m.get("task") == "multi-label":
+        for name in ("micro_f1", "macro_f1", "samples_f1"):
+            lo, hi = m[f"{name}_ci"]
+            label = name.replace("_f1", "-F1")
+            print(f"  {label:10s} {m[name]:.3f} (95% CI {lo:.3f}-{hi:.3f})" + (f"   baseline {base[name]:.3f}" if name in base else ""))
+        print(
+            f"  subset accuracy {m['subset_accuracy']:.3f}   Hamming loss {m['hamming_loss']:.3f}   ({where}; baseline: {base.get('label')})"
+        )
+        folds = "fold_micro_f1"
+    else:
+        lo, hi = m["macro_f1_ci"]
+        print(
+            f"  macro-F1 {m['macro_f1']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {where})   accuracy {m['accuracy']:.3f}"
+            + (f"   majority baseline macro-F1 {base['macro_f1']:.3f}" if base else "")
+        )
+        folds = "fold_macro_f1"
+    if m.get("task") == "binary":
+        shown = [
+            f"{k} {m[k]:.3f} ({m[k + '_ci'][0]:.3f}-{m[k + '_ci'][1]:.3f})"
+            for k in ("sensitivity", "specificity", "ppv", "npv")
+            if m.get(k + "_ci")
+        ]
+        print(f"  positive label {m['positive_label']!r} at threshold {m['threshold']:.3f} ({m['threshold_rule']}): " + ", ".join(shown))
+        aucs = [
+            f"{k.replace('_', '-').upper()} {m[k]:.3f} ({m[k + '_ci'][0]:.3f}-{m[k + '_ci'][1]:.3f})"
+            for k in ("roc_auc", "pr_auc")
+            if m.get(k + "_ci")
+        ]
+        print("  " + ", ".join(aucs))
+    if len(m.get(folds) or []) > 1:
+        name = folds.removeprefix("fold_").replace("_f1", "-F1")
+        print(f"  per fold: {name} {m[folds + '_mean']:.3f} ± {m[folds + '_sd']:.3f} (mean ± sd of {len(m[folds])} folds)")
+    print(f"  {'label':32s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'n':>5s}")
+    for lab, r in m["per_class"].items():
+        print(f"  {lab[:32]:32s} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:5d}")

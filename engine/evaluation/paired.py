@@ -1,0 +1,233 @@
+"""Paired tests: is classifier A's score different from B's on the same letters and folds?
+
+Two predictions.json records are matched by (repeat, letter) on the folds both scored with the same test letters; the
+difference of one score (macro-F1 for one label per letter; micro-, macro- or samples-F1 for label sets) gets a paired
+bootstrap CI over letters, under cv the Nadeau-Bengio corrected resampled t-test on the per-fold differences, under a
+single test split McNemar's exact test on the letters exactly one of the two got right (the whole label set, for label
+sets), and `holm` adjusts several comparisons' p-values. Pure functions of labels, as engine.metrics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.data.labels import indicator
+from engine.evaluation.metrics import (
+    cluster_ids,
+    codes,
+    f1_per_class,
+    fold_scores,
+    label_list,
+    multilabel_scores,
+    resample_weights,
+    weighted_confusion,
+)
+
+LABEL_SET_METRICS = ("micro_f1", "macro_f1", "samples_f1")  # the order of metrics.multilabel_scores
+
+
+def corrected_ttest(diffs, n_train: float, n_test: float, level: float = 0.95) -> dict:
+    """Nadeau & Bengio's (2003) corrected resampled t-test of per-fold score differences (A - B).
+
+    The folds' training sets overlap, so the plain t-test's variance var/k is too small; the
+    corrected variance is (1/k + n_test/n_train) * var(diffs, ddof=1), with k the number of folds
+    (repeats x folds), t = mean / sqrt(corrected variance) on k - 1 degrees of freedom, and a
+    two-sided p (as scikit-learn's example plot_grid_search_stats.py, but two-sided). The CI is
+    mean ± t_{k-1} quantile x corrected standard error. All differences equal (zero variance):
+    p = 1.0 (t = 0) when they are all 0, else p = 0.0 (t = ±inf), never NaN.
+    """
+    from scipy.stats import t as student
+
+    d = np.asarray(diffs, dtype=float)
+    k = len(d)
+    if k < 2:
+        raise ValueError(f"corrected t-test: needs at least 2 fold differences, got {k}")
+    if not (n_train > 0 and n_test > 0):
+        raise ValueError(f"corrected t-test: n_train and n_test must be positive (got {n_train}, {n_test})")
+    mean, df = float(d.mean()), k - 1
+    se = math.sqrt((1 / k + n_test / n_train) * float(np.var(d, ddof=1)))
+    if se <= 1e-12 or np.allclose(d, d[0], rtol=0, atol=1e-12):
+        zero = abs(mean) <= 1e-12
+        t_stat, p, ci = (0.0 if zero else math.copysign(math.inf, mean)), (1.0 if zero else 0.0), [mean, mean]
+    else:
+        t_stat = mean / se
+        p = float(min(1.0, 2 * student.sf(abs(t_stat), df)))
+        half = float(student.ppf(1 - (1 - level) / 2, df)) * se
+        ci = [mean - half, mean + half]
+    return {"t": float(t_stat), "p": p, "df": df, "mean": mean, "se": se, "ci": ci, "k": k, "n_train": n_train, "n_test": n_test}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given), for several comparisons at once."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _outcome(value):
+    """A record's truth or prediction: a label (str), or a label set (a sorted tuple) when the record holds a list."""
+    return tuple(sorted(str(v) for v in value)) if isinstance(value, list | tuple) else str(value)
+
+
+def _records(p: dict, name: str) -> dict[tuple[int, int], tuple]:
+    """{(repeat, test_index): (fold, truth, prediction)} of one predictions.json (older ones: repeat = fold = 0)."""
+    idx, y_true, y_pred = p["test_index"], p["y_true"], p["y_pred"]
+    m = len(idx)
+    repeat, fold = p.get("repeat") or [0] * m, p.get("fold") or [0] * m
+    if not len(y_true) == len(y_pred) == len(repeat) == len(fold) == m:
+        raise ValueError(f"paired comparison: predictions {name} has lists of different lengths (test_index has {m})")
+    out = {}
+    for r, f, i, t, pr in zip(repeat, fold, idx, y_true, y_pred):
+        if (int(r), int(i)) in out:
+            raise ValueError(f"paired comparison: predictions {name} scores letter {i} twice in repeat {r}")
+        out[int(r), int(i)] = (int(f), _outcome(t), _outcome(pr))
+    return out
+
+
+def _fold_rows(recs: dict) -> dict[tuple[int, int], frozenset]:
+    rows: dict = {}
+    for (r, i), (f, _, _) in recs.items():
+        rows.setdefault((r, f), set()).add(i)
+    return {k: frozenset(v) for k, v in rows.items()}
+
+
+def _by_fold(folds: list) -> list[list[int]]:
+    members: dict = {}
+    for i, fold in enumerate(folds):
+        members.setdefault(fold, []).append(i)
+    return [members[f] for f in sorted(members)]
+
+
+def _one_label(y_true, pred_a, pred_b, labels) -> dict:
+    """Macro-F1 of A and B, the difference on a bootstrap resample (weights), per fold, and which letters each got right."""
+    labs = label_list(labels, y_true, pred_a, pred_b)
+    t, pa, pb, k = codes(y_true, labs), codes(pred_a, labs), codes(pred_b, labs), len(labs)
+
+    def diff(w) -> float:  # each resample averages over the classes present in its truth or either prediction
+        cm_a, cm_b = weighted_confusion(t, pa, k, w), weighted_confusion(t, pb, k, w)
+        present = (cm_a.sum(1) + cm_a.sum(0) + cm_b.sum(0)) > 0
+        return f1_per_class(cm_a)[present].mean() - f1_per_class(cm_b)[present].mean()
+
+    return {
+        "a": float(f1_per_class(weighted_confusion(t, pa, k)).mean()),
+        "b": float(f1_per_class(weighted_confusion(t, pb, k)).mean()),
+        "diff": diff,
+        "fold_diffs": lambda folds: np.subtract(fold_scores(y_true, pred_a, folds, labs), fold_scores(y_true, pred_b, folds, labs)),
+        "right": (pa == t, pb == t),
+    }
+
+
+def _label_sets(y_true, pred_a, pred_b, labels, metric: str) -> dict:
+    """As _one_label for label sets and one of LABEL_SET_METRICS (the point figures over every label, as the headline)."""
+    from sklearn.metrics import f1_score
+
+    classes = label_list(labels, *({lab for s in col for lab in s} for col in (y_true, pred_a, pred_b)))
+    T, A, B = (indicator(col, classes) for col in (y_true, pred_a, pred_b))
+    j, average = LABEL_SET_METRICS.index(metric), metric.removesuffix("_f1")
+
+    def score(rows, P) -> float:
+        return float(f1_score(T[rows], P[rows], average=average, zero_division=1.0 if average == "samples" else 0.0))
+
+    every = np.arange(len(T))
+    return {
+        "a": score(every, A),
+        "b": score(every, B),
+        "diff": lambda w: multilabel_scores(T, A, w)[j] - multilabel_scores(T, B, w)[j],
+        "fold_diffs": lambda folds: np.array([score(rows, A) - score(rows, B) for rows in _by_fold(folds)]),
+        "right": ((T == A).all(1), (T == B).all(1)),
+    }
+
+
+def paired_comparison(
+    a: dict, b: dict, labels=None, *, metric: str = "macro_f1", n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Is A's score different from B's on the same letters? `a`, `b`: two predictions.json records; `metric`: macro_f1 for
+    one label per letter, micro_f1, macro_f1 or samples_f1 for label sets (records whose truth is a list).
+
+    Only folds both scored with identical test letters count (a fold is its (repeat, fold) id and its
+    set of test rows; a holdout is repeat 0, fold 0), so a 5x2 and a 5x1 cross-validation are compared
+    on repeat 0; records are matched by (repeat, test_index). Returned:
+
+    * metric, score_a, score_b; diff: the pooled score (over `labels`) of A minus B over the common records;
+    * diff_ci, p_bootstrap: paired bootstrap over letters (a letter's records of every repeat move
+      together, the same resample for both), percentile CI and a two-sided p from the shifted
+      distribution; each resample's macro-F1 averages over the labels present in its truth or either prediction;
+    * cv with >= 2 common folds: fold_diffs (the score per fold, A - B), and the Nadeau-Bengio corrected
+      t-test on them (p_corrected, t, df, corrected_ci) with n_test = mean fold size and n_train =
+      n_letters - n_test; this is the p to trust under CV, because the bootstrap ignores that the
+      classifiers were trained on overlapping sets;
+    * holdout: p_mcnemar, McNemar's exact test on the letters exactly one of the two got right (label sets: the whole set);
+    * identical: both predicted the same label (set) for every common record.
+
+    Raises ValueError when the two share no letter (no common fold), or for a metric the task has not.
+    """
+    from scipy.stats import binomtest
+
+    ra, rb = _records(a, "A"), _records(b, "B")
+    fa, fb = _fold_rows(ra), _fold_rows(rb)
+    common = sorted(k for k in fa if fb.get(k) == fa[k])
+    if not common:
+        raise ValueError(
+            "paired comparison: the two evaluations share no letters — no fold (repeat, fold) has the same test letters in both, "
+            "so they were scored on different splits or data and cannot be compared pairwise"
+        )
+    shared = set(common)
+    keys = sorted(key for key in ra if (key[0], ra[key][0]) in shared)
+    if any(ra[key][1] != rb[key][1] for key in keys):
+        raise ValueError("paired comparison: the two evaluations give different true labels for the same letters (different data)")
+    folds = [(r, ra[(r, i)][0]) for r, i in keys]
+    y_true = [ra[key][1] for key in keys]
+    pred_a, pred_b = [ra[key][2] for key in keys], [rb[key][2] for key in keys]
+    sets = isinstance(y_true[0], tuple)
+    allowed = LABEL_SET_METRICS if sets else ("macro_f1",)
+    if metric not in allowed:
+        raise ValueError(f"paired comparison: {metric!r} is not a score of this task; use one of {', '.join(allowed)}")
+    s = _label_sets(y_true, pred_a, pred_b, labels, metric) if sets else _one_label(y_true, pred_a, pred_b, labels)
+    ids, n_letters = cluster_ids([i for _, i in keys], len(keys))
+    identical = pred_a == pred_b
+    observed = 0.0 if identical else s["a"] - s["b"]
+    rng = np.random.default_rng(seed)
+    diffs = np.array([s["diff"](resample_weights(rng, ids, n_letters)) for _ in range(n_boot)])
+    alpha = (1 - level) / 2
+    p_boot = (1 + np.sum(np.abs(diffs - observed) >= abs(observed) - 1e-12)) / (n_boot + 1)
+    protocols = {a.get("protocol") or "holdout", b.get("protocol") or "holdout"}
+    out = {
+        "protocol": protocols.pop() if len(protocols) == 1 else "mixed",
+        "metric": metric,
+        "n_letters": n_letters,
+        "n_records": len(keys),
+        "n_folds": len(common),
+        "score_a": s["a"],
+        "score_b": s["b"],
+        "diff": float(observed),
+        "diff_ci": [0.0, 0.0] if identical else [float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))],
+        "p_bootstrap": float(min(1.0, p_boot)),
+        "n_boot": n_boot,
+        "identical": identical,
+        "fold_diffs": None,
+        "p_corrected": None,
+        "t": None,
+        "df": None,
+        "corrected_ci": None,
+        "p_mcnemar": None,
+        "only_a_right": None,
+        "only_b_right": None,
+    }
+    if out["protocol"] == "cv" and len(common) >= 2:
+        fold_diffs = s["fold_diffs"](folds)
+        n_test = float(np.mean([len(fa[f]) for f in common]))
+        if n_letters - n_test > 0:
+            tt = corrected_ttest(fold_diffs, n_letters - n_test, n_test, level=level)
+            out.update(fold_diffs=fold_diffs.tolist(), p_corrected=tt["p"], t=tt["t"], df=tt["df"], corrected_ci=tt["ci"])
+    if out["protocol"] in ("holdout", "fixed"):  # one test split
+        a_right, b_right = s["right"]
+        only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
+        p_mcnemar = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+        out.update(p_mcnemar=p_mcnemar, only_a_right=only_a, only_b_right=only_b)
+    return out

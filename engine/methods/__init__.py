@@ -1,0 +1,17 @@
+"""Methods: every way ClinBench turns a model into a classifier, one module per method, on one harness.
+
+estimators     scikit-learn pipelines on letter vectors (SMOTE, search, calibrated SVC, logistic regression)
+prompting      a causal LM as a classifier: prompt template, label words, log-likelihood scoring, calibration
+frozen         svc and logreg: frozen embeddings -> estimator
+tfidf          the reference row: tf-idf + logistic regression
+lora           LoRA fine-tuning with a classification head
+linear_probe   a linear head on the cached embeddings
+lora_svc       the LoRA-tuned model's embeddings -> SVC
+domain_adapt   LoRA on the language-model objective
+adapt_svc      domain adaptation per fold, then the SVC on the adapted vectors
+setfit         contrastive tuning of a sentence encoder on pairs, then a logistic head
+incontext      zero-shot and few-shot prompting
+instruct_lora  LoRA on prompt -> label words, then label likelihood
+registry       the methods a spec may name
+classifiers    one interface for every stored classifier: classes_, predict_proba(texts)
+"""

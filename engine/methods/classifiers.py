@@ -1,0 +1,291 @@
+"""One interface for every trained classifier, whatever trained it.
+
+`load(artifact)` returns a `Classifier`: `classes_`, `predict_proba(texts)` (probabilities, always: one
+row per letter, one column per class, rows summing to 1; multi-label: each label's own probability), `thresholds`
+(None; multi-label: each label's decision threshold, tuned on training letters), `threshold` and `positive_label` (a
+two-label task's operating threshold, where its step chose one), `predict(texts)` (the most probable label; two labels:
+the positive one at or above the threshold; multi-label: the tuple of labels at or above their thresholds, possibly empty),
+`truncated(texts)` (which letters are longer than the classifier reads), and `metadata` (model, method,
+stage, key, options, the evaluation's figures). The Classify page, `python -m engine predict` and the
+HTTP endpoint use it without knowing the method.
+
+How a stored artifact becomes a Classifier is the artifact's `predictor` (written by the step that
+made it): an `embedding-classifier` embeds the letters the way its training letters were embedded
+(same model or LoRA-tuned model, pooling, max_length) and applies its scikit-learn estimator; a
+`sequence-classifier` (linear probe, LoRA) runs the model with its head; a `prompted-lm` (zero-shot, few-shot) or
+`tuned-lm` (instruct-lora: the LoRA adapter merged first) scores each label's words after the stored prompt. Letters are embedded in
+memory and never enter the embeddings cache: a pasted letter is patient data. Loaded models are
+shared between classifiers in a small in-process cache, so a second letter pays no loading time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.cache import artifacts
+from engine.cache.artifacts import verify_tree
+from engine.errors import ArtifactError
+from engine.features import extract, windows
+from engine.finetune.loading import load_adapted_extractor, load_tuned_classifier, load_tuned_extractor
+from engine.methods import incontext, instruct_lora, prompting
+from engine.methods.lora import predict_proba as sequence_proba
+from engine.methods.setfit import load_tuned_encoder
+from engine.models import catalog
+from engine.models.devices import choose
+from engine.options.groups import DEFAULT_MAX_LENGTH
+
+MAX_LOADED = 2  # models kept in memory between letters
+_LOADED: OrderedDict[str, Any] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+class Classifier(Protocol):
+    classes_: list[str]
+    metadata: dict
+    thresholds: np.ndarray | None
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+    def predict(self, texts: list[str]) -> list[str]: ...
+
+    def decide(self, proba: np.ndarray) -> list: ...
+
+    def truncated(self, texts: list[str]) -> list[bool]: ...
+
+
+def shared_model(key: str, load: Callable[[], Any]) -> Any:
+    """A loaded model from the in-process cache (least recently used first out), or loaded now by `load()`."""
+    with _LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+    loaded = load()
+    with _LOCK:
+        _LOADED[key] = loaded
+        while len(_LOADED) > MAX_LOADED:
+            _LOADED.popitem(last=False)
+    return loaded
+
+
+class _Base:
+    """What every classifier shares: classes, metadata, argmax prediction, truncation check."""
+
+    classes_: list[str]
+    metadata: dict
+    max_length: int
+    tokenizer: Any
+    thresholds: np.ndarray | None = None
+    threshold: float | None = None  # a two-label task's operating threshold on P(positive_label)
+    positive_label: str | None = None
+
+    def predict(self, texts: list[str]) -> list:
+        return self.decide(self.predict_proba(texts))
+
+    def decide(self, proba: np.ndarray) -> list:
+        """What the classifier answers for these probabilities (one row per letter): the set of labels at or above their
+        thresholds (multi-label), the label the operating threshold gives (two labels with one), else the likeliest."""
+        if self.thresholds is not None:
+            return [tuple(c for c, p, t in zip(self.classes_, row, self.thresholds, strict=True) if p >= t) for row in proba]
+        if self.threshold is not None:
+            j = self.classes_.index(self.positive_label)
+            return [self.classes_[j] if row[j] >= self.threshold else self.classes_[1 - j] for row in proba]
+        return [self.classes_[i] for i in proba.argmax(1)]
+
+    def _decision_of(self, estimator) -> None:
+        """The thresholds a fitted estimator carries: one per label (multi-label) or one operating threshold (two labels)."""
+        self.thresholds = getattr(estimator, "thresholds_", None)
+        self.threshold, self.positive_label = getattr(estimator, "threshold_", None), getattr(estimator, "positive_label_", None)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        return [len(ids) > self.max_length for ids in extract.tokenize(self.tokenizer, texts, 10**9)[0]]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class EmbeddingClassifier(_Base):
+    """A scikit-learn estimator on a model's letter vectors (svc, logreg, lora-svc, adapt-svc)."""
+
+    def __init__(self, loaded: catalog.LoadedModel, estimator, pooling: str, max_length: int, metadata: dict, n_windows: int = 1):
+        self.loaded, self.estimator, self.pooling, self.max_length, self.metadata = loaded, estimator, pooling, max_length, metadata
+        self.windows, self.tokenizer = n_windows, loaded.tokenizer
+        self.classes_ = [str(c) for c in estimator.classes_]
+        self._decision_of(estimator)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """The letters' vectors, made as its training letters' were (model, pooling, max_length, windows)."""
+        with tempfile.TemporaryDirectory(prefix="clinbench-letters-") as tmp:
+            out = Path(tmp) / "letters.npy"
+            extract.extract(self.loaded, list(texts), out, pooling=self.pooling, max_length=self.max_length, windows=self.windows)
+            return np.array(np.load(out))
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Whether each letter is cut: longer than max_length, or under windows longer than the windows reach."""
+        if self.windows == 1:
+            return super().truncated(texts)
+        prefix, suffix = windows.special_tokens(self.tokenizer)
+        most = windows.reach(self.max_length, self.windows, len(prefix) + len(suffix))
+        return [len(ids) > most for ids in extract.tokenize(self.tokenizer, texts, 10**9)[0]]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(self.embed(texts)), dtype=float)
+
+
+class SequenceClassifier(_Base):
+    """The model itself with its classification head (linear-probe, lora). A multi-label head (its config's problem_type)
+    gives each label's sigmoid probability, and `thresholds` (label -> threshold, as the manifest stores them; 0.5 for a
+    label without one) become one per label in `classes_` order."""
+
+    def __init__(self, net, tokenizer, max_length: int, placement, metadata: dict, thresholds: dict | None = None):
+        self.net, self.tokenizer, self.max_length, self.placement, self.metadata = net, tokenizer, max_length, placement, metadata
+        self.classes_ = [net.config.id2label[i] for i in range(net.config.num_labels)]
+        from engine.finetune.loading import is_multi_label
+
+        if is_multi_label(net.config):
+            self.thresholds = np.array([float((thresholds or {}).get(c, 0.5)) for c in self.classes_])
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        ids, _ = extract.tokenize(self.tokenizer, list(texts), self.max_length)
+        return np.asarray(sequence_proba(self.net, ids, list(range(len(ids))), self.tokenizer.pad_token_id, self.placement), dtype=float)
+
+
+class TextPipeline(_Base):
+    """A scikit-learn pipeline that reads the texts themselves (the tf-idf reference)."""
+
+    max_length = 10**9
+
+    def __init__(self, pipeline, metadata: dict):
+        self.pipeline, self.metadata = pipeline, metadata
+        self.classes_ = [str(c) for c in pipeline.classes_]
+        self._decision_of(pipeline)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.pipeline.predict_proba(list(texts)), dtype=float)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        return [False] * len(texts)  # every word is read
+
+
+def _metadata(folder: Path, manifest: dict) -> dict:
+    return {
+        "key": folder.name,
+        "artifact": str(folder),
+        "model": manifest["model"]["name"],
+        "method": manifest["method"],
+        "method_title": manifest.get("method_title", manifest["method"]),
+        "stage": manifest.get("stage", "frozen"),
+        "options": manifest.get("config", {}),
+        "task": manifest.get("metrics", {}).get("task", "single-label"),
+        "macro_f1": manifest.get("metrics", {}).get("macro_f1"),
+        "macro_f1_ci": manifest.get("metrics", {}).get("macro_f1_ci"),
+        "micro_f1": manifest.get("metrics", {}).get("micro_f1"),
+        "data_hash": manifest.get("data", {}).get("data_hash"),
+    }
+
+
+def _same_model(loaded: catalog.LoadedModel, recorded: dict) -> bool:
+    mine = {k: v for k, v in loaded.identity.items() if k not in ("model_type", "kind")}
+    theirs = {k: v for k, v in recorded.items() if k != "name"}
+    return all(mine.get(k) == v for k, v in theirs.items())
+
+
+def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> EmbeddingClassifier:
+    cfg = manifest.get("config", {})
+    pooling = manifest.get("embedder", {}).get("pooling", cfg.get("pooling", "mean"))
+    max_length = int(manifest.get("embedder", {}).get("max_length", cfg.get("max_length", DEFAULT_MAX_LENGTH)))
+    n_windows = int(manifest.get("embedder", {}).get("windows", 1))  # (stored before the option: cut at max_length)
+    estimator = artifacts.load_joblib(folder)
+    if not hasattr(estimator, "predict_proba"):  # a pipeline ending in SVC(probability=False)
+        raise ArtifactError(
+            f"{manifest['model']['name']} · {manifest['method']} was stored by an earlier ClinBench as an uncalibrated SVC, which gives "
+            "decision values, not probabilities. Its scores stay on Compare; re-run its step to classify letters with it."
+        )
+    if "adapter_key" in manifest:  # adapt-svc: the base model with the adapter trained on its language-model objective
+        verify_tree(folder, "adapter/")
+        loaded = shared_model(
+            f"adapted:{folder}", lambda: load_adapted_extractor(manifest["model"]["name"], folder / "adapter", placement, manifest["model"])
+        )
+    elif "lora_artifact" in manifest:
+        lora = manifest["lora_artifact"]
+        loaded = shared_model(f"tuned:{lora}", lambda: load_tuned_extractor(lora, placement))
+    else:
+        loaded = shared_model(f"base:{manifest['model']['name']}", lambda: catalog.load(manifest["model"]["name"], placement))
+        if not _same_model(loaded, manifest["model"]):
+            raise ArtifactError(
+                f"The files of model {manifest['model']['name']} changed since this classifier was trained; re-run its evaluation."
+            )
+    return EmbeddingClassifier(loaded, estimator, pooling, max_length, _metadata(folder, manifest), n_windows)
+
+
+def _load_sequence_classifier(folder: Path, manifest: dict, placement) -> SequenceClassifier:
+    net, tokenizer, _ = shared_model(f"classifier:{folder}", lambda: load_tuned_classifier(folder, placement))
+    max_length = int(manifest.get("config", {}).get("max_length", DEFAULT_MAX_LENGTH))
+    thresholds = (manifest.get("classifier") or {}).get("thresholds")  # multi-label: tuned on the validation letters
+    return SequenceClassifier(net, tokenizer, max_length, placement, _metadata(folder, manifest), thresholds)
+
+
+def _load_tuned_encoder(folder: Path, manifest: dict, placement) -> EmbeddingClassifier:
+    """setfit: the encoder tuned on pairs, stored in the artifact, and its logistic head."""
+    loaded = shared_model(f"setfit:{folder}", lambda: load_tuned_encoder(folder, placement))
+    e = manifest["embedder"]
+    return EmbeddingClassifier(
+        loaded, artifacts.load_joblib(folder), e["pooling"], int(e["max_length"]), _metadata(folder, manifest), int(e.get("windows", 1))
+    )
+
+
+def _load_prompted_lm(folder: Path, manifest: dict, placement) -> incontext.PromptClassifier:
+    """zero-shot, few-shot: the causal LM itself, with the stored prompt, label words and examples."""
+    lm = shared_model(f"lm:{manifest['model']['name']}", lambda: prompting.load_lm(manifest["model"]["name"], placement))
+    if not _same_model(lm, {k: v for k, v in manifest["model"].items() if k not in ("model_type", "kind")}):
+        raise ArtifactError(f"The files of model {manifest['model']['name']} changed since this evaluation; re-run it.")
+    return incontext.PromptClassifier(lm, incontext.read_prompt(folder), _metadata(folder, manifest))
+
+
+def _load_tuned_lm(folder: Path, manifest: dict, placement) -> incontext.PromptClassifier:
+    """instruct-lora: the causal LM with the artifact's LoRA adapter merged, the stored prompt and label words."""
+    lm, stored = shared_model(f"tuned-lm:{folder}", lambda: instruct_lora.load_classifier(folder, manifest, placement))
+    if not instruct_lora.same_base(lm, manifest["model"]):
+        raise ArtifactError(f"The files of model {manifest['model']['name']} changed since this evaluation; re-run it.")
+    return incontext.PromptClassifier(lm, stored, _metadata(folder, manifest))
+
+
+def _load_text_pipeline(folder: Path, manifest: dict, placement) -> TextPipeline:
+    return TextPipeline(artifacts.load_joblib(folder), _metadata(folder, manifest))
+
+
+LOADERS: dict[str, Callable[[Path, dict, Any], Classifier]] = {
+    "text-pipeline": _load_text_pipeline,
+    "embedding-classifier": _load_embedding_classifier,
+    "sequence-classifier": _load_sequence_classifier,
+    "prompted-lm": _load_prompted_lm,
+    "tuned-lm": _load_tuned_lm,
+    "tuned-encoder": _load_tuned_encoder,
+}
+# Artifacts stored before manifests named their predictor (ClinBench 0.1).
+_LEGACY_PREDICTOR = {
+    "svc": "embedding-classifier",
+    "logreg": "embedding-classifier",
+    "lora-svc": "embedding-classifier",
+    "linear-probe": "sequence-classifier",
+    "lora": "sequence-classifier",
+}
+
+
+def load(artifact: str | Path, placement=None) -> Classifier:
+    """The classifier stored in an evaluation folder, checked against its manifest's hashes."""
+    folder = Path(artifact)
+    manifest = artifacts.read_manifest(folder)
+    predictor = manifest.get("predictor") or _LEGACY_PREDICTOR.get(manifest.get("method", ""))
+    loader = LOADERS.get(predictor or "")
+    if loader is None:
+        raise ArtifactError(
+            f"{folder.name} holds no classifier ({manifest.get('kind', 'unknown kind')}, method {manifest.get('method')!r})."
+        )
+    return loader(folder, manifest, placement or choose())

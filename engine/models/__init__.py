@@ -1,0 +1,6 @@
+"""Models: which ones exist, where their files are, and what they run on.
+
+devices  CUDA or CPU, dtype, free memory
+hub      the Hugging Face hub: local cache first, bounded time, clear offline errors
+catalog  the registry (bundled, presets, hub ids, local folders, adapted models) and loading
+"""

@@ -1,0 +1,4 @@
+"""What leaves ClinBench for a reader: charts and tables exported as files, a report zip.
+
+export  charts as PNG/SVG/HTML, tables as CSV, a report zip
+"""

@@ -1,0 +1,347 @@
+"""The Ray executor: a driver process that sends the steps of `executor: ray` runs to a Ray cluster as tasks.
+
+`python -m engine worker --executor ray` (started on demand by engine.launch; one per run store) registers in the store
+as a worker of kind ray, connects to a cluster (--ray-address, else the oldest queued run's ray_address, else
+$RAY_ADDRESS; with none it starts a local Ray instance, its object store capped, that stops when the driver leaves) and
+loops until stopped or idle:
+
+* claims the queued steps whose inputs are ready (experiment.dependencies: logreg waits for the svc step whose embeddings
+  it reuses, lora-svc for its lora step) and submits each as a task with its resources (`resources`: step_cpus CPUs,
+  also its torch thread count, so results do not depend on the executor; a GPU for a neural step when the cluster has
+  one). Independent steps (models x methods x seeds) run in parallel as far as the cluster's resources allow.
+* moves what the tasks report through a relay actor (the node and pid a step started on, progress, curves) into the
+  store. The driver is the only process that opens the SQLite store: remote steps never do (SQLite's WAL is unsafe on
+  network filesystems).
+* passes a cancel on: the relay's stop flag stops a step at its next batch boundary (StepContext.should_stop); one not
+  stopped after CANCEL_GRACE_S is force-cancelled (its Ray worker process is killed). A queued task is cancelled at once.
+* records each outcome as the local worker does (engine.stepcall), with the task's output appended to the run log. Ray
+  retries a task whose worker process died TASK_RETRIES time(s) (files are written atomically, so nothing half-written is
+  reused), then the step is reported failed.
+
+Every task runs in a fresh Ray worker process (max_calls=1), so a large model's memory goes back when its step ends, as
+with the local worker's child. Tasks read and write the driver's cache folder ($CLINBENCH_CACHE) and read the letters
+file from its submitted path: on a cluster of several machines both must be on a filesystem every node mounts at the
+same path. Ray's usage statistics are switched off (RAY_USAGE_STATS_ENABLED=0) in the driver and in every task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from engine.cache.storage import sweep_orphans
+from engine.options.config import CACHE_ENV, REPO_ROOT, cache_dir
+from engine.runs import experiment, launch, stepcall, store
+from engine.runs.ray_task import Relay, resources, run_task
+from engine.runs.states import Status
+
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0"}
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # steps pass only small dicts through Ray; the default would reserve 30% of RAM
+TASK_RETRIES = 1  # a step whose Ray worker process died runs once more
+CANCEL_GRACE_S = 2.5
+POLL_S = 0.2
+WAITING = "waiting for Ray resources"
+_LOCAL_INSTANCE = [False]  # this driver started the Ray instance it uses (every task runs on this machine)
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] ray driver {os.getpid()}: {msg}", flush=True)
+
+
+# --- the driver ------------------------------------------------------------------------
+
+
+@dataclass
+class _Task:
+    run_id: int
+    idx: int
+    title: str
+    n_steps: int
+    started: bool = False
+    stop_sent: bool = False
+    forced: bool = False
+
+
+def _address_of_queued(conn) -> str | None:
+    row = conn.execute(
+        "SELECT r.spec FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.executor = 'ray' "
+        "AND r.cancel_requested IS NULL ORDER BY s.run_id LIMIT 1",
+        (Status.QUEUED,),
+    ).fetchone()
+    return json.loads(row["spec"])["options"].get("ray_address") if row else None
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at host:port (ray.init retries an unreachable cluster for long)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port (or ray://host:port)")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc}).") from None
+
+
+def connect_cluster(address: str | None) -> dict:
+    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a local instance with this machine's CPUs. Returns its
+    resources."""
+    import ray
+
+    env = {
+        **TELEMETRY_OFF,
+        CACHE_ENV: str(cache_dir()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CLINBENCH_")})
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "include_dashboard": False}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "auto":
+        _reachable(address)
+    _LOCAL_INSTANCE[0] = address is None
+    if address is None:
+        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    ray.init(address=address, **kwargs)
+    return ray.cluster_resources()
+
+
+def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
+    """Send the queued steps of Ray runs to the cluster until stopped (SIGTERM/Ctrl-C), or idle for `idle_exit` s (0 = never)."""
+    import psutil
+
+    os.environ.update(TELEMETRY_OFF)
+    launch.check_ray()
+    import ray
+
+    me = psutil.Process()
+    store.exit_on_change(_say)
+    with store.connect() as conn:
+        store.recover(conn)
+        others = store.register_worker(conn, "ray", 1)
+        if others:
+            _say(f"a Ray driver already serves this store (pid {others[0]}). Leaving.")
+            return 0
+        address = address or _address_of_queued(conn)
+    stepcall.Stop.install()
+    try:
+        try:
+            cluster = connect_cluster(address)
+        except Exception as exc:  # unreachable, refused, wrong token, version mismatch: the queued steps say why
+            _fail_queued(
+                address,
+                f"Could not connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS') or 'a new local instance'}: "
+                f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]} Check ray_address / $RAY_ADDRESS and "
+                "that `ray status` works on this machine (a cluster with token authentication needs its token in "
+                "~/.ray/auth_token or $RAY_AUTH_TOKEN); then resume the run.",
+            )
+            return 1
+        _say(f"connected to {address or 'a local Ray instance'}: {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU")
+        relay = ray.remote(Relay).options(num_cpus=0).remote()
+        with store.connect() as conn:
+            _loop(conn, me.pid, relay, address, cluster.get("GPU", 0.0), idle_exit)
+    finally:
+        with store.connect() as conn:
+            conn.execute("DELETE FROM workers WHERE pid = ?", (me.pid,))
+        if ray.is_initialized():
+            ray.shutdown()  # a local instance this driver started stops with it
+    return 0
+
+
+def _serves(run_address: str | None, address: str | None) -> bool:
+    """Whether the driver for `address` serves a run that asked for `run_address` (none: whichever driver runs)."""
+    return not run_address or run_address == address
+
+
+def _fail_queued(address: str | None, message: str) -> None:
+    """Every queued step of the Ray runs this driver would serve becomes failed with `message` (nothing waits forever)."""
+    _say(message)
+    now = time.time()
+    with store.connect() as conn, store.transaction(conn, durable=True):
+        rows = conn.execute(
+            "SELECT s.run_id, s.idx, r.spec FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.executor = 'ray'",
+            (Status.QUEUED,),
+        ).fetchall()
+        for r in rows:
+            if _serves(json.loads(r["spec"])["options"].get("ray_address"), address):
+                conn.execute(
+                    "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
+                    (Status.FAILED, message, now, now, r["run_id"], r["idx"], Status.QUEUED),
+                )
+                store.append_log(r["run_id"], f"step {r['idx'] + 1} failed: {message}")
+
+
+def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: float) -> None:
+    import ray
+
+    task_fn = ray.remote(max_calls=1)(run_task)
+    tasks: dict = {}  # ObjectRef -> _Task
+    specs: dict[int, tuple] = {}  # run id -> (spec, steps, dependencies)
+    idle_since = time.monotonic()
+    while not stepcall.Stop.requested:
+        store.check(conn)
+        conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), pid))
+        for run_id, idx in _claim_ready(conn, pid, address, specs):
+            spec, steps, _deps = specs[run_id]
+            row = conn.execute("SELECT r.spec, r.data_hash FROM runs r WHERE r.id = ?", (run_id,)).fetchone()
+            res = resources(steps[idx], spec.options, gpus)
+            ref = task_fn.options(**res, max_retries=TASK_RETRIES).remote(
+                row["spec"], row["data_hash"], run_id, idx, relay, int(max(1, res["num_cpus"]))
+            )
+            tasks[ref] = _Task(run_id, idx, steps[idx]["title"], len(steps))
+            store.append_log(
+                run_id, f"step {idx + 1}/{len(steps)} sent to Ray ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU): {steps[idx]['title']}"
+            )
+        _move_events(conn, ray.get(relay.drain.remote()), tasks)
+        _pass_cancels(conn, relay, tasks)
+        if tasks:
+            finished, _ = ray.wait(list(tasks), num_returns=len(tasks), timeout=POLL_S)
+            _move_events(conn, ray.get(relay.drain.remote()), tasks)  # the last curves before the outcome
+            for ref in finished:
+                _finish(conn, pid, ref, tasks.pop(ref))
+            idle_since = time.monotonic()
+        elif idle_exit and time.monotonic() - idle_since > idle_exit and not launch.queued(conn, "ray"):
+            _say("nothing queued; leaving")
+            return
+        else:
+            time.sleep(POLL_S * 2)
+    _say(f"stopped by {stepcall.Stop.signal_name}")
+    for ref, t in tasks.items():
+        ray.cancel(ref, force=True)
+        _record(
+            conn,
+            pid,
+            t,
+            {
+                "status": Status.INTERRUPTED,
+                "error": f"The Ray driver was stopped ({stepcall.Stop.signal_name}) during this step. Resume the run to do it again.",
+            },
+        )
+
+
+def _claim_ready(conn, pid: int, address: str | None, specs: dict) -> list[tuple[int, int]]:
+    """Mark running (waiting for Ray resources) every queued step of a Ray run for this cluster whose inputs are final."""
+    rows = conn.execute(
+        "SELECT s.run_id, s.idx, r.spec FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.executor = 'ray' "
+        "AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx",
+        (Status.QUEUED,),
+    ).fetchall()
+    ready, states = [], {}  # states: run id -> {idx: status}, read once per run
+    for r in rows:
+        if r["run_id"] not in specs:
+            spec = experiment.parse_stored_spec(json.loads(r["spec"]), where=f"run {r['run_id']}")
+            steps = spec.steps()
+            specs[r["run_id"]] = (spec, steps, experiment.dependencies(steps))
+        spec, _steps, deps = specs[r["run_id"]]
+        if not _serves(spec.options.execution.ray_address, address):
+            continue  # another cluster's run: the next driver takes it
+        if r["run_id"] not in states:
+            states[r["run_id"]] = dict(conn.execute("SELECT idx, status FROM steps WHERE run_id = ?", (r["run_id"],)).fetchall())
+        if all(Status(states[r["run_id"]][j]).final for j in deps[r["idx"]]):
+            ready.append((r["run_id"], r["idx"]))
+    now = time.time()
+    with store.transaction(conn):
+        for run_id, idx in ready:
+            conn.execute(
+                "UPDATE steps SET status = ?, worker_pid = ?, step_pid = NULL, node = NULL, started = ?, updated = ?, finished = NULL, "
+                "attempts = attempts + 1, stage = ?, done = 0, total = 0, rate = NULL, eta_s = NULL WHERE run_id = ? AND idx = ? AND status = ?",
+                (Status.RUNNING, pid, now, now, WAITING, run_id, idx, Status.QUEUED),
+            )
+            conn.execute("DELETE FROM metrics WHERE run_id = ? AND idx = ?", (run_id, idx))
+    return ready
+
+
+def _move_events(conn, events: list[tuple], tasks: dict) -> None:
+    """The relay's events into the store, in one transaction (progress: only each step's latest)."""
+    if not events:
+        return
+    by_key = {(t.run_id, t.idx): t for t in tasks.values()}
+    latest = {}
+    with store.transaction(conn):
+        for kind, key, *rest in events:
+            run_id, idx = key
+            if kind == "started":
+                node, task_pid, t = rest
+                t_ = by_key.get((run_id, idx))
+                if t_ is not None and t_.started:  # Ray runs it again: its worker process died
+                    conn.execute("UPDATE steps SET attempts = attempts + 1 WHERE run_id = ? AND idx = ?", (run_id, idx))
+                    store.append_log(run_id, f"step {idx + 1}: its Ray worker died; Ray runs it again on {node}")
+                if t_ is not None:
+                    t_.started = True
+                conn.execute(
+                    "UPDATE steps SET node = ?, step_pid = ?, started = ?, stage = 'starting', updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
+                    (node, task_pid, t, time.time(), run_id, idx, Status.RUNNING),
+                )
+            elif kind == "progress":
+                latest[key] = rest
+            elif kind == "metric":
+                stepcall.write_metric(conn, run_id, idx, *rest)
+        for (run_id, idx), p in latest.items():
+            stepcall.write_progress(conn, run_id, idx, *p)
+
+
+def _pass_cancels(conn, relay, tasks: dict) -> None:
+    """Runs the user cancelled: stop flag to their steps; a task not started is cancelled now, a running one after the grace."""
+    import ray
+
+    if not tasks:
+        return
+    wanted = {
+        r["id"]: r["cancel_requested"] for r in conn.execute("SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL")
+    }
+    for ref, t in tasks.items():
+        requested = wanted.get(t.run_id)
+        if requested is None or t.forced:
+            continue
+        if not t.stop_sent:
+            relay.stop.remote(t.run_id)
+            t.stop_sent = True
+        if not t.started or time.time() - requested > CANCEL_GRACE_S:
+            ray.cancel(ref, force=t.started)
+            t.forced = True
+
+
+def _finish(conn, pid: int, ref, t: _Task) -> None:
+    import ray
+    from ray import exceptions as rx
+
+    try:
+        outcome = ray.get(ref)
+    except rx.TaskCancelledError:
+        outcome = {
+            "status": Status.CANCELLED,
+            "error": "Cancelled before it started."
+            if not t.started
+            else (
+                f"Cancelled; the step did not stop by itself within {CANCEL_GRACE_S:g} s, so its Ray task was cancelled. Nothing half-written was kept."
+            ),
+        }
+    except (rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError) as exc:
+        outcome = {
+            "status": Status.FAILED,
+            "error": (
+                f"The Ray worker running this step died ({type(exc).__name__}), and again after {TASK_RETRIES} retry: most often the node ran out of "
+                "memory. Try a smaller max_length or batch_tokens, a smaller model, or nodes with more memory; then resume the run."
+            ),
+        }
+    except rx.RayError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        outcome = {"status": Status.FAILED, "error": f"Ray could not run this step: {type(exc).__name__}: {first}"}
+    if t.forced and outcome["status"] != Status.DONE:
+        outcome = {"status": Status.CANCELLED, "error": outcome.get("error") if outcome["status"] == Status.CANCELLED else "Cancelled."}
+    if outcome.get("log"):
+        with open(store.log_path(t.run_id), "a", encoding="utf-8") as fh:
+            fh.write(outcome["log"] if outcome["log"].endswith("\n") else outcome["log"] + "\n")
+    if outcome["status"] != Status.DONE and _LOCAL_INSTANCE[0]:
+        sweep_orphans()  # what a cancelled or dead task was writing (by pid: only where every task ran on this machine)
+    _record(conn, pid, t, outcome)
+
+
+def _record(conn, pid: int, t: _Task, outcome: dict) -> None:
+    clean = {k: v for k, v in outcome.items() if k in ("status", "error", "result")}
+    stepcall.record(conn, t.run_id, t.idx, clean, pid)
+    store.append_log(
+        t.run_id,
+        f"step {t.idx + 1}/{t.n_steps} {outcome['status']}{stepcall.end_line(outcome['status'], outcome.get('error'), outcome.get('result') or {})}",
+    )
