@@ -81,11 +81,18 @@ def main() -> int:
     for name, plan in (("grouped (ClinBench)", grouped), ("ungrouped", ungrouped)):
         t0 = time.perf_counter()
 
-        def fit_predict(fold):
-            fitted = estimators.fit(X[fold.train], y[fold.train], "logreg", opts, 0)
+        def fit_predict(fold, plan=plan):
+            fitted = estimators.fit(
+                X[fold.train],
+                y[fold.train],
+                "logreg",
+                opts,
+                0,
+                plans.splits_of(y[fold.train], plan.groups[fold.train], opts.inner_folds, 0),
+            )
             return scoring.aligned(fitted.estimator.predict_proba(X[fold.test]), fitted.estimator.classes_, ds.classes)
 
-        oof = scoring.cross_predict(plan, fit_predict, len(ds.classes))
+        oof = scoring.out_of_fold([(fold, fit_predict(fold), None) for fold in plan.folds])
         m = scoring.score(ds, plan, oof, n_boot=1000, seed=0)
         rows.append(
             {

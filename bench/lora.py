@@ -178,7 +178,7 @@ def child_engine(spec: dict) -> dict:
 
     from engine.cache.context import StepContext
     from engine.features import extract
-    from engine.finetune import loading, loop
+    from engine.finetune import heads, loading, loop
     from engine.methods import lora as head_step
     from engine.models.devices import choose
     from engine.options.groups import Options
@@ -194,7 +194,7 @@ def child_engine(spec: dict) -> dict:
     trained, targets = loading.prepare_trainable(net, "lora", head, ft)
     ids, n_trunc = extract.tokenize(tok, prep["texts"], spec["max_length"])
     y_all = np.asarray([classes.index(v) for v in prep["labels"]])
-    weights = head_step.class_weights(y_all, len(classes), ft.class_weighted_loss)
+    weights = heads.class_weights(y_all, len(classes), ft.class_weighted_loss)
     y_t = torch.from_numpy(y_all)
     clock = StepClock(trained)
     tokens: list[int] = []

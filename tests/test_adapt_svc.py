@@ -83,7 +83,7 @@ def test_manifest_records_the_adaptations_and_keeps_each_adapter(adapt_cv, ml_ds
     assert a["objective"] == "masked LM" and sorted(a["fold_trainings"]) == ["r0f0", "r0f1", "r0f2"]
     assert a["training"]["n_fit"] > 0 and a["training"]["n_val"] > 0
     assert a["training"]["training"]["head_modules"], "the checkpoint has no LM head: one was trained beside the adapters"
-    assert list(manifest["classifier"]["thresholds"]) == ml_ds.classes
+    assert list(manifest["decision"]["thresholds"]) == ml_ds.classes
     files = manifest["files"]
     assert any(f.startswith("adapter/") for f in files)
     assert all(any(f.startswith(f"folds/{tag}/adapter/") for f in files) for tag in ("r0f0", "r0f1", "r0f2"))

@@ -14,8 +14,8 @@ from engine.cache.storage import evaluations_dir
 from engine.data.dataset import load_dataset
 from engine.errors import Cancelled, ClinBenchError
 from engine.features import extract
-from engine.finetune import loading, loop
-from engine.methods import domain_adapt, linear_probe, lora
+from engine.finetune import heads, loading, loop
+from engine.methods import domain_adapt, registry
 from engine.models import catalog
 from engine.models.devices import choose
 from engine.options.groups import FineTuneOptions, Options
@@ -118,7 +118,7 @@ def test_lora_step_saves_a_peft_adapter_that_reloads_to_identical_scores(tiny_en
     net, tok, _ = loading.load_tuned_classifier(folder)
     ids, _ = extract.tokenize(tok, ds.texts, FAST["max_length"])
     preds = json.loads((folder / "predictions.json").read_text())
-    again = lora.predict_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
+    again = heads.sequence_proba(net, ids, preds["test_index"], tok.pad_token_id, choose())
     assert np.allclose(again, np.asarray(preds["scores"]), atol=1e-5)
     assert experiment.execute(
         experiment.parse_spec({"models": [str(tiny_encoder)], "methods": ["lora"], "options": FAST}),
@@ -140,14 +140,14 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
 
     before = set(evaluations_dir().iterdir())
     with pytest.raises(Cancelled, match="cancelled in epoch 1"):
-        linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
+        registry.run(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))
     assert set(evaluations_dir().iterdir()) == before, "no artifact folder for a cancelled training"
     # 48 fitting letters / 8 = 6 batches per epoch: stop in the middle of epoch 2, after epoch 1 was checkpointed
     calls["n"] = 0
     with pytest.raises(Cancelled, match="epoch 2"):
-        linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
+        registry.run(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(8)))
     assert set(evaluations_dir().iterdir()) == before and list(loop.checkpoint_path("x").parent.glob("*.pt"))
-    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    res = registry.run(ds, str(tiny_encoder), "linear-probe", opts)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 3
     assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "classifier.joblib").exists()
 
@@ -157,12 +157,12 @@ def test_linear_probe_trains_on_the_cached_vectors_reproducibly_and_its_classifi
 ):
     """The probe reads the svc step's cached vectors (no forward pass of its own), trains the same to the bit in a fresh
     cache, and its stored classifier (an embedding classifier) gives the step's test probabilities back."""
-    from engine.methods import classifiers, frozen
+    from engine.methods import classifiers
 
     opts = OPTS.replace(protocol="cv", cv_folds=2, epochs=3, seed=5)
-    frozen.embedding_step(ds, str(tiny_encoder), "svc", opts)
+    registry.run(ds, str(tiny_encoder), "svc", opts)
     passes = extract.FORWARD_PASSES
-    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    res = registry.run(ds, str(tiny_encoder), "linear-probe", opts)
     assert passes == extract.FORWARD_PASSES, "the backbone ran again"
     manifest = res.manifest
     assert manifest["embeddings"]["cache_hit"] and manifest["predictor"] == "embedding-classifier"
@@ -176,7 +176,7 @@ def test_linear_probe_trains_on_the_cached_vectors_reproducibly_and_its_classifi
     live = clf.predict([ds.texts[i] for i in preds["test_index"][:5]])
     assert live == list(np.asarray(ds.classes)[clf.estimator.predict_proba(np.asarray(X)[preds["test_index"][:5]]).argmax(1)])
     monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "again"))
-    again = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts)
+    again = registry.run(ds, str(tiny_encoder), "linear-probe", opts)
     assert Path(again.artifact).name == Path(res.artifact).name and not again.cache_hit
     assert json.loads((Path(again.artifact) / "predictions.json").read_text()) == preds, "not bit-reproducible"
     assert again.manifest["training"]["curve"] == manifest["training"]["curve"]
@@ -185,12 +185,12 @@ def test_linear_probe_trains_on_the_cached_vectors_reproducibly_and_its_classifi
 def test_linear_probe_holdout_classifier_reproduces_its_test_scores(tiny_encoder, ds, cache):
     from engine.methods import classifiers
 
-    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS)
+    res = registry.run(ds, str(tiny_encoder), "linear-probe", OPTS)
     preds = json.loads((Path(res.artifact) / "predictions.json").read_text())
     clf = classifiers.load(res.artifact)
     X, _ = extract.embed(str(tiny_encoder), ds.texts, max_length=FAST["max_length"])
     assert np.allclose(clf.estimator.predict_proba(np.asarray(X)[preds["test_index"]]), np.asarray(preds["scores"]), atol=1e-6)
-    assert linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", OPTS).cache_hit
+    assert registry.run(ds, str(tiny_encoder), "linear-probe", OPTS).cache_hit
 
 
 def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds):
@@ -266,7 +266,7 @@ def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_enco
     logged = []
     ctx = StepContext(log_metric=lambda name, value, step: logged.append((name, step, value)))
     opts = OPTS.replace(epochs=2, patience=2, seed=3)
-    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, ctx)
+    res = registry.run(ds, str(tiny_encoder), "linear-probe", opts, ctx)
     losses = [(s, v) for n, s, v in logged if n == "train_loss"]
     vals = [(s, v) for n, s, v in logged if n == "val_macro_f1"]
     steps = res.manifest["training"]["steps"]
@@ -282,9 +282,9 @@ def test_training_logs_its_curves_through_the_context_and_resumes_them(tiny_enco
         return calls["n"] > 8
 
     with pytest.raises(Cancelled):
-        linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
+        registry.run(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop))
     again = StepContext()
-    res = linear_probe.probe_step(ds, str(tiny_encoder), "linear-probe", opts, again)
+    res = registry.run(ds, str(tiny_encoder), "linear-probe", opts, again)
     assert res.manifest["training"]["resumed_from_epoch"] == 1
     assert len(again.metrics["val_macro_f1"]) == 2, "epoch 1's validation point came back from the checkpoint"
 

@@ -10,7 +10,7 @@ import numpy as np
 from engine.cache import artifacts
 from engine.data.dataset import load_dataset
 from engine.features import extract
-from engine.methods import frozen
+from engine.methods import vectors
 from engine.options.groups import Options
 from engine.protocols import plans
 from tests.conftest import run_step
@@ -50,5 +50,5 @@ def test_cache_keys_are_pinned(default_ds):
     ek = extract.embedding_key(IDENTITY, "mean", 512, "bfloat16", default_ds.text_hash)
     assert ek == GOLDEN["embedding"]
     plan = plans.plan(default_ds, opts.protocol, "logreg")
-    assert frozen.evaluation_key(ek, "logreg", "logreg", opts, plan.hash) == GOLDEN["eval-logreg"]
-    assert frozen.evaluation_key(ek, "svc", "svc", opts, plan.hash) == GOLDEN["eval-svc"]
+    assert vectors.evaluation_key(ek, "logreg", "logreg", opts, plan.hash) == GOLDEN["eval-logreg"]
+    assert vectors.evaluation_key(ek, "svc", "svc", opts, plan.hash) == GOLDEN["eval-svc"]

@@ -219,14 +219,19 @@ def test_disk_full_while_saving_a_folds_weights_leaves_no_folder(tmp_path, monke
 
     from engine.methods.lora import save_trained
 
+    class Adapter:  # what a peft model's save_pretrained does: write the adapter's tensors with safetensors
+        def save_pretrained(self, folder):
+            folder.mkdir(parents=True)
+            safetensors.torch.save_file({"lora_A": torch.zeros(2, 2)}, str(folder / "adapter_model.safetensors"))
+
     def no_space(*_a, **_k):
         raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')
 
     monkeypatch.setattr(safetensors.torch, "save_file", no_space)
     out = tmp_path / "staging" / "r0f0"
     with pytest.raises(DiskFull, match="disk full"):
-        save_trained(torch.nn.Linear(4, 2), "linear-probe", out)
+        save_trained(Adapter(), out)
     assert not out.exists() and list((tmp_path / "staging").iterdir()) == []
     monkeypatch.undo()
-    save_trained(torch.nn.Linear(4, 2), "linear-probe", out)
-    assert (out / "head.safetensors").is_file()
+    save_trained(Adapter(), out)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -12,8 +12,8 @@ import pytest
 from engine.cache import artifacts
 from engine.data.labels import indicator
 from engine.features import extract
-from engine.finetune import loading
-from engine.methods import classifiers, estimators, lora
+from engine.finetune import heads, loading
+from engine.methods import classifiers, estimators
 from engine.models.devices import choose
 from tests.conftest import run_step
 from tests.test_multilabel import multi_label_ds
@@ -48,7 +48,7 @@ def test_lora_multilabel_scores_label_sets_with_a_bce_head(lora_ml, ml_ds):
     assert manifest["loss"]["name"] == "bce"
     pos_weight = manifest["loss"]["pos_weight"]  # class_weighted_loss is on by default
     assert list(pos_weight) == ml_ds.classes
-    assert all(1 / lora.POS_WEIGHT_CAP <= w <= lora.POS_WEIGHT_CAP for w in pos_weight.values())
+    assert all(1 / heads.POS_WEIGHT_CAP <= w <= heads.POS_WEIGHT_CAP for w in pos_weight.values())
     assert manifest["classifier"]["problem_type"] == "multi_label_classification"
     curve = manifest["training"]["curve"]
     assert curve and {"train_loss", "val_micro_f1", "val_loss"} <= set(curve[0]) and "val_macro_f1" not in curve[0]
@@ -61,7 +61,7 @@ def test_lora_multilabel_scores_label_sets_with_a_bce_head(lora_ml, ml_ds):
 
 def test_thresholds_are_tuned_on_the_validation_letters(lora_ml, ml_ds):
     manifest = artifacts.read_manifest(lora_ml.artifact)
-    stored = manifest["classifier"]["thresholds"]
+    stored = manifest["decision"]["thresholds"]
     assert list(stored) == ml_ds.classes
     val = np.asarray(manifest["training"]["val_index"])
     test = np.asarray(_predictions(lora_ml)["test_index"])
@@ -69,12 +69,12 @@ def test_thresholds_are_tuned_on_the_validation_letters(lora_ml, ml_ds):
     net, tok, _ = loading.load_tuned_classifier(lora_ml.artifact)
     ids, _ = extract.tokenize(tok, ml_ds.texts, FAST["max_length"])
     Y = indicator(ml_ds.labels, ml_ds.classes)
-    p_val = lora.predict_proba(net, ids, val, tok.pad_token_id, choose())
+    p_val = heads.sequence_proba(net, ids, val, tok.pad_token_id, choose())
     expected = [estimators.best_threshold(p_val[:, j], Y[val, j]) for j in range(len(ml_ds.classes))]
     assert [stored[c] for c in ml_ds.classes] == pytest.approx(expected, abs=1e-6)
     assert any(abs(t - 0.5) > 1e-3 for t in stored.values())  # not a fixed default
     # the test letters' probabilities would give other thresholds: they were not tuned there
-    p_test = lora.predict_proba(net, ids, test, tok.pad_token_id, choose())
+    p_test = heads.sequence_proba(net, ids, test, tok.pad_token_id, choose())
     on_test = [estimators.best_threshold(p_test[:, j], Y[test, j]) for j in range(len(ml_ds.classes))]
     assert not np.allclose(on_test, expected)
 
@@ -82,7 +82,7 @@ def test_thresholds_are_tuned_on_the_validation_letters(lora_ml, ml_ds):
 def test_stored_classifier_reproduces_the_step_predictions(lora_ml, ml_ds):
     pred = _predictions(lora_ml)
     clf = classifiers.load(lora_ml.artifact)
-    stored = artifacts.read_manifest(lora_ml.artifact)["classifier"]["thresholds"]
+    stored = artifacts.read_manifest(lora_ml.artifact)["decision"]["thresholds"]
     assert clf.thresholds is not None and clf.thresholds.tolist() == [stored[c] for c in clf.classes_]
     texts = [ml_ds.texts[i] for i in pred["test_index"]]
     assert np.allclose(clf.predict_proba(texts), np.asarray(pred["scores"]), atol=1e-5)
@@ -94,7 +94,7 @@ def test_lora_svc_runs_on_multilabel_data(lora_ml, ml_ds, tiny_encoder):
     assert res.metrics["task"] == "multi-label" and "micro_f1" in res.metrics
     manifest = artifacts.read_manifest(res.artifact)
     assert manifest["lora_artifact"] == lora_ml.artifact
-    assert list(manifest["classifier"]["thresholds"]) == ml_ds.classes
+    assert list(manifest["decision"]["thresholds"]) == ml_ds.classes
     pred = _predictions(res)
     clf = classifiers.load(res.artifact)
     assert clf.thresholds is not None
@@ -123,26 +123,26 @@ def test_linear_probe_cv_trains_with_weighted_bce_and_keeps_each_folds_threshold
     # the refit's pos_weight: negatives / positives of its fitting letters (every letter less its validation carve)
     val = set(manifest["training"]["val_index"])
     Y = indicator(ml_ds.labels, ml_ds.classes)[[i for i in range(len(ml_ds)) if i not in val]]
-    expected = np.clip((len(Y) - Y.sum(0)) / np.maximum(Y.sum(0), 1), 1 / lora.POS_WEIGHT_CAP, lora.POS_WEIGHT_CAP)
+    expected = np.clip((len(Y) - Y.sum(0)) / np.maximum(Y.sum(0), 1), 1 / heads.POS_WEIGHT_CAP, heads.POS_WEIGHT_CAP)
     assert [manifest["loss"]["pos_weight"][c] for c in ml_ds.classes] == pytest.approx(expected.tolist(), rel=1e-5)
     assert seen[-1][2] is not None and np.allclose(seen[-1][2].cpu().numpy(), expected, rtol=1e-5)
-    folds = manifest["classifier"]["fold_thresholds"]
-    assert sorted(folds) == ["r0f0", "r0f1", "r0f2"] and all(list(t) == ml_ds.classes for t in folds.values())
+    folds = manifest["decision"]["folds"]
+    assert sorted(folds) == ["r0f0", "r0f1", "r0f2"] and all(list(t["thresholds"]) == ml_ds.classes for t in folds.values())
     clf = classifiers.load(res.artifact)  # the every-letter model, with its own thresholds
-    assert clf.thresholds.tolist() == [manifest["classifier"]["thresholds"][c] for c in ml_ds.classes]
+    assert clf.thresholds.tolist() == [manifest["decision"]["thresholds"][c] for c in ml_ds.classes]
 
 
 def test_pos_weights_cap_and_switch_off():
     Y = np.array([[1, 0, 1], [0, 0, 1], [0, 0, 1], [0, 1, 1]] * 10, dtype=np.int8)
-    w = lora.pos_weights(Y, True).numpy()
-    assert w.tolist() == pytest.approx([3.0, 3.0, 1 / lora.POS_WEIGHT_CAP])
+    w = heads.pos_weights(Y, True).numpy()
+    assert w.tolist() == pytest.approx([3.0, 3.0, 1 / heads.POS_WEIGHT_CAP])
     rare = np.zeros((100, 1), dtype=np.int8)
     rare[0] = 1
-    assert lora.pos_weights(rare, True).item() == pytest.approx(lora.POS_WEIGHT_CAP)
-    assert lora.pos_weights(Y, False) is None
+    assert heads.pos_weights(rare, True).item() == pytest.approx(heads.POS_WEIGHT_CAP)
+    assert heads.pos_weights(Y, False) is None
 
 
 def test_validation_loss_stays_finite_when_sigmoids_saturate():
     proba = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)  # float32 sigmoids of large logits
-    val = lora.multilabel_validation(proba, np.array([[1, 1], [0, 1], [1, 0]], dtype=np.int8))
+    val = heads.multilabel_validation(proba, np.array([[1, 1], [0, 1], [1, 0]], dtype=np.int8))
     assert np.isfinite(val["val_loss"]) and np.isfinite(val["score"]) and val["val_micro_f1"] > 0

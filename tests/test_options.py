@@ -11,7 +11,7 @@ import pytest
 from engine.errors import SpecError
 from engine.features import extract
 from engine.finetune import loop
-from engine.methods import frozen, registry, tfidf
+from engine.methods import registry, tfidf, vectors
 from engine.options import flags, groups
 from engine.options.groups import Options
 from engine.protocols import plans
@@ -154,7 +154,7 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
         identity = {**IDENTITY, "adapted": adapted, "fold": "all" if plan.name == "cv" else "r0f0"}
     e = opts.embedding
     ek = extract.embedding_key(identity, e.pooling, e.max_length, "bfloat16", ds.text_hash, e.windows)
-    return frozen.evaluation_key(ek, "svc" if method in ("lora-svc", "adapt-svc") else method, method, opts, plan.hash, two_labels)
+    return vectors.evaluation_key(ek, "svc" if method in ("lora-svc", "adapt-svc") else method, method, opts, plan.hash, two_labels)
 
 
 # Options that only act under one protocol (the 600 default letters are scored by holdout under `auto`).

@@ -45,6 +45,17 @@ class StepContext:
         if self.should_stop():
             raise Cancelled(message)
 
+    def labelled(self, label: str) -> StepContext:
+        """This context for one training among several: progress lines and curve names carry `label` (e.g. 'fold 2/5')."""
+        if not label:
+            return self
+        return StepContext(
+            progress=lambda done, total, unit: self.progress(done, total, f"{label}: {unit}"),
+            should_stop=self.should_stop,
+            log_metric=lambda name, value, step: self.log_metric(f"{name} · {label}", value, step),
+            logger=self.logger,
+        )
+
     def log_metric(self, name: str, value: float, step: int) -> None:
         """Record one point of a curve (e.g. train_loss at optimiser step 40); kept here and passed on."""
         self.metrics.setdefault(name, []).append([int(step), float(value)])

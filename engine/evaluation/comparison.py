@@ -11,6 +11,7 @@ import pandas as pd
 
 from engine.evaluation import paired
 from engine.evaluation.results import Evaluation, predictions
+from engine.options.groups import MOST_PROBABLE
 
 
 def _classes(*sources: dict) -> list[str]:
@@ -22,6 +23,59 @@ def _classes(*sources: dict) -> list[str]:
 
 
 METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "samples_f1": "samples-F1"}
+
+
+def decision_rule(e: Evaluation) -> str:
+    """How an evaluation's answers were decided: for a two-label task its threshold rule (with its target), else the one
+    rule every method shares (the most probable label; label sets: the best F1 per label)."""
+    m = e.metrics
+    if m.get("task") != "binary":
+        return "the most probable label" if m.get("task") != "multi-label" else "best F1 per label"
+    rule = m.get("threshold_rule") or MOST_PROBABLE
+    if rule == "most probable label":  # (written so before ClinBench 0.3)
+        rule = MOST_PROBABLE
+    return f"{rule} {m['threshold_target']:g}" if m.get("threshold_target") is not None else rule
+
+
+COLUMNS = (
+    "best",
+    "other",
+    "protocol",
+    "metric",
+    "n_letters",
+    "n_folds",
+    "best_score",
+    "other_score",
+    "difference",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_bootstrap",
+    "p_corrected",
+    "p_mcnemar",
+    "p_holm",
+    "significant",
+    "identical",
+    "verdict",
+    "summary",
+    "n_test",
+)
+
+
+def _refused(best: Evaluation, other: Evaluation, metric: str) -> dict:
+    """The row of a pair not tested: their answers were decided by different rules, so a paired test would rank the rules."""
+    rb, ro = decision_rule(best), decision_rule(other)
+    return {
+        "best": best.label,
+        "other": other.label,
+        "metric": metric,
+        "significant": False,
+        "identical": False,
+        "verdict": "not compared",
+        "summary": (
+            f"not compared: {best.label} answers by the rule '{rb}' and {other.label} by '{ro}'; a test of answers decided "
+            "by different rules would compare the rules, not the models. Run both with the same threshold_rule."
+        ),
+    }
 
 
 def _verdict(best: str, other: str, res: dict, p_holm: float, name: str = "macro-F1") -> tuple[str, bool]:
@@ -105,17 +159,21 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
     folds), else the paired bootstrap, Holm-adjusted over the comparisons made. Rows: best, other,
     protocol, the metric, letters and folds shared, both scores on them, the difference with its 95% CI, p-values,
     `verdict` (identical predictions / no detectable difference / "<one> better by +0.0xx") and `summary`
-    (the comparison in a sentence).
+    (the comparison in a sentence). A two-label evaluation whose answers were decided by another threshold rule than the
+    best's is not tested: its row says "not compared" and why.
     """
     ranked = sorted(evals, key=lambda e: -e.metrics[metric])
     if len(ranked) < 2:
         return pd.DataFrame()
     best, pb = ranked[0], None
-    results = []
+    results, refused = [], []
     for other in ranked[1:]:
-        if len(results) >= max(1, top - 1):
+        if len(results) + len(refused) >= max(1, top - 1):
             break
         if other.data_hash != best.data_hash:
+            continue
+        if decision_rule(other) != decision_rule(best):
+            refused.append(_refused(best, other, metric))
             continue
         pb = pb if pb is not None else predictions(best)
         po = predictions(other)
@@ -126,7 +184,7 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
             continue  # no fold scored on the same letters (another split or plan): not comparable pairwise
         results.append((other, res))
     if not results:
-        return pd.DataFrame()
+        return pd.DataFrame(refused, columns=list(COLUMNS)) if refused else pd.DataFrame()
     p_used = [res["p_corrected"] if res["p_corrected"] is not None else res["p_bootstrap"] for _, res in results]
     rows = []
     for (other, res), p_holm in zip(results, paired.holm(p_used), strict=True):
@@ -155,4 +213,4 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
                 "n_test": res["n_records"],
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows + refused, columns=list(COLUMNS))

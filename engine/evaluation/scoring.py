@@ -31,6 +31,7 @@ from engine.data import duplicates
 from engine.data.labels import indicator
 from engine.errors import DataError
 from engine.evaluation import binary, metrics
+from engine.options.groups import MOST_PROBABLE
 from engine.protocols.plans import Fold, Plan
 
 
@@ -66,6 +67,19 @@ def cross_predict(plan: Plan, fit_predict: Callable[[Fold], np.ndarray], n_class
         np.concatenate([np.full(len(f.test), f.fold) for f, _, _ in parts]),
         np.concatenate([p for _, p, _ in parts]),
         np.concatenate([np.asarray(q, dtype=np.int8) for _, _, q in parts]) if multi else None,
+    )
+
+
+def out_of_fold(parts: list[tuple[Fold, np.ndarray, np.ndarray | None]]) -> OutOfFold:
+    """The records of every fold: `parts` holds each fold with its test letters' probabilities and, where a threshold
+    decided, its 0/1 answers (None: the most probable label answers)."""
+    decided = parts[0][2] is not None
+    return OutOfFold(
+        np.concatenate([f.test for f, _, _ in parts]),
+        np.concatenate([np.full(len(f.test), f.repeat) for f, _, _ in parts]),
+        np.concatenate([np.full(len(f.test), f.fold) for f, _, _ in parts]),
+        np.concatenate([p for _, p, _ in parts]),
+        np.concatenate([np.asarray(q, dtype=np.int8) for _, _, q in parts]) if decided else None,
     )
 
 
@@ -134,7 +148,7 @@ def _score_binary(dataset, oof: OutOfFold, y_true, y_pred, decision, thresholds,
         **out,
         "threshold": float(np.mean(thresholds)) if tuned else 0.5,
         "fold_thresholds": [float(t) for t in thresholds] if tuned else None,
-        "threshold_rule": decision.threshold_rule if tuned and decision else "most probable label",
+        "threshold_rule": decision.threshold_rule if tuned and decision else MOST_PROBABLE,
         "threshold_target": decision.threshold_target if tuned and decision and decision.threshold_rule != "best-f1" else None,
         "curves": binary.curves(y_true == pos, p),
     }

@@ -1,76 +1,77 @@
-"""The `adapt-svc` step: domain adaptation inside each fold, then the frozen stage's SVC on the adapted model's vectors.
+"""The `adapt-svc` method: domain adaptation inside each fold, then the frozen stage's SVC on the adapted model's vectors.
 
 The design of the clinical-trial study ClinBench reproduces: LoRA on the language-model objective (masked LM for
-encoders, causal LM for decoders; engine.finetune.domain) over each fold's training letters only, the epoch chosen on
-the perplexity of a validation carve of them; then every letter embedded with that fold's adapted model (adapter merged)
-and the `svc` classifier fitted on the fold's training letters (one classifier and one threshold per label on
-multi-label data). No adaptation ever reads a letter it is scored on. Under cv one more adaptation over every letter
-gives the stored classifier. Against `svc` on the same model, the same folds are scored: the difference is what
-adaptation adds. The adapters (small) are kept in the artifact: adapter/ (the stored classifier's) and
-folds/<fold>/adapter/.
+encoders, causal LM for decoders; engine.methods.domain_adapt) over each fold's training letters only, the epoch chosen
+on the perplexity of a validation carve of them; then every letter embedded with that fold's adapted model (adapter
+merged) and the `svc` classifier fitted on the fold's training letters (engine.methods.vectors; one classifier per label
+on label sets). No adaptation ever reads a letter it is scored on. Under cv one more adaptation over every letter gives
+the stored classifier. Against `svc` on the same model, the same folds are scored: the difference is what adaptation
+adds. Thresholds are chosen on the adaptation's validation carve (as lora-svc's). The adapters (small) are kept in the
+artifact: adapter/ (the stored classifier's) and folds/<fold>/adapter/.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
-from engine.cache.artifacts import StepResult
-from engine.cache.context import StepContext, ensure
+import numpy as np
+
 from engine.cache.storage import atomic_dir
-from engine.data.dataset import Dataset
-from engine.evaluation import scoring
 from engine.features import extract
 from engine.finetune import loop
 from engine.finetune.loading import load_adapted_extractor, load_lm_model
-from engine.methods.base import StepKind
+from engine.methods import vectors
+from engine.methods.base import Job
 from engine.methods.domain_adapt import train_lm_adapter
-from engine.methods.frozen import READS as FROZEN_READS
-from engine.methods.frozen import fit_on_embeddings
-from engine.methods.lora import fold_context
+from engine.methods.lora_svc import OnCarvedVectors, carve_key
+from engine.methods.vectors import OnVectors, VectorMethod, evaluation_key
 from engine.models import catalog
-from engine.models.devices import choose
-from engine.options.groups import Options, key_dict, names
-from engine.protocols import plans
+from engine.options.groups import key_dict, names
 
 
-def adapt_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """For each fold: adapt the model to the fold's training letters (LM objective), embed every letter with it, fit and
-    score the SVC; the stored classifier is the SVC on the vectors of the model adapted to every letter (cv) or to the
-    training split (holdout, fixed)."""
-    ctx = ensure(ctx)
-    t_start = time.perf_counter()
-    plan = plans.plan(dataset, opts.protocol, method)  # refuses before any training when a class cannot be scored
-    placement = choose()
-    entry = catalog.resolve(model)
-    scoring.require_unseen(entry, dataset, plan)
-    base = {k: v for k, v in catalog.locate(entry)[1].items() if k not in ("model_type", "kind")}
-    p, e = opts.protocol, opts.embedding
-    key = loop.training_key(
-        method, base, dataset.data_hash, opts, placement.dtype, extra={"domain": key_dict(opts.domain), "plan": plan.hash}
-    )
-    staging = loop.checkpoint_path(key).with_suffix(".folds")
-    final_tag = "all" if plan.name == "cv" else "r0f0"
+class AdaptSvc(VectorMethod):
+    name = "adapt-svc"
+    title = "domain-adapted embeddings (LM objective, per fold) → SVC"
+    stage = "tuned"
+    estimator = "svc"
+    reads = tuple(dict.fromkeys((*vectors.READS, *names("finetune"), *names("domain"))))
 
-    def identity(tag: str) -> dict:
-        return {**base, "adapted": key, "fold": tag}
+    def setup(self, job: Job) -> None:
+        entry = catalog.resolve(job.model)
+        base = {k: v for k, v in catalog.locate(entry)[1].items() if k not in ("model_type", "kind")}
+        opts, plan = job.opts, job.plan
+        adapted = loop.training_key(
+            self.name, base, job.dataset.data_hash, opts, job.placement.dtype, extra={"domain": key_dict(opts.domain), "plan": plan.hash}
+        )
+        final = "all" if plan.name == "cv" else "r0f0"
+        train_of = {"all": plan.final_train, **{f"r{f.repeat}f{f.fold}": f.train for f in plan.folds}}
+        job.state.update(base=base, adapted=adapted, final=final, train_of=train_of, embedded={})
+        job.state["estats"] = self._embed(job, final)[1]  # (the stored classifier's vectors name the evaluation's key)
+        job.identity = {"name": entry.name, **self._identity(job, final)}
 
-    def adapter(tag: str, train_idx, label: str) -> Path:
-        """The adapter trained on `train_idx` (validation carved from it), from staging when an earlier attempt saved it."""
-        out = staging / tag
+    def _identity(self, job: Job, tag: str) -> dict:
+        return {**job.state["base"], "adapted": job.state["adapted"], "fold": tag}
+
+    def _staging(self, job: Job) -> Path:
+        return loop.checkpoint_path(job.state["adapted"]).with_suffix(".folds")
+
+    def _adapter(self, job: Job, tag: str) -> Path:
+        """The adapter trained on the letters of `tag` (validation carved from them), from staging when saved earlier."""
+        out = self._staging(job) / tag
         if (out / "training.json").exists():
             return out / "adapter"
-        fctx = fold_context(ctx, label)
-        fit_idx, val_idx = plans.carve(dataset, train_idx, plan.groups, opts.finetune.val_size, p.seed)
-        seed = loop.seed_of(p.seed, tag)
+        fctx = job.fold_context(tag)
+        fit_idx, val_idx = job.carve(job.state["train_of"][tag])
+        seed = loop.seed_of(job.opts.protocol.seed, tag)
         loop.seed_torch(seed)
         fctx.progress(0, 1, "loading model")
-        net, tokenizer, _identity, kind, _config, head = load_lm_model(model, placement)
-        ids, n_truncated = extract.tokenize(tokenizer, dataset.texts, e.max_length)
+        net, tokenizer, _identity, kind, _config, head = load_lm_model(job.model, job.placement)
+        ids, n_truncated = extract.tokenize(tokenizer, job.dataset.texts, job.opts.embedding.max_length)
+        key = f"{job.state['adapted']}-{tag}"
         tuned, state = train_lm_adapter(
-            net, kind, tokenizer, ids, fit_idx, val_idx, opts, method, placement, seed=seed, key=f"{key}-{tag}", head=head, ctx=fctx
+            net, kind, tokenizer, ids, fit_idx, val_idx, job.opts, self.name, job.placement, seed=seed, key=key, head=head, ctx=fctx
         )
         training = {
             "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
@@ -83,85 +84,68 @@ def adapt_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx
             (tmp / "training.json").write_text(json.dumps(training))
         return out / "adapter"
 
-    embedded: dict[str, tuple] = {}
-
-    def vectors_of(tag: str, train_idx, label: str):
-        if tag not in embedded:
+    def _embed(self, job: Job, tag: str):
+        if tag not in job.state["embedded"]:
+            ident = self._identity(job, tag)
             lazy = extract.LazyModel(
-                identity(tag), placement, lambda: load_adapted_extractor(model, adapter(tag, train_idx, label), placement, identity(tag))
+                ident, job.placement, lambda: load_adapted_extractor(job.model, self._adapter(job, tag), job.placement, ident)
             )
-            embedded[tag] = extract.embed(
+            e = job.opts.embedding
+            job.state["embedded"][tag] = extract.embed(
                 lazy,
-                dataset.texts,
+                job.dataset.texts,
                 pooling=e.pooling,
                 max_length=e.max_length,
                 batch_tokens=e.batch_tokens,
                 windows=e.windows,
-                ctx=fold_context(ctx, label),
+                ctx=job.fold_context(tag),
             )
-        return embedded[tag]
+        return job.state["embedded"][tag]
 
-    def vectors(fold):
-        if fold is None:
-            return vectors_of("all", plan.final_train, "all letters")[0]
-        return vectors_of(f"r{fold.repeat}f{fold.fold}", fold.train, scoring.fold_label(plan, fold))[0]
+    def key(self, job: Job) -> str:
+        return carve_key(job, evaluation_key(job.state["estats"].key, "svc", self.name, job.opts, job.plan.hash, job.two_labels))
 
-    if plan.name == "cv":
-        _, estats = vectors_of("all", plan.final_train, "all letters")
-    else:
-        _, estats = vectors_of(final_tag, plan.folds[0].train, "")
-    tags = ["all"] + [f"r{f.repeat}f{f.fold}" for f in plan.folds] if plan.name == "cv" else [final_tag]
+    def vectors(self, job: Job, tag: str) -> np.ndarray:
+        return self._embed(job, tag)[0]
 
-    def write_adapters(tmp: Path) -> None:
-        """The stored classifier's adapter at adapter/ and each fold's under folds/ (trained now if staging lost one)."""
-        train_of = {"all": plan.final_train, **{f"r{f.repeat}f{f.fold}": f.train for f in plan.folds}}
-        for tag in tags:
-            folder = adapter(tag, train_of[tag], tag).parent
-            target = tmp / "adapter" if tag == final_tag else tmp / "folds" / tag / "adapter"
+    def fit(self, job: Job, train: np.ndarray, tag: str, label: str) -> OnCarvedVectors:
+        return OnCarvedVectors(super().fit(job, train, tag, label), job.carve(train)[1])
+
+    def _tags(self, job: Job) -> list[str]:
+        return ["all", *(f"r{f.repeat}f{f.fold}" for f in job.plan.folds)] if job.plan.name == "cv" else [job.state["final"]]
+
+    def save(self, job: Job, final: OnVectors, folder: Path) -> None:
+        """The estimator; the stored classifier's adapter at adapter/ and each fold's under folds/ (trained now if staging
+        lost one)."""
+        super().save(job, final, folder)
+        for tag in self._tags(job):
+            source = self._adapter(job, tag).parent
+            target = folder / "adapter" if tag == job.state["final"] else folder / "folds" / tag / "adapter"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(folder / "adapter", target)
+            shutil.copytree(source / "adapter", target)
 
-    def adaptation() -> dict:
+    def record(self, job: Job, final: OnVectors, fits: list[OnVectors]) -> dict:
+        staging, final_tag = self._staging(job), job.state["final"]
         runs = {
-            tag: json.loads((staging / tag / "training.json").read_text()) for tag in tags if (staging / tag / "training.json").exists()
+            tag: json.loads((staging / tag / "training.json").read_text())
+            for tag in self._tags(job)
+            if (staging / tag / "training.json").exists()
         }
-        final = runs.get(final_tag, {})
         return {
+            **super().record(job, final, fits),
             "adaptation": {
-                "objective": final.get("objective"),
+                "objective": runs.get(final_tag, {}).get("objective"),
                 "letters": "each fold's training letters (a validation carve of them picks the epoch)",
-                "domain": key_dict(opts.domain),
-                "train": loop.train_config(opts.finetune.resolved(method), p.seed),
-                "training": final,
+                "domain": key_dict(job.opts.domain),
+                "train": loop.train_config(job.opts.finetune.resolved(self.name), job.opts.protocol.seed),
+                "training": runs.get(final_tag, {}),
                 "fold_trainings": {tag: run for tag, run in runs.items() if tag != final_tag},
             },
-            "adapter_key": key,
+            "adapter_key": job.state["adapted"],
         }
 
-    result = fit_on_embeddings(
-        dataset,
-        plan,
-        vectors,
-        estats,
-        {"name": entry.name, **identity(final_tag)},
-        ADAPT_SVC,
-        opts,
-        estimator="svc",
-        placement=placement,
-        ctx=ctx,
-        t_start=t_start,
-        extra=adaptation,
-        write_extra=write_adapters,
-    )
-    loop.discard_staging(key, staging, tags)
-    return result
+    def finish(self, job: Job, fits: list[OnVectors]) -> None:
+        loop.discard_staging(job.state["adapted"], self._staging(job), self._tags(job))
 
 
-ADAPT_SVC = StepKind(
-    "adapt-svc",
-    "domain-adapted embeddings (LM objective, per fold) → SVC",
-    "tuned",
-    adapt_svc_step,
-    tuple(dict.fromkeys((*FROZEN_READS, *names("finetune"), *names("domain")))),
-    label_sets=True,
-)
+METHOD = AdaptSvc()

@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -33,31 +33,21 @@ from engine.cache import artifacts
 from engine.cache.artifacts import verify_tree
 from engine.errors import ArtifactError
 from engine.features import extract, windows
+from engine.finetune.heads import sequence_proba
 from engine.finetune.loading import load_adapted_extractor, load_tuned_classifier, load_tuned_extractor
 from engine.methods import incontext, instruct_lora, prompting
-from engine.methods.lora import predict_proba as sequence_proba
+from engine.methods.base import MULTI_LABEL_RULE, Decision, StoredClassifier
 from engine.methods.setfit import load_tuned_encoder
 from engine.models import catalog
 from engine.models.devices import choose
-from engine.options.groups import DEFAULT_MAX_LENGTH
+from engine.options.groups import DEFAULT_MAX_LENGTH, MOST_PROBABLE
 
 MAX_LOADED = 2  # models kept in memory between letters
 _LOADED: OrderedDict[str, Any] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-class Classifier(Protocol):
-    classes_: list[str]
-    metadata: dict
-    thresholds: np.ndarray | None
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
-
-    def predict(self, texts: list[str]) -> list[str]: ...
-
-    def decide(self, proba: np.ndarray) -> list: ...
-
-    def truncated(self, texts: list[str]) -> list[bool]: ...
+Classifier = StoredClassifier  # the one interface every stored classifier answers (engine.methods.base)
 
 
 def shared_model(key: str, load: Callable[[], Any]) -> Any:
@@ -74,40 +64,22 @@ def shared_model(key: str, load: Callable[[], Any]) -> Any:
     return loaded
 
 
-class _Base:
-    """What every classifier shares: classes, metadata, argmax prediction, truncation check."""
-
-    classes_: list[str]
-    metadata: dict
-    max_length: int
-    tokenizer: Any
-    thresholds: np.ndarray | None = None
-    threshold: float | None = None  # a two-label task's operating threshold on P(positive_label)
-    positive_label: str | None = None
-
-    def predict(self, texts: list[str]) -> list:
-        return self.decide(self.predict_proba(texts))
-
-    def decide(self, proba: np.ndarray) -> list:
-        """What the classifier answers for these probabilities (one row per letter): the set of labels at or above their
-        thresholds (multi-label), the label the operating threshold gives (two labels with one), else the likeliest."""
-        if self.thresholds is not None:
-            return [tuple(c for c, p, t in zip(self.classes_, row, self.thresholds, strict=True) if p >= t) for row in proba]
-        if self.threshold is not None:
-            j = self.classes_.index(self.positive_label)
-            return [self.classes_[j] if row[j] >= self.threshold else self.classes_[1 - j] for row in proba]
-        return [self.classes_[i] for i in proba.argmax(1)]
-
-    def _decision_of(self, estimator) -> None:
-        """The thresholds a fitted estimator carries: one per label (multi-label) or one operating threshold (two labels)."""
-        self.thresholds = getattr(estimator, "thresholds_", None)
-        self.threshold, self.positive_label = getattr(estimator, "threshold_", None), getattr(estimator, "positive_label_", None)
+class _Base(StoredClassifier):
+    """What the model-reading classifiers add: the truncation check by their tokenizer."""
 
     def truncated(self, texts: list[str]) -> list[bool]:
         return [len(ids) > self.max_length for ids in extract.tokenize(self.tokenizer, texts, 10**9)[0]]
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - overridden
-        raise NotImplementedError
+
+def legacy_decision(estimator, classes: list[str]) -> Decision:
+    """The decision a fitted estimator carried before manifests recorded one (ClinBench 0.2): its per-label thresholds_
+    (label sets) or its operating threshold_ (two labels); else the most probable label."""
+    thresholds = getattr(estimator, "thresholds_", None)
+    if thresholds is not None:
+        return Decision(MULTI_LABEL_RULE, thresholds=np.asarray(thresholds, dtype=float))
+    if getattr(estimator, "threshold_", None) is not None:
+        return Decision("best-f1", threshold=float(estimator.threshold_), positive=estimator.positive_label_)
+    return Decision(MOST_PROBABLE)
 
 
 class EmbeddingClassifier(_Base):
@@ -117,7 +89,7 @@ class EmbeddingClassifier(_Base):
         self.loaded, self.estimator, self.pooling, self.max_length, self.metadata = loaded, estimator, pooling, max_length, metadata
         self.windows, self.tokenizer = n_windows, loaded.tokenizer
         self.classes_ = [str(c) for c in estimator.classes_]
-        self._decision_of(estimator)
+        self.decision = legacy_decision(estimator, self.classes_)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """The letters' vectors, made as its training letters' were (model, pooling, max_length, windows)."""
@@ -149,7 +121,7 @@ class SequenceClassifier(_Base):
         from engine.finetune.loading import is_multi_label
 
         if is_multi_label(net.config):
-            self.thresholds = np.array([float((thresholds or {}).get(c, 0.5)) for c in self.classes_])
+            self.decision = Decision.from_manifest({"rule": MULTI_LABEL_RULE, "thresholds": thresholds or {}}, self.classes_)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         ids, _ = extract.tokenize(self.tokenizer, list(texts), self.max_length)
@@ -164,7 +136,7 @@ class TextPipeline(_Base):
     def __init__(self, pipeline, metadata: dict):
         self.pipeline, self.metadata = pipeline, metadata
         self.classes_ = [str(c) for c in pipeline.classes_]
-        self._decision_of(pipeline)
+        self.decision = legacy_decision(pipeline, self.classes_)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.pipeline.predict_proba(list(texts)), dtype=float)
@@ -288,4 +260,7 @@ def load(artifact: str | Path, placement=None) -> Classifier:
         raise ArtifactError(
             f"{folder.name} holds no classifier ({manifest.get('kind', 'unknown kind')}, method {manifest.get('method')!r})."
         )
-    return loader(folder, manifest, placement or choose())
+    classifier = loader(folder, manifest, placement or choose())
+    if "decision" in manifest:  # chosen by the harness on training letters (ClinBench 0.3); before: the estimator's own
+        classifier.decision = Decision.from_manifest(manifest["decision"], classifier.classes_)
+    return classifier

@@ -2,7 +2,8 @@
 
 The pipeline is imbalanced-learn's, so SMOTE resamples only the data a pipeline is fitted on:
 inside each cross-validation fold, never the letters it is scored on. Hyper-parameters are
-searched with stratified CV inside the training data only.
+searched by cross-validation inside the training data only, on the inner splits the harness gives
+(engine.protocols.plans.inner_splits: stratified, duplicate groups kept whole).
 
 Every fitted estimator answers `predict_proba`: logistic regression natively, the SVC through
 `CalibratedClassifierCV` (Platt's sigmoid fitted on cross-validated decision values of the
@@ -11,8 +12,8 @@ probabilities. Its prediction is the most probable label.
 
 Multi-label letters get `OneVsRest` (fit_multilabel): one binary classifier per label with class weights per label
 (SMOTE is not defined for label sets), Platt probabilities and one threshold per label, all from iteratively
-stratified cross-validation inside the training letters. `fit(..., oof=True)` also returns the training letters'
-cross-validated probabilities, from which a two-label task's operating threshold is chosen (engine.binary).
+cross-validation inside the training letters. `fit(..., oof=True)` also returns the training letters'
+cross-validated probabilities, from which the harness chooses a two-label task's operating threshold.
 
 SMOTE needs k_neighbors + 1 letters of a class. `AdaptiveSMOTE` lowers k to fit the smallest
 class of the data it sees, and skips oversampling when a class has a single letter; what it did
@@ -33,12 +34,13 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from engine.evaluation.binary import best_threshold
 from engine.options.groups import ClassifierOptions, key_dict
+from engine.protocols import plans
 
 ESTIMATORS = ("svc", "logreg")
 SVC_CALIBRATION = "sigmoid"
@@ -103,17 +105,18 @@ class FitResult:
     train_proba: np.ndarray | None = None  # (fit(..., oof=True)) cross-validated probabilities of the training letters
 
 
-def fit(X: np.ndarray, y, estimator: str, opts: ClassifierOptions, seed: int, oof: bool = False) -> FitResult:
-    """Fit on training data only: hyper-parameters by stratified CV inside it, then (SVC) the probability calibration.
-    `oof`: also the training letters' probabilities, each predicted by a copy fitted without it (the same inner folds),
-    from which a binary task's operating threshold is chosen."""
+def fit(X: np.ndarray, y, estimator: str, opts: ClassifierOptions, seed: int, groups=None, oof: bool = False) -> FitResult:
+    """Fit on training data only: hyper-parameters by cross-validation inside it, then (SVC) the probability calibration.
+    The inner splits are engine.protocols.plans.splits_of these letters: stratified, `groups` (each letter's duplicate
+    group; None: none) never on both sides; a label with a single letter allows none: no search, and the SVC's sigmoid is
+    fitted on the letters themselves. `oof`: also the training letters' probabilities, each predicted by a copy fitted
+    without it (the same inner splits, and inside each of them splits of its own), from which a threshold is chosen."""
     t0 = time.perf_counter()
     y = np.asarray(y)
     smallest = min(Counter(y).values())
-    folds = min(opts.inner_folds, smallest)
+    cv = plans.splits_of(y, groups, opts.inner_folds, seed) or None
     pipe = build_pipeline(estimator, opts, seed)
     best_params, cv_score = {}, None
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed) if folds >= 2 else None
     if opts.grid and cv is not None:
         search = GridSearchCV(
             pipe, param_grid(estimator), scoring="f1_macro", cv=cv, n_jobs=1, refit=estimator != "svc", error_score="raise"
@@ -132,21 +135,34 @@ def fit(X: np.ndarray, y, estimator: str, opts: ClassifierOptions, seed: int, oo
     if opts.smote:
         sm = final.named_steps["smote"]
         smote_info.update(k_requested=opts.k_neighbors, k_used=int(sm.k_used_), skipped=bool(sm.skipped_), smallest_class=int(smallest))
-    train_proba = None
-    if oof and cv is not None:
-        from sklearn.model_selection import cross_val_predict
-
-        train_proba = cross_val_predict(clone(fitted), X, y, cv=cv, method="predict_proba")
+    train_proba = _out_of_fold(estimator, best_params, opts, X, y, groups, cv, seed) if oof and cv is not None else None
     return FitResult(
         fitted,
         best_params,
         cv_score,
-        folds if opts.grid and cv is not None else 0,
+        len(cv) if opts.grid and cv is not None else 0,
         smote_info,
         calibration,
         time.perf_counter() - t0,
         train_proba=train_proba,
     )
+
+
+def _out_of_fold(estimator: str, params: dict, opts: ClassifierOptions, X, y, groups, cv: list, seed: int) -> np.ndarray:
+    """Probabilities of the training letters, each from the chosen pipeline fitted on the other inner splits (an SVC
+    calibrated on splits of those letters alone, groups whole), columns in sorted label order."""
+    classes = np.unique(y)
+    out = np.zeros((len(y), len(classes)))
+    for fit_rows, held in cv:
+        pipe = build_pipeline(estimator, opts, seed).set_params(**params)
+        if estimator == "svc":
+            inner = plans.splits_of(y[fit_rows], None if groups is None else np.asarray(groups)[fit_rows], len(cv), seed)
+            model, _ = _calibrate(pipe, X[fit_rows], y[fit_rows], inner or None)
+        else:
+            model = pipe.fit(X[fit_rows], y[fit_rows])
+        cols = np.searchsorted(classes, model.classes_)
+        out[np.ix_(held, cols)] = model.predict_proba(X[held])
+    return out
 
 
 def _calibrate(pipe: Pipeline, X: np.ndarray, y: np.ndarray, cv) -> tuple[CalibratedClassifierCV, dict]:
@@ -155,7 +171,7 @@ def _calibrate(pipe: Pipeline, X: np.ndarray, y: np.ndarray, cv) -> tuple[Calibr
     training letters' own decision values (said in the manifest)."""
     if cv is not None:
         cal = CalibratedClassifierCV(pipe, method=SVC_CALIBRATION, cv=cv, ensemble=False).fit(X, y)
-        return cal, {"method": SVC_CALIBRATION, "folds": cv.get_n_splits(), "on": "cross-validated decision values of the training letters"}
+        return cal, {"method": SVC_CALIBRATION, "folds": len(cv), "on": "cross-validated decision values of the training letters"}
     # a frozen SVC's decision values do not depend on the folds: two plain folds just walk through the letters once
     cal = CalibratedClassifierCV(FrozenEstimator(pipe.fit(X, y)), method=SVC_CALIBRATION, cv=list(KFold(2).split(X))).fit(X, y)
     return cal, {"method": SVC_CALIBRATION, "folds": 0, "on": "the training letters themselves (a label has a single training letter)"}
@@ -221,23 +237,30 @@ def _platt(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def fit_multilabel(
-    X, Y: np.ndarray, classes: list[str], estimator: str, opts: ClassifierOptions, seed: int, make=None, grid: dict | None = None
+    X,
+    Y: np.ndarray,
+    classes: list[str],
+    estimator: str,
+    opts: ClassifierOptions,
+    seed: int,
+    groups=None,
+    make=None,
+    grid: dict | None = None,
 ) -> FitResult:
     """Fit a OneVsRest on training letters only (`Y`: letters x labels, 0/1). SMOTE is not defined for multi-label data:
     each label's classifier weights its classes instead (when smote or class_weight is on). C (and the SVC's kernel),
-    shared by the labels, is chosen by micro-F1 of iteratively stratified cross-validation inside the training letters.
+    shared by the labels, is chosen by micro-F1 of cross-validation inside the training letters (engine.protocols.plans
+    .splits_of: iteratively stratified, `groups` whole); the chosen parameters' cross-validated probabilities are
+    `train_proba`, on which the thresholds are chosen.
     `make(params, weighted, seed)`: one label's unfitted classifier (default: binary_pipeline of `estimator`); `grid`:
     the parameters searched (default: param_grid(estimator) when opts.grid)."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
     t0 = time.perf_counter()
     Y = np.asarray(Y, dtype=np.int8)
     weighted = bool(opts.smote or opts.class_weight)
     make = make or (lambda params, w, s: binary_pipeline(estimator, params, w, s))
     grid = grid if grid is not None else (param_grid(estimator) if opts.grid else {})
     grid = [dict(zip(grid, v)) for v in _product(grid)]
-    cv = MultilabelStratifiedKFold(n_splits=opts.inner_folds, shuffle=True, random_state=seed % 2**32)
-    parts = list(cv.split(np.zeros(Y.shape[0]), Y))
+    parts = plans.splits_of(Y, groups, opts.inner_folds, seed)
     best = None
     for params in grid:
         d = np.zeros(Y.shape)
@@ -249,25 +272,26 @@ def fit_multilabel(
         thresholds = np.array([best_threshold(p[:, j], Y[:, j]) for j in range(Y.shape[1])])
         score = float(f1_score(Y, (p >= thresholds).astype(np.int8), average="micro", zero_division=0))
         if best is None or score > best[0]:
-            best = (score, params, platt, thresholds)
-    score, params, platt, thresholds = best
+            best = (score, params, platt, thresholds, p)
+    score, params, platt, thresholds, train_proba = best
     pipelines = [_fit_binary(X, Y[:, j], make, params, weighted, seed) for j in range(Y.shape[1])]
     model = OneVsRest(classes, pipelines, platt, thresholds)
     return FitResult(
         model,
         params,
         score,
-        opts.inner_folds,
+        len(parts),
         {"enabled": False, "why": "SMOTE is not defined for multi-label data", "class_weight": "balanced per label" if weighted else None},
         {
             "method": SVC_CALIBRATION,
-            "folds": opts.inner_folds,
+            "folds": len(parts),
             "on": "cross-validated decision values of the training letters",
             "thresholds": dict(zip(classes, np.round(thresholds, 6).tolist())),
             "threshold_rule": "best F1 per label",
         },
         time.perf_counter() - t0,
         "micro_f1",
+        train_proba=train_proba,
     )
 
 

@@ -28,7 +28,7 @@ from engine.cache.storage import evaluations_dir, sha256_json
 from engine.data.dataset import Dataset
 from engine.evaluation import scoring
 from engine.methods import prompting
-from engine.methods.base import StepKind
+from engine.methods.base import StepKind, StoredClassifier
 from engine.methods.prompting import LM, Scorer, load_lm, softmax
 from engine.models import catalog
 from engine.models.devices import choose
@@ -277,7 +277,7 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
     return StepResult(lm.name, method, m, str(folder), False, manifest)
 
 
-class PromptClassifier:
+class PromptClassifier(StoredClassifier):
     """A stored zero-shot or few-shot evaluation as a classifier: the same prompt, label words, examples and scoring."""
 
     def __init__(self, lm: LM, stored: dict, metadata: dict):
@@ -298,13 +298,6 @@ class PromptClassifier:
         if self._zero:
             parts.append((self.scorer.token_logprobs(list(texts)), self._zero_prior))
         return ensemble(self.scorer, parts, self.stored["scoring"])
-
-    def predict(self, texts: list[str]) -> list[str]:
-        return self.decide(self.predict_proba(texts))
-
-    def decide(self, proba: np.ndarray) -> list[str]:
-        """The likeliest label of each row of probabilities (a prompt classifier has no threshold)."""
-        return [self.classes_[i] for i in proba.argmax(1)]
 
     def truncated(self, texts: list[str]) -> list[bool]:
         return self.scorer.truncated(list(texts), len(self.prefix))

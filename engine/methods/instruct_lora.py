@@ -31,11 +31,11 @@ from engine.data.dataset import Dataset
 from engine.errors import ClinBenchError
 from engine.evaluation import scoring
 from engine.finetune import loop
+from engine.finetune.heads import class_weights
 from engine.finetune.loading import load_lm_model, lora_config
 from engine.methods import incontext, prompting
 from engine.methods.base import StepKind
 from engine.methods.incontext import PROMPT_FILE
-from engine.methods.lora import class_weights, fold_context
 from engine.methods.prompting import LM, Scorer, softmax
 from engine.models import catalog
 from engine.models.devices import Placement, choose
@@ -160,7 +160,7 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
 
     def train_on(train_idx: np.ndarray, tag: str, label: str) -> dict:
         """Train fresh adapters on `train_idx` (validation carved from it), seeded by (seed, tag); save under staging/tag."""
-        fctx = fold_context(ctx, label)
+        fctx = ctx.labelled(label)
         seed = loop.seed_of(p.seed, tag)
         fit_idx, val_idx = plans.carve(dataset, train_idx, plan.groups, ft.val_size, p.seed)
         loop.seed_torch(seed)  # the adapters' initial weights
@@ -234,7 +234,7 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)
         final_words.update(template=scorer.template, words=scorer.words)
         prior = priors[tag] = tuned_prior(scorer, texts, y_str, classes, trainings[tag]["val_index"], opts, fold.repeat, fold.fold)
-        proba, _ = label_scores(scorer, [texts[i] for i in fold.test], po, prior, fold_context(ctx, label), "scoring test letters")
+        proba, _ = label_scores(scorer, [texts[i] for i in fold.test], po, prior, ctx.labelled(label), "scoring test letters")
         timing["score_s"] += time.perf_counter() - t0
         timing["n_scored"] += len(fold.test)
         return proba

@@ -18,31 +18,23 @@ reproduces to the bit.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
-from engine.cache import artifacts
-from engine.cache.artifacts import StepResult
-from engine.cache.context import StepContext, ensure
-from engine.cache.storage import evaluations_dir
-from engine.data.dataset import Dataset
-from engine.data.labels import indicator
-from engine.evaluation import scoring
 from engine.features import extract
-from engine.finetune import loop
-from engine.methods.base import StepKind
-from engine.methods.lora import class_weights, fold_context, multilabel_manifest, multilabel_validation, pos_weights, tune_thresholds
-from engine.models.catalog import locate, resolve
-from engine.models.devices import Placement, choose
+from engine.finetune import heads, loop
+from engine.methods import lora
+from engine.methods.base import Job, Method
+from engine.models import catalog
+from engine.models.devices import Placement
 from engine.options.groups import Options, names
-from engine.protocols import plans
 
 # In the cache key: a linear-probe artifact of ClinBench <= 0.2 trained the model's own head through the backbone
 # (a sequence-classifier); this one is a linear layer on the cached vectors.
 HEAD = "linear on cached embeddings, v1"
-READS = (*names("protocol"), *names("embedding"), *names("finetune"))
+READS = (*names("protocol"), *names("embedding"), *names("finetune"), *names("decision"))
 TRAIN_ON = Placement("cpu", "float32")  # a head on vectors: tiny, exact, and faster on the CPU than a copy to a GPU
 
 
@@ -84,53 +76,73 @@ def probe_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_ha
     return loop.training_key("linear-probe", identity, data_hash, opts, dtype, extra=extra)
 
 
-def probe_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """Embed every letter once (cached), then train a linear head on each fold's training vectors and score its test
-    letters; under cv, train once more on every letter for the stored classifier."""
-    import torch
-    from sklearn.metrics import f1_score
+class Probe:
+    """A linear head trained on one fold's training vectors (its validation letters carved from them)."""
 
-    ctx = ensure(ctx)
-    multi, classes, p, e = dataset.multi_label, dataset.classes, opts.protocol, opts.embedding
-    t_start = time.perf_counter()
-    placement = choose()
-    plan = plans.plan(dataset, p, method)
-    entry = resolve(model)
-    scoring.require_unseen(entry, dataset, plan)
-    key = probe_key(locate(entry)[1], dataset.data_hash, opts, placement.dtype, plan.hash, multi)
-    folder = evaluations_dir() / key
-    if hit := artifacts.stored(folder, entry.name, method):
-        return hit
-    X, estats = extract.embed(
-        model,
-        dataset.texts,
-        pooling=e.pooling,
-        max_length=e.max_length,
-        windows=e.windows,
-        placement=placement,
-        batch_tokens=e.batch_tokens,
-        ctx=ctx,
-    )
-    X = np.array(X, dtype=np.float32)  # in memory, writable: torch reads it without a copy per batch
-    X_t = torch.from_numpy(X)
-    identity = {"name": entry.name, **extract.read_meta(estats.key)["model"]}
-    ft = opts.finetune.resolved(method)
-    y_all = indicator(dataset.labels, classes) if multi else np.asarray([classes.index(str(v)) for v in dataset.labels])
-    y_t = torch.from_numpy(y_all.astype(np.float32) if multi else y_all)
-    n_out = len(classes)
+    def __init__(self, job: Job, head: LinearHead, record: dict, val: np.ndarray):
+        self.job, self.head, self.record, self.val = job, head, record, val
 
-    def train_on(train_idx: np.ndarray, tag: str, label: str) -> dict:
-        """Train a fresh head on `train_idx` (validation carved from it), seeded by (seed, tag)."""
-        fit_idx, val_idx = plans.carve(dataset, train_idx, plan.groups, ft.val_size, p.seed)
-        seed = loop.seed_of(p.seed, tag)
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        return self.head.predict_proba(self.job.state["X"][rows])
+
+    def decision_letters(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.val, self.predict_proba(self.val)
+
+
+class LinearProbe(Method):
+    name = "linear-probe"
+    title = "linear head (before fine-tuning)"
+    stage = "frozen"
+    reads = READS
+    predictor = "embedding-classifier"
+    label_sets = True
+
+    def setup(self, job: Job) -> None:
+        entry = catalog.resolve(job.model)
+        job.identity = {"name": entry.name}
+        job.state["located"] = catalog.locate(entry)[1]
+
+    def key(self, job: Job) -> str:
+        job.state["key"] = probe_key(job.state["located"], job.dataset.data_hash, job.opts, job.placement.dtype, job.plan.hash, job.multi)
+        return job.state["key"]
+
+    def prepare(self, job: Job) -> None:
+        import torch
+
+        e = job.opts.embedding
+        X, estats = extract.embed(
+            job.model,
+            job.dataset.texts,
+            pooling=e.pooling,
+            max_length=e.max_length,
+            windows=e.windows,
+            placement=job.placement,
+            batch_tokens=e.batch_tokens,
+            ctx=job.ctx,
+        )
+        X = np.array(X, dtype=np.float32)  # in memory, writable: torch reads it without a copy per batch
+        y_all = job.y if job.multi else np.asarray([job.classes.index(str(v)) for v in job.dataset.labels])
+        job.state.update(X=X, X_t=torch.from_numpy(X), estats=estats, y_all=y_all)
+        job.state["y_t"] = torch.from_numpy(y_all.astype(np.float32) if job.multi else y_all)
+        job.identity = {"name": job.identity["name"], **extract.read_meta(estats.key)["model"]}
+
+    def fit(self, job: Job, train: np.ndarray, tag: str, label: str) -> Probe:
+        """A fresh head trained on `train` (validation carved from it), seeded by (seed, tag)."""
+        import torch
+
+        ft, multi, n_out = job.opts.finetune.resolved(self.name), job.multi, len(job.classes)
+        X, X_t, y_all, y_t = (job.state[k] for k in ("X", "X_t", "y_all", "y_t"))
+        fit_idx, val_idx = job.carve(train)
+        seed = loop.seed_of(job.opts.protocol.seed, tag)
         loop.seed_torch(seed)  # the head's initial weights (as transformers initialises a new head: N(0, 0.02), bias 0)
         net = torch.nn.Linear(X.shape[1], n_out)
         torch.nn.init.normal_(net.weight, std=0.02)
         torch.nn.init.zeros_(net.bias)
-        if multi:
-            weights = pos_weights(y_all[fit_idx], ft.class_weighted_loss)
-        else:
-            weights = class_weights(y_all[fit_idx], n_out, ft.class_weighted_loss)
+        weights = (
+            heads.pos_weights(y_all[fit_idx], ft.class_weighted_loss)
+            if multi
+            else heads.class_weights(y_all[fit_idx], n_out, ft.class_weighted_loss)
+        )
 
         def loss_fn(_ids, _mask, batch):
             logits = net(X_t[batch])
@@ -138,96 +150,65 @@ def probe_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: St
                 return torch.nn.functional.binary_cross_entropy_with_logits(logits, y_t[batch], pos_weight=weights)
             return torch.nn.functional.cross_entropy(logits, y_t[batch], weight=weights)
 
-        def val_proba() -> np.ndarray:
-            return head_proba(net.weight.detach(), net.bias.detach(), X[val_idx], multi)
-
         def validate() -> dict:
-            proba, y_val = val_proba(), y_all[val_idx]
-            if multi:
-                return multilabel_validation(proba, y_val)
-            loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(val_idx)), y_val], 1e-12, None))))
-            f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(n_out)), zero_division=0))
-            return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
+            proba = head_proba(net.weight.detach(), net.bias.detach(), X[val_idx], multi)
+            return heads.validation(proba, y_all[val_idx], n_out, multi)
 
-        state = loop.train(
-            net, None, fit_idx, loss_fn, validate, ft, seed, TRAIN_ON, pad_id=0, key=f"{key}-{tag}", ctx=fold_context(ctx, label)
-        )
-        thresholds = tune_thresholds(val_proba(), y_all[val_idx]) if multi else None  # the best epoch's, on the carve only
+        key = f"{job.state['key']}-{tag}"
+        state = loop.train(net, None, fit_idx, loss_fn, validate, ft, seed, TRAIN_ON, pad_id=0, key=key, ctx=job.fold_context(label))
         training = loop.training_manifest(
             state,
             trainable_params=int(sum(q.numel() for q in net.parameters())),
             head_modules=["linear"],
             target_modules=None,
-            n_truncated=estats.n_truncated,
+            n_truncated=job.state["estats"].n_truncated,
         )
-        head = LinearHead(classes, net.weight.detach().numpy().copy(), net.bias.detach().numpy().copy(), multi, thresholds)
-        out = {
-            "head": head,
+        head = LinearHead(job.classes, net.weight.detach().numpy().copy(), net.bias.detach().numpy().copy(), multi)
+        record = {
             "training": training,
             "state": state,
             "n_fit": int(len(fit_idx)),
             "n_val": int(len(val_idx)),
             "val_index": val_idx.tolist(),
-            "thresholds": thresholds,
+            "tag": tag,
         }
         if multi:
-            out["pos_weight"] = None if weights is None else weights.tolist()
-        return out
+            record["pos_weight"] = None if weights is None else weights.tolist()
+        return Probe(job, head, record, val_idx)
 
-    trainings: dict[str, dict] = {}
-
-    def fit_predict(fold):
-        tag = f"r{fold.repeat}f{fold.fold}"
-        run = trainings[tag] = train_on(fold.train, tag, scoring.fold_label(plan, fold))
-        proba = run["head"].predict_proba(X[fold.test])
-        if multi:  # each label's own probability, and the labels at or above the fold's thresholds
-            return proba, (proba >= run["thresholds"]).astype(np.int8)
-        return proba
-
-    oof = scoring.cross_predict(plan, fit_predict, n_out, ctx)
-    m = scoring.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
-    if plan.name == "cv":
-        ctx.check_stop("Cancelled before training on every letter.")
-        final = train_on(plan.final_train, "all", "all letters")
-    else:
-        final = trainings.pop("r0f0")
-    manifest = {
-        "kind": "evaluation",
-        "key": key,
-        "model": identity,
-        "method": method,
-        "method_title": LINEAR_PROBE.title,
-        "stage": LINEAR_PROBE.stage,
-        "predictor": "embedding-classifier",
-        "embedder": {"pooling": e.pooling, "max_length": e.max_length, "windows": e.windows},
-        "head": HEAD,
-        "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
-        "data": artifacts.data_manifest(dataset),
-        "protocol": plan.manifest(),
-        **loop.folds_manifest(plan.name, final, trainings),  # refit, training, fold_trainings
-        "embeddings": asdict(estats),
-        "placement": {"device": placement.device, "dtype": placement.dtype, "head": f"{TRAIN_ON.device}, {TRAIN_ON.dtype}"},
-        "timings": {
-            "embed_s": estats.seconds,
-            "embed_cache_hit": estats.cache_hit,
-            "train_s": final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values()),
-            "total_s": time.perf_counter() - t_start,
-        },
-        **artifacts.provenance(m),  # versions, environment, metrics, created
-        **(multilabel_manifest(classes, final, trainings) if multi else {}),
-    }
-
-    def write_files(tmp):
+    def save(self, job: Job, final: Probe, folder: Path) -> None:
         import joblib
 
-        joblib.dump(final["head"], tmp / "classifier.joblib")
-        scoring.write_predictions(tmp, dataset, plan, oof)
+        joblib.dump(final.head, folder / "classifier.joblib")
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    manifest = artifacts.write(folder, manifest, write_files)
-    loop.discard_staging(key, loop.checkpoint_path(key).with_suffix(".folds"), trainings)
-    ctx.progress(1, 1, "done")
-    return StepResult(entry.name, method, m, str(folder), False, manifest)
+    def record(self, job: Job, final: Probe, fits: list[Probe]) -> dict:
+        e, estats = job.opts.embedding, job.state["estats"]
+        trainings = {} if job.plan.name != "cv" else {f.record["tag"]: f.record for f in fits}
+        out = {
+            "embedder": {"pooling": e.pooling, "max_length": e.max_length, "windows": e.windows},
+            "head": HEAD,
+            "config": {**job.opts.to_dict(), "train": loop.train_config(job.opts.finetune.resolved(self.name), job.opts.protocol.seed)},
+            **loop.folds_manifest(job.plan.name, final.record, trainings),  # refit, training, fold_trainings
+            "embeddings": asdict(estats),
+            "placement": {"device": job.placement.device, "dtype": job.placement.dtype, "head": f"{TRAIN_ON.device}, {TRAIN_ON.dtype}"},
+            "timings": {
+                "embed_s": estats.seconds,
+                "embed_cache_hit": estats.cache_hit,
+                "train_s": sum(f.record["state"]["train_s"] for f in (fits if final in fits else [final, *fits])),
+            },
+        }
+        if job.multi:
+            out["loss"] = {
+                "name": "bce",
+                "pos_weight": lora.by_label(job.classes, final.record["pos_weight"]),
+                "pos_weight_cap": heads.POS_WEIGHT_CAP,
+            }
+        return out
+
+    def finish(self, job: Job, fits: list[Probe]) -> None:
+        loop.discard_staging(
+            job.state["key"], loop.checkpoint_path(job.state["key"]).with_suffix(".folds"), [f.record["tag"] for f in fits]
+        )
 
 
-LINEAR_PROBE = StepKind("linear-probe", "linear head (before fine-tuning)", "frozen", probe_step, READS, label_sets=True)
+METHOD = LinearProbe()

@@ -1,37 +1,51 @@
-"""The registry of step kinds: every method ClinBench can run, in display order.
+"""The registry of methods: every method ClinBench can run, in display order, and the one call that runs a step.
 
-Each method declares its `StepKind` (name, title, stage, the function that runs it, the options it
-reads) next to its code; this module lists them. The spec check, the CLI's --method choices, the
-Runs form and every executor (the in-process runner, the background worker) read this registry, so
-a new method is its module plus one line here.
+Each method is declared in its own module (engine.methods.svc holds `svc`); this module lists them. The spec check, the
+CLI's --method choices, the Runs form and every executor (the in-process runner, the background worker, the Ray task)
+read this registry and call `run`, so a new method is its module plus one line here.
 """
 
 from __future__ import annotations
 
-from engine.methods import frozen
-from engine.methods.adapt_svc import ADAPT_SVC
-from engine.methods.base import StepKind
+from engine.cache.context import StepContext
+from engine.methods import adapt_svc, harness, linear_probe, logreg, lora, lora_svc, svc, tfidf
+from engine.methods.base import Method
 from engine.methods.domain_adapt import DOMAIN_ADAPT
-from engine.methods.frozen import LOGREG, SVC
 from engine.methods.incontext import FEW_SHOT, ZERO_SHOT
 from engine.methods.instruct_lora import INSTRUCT_LORA
-from engine.methods.linear_probe import LINEAR_PROBE
-from engine.methods.lora import LORA
-from engine.methods.lora_svc import LORA_SVC
 from engine.methods.setfit import SETFIT
-from engine.methods.tfidf import MODEL as REFERENCE_MODEL
-from engine.methods.tfidf import TFIDF
 
-KINDS: dict[str, StepKind] = {
+KINDS = {
     k.name: k
-    for k in (TFIDF, SVC, LOGREG, LINEAR_PROBE, LORA, LORA_SVC, DOMAIN_ADAPT, ADAPT_SVC, SETFIT, ZERO_SHOT, FEW_SHOT, INSTRUCT_LORA)
+    for k in (
+        tfidf.METHOD,
+        svc.METHOD,
+        logreg.METHOD,
+        linear_probe.METHOD,
+        lora.METHOD,
+        lora_svc.METHOD,
+        DOMAIN_ADAPT,
+        adapt_svc.METHOD,
+        SETFIT,
+        ZERO_SHOT,
+        FEW_SHOT,
+        INSTRUCT_LORA,
+    )
 }
 # The methods that classify with frozen embeddings only: what the home page's default comparison runs.
-FROZEN_EMBEDDING = tuple(frozen.KINDS)
+FROZEN_EMBEDDING = (svc.METHOD.name, logreg.METHOD.name)
 
 
 # The reference row of every comparison: the pseudo-model `tfidf` and its one method.
-REFERENCE = (REFERENCE_MODEL, TFIDF.name)
+REFERENCE = (tfidf.MODEL, tfidf.METHOD.name)
+
+
+def run(dataset, model: str, method: str, opts, ctx: StepContext | None = None):
+    """One step: `method` of `model` on the letters `dataset` with the options `opts` (an engine.cache.artifacts.StepResult)."""
+    kind = KINDS[method]
+    if isinstance(kind, Method) and kind.produces == "classifier":
+        return harness.evaluate(kind, dataset, model, opts, ctx)
+    return kind.run(dataset, model, method, opts, ctx)
 
 
 def require_task(method: str, dataset) -> None:
@@ -51,5 +65,5 @@ def names() -> list[str]:
     return list(KINDS)
 
 
-def get(name: str) -> StepKind:
+def get(name: str) -> Method:
     return KINDS[name]

@@ -42,7 +42,6 @@ from engine.features import extract
 from engine.finetune import loop
 from engine.finetune.loading import open_for_training, prepare_tokenizer
 from engine.methods.base import StepKind
-from engine.methods.lora import fold_context
 from engine.models import catalog
 from engine.models.devices import choose
 from engine.options.groups import Options, fields, names
@@ -166,7 +165,7 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
 
     def train_on(train_idx: np.ndarray, tag: str, label: str, test_idx: np.ndarray) -> dict:
         """Tune a fresh encoder on pairs of the few-shot letters `train_idx`, fit the head; (test probabilities, record)."""
-        fctx = fold_context(ctx, label)
+        fctx = ctx.labelled(label)
         seed = loop.seed_of(p.seed, tag)
         shots = np.sort(np.asarray(train_idx))  # the plan's training letters: labels_per_class of each label when set
         pairs = draw_pairs(shots, y_str, s.setfit_pairs, seed)

@@ -9,23 +9,18 @@ refitted on every letter under cv. It is the model `tfidf` with the method `tfid
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import numpy as np
 
-from engine.cache import artifacts
-from engine.cache.artifacts import StepResult
-from engine.cache.context import StepContext, ensure
-from engine.cache.storage import evaluations_dir, sha256_json
-from engine.data.dataset import Dataset
-from engine.data.labels import indicator
-from engine.evaluation import binary, scoring
-from engine.methods.base import StepKind
+from engine.cache.storage import sha256_json
+from engine.evaluation import scoring
+from engine.methods.base import Job, Method
 from engine.options.groups import Options, key_dict, names
-from engine.protocols import plans
 
 MODEL = "tfidf"
 VERSION = 1
+INNER_FOLDS = 3  # the inner splits the thresholds are chosen on (labels with fewer letters: fewer)
 CONFIG = {"ngram_range": [1, 2], "min_df": 2, "sublinear_tf": True, "C": 10.0, "class_weight": "balanced"}
 
 
@@ -55,7 +50,8 @@ class TextOneVsRest:
         return self.ovr.predict(self.vectorizer.transform(list(texts)))
 
 
-def _fit_multilabel(texts: list[str], Y: np.ndarray, classes: list[str], idx: np.ndarray, seed: int) -> TextOneVsRest:
+def _fit_multilabel(texts: list[str], Y: np.ndarray, classes: list[str], idx: np.ndarray, seed: int, groups: np.ndarray):
+    """The multi-label reference fitted on the letters `idx`, and its estimator's fit (train_proba: out-of-fold)."""
     from sklearn.linear_model import LogisticRegression
 
     from engine.methods.estimators import fit_multilabel
@@ -71,8 +67,8 @@ def _fit_multilabel(texts: list[str], Y: np.ndarray, classes: list[str], idx: np
     def make(params, weighted, s):  # liblinear: one binary problem per label, several times faster than lbfgs on tf-idf
         return LogisticRegression(C=CONFIG["C"], class_weight=CONFIG["class_weight"], solver="liblinear", random_state=s)
 
-    fitted = fit_multilabel(X, Y[idx], classes, "logreg", ClassifierOptions(grid=False), seed, make=make, grid={})
-    return TextOneVsRest(vectorizer, fitted.estimator)
+    fitted = fit_multilabel(X, Y[idx], classes, "logreg", ClassifierOptions(grid=False), seed, groups, make=make, grid={})
+    return TextOneVsRest(vectorizer, fitted.estimator), fitted.train_proba
 
 
 def evaluation_key(opts: Options, plan_hash: str, two_labels: bool = False) -> str:
@@ -85,22 +81,16 @@ def evaluation_key(opts: Options, plan_hash: str, two_labels: bool = False) -> s
     )[:32]
 
 
-def _threshold(texts: list[str], y: np.ndarray, idx: np.ndarray, pos: str, seed: int, decision) -> float:
-    """A two-label task's threshold on P(pos): chosen on probabilities of the training letters `idx`, each predicted by a
-    pipeline (vocabulary included) fitted on the other inner folds."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+def _out_of_fold(texts: list[str], y: np.ndarray, idx: np.ndarray, seed: int, splits: list) -> np.ndarray:
+    """Probabilities of the training letters `idx`, each predicted by a pipeline (vocabulary included) fitted on the
+    other inner splits."""
+    from sklearn.model_selection import cross_val_predict
 
-    yi = y[idx]
-    folds = min(3, int(min(np.unique(yi, return_counts=True)[1])))
-    if folds < 2:
-        return 0.5
-    cv, subset = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed), [texts[i] for i in idx]
+    subset = [texts[i] for i in idx]
     try:
-        proba = cross_val_predict(pipeline(seed), subset, yi, cv=cv, method="predict_proba")
+        return cross_val_predict(pipeline(seed), subset, y[idx], cv=splits, method="predict_proba")
     except ValueError:  # an inner fold too small for min_df=2, as in _fit
-        proba = cross_val_predict(pipeline(seed).set_params(tfidfvectorizer__min_df=1), subset, yi, cv=cv, method="predict_proba")
-    col = sorted(set(yi.tolist())).index(pos)
-    return binary.choose_threshold(proba[:, col], yi == pos, decision.threshold_rule, decision.threshold_target)
+        return cross_val_predict(pipeline(seed).set_params(tfidfvectorizer__min_df=1), subset, y[idx], cv=splits, method="predict_proba")
 
 
 def _fit(texts: list[str], y: np.ndarray, idx: np.ndarray, seed: int):
@@ -113,80 +103,55 @@ def _fit(texts: list[str], y: np.ndarray, idx: np.ndarray, seed: int):
         return model.fit(subset, y[idx])
 
 
-def tfidf_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """Fit the reference on each fold's training letters, score its test letters, refit on every letter (cv), store it."""
-    ctx = ensure(ctx)
-    t_start = time.perf_counter()
-    p = opts.protocol
-    plan = plans.plan(dataset, p, TFIDF.name)
-    two_labels = binary.is_two_label(dataset)
-    key = evaluation_key(opts, plan.hash, two_labels)
-    folder = evaluations_dir() / key
-    if hit := artifacts.stored(folder, MODEL, TFIDF.name):
-        return hit
-    texts, classes, multi = dataset.texts, dataset.classes, dataset.multi_label
-    y = indicator(dataset.labels, classes) if multi else np.asarray(dataset.labels, dtype=str)
-    pos = binary.positive_label(classes, dataset.labels, opts.decision.positive_label) if two_labels else None
-    fits = []
+class TfidfFit:
+    """The reference fitted on some training letters; it reads the letters' texts."""
 
-    def fit(idx):
-        if multi:
-            return _fit_multilabel(texts, y, classes, idx, p.seed)
-        fitted = _fit(texts, y, idx, p.seed)
-        if two_labels:  # the operating threshold, from cross-validated probabilities of the training letters
-            fitted.threshold_, fitted.positive_label_ = _threshold(texts, y, idx, pos, p.seed, opts.decision), pos
-        return fitted
+    def __init__(self, job: Job, model, train: np.ndarray, train_proba: np.ndarray | None):
+        self.job, self.model, self.train, self.train_proba = job, model, train, train_proba
 
-    def fit_predict(fold):
-        ctx.progress(len(fits), len(plan.folds) + 1, f"fitting tf-idf {scoring.fold_label(plan, fold)}".strip())
-        fitted = fit(fold.train)
-        fits.append(fitted)
-        test = [texts[i] for i in fold.test]
-        if multi:
-            return fitted.predict_proba(test), fitted.predict(test)
-        proba = scoring.aligned(fitted.predict_proba(test), fitted.classes_, classes)
-        if two_labels:
-            return proba, binary.one_hot(proba[:, classes.index(pos)] >= fitted.threshold_, classes, pos)
-        return proba
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        proba = self.model.predict_proba([self.job.dataset.texts[i] for i in rows])
+        return proba if self.job.multi else scoring.aligned(proba, self.model.classes_, self.job.classes)
 
-    oof = scoring.cross_predict(plan, fit_predict, len(classes), ctx)
-    thresholds = [f.threshold_ for f in fits] if two_labels else None
-    m = scoring.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed, decision=opts.decision, thresholds=thresholds)
-    final = fit(plan.final_train) if plan.name == "cv" else fits[0]
-    if two_labels:
-        m["threshold"] = final.threshold_  # the stored classifier's (the folds' are in fold_thresholds)
-    manifest = {
-        "kind": "evaluation",
-        "key": key,
-        "model": {"name": MODEL, "kind": "reference"},
-        "method": TFIDF.name,
-        "method_title": TFIDF.title,
-        "stage": TFIDF.stage,
-        "predictor": "text-pipeline",
-        "config": {**opts.to_dict(), "reference": CONFIG},
-        "data": artifacts.data_manifest(dataset),
-        "protocol": plan.manifest(),
-        "refit": "every letter" if plan.name == "cv" else "training split",
-        "timings": {"total_s": time.perf_counter() - t_start},
-        **artifacts.provenance(m),  # versions, environment, metrics, created
-    }
+    def decision_letters(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.train_proba is None:
+            return None
+        tp = self.train_proba
+        return self.train, tp if self.job.multi else scoring.aligned(tp, sorted(set(self.job.y[self.train].tolist())), self.job.classes)
 
-    def write_files(tmp):
+
+class Tfidf(Method):
+    name = "tfidf"
+    title = "tf-idf → logistic regression (reference)"
+    stage = "reference"
+    predictor = "text-pipeline"
+    label_sets = True
+    inner_splits = True
+    keyed_decision = True
+    reads = ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot", "labels_per_class", *names("decision"))
+
+    def setup(self, job: Job) -> None:
+        job.identity = {"name": MODEL, "kind": "reference"}
+
+    def key(self, job: Job) -> str:
+        return evaluation_key(job.opts, job.plan.hash, job.two_labels)
+
+    def fit(self, job: Job, train: np.ndarray, tag: str, label: str) -> TfidfFit:
+        seed, texts = job.opts.protocol.seed, job.dataset.texts
+        if job.multi:
+            model, tp = _fit_multilabel(texts, job.y, job.classes, train, seed, job.plan.groups[train])
+            return TfidfFit(job, model, train, tp)
+        model = _fit(texts, job.y, train, seed)
+        splits = job.inner_splits(train, INNER_FOLDS, seed) if job.needs_decision else []
+        return TfidfFit(job, model, train, _out_of_fold(texts, job.y, train, seed, splits) if splits else None)
+
+    def save(self, job: Job, final: TfidfFit, folder: Path) -> None:
         import joblib
 
-        joblib.dump(final, tmp / "classifier.joblib")
-        scoring.write_predictions(tmp, dataset, plan, oof)
+        joblib.dump(final.model, folder / "classifier.joblib")
 
-    manifest = artifacts.write(folder, manifest, write_files)
-    ctx.progress(1, 1, "done")
-    return StepResult(MODEL, TFIDF.name, m, str(folder), False, manifest)
+    def record(self, job: Job, final: TfidfFit, fits: list[TfidfFit]) -> dict:
+        return {"config": {**job.opts.to_dict(), "reference": CONFIG}}
 
 
-TFIDF = StepKind(
-    "tfidf",
-    "tf-idf → logistic regression (reference)",
-    "reference",
-    tfidf_step,
-    ("protocol", "seed", "test_size", "cv_folds", "cv_repeats", "near_duplicates", "n_boot", "labels_per_class", *names("decision")),
-    label_sets=True,
-)
+METHOD = Tfidf()

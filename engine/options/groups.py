@@ -141,20 +141,23 @@ class ClassifierOptions:
     k_neighbors: int = option(5, "SMOTE neighbours (lowered to fit the smallest label)", min=1, max=50)
 
 
-THRESHOLD_RULES = ("best-f1", "sensitivity", "specificity")
+MOST_PROBABLE = "most-probable"
+THRESHOLD_RULES = ("best-f1", "sensitivity", "specificity", MOST_PROBABLE)
 
 
 @dataclass(frozen=True)
 class DecisionOptions:
-    """Binary tasks (two labels): which label is positive and where the operating threshold on its probability lies,
-    chosen on cross-validated probabilities of the training letters (svc, logreg, lora-svc, tfidf), never the test letters."""
+    """Binary tasks (two labels): which label is positive and where the operating threshold on its probability lies. Every
+    method chooses it the same way, on probabilities of its training letters that it did not learn from (out-of-fold for
+    the methods cheap to refit, the validation carve for those that fine-tune), never on the test letters."""
 
     TITLE: ClassVar[str] = "Decision (binary tasks)"
     positive_label: str | None = option(None, "the label counted as positive (sensitivity, PPV, ROC); none: the rarer label")
     threshold_rule: str = option(
         "best-f1",
         "how the threshold is chosen: best-f1 (the positive label's F1), sensitivity or specificity (the threshold that "
-        "reaches threshold_target on the training letters, the other as high as it then can be))",
+        "reaches threshold_target on the training letters, the other as high as it then can be); most-probable: no threshold, "
+        "every method answers the more probable label",
         choices=THRESHOLD_RULES,
     )
     threshold_target: float = option(0.9, "the sensitivity or specificity threshold_rule aims at", min=0.5, max=0.999)

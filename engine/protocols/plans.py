@@ -210,6 +210,45 @@ def _kfold(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, n_splits: int, 
     return [np.sort(idx[test]) for _, test in parts]
 
 
+def has_duplicates(groups: np.ndarray) -> bool:
+    """Whether some duplicate group holds more than one letter."""
+    return len(np.unique(groups)) < len(groups)
+
+
+def inner_splits(ds, rows: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Splits of the training letters `rows` of `ds` for what is fitted inside them (grid search, probability calibration,
+    thresholds): `splits_of` their labels (label sets: the label columns) and their duplicate groups (`groups`: every
+    letter's, the plan's)."""
+    rows = np.asarray(rows)
+    key = indicator([ds.labels[i] for i in rows], ds.classes) if ds.multi_label else np.asarray(stratify_key(ds))[rows]
+    return splits_of(key, np.asarray(groups)[rows], n_splits, seed)
+
+
+def splits_of(key: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fitting, held-out) positions of `n_splits` folds of some letters, by the plan's own splitter: stratified on `key`
+    (one label per letter; or a 0/1 matrix, iteratively), duplicate groups (`groups`; None: none) never on both sides.
+    Without duplicates these are exactly scikit-learn's StratifiedKFold (label sets: MultilabelStratifiedKFold) splits.
+    One label per letter: `n_splits` is lowered to the fewest letters (groups) of a label; [] when that is below 2."""
+    key = np.asarray(key)
+    g = np.arange(len(key)) if groups is None else np.asarray(groups)
+    if key.ndim == 1:
+        n_splits = min(n_splits, min(len(np.unique(g[key == lab])) for lab in np.unique(key)))
+    if n_splits < 2:
+        return []
+    pos = np.arange(len(key))
+    if len(np.unique(g)) == len(g):
+        from sklearn.model_selection import StratifiedKFold
+
+        if key.ndim == 2:
+            from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+            splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed % 2**32)
+        else:
+            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(len(key)), key))
+    return [(np.setdiff1d(pos, test), test) for test in _kfold(pos, key, g, n_splits, seed)]
+
+
 def _holdout(idx: np.ndarray, key: np.ndarray, groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) of `idx`: stratified, groups whole. Without duplicates the test part is exactly `test_size`; with them
     it is one fold of round(1 / test_size) grouped folds."""

@@ -227,7 +227,7 @@ def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, 
     opts = spec.options.replace(**{k: step[k] for k in ("seed", "labels_per_class") if k in step})
     letters = plans.prepare(dataset or spec.data.load(), opts.protocol)  # (label_conflicts: drop)
     registry.require_task(step["method"], letters)
-    return kind.run(letters, step["model"], step["method"], opts, ctx or StepContext())
+    return registry.run(letters, step["model"], step["method"], opts, ctx or StepContext())
 
 
 def run(spec: Spec, *, ctx_for: Callable[[dict], StepContext | None] | None = None) -> list[StepResult | dict]:
