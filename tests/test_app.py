@@ -147,7 +147,8 @@ def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatc
     """A step that is training (its worker wrote metrics into the store) shows its loss curve on the Runs page."""
     import time
 
-    from engine.runs import jobs, store
+    from engine.runs import jobs
+    from engine.runs.store import database as store
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda: None)
     run_id = jobs.submit(experiment.parse_spec({"models": ["minilm"], "methods": ["lora"]}), start_worker=False)

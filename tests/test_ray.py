@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ClinBenchError
-from engine.runs import experiment, jobs, launch
+from engine.runs import experiment, jobs
 from tests.conftest import cache_at, cli, stop_workers
 from tests.test_jobs import finished, leftovers, show, submit, wait_for, write_spec
 
@@ -126,13 +126,13 @@ def test_a_killed_ray_worker_s_step_runs_again(cluster, store, tiny_encoder, sma
 
 
 def test_the_local_worker_leaves_ray_runs_to_the_ray_driver(store, small_csv, tiny_encoder, tmp_path):
-    from engine.runs import store as run_store
     from engine.runs import worker
+    from engine.runs.store.runstore import open_store
 
     spec = experiment.load_spec(write_spec(tmp_path / "r.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray"))
     run_id = jobs.submit(spec, start_worker=False)
-    with run_store.connect() as conn:
-        assert worker._claim(conn, 1) is None and launch.queued(conn, "ray") == 1 and launch.queued(conn, "local") == 0
+    with open_store() as rs:
+        assert worker._claim(rs, 1) is None and rs.queued("ray") == 1 and rs.queued("local") == 0
     assert jobs.get_run(run_id).executor == "ray"
 
 

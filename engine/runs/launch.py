@@ -1,8 +1,8 @@
 """Starting executors on demand: the local worker and the Ray driver, detached from whoever submitted.
 
 `ensure_worker()` starts what the queued steps need: a local worker (`python -m engine worker`) while a local run has
-queued steps and fewer than store.max_workers() are alive; the Ray driver (`python -m engine worker --executor ray`,
-engine.rayexec) while a Ray run has queued steps and none is alive. Each starts in its own session (it outlives a
+queued steps and fewer than liveness.max_workers() are alive; the Ray driver (`python -m engine worker --executor ray`,
+engine.runs.ray_driver) while a Ray run has queued steps and none is alive. Each starts in its own session (it outlives a
 closed tab, a stopped dashboard or a Ctrl-C in the terminal that submitted) and leaves by itself after
 WORKER_IDLE_EXIT_S with nothing queued.
 """
@@ -14,8 +14,8 @@ import sys
 
 from engine.cache.storage import runs_dir
 from engine.options.config import CACHE_ENV, REPO_ROOT, cache_dir
-from engine.runs.states import Status
-from engine.runs.store import alive_workers, connect, max_workers, recover
+from engine.runs.store.liveness import max_workers
+from engine.runs.store.runstore import open_store
 
 WORKER_IDLE_EXIT_S = 60.0  # a worker started on demand leaves after this long with nothing queued
 
@@ -58,23 +58,15 @@ def check_ray() -> None:
         )
 
 
-def queued(conn, executor: str) -> int:
-    """Steps waiting for an executor of this kind (runs not being cancelled)."""
-    return conn.execute(
-        "SELECT COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.cancel_requested IS NULL AND r.executor = ?",
-        (Status.QUEUED, executor),
-    ).fetchone()[0]
-
-
 def ensure_worker() -> int | None:
     """Start the executors that queued steps wait for. Returns the pid of the last one started, or None."""
     started = None
-    with connect() as conn:
-        recover(conn)
+    with open_store() as rs:
+        rs.recover()
         wanted = []
-        if queued(conn, "local") and len(alive_workers(conn, "local")) < max_workers():
+        if rs.queued("local") and len(rs.alive_workers("local")) < max_workers():
             wanted.append("local")
-        if queued(conn, "ray") and not alive_workers(conn, "ray"):
+        if rs.queued("ray") and not rs.alive_workers("ray"):
             wanted.append("ray")
     for executor in wanted:
         started = spawn_worker(executor=executor)
