@@ -1,9 +1,9 @@
 """The Ray executor: a driver process that sends the steps of `executor: ray` runs to a Ray cluster as tasks.
 
-`python -m engine worker --executor ray` (started on demand by engine.launch; one per run store) registers in the store
-as a worker of kind ray, connects to a cluster (--ray-address, else the oldest queued run's ray_address, else
-$RAY_ADDRESS; with none it starts a local Ray instance, its object store capped, that stops when the driver leaves) and
-loops until stopped or idle:
+`python -m engine worker --executor ray` (started on demand by engine.runs.launch; one per run store) registers in the
+store as a worker of kind ray, connects to a cluster (--ray-address, else the oldest queued run's ray_address, else
+$RAY_ADDRESS: a remote cluster is only ever the user's explicit choice; with none it starts a new local Ray instance, its
+object store capped, that stops when the driver leaves) and loops until stopped or idle:
 
 * claims the queued steps whose inputs are ready (experiment.dependencies: logreg waits for the svc step whose embeddings
   it reuses, lora-svc for its lora step) and submits each as a task with its resources (`resources`: step_cpus CPUs,
@@ -22,6 +22,13 @@ Every task runs in a fresh Ray worker process (max_calls=1), so a large model's 
 with the local worker's child. Tasks read and write the driver's cache folder ($CLINBENCH_CACHE) and read the letters
 file from its submitted path: on a cluster of several machines both must be on a filesystem every node mounts at the
 same path. Ray's usage statistics are switched off (RAY_USAGE_STATS_ENABLED=0) in the driver and in every task.
+
+Network and secrets: anyone who can reach a Ray cluster's ports can run code on it, and so read the letters and the cache
+its tasks read (Ray expects a trusted, isolated network). The local instance therefore listens on 127.0.0.1 only
+(`LOCAL_ONLY`: its node address is loopback, so the GCS, the raylet and every worker bind there; no dashboard) and is
+always a new one, never a cluster that `ray start` left running on this machine. A task's environment holds only what a
+step needs (`task_env`: the cache folder, TASK_ENV); no other CLINBENCH_ variable, so never the serve token, reaches the
+cluster or the local instance's processes.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.cache.storage import sweep_orphans
@@ -41,6 +50,14 @@ from engine.runs.store import database
 from engine.runs.store.runstore import RunStore, open_store
 
 TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0"}
+LOOPBACK = "127.0.0.1"
+# Ray's own switch for an instance that serves one machine (its default on macOS and Windows): the node address is then
+# LOOPBACK, so the GCS, the raylet and every worker listen on loopback only. Read when `ray` is imported: `serve` imports it
+# after connect_cluster has set this.
+LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# The driver's variables a step's task gets, besides the cache folder: the device and dtype it runs with, the size limit its
+# letters were checked against, the tokenizers' threads and the test knob that slows extraction. Nothing else: never a token.
+TASK_ENV = ("CLINBENCH_DEVICE", "CLINBENCH_DTYPE", "CLINBENCH_MAX_DATA_MB", "CLINBENCH_BATCH_DELAY_S", "TOKENIZERS_PARALLELISM")
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # steps pass only small dicts through Ray; the default would reserve 30% of RAM
 TASK_RETRIES = 1  # a step whose Ray worker process died runs once more
 CANCEL_GRACE_S = 2.5
@@ -83,25 +100,41 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc}).") from None
 
 
-def connect_cluster(address: str | None) -> dict:
-    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a local instance with this machine's CPUs. Returns its
-    resources."""
-    import ray
-
-    env = {
+def task_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables every task of this driver gets (Ray's runtime environment): telemetry off, the cache folder, this
+    checkout on PYTHONPATH, and those of TASK_ENV that `environ` sets."""
+    return {
         **TELEMETRY_OFF,
         CACHE_ENV: str(cache_dir()),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), environ.get("PYTHONPATH")])),
+        **{k: environ[k] for k in TASK_ENV if k in environ},
     }
-    env.update({k: v for k, v in os.environ.items() if k.startswith("CLINBENCH_")})
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "include_dashboard": False}
+
+
+def connect_cluster(address: str | None) -> dict:
+    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a new local instance with this machine's CPUs, listening on
+    loopback only. Returns its resources."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"runtime_env": {"env_vars": task_env(os.environ)}, "log_to_driver": False, "include_dashboard": False}
     if address and address != "auto":
         _reachable(address)
     _LOCAL_INSTANCE[0] = address is None
     if address is None:
-        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
-    ray.init(address=address, **kwargs)
+        # the instance's processes inherit this process's environment: it keeps only the CLINBENCH_ variables tasks get
+        for name in [k for k in os.environ if k.startswith("CLINBENCH_") and k not in (CACHE_ENV, *TASK_ENV)]:
+            del os.environ[name]
+        os.environ.update(LOCAL_ONLY)
+        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address=LOOPBACK)
+    import ray
+
+    ray.init(address=address or "local", **kwargs)  # "local": a new instance, not one `ray start` left on this machine
+    if address is None and ray.util.get_node_ip_address() != LOOPBACK:
+        node = ray.util.get_node_ip_address()
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray instance would listen on {node}, not only on {LOOPBACK} (ray was imported before the driver could "
+            "keep it on this machine), so ClinBench stopped it."
+        )
     return ray.cluster_resources()
 
 
@@ -110,9 +143,7 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
     import psutil
 
     os.environ.update(TELEMETRY_OFF)
-    launch.check_ray()
-    import ray
-
+    launch.check_ray()  # (ray itself is imported by connect_cluster, once it knows whether the instance is local)
     me = psutil.Process()
     database.exit_on_change(_say)
     with open_store() as rs:
@@ -135,14 +166,18 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
                 "~/.ray/auth_token or $RAY_AUTH_TOKEN); then resume the run.",
             )
             return 1
-        _say(f"connected to {address or 'a local Ray instance'}: {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU")
+        import ray
+
+        where = address or os.environ.get("RAY_ADDRESS") or f"a new local Ray instance on {LOOPBACK}"
+        _say(f"connected to {where}: {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU")
         relay = ray.remote(Relay).options(num_cpus=0).remote()
         with open_store() as rs:
             _loop(rs, me.pid, relay, address, cluster.get("GPU", 0.0), idle_exit)
     finally:
         with open_store() as rs:
             rs.deregister(me.pid)
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
             ray.shutdown()  # a local instance this driver started stops with it
     return 0
 
