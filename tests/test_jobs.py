@@ -191,6 +191,28 @@ def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_
     assert all(s["result"]["cache_hit"] and s["result"]["forward_passes"] == 0 for s in rerun["steps"])
 
 
+def test_listing_runs_starts_a_worker_for_steps_a_killed_worker_left_queued(store, tiny_encoder, small_csv, tmp_path):
+    """Issue 29, item 8: after the worker is killed, another run's queued step does not wait for the next submission:
+    `runs show` (and `runs`) start a worker and say so."""
+    slow = write_spec(tmp_path / "slow.json", small_csv, [str(tiny_encoder)], ["svc"], batch_tokens=64)
+    first = submit(slow, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.2"})
+    run = wait_for(lambda r: r if r["steps"][0]["progress"]["done"] > 0 else None, run_id=first)
+    second = submit(write_spec(tmp_path / "next.json", small_csv, ["tfidf"], ["tfidf"]))  # queued behind the first
+    os.kill(run["worker_pid"], signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.wait_procs([psutil.Process(run["worker_pid"])], timeout=5)
+    assert jobs.workers() == [] and jobs.get_run(second).status == Status.QUEUED
+
+    out = cli("runs", "show", str(second), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["id"] == second  # the JSON on stdout, the notice on stderr
+    assert "1 step(s) were queued with no worker running: started a worker (pid " in out.stderr, out.stderr
+    (worker,) = wait_for(lambda _r: jobs.workers(), run_id=second, timeout=60)
+    assert f"(pid {worker['pid']})" in out.stderr
+    out = cli("runs")
+    assert out.returncode == 0 and "started" not in out.stderr  # a worker runs: nothing to start
+    assert wait_for(finished, run_id=second)["status"] == "done" and show(first)["status"] == "interrupted"
+
+
 def test_a_training_step_writes_its_curves_to_the_store_while_it_runs(store, tiny_encoder, small_csv, tmp_path):
     """The worker's StepContext puts log_metric points into the run store: `runs show --json` has them while the step
     trains, and the finished step keeps them (the artifact's manifest holds the same log)."""

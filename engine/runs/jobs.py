@@ -139,6 +139,15 @@ def read_log(run_id: int) -> str:
         return ""
 
 
+def wake_workers() -> list[str]:
+    """Start the executors that queued steps wait for when none is running (a worker was killed, or left before taking
+    them): one line for each started, saying so, for whatever lists runs to show (the CLI's `runs`, the Runs page)."""
+    try:
+        return [started.message for started in ensure_worker()]
+    except ClinBenchError as exc:  # e.g. CLINBENCH_WORKERS is not a number: the runs are still listed
+        return [f"Queued steps may be waiting: no worker could be started ({exc})"]
+
+
 def workers() -> list[dict]:
     """Live workers (kind: local, or the Ray driver) with what each is doing: `steps` running under it (a Ray driver has
     several at once), `step` the first of them (for the dashboard's worker status)."""
