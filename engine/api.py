@@ -216,7 +216,8 @@ cancel_run, resume_run, delete_run = jobs.cancel, jobs.resume, jobs.delete
 run_log, workers = jobs.read_log, jobs.workers
 # the cache's bytes per folder/dataset/model/run (`cache usage`), pruning (`cache prune`), sizes in words
 cache_usage, prune_cache, human_size = housekeeping.usage, housekeeping.prune, housekeeping.human
-ensure_worker = jobs.ensure_worker
+ensure_worker = jobs.ensure_worker  # start what queued steps wait for: a list of launch.Started
+wake_workers = jobs.wake_workers  # the same, for whatever lists runs: a line for each executor started (none: [])
 
 
 def parse_spec(obj: Any, where: str = "spec") -> Spec:

@@ -81,7 +81,7 @@ def test_models_page_explains_unknown_and_missing_models(empty_cache, tiny_decod
 def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeypatch):
     from engine.runs import jobs
 
-    monkeypatch.setattr(jobs, "ensure_worker", lambda: None)  # queue only; no worker process in this test
+    monkeypatch.setattr(jobs, "ensure_worker", lambda: [])  # queue only; no worker process in this test
     at = page("3_Runs.py").run()
 
     def start():
@@ -108,6 +108,21 @@ def test_runs_page_refuses_a_bad_form_and_queues_a_good_one(empty_cache, monkeyp
     start().click().run()  # a second run: the live view switches to it
     assert len(jobs.list_runs()) == 2 and at.selectbox(key="run-pick").value == 2
     assert any("Run 2" in m.value for m in at.markdown)
+
+
+def test_runs_page_says_when_it_started_a_worker_for_queued_steps(empty_cache, monkeypatch):
+    """The Runs page lists runs through api.wake_workers: a worker it starts (steps queued, none running) is said in a line."""
+    from engine.runs import jobs, launch
+
+    started: list = []
+    monkeypatch.setattr(jobs, "ensure_worker", lambda: started)  # what launch.ensure_worker started; no process here
+    at = page("3_Runs.py").run()
+    assert not at.exception and not any("started a worker" in m.value for m in at.info)
+    started.append(launch.Started("local", 4242, 3))
+    at = page("3_Runs.py").run()
+    assert not at.exception and any(
+        m.value == "3 step(s) were queued with no worker running: started a worker (pid 4242)." for m in at.info
+    )
 
 
 def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypatch):
@@ -147,9 +162,10 @@ def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatc
     """A step that is training (its worker wrote metrics into the store) shows its loss curve on the Runs page."""
     import time
 
-    from engine.runs import jobs, store
+    from engine.runs import jobs
+    from engine.runs.store import database as store
 
-    monkeypatch.setattr(jobs, "ensure_worker", lambda: None)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda: [])
     run_id = jobs.submit(experiment.parse_spec({"models": ["minilm"], "methods": ["lora"]}), start_worker=False)
     with store.connect() as conn:
         conn.execute("UPDATE steps SET status = 'done', started = ?, finished = ? WHERE run_id = ?", (time.time() - 5, time.time(), run_id))

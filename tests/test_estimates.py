@@ -8,7 +8,8 @@ import time
 import pytest
 
 from engine import api
-from engine.runs import estimates, store
+from engine.runs import estimates
+from engine.runs.store import database as store
 
 
 def _finished_step(run_id: int, model: str, method: str, seconds: float, result: dict, options: dict | None = None) -> None:

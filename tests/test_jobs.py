@@ -23,8 +23,8 @@ import pytest
 
 from engine.errors import ClinBenchError
 from engine.runs import experiment, jobs, launch
-from engine.runs import store as run_store
 from engine.runs.states import Status
+from engine.runs.store.liveness import process_alive
 from tests import conftest
 from tests.conftest import ROOT, stop_workers
 
@@ -125,7 +125,7 @@ def test_cancel_during_extraction_stops_within_5s_and_keeps_nothing(store, tiny_
         lambda r: r if r["steps"][0]["progress"]["stage"] == "embedding" and r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id
     )
     shown = show(run_id)  # the CLI's JSON while it runs: the worker's pid is there and alive
-    assert shown["status"] == "running" and run_store.process_alive(shown["worker_pid"])
+    assert shown["status"] == "running" and process_alive(shown["worker_pid"])
     assert shown["steps"][0]["progress"]["total"] == 60
     t0 = time.monotonic()
     out = cli("runs", "cancel", str(run_id))
@@ -145,13 +145,13 @@ def test_cancel_terminates_a_step_that_does_not_stop(store, tiny_encoder, small_
     run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "60"})
     run = wait_for(lambda r: r if r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id)
     step_pid = run["steps"][0]["step_pid"]
-    assert run_store.process_alive(step_pid)
+    assert process_alive(step_pid)
     t0 = time.monotonic()
     jobs.cancel(run_id)
     run = wait_for(finished, timeout=10, every=0.05, run_id=run_id)
     assert run["status"] == "cancelled" and time.monotonic() - t0 < 5.0
     assert "terminated" in run["steps"][0]["error"]
-    assert not run_store.process_alive(step_pid)
+    assert not process_alive(step_pid)
     assert not list((store / "embeddings").glob("*.npy")) and leftovers(store) == []
 
 
@@ -167,7 +167,7 @@ def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_
     os.kill(worker_pid, signal.SIGKILL)  # like a crash or a power cut: nothing gets to clean up
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.wait_procs([psutil.Process(step_pid)], timeout=5)
-    assert not run_store.process_alive(step_pid), "the step's process must die with its worker"
+    assert not process_alive(step_pid), "the step's process must die with its worker"
 
     run = show(run_id)
     assert run["status"] == "interrupted" and [s["status"] for s in run["steps"]] == ["done", "interrupted"]
@@ -189,6 +189,28 @@ def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_
     rerun = wait_for(finished, run_id=submit(spec))
     assert rerun["status"] == "done"
     assert all(s["result"]["cache_hit"] and s["result"]["forward_passes"] == 0 for s in rerun["steps"])
+
+
+def test_listing_runs_starts_a_worker_for_steps_a_killed_worker_left_queued(store, tiny_encoder, small_csv, tmp_path):
+    """Issue 29, item 8: after the worker is killed, another run's queued step does not wait for the next submission:
+    `runs show` (and `runs`) start a worker and say so."""
+    slow = write_spec(tmp_path / "slow.json", small_csv, [str(tiny_encoder)], ["svc"], batch_tokens=64)
+    first = submit(slow, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.2"})
+    run = wait_for(lambda r: r if r["steps"][0]["progress"]["done"] > 0 else None, run_id=first)
+    second = submit(write_spec(tmp_path / "next.json", small_csv, ["tfidf"], ["tfidf"]))  # queued behind the first
+    os.kill(run["worker_pid"], signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.wait_procs([psutil.Process(run["worker_pid"])], timeout=5)
+    assert jobs.workers() == [] and jobs.get_run(second).status == Status.QUEUED
+
+    out = cli("runs", "show", str(second), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["id"] == second  # the JSON on stdout, the notice on stderr
+    assert "1 step(s) were queued with no worker running: started a worker (pid " in out.stderr, out.stderr
+    (worker,) = wait_for(lambda _r: jobs.workers(), run_id=second, timeout=60)
+    assert f"(pid {worker['pid']})" in out.stderr
+    out = cli("runs")
+    assert out.returncode == 0 and "started" not in out.stderr  # a worker runs: nothing to start
+    assert wait_for(finished, run_id=second)["status"] == "done" and show(first)["status"] == "interrupted"
 
 
 def test_a_training_step_writes_its_curves_to_the_store_while_it_runs(store, tiny_encoder, small_csv, tmp_path):

@@ -107,7 +107,7 @@ def test_runs_page_queues_a_run_on_a_multi_label_dataset(cache, default_ds, tmp_
     from engine import api
     from engine.runs import jobs
 
-    monkeypatch.setattr(jobs, "ensure_worker", lambda: None)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda: [])
     path = write_jsonl(tmp_path / "multi.jsonl", multi_label_ds(default_ds))
     saved = api.save_dataset(str(path), "multi", "text", "labels")
     at = page("3_Runs.py").run()

@@ -2,22 +2,25 @@
 
 Steps run as Ray tasks; the run store stays with the driver. Checked: a grid of independent steps overlaps in time and
 finishes, a dependent step waits for its input and reuses it, results equal the local worker's bit for bit, a cancel stops
-running and queued tasks, a killed Ray worker's step is run again, and a spec can ask for Ray without the CLI flag.
+running and queued tasks, a killed Ray worker's step is run again, a spec can ask for Ray without the CLI flag, the
+local instance the driver starts listens on loopback only, and tasks get only the variables a step needs (no token).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from engine.errors import ClinBenchError
-from engine.runs import experiment, jobs, launch
+from engine.runs import experiment, jobs
 from tests.conftest import cache_at, cli, stop_workers
 from tests.test_jobs import finished, leftovers, show, submit, wait_for, write_spec
 
@@ -126,13 +129,13 @@ def test_a_killed_ray_worker_s_step_runs_again(cluster, store, tiny_encoder, sma
 
 
 def test_the_local_worker_leaves_ray_runs_to_the_ray_driver(store, small_csv, tiny_encoder, tmp_path):
-    from engine.runs import store as run_store
     from engine.runs import worker
+    from engine.runs.store.runstore import open_store
 
     spec = experiment.load_spec(write_spec(tmp_path / "r.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray"))
     run_id = jobs.submit(spec, start_worker=False)
-    with run_store.connect() as conn:
-        assert worker._claim(conn, 1) is None and launch.queued(conn, "ray") == 1 and launch.queued(conn, "local") == 0
+    with open_store() as rs:
+        assert worker._claim(rs, 1) is None and rs.queued("ray") == 1 and rs.queued("local") == 0
     assert jobs.get_run(run_id).executor == "ray"
 
 
@@ -172,3 +175,52 @@ def test_an_unreachable_cluster_fails_the_queued_steps_in_seconds(store, tiny_en
     assert (
         "Could not connect to the Ray cluster at 127.0.0.1:1" in run["steps"][0]["error"] and "resume the run" in run["steps"][0]["error"]
     )
+
+
+def listening(pids: set[int]) -> list[tuple[str, str]]:
+    """(local address, process) of every TCP socket that one of `pids` listens on, as `ss -ltnp` shows them."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True, timeout=30).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        if {int(p) for p in re.findall(r"pid=(\d+)", fields[-1])} & pids:
+            found.append((fields[3].rsplit(":", 1)[0].strip("[]"), fields[-1]))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    return address.removeprefix("::ffff:").startswith("127.") or address == "::1"
+
+
+def running_step(run_id: int) -> dict:
+    return wait_for(lambda r: r["steps"][0]["progress"]["total"] > 0 and r["steps"][0], run_id=run_id, timeout=180)
+
+
+SECRET = {"CLINBENCH_SERVE_TOKEN": "not-for-the-cluster"}
+
+
+@pytest.mark.skipif(not shutil.which("ss"), reason="needs ss (iproute2) to list listening sockets")
+def test_the_local_instance_listens_on_loopback_only_and_its_tasks_get_no_token(store, tiny_encoder, small_csv, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # no cluster named: the driver starts a local instance
+    spec = write_spec(tmp_path / "local.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray", batch_tokens=64)
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.5", **SECRET})
+    step = running_step(run_id)
+    task_env = psutil.Process(step["step_pid"]).environ()
+    assert "CLINBENCH_SERVE_TOKEN" not in task_env and task_env["CLINBENCH_BATCH_DELAY_S"] == "0.5"
+    (driver,) = [w for w in jobs.workers() if w["kind"] == "ray"]
+    root = psutil.Process(driver["pid"])
+    found = listening({root.pid} | {p.pid for p in root.children(recursive=True)})
+    assert any("gcs_server" in who for _, who in found) and any("raylet" in who for _, who in found), found
+    assert all(is_loopback(address) for address, _ in found), [f for f in found if not is_loopback(f[0])]
+    jobs.cancel(run_id)
+    assert wait_for(finished, run_id=run_id, timeout=60)["status"] == "cancelled"
+
+
+def test_a_cluster_s_tasks_get_only_the_variables_a_step_needs(cluster, store, tiny_encoder, small_csv, tmp_path):
+    spec = write_spec(tmp_path / "env.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray", batch_tokens=64)
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.5", "CLINBENCH_DEVICE": "cpu", **SECRET})
+    task_env = psutil.Process(running_step(run_id)["step_pid"]).environ()  # a worker the cluster started, not the driver
+    assert "CLINBENCH_SERVE_TOKEN" not in task_env
+    assert task_env["CLINBENCH_CACHE"] == str(store) and task_env["CLINBENCH_DEVICE"] == "cpu"
+    jobs.cancel(run_id)
+    assert wait_for(finished, run_id=run_id, timeout=60)["status"] == "cancelled"

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from engine import api
-from engine.runs import store
+from engine.runs.store import database as store
 from tests.conftest import ROOT
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy-v0.1-cache"

@@ -18,8 +18,9 @@ import pytest
 
 from engine import api
 from engine.errors import ClinBenchError
-from engine.runs import experiment, jobs, store
+from engine.runs import experiment, jobs
 from engine.runs.states import Status
+from engine.runs.store import database as store
 from tests.conftest import cli, stop_workers
 
 

@@ -4,6 +4,7 @@ with their downloads, the dataset/run filter, and worker status. No model or dat
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable
 
@@ -163,14 +164,24 @@ def pick_evaluations(key: str) -> tuple[list, dict | None]:
     return evals, next(d for d in sets if d["data_hash"] == chosen)
 
 
+WOKEN_SHOWN_S = 30.0  # how long the line saying that this page started a worker stays (the live part reruns every 2 s)
+
+
 def worker_status() -> None:
+    """The workers and what each does; first, a worker started for steps queued with none running (and a line saying so)."""
     try:
+        woken = api.wake_workers()
         live = api.workers()
     except ClinBenchError as exc:
         error(exc)
         return
+    if woken:
+        st.session_state["worker-woken"] = (woken, time.time())
+    lines, when = st.session_state.get("worker-woken", ([], 0.0))
+    for line in lines if time.time() - when < WOKEN_SHOWN_S else []:
+        st.info(line)
     if not live:
-        st.caption("Workers: none running (one starts when a run is queued).")
+        st.caption("Workers: none running (one starts when steps are queued).")
     for w in live:
         doing = f"run {w['step']['run_id']}, step {w['step']['idx'] + 1}: {w['step']['title']}" if w.get("step") else "idle"
         if w.get("kind") == "ray":

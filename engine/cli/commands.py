@@ -265,11 +265,19 @@ def cmd_run(args) -> int:
     return 0 if run.status == "done" else 1
 
 
+def _wake(api) -> None:
+    """Listing runs starts a worker for steps queued with none running (killed, or gone before taking them), and says so
+    on stderr (stdout stays the listing, or its JSON)."""
+    for line in api.wake_workers():
+        print(line, file=sys.stderr, flush=True)
+
+
 def cmd_runs(args) -> int:
     api = _api()
     action = args.runs_command
     if action is None:
         runs = api.list_runs()
+        _wake(api)
         if args.json:
             print(json.dumps([r.to_dict() for r in runs], indent=2))
         elif not runs:
@@ -286,6 +294,7 @@ def cmd_runs(args) -> int:
         return 0
     if action == "show":
         run = api.get_run(args.run_id)
+        _wake(api)
         if args.json:
             print(json.dumps(run.to_dict(), indent=2))
             return 0

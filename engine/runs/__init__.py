@@ -1,7 +1,7 @@
 """Runs: specs expanded into steps, executed in the background (locally or on Ray) and recorded in the run store.
 
-states       Status of runs and steps (an enum), a run's status derived from its steps'
-store        the SQLite run store, workers' liveness
+states       Status of runs and steps (an enum), the moves a step may make, a run's status derived from its steps'
+store        the run store (a package): every SQL statement, the RunStore object, workers' liveness
 experiment   specs checked and expanded into steps; executing one step
 launch       starting executors on demand: the local worker, the Ray driver
 view         RunView / StepView: the one view of a run (CLI JSON, pages)

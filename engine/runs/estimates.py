@@ -15,8 +15,8 @@ import statistics
 from dataclasses import dataclass
 
 from engine.protocols import plans
-from engine.runs import store
 from engine.runs.experiment import Spec
+from engine.runs.store.runstore import open_store
 
 HISTORY_STEPS = 2000  # the most recent finished steps read for rates
 
@@ -39,13 +39,8 @@ def fits(result_or_plan) -> int:
 def rates() -> dict[tuple[str, str], list[tuple[float, int | None]]]:
     """(seconds per letter per fit, max_length) of every finished, computed step in the store, by (model, method)."""
     out: dict[tuple[str, str], list[tuple[float, int | None]]] = {}
-    with store.connect() as conn:
-        rows = conn.execute(
-            "SELECT s.model, s.method, s.started, s.finished, s.result, r.spec FROM steps s JOIN runs r ON r.id = s.run_id "
-            "WHERE s.status = 'done' AND s.started IS NOT NULL AND s.finished IS NOT NULL AND s.result IS NOT NULL "
-            "ORDER BY s.finished DESC LIMIT ?",
-            (HISTORY_STEPS,),
-        ).fetchall()
+    with open_store() as rs:
+        rows = rs.finished_steps(HISTORY_STEPS)
     for model, method, started, finished, result, spec in rows:
         try:
             res, options = json.loads(result), (json.loads(spec).get("options") or {})

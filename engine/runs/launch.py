@@ -1,34 +1,52 @@
 """Starting executors on demand: the local worker and the Ray driver, detached from whoever submitted.
 
 `ensure_worker()` starts what the queued steps need: a local worker (`python -m engine worker`) while a local run has
-queued steps and fewer than store.max_workers() are alive; the Ray driver (`python -m engine worker --executor ray`,
-engine.rayexec) while a Ray run has queued steps and none is alive. Each starts in its own session (it outlives a
+queued steps and fewer than liveness.max_workers() are alive; the Ray driver (`python -m engine worker --executor ray`,
+engine.runs.ray_driver) while a Ray run has queued steps and none is alive. Each starts in its own session (it outlives a
 closed tab, a stopped dashboard or a Ctrl-C in the terminal that submitted) and leaves by itself after
-WORKER_IDLE_EXIT_S with nothing queued.
+WORKER_IDLE_EXIT_S with nothing queued. Submitting and resuming call it, and so does whatever lists runs (the CLI's `runs`
+and `runs show`, the Runs page): steps left queued when a worker was killed do not wait for the next submission. Each
+executor started is a `Started`, whose `message` says why. One this process started that has not registered yet counts
+as alive, so a page that lists runs every 2 s does not start a second one.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from engine.cache.storage import runs_dir
 from engine.options.config import CACHE_ENV, REPO_ROOT, cache_dir
-from engine.runs.states import Status
-from engine.runs.store import alive_workers, connect, max_workers, recover
+from engine.runs.store.liveness import max_workers
+from engine.runs.store.runstore import open_store
 
 WORKER_IDLE_EXIT_S = 60.0  # a worker started on demand leaves after this long with nothing queued
 
-_SPAWNED: list[subprocess.Popen] = []
+_SPAWNED: list[tuple[str, subprocess.Popen]] = []  # (executor, process) of those this process started
+
+
+@dataclass(frozen=True)
+class Started:
+    """An executor started because steps were queued for it and none was alive."""
+
+    executor: str  # local | ray
+    pid: int
+    queued: int  # the steps that waited for it
+
+    @property
+    def message(self) -> str:
+        kind, article = ("Ray driver", "the") if self.executor == "ray" else ("worker", "a")
+        return f"{self.queued} step(s) were queued with no {kind} running: started {article} {kind} (pid {self.pid})."
 
 
 def spawn_worker(idle_exit: float = WORKER_IDLE_EXIT_S, executor: str = "local") -> int:
     """Start `python -m engine worker` (or the Ray driver) detached from this process. Returns its pid."""
     import os
 
-    for proc in list(_SPAWNED):  # reap workers we started that have exited, so no zombie lingers
-        if proc.poll() is not None:
-            _SPAWNED.remove(proc)
+    for item in list(_SPAWNED):  # reap workers we started that have exited, so no zombie lingers
+        if item[1].poll() is not None:
+            _SPAWNED.remove(item)
     env = {**os.environ, CACHE_ENV: str(cache_dir())}
     extra = ["--executor", executor] if executor != "local" else []
     with open(runs_dir() / "worker.log", "ab") as out:
@@ -41,7 +59,7 @@ def spawn_worker(idle_exit: float = WORKER_IDLE_EXIT_S, executor: str = "local")
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _SPAWNED.append(proc)
+    _SPAWNED.append((executor, proc))
     return proc.pid
 
 
@@ -58,24 +76,20 @@ def check_ray() -> None:
         )
 
 
-def queued(conn, executor: str) -> int:
-    """Steps waiting for an executor of this kind (runs not being cancelled)."""
-    return conn.execute(
-        "SELECT COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.cancel_requested IS NULL AND r.executor = ?",
-        (Status.QUEUED, executor),
-    ).fetchone()[0]
+def _starting(executor: str, registered: set[int]) -> int:
+    """Executors of this kind that this process started, still running and not registered yet (they are starting up)."""
+    return sum(1 for kind, proc in _SPAWNED if kind == executor and proc.poll() is None and proc.pid not in registered)
 
 
-def ensure_worker() -> int | None:
-    """Start the executors that queued steps wait for. Returns the pid of the last one started, or None."""
-    started = None
-    with connect() as conn:
-        recover(conn)
-        wanted = []
-        if queued(conn, "local") and len(alive_workers(conn, "local")) < max_workers():
-            wanted.append("local")
-        if queued(conn, "ray") and not alive_workers(conn, "ray"):
-            wanted.append("ray")
-    for executor in wanted:
-        started = spawn_worker(executor=executor)
-    return started
+def ensure_worker() -> list[Started]:
+    """Start the executors that queued steps wait for: a local worker while fewer than max_workers() are alive, the Ray
+    driver while none is. Returns what was started (nothing when every queued step has its executor)."""
+    wanted = []
+    with open_store() as rs:
+        rs.recover()
+        for executor, limit in (("local", max_workers()), ("ray", 1)):
+            queued = rs.queued(executor)
+            alive = {w["pid"] for w in rs.alive_workers(executor)}
+            if queued and len(alive) + _starting(executor, alive) < limit:
+                wanted.append((executor, queued))
+    return [Started(executor, spawn_worker(executor=executor), queued) for executor, queued in wanted]

@@ -1,9 +1,9 @@
 """The Ray executor: a driver process that sends the steps of `executor: ray` runs to a Ray cluster as tasks.
 
-`python -m engine worker --executor ray` (started on demand by engine.launch; one per run store) registers in the store
-as a worker of kind ray, connects to a cluster (--ray-address, else the oldest queued run's ray_address, else
-$RAY_ADDRESS; with none it starts a local Ray instance, its object store capped, that stops when the driver leaves) and
-loops until stopped or idle:
+`python -m engine worker --executor ray` (started on demand by engine.runs.launch; one per run store) registers in the
+store as a worker of kind ray, connects to a cluster (--ray-address, else the oldest queued run's ray_address, else
+$RAY_ADDRESS: a remote cluster is only ever the user's explicit choice; with none it starts a new local Ray instance, its
+object store capped, that stops when the driver leaves) and loops until stopped or idle:
 
 * claims the queued steps whose inputs are ready (experiment.dependencies: logreg waits for the svc step whose embeddings
   it reuses, lora-svc for its lora step) and submits each as a task with its resources (`resources`: step_cpus CPUs,
@@ -22,6 +22,13 @@ Every task runs in a fresh Ray worker process (max_calls=1), so a large model's 
 with the local worker's child. Tasks read and write the driver's cache folder ($CLINBENCH_CACHE) and read the letters
 file from its submitted path: on a cluster of several machines both must be on a filesystem every node mounts at the
 same path. Ray's usage statistics are switched off (RAY_USAGE_STATS_ENABLED=0) in the driver and in every task.
+
+Network and secrets: anyone who can reach a Ray cluster's ports can run code on it, and so read the letters and the cache
+its tasks read (Ray expects a trusted, isolated network). The local instance therefore listens on 127.0.0.1 only
+(`LOCAL_ONLY`: its node address is loopback, so the GCS, the raylet and every worker bind there; no dashboard) and is
+always a new one, never a cluster that `ray start` left running on this machine. A task's environment holds only what a
+step needs (`task_env`: the cache folder, TASK_ENV); no other CLINBENCH_ variable, so never the serve token, reaches the
+cluster or the local instance's processes.
 """
 
 from __future__ import annotations
@@ -29,16 +36,28 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.cache.storage import sweep_orphans
 from engine.options.config import CACHE_ENV, REPO_ROOT, cache_dir
-from engine.runs import experiment, launch, stepcall, store
+from engine.runs import experiment, launch, stepcall
 from engine.runs.ray_task import Relay, resources, run_task
 from engine.runs.states import Status
+from engine.runs.store import database
+from engine.runs.store.runstore import RunStore, open_store
 
 TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0"}
+LOOPBACK = "127.0.0.1"
+# Ray's own switch for an instance that serves one machine (its default on macOS and Windows): the node address is then
+# LOOPBACK, so the GCS, the raylet and every worker listen on loopback only. Read when `ray` is imported: `serve` imports it
+# after connect_cluster has set this.
+LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# The driver's variables a step's task gets, besides the cache folder: the device and dtype it runs with, the size limit its
+# letters were checked against, the tokenizers' threads and the test knob that slows extraction. Nothing else: never a token.
+TASK_ENV = ("CLINBENCH_DEVICE", "CLINBENCH_DTYPE", "CLINBENCH_MAX_DATA_MB", "CLINBENCH_BATCH_DELAY_S", "TOKENIZERS_PARALLELISM")
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # steps pass only small dicts through Ray; the default would reserve 30% of RAM
 TASK_RETRIES = 1  # a step whose Ray worker process died runs once more
 CANCEL_GRACE_S = 2.5
@@ -65,13 +84,9 @@ class _Task:
     forced: bool = False
 
 
-def _address_of_queued(conn) -> str | None:
-    row = conn.execute(
-        "SELECT r.spec FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.executor = 'ray' "
-        "AND r.cancel_requested IS NULL ORDER BY s.run_id LIMIT 1",
-        (Status.QUEUED,),
-    ).fetchone()
-    return json.loads(row["spec"])["options"].get("ray_address") if row else None
+def _address_of_queued(rs: RunStore) -> str | None:
+    queued = rs.queued_steps("ray")
+    return json.loads(queued[0][2])["options"].get("ray_address") if queued else None
 
 
 def _reachable(address: str, timeout: float = 10.0) -> None:
@@ -85,25 +100,41 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc}).") from None
 
 
-def connect_cluster(address: str | None) -> dict:
-    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a local instance with this machine's CPUs. Returns its
-    resources."""
-    import ray
-
-    env = {
+def task_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables every task of this driver gets (Ray's runtime environment): telemetry off, the cache folder, this
+    checkout on PYTHONPATH, and those of TASK_ENV that `environ` sets."""
+    return {
         **TELEMETRY_OFF,
         CACHE_ENV: str(cache_dir()),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), environ.get("PYTHONPATH")])),
+        **{k: environ[k] for k in TASK_ENV if k in environ},
     }
-    env.update({k: v for k, v in os.environ.items() if k.startswith("CLINBENCH_")})
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "include_dashboard": False}
+
+
+def connect_cluster(address: str | None) -> dict:
+    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a new local instance with this machine's CPUs, listening on
+    loopback only. Returns its resources."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"runtime_env": {"env_vars": task_env(os.environ)}, "log_to_driver": False, "include_dashboard": False}
     if address and address != "auto":
         _reachable(address)
     _LOCAL_INSTANCE[0] = address is None
     if address is None:
-        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
-    ray.init(address=address, **kwargs)
+        # the instance's processes inherit this process's environment: it keeps only the CLINBENCH_ variables tasks get
+        for name in [k for k in os.environ if k.startswith("CLINBENCH_") and k not in (CACHE_ENV, *TASK_ENV)]:
+            del os.environ[name]
+        os.environ.update(LOCAL_ONLY)
+        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address=LOOPBACK)
+    import ray
+
+    ray.init(address=address or "local", **kwargs)  # "local": a new instance, not one `ray start` left on this machine
+    if address is None and ray.util.get_node_ip_address() != LOOPBACK:
+        node = ray.util.get_node_ip_address()
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray instance would listen on {node}, not only on {LOOPBACK} (ray was imported before the driver could "
+            "keep it on this machine), so ClinBench stopped it."
+        )
     return ray.cluster_resources()
 
 
@@ -112,18 +143,16 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
     import psutil
 
     os.environ.update(TELEMETRY_OFF)
-    launch.check_ray()
-    import ray
-
+    launch.check_ray()  # (ray itself is imported by connect_cluster, once it knows whether the instance is local)
     me = psutil.Process()
-    store.exit_on_change(_say)
-    with store.connect() as conn:
-        store.recover(conn)
-        others = store.register_worker(conn, "ray", 1)
+    database.exit_on_change(_say)
+    with open_store() as rs:
+        rs.recover()
+        others = rs.register_worker("ray", 1)
         if others:
             _say(f"a Ray driver already serves this store (pid {others[0]}). Leaving.")
             return 0
-        address = address or _address_of_queued(conn)
+        address = address or _address_of_queued(rs)
     stepcall.Stop.install()
     try:
         try:
@@ -137,14 +166,18 @@ def serve(idle_exit: float = 0.0, address: str | None = None) -> int:
                 "~/.ray/auth_token or $RAY_AUTH_TOKEN); then resume the run.",
             )
             return 1
-        _say(f"connected to {address or 'a local Ray instance'}: {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU")
+        import ray
+
+        where = address or os.environ.get("RAY_ADDRESS") or f"a new local Ray instance on {LOOPBACK}"
+        _say(f"connected to {where}: {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU")
         relay = ray.remote(Relay).options(num_cpus=0).remote()
-        with store.connect() as conn:
-            _loop(conn, me.pid, relay, address, cluster.get("GPU", 0.0), idle_exit)
+        with open_store() as rs:
+            _loop(rs, me.pid, relay, address, cluster.get("GPU", 0.0), idle_exit)
     finally:
-        with store.connect() as conn:
-            conn.execute("DELETE FROM workers WHERE pid = ?", (me.pid,))
-        if ray.is_initialized():
+        with open_store() as rs:
+            rs.deregister(me.pid)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
             ray.shutdown()  # a local instance this driver started stops with it
     return 0
 
@@ -157,22 +190,14 @@ def _serves(run_address: str | None, address: str | None) -> bool:
 def _fail_queued(address: str | None, message: str) -> None:
     """Every queued step of the Ray runs this driver would serve becomes failed with `message` (nothing waits forever)."""
     _say(message)
-    now = time.time()
-    with store.connect() as conn, store.transaction(conn, durable=True):
-        rows = conn.execute(
-            "SELECT s.run_id, s.idx, r.spec FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.executor = 'ray'",
-            (Status.QUEUED,),
-        ).fetchall()
-        for r in rows:
-            if _serves(json.loads(r["spec"])["options"].get("ray_address"), address):
-                conn.execute(
-                    "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
-                    (Status.FAILED, message, now, now, r["run_id"], r["idx"], Status.QUEUED),
-                )
-                store.append_log(r["run_id"], f"step {r['idx'] + 1} failed: {message}")
+    with open_store() as rs, rs.transaction(durable=True):
+        for run_id, idx, spec in rs.queued_steps("ray"):
+            if _serves(json.loads(spec)["options"].get("ray_address"), address):
+                rs.move(run_id, idx, Status.FAILED, expect=Status.QUEUED, error=message)
+                database.append_log(run_id, f"step {idx + 1} failed: {message}")
 
 
-def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: float) -> None:
+def _loop(rs: RunStore, pid: int, relay, address: str | None, gpus: float, idle_exit: float) -> None:
     import ray
 
     task_fn = ray.remote(max_calls=1)(run_task)
@@ -180,28 +205,28 @@ def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: fl
     specs: dict[int, tuple] = {}  # run id -> (spec, steps, dependencies)
     idle_since = time.monotonic()
     while not stepcall.Stop.requested:
-        store.check(conn)
-        conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), pid))
-        for run_id, idx in _claim_ready(conn, pid, address, specs):
+        rs.check()
+        rs.heartbeat(pid)
+        for run_id, idx in _claim_ready(rs, pid, address, specs):
             spec, steps, _deps = specs[run_id]
-            row = conn.execute("SELECT r.spec, r.data_hash FROM runs r WHERE r.id = ?", (run_id,)).fetchone()
+            spec_json, data_hash = rs.run_input(run_id)
             res = resources(steps[idx], spec.options, gpus)
             ref = task_fn.options(**res, max_retries=TASK_RETRIES).remote(
-                row["spec"], row["data_hash"], run_id, idx, relay, int(max(1, res["num_cpus"]))
+                spec_json, data_hash, run_id, idx, relay, int(max(1, res["num_cpus"]))
             )
             tasks[ref] = _Task(run_id, idx, steps[idx]["title"], len(steps))
-            store.append_log(
+            database.append_log(
                 run_id, f"step {idx + 1}/{len(steps)} sent to Ray ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU): {steps[idx]['title']}"
             )
-        _move_events(conn, ray.get(relay.drain.remote()), tasks)
-        _pass_cancels(conn, relay, tasks)
+        _move_events(rs, ray.get(relay.drain.remote()), tasks)
+        _pass_cancels(rs, relay, tasks)
         if tasks:
             finished, _ = ray.wait(list(tasks), num_returns=len(tasks), timeout=POLL_S)
-            _move_events(conn, ray.get(relay.drain.remote()), tasks)  # the last curves before the outcome
+            _move_events(rs, ray.get(relay.drain.remote()), tasks)  # the last curves before the outcome
             for ref in finished:
-                _finish(conn, pid, ref, tasks.pop(ref))
+                _finish(rs, pid, ref, tasks.pop(ref))
             idle_since = time.monotonic()
-        elif idle_exit and time.monotonic() - idle_since > idle_exit and not launch.queued(conn, "ray"):
+        elif idle_exit and time.monotonic() - idle_since > idle_exit and not rs.queued("ray"):
             _say("nothing queued; leaving")
             return
         else:
@@ -210,7 +235,7 @@ def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: fl
     for ref, t in tasks.items():
         ray.cancel(ref, force=True)
         _record(
-            conn,
+            rs,
             pid,
             t,
             {
@@ -220,76 +245,58 @@ def _loop(conn, pid: int, relay, address: str | None, gpus: float, idle_exit: fl
         )
 
 
-def _claim_ready(conn, pid: int, address: str | None, specs: dict) -> list[tuple[int, int]]:
+def _claim_ready(rs: RunStore, pid: int, address: str | None, specs: dict) -> list[tuple[int, int]]:
     """Mark running (waiting for Ray resources) every queued step of a Ray run for this cluster whose inputs are final."""
-    rows = conn.execute(
-        "SELECT s.run_id, s.idx, r.spec FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = ? AND r.executor = 'ray' "
-        "AND r.cancel_requested IS NULL ORDER BY s.run_id, s.idx",
-        (Status.QUEUED,),
-    ).fetchall()
     ready, states = [], {}  # states: run id -> {idx: status}, read once per run
-    for r in rows:
-        if r["run_id"] not in specs:
-            spec = experiment.parse_stored_spec(json.loads(r["spec"]), where=f"run {r['run_id']}")
+    for run_id, idx, spec_json in rs.queued_steps("ray"):
+        if run_id not in specs:
+            spec = experiment.parse_stored_spec(json.loads(spec_json), where=f"run {run_id}")
             steps = spec.steps()
-            specs[r["run_id"]] = (spec, steps, experiment.dependencies(steps))
-        spec, _steps, deps = specs[r["run_id"]]
+            specs[run_id] = (spec, steps, experiment.dependencies(steps))
+        spec, _steps, deps = specs[run_id]
         if not _serves(spec.options.execution.ray_address, address):
             continue  # another cluster's run: the next driver takes it
-        if r["run_id"] not in states:
-            states[r["run_id"]] = dict(conn.execute("SELECT idx, status FROM steps WHERE run_id = ?", (r["run_id"],)).fetchall())
-        if all(Status(states[r["run_id"]][j]).final for j in deps[r["idx"]]):
-            ready.append((r["run_id"], r["idx"]))
-    now = time.time()
-    with store.transaction(conn):
-        for run_id, idx in ready:
-            conn.execute(
-                "UPDATE steps SET status = ?, worker_pid = ?, step_pid = NULL, node = NULL, started = ?, updated = ?, finished = NULL, "
-                "attempts = attempts + 1, stage = ?, done = 0, total = 0, rate = NULL, eta_s = NULL WHERE run_id = ? AND idx = ? AND status = ?",
-                (Status.RUNNING, pid, now, now, WAITING, run_id, idx, Status.QUEUED),
-            )
-            conn.execute("DELETE FROM metrics WHERE run_id = ? AND idx = ?", (run_id, idx))
-    return ready
+        if run_id not in states:
+            states[run_id] = rs.step_states(run_id)
+        if all(states[run_id][j].final for j in deps[idx]):
+            ready.append((run_id, idx))
+    with rs.transaction():  # a step cancelled meanwhile is no longer queued: move leaves it and says so (None)
+        return [step for step in ready if rs.move(*step, Status.RUNNING, expect=Status.QUEUED, worker=pid, stage=WAITING) is not None]
 
 
-def _move_events(conn, events: list[tuple], tasks: dict) -> None:
+def _move_events(rs: RunStore, events: list[tuple], tasks: dict) -> None:
     """The relay's events into the store, in one transaction (progress: only each step's latest)."""
     if not events:
         return
     by_key = {(t.run_id, t.idx): t for t in tasks.values()}
     latest = {}
-    with store.transaction(conn):
+    with rs.transaction():
         for kind, key, *rest in events:
             run_id, idx = key
             if kind == "started":
                 node, task_pid, t = rest
                 t_ = by_key.get((run_id, idx))
                 if t_ is not None and t_.started:  # Ray runs it again: its worker process died
-                    conn.execute("UPDATE steps SET attempts = attempts + 1 WHERE run_id = ? AND idx = ?", (run_id, idx))
-                    store.append_log(run_id, f"step {idx + 1}: its Ray worker died; Ray runs it again on {node}")
+                    rs.count_retry(run_id, idx)
+                    database.append_log(run_id, f"step {idx + 1}: its Ray worker died; Ray runs it again on {node}")
                 if t_ is not None:
                     t_.started = True
-                conn.execute(
-                    "UPDATE steps SET node = ?, step_pid = ?, started = ?, stage = 'starting', updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
-                    (node, task_pid, t, time.time(), run_id, idx, Status.RUNNING),
-                )
+                rs.set_started_on(run_id, idx, node, task_pid, t)
             elif kind == "progress":
                 latest[key] = rest
             elif kind == "metric":
-                stepcall.write_metric(conn, run_id, idx, *rest)
+                rs.write_metric(run_id, idx, *rest)
         for (run_id, idx), p in latest.items():
-            stepcall.write_progress(conn, run_id, idx, *p)
+            rs.write_progress(run_id, idx, *p)
 
 
-def _pass_cancels(conn, relay, tasks: dict) -> None:
+def _pass_cancels(rs: RunStore, relay, tasks: dict) -> None:
     """Runs the user cancelled: stop flag to their steps; a task not started is cancelled now, a running one after the grace."""
     import ray
 
     if not tasks:
         return
-    wanted = {
-        r["id"]: r["cancel_requested"] for r in conn.execute("SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL")
-    }
+    wanted = rs.cancel_requests()
     for ref, t in tasks.items():
         requested = wanted.get(t.run_id)
         if requested is None or t.forced:
@@ -302,7 +309,7 @@ def _pass_cancels(conn, relay, tasks: dict) -> None:
             t.forced = True
 
 
-def _finish(conn, pid: int, ref, t: _Task) -> None:
+def _finish(rs: RunStore, pid: int, ref, t: _Task) -> None:
     import ray
     from ray import exceptions as rx
 
@@ -331,17 +338,17 @@ def _finish(conn, pid: int, ref, t: _Task) -> None:
     if t.forced and outcome["status"] != Status.DONE:
         outcome = {"status": Status.CANCELLED, "error": outcome.get("error") if outcome["status"] == Status.CANCELLED else "Cancelled."}
     if outcome.get("log"):
-        with open(store.log_path(t.run_id), "a", encoding="utf-8") as fh:
+        with open(database.log_path(t.run_id), "a", encoding="utf-8") as fh:
             fh.write(outcome["log"] if outcome["log"].endswith("\n") else outcome["log"] + "\n")
     if outcome["status"] != Status.DONE and _LOCAL_INSTANCE[0]:
         sweep_orphans()  # what a cancelled or dead task was writing (by pid: only where every task ran on this machine)
-    _record(conn, pid, t, outcome)
+    _record(rs, pid, t, outcome)
 
 
-def _record(conn, pid: int, t: _Task, outcome: dict) -> None:
+def _record(rs: RunStore, pid: int, t: _Task, outcome: dict) -> None:
     clean = {k: v for k, v in outcome.items() if k in ("status", "error", "result")}
-    stepcall.record(conn, t.run_id, t.idx, clean, pid)
-    store.append_log(
+    stepcall.record(rs, t.run_id, t.idx, clean, pid)
+    database.append_log(
         t.run_id,
         f"step {t.idx + 1}/{t.n_steps} {outcome['status']}{stepcall.end_line(outcome['status'], outcome.get('error'), outcome.get('result') or {})}",
     )

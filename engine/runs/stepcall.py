@@ -6,8 +6,9 @@
   A BaseException (the worker's SIGTERM, Ray's cancel) is not an outcome: it propagates.
 * `Rate`: progress(done, total, stage) throttled to one report per PROGRESS_EVERY_S (and every new stage), with the
   stage's rate and ETA.
-* `record(conn, run_id, idx, outcome, worker_pid)`: the outcome into the run store in one durable transaction, only if the
-  step is still running under that worker (a cancel or a recovery that came first wins); `end_line` is its run-log line.
+* `record(rs, run_id, idx, outcome, worker_pid)`: the outcome into the run store (RunStore.move, one durable transaction),
+  only if the step is still running under that worker (a cancel or a recovery that came first wins); `end_line` is its
+  run-log line.
 * `Stop`: the stop flag that SIGTERM/SIGINT set in the process that serves steps (the local worker, the Ray driver).
 """
 
@@ -18,11 +19,14 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine.cache.context import StepContext
 from engine.errors import Cancelled, ClinBenchError
-from engine.runs import store
 from engine.runs.states import Status
+
+if TYPE_CHECKING:  # (a Ray task imports this module; only the driver opens the store)
+    from engine.runs.store.runstore import RunStore
 
 PROGRESS_EVERY_S = 0.5
 
@@ -93,22 +97,6 @@ class Rate:
         self.t_write = now
 
 
-def write_progress(conn, run_id: int, idx: int, done: int, total: int, stage: str, rate: float | None, eta_s: float | None) -> None:
-    """One progress report into the step's row (while it runs)."""
-    conn.execute(
-        "UPDATE steps SET done = ?, total = ?, stage = ?, rate = ?, eta_s = ?, updated = ? WHERE run_id = ? AND idx = ? AND status = ?",
-        (done, total, stage, rate, eta_s, time.time(), run_id, idx, Status.RUNNING),
-    )
-
-
-def write_metric(conn, run_id: int, idx: int, name: str, value: float, step: int, t: float | None = None) -> None:
-    """One point of a training curve (the Runs page draws them while the step runs)."""
-    conn.execute(
-        "INSERT INTO metrics (run_id, idx, name, step, value, t) VALUES (?, ?, ?, ?, ?, ?)",
-        (run_id, idx, name, int(step), float(value), t or time.time()),
-    )
-
-
 def end_line(status: str, error: str | None, result: dict) -> str:
     """What the run log says after `step i/n <status>`: the error, or the score (and whether it came from the cache)."""
     if error:
@@ -118,25 +106,15 @@ def end_line(status: str, error: str | None, result: dict) -> str:
     return ""
 
 
-def record(conn, run_id: int, idx: int, outcome: dict, worker_pid: int) -> bool:
-    """Write a step's outcome (durable); False if the step was no longer running under `worker_pid`."""
-    now = time.time()
-    with store.transaction(conn, durable=True):  # reported done: reaches runs.sqlite
-        cur = conn.execute(
-            "UPDATE steps SET status = ?, error = ?, result = ?, finished = ?, updated = ?, eta_s = NULL, "
-            "done = CASE WHEN ? THEN total ELSE done END "
-            "WHERE run_id = ? AND idx = ? AND status = ? AND worker_pid = ?",
-            (
-                outcome["status"],
-                outcome.get("error"),
-                json.dumps(outcome["result"]) if "result" in outcome else None,
-                now,
-                now,
-                outcome["status"] == Status.DONE,
-                run_id,
-                idx,
-                Status.RUNNING,
-                worker_pid,
-            ),
-        )
-    return cur.rowcount == 1
+def record(rs: RunStore, run_id: int, idx: int, outcome: dict, worker_pid: int) -> bool:
+    """Write a step's outcome (RunStore.move, durable); False if the step was no longer running under `worker_pid`."""
+    moved = rs.move(
+        run_id,
+        idx,
+        Status(outcome["status"]),
+        expect=Status.RUNNING,
+        worker=worker_pid,
+        error=outcome.get("error"),
+        result=outcome.get("result"),
+    )
+    return moved is not None

@@ -1,6 +1,6 @@
 """One view of a run: its steps, progress, ETA, results and curves, as every reader sees it.
 
-`RunView` and `StepView` are built from the run store's rows (engine.jobs reads them); `to_dict()` is
+`RunView` and `StepView` are built from the run store's rows (RunStore.runs / .run read them); `to_dict()` is
 the JSON of `python -m engine runs show --json` (keys: id, name, status, created, started, finished,
 cancel_requested, worker_pid, executor, counts, n_steps, fraction, steps, log, spec, data_hash; each step: index,
 title, model, method, status, progress, error, result, started, finished, seconds, attempts,

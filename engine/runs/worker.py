@@ -17,13 +17,13 @@ Why a child per step:
 * a large model's memory goes back to the system when its step ends.
 The child dies with its worker (PR_SET_PDEATHSIG on Linux, plus a parent check in the
 stop callback), so a killed worker leaves no orphan writing to the cache. A worker whose store files were
-deleted or replaced under it exits at once without writing (store.exit_on_change); so does its step.
+deleted or replaced under it exits at once without writing (database.exit_on_change); so does its step. Every read and
+write goes through the run store's RunStore (engine.runs.store.runstore).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import socket
@@ -34,8 +34,11 @@ import time
 from engine.cache.context import StepContext
 from engine.cache.storage import sweep_orphans
 from engine.options.config import REPO_ROOT
-from engine.runs import launch, stepcall, store
+from engine.runs import stepcall
 from engine.runs.states import Status
+from engine.runs.store import database
+from engine.runs.store.liveness import WORKERS_ENV, max_workers
+from engine.runs.store.runstore import RunStore, open_store
 
 CANCEL_GRACE_S = 2.5  # a running step gets this long to stop by itself after a cancel; then it is terminated (all within 5 s)
 STOP_CHECK_EVERY_S = 0.25
@@ -54,15 +57,15 @@ def serve(idle_exit: float = 0.0) -> int:
     import psutil
 
     me = psutil.Process()
-    store.exit_on_change(_say)
-    limit = store.max_workers()
-    with store.connect() as conn:
-        store.recover(conn)
-        others = store.register_worker(conn, "local", limit)
+    database.exit_on_change(_say)
+    limit = max_workers()
+    with open_store() as rs:
+        rs.recover()
+        others = rs.register_worker("local", limit)
         if others:
             _say(
                 f"{len(others)} worker(s) already serving (pid {', '.join(map(str, others))}); at most {limit} "
-                f"(set {store.WORKERS_ENV} to allow more). Leaving."
+                f"(set {WORKERS_ENV} to allow more). Leaving."
             )
             return 0
     swept = sweep_orphans()
@@ -70,60 +73,39 @@ def serve(idle_exit: float = 0.0) -> int:
         _say(f"removed {len(swept)} half-written file(s) left by killed processes")
     stepcall.Stop.install()
     _say(
-        f"serving runs from {store.db_path()} (at most {limit} worker(s); "
+        f"serving runs from {database.db_path()} (at most {limit} worker(s); "
         f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'})"
     )
     idle_since = time.monotonic()
     try:
-        with store.connect() as conn:
+        with open_store() as rs:
             while not stepcall.Stop.requested:
-                store.check(conn)  # the store it opened is still the store (else it leaves, writing nothing)
-                conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), me.pid))
-                step = _claim(conn, me.pid)
+                rs.check()  # the store it opened is still the store (else it leaves, writing nothing)
+                rs.heartbeat(me.pid)
+                step = _claim(rs, me.pid)
                 if step is None:
-                    if idle_exit and time.monotonic() - idle_since > idle_exit and _leave(conn, me.pid):
+                    if idle_exit and time.monotonic() - idle_since > idle_exit and rs.leave_if_idle(me.pid, "local"):
                         _say("nothing queued; leaving")
                         return 0
                     time.sleep(POLL_S * 2)
                     continue
-                _run_step(conn, *step, worker_pid=me.pid)
+                _run_step(rs, *step, worker_pid=me.pid)
                 idle_since = time.monotonic()
             _say(f"stopped by {stepcall.Stop.signal_name}")
     finally:
-        with store.connect() as conn:
-            conn.execute("DELETE FROM workers WHERE pid = ?", (me.pid,))
+        with open_store() as rs:
+            rs.deregister(me.pid)
     return 0
 
 
-def _claim(conn, worker_pid: int) -> tuple[int, int] | None:
-    """Take the first queued step of the oldest run that has one (one transaction, so no two workers take the same)."""
-    with store.transaction(conn):
-        row = conn.execute(
-            "SELECT s.run_id, s.idx FROM steps s JOIN runs r ON r.id = s.run_id "
-            "WHERE s.status = ? AND r.cancel_requested IS NULL AND r.executor = 'local' ORDER BY s.run_id, s.idx LIMIT 1",
-            (Status.QUEUED,),
-        ).fetchone()
-        if row is None:
+def _claim(rs: RunStore, worker_pid: int) -> tuple[int, int] | None:
+    """Take the first queued step of the oldest local run that has one (one transaction, so no two workers take the same)."""
+    with rs.transaction():
+        step = rs.next_queued("local")
+        if step is None:
             return None
-        now = time.time()
-        conn.execute(
-            "UPDATE steps SET status = ?, worker_pid = ?, step_pid = NULL, started = ?, updated = ?, node = ?, "
-            "finished = NULL, attempts = attempts + 1, stage = 'starting', done = 0, total = 0, rate = NULL, eta_s = NULL "
-            "WHERE run_id = ? AND idx = ?",
-            (Status.RUNNING, worker_pid, now, now, socket.gethostname(), row["run_id"], row["idx"]),
-        )
-        # a new attempt draws its curves afresh (a training resumed from a checkpoint logs its earlier points again)
-        conn.execute("DELETE FROM metrics WHERE run_id = ? AND idx = ?", (row["run_id"], row["idx"]))
-    return row["run_id"], row["idx"]
-
-
-def _leave(conn, worker_pid: int) -> bool:
-    """Deregister, unless something was queued meanwhile (checked in the same transaction as submissions write)."""
-    with store.transaction(conn):
-        if launch.queued(conn, "local"):
-            return False
-        conn.execute("DELETE FROM workers WHERE pid = ?", (worker_pid,))
-    return True
+        rs.move(*step, Status.RUNNING, expect=Status.QUEUED, worker=worker_pid, node=socket.gethostname())
+    return step
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -166,13 +148,11 @@ def _exit_message(rc: int) -> str:
     return f"The step's process exited with status {rc} without reporting a result; see the run log."
 
 
-def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
-    row = conn.execute(
-        "SELECT title, (SELECT COUNT(*) FROM steps WHERE run_id = ?) AS n FROM steps WHERE run_id = ? AND idx = ?", (run_id, run_id, idx)
-    ).fetchone()
-    store.append_log(run_id, f"step {idx + 1}/{row['n']} started: {row['title']} (worker pid {worker_pid})")
-    _say(f"run {run_id} step {idx + 1}: {row['title']}")
-    with open(store.log_path(run_id), "ab") as log:
+def _run_step(rs: RunStore, run_id: int, idx: int, *, worker_pid: int) -> None:
+    title, n = rs.step_title(run_id, idx)
+    database.append_log(run_id, f"step {idx + 1}/{n} started: {title} (worker pid {worker_pid})")
+    _say(f"run {run_id} step {idx + 1}: {title}")
+    with open(database.log_path(run_id), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine", "worker", "--step", f"{run_id}:{idx}"],
             cwd=REPO_ROOT,
@@ -181,32 +161,29 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-    conn.execute("UPDATE steps SET step_pid = ? WHERE run_id = ? AND idx = ? AND status = ?", (proc.pid, run_id, idx, Status.RUNNING))
+    rs.set_step_pid(run_id, idx, proc.pid)
     forced = ""
     last_beat = time.monotonic()
     while proc.poll() is None:
         time.sleep(POLL_S)
-        store.check(conn)
+        rs.check()
         if stepcall.Stop.requested:
             _kill_tree(proc)
             forced = "stopped"
             break
-        requested = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()["cancel_requested"]
+        requested = rs.cancel_requested(run_id)
         if requested is not None and time.time() - requested > CANCEL_GRACE_S:
             _kill_tree(proc)
             forced = "cancel"
             break
         if time.monotonic() - last_beat > 2.0:
-            conn.execute("UPDATE workers SET heartbeat = ? WHERE pid = ?", (time.time(), worker_pid))
+            rs.heartbeat(worker_pid)
             last_beat = time.monotonic()
     rc = proc.wait()
     if forced or rc != 0:
         sweep_orphans()  # whatever the terminated step was writing
-    now = time.time()
-    with store.transaction(conn, durable=True):  # the step's final state (the child's, or this) reaches runs.sqlite
-        step = conn.execute("SELECT status, error, result FROM steps WHERE run_id = ? AND idx = ?", (run_id, idx)).fetchone()
-        status, error = Status(step["status"]), step["error"]
-        result = json.loads(step["result"]) if step["result"] else {}
+    with rs.transaction(durable=True):  # the step's final state (the child's, or this) reaches runs.sqlite
+        status, error, result = rs.outcome(run_id, idx)
         if status == Status.RUNNING:  # the child did not report: it was terminated or it died
             if forced == "cancel":
                 status, error = (
@@ -223,12 +200,9 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
                 )
             else:
                 status, error = Status.FAILED, _exit_message(rc)
-            conn.execute(
-                "UPDATE steps SET status = ?, error = ?, finished = ?, updated = ?, eta_s = NULL WHERE run_id = ? AND idx = ? AND status = ?",
-                (status, error, now, now, run_id, idx, Status.RUNNING),
-            )
+            rs.move(run_id, idx, status, expect=Status.RUNNING, error=error)
     detail = stepcall.end_line(status, error, result)
-    store.append_log(run_id, f"step {idx + 1}/{row['n']} {status}{detail}")
+    database.append_log(run_id, f"step {idx + 1}/{n} {status}{detail}")
 
 
 # --- the child process that executes one step ---------------------------------------------
@@ -237,8 +211,8 @@ def _run_step(conn, run_id: int, idx: int, *, worker_pid: int) -> None:
 class _StopCheck:
     """should_stop(): True once the run is cancelled or the worker that started us is gone."""
 
-    def __init__(self, conn, run_id: int, parent: int):
-        self.conn, self.run_id, self.parent = conn, run_id, parent
+    def __init__(self, rs: RunStore, run_id: int, parent: int):
+        self.rs, self.run_id, self.parent = rs, run_id, parent
         self.t_check, self.stop = 0.0, False
 
     def __call__(self) -> bool:
@@ -246,11 +220,7 @@ class _StopCheck:
         if self.stop or now - self.t_check < STOP_CHECK_EVERY_S:
             return self.stop
         self.t_check = now
-        if os.getppid() != self.parent:
-            self.stop = True
-        else:
-            row = self.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (self.run_id,)).fetchone()
-            self.stop = row is None or row["cancel_requested"] is not None
+        self.stop = os.getppid() != self.parent or self.rs.cancel_requested(self.run_id) is not None
         return self.stop
 
 
@@ -266,31 +236,28 @@ def execute_child(run_id: int, idx: int) -> int:
     """Body of `python -m engine worker --step RUN:IDX`: execute one claimed step and record its outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is the worker's to handle
     signal.signal(signal.SIGTERM, _terminated)  # unwind (temporary files are removed) before the worker's SIGKILL follows
-    store.exit_on_change(lambda msg: print(msg, flush=True))
+    database.exit_on_change(lambda msg: print(msg, flush=True))
     parent = os.getppid()
-    with store.connect() as conn:
-        row = conn.execute(
-            "SELECT s.status, s.worker_pid, r.spec, r.data_hash FROM steps s JOIN runs r ON r.id = s.run_id "
-            "WHERE s.run_id = ? AND s.idx = ?",
-            (run_id, idx),
-        ).fetchone()
-        if row is None or row["status"] != Status.RUNNING or row["worker_pid"] != parent:
+    with open_store() as rs:
+        claimed = rs.claimed_by(run_id, idx, parent)
+        if claimed is None:
             print(f"step {run_id}:{idx} is not running under this worker; nothing to do", flush=True)
             return 1
-        if store.max_workers() > 1:
+        if max_workers() > 1:
             import torch
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // store.max_workers()))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_workers()))
         ctx = StepContext(
-            stepcall.Rate(functools.partial(stepcall.write_progress, conn, run_id, idx)),
-            _StopCheck(conn, run_id, parent),
-            functools.partial(stepcall.write_metric, conn, run_id, idx),
+            stepcall.Rate(functools.partial(rs.write_progress, run_id, idx)),
+            _StopCheck(rs, run_id, parent),
+            functools.partial(rs.write_metric, run_id, idx),
         )
+        spec_json, data_hash = claimed
         try:
-            outcome = stepcall.call(row["spec"], row["data_hash"], idx, ctx, where=f"run {run_id}")
+            outcome = stepcall.call(spec_json, data_hash, idx, ctx, where=f"run {run_id}")
         except _Terminated:
             print(f"step {run_id}:{idx} terminated by its worker", flush=True)
             return 143  # the worker records the outcome
-        stepcall.record(conn, run_id, idx, outcome, parent)
+        stepcall.record(rs, run_id, idx, outcome, parent)
         sys.stdout.flush()
     return 0

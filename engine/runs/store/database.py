@@ -1,14 +1,11 @@
-"""The run store: SQLite in the cache folder, and the liveness of the workers that write it.
+"""The run store's files: runs.sqlite (schema and its migration, connections, transactions, integrity), run ids, run logs.
 
 `runs/runs.sqlite` in WAL mode (schema version in `PRAGMA user_version`, migrated on first use), so any
 number of processes can submit and read while workers write; every state change is one short
 transaction (`transaction`: BEGIN IMMEDIATE). Tables: runs (the spec as submitted), steps (one per
 model x method: state, progress, result), metrics (curves logged while a step trains), workers (pid and
-start time of each live worker). Each run also has a plain-text log, runs/run-<id>.log.
-
-A worker that died (kill -9, power loss) is noticed by its pid and process start time (`recover`): its
-running steps become `interrupted`. Workers start on demand (engine.launch), detached, at most
-$CLINBENCH_WORKERS at once.
+start time of each live worker). Each run also has a plain-text log, runs/run-<id>.log. The statements that
+read and write those tables are engine.runs.store.runstore's.
 
 Integrity when files are deleted or replaced under the store:
 * Commits that matter (a submission, a final state, cancel, resume, delete) are checkpointed into runs.sqlite
@@ -27,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import sys
 import time
@@ -36,10 +32,9 @@ from pathlib import Path
 
 from engine.cache.storage import atomic_write_bytes, runs_dir
 from engine.errors import ClinBenchError
-from engine.runs.states import Status
 
 SCHEMA_VERSION = 3
-WORKERS_ENV = "CLINBENCH_WORKERS"
+Error = sqlite3.Error  # what SQLite raises when the store cannot be used (locked, disk full, ...)
 
 _SCHEMA = [
     # version 1
@@ -284,100 +279,3 @@ def new_run_id(conn: sqlite3.Connection) -> int:
 def append_log(run_id: int, line: str) -> None:
     with open(log_path(run_id), "a", encoding="utf-8") as fh:
         fh.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
-
-
-# --- workers' liveness -----------------------------------------------------------
-
-
-def process_alive(pid: int | None, create_time: float | None = None) -> bool:
-    """True if `pid` runs (not a zombie) and, when given, started at `create_time` (so a reused pid does not count)."""
-    import psutil
-
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 0.05
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def alive_workers(conn: sqlite3.Connection, kind: str | None = None) -> list[dict]:
-    """Registered workers whose process is alive on this host (of one kind, an executor of options.EXECUTORS, when given)."""
-    host = socket.gethostname()
-    return [
-        dict(r)
-        for r in conn.execute("SELECT * FROM workers ORDER BY started")
-        if r["host"] == host and process_alive(r["pid"], r["create_time"]) and kind in (None, r["kind"])
-    ]
-
-
-def register_worker(conn: sqlite3.Connection, kind: str, limit: int) -> list[int]:
-    """In one transaction: register this process as a live worker of `kind` and return [], or, when `limit` workers of that
-    kind already serve this store, register nothing and return their pids (this process should then leave)."""
-    import psutil
-
-    me = psutil.Process()
-    with transaction(conn):
-        others = [w["pid"] for w in alive_workers(conn, kind) if w["pid"] != me.pid]
-        if len(others) >= limit:
-            return others
-        now = time.time()
-        conn.execute(
-            "INSERT OR REPLACE INTO workers (pid, create_time, host, started, heartbeat, kind) VALUES (?, ?, ?, ?, ?, ?)",
-            (me.pid, me.create_time(), socket.gethostname(), now, now, kind),
-        )
-    return []
-
-
-def recover(conn: sqlite3.Connection | None = None) -> list[tuple[int, int]]:
-    """Mark the running steps of dead workers `interrupted` and forget those workers. Returns (run, step) pairs."""
-    if conn is None:
-        with connect() as c:
-            return recover(c)
-    running = conn.execute("SELECT run_id, idx, worker_pid FROM steps WHERE status = ?", (Status.RUNNING,)).fetchall()
-    workers = {r["pid"]: r for r in conn.execute("SELECT * FROM workers")}
-    host = socket.gethostname()
-    dead_workers = [pid for pid, r in workers.items() if r["host"] == host and not process_alive(pid, r["create_time"])]
-    dead_steps = [
-        (r["run_id"], r["idx"], r["worker_pid"]) for r in running if r["worker_pid"] not in workers or r["worker_pid"] in dead_workers
-    ]
-    if not dead_steps and not dead_workers:
-        return []
-    now = time.time()
-    with transaction(conn, durable=True):
-        for run_id, idx, pid in dead_steps:
-            conn.execute(
-                "UPDATE steps SET status = ?, finished = ?, updated = ?, eta_s = NULL, "
-                "error = ? WHERE run_id = ? AND idx = ? AND status = ? AND worker_pid IS ?",
-                (
-                    Status.INTERRUPTED,
-                    now,
-                    now,
-                    f"The worker (pid {pid}) stopped while this step ran (killed, crashed, or the machine "
-                    f"went down). Resume the run to do this step again.",
-                    run_id,
-                    idx,
-                    Status.RUNNING,
-                    pid,
-                ),
-            )
-        for pid in dead_workers:
-            conn.execute("DELETE FROM workers WHERE pid = ?", (pid,))
-    for run_id, idx, pid in dead_steps:
-        append_log(run_id, f"step {idx + 1}: interrupted (worker pid {pid} is gone)")
-    return [(r, i) for r, i, _ in dead_steps]
-
-
-def max_workers() -> int:
-    """How many workers may run at once: $CLINBENCH_WORKERS, default 1 (a CPU is best used by one job at a time)."""
-    raw = os.environ.get(WORKERS_ENV, "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ClinBenchError(f"{WORKERS_ENV}={raw!r} is not a whole number; set it to 1 or more.") from None
-    if n < 1:
-        raise ClinBenchError(f"{WORKERS_ENV}={n}: set it to 1 or more.")
-    return n
