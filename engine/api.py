@@ -357,6 +357,21 @@ def load_classifier(artifact: str | Path) -> Classifier:
     return classifiers.load(artifact)
 
 
+def pickled(evals: list[Evaluation]) -> list[Evaluation]:
+    """Those of `evals` whose classifier ClinBench 0.2 or earlier stored as a pickle: they answer only after convert_pickles."""
+    from engine.cache.estimator_files import is_pickled
+
+    return [e for e in evals if is_pickled(e.folder)]
+
+
+def convert_pickles(evals: list[Evaluation]) -> list[str]:
+    """Rewrite the pickled classifiers among `evals` in the format that cannot run code, and reseal them; the keys converted.
+    Only on the user's confirmation that the cache is theirs: a pickle runs any code it names when it is loaded."""
+    from engine.cache.estimator_files import convert_pickle
+
+    return [e.key for e in evals if convert_pickle(e.folder)]
+
+
 def classify(text: str, evals: list[Evaluation]) -> list[dict]:
     """One letter through each evaluation's classifier: label, probability, every class's probability, latency."""
     from engine.serving import predict

@@ -336,6 +336,11 @@ def cmd_predict(args) -> int:
     evals = api.evaluations(run_id=args.run)[0] if args.run is not None else api.find_evaluations(args.evaluation)
     if not evals:
         raise api.ClinBenchError(f"Run {args.run} has no stored classifier yet (no finished classifying step).")
+    if args.convert_pickles and (converted := api.convert_pickles(evals)):
+        print(
+            f"converted {len(converted)} classifier(s) stored as pickles to classifier.skops: {', '.join(k[:10] for k in converted)}",
+            file=sys.stderr,
+        )
     rows = api.classify(text, evals)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", help="the letter itself")
     src.add_argument("--file", type=Path, help="a UTF-8 text file holding the letter")
     p.add_argument("--json", action="store_true", help="print JSON: one object per classifier (label, probability, scores, latency_ms)")
+    p.add_argument(
+        "--convert-pickles",
+        action="store_true",
+        help="first rewrite the chosen classifiers that ClinBench 0.2 or earlier stored as pickles (which can run any code when "
+        "loaded) in a format that cannot; give it only for a cache no one else can write to",
+    )
 
     p = sub.add_parser(
         "score",

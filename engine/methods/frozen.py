@@ -205,9 +205,9 @@ def fit_on_embeddings(
     }
 
     def write_files(tmp):
-        import joblib
+        from engine.cache.estimator_files import save_estimator
 
-        joblib.dump(final.estimator, tmp / "classifier.joblib")
+        save_estimator(tmp, final.estimator)
         scoring.write_predictions(tmp, dataset, plan, oof)
         if write_extra:
             write_extra(tmp)

@@ -218,9 +218,9 @@ def probe_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: St
     }
 
     def write_files(tmp):
-        import joblib
+        from engine.cache.estimator_files import save_estimator
 
-        joblib.dump(final["head"], tmp / "classifier.joblib")
+        save_estimator(tmp, final["head"])
         scoring.write_predictions(tmp, dataset, plan, oof)
 
     folder.parent.mkdir(parents=True, exist_ok=True)

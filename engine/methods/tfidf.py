@@ -172,9 +172,9 @@ def tfidf_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: St
     }
 
     def write_files(tmp):
-        import joblib
+        from engine.cache.estimator_files import save_estimator
 
-        joblib.dump(final, tmp / "classifier.joblib")
+        save_estimator(tmp, final)
         scoring.write_predictions(tmp, dataset, plan, oof)
 
     manifest = artifacts.write(folder, manifest, write_files)
