@@ -372,6 +372,13 @@ def convert_pickles(evals: list[Evaluation]) -> list[str]:
     return [e.key for e in evals if convert_pickle(e.folder)]
 
 
+def check_letter(text: str) -> str:
+    """The letter stripped, or LetterError: not valid Unicode, empty, or no words once control and invisible characters go."""
+    from engine.serving import predict
+
+    return predict.check_letter(text)
+
+
 def classify(text: str, evals: list[Evaluation]) -> list[dict]:
     """One letter through each evaluation's classifier: label, probability, every class's probability, latency."""
     from engine.serving import predict

@@ -552,3 +552,50 @@ def test_html_and_script_in_letters_and_labels_are_carried_as_text(cache, tmp_pa
     preds = json.loads((ev.folder / "predictions.json").read_text())
     assert preds["classes"] == ["<b>neuro</b>", "cardio"] and "<b>neuro</b>" in preds["y_true"]
     assert api.letters(ev).texts[0].startswith(script)
+
+
+# --- issue 29: letters with nothing to classify, uploads over the limit, hub ids refused before heavy imports ------------
+
+
+def _key(seeded) -> str:
+    return next((seeded / "evaluations").iterdir()).name
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("!!!", "nothing to classify"), ("\u200b\u200b", "nothing to classify"), ("chest pain \udcff", "lone surrogate"), ("  ", "empty")],
+)
+def test_predict_refuses_a_letter_with_nothing_to_classify(seeded, text, needle):
+    """`"\\u200b"` and `"!!!"` were each given a label at probability 0.97; the CLI now refuses them (and a lone surrogate, which
+    is how undecodable bytes on the command line arrive) before loading or converting anything."""
+    with unchanged(seeded):
+        _refused(cli("predict", "--evaluation", _key(seeded)[:10], "--convert-pickles", "--text", text, timeout=120), needle)
+
+
+def test_predict_refuses_standard_input_that_is_not_utf8(seeded):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with unchanged(seeded):
+        out = subprocess.run(
+            [sys.executable, "-m", "engine", "predict", "--evaluation", _key(seeded)[:10]],
+            input=b"chest pain \xff\xfe radiating",
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+    out.stderr = out.stderr.decode()
+    _refused(out, "standard input", "not UTF-8", "byte 11")
+
+
+@pytest.mark.parametrize("text", ["\u0000", "\u200b", "!!!", "\ud800"])
+def test_the_engine_refuses_meaningless_letters_for_every_caller(seeded, text):
+    """One check (engine.serving.predict.check_letter) behind the Classify page (api.classify), `predict` and serve."""
+    from engine import api
+    from engine.errors import LetterError
+
+    (ev,), _ = api.evaluations()
+    with unchanged(seeded), pytest.raises(LetterError, match=r"Unicode|nothing to classify"):
+        api.classify(text, [ev])

@@ -332,7 +332,11 @@ def cmd_predict(args) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise api.ClinBenchError(f"{args.file} cannot be read as UTF-8 text ({exc}). Save the letter as UTF-8 plain text.") from None
     else:
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise api.ClinBenchError(f"The letter on standard input is not UTF-8 text (byte {exc.start}). Send it as UTF-8.") from None
+    text = api.check_letter(text)  # before anything is loaded or converted
     evals = api.evaluations(run_id=args.run)[0] if args.run is not None else api.find_evaluations(args.evaluation)
     if not evals:
         raise api.ClinBenchError(f"Run {args.run} has no stored classifier yet (no finished classifying step).")
