@@ -599,3 +599,11 @@ def test_the_engine_refuses_meaningless_letters_for_every_caller(seeded, text):
     (ev,), _ = api.evaluations()
     with unchanged(seeded), pytest.raises(LetterError, match=r"Unicode|nothing to classify"):
         api.classify(text, [ev])
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_written(seeded, monkeypatch):
+    from engine import api
+
+    monkeypatch.setenv("CLINBENCH_MAX_DATA_MB", "1")
+    with unchanged(seeded), pytest.raises(DataError, match=r"big\.csv is 1\.5 MB, over the 1 MB limit"):
+        api.store_upload("big.csv", b"letter,specialty\n" + b"x" * (3 * 2**19))
