@@ -243,8 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every path but /health (or set $CLINBENCH_SERVE_TOKEN)")
+    p.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on every path but /health; visible to other users in `ps`: prefer "
+        "$CLINBENCH_SERVE_TOKEN or --token-file",
+    )
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the token from this file (instead of --token)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host header name to answer besides loopback's and --host (repeatable; e.g. the name a reverse proxy forwards); "
+        "other names get 400",
+    )
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="refuse request bodies larger than this with 413 (default: 1000000)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="answer 503 to a request not done after this many seconds, waiting included (default: 60)",
+    )
+    p.add_argument(
+        "--max-batch-chars", type=int, default=200_000, help="refuse batches of more characters than this with 413 (default: 200000)"
+    )
 
     p = sub.add_parser(
         "worker",
