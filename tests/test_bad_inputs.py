@@ -607,3 +607,34 @@ def test_an_upload_over_the_size_limit_is_refused_before_it_is_written(seeded, m
     monkeypatch.setenv("CLINBENCH_MAX_DATA_MB", "1")
     with unchanged(seeded), pytest.raises(DataError, match=r"big\.csv is 1\.5 MB, over the 1 MB limit"):
         api.store_upload("big.csv", b"letter,specialty\n" + b"x" * (3 * 2**19))
+
+
+@pytest.mark.parametrize("command", ["submit", "run", "evaluate"])
+def test_an_unreachable_hub_id_is_refused_by_the_cli_before_heavy_imports(seeded, tmp_path, small_csv, command):
+    """Issue 29: the CLI took 5-6 s to refuse a hub id, nearly all of it imports before the 0.2 s check. The check now comes
+    first: no torch, transformers, scikit-learn or pandas is imported, and the whole command takes well under the old time."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = tmp_path / "hub.json"
+    spec.write_text(json.dumps(_spec(tmp_path, small_csv, ["clinbench-test/not-cached"])), encoding="utf-8")
+    argv = {
+        "submit": ["submit", str(spec), "--no-worker"],
+        "run": ["run", str(spec)],
+        "evaluate": ["evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty"]
+        + ["--model", "clinbench-test/not-cached"],
+    }[command]
+    probe = (
+        "import sys\nfrom engine.cli.parser import main\nrc = main(sys.argv[1:])\n"
+        "print(rc, sorted(m for m in ('torch', 'transformers', 'sklearn', 'pandas') if m in sys.modules))"
+    )
+    with unchanged(seeded):
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - t0
+    assert out.stdout.strip() == "2 []", (out.stdout, out.stderr[-2000:])
+    out.returncode = 2
+    _refused(out, "clinbench-test/not-cached", "bundled model")
+    assert elapsed < 4.0, f"took {elapsed:.2f}s"

@@ -21,6 +21,20 @@ def _api():
     return api
 
 
+def precheck(args) -> None:
+    """Refuse, before the engine's heavy modules load, a hub id the command would need but cannot have (not in the local
+    cache, hub unreachable): `evaluate` and `embed` (--model), `submit` and `run` (the spec's models)."""
+    if args.command in ("evaluate", "embed"):
+        names = [args.model]
+    elif args.command in ("submit", "run"):
+        raw = _api().read_spec(args.spec)
+        names = raw.get("models") if isinstance(raw, dict) else None
+        names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    else:
+        return
+    _api().check_hub_models(names)
+
+
 def cmd_models(args) -> int:
     api = _api()
     if args.prepare:  # scripts/setup.sh: the bundled models' files made ready in the cache (SmolLM2's GGUF converted once)

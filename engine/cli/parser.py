@@ -329,6 +329,17 @@ COMMANDS = {
 }
 
 
+def _quiet_transformers() -> None:
+    """transformers' own log lines and progress bars off (the CLI draws its own)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -339,13 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation notes meant for developers
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    try:
+        out.precheck(args)  # a hub id that cannot be had: refused before transformers and torch are imported
+        _quiet_transformers()
         return COMMANDS[args.command](args)
     except ClinBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
