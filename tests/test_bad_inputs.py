@@ -638,3 +638,39 @@ def test_an_unreachable_hub_id_is_refused_by_the_cli_before_heavy_imports(seeded
     out.returncode = 2
     _refused(out, "clinbench-test/not-cached", "bundled model")
     assert elapsed < 4.0, f"took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--allowed-host", "*"], ["--allowed-host '*'", "DNS rebinding"]),
+        (["--allowed-host", "x.example:8000"], ["not a host name"]),
+        (["--host", "0.0.0.0", "--token-file", "/nonexistent/token"], ["--token-file", "cannot be read"]),
+        (["--timeout", "0"], ["--timeout", "positive"]),
+        (["--max-batch-chars", "0"], ["--max-batch-chars", "positive"]),
+    ],
+    ids=["any-host", "host-with-port", "missing-token-file", "zero-timeout", "zero-batch-chars"],
+)
+def test_serve_refuses_bad_flags_at_start(seeded, flags, needles):
+    with unchanged(seeded):
+        _refused(cli("serve", "--port", "1", *flags, timeout=60, env_extra={"CLINBENCH_SERVE_TOKEN": ""}), *needles)
+
+
+def test_a_pickled_classifier_is_not_loaded_or_converted_without_the_flag(tmp_path, monkeypatch):
+    """Issue 29, item 2: `predict` on a classifier ClinBench 0.1 pickled says how to convert it and changes nothing; with
+    --convert-pickles it is converted (resealed) and answers."""
+    from tests.conftest import ROOT
+
+    cache = tmp_path / "cache"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "legacy-v0.1-cache", cache)
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    from engine import api
+
+    logreg = next(e for e in api.evaluations()[0] if e.method == "logreg")
+    letter = "Chest pain radiating to the left arm; troponin raised."
+    with unchanged(cache):
+        out = cli("predict", "--evaluation", logreg.key[:10], "--text", letter, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "--convert-pickles" in out.stdout, out.stdout + out.stderr
+    out = cli("predict", "--evaluation", logreg.key[:10], "--convert-pickles", "--text", letter, timeout=120)
+    assert out.returncode == 0 and "converted 1 classifier(s)" in out.stderr, out.stderr[-2000:]
+    assert (logreg.folder / "classifier.skops").exists() and not (logreg.folder / "classifier.joblib").exists()

@@ -233,6 +233,9 @@ def test_a_foreign_host_header_is_refused(stored, host):
     assert "192.168.1.5" in server.allowed_hosts("192.168.1.5") and "[fd00::5]" in server.allowed_hosts("fd00::5")
     with _client(server.create_app(hosts=hosts), "clinbench.internal:8000") as c:
         assert c.get("/classifiers").status_code == 200
+    for bad in ("*", "evil*.example", "http://x.example", "x.example:8000"):
+        with pytest.raises(ClinBenchError, match="--allowed-host"):
+            server.allowed_hosts("127.0.0.1", [bad])
 
 
 @pytest.mark.parametrize("text", ["\u0000", "\u200b", "!!!", "\u200b\u200d\ufeff  \u0007", "\ud800", "chest\ud800 pain"])

@@ -86,7 +86,7 @@ def check_bind(host: str, token: str | None) -> None:
     """Refuse (ClinBenchError, one line) to listen beyond this machine without a token."""
     if not is_loopback(host) and not token:
         raise ClinBenchError(
-            f"--host {host} lets other machines send letters to this server: add --token TOKEN (or set ${TOKEN_ENV}; clients "
+            f"--host {host} lets other machines send letters to this server: set ${TOKEN_ENV} or give --token-file FILE (clients "
             "then send 'Authorization: Bearer TOKEN'), or keep the default --host 127.0.0.1."
         )
 
@@ -116,7 +116,13 @@ def read_token(token: str | None, token_file: Path | None) -> str | None:
 
 def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str]:
     """The Host header names this server answers: loopback's, the address it listens on (unless a wildcard), and --allowed-host."""
-    names = [*LOOPBACK_NAMES, *(extra or [])]
+    for name in extra or []:
+        if name == "*" or "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")) or re.search(r"[/:\s]", name):
+            raise ClinBenchError(
+                f"--allowed-host {name!r} is not a host name: give a name such as clinbench.lan, or *.lan for every name under "
+                "lan (no port, no scheme; '*' alone would answer any name, which is what DNS rebinding needs)."
+            )
+    names = [*LOOPBACK_NAMES, *(n.lower() for n in extra or [])]
     bound = host.strip().lower()
     if bound not in ("0.0.0.0", "::", ""):
         names.append(f"[{bound}]" if ":" in bound and not bound.startswith("[") else bound)
