@@ -1,6 +1,7 @@
 """Latency and throughput of `python -m engine serve` over loopback.
 
-    python bench/serve.py [--requests 30] [--clients 4] [--concurrent-requests 40] [--cache DIR] --json PATH
+    python bench/serve.py [--requests 30] [--clients 4] [--concurrent-requests 40] [--batch 32] [--cache DIR]
+                          [--classifiers minilm-logreg,...] --json PATH
 
 In a temporary cache (or --cache DIR), it first stores three classifiers of the bundled default letters with
 `python -m engine evaluate --max-length 256 --protocol holdout`: MiniLM -> logreg, MiniLM -> SVC, SmolLM2 -> logreg.
@@ -10,8 +11,14 @@ Then it starts the real server (`python -m engine serve`, a free loopback port) 
                (after two warm-up requests, which load the model): p50/p95 of the time the client waits, and of
                the server's own `latency_ms` (predict_proba alone);
 * throughput - `--clients` concurrent clients sending `--concurrent-requests` letters in all: letters per second.
+* under a batch - one client sends `--batch`-letter batches back to back while another sends `--requests` single
+               letters: p50/p95 of the single letters' wait (a batch takes turns of 4 letters, so a single letter
+               should wait for one turn, not the batch), and the batches' own time;
+* after an abandoned batch - a client sends a `--batch`-letter batch and hangs up 0.5 s later; the wait of the next
+               single letter (the server drops the departed batch at its next turn).
 
-Any non-200 answer is an error and fails the benchmark (exit 1). The machine may be shared: each timing waits
+Any non-200 answer (other than a batch's 503 when it runs out of the server's --timeout) is an error and fails the
+benchmark (exit 1). The machine may be shared: each timing waits
 (a while) for the CPUs to be quiet and reports the CPU seconds other processes used meanwhile.
 Targets (one client, p50 of the client's wait): MiniLM < 60 ms, SmolLM2 < 250 ms.
 """
@@ -46,9 +53,9 @@ def engine(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
-def store_classifiers(env: dict, workdir: Path) -> dict[tuple[str, str], str]:
+def store_classifiers(env: dict, workdir: Path, chosen=CLASSIFIERS) -> dict[tuple[str, str], str]:
     keys = {}
-    for model, method in CLASSIFIERS:
+    for model, method in chosen:
         out = workdir / f"{model}-{method}.json"
         t0 = time.perf_counter()
         flags = f"evaluate --data default --model {model} --method {method} --max-length 256 --protocol holdout"
@@ -74,6 +81,61 @@ def post(base: str, path: str, body: dict, timeout: float = 120) -> tuple[int, d
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def under_batch(base: str, cid: str, letters: list[str], n: int, batch: int) -> dict:
+    """Single letters, one after another, while another client keeps a batch of `batch` letters running."""
+    import threading
+
+    stop, batches, waits, errors = threading.Event(), [], [], []
+
+    def batches_back_to_back():
+        i = 0
+        while not stop.is_set():
+            texts = [letters[(i + j) % len(letters)] for j in range(batch)]
+            status, answer, ms = post(base, "/classify/batch", {"texts": texts, "classifier": cid}, timeout=600)
+            batches.append((status, ms))
+            if status not in (200, 503):
+                errors.append(f"batch: {status} {answer}")
+            i += batch
+
+    wait_quiet()
+    worker = threading.Thread(target=batches_back_to_back, daemon=True)
+    worker.start()
+    time.sleep(1.0)  # the first batch is under way
+    for text in letters[100 : 100 + n]:
+        status, answer, ms = post(base, "/classify", {"text": text, "classifier": cid})
+        if status != 200:
+            errors.append(f"single under a batch: {status} {answer}")
+            continue
+        waits.append(ms)
+    stop.set()
+    worker.join(timeout=600)
+    done = [ms for status, ms in batches if status == 200]
+    return {
+        "batch_letters": batch,
+        "single_under_batch_p50_ms": statistics.median(waits) if waits else None,
+        "single_under_batch_p95_ms": pct(waits, 0.95) if waits else None,
+        "batches": len(batches),
+        "batches_503": sum(status == 503 for status, _ in batches),
+        "batch_p50_ms": statistics.median(done) if done else None,
+        "errors": errors,
+    }
+
+
+def after_abandoned_batch(base: str, cid: str, letters: list[str], batch: int) -> dict:
+    """A batch whose client hangs up 0.5 s after sending it, then one single letter: how long that letter waits."""
+    import http.client
+
+    wait_quiet()
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    body = json.dumps({"texts": [letters[i % len(letters)] for i in range(200, 200 + batch)], "classifier": cid})
+    conn.request("POST", "/classify/batch", body=body, headers={"Content-Type": "application/json"})
+    time.sleep(0.5)
+    conn.close()  # the client is gone; the server finds out at the batch's next turn
+    status, answer, ms = post(base, "/classify", {"text": letters[300], "classifier": cid})
+    return {"after_abandoned_batch_ms": ms if status == 200 else None, "errors": [] if status == 200 else [f"{status} {answer}"]}
 
 
 def measure(base: str, cid: str, letters: list[str], n: int, clients: int, n_concurrent: int) -> dict:
@@ -122,12 +184,21 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=30, help="sequential requests per classifier (latency)")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients (throughput)")
     ap.add_argument("--concurrent-requests", type=int, default=40, help="requests the concurrent clients send in all")
+    ap.add_argument("--batch", type=int, default=32, help="letters per batch while single letters are timed (default: 32)")
+    ap.add_argument(
+        "--classifiers",
+        default=",".join(f"{m}-{e}" for m, e in CLASSIFIERS),
+        help="which to store and measure, e.g. minilm-logreg (default: all three)",
+    )
     ap.add_argument("--cache", type=Path, help="cache folder to use (default: a new temporary one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="clinbench-bench-serve-"))
     env = {**os.environ, "CLINBENCH_CACHE": str(args.cache or workdir / "cache"), "TOKENIZERS_PARALLELISM": "false"}
-    keys = store_classifiers(env, workdir)
+    chosen = [c for c in CLASSIFIERS if f"{c[0]}-{c[1]}" in args.classifiers.split(",")]
+    if not chosen:
+        sys.exit(f"--classifiers names none of {', '.join(f'{m}-{e}' for m, e in CLASSIFIERS)}")
+    keys = store_classifiers(env, workdir, chosen)
 
     from engine.data.dataset import default_dataset
 
@@ -150,7 +221,15 @@ def main() -> int:
                 time.sleep(0.1)
         for (model, method), cid in keys.items():
             rows[f"{model}->{method}"] = {"model": model, "method": method, "classifier": cid}
-            rows[f"{model}->{method}"].update(measure(base, cid, letters, args.requests, args.clients, args.concurrent_requests))
+            row = rows[f"{model}->{method}"]
+            row.update(measure(base, cid, letters, args.requests, args.clients, args.concurrent_requests))
+            for extra in (
+                under_batch(base, cid, letters, args.requests, args.batch),
+                after_abandoned_batch(base, cid, letters, args.batch),
+            ):
+                errors = extra.pop("errors")
+                row.update(extra)
+                row["errors"] += errors
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -158,6 +237,13 @@ def main() -> int:
         f"\n{'classifier':18s} {'p50 ms':>7s} {'p95 ms':>7s} {'server p50':>10s} {'req/s x' + str(args.clients):>9s} "
         f"{'conc p50':>8s} {'target':>7s} {'other CPU s':>11s} errors"
     )
+    print(f"\n{'classifier':18s} {'batch':>5s} {'single p50':>10s} {'p95':>7s} {'batch p50 s':>11s} {'503s':>4s} {'after hang-up':>13s}")
+    for name, r in rows.items():
+        print(
+            f"{name:18s} {r['batch_letters']:5d} {r['single_under_batch_p50_ms'] or float('nan'):10.1f} "
+            f"{r['single_under_batch_p95_ms'] or float('nan'):7.1f} {(r['batch_p50_ms'] or float('nan')) / 1e3:11.1f} "
+            f"{r['batches_503']:4d} {r['after_abandoned_batch_ms'] or float('nan'):13.1f}"
+        )
     failed = False
     for name, r in rows.items():
         target = TARGET_P50_MS[r["model"]]
@@ -174,6 +260,7 @@ def main() -> int:
             "requests": args.requests,
             "clients": args.clients,
             "concurrent_requests": args.concurrent_requests,
+            "batch": args.batch,
             "max_length": 256,
             "protocol": "holdout",
         },

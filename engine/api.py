@@ -8,8 +8,8 @@ training, extraction or the run store: they hand this module plain values and ge
 tables back (the way LLaMA-Factory's web UI drives its engine through one runner). Errors a user can
 act on are engine.errors.ClinBenchError.
 
-Runs and saved datasets are read with light modules; everything that touches models imports its part
-of the engine when called, so a client that only lists runs never loads torch.
+Runs are read with light modules; everything that touches letters (pandas) or models (torch) imports its part of the
+engine when called, so a client that only lists runs, or the CLI refusing a model it cannot have, never loads them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.data import datasets
-from engine.data.dataset import DEFAULT_NAME
 from engine.errors import ClinBenchError
+from engine.options.config import DEFAULT_NAME
 from engine.reports import export
 from engine.runs import housekeeping, jobs, replication
 from engine.runs.states import Status
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     from engine.cache.artifacts import StepResult
     from engine.cache.context import StepContext
     from engine.data.dataset import Dataset, ValidationReport
+    from engine.data.datasets import SavedDataset
     from engine.evaluation.results import Evaluation, Skipped
     from engine.methods.classifiers import Classifier
     from engine.runs.experiment import Spec
@@ -65,11 +65,38 @@ def placement() -> dict:
 
 # --- datasets ---------------------------------------------------------------------------
 
-store_upload = datasets.store_upload  # keep an uploaded file in the cache (content-addressed)
-save_dataset = datasets.save  # validate a file with its columns and save its description
-saved_datasets = datasets.list_saved
-saved_dataset = datasets.get
-forget_dataset = datasets.delete
+
+def store_upload(filename: str, content: bytes) -> Path:
+    """Keep an uploaded file in the cache (content-addressed); refused over the size limit before it is written."""
+    from engine.data import datasets
+
+    return datasets.store_upload(filename, content)
+
+
+def save_dataset(path: str | Path, name: str, text_column: str, label_column: str, label_sep: str | None = None, **options) -> SavedDataset:
+    """Validate a file with its columns (and data options) and save its description."""
+    from engine.data import datasets
+
+    return datasets.save(path, name, text_column, label_column, label_sep, **options)
+
+
+def saved_datasets() -> tuple[list[SavedDataset], list[tuple[str, str]]]:
+    """The saved datasets, and (file, reason) of each description that could not be read."""
+    from engine.data import datasets
+
+    return datasets.list_saved()
+
+
+def saved_dataset(ident: str) -> SavedDataset:
+    from engine.data import datasets
+
+    return datasets.get(ident)
+
+
+def forget_dataset(ident: str) -> None:
+    from engine.data import datasets
+
+    return datasets.delete(ident)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -220,6 +247,28 @@ ensure_worker = jobs.ensure_worker  # start what queued steps wait for: a list o
 wake_workers = jobs.wake_workers  # the same, for whatever lists runs: a line for each executor started (none: [])
 
 
+def read_spec(path: str | Path) -> Any:
+    """The object a spec file holds, read but not checked (light: the CLI takes its model names from it first)."""
+    from engine.options import specfile
+
+    return specfile.read(path)
+
+
+def check_hub_models(names: list[str]) -> None:
+    """Refuse (ModelUnavailable) each of `names` that is a hub id neither in the local cache nor on a reachable hub, without
+    loading torch or the methods; other names are left to the spec's full check."""
+    from engine.errors import ModelUnavailable
+    from engine.models import catalog
+
+    for name in names:
+        try:
+            entry = catalog.resolve(name)
+        except ModelUnavailable:
+            continue  # (tfidf, or a name the full check explains in its context)
+        if entry.source in ("hub", "preset"):
+            catalog.check_available(name)
+
+
 def parse_spec(obj: Any, where: str = "spec") -> Spec:
     from engine.runs import experiment
 
@@ -356,6 +405,28 @@ def load_classifier(artifact: str | Path) -> Classifier:
     from engine.methods import classifiers
 
     return classifiers.load(artifact)
+
+
+def pickled(evals: list[Evaluation]) -> list[Evaluation]:
+    """Those of `evals` whose classifier ClinBench 0.2 or earlier stored as a pickle: they answer only after convert_pickles."""
+    from engine.cache.estimator_files import is_pickled
+
+    return [e for e in evals if is_pickled(e.folder)]
+
+
+def convert_pickles(evals: list[Evaluation]) -> list[str]:
+    """Rewrite the pickled classifiers among `evals` in the format that cannot run code, and reseal them; the keys converted.
+    Only on the user's confirmation that the cache is theirs: a pickle runs any code it names when it is loaded."""
+    from engine.cache.estimator_files import convert_pickle
+
+    return [e.key for e in evals if convert_pickle(e.folder)]
+
+
+def check_letter(text: str) -> str:
+    """The letter stripped, or LetterError: not valid Unicode, empty, or no words once control and invisible characters go."""
+    from engine.serving import predict
+
+    return predict.check_letter(text)
 
 
 def classify(text: str, evals: list[Evaluation]) -> list[dict]:

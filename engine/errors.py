@@ -33,3 +33,7 @@ class Cancelled(ClinBenchError):
 
 class DiskFull(ClinBenchError):
     """The disk ran out of space during a write; nothing half-written was kept."""
+
+
+class LetterError(ClinBenchError):
+    """A letter to classify holds nothing to classify (empty, no words) or is not valid Unicode."""

@@ -23,6 +23,7 @@ if not evals:
 
 labels = {e.key: e.label for e in evals}
 chosen = st.multiselect("Classifiers", list(labels), default=list(labels), format_func=labels.get)
+common.pickled_notice([e for e in evals if e.key in chosen])  # classifiers of ClinBench <= 0.2: converted on the user's word
 
 
 def _load_test_letter() -> None:

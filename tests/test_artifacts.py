@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import joblib
 import pytest
 
 from engine.cache import artifacts
@@ -14,22 +13,26 @@ from engine.errors import ArtifactError
 def _sealed(tmp_path):
     folder = tmp_path / "eval"
     folder.mkdir()
-    joblib.dump({"model": 1}, folder / "classifier.joblib")
+    (folder / "classifier.json").write_text('{"model": 1}')
     artifacts.seal(folder, {"kind": "test"})
     return folder
 
 
+def _load(folder, name="classifier.json"):
+    return json.loads(artifacts.verified_file(folder, name).read_text())
+
+
 def test_verified_load_round_trip(tmp_path):
     folder = _sealed(tmp_path)
-    assert artifacts.load_joblib(folder) == {"model": 1}
+    assert _load(folder) == {"model": 1}
     assert artifacts.read_manifest(folder)["producer"] == "clinbench"
 
 
 def test_tampered_file_is_refused(tmp_path):
     folder = _sealed(tmp_path)
-    joblib.dump({"model": 2}, folder / "classifier.joblib")
+    (folder / "classifier.json").write_text('{"model": 2}')
     with pytest.raises(ArtifactError, match="does not match the hash"):
-        artifacts.load_joblib(folder)
+        _load(folder)
 
 
 def test_foreign_manifest_is_refused(tmp_path):
@@ -38,17 +41,17 @@ def test_foreign_manifest_is_refused(tmp_path):
     manifest["producer"] = "someone-else"
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="not written by ClinBench"):
-        artifacts.load_joblib(folder)
+        _load(folder)
 
 
 def test_unlisted_and_missing_manifest(tmp_path):
     folder = _sealed(tmp_path)
-    (folder / "extra.joblib").write_bytes(b"x")
+    (folder / "extra.json").write_text("{}")
     with pytest.raises(ArtifactError, match="not listed"):
-        artifacts.load_joblib(folder, "extra.joblib")
+        _load(folder, "extra.json")
     (folder / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="No manifest"):
-        artifacts.load_joblib(folder)
+        _load(folder)
 
 
 def test_write_is_atomic_and_stored_finds_it(tmp_path):
@@ -76,9 +79,9 @@ def test_stored_ignores_a_damaged_manifest(tmp_path):
 
 def test_a_cache_hit_checks_every_file_and_a_damaged_artifact_is_quarantined(tmp_path):
     folder = tmp_path / "eval"
-    artifacts.write(folder, {"metrics": {"macro_f1": 0.5}}, lambda tmp: (tmp / "classifier.joblib").write_bytes(b"model"))
+    artifacts.write(folder, {"metrics": {"macro_f1": 0.5}}, lambda tmp: (tmp / "classifier.skops").write_bytes(b"model"))
     assert artifacts.stored(folder, "m", "svc").cache_hit
-    (folder / "classifier.joblib").write_bytes(b"corrupted")  # a damaged file: never used, moved aside, recomputed
+    (folder / "classifier.skops").write_bytes(b"corrupted")  # a damaged file: never used, moved aside, recomputed
     assert artifacts.stored(folder, "m", "svc") is None
     assert not folder.exists() and [p.name.startswith(".corrupt-eval-") for p in tmp_path.iterdir()] == [True]
 

@@ -552,3 +552,125 @@ def test_html_and_script_in_letters_and_labels_are_carried_as_text(cache, tmp_pa
     preds = json.loads((ev.folder / "predictions.json").read_text())
     assert preds["classes"] == ["<b>neuro</b>", "cardio"] and "<b>neuro</b>" in preds["y_true"]
     assert api.letters(ev).texts[0].startswith(script)
+
+
+# --- issue 29: letters with nothing to classify, uploads over the limit, hub ids refused before heavy imports ------------
+
+
+def _key(seeded) -> str:
+    return next((seeded / "evaluations").iterdir()).name
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("!!!", "nothing to classify"), ("\u200b\u200b", "nothing to classify"), ("chest pain \udcff", "lone surrogate"), ("  ", "empty")],
+)
+def test_predict_refuses_a_letter_with_nothing_to_classify(seeded, text, needle):
+    """`"\\u200b"` and `"!!!"` were each given a label at probability 0.97; the CLI now refuses them (and a lone surrogate, which
+    is how undecodable bytes on the command line arrive) before loading or converting anything."""
+    with unchanged(seeded):
+        _refused(cli("predict", "--evaluation", _key(seeded)[:10], "--convert-pickles", "--text", text, timeout=120), needle)
+
+
+def test_predict_refuses_standard_input_that_is_not_utf8(seeded):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with unchanged(seeded):
+        out = subprocess.run(
+            [sys.executable, "-m", "engine", "predict", "--evaluation", _key(seeded)[:10]],
+            input=b"chest pain \xff\xfe radiating",
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+    out.stderr = out.stderr.decode()
+    _refused(out, "standard input", "not UTF-8", "byte 11")
+
+
+@pytest.mark.parametrize("text", ["\u0000", "\u200b", "!!!", "\ud800"])
+def test_the_engine_refuses_meaningless_letters_for_every_caller(seeded, text):
+    """One check (engine.serving.predict.check_letter) behind the Classify page (api.classify), `predict` and serve."""
+    from engine import api
+    from engine.errors import LetterError
+
+    (ev,), _ = api.evaluations()
+    with unchanged(seeded), pytest.raises(LetterError, match=r"Unicode|nothing to classify"):
+        api.classify(text, [ev])
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_written(seeded, monkeypatch):
+    from engine import api
+
+    monkeypatch.setenv("CLINBENCH_MAX_DATA_MB", "1")
+    with unchanged(seeded), pytest.raises(DataError, match=r"big\.csv is 1\.5 MB, over the 1 MB limit"):
+        api.store_upload("big.csv", b"letter,specialty\n" + b"x" * (3 * 2**19))
+
+
+@pytest.mark.parametrize("command", ["submit", "run", "evaluate"])
+def test_an_unreachable_hub_id_is_refused_by_the_cli_before_heavy_imports(seeded, tmp_path, small_csv, command):
+    """Issue 29: the CLI took 5-6 s to refuse a hub id, nearly all of it imports before the 0.2 s check. The check now comes
+    first: no torch, transformers, scikit-learn or pandas is imported, and the whole command takes well under the old time."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = tmp_path / "hub.json"
+    spec.write_text(json.dumps(_spec(tmp_path, small_csv, ["clinbench-test/not-cached"])), encoding="utf-8")
+    argv = {
+        "submit": ["submit", str(spec), "--no-worker"],
+        "run": ["run", str(spec)],
+        "evaluate": ["evaluate", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty"]
+        + ["--model", "clinbench-test/not-cached"],
+    }[command]
+    probe = (
+        "import sys\nfrom engine.cli.parser import main\nrc = main(sys.argv[1:])\n"
+        "print(rc, sorted(m for m in ('torch', 'transformers', 'sklearn', 'pandas') if m in sys.modules))"
+    )
+    with unchanged(seeded):
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - t0
+    assert out.stdout.strip() == "2 []", (out.stdout, out.stderr[-2000:])
+    out.returncode = 2
+    _refused(out, "clinbench-test/not-cached", "bundled model")
+    assert elapsed < 4.0, f"took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--allowed-host", "*"], ["--allowed-host '*'", "DNS rebinding"]),
+        (["--allowed-host", "x.example:8000"], ["not a host name"]),
+        (["--host", "0.0.0.0", "--token-file", "/nonexistent/token"], ["--token-file", "cannot be read"]),
+        (["--timeout", "0"], ["--timeout", "positive"]),
+        (["--max-batch-chars", "0"], ["--max-batch-chars", "positive"]),
+    ],
+    ids=["any-host", "host-with-port", "missing-token-file", "zero-timeout", "zero-batch-chars"],
+)
+def test_serve_refuses_bad_flags_at_start(seeded, flags, needles):
+    with unchanged(seeded):
+        _refused(cli("serve", "--port", "1", *flags, timeout=60, env_extra={"CLINBENCH_SERVE_TOKEN": ""}), *needles)
+
+
+def test_a_pickled_classifier_is_not_loaded_or_converted_without_the_flag(tmp_path, monkeypatch):
+    """Issue 29, item 2: `predict` on a classifier ClinBench 0.1 pickled says how to convert it and changes nothing; with
+    --convert-pickles it is converted (resealed) and answers."""
+    from tests.conftest import ROOT
+
+    cache = tmp_path / "cache"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "legacy-v0.1-cache", cache)
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    from engine import api
+
+    logreg = next(e for e in api.evaluations()[0] if e.method == "logreg")
+    letter = "Chest pain radiating to the left arm; troponin raised."
+    with unchanged(cache):
+        out = cli("predict", "--evaluation", logreg.key[:10], "--text", letter, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "--convert-pickles" in out.stdout, out.stdout + out.stderr
+    out = cli("predict", "--evaluation", logreg.key[:10], "--convert-pickles", "--text", letter, timeout=120)
+    assert out.returncode == 0 and "converted 1 classifier(s)" in out.stderr, out.stderr[-2000:]
+    assert (logreg.folder / "classifier.skops").exists() and not (logreg.folder / "classifier.joblib").exists()

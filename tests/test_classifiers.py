@@ -49,7 +49,7 @@ def test_every_classifier_answers_the_same_interface(trained):
 def test_a_tampered_classifier_is_refused(trained):
     _, results = trained
     folder = Path(results[0].artifact)
-    with open(folder / "classifier.joblib", "ab") as fh:
+    with open(folder / "classifier.skops", "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(ArtifactError, match="does not match the hash"):
         classifiers.load(folder)

@@ -48,3 +48,24 @@ def test_letter_text_in_hover_labels_is_escaped():
     fig = charts.umap_scatter(np.zeros((1, 2)), ["a"], [letter], "map", "label")
     (hover,) = fig.data[0].text
     assert "<script>" not in hover and "&lt;script&gt;" in hover and "&lt;b&gt;pain&lt;/b&gt; &amp; fever" in hover
+
+
+def test_formulas_in_labels_are_exported_as_text_in_csv_and_raw_in_json():
+    """Issue 29, item 3 (OWASP CSV injection): a cell or column name beginning with =, +, -, @, tab or CR gets a leading '
+    in every CSV (a download, the report zip); numbers stay numbers and report.json keeps the raw text."""
+    import csv
+
+    import pandas as pd
+
+    attacks = ['=HYPERLINK("http://x.example","click")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    df = pd.DataFrame({"Label": [*attacks, "cardio"], "=cmd": [-0.5, 1, 2, 3, 4, 5, 6]})
+    for raw in (
+        export.table_csv(df),
+        zipfile.ZipFile(io.BytesIO(export.report_zip({}, {"t": df}, {"label": attacks[0]}))).read("tables/t.csv"),
+    ):
+        rows = list(csv.reader(io.StringIO(raw.decode(), newline="")))
+        assert rows[0] == ["Label", "'=cmd"]
+        assert [r[0] for r in rows[1:]] == [f"'{a}" for a in attacks] + ["cardio"]
+        assert rows[1][1] == "-0.5"  # a number is not text
+    meta = json.loads(zipfile.ZipFile(io.BytesIO(export.report_zip({}, {"t": df}, {"label": attacks[0]}))).read("report.json"))
+    assert meta["label"] == attacks[0]

@@ -149,7 +149,7 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
     assert set(evaluations_dir().iterdir()) == before and list(loop.checkpoint_path("x").parent.glob("*.pt"))
     res = registry.run(ds, str(tiny_encoder), "linear-probe", opts)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 3
-    assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "classifier.joblib").exists()
+    assert not (Path(res.artifact) / "adapter").exists() and (Path(res.artifact) / "classifier.skops").exists()
 
 
 def test_linear_probe_trains_on_the_cached_vectors_reproducibly_and_its_classifier_reproduces_the_step(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.cache import artifacts
+from engine.cache.estimator_files import load_estimator
 from engine.data.dataset import load_dataset
 from engine.features import extract
 from engine.methods import vectors
@@ -26,7 +27,7 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
     for key in ("config", "versions", "environment", "data", "model", "timings", "metrics", "placement", "protocol"):
         assert key in manifest
     assert manifest["data"]["data_hash"] == ds.data_hash and manifest["model"]["weights_sha256"]
-    clf = artifacts.load_joblib(res.artifact)
+    clf = load_estimator(res.artifact)
     assert len(clf.classes_) == 5
     again = run_step(ds, tiny_encoder, "svc", **FAST)
     assert again.cache_hit and again.metrics == res.metrics

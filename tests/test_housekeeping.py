@@ -65,12 +65,12 @@ def test_disk_full_in_atomic_path_and_atomic_dir(tmp_path):
 
 
 def test_disk_full_during_an_evaluation_leaves_no_artifact(cache, small_csv, monkeypatch):
-    import joblib
+    import skops.io
 
     from engine.runs import experiment
 
     ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
-    monkeypatch.setattr(joblib, "dump", _no_space)
+    monkeypatch.setattr(skops.io, "dumps", _no_space)  # the classifier's file is being written
     with pytest.raises(DiskFull, match=r"disk full: at least .* MB needed") as err:
         run_step(ds, "tfidf", "tfidf", n_boot=100)
     assert "evaluations" in str(err.value)
@@ -156,7 +156,7 @@ def test_usage_adds_up_and_prune_keeps_what_a_run_shows(filled):
     models = {r["group"] for r in u["by"]["model"]}
     assert "tfidf" in models and "some-model" in models
     assert any("letters.csv" in r["group"] for r in u["by"]["dataset"])
-    assert u["unreferenced_bytes"] >= files[f"evaluations/{outside}/classifier.joblib"]
+    assert u["unreferenced_bytes"] >= files[f"evaluations/{outside}/classifier.skops"]
 
     with pytest.raises(ClinBenchError, match="needs a selector"):
         housekeeping.prune()

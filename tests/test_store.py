@@ -42,6 +42,9 @@ def test_results_of_the_previous_version_are_compared_and_classified(legacy_cach
     assert not skipped and {e.method for e in evals} == {"svc", "logreg"}
     table = api.comparison_table(evals)
     assert list(table["method"]) == ["logreg", "svc"] and len(api.significance(evals)) == 1
+    before = {r["method"]: r for r in api.classify("Chest pain radiating to the left arm.", evals)}
+    assert all("pickle" in r["error"] and "--convert-pickles" in r["error"] for r in before.values())  # not loaded unasked
+    assert sorted(api.convert_pickles(evals)) == sorted(e.key for e in evals)  # the user's confirmation (CLI flag, Classify button)
     rows = {r["method"]: r for r in api.classify("Chest pain radiating to the left arm; troponin raised; ECG shows ST elevation.", evals)}
     assert rows["logreg"]["error"] is None and 0 < rows["logreg"]["score"] <= 1  # the stored logistic regression still answers
     assert rows["svc"]["predicted"] is None and "uncalibrated SVC" in rows["svc"]["error"] and "re-run" in rows["svc"]["error"]

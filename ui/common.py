@@ -193,3 +193,22 @@ def answer_costs(row: dict) -> dict:
     """The columns every Classify table gives one classifier's answer (an engine.serving.predict.classify row): its latency, the
     time its model took to load, whether the letter was cut to its max_length."""
     return {"Latency (ms)": round(row["latency_ms"], 1), "Model load (s)": round(row["load_s"], 2), "Cut to max length": row["truncated"]}
+
+
+def pickled_notice(evals: list) -> None:
+    """Classifiers that ClinBench 0.2 or earlier stored as pickles answer only once converted: say why, and offer the button
+    that converts them (a pickle runs any code it names when loaded, so it is loaded only on the user's word)."""
+    old = api.pickled(evals)
+    if not old:
+        return
+    st.warning(
+        f"{len(old)} classifier(s) were stored by ClinBench 0.2 or earlier as pickles, which can run any code when they are "
+        f"loaded: {', '.join(e.label for e in old)}. They answer once rewritten in a format that cannot; convert them only if "
+        "no one else can write to this cache."
+    )
+    if st.button("Convert (I trust this cache)", key="convert-pickles"):
+        try:
+            done = api.convert_pickles(old)
+            st.success(f"Converted {len(done)} classifier(s); they answer now.")
+        except ClinBenchError as exc:
+            error(exc)

@@ -5,15 +5,14 @@ cache/models/adapted-*/) holding a manifest.json with `producer: clinbench`, wha
 sha256 of every other file in it. It is written under a temporary name and renamed when complete
 (`write`), so a crash never leaves a half-written artifact under a real name. `stored` is the
 cache lookup every step makes first; `verified_file` refuses a file the manifest does not list or
-whose hash differs (joblib files are pickles: only files ClinBench wrote and whose hashes match are
-loaded). predictions.json, which every classifying step writes, has its one writer here.
+whose hash differs (a hash proves the file is the one listed, not who wrote it: stored estimators are therefore in a
+format that cannot run code, engine.cache.estimator_files). predictions.json, which every classifying step writes, has its one writer here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,37 +129,6 @@ def verify_tree(directory: Path, prefix: str) -> None:
     for name in read_manifest(directory).get("files", {}):
         if name.startswith(prefix):
             verified_file(directory, name)
-
-
-# Where the classes of stored estimators lived before the engine's packages: ClinBench 0.1 pickled from `engine.methods`
-# (a module then), 0.2 from the flat modules. Read when such a pickle is loaded; nothing is imported from these names.
-MOVED_MODULES = {
-    "engine.methods": "engine.methods.estimators",
-    "engine.estimators": "engine.methods.estimators",
-    "engine.reference": "engine.methods.tfidf",
-    "engine.finetune.probe": "engine.methods.linear_probe",
-}
-_UNPICKLE_LOCK = threading.Lock()
-
-
-def load_joblib(directory: Path, name: str = "classifier.joblib") -> Any:
-    """A joblib file of the artifact, after its hash check; classes pickled under a module's old name are found at its new one."""
-    import joblib
-    from joblib import numpy_pickle
-
-    path = verified_file(directory, name)
-    base = numpy_pickle.NumpyUnpickler
-
-    class Renamed(base):
-        def find_class(self, module, qualname):
-            return super().find_class(MOVED_MODULES.get(module, module), qualname)
-
-    with _UNPICKLE_LOCK:  # joblib builds its unpickler from a module global
-        numpy_pickle.NumpyUnpickler = Renamed
-        try:
-            return joblib.load(path)
-        finally:
-            numpy_pickle.NumpyUnpickler = base
 
 
 def write_predictions(

@@ -5,8 +5,8 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     models/<name>-<hash>/        bundled models converted for fast reload (SmolLM2 GGUF -> safetensors)
     embeddings/<key>.npy         one row per letter, float32, in the dataset's order
     embeddings/<key>.json        what produced it: model identity, pooling, max_length, dtype, text hash, stats
-    evaluations/<key>/           one evaluation: manifest.json, classifier.joblib, predictions.json
-                                 (fine-tuning: adapter/ or head.safetensors instead of the joblib)
+    evaluations/<key>/           one evaluation: manifest.json, classifier.skops, predictions.json
+                                 (fine-tuning: adapter/ or head.safetensors instead of classifier.skops)
     checkpoints/<key>.pt         the last finished epoch of a training in progress
     models/adapted-<m>-<key>/    a domain-adapted model (merged weights, adapter/, manifest)
     runs/runs.sqlite             the run store (SQLite, WAL): runs, their steps, live workers (engine.jobs)

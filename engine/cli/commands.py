@@ -21,6 +21,20 @@ def _api():
     return api
 
 
+def precheck(args) -> None:
+    """Refuse, before the engine's heavy modules load, a hub id the command would need but cannot have (not in the local
+    cache, hub unreachable): `evaluate` and `embed` (--model), `submit` and `run` (the spec's models)."""
+    if args.command in ("evaluate", "embed"):
+        names = [args.model]
+    elif args.command in ("submit", "run"):
+        raw = _api().read_spec(args.spec)
+        names = raw.get("models") if isinstance(raw, dict) else None
+        names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    else:
+        return
+    _api().check_hub_models(names)
+
+
 def cmd_models(args) -> int:
     api = _api()
     if args.prepare:  # scripts/setup.sh: the bundled models' files made ready in the cache (SmolLM2's GGUF converted once)
@@ -341,10 +355,19 @@ def cmd_predict(args) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise api.ClinBenchError(f"{args.file} cannot be read as UTF-8 text ({exc}). Save the letter as UTF-8 plain text.") from None
     else:
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise api.ClinBenchError(f"The letter on standard input is not UTF-8 text (byte {exc.start}). Send it as UTF-8.") from None
+    text = api.check_letter(text)  # before anything is loaded or converted
     evals = api.evaluations(run_id=args.run)[0] if args.run is not None else api.find_evaluations(args.evaluation)
     if not evals:
         raise api.ClinBenchError(f"Run {args.run} has no stored classifier yet (no finished classifying step).")
+    if args.convert_pickles and (converted := api.convert_pickles(evals)):
+        print(
+            f"converted {len(converted)} classifier(s) stored as pickles to classifier.skops: {', '.join(k[:10] for k in converted)}",
+            file=sys.stderr,
+        )
     rows = api.classify(text, evals)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", help="the letter itself")
     src.add_argument("--file", type=Path, help="a UTF-8 text file holding the letter")
     p.add_argument("--json", action="store_true", help="print JSON: one object per classifier (label, probability, scores, latency_ms)")
+    p.add_argument(
+        "--convert-pickles",
+        action="store_true",
+        help="first rewrite the chosen classifiers that ClinBench 0.2 or earlier stored as pickles (which can run any code when "
+        "loaded) in a format that cannot; give it only for a cache no one else can write to",
+    )
 
     p = sub.add_parser(
         "score",
@@ -237,8 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every path but /health (or set $CLINBENCH_SERVE_TOKEN)")
+    p.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on every path but /health; visible to other users in `ps`: prefer "
+        "$CLINBENCH_SERVE_TOKEN or --token-file",
+    )
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the token from this file (instead of --token)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host header name to answer besides loopback's and --host (repeatable; e.g. the name a reverse proxy forwards); "
+        "other names get 400",
+    )
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="refuse request bodies larger than this with 413 (default: 1000000)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="answer 503 to a request not done after this many seconds, waiting included (default: 60)",
+    )
+    p.add_argument(
+        "--max-batch-chars", type=int, default=200_000, help="refuse batches of more characters than this with 413 (default: 200000)"
+    )
 
     p = sub.add_parser(
         "worker",
@@ -302,6 +329,17 @@ COMMANDS = {
 }
 
 
+def _quiet_transformers() -> None:
+    """transformers' own log lines and progress bars off (the CLI draws its own)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -312,13 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation notes meant for developers
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    try:
+        out.precheck(args)  # a hub id that cannot be had: refused before transformers and torch are imported
+        _quiet_transformers()
         return COMMANDS[args.command](args)
     except ClinBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,10 +33,9 @@ from engine.data import duplicates, tables
 from engine.data import labels as labelling
 from engine.data.tables import MAX_FILE_MB_ENV, SUFFIXES, guess_columns, max_file_mb, read_table  # noqa: F401 (the module's API)
 from engine.errors import DataError
-from engine.options.config import DEFAULT_DATASET
+from engine.options.config import DEFAULT_DATASET, DEFAULT_NAME
 from engine.options.groups import ProtocolOptions
 
-DEFAULT_NAME = "default"
 DEFAULT_COLUMNS = ("text", "label")
 DATA_OPTIONS = ("text_template", "split_column", "test_ids", "answer_column", "label_columns")  # besides path, columns, label_sep
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.cache.storage import atomic_write_bytes, atomic_write_json, datasets_dir, sha256_bytes, sha256_json
-from engine.data import dataset
+from engine.data import dataset, tables
 from engine.errors import DataError
 
 
@@ -52,12 +52,14 @@ def _safe_name(name: str) -> str:
 
 
 def store_upload(filename: str, content: bytes) -> Path:
-    """Keep an uploaded file in the cache (content-addressed) and return its path. The suffix decides the format."""
+    """Keep an uploaded file in the cache (content-addressed) and return its path. The suffix decides the format; a file over
+    the size limit (CLINBENCH_MAX_DATA_MB) is refused before it is written."""
     suffix = Path(filename).suffix.lower()
     if suffix not in dataset.SUFFIXES:
         raise DataError(
             f"{filename}: unsupported file type {suffix or '(none)'!r}. Upload a .csv, .tsv or .jsonl file (one JSON object per line)."
         )
+    tables.check_size(Path(filename).name, len(content))  # before anything is written
     path = datasets_dir() / "files" / f"{sha256_bytes(content)[:16]}-{_safe_name(filename)}"
     if not path.exists():
         atomic_write_bytes(path, content)

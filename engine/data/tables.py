@@ -46,6 +46,16 @@ def max_file_mb() -> float:
     return float(os.environ.get(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB))
 
 
+def check_size(name: str, size: int) -> None:
+    """Refuse a letters file over the limit (CLINBENCH_MAX_DATA_MB) before it is read or stored."""
+    limit_mb = max_file_mb()
+    if size > limit_mb * 2**20:
+        raise DataError(
+            f"{name} is {size / 2**20:.2g} MB, over the {limit_mb:g} MB limit. Split it into smaller files, "
+            f"or raise the limit with the environment variable {MAX_FILE_MB_ENV}."
+        )
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL file into a DataFrame of strings (and lists for JSON label lists).
 
@@ -62,12 +72,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(
             f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv, .jsonl (one JSON object per line) or .json."
         )
-    size, limit_mb = path.stat().st_size, max_file_mb()
-    if size > limit_mb * 2**20:
-        raise DataError(
-            f"{path.name} is {size / 2**20:.2g} MB, over the {limit_mb:g} MB limit. Split it into smaller files, "
-            f"or raise the limit with the environment variable {MAX_FILE_MB_ENV}."
-        )
+    size = path.stat().st_size
+    check_size(path.name, size)
     raw = path.read_bytes()
     if size == 0:
         raise DataError(f"{path.name} is empty. Export the table again with a header row and one letter per row.")

@@ -31,6 +31,7 @@ import numpy as np
 
 from engine.cache import artifacts
 from engine.cache.artifacts import verify_tree
+from engine.cache.estimator_files import load_estimator
 from engine.errors import ArtifactError
 from engine.features import extract, windows
 from engine.finetune.heads import sequence_proba
@@ -173,7 +174,7 @@ def _load_embedding_classifier(folder: Path, manifest: dict, placement) -> Embed
     pooling = manifest.get("embedder", {}).get("pooling", cfg.get("pooling", "mean"))
     max_length = int(manifest.get("embedder", {}).get("max_length", cfg.get("max_length", DEFAULT_MAX_LENGTH)))
     n_windows = int(manifest.get("embedder", {}).get("windows", 1))  # (stored before the option: cut at max_length)
-    estimator = artifacts.load_joblib(folder)
+    estimator = load_estimator(folder)
     if not hasattr(estimator, "predict_proba"):  # a pipeline ending in SVC(probability=False)
         raise ArtifactError(
             f"{manifest['model']['name']} · {manifest['method']} was stored by an earlier ClinBench as an uncalibrated SVC, which gives "
@@ -208,7 +209,7 @@ def _load_tuned_encoder(folder: Path, manifest: dict, placement) -> EmbeddingCla
     loaded = shared_model(f"setfit:{folder}", lambda: load_tuned_encoder(folder, placement))
     e = manifest["embedder"]
     return EmbeddingClassifier(
-        loaded, artifacts.load_joblib(folder), e["pooling"], int(e["max_length"]), _metadata(folder, manifest), int(e.get("windows", 1))
+        loaded, load_estimator(folder), e["pooling"], int(e["max_length"]), _metadata(folder, manifest), int(e.get("windows", 1))
     )
 
 
@@ -229,7 +230,7 @@ def _load_tuned_lm(folder: Path, manifest: dict, placement) -> incontext.PromptC
 
 
 def _load_text_pipeline(folder: Path, manifest: dict, placement) -> TextPipeline:
-    return TextPipeline(artifacts.load_joblib(folder), _metadata(folder, manifest))
+    return TextPipeline(load_estimator(folder), _metadata(folder, manifest))
 
 
 LOADERS: dict[str, Callable[[Path, dict, Any], Classifier]] = {

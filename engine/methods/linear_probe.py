@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cache.estimator_files import save_estimator
 from engine.features import extract
 from engine.finetune import heads, loop
 from engine.methods import lora
@@ -177,9 +178,7 @@ class LinearProbe(Method):
         return Probe(job, head, record, val_idx)
 
     def save(self, job: Job, final: Probe, folder: Path) -> None:
-        import joblib
-
-        joblib.dump(final.head, folder / "classifier.joblib")
+        save_estimator(folder, final.head)
 
     def record(self, job: Job, final: Probe, fits: list[Probe]) -> dict:
         e, estats = job.opts.embedding, job.state["estats"]

@@ -279,10 +279,10 @@ def setfit_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: S
     }
 
     def write_files(tmp):
-        import joblib
+        from engine.cache.estimator_files import save_estimator
 
         shutil.move(str(staging / final_tag / "encoder"), tmp / "encoder")
-        joblib.dump(final["head"], tmp / "classifier.joblib")
+        save_estimator(tmp, final["head"])
         scoring.write_predictions(tmp, dataset, plan, oof)
 
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cache.estimator_files import save_estimator
 from engine.cache.storage import sha256_json
 from engine.evaluation import scoring
 from engine.methods.base import Job, Method
@@ -146,9 +147,7 @@ class Tfidf(Method):
         return TfidfFit(job, model, train, _out_of_fold(texts, job.y, train, seed, splits) if splits else None)
 
     def save(self, job: Job, final: TfidfFit, folder: Path) -> None:
-        import joblib
-
-        joblib.dump(final.model, folder / "classifier.joblib")
+        save_estimator(folder, final.model)
 
     def record(self, job: Job, final: TfidfFit, fits: list[TfidfFit]) -> dict:
         return {"config": {**job.opts.to_dict(), "reference": CONFIG}}

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from engine.cache.estimator_files import save_estimator
 from engine.cache.storage import sha256_json
 from engine.evaluation import scoring
 from engine.features import extract
@@ -90,9 +91,7 @@ class VectorMethod(Method):
         return OnVectors(job, X, train, result)
 
     def save(self, job: Job, final: OnVectors, folder: Path) -> None:
-        import joblib
-
-        joblib.dump(final.estimator, folder / "classifier.joblib")
+        save_estimator(folder, final.estimator)
 
     def record(self, job: Job, final: OnVectors, fits: list[OnVectors]) -> dict:
         """The embedder, the vectors, the estimator's search, SMOTE and calibration (the stored one's and each fold's)."""

@@ -11,23 +11,30 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
-import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "bfloat16", "float16")  # torch's names (torch is imported when a placement is used, not with this module)
 
 
 @dataclass(frozen=True)
 class Placement:
     device: str  # "cpu" or "cuda"
-    dtype: str  # a key of DTYPES
+    dtype: str  # one of DTYPES
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, self.dtype)
 
     def describe(self) -> str:
+        import torch
+
         name = torch.cuda.get_device_name(0) if self.device == "cuda" else "CPU"
         return f"{self.device} ({name}), {self.dtype}"
 
@@ -45,6 +52,8 @@ def cpu_has_bf16() -> bool:
 
 def choose(device: str | None = None, dtype: str | None = None) -> Placement:
     """The placement for a run: explicit arguments, then environment, then the best available."""
+    import torch
+
     device = device or os.environ.get("CLINBENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but no CUDA GPU is visible to torch; use --device cpu.")
@@ -64,6 +73,8 @@ def choose(device: str | None = None, dtype: str | None = None) -> Placement:
 def free_memory_bytes(device: str) -> int:
     """Memory that a new model could use on `device` right now."""
     if device == "cuda":
+        import torch
+
         free, _total = torch.cuda.mem_get_info()
         return int(free)
     return int(psutil.virtual_memory().available)

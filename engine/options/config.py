@@ -15,6 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # engine/
 REPO_ROOT = PACKAGE_DIR.parent
 RESOURCES = PACKAGE_DIR / "resources"
 DEFAULT_DATASET = RESOURCES / "default_letters.csv"
+DEFAULT_NAME = "default"  # how a spec (data: default), the CLI (--data default) and the dashboard name the bundled letters
 
 CACHE_ENV = "CLINBENCH_CACHE"
 

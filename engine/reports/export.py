@@ -1,6 +1,9 @@
 """Exports for papers and meetings: a plotly figure as PNG, SVG or standalone HTML, a table as
 CSV, and a report (zip) bundling a comparison's figures and tables.
 
+Every CSV ClinBench writes goes through `table_csv`, which neutralises text cells that a spreadsheet would run as a
+formula (a leading '); report.json and the JSON a caller gets keep the raw text.
+
 PNG and SVG are rendered by kaleido (v1), which drives a local Chrome/Chromium: it finds
 `chromium` on PATH (Debian's package, installed by scripts/setup.sh), or the executable named
 by BROWSER_PATH. HTML embeds plotly.js, so it opens offline and fetches nothing.
@@ -89,8 +92,20 @@ def _start_renderer() -> None:
     atexit.register(kaleido.stop_sync_server, silence_warnings=True)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP "CSV Injection")
+
+
+def neutralised(value):
+    """A text cell as a spreadsheet must show it: one that begins like a formula gets a leading ' so it stays text (a label
+    '=HYPERLINK(...)' is exported as the text it is). Numbers and other values are unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def table_csv(df) -> bytes:
-    return df.to_csv(index=False).encode()
+    """A table as CSV, every text cell and column name neutralised (the one CSV writer: downloads and the report zip)."""
+    return (
+        df.rename(columns=neutralised).map(neutralised).to_csv(index=False, lineterminator="\r\n").encode()
+    )  # (RFC 4180: a CR in a cell is quoted)
 
 
 def report_zip(figures: dict, tables: dict, info: dict | None = None, formats=("png", "svg", "html")) -> bytes:

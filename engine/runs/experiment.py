@@ -20,7 +20,6 @@ Any executor calls it: `run` below (in this process), the background worker (eng
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from engine.data import dataset as data_mod
 from engine.data import labels
 from engine.errors import ClinBenchError, SpecError
 from engine.methods import registry
+from engine.options import specfile
 from engine.options.groups import Options
 from engine.protocols import plans
 
@@ -179,43 +179,10 @@ def parse_stored_spec(obj: dict, where: str) -> Spec:
     return parse_spec({**obj, "options": raw}, where)
 
 
-MAX_SPEC_BYTES = 1_000_000  # a spec is a few lines; anything near this size is not one
-
-
-def _yaml(text: str, name: str) -> Any:
-    """YAML parsed safely: aliases (`*name`) are refused before anything is built, so a "billion laughs" file fails at once."""
-    import yaml
-
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise SpecError(f"{name} uses a YAML alias (*{event.anchor}), which spec files do not support. Write the value out in full.")
-    return yaml.safe_load(text)
-
-
 def load_spec(path: str | Path) -> Spec:
-    """A spec file (YAML or JSON, UTF-8, at most 1 MB) read and checked; every problem is a SpecError naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"Spec file not found: {path}.")
-    if not path.is_file():
-        raise SpecError(f"{path} is a folder, not a spec file. Give the path of a YAML or JSON file, e.g. {path / 'spec.yaml'}.")
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise SpecError(f"{path.name} is {size / 1e6:.1f} MB; a spec file must be under 1 MB. Check that this is the right file.")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path.name} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and try again.") from None
-    except OSError as exc:
-        raise SpecError(f"{path.name} cannot be read ({exc.strerror or exc}). Check its permissions.") from None
-    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-    try:
-        obj = json.loads(text) if kind == "JSON" else _yaml(text, path.name)
-    except SpecError:
-        raise
-    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError (a ValueError), RecursionError of a deeply nested file
-        raise SpecError(f"{path.name} is not valid {kind}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return parse_spec(obj, where=path.name)
+    """A spec file (YAML or JSON, UTF-8, at most 1 MB) read (engine.options.specfile) and checked; every problem is a
+    SpecError naming the file."""
+    return parse_spec(specfile.read(path), where=Path(path).name)
 
 
 def execute(spec: Spec, step: dict, *, dataset: data_mod.Dataset | None = None, ctx: StepContext | None = None) -> StepResult:

@@ -19,7 +19,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from engine.data.labels import indicator
 from engine.errors import ClinBenchError, DataError
 from engine.options import config, groups
 
@@ -89,6 +88,7 @@ def score_external(ref: str, path: str | Path, text_column: str, label_column: s
     from sklearn.metrics import f1_score
 
     from engine.data import dataset
+    from engine.data.labels import indicator
     from engine.evaluation import metrics
     from engine.methods import classifiers
 

@@ -1,20 +1,48 @@
 """Classify letters with stored classifiers: each answers through the one classifier interface
 (engine.classifiers), with its probabilities, latency and the time spent loading its model.
 
-Letters are classified in memory and never stored (they may be patient data).
+`check_letter` is the one check of a letter before any classifier sees it (the HTTP endpoint, `predict` and the
+Classify page all call it): text that is not valid Unicode, or that holds fewer than MIN_WORD_CHARS letters or digits
+once control and invisible characters are removed ("\u0000", a zero-width space, "!!!"), is refused rather than given a
+confident label. Letters are classified in memory and never stored (they may be patient data).
 """
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import Counter
 
 import numpy as np
 
-from engine.errors import ClinBenchError
+from engine.errors import ClinBenchError, LetterError
 from engine.evaluation import results
 from engine.features import projection
 from engine.methods import classifiers
+
+MIN_WORD_CHARS = 3  # letters or digits a letter needs to be classified
+EMPTY = "The letter is empty: paste or upload the text of one letter."
+
+
+def check_letter(text: str, where: str = "The letter") -> str:
+    """`text` stripped, after refusing (LetterError) text that is not valid Unicode (a lone surrogate), empty, or holds
+    fewer than MIN_WORD_CHARS letters or digits once control and format (zero-width, direction) characters are removed."""
+    text = text if isinstance(text, str) else ""
+    bad = next((i for i, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), None)
+    if bad is not None:
+        raise LetterError(
+            f"{where} is not valid Unicode: character {bad + 1} is a lone surrogate (U+{ord(text[bad]):04X}). Send the text as UTF-8."
+        )
+    text = text.strip()
+    if not text:
+        raise LetterError(EMPTY.replace("The letter", where))
+    words = sum(ch.isalnum() for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
+    if words < MIN_WORD_CHARS:
+        raise LetterError(
+            f"{where} has nothing to classify: {words} letter(s) or digit(s) once control and invisible characters are removed "
+            f"(at least {MIN_WORD_CHARS} are needed). Paste the text of one clinical letter."
+        )
+    return text
 
 
 def classify(text: str, evals: list) -> list[dict]:
@@ -23,9 +51,7 @@ def classify(text: str, evals: list) -> list[dict]:
     classifier cannot answer. `task` says single-label, binary or multi-label; a multi-label classifier's row also has
     `labels` (the tuple it predicts, possibly empty) and `thresholds`, and `predicted` is those labels as text (_label_set);
     a two-label classifier with an operating threshold answers the label that threshold gives (_operating_point)."""
-    text = (text or "").strip()
-    if not text:
-        raise ClinBenchError("The letter is empty: paste or upload the text of one letter.")
+    text = check_letter(text)
     rows = []
     for ev in evals:
         row = {"evaluation": ev.label, "model": ev.model, "method": ev.method, "stage": ev.stage, "key": ev.key}
@@ -111,9 +137,7 @@ def nearest(text: str, ev, k: int = 5, words: int = 30) -> list[dict]:
     """The `k` letters the stored classifier of `ev` (a frozen-embedding evaluation: svc, logreg) was trained on
     that lie closest to `text` in its model's embedding space, by cosine similarity: row, label, similarity and
     the letter's first `words` words. Trained on: every letter under cv (the refit), the training split under holdout."""
-    text = (text or "").strip()
-    if not text:
-        raise ClinBenchError("The letter is empty: paste or upload the text of one letter.")
+    text = check_letter(text)
     if ev.stage != "frozen" or not ev.embeddings_key:
         raise ClinBenchError(
             f"{ev.label} has no stored embeddings of its training letters (only frozen-embedding evaluations, svc and "
