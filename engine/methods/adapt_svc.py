@@ -24,7 +24,7 @@ from engine.data.dataset import Dataset
 from engine.evaluation import scoring
 from engine.features import extract
 from engine.finetune import loop
-from engine.finetune.loading import load_adapted_extractor, load_lm_model
+from engine.finetune.loading import load_adapted_extractor, load_lm_model, lora_manifest
 from engine.methods.base import StepKind
 from engine.methods.domain_adapt import train_lm_adapter
 from engine.methods.frozen import READS as FROZEN_READS
@@ -73,7 +73,7 @@ def adapt_svc_step(dataset: Dataset, model: str, method: str, opts: Options, ctx
             net, kind, tokenizer, ids, fit_idx, val_idx, opts, method, placement, seed=seed, key=f"{key}-{tag}", head=head, ctx=fctx
         )
         training = {
-            "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
+            "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated, **lora_manifest(tuned)),
             "objective": "masked LM" if kind == "encoder" else "causal LM",
             "n_fit": int(len(fit_idx)),
             "n_val": int(len(val_idx)),

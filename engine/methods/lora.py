@@ -34,7 +34,7 @@ from engine.data.labels import indicator
 from engine.evaluation import scoring
 from engine.features import extract
 from engine.finetune import loop
-from engine.finetune.loading import MULTI_LABEL, is_multi_label, load_classifier_model, prepare_trainable
+from engine.finetune.loading import MULTI_LABEL, is_multi_label, load_classifier_model, lora_manifest, prepare_trainable
 from engine.methods import estimators
 from engine.methods.base import StepKind
 from engine.models.catalog import locate, resolve
@@ -159,7 +159,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         loop.seed_torch(seed)  # the head's and the adapters' initial weights
         fctx.progress(0, 1, "loading model")
         net, tokenizer, identity, kind, head = load_classifier_model(model, classes, placement, multi)
-        trained, targets = prepare_trainable(net, method, head, ft)
+        trained, _targets = prepare_trainable(net, method, head, ft)
         if not tokens:
             fctx.progress(0, len(dataset), "tokenising")
             tokens["ids"], tokens["n_truncated"] = extract.tokenize(tokenizer, dataset.texts, opts.embedding.max_length)
@@ -202,7 +202,7 @@ def classifier_step(dataset: Dataset, model: str, method: str, opts: Options, ct
         )
         n_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
         training = loop.training_manifest(
-            state, trainable_params=int(n_trainable), head_modules=head, target_modules=targets, n_truncated=tokens["n_truncated"]
+            state, trainable_params=int(n_trainable), head_modules=head, n_truncated=tokens["n_truncated"], **lora_manifest(trained)
         )
         out = {
             "net": trained,
