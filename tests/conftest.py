@@ -16,6 +16,8 @@ import pytest
 _SESSION_CACHE = tempfile.mkdtemp(prefix="clinbench-test-cache-")
 os.environ["CLINBENCH_CACHE"] = _SESSION_CACHE
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A model folder's own code (trust_remote_code) is copied here when imported, not into the user's Hugging Face cache.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="clinbench-test-hf-modules-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -127,6 +129,22 @@ def tiny_encoder(tmp_path_factory, default_ds) -> Path:
     BertForMaskedLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, default_ds):
+    """`tiny_model(arch)`: the folder of a tiny random model of one architecture (tests/tiny_models.py), built on first use
+    and kept for the session."""
+    from tests.tiny_models import build
+
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), default_ds.texts)
+        return built[arch]
+
+    return get
 
 
 def cli(*args, timeout: float = 300, env_extra: dict | None = None):

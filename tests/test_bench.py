@@ -71,3 +71,42 @@ def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monk
     assert rep["in_steps_s"] == 40.0 and rep["outside_steps_s"] == 10.0
     assert [s["share"] for s in rep["steps"]] == [0.6, 0.2] and [s["queued_s"] for s in rep["steps"]] == [1.0, 32.0]
     assert rep["steps"][1]["embed_cache_hit"] is True and rep["run_id"] == 7
+
+
+def _gpu_bench(*args: str, timeout: float = 120):
+    import subprocess
+
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_bench_says_no_cuda_device_and_exits_0_on_a_cpu_machine(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the measurements")
+    out = _gpu_bench("--json", str(tmp_path / "gpu.json"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("no CUDA device") and not (tmp_path / "gpu.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_bench_cpu_check_runs_every_row_of_the_gpu_path(tmp_path):
+    """The GPU path's code on the CPU (a few letters, a tiny random model for the 1B one): every row runs and is written."""
+    out = _gpu_bench("--cpu-check", "--json", str(tmp_path / "gpu.json"), timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    rows = [(r["row"], r["model"].split()[0]) for r in report["rows"]]
+    assert rows == [
+        ("extract", "minilm"),
+        ("extract", "smollm2"),
+        ("lora epoch", "minilm"),
+        ("lora epoch", "smollm2"),
+        ("zero-shot", "smollm2"),
+        ("instruct-lora", "smollm2"),
+        ("extract", "random"),
+        ("lora epoch", "random"),
+        ("lora epoch + checkpointing", "random"),
+    ]
+    assert report["cpu_check"] and all(r["tokens_per_s"] > 0 for r in report["rows"] if "tokens_per_s" in r)

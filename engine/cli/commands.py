@@ -185,6 +185,12 @@ def _print_result(title: str, res) -> None:
         print(
             f"  training: best epoch {tr['best_epoch']} of {tr['epochs_run']} run" + (" (stopped early)" if tr.get("stopped_early") else "")
         )
+    adaptation = ((res.manifest.get("adaptation") or {}).get("training") or {}).get("training")
+    if targets := (tr or adaptation or {}).get("target_modules"):
+        t = tr or adaptation
+        layers = f" ({t['lora_layers']} layers)" if t.get("lora_layers") else ""
+        full = t.get("modules_to_save") or t.get("head_modules")
+        print(f"  LoRA adapted {', '.join(targets)}{layers}" + (f"; trained in full beside it: {', '.join(full)}" if full else ""))
     print(f"\nartifact: {res.artifact}")
 
 

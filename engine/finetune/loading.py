@@ -5,8 +5,16 @@
   multi-label: `problem_type` "multi_label_classification" (a sigmoid per label, BCE);
 * `load_lm_model`: the same model with its language-model head (masked LM for encoders, causal LM for
   decoders), for domain adaptation;
-* `prepare_trainable`: freeze the pretrained weights; train the head (linear-probe) or LoRA adapters on
-  the attention projections plus the head (lora, peft's `modules_to_save`);
+* `head_modules`: the modules a checkpoint lacks, as peft's `modules_to_save`: a head of several layers (RoBERTa's and
+  ELECTRA's classifier.dense + out_proj, DeBERTa's pooler) is named by its top module, so peft wraps it once and its
+  saved weights load back;
+* `lora_targets`: the modules LoRA adapts. The target_modules option when set (checked against the model); else
+  peft's own default for the architecture (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: query/value for
+  BERT, q_proj/v_proj for LLaMA, c_attn for GPT-2, ...), or ClinBench's for BioGPT (q/k/v, since 0.1); else every
+  Linear and Conv1D layer inside the numbered transformer blocks (attention and MLP; never an embedding projection,
+  pooler or head), as peft's `all-linear` but without the heads it keeps. GPT-2's Conv1D gets fan_in_fan_out;
+* `prepare_trainable`: freeze the pretrained weights; train the head (linear-probe) or LoRA adapters plus the head
+  (lora, peft's `modules_to_save`); `lora_manifest` records what an adapter adapted;
 * `load_tuned_classifier` / `load_tuned_extractor`: a stored probe or LoRA model rebuilt after its files'
   hashes are checked, as a classifier or (adapter merged) as a feature extractor;
 * `load_adapted_extractor`: a model with an adapter trained on its language-model objective, merged, as a feature
@@ -16,20 +24,29 @@ Training memory is checked up front; a model that cannot load gets a message tha
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine.cache.artifacts import read_manifest, verified_file, verify_tree
+from engine.cache.artifacts import quarantine, read_manifest, verified_file, verify_tree
 from engine.cache.storage import sha256_json
-from engine.errors import ClinBenchError
+from engine.errors import ArtifactError, ClinBenchError
 from engine.models import catalog
 from engine.models.devices import Placement, choose
 
 MULTI_LABEL = "multi_label_classification"  # transformers' problem_type of a head with one sigmoid per label
+# ClinBench's own LoRA default where peft has none: BioGPT (a preset) has had q/k/v since ClinBench 0.1, so its stored
+# adapters keep their cache keys. Every other architecture: peft's table, else the linear layers of the blocks.
+OWN_TARGETS = {"biogpt": ["q_proj", "k_proj", "v_proj"]}
+ALL_LINEAR = "every linear layer of the transformer blocks"
+log = logging.getLogger("clinbench.step")
 
 
 def check_training_memory(name: str, n_params: int, placement) -> None:
     """Training keeps fp32 weights, gradients of the trainable part, optimiser state and activations: refuse up front."""
-    catalog.check_fits(f"{name} (training)", int(n_params * 1.5), Placement(placement.device, "float32"))
+    catalog.check_fits(f"{name} (training)", n_params, Placement(placement.device, "float32"), per_weight=1.5)
 
 
 def open_for_training(model: str, placement):
@@ -98,37 +115,89 @@ def load_lm_model(model: str, placement):
         net, info = auto.from_pretrained(folder, config=config, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise ClinBenchError(f"{entry.name} cannot be loaded with a language-model head: {str(exc).splitlines()[0][:240]}") from None
-    head = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", [])})
-    return net.to(placement.device), tokenizer, identity, kind, config, head
+    return net.to(placement.device), tokenizer, identity, kind, config, missing_modules(net, info)
+
+
+def missing_modules(net, info: dict) -> list[str]:
+    """The modules whose weights the checkpoint did not provide, as peft's `modules_to_save` must name them: a module
+    outside the backbone by its top module (a head of several layers is wrapped, saved and loaded back as one), one
+    inside the backbone (BERT's pooler) by itself; never one nested in another."""
+    missing = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
+    backbone = getattr(net, "base_model_prefix", "")
+    names = set()
+    for key in missing:
+        owner = key.rsplit(".", 1)[0] if "." in key else key
+        top = owner.split(".")[0]
+        names.add(owner if top == backbone else top)
+    return sorted(n for n in names if not any(n.startswith(m + ".") for m in names))
 
 
 def head_modules(net, info: dict) -> list[str]:
     """Names of the modules whose weights the checkpoint did not provide: the new classification head."""
-    missing = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
-    names = sorted({k.rsplit(".", 1)[0] for k in missing})
+    names = missing_modules(net, info)
     if not names:  # a checkpoint that already has a head of the right shape
         names = [n for n, _ in net.named_children() if n in ("classifier", "score")]
     return names
 
 
-def default_target_modules(net) -> list[str]:
-    """LoRA targets by architecture: query/value (BERT family), q/k/v (BioGPT), q/v (LLaMA family), c_attn (GPT-2)."""
-    import torch
+@dataclass(frozen=True)
+class LoraTargets:
+    """The modules LoRA adapts: what peft's LoraConfig gets (module names, or a regular expression over full module names
+    when a name of the blocks' layers is also used outside them) and why they were chosen."""
 
-    leaves = {n.rsplit(".", 1)[-1] for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    modules: list[str] | str
+    rule: str
+
+
+def _adaptable(net) -> list[tuple[str, object]]:
+    """(full name, module) of every Linear and Conv1D module (GPT-2's attention and MLP are Conv1D)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)]
+
+
+def _matches(name: str, target: str) -> bool:
+    """peft's matching of a target name: the full module name, or its last dot-separated parts."""
+    return name == target or name.endswith("." + target)
+
+
+def block_linear_modules(net) -> list[str]:
+    """Full names of the Linear and Conv1D modules inside the numbered transformer blocks (`layers.3.`, `h.3.`): the
+    attention and MLP projections, never an embedding projection, pooler or head."""
+    return [n for n, _ in _adaptable(net) if re.search(r"\.\d+\.", f".{n}")]
+
+
+def lora_targets(net, requested: list[str] | None = None, model: str = "the model") -> LoraTargets:
+    """The LoRA target modules of `net`: `requested` (the target_modules option, checked); else peft's default for its
+    architecture (or ClinBench's, OWN_TARGETS) where every name exists; else every linear layer of its blocks."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    if requested:
+        check_target_modules(net, requested, model)
+        return LoraTargets(list(requested), "the target_modules option")
     model_type = getattr(net.config, "model_type", "")
-    if {"query", "value"} <= leaves:
-        return ["query", "value"]
-    if model_type == "biogpt" and {"q_proj", "k_proj", "v_proj"} <= leaves:
-        return ["q_proj", "k_proj", "v_proj"]
-    if {"q_proj", "v_proj"} <= leaves:
-        return ["q_proj", "v_proj"]
-    if "c_attn" in leaves:
-        return ["c_attn"]
-    raise ClinBenchError(
-        f"No default LoRA target modules for model type {model_type!r}. Set the option target_modules to the names "
-        f"of its attention projections, e.g. one of: {', '.join(sorted(leaves)[:12])}."
-    )
+    names = [n for n, _ in net.named_modules()]
+    for table, whose in ((OWN_TARGETS, "ClinBench"), (PEFT_TARGETS, "peft")):
+        default = table.get(model_type)
+        if default and all(any(_matches(n, t) for n in names) for t in default):
+            return LoraTargets(list(default), f"{whose}'s default for {model_type}")
+    blocks = block_linear_modules(net)
+    if not blocks:
+        raise ClinBenchError(
+            f"{model} ({model_type}) has no linear layers inside numbered transformer blocks, so there is no default LoRA target. "
+            "Set the option target_modules to the names of its attention projections."
+        )
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in blocks})
+    inside = set(blocks)
+    if all(n in inside for n in names if any(_matches(n, t) for t in leaves)):
+        return LoraTargets(leaves, ALL_LINEAR)
+    return LoraTargets(rf".*\.\d+\.(?:.*\.)?(?:{'|'.join(map(re.escape, leaves))})", ALL_LINEAR)
+
+
+def default_target_modules(net) -> list[str] | str:
+    """The LoRA targets of `net` when the target_modules option is unset (`lora_targets`)."""
+    return lora_targets(net).modules
 
 
 def check_target_modules(net, targets: list[str], model: str) -> None:
@@ -160,24 +229,50 @@ def check_targets_of(model: str, targets: list[str]) -> None:
 
 
 def lora_config(net, ft, task: str | None, head: list[str]):
-    """peft's LoraConfig from the FineTuneOptions `ft`; the new head (if any) is trained in full (`modules_to_save`)."""
+    """peft's LoraConfig from the FineTuneOptions `ft` (targets: `lora_targets`); the new head (if any) is trained in full
+    (`modules_to_save`, a copy: peft adds a classifier's own names to the list it is given)."""
     from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
 
-    if ft.target_modules:
-        check_target_modules(net, ft.target_modules, getattr(net.config, "name_or_path", "") or "the model")
+    name = getattr(net.config, "name_or_path", "") or "the model"
+    targets = lora_targets(net, ft.target_modules, name)
+    conv1d = any(isinstance(m, Conv1D) and _targeted(n, targets.modules) for n, m in _adaptable(net))
+    log.info("LoRA targets of %s (%s): %s", name, targets.rule, targets.modules)
     return LoraConfig(
         task_type=task,
         r=ft.lora_r,
         lora_alpha=ft.lora_alpha,
         lora_dropout=ft.lora_dropout,
-        target_modules=ft.target_modules or default_target_modules(net),
-        modules_to_save=head or None,
+        target_modules=targets.modules,
+        fan_in_fan_out=conv1d,  # Conv1D stores its weight transposed (GPT-2)
+        modules_to_save=list(head) or None,
     )
+
+
+def _targeted(name: str, modules: list[str] | str) -> bool:
+    if isinstance(modules, str):
+        return re.fullmatch(modules, name) is not None
+    return any(_matches(name, t) for t in modules)
+
+
+def lora_manifest(tuned) -> dict:
+    """What a peft model adapted, for a training manifest: the names of the layers carrying LoRA weights (their last part,
+    e.g. query, value), how many there are, and the modules trained in full beside them."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import ModulesToSaveWrapper
+
+    adapted = [n for n, m in tuned.named_modules() if isinstance(m, LoraLayer)]
+    saved = [n.removeprefix("base_model.model.") for n, m in tuned.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    return {
+        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in adapted}),
+        "lora_layers": len(adapted),
+        "modules_to_save": sorted(saved),
+    }
 
 
 def prepare_trainable(net, method: str, head: list[str], ft):
     """Freeze the pretrained weights; make trainable the head (linear-probe) or LoRA adapters plus the head (lora).
-    Returns (the model to train, the LoRA target modules or None)."""
+    Returns (the model to train, the names of the layers LoRA adapted, or None)."""
     for p in net.parameters():
         p.requires_grad_(False)
     if method == "linear-probe":
@@ -187,10 +282,22 @@ def prepare_trainable(net, method: str, head: list[str], ft):
         return net, None
     from peft import get_peft_model
 
-    targets = ft.target_modules or default_target_modules(net)
-    config = lora_config(net, ft, "SEQ_CLS", head)
-    config.target_modules = targets
-    return get_peft_model(net, config), targets
+    tuned = get_peft_model(net, lora_config(net, ft, "SEQ_CLS", head))
+    return tuned, lora_manifest(tuned)["target_modules"]
+
+
+def _refuse_nested_heads(artifact: Path, adapter: Path) -> None:
+    """An adapter stored by ClinBench <= 0.2 for a head of several layers (RoBERTa's, ELECTRA's) named the head and its
+    layers both in modules_to_save, and peft cannot load those weights back: the artifact is moved aside, so that running
+    its step again trains a loadable one."""
+    names = json.loads((adapter / "adapter_config.json").read_text()).get("modules_to_save") or []
+    nested = sorted(n for n in names if any(n.startswith(m + ".") for m in names))
+    if nested:
+        moved = quarantine(artifact)
+        raise ArtifactError(
+            f"The LoRA adapter in {artifact.name} was stored by an earlier ClinBench with a classification head it cannot load "
+            f"back ({', '.join(nested)}). It was moved aside to {moved.name}; run its lora step again to train one that loads."
+        )
 
 
 def load_tuned_classifier(artifact: str | Path, placement=None, prefix: str = ""):
@@ -205,6 +312,7 @@ def load_tuned_classifier(artifact: str | Path, placement=None, prefix: str = ""
         from peft import PeftModel
 
         verify_tree(folder, f"{prefix}adapter/")
+        _refuse_nested_heads(folder, folder / prefix / "adapter")
         net = PeftModel.from_pretrained(net, folder / prefix / "adapter")
     else:
         from safetensors.torch import load_file
@@ -251,21 +359,33 @@ def _backbone_of(merged, placement):
 
 
 def load_adapted_extractor(model: str, adapter: str | Path, placement, identity: dict) -> catalog.LoadedModel:
-    """`model` with the LoRA weights of the adapter at `adapter` (trained on its language-model objective) merged, as a
-    feature extractor whose identity is `identity` (the base's plus the adaptation's key). Only the LoRA weights are read:
-    an LM head the checkpoint lacked was trained in full beside them (peft's modules_to_save, tied to the embeddings in
-    BERT), and embedding letters never uses it."""
+    """`model` with the adapter at `adapter` (trained on its language-model objective: LoRA weights, and the modules the
+    checkpoint lacked trained in full beside them, peft's modules_to_save) loaded back and merged, as a feature extractor
+    whose identity is `identity` (the base's plus the adaptation's key). An adapter of ClinBench <= 0.2 whose
+    modules_to_save nest (an LM head and its layers both named) has its LoRA weights read alone, as then: that head is
+    the LM head, which embedding letters never uses."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     net, tokenizer, _identity, kind, config, _head = load_lm_model(model, placement)
     lora = LoraConfig.from_pretrained(str(adapter))
-    lora.modules_to_save = None
+    saved = list(lora.modules_to_save or [])
+    legacy = any(n.startswith(m + ".") for n in saved for m in saved)
+    if legacy:
+        lora.modules_to_save = None
     tuned = get_peft_model(net, lora)
-    weights = {k: v for k, v in load_file(Path(adapter) / "adapter_model.safetensors").items() if "lora_" in k}
+    weights = load_file(Path(adapter) / "adapter_model.safetensors")
+    if legacy:
+        weights = {k: v for k, v in weights.items() if "lora_" in k}
     result = set_peft_model_state_dict(tuned, weights)
-    if result.unexpected_keys:
-        raise ClinBenchError(f"The adapter at {adapter} does not fit {model}: unexpected weights {result.unexpected_keys[:3]}.")
+    expected = [k for k in tuned.state_dict() if "lora_" in k or ".modules_to_save." in k]
+    absent = [k for k in result.missing_keys if k in expected]
+    if result.unexpected_keys or absent:
+        raise ClinBenchError(
+            f"The adapter at {adapter} does not fit {model}: "
+            + (f"unexpected weights {result.unexpected_keys[:3]}" if result.unexpected_keys else f"weights missing {absent[:3]}")
+            + "."
+        )
     merged = tuned.merge_and_unload()
     return catalog.LoadedModel(
         catalog.resolve(model),

@@ -2,7 +2,7 @@
 
 Length-grouped batches with dynamic padding, AdamW with linear warm-up and decay, bf16 autocast
 where the device runs bf16 natively (weights and optimiser state stay fp32), gradient clipping,
-cheap dropout masks on the CPU (engine.dropout). Training loss is logged every few optimiser steps
+cheap dropout masks on the CPU (engine.dropout), gradient checkpointing when the option asks for it. Training loss is logged every few optimiser steps
 and the validation metrics after every epoch, through the step's context (`log_metric`), so the
 Runs page draws the curves while training runs. After each epoch the trainable weights, optimiser,
 scheduler and the curves so far are saved to cache/checkpoints/<key>.pt (atomically), so a cancelled
@@ -121,6 +121,19 @@ def _log(state: dict, ctx: StepContext, name: str, value: float, step: int) -> N
     ctx.log_metric(name, value, step)
 
 
+def checkpointing(net, on: bool) -> None:
+    """Gradient checkpointing of a transformers model (or a peft model around one) on or off: each block's activations
+    are recomputed in the backward pass, not kept. Non-reentrant, so frozen inputs need no gradient, and the random
+    state is restored for the recomputation: the same dropout masks, the same weights. A model without blocks (a head
+    on cached vectors) is left as it is."""
+    if not on:
+        if getattr(net, "is_gradient_checkpointing", False):
+            net.gradient_checkpointing_disable()
+        return
+    if getattr(net, "supports_gradient_checkpointing", False):  # (a peft model answers for the model it wraps)
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def train(
     net,
     ids: list[np.ndarray] | None,
@@ -148,6 +161,7 @@ def train(
     from engine.finetune.dropout import cheap_dropout  # (it imports transformers' attention code: only when training)
 
     ctx = ensure(ctx)
+    checkpointing(net, getattr(ft, "gradient_checkpointing", False))
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     groups = [

@@ -21,7 +21,7 @@ import numpy as np
 from engine.cache.storage import atomic_dir
 from engine.features import extract
 from engine.finetune import loop
-from engine.finetune.loading import load_adapted_extractor, load_lm_model
+from engine.finetune.loading import load_adapted_extractor, load_lm_model, lora_manifest
 from engine.methods import vectors
 from engine.methods.base import Job
 from engine.methods.domain_adapt import train_lm_adapter
@@ -74,7 +74,7 @@ class AdaptSvc(VectorMethod):
             net, kind, tokenizer, ids, fit_idx, val_idx, job.opts, self.name, job.placement, seed=seed, key=key, head=head, ctx=fctx
         )
         training = {
-            "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
+            "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated, **lora_manifest(tuned)),
             "objective": "masked LM" if kind == "encoder" else "causal LM",
             "n_fit": int(len(fit_idx)),
             "n_val": int(len(val_idx)),

@@ -31,7 +31,7 @@ from engine.data.dataset import Dataset
 from engine.evaluation import scoring
 from engine.features import extract
 from engine.finetune import generation, loop
-from engine.finetune.loading import load_lm_model, lora_config
+from engine.finetune.loading import load_lm_model, lora_config, lora_manifest
 from engine.methods.base import StepKind
 from engine.models import catalog
 from engine.models.devices import choose
@@ -228,7 +228,7 @@ def domain_adapt_step(dataset: Dataset, model: str, method: str, opts: Options, 
         "split": {"n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(split.test))},
         # the letters the adaptation read (training and validation), so no evaluation scores it on them (scoring.require_unseen)
         "seen_letters": scoring.letter_hashes([dataset.texts[i] for i in np.concatenate([fit_idx, val_idx])]),
-        "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated),
+        "training": loop.training_manifest(state, head_modules=head, n_truncated=n_truncated, **lora_manifest(tuned)),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {**timings, "total_s": time.perf_counter() - t_start},
         **artifacts.provenance(m),  # versions, environment, metrics, created

@@ -32,7 +32,7 @@ from engine.errors import ClinBenchError
 from engine.evaluation import scoring
 from engine.finetune import loop
 from engine.finetune.heads import class_weights
-from engine.finetune.loading import load_lm_model, lora_config
+from engine.finetune.loading import load_lm_model, lora_config, lora_manifest
 from engine.methods import incontext, prompting
 from engine.methods.base import StepKind
 from engine.methods.incontext import PROMPT_FILE
@@ -206,7 +206,7 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         training = loop.training_manifest(
             state,
             trainable_params=int(n_trainable),
-            target_modules=list(trained.peft_config["default"].target_modules),
+            **lora_manifest(trained),
             n_truncated=seqs["n_truncated"],
             answer_tokens=[len(a) for a in scorer.label_ids],
         )

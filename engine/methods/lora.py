@@ -21,7 +21,7 @@ import numpy as np
 from engine.cache.storage import atomic_dir
 from engine.features import extract
 from engine.finetune import heads, loop
-from engine.finetune.loading import MULTI_LABEL, load_classifier_model, prepare_trainable
+from engine.finetune.loading import MULTI_LABEL, load_classifier_model, lora_manifest, prepare_trainable
 from engine.methods.base import Job, Method
 from engine.models import catalog
 from engine.options.groups import names
@@ -98,7 +98,7 @@ class Lora(Method):
         loop.seed_torch(seed)  # the head's and the adapters' initial weights
         fctx.progress(0, 1, "loading model")
         net, tokenizer, identity, kind, head = load_classifier_model(job.model, job.classes, job.placement, job.multi)
-        trained, targets = prepare_trainable(net, self.name, head, ft)
+        trained, _targets = prepare_trainable(net, self.name, head, ft)
         if "ids" not in job.state:
             fctx.progress(0, len(job.dataset), "tokenising")
             job.state["ids"], job.state["n_truncated"] = extract.tokenize(tokenizer, job.dataset.texts, job.opts.embedding.max_length)
@@ -136,7 +136,7 @@ class Lora(Method):
         )
         n_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
         training = loop.training_manifest(
-            state, trainable_params=int(n_trainable), head_modules=head, target_modules=targets, n_truncated=job.state["n_truncated"]
+            state, trainable_params=int(n_trainable), head_modules=head, n_truncated=job.state["n_truncated"], **lora_manifest(trained)
         )
         job.identity = {**identity, "kind": kind}
         record = {

@@ -176,6 +176,15 @@ def combine(sums: np.ndarray, n_tokens: np.ndarray, n_bytes: np.ndarray, scoring
     raise ValueError(f"scoring is one of {', '.join(SCORINGS)}, not {scoring!r}")
 
 
+def _new_cache():
+    """An empty KV cache that keeps every position. The cache a sliding-window model makes itself (Mistral, Gemma-2) drops
+    positions beyond its window and then cannot be cropped back to a prompt; the model's attention masks still apply the
+    window to this one."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def _crop(cache, length: int) -> None:
     """Cut a KV cache back to its first `length` tokens (a negative count removes tokens in every transformers version)."""
     extra = cache.get_seq_length() - length
@@ -258,7 +267,7 @@ class Scorer:
         if not ids:
             return None, 0
         if self._kept is None or self._kept[0] != ids:
-            out = self.lm.net(input_ids=torch.tensor([ids], device=self.lm.placement.device), use_cache=True)
+            out = self.lm.net(input_ids=torch.tensor([ids], device=self.lm.placement.device), past_key_values=_new_cache(), use_cache=True)
             self._kept = (ids, out.past_key_values)
         _crop(self._kept[1], len(ids))  # (a cancelled call may have left a letter on it)
         return self._kept[1], len(ids)
@@ -269,7 +278,7 @@ class Scorer:
         import torch
 
         dev = self.lm.placement.device
-        out = self.lm.net(input_ids=torch.tensor([ids], device=dev), past_key_values=cache, use_cache=True)
+        out = self.lm.net(input_ids=torch.tensor([ids], device=dev), past_key_values=cache or _new_cache(), use_cache=True)
         cache = out.past_key_values
         after = cache.get_seq_length()
         first = torch.log_softmax(out.logits[0, -1].float(), -1)

@@ -14,6 +14,14 @@ Hub ids come from the local Hugging Face cache when present; otherwise the hub i
 with a hard time limit (engine.hub), so an offline machine gets a clear error within seconds.
 Before loading, a model's memory is estimated from its config (parameters counted on
 the meta device) and refused when it cannot fit on the chosen device.
+
+Weights are read from safetensors files (one, or shards with their index; fp32, fp16 or bf16). Two kinds of folder
+run code when loaded, so they are refused with the reason unless the user opts in through the environment:
+  * PyTorch pickles only (*.bin, *.pt, *.pth, no *.safetensors): CLINBENCH_ALLOW_PICKLE=1;
+  * a model type transformers does not know, whose config.json names its own Python code (`auto_map`, what
+    trust_remote_code=True would run): CLINBENCH_TRUST_REMOTE_CODE=1. The folder's classes are then registered with
+    transformers' Auto classes once per process, so every loader builds them, and the code's hash enters the identity.
+A known model type is always built by transformers' own classes, whatever code its folder carries.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from engine.models.devices import Placement, choose, free_memory_bytes
 
 HUB_TIMEOUT_S = hub.TIMEOUT_S
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+ALLOW_PICKLE = "CLINBENCH_ALLOW_PICKLE"  # opt in: load weights stored only as PyTorch pickles
+TRUST_REMOTE_CODE = "CLINBENCH_TRUST_REMOTE_CODE"  # opt in: run a model folder's own Python code (config.json auto_map)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -169,8 +180,72 @@ def _weights_hash(folder: Path) -> str:
     return sha256_json({p.name: memo_file_hash(p) for p in files})
 
 
+def opted_in(variable: str) -> bool:
+    """Whether the environment variable `variable` (ALLOW_PICKLE, TRUST_REMOTE_CODE) says yes."""
+    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_weights(folder: Path, name: str) -> None:
+    """Refuse weights stored only as PyTorch pickles (no *.safetensors) unless ALLOW_PICKLE opts in: unpickling a file
+    can run code hidden in it."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not any(p.suffix == ".safetensors" for p in files) and not opted_in(ALLOW_PICKLE):
+        raise ModelUnavailable(
+            f"{name} has its weights only as PyTorch pickle files ({', '.join(pickles[:3])}); ClinBench reads safetensors, because "
+            "loading a pickle can run code hidden in it. Convert the folder once (load it with transformers and save_pretrained() "
+            f"it: that writes safetensors), or, if you trust the files, set {ALLOW_PICKLE}=1 to load them as they are."
+        )
+
+
+def remote_code(folder: Path) -> dict | None:
+    """The `auto_map` of a folder whose config.json names a model type transformers does not know (the classes are the
+    folder's own Python code), else None. Known: transformers' own types, not those a folder's code registered."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # (load_config reports an unreadable config)
+    if not isinstance(raw, dict) or not raw.get("auto_map") or raw.get("model_type") in CONFIG_MAPPING_NAMES:
+        return None
+    return raw["auto_map"]
+
+
+def _code_hash(folder: Path) -> str:
+    return sha256_json({p.name: memo_file_hash(p) for p in sorted(folder.glob("*.py"))})
+
+
+_REGISTERED: set[str] = set()
+
+
+def register_remote_code(folder: Path) -> None:
+    """Refuse a folder that needs its own code unless TRUST_REMOTE_CODE opts in; then import that code (transformers'
+    dynamic modules) and register its classes with the Auto classes its auto_map names, once per folder and process."""
+    auto_map = remote_code(folder)
+    if auto_map is None or str(folder) in _REGISTERED:
+        return
+    if not opted_in(TRUST_REMOTE_CODE):
+        files = sorted({str(ref).split(".")[0].split("--")[-1] + ".py" for ref in auto_map.values() if isinstance(ref, str)})
+        raise ModelUnavailable(
+            f"The model in {folder} is not a type transformers knows: it loads with its own Python code ({', '.join(files)}), "
+            "what trust_remote_code=True would run. ClinBench runs no code from a model folder by default. Read that code; if "
+            f"you trust it, set {TRUST_REMOTE_CODE}=1 and try again."
+        )
+    import transformers
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    config_cls = get_class_from_dynamic_module(auto_map["AutoConfig"], str(folder))
+    transformers.AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    for auto, ref in auto_map.items():
+        if auto != "AutoConfig" and isinstance(ref, str) and hasattr(transformers, auto):
+            getattr(transformers, auto).register(config_cls, get_class_from_dynamic_module(ref, str(folder)), exist_ok=True)
+    _REGISTERED.add(str(folder))
+
+
 def check_files(folder: Path) -> None:
-    """Refuse a damaged local model folder by folder and file: config.json must be a JSON object, each *.safetensors header valid."""
+    """Refuse a damaged local model folder by folder and file: config.json must be a JSON object, each *.safetensors header
+    valid; and weights only in pickles (`check_weights`) or own code (`register_remote_code`) without the user's opt-in."""
     from safetensors import safe_open
 
     for path in [folder / "config.json", *sorted(folder.glob("*.safetensors"))]:
@@ -185,6 +260,8 @@ def check_files(folder: Path) -> None:
                 f"The model folder {folder} has a damaged {path.name} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}). "
                 "Save (or copy) the model there again with save_pretrained()."
             ) from None
+    check_weights(folder, str(folder))
+    register_remote_code(folder)
 
 
 def check_available(name: str) -> ModelEntry:
@@ -253,9 +330,13 @@ def locate(entry: ModelEntry, timeout: float = HUB_TIMEOUT_S) -> tuple[Path, dic
     if entry.source in ("local", "adapted"):
         folder = Path(entry.ref)
         check_files(folder)
-        return folder, {"name": entry.name, "source": entry.source, "path": str(folder), "weights_sha256": _weights_hash(folder)}
-    folder = hub.snapshot(entry.ref, timeout)
-    return folder, {"name": entry.name, "source": entry.source, "hub_id": entry.ref, "revision": folder.name}
+        identity = {"name": entry.name, "source": entry.source, "path": str(folder), "weights_sha256": _weights_hash(folder)}
+        return folder, identity | ({"code_sha256": _code_hash(folder)} if remote_code(folder) else {})
+    folder = hub.snapshot(entry.ref, timeout, pickles=opted_in(ALLOW_PICKLE))
+    check_weights(folder, entry.name)
+    register_remote_code(folder)
+    identity = {"name": entry.name, "source": entry.source, "hub_id": entry.ref, "revision": folder.name}
+    return folder, identity | ({"code_sha256": _code_hash(folder)} if remote_code(folder) else {})
 
 
 def offline_status(entry: ModelEntry) -> tuple[bool, str]:
@@ -283,8 +364,10 @@ def offline_status(entry: ModelEntry) -> tuple[bool, str]:
 
 
 def load_config(folder: Path):
+    """The transformers config of a model folder (a folder with its own code: refused, or its classes registered first)."""
     from transformers import AutoConfig
 
+    register_remote_code(folder)
     try:
         return AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError, OSError) as exc:
@@ -322,13 +405,16 @@ def count_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def estimate_memory_bytes(n_params: int, dtype: str) -> int:
-    """Weights plus a 20% + 512 MB margin for activations, buffers and the framework."""
-    return int(n_params * DTYPE_BYTES[dtype] * 1.2 + 512 * 2**20)
+def estimate_memory_bytes(n_params: int, dtype: str, per_weight: float = 1.0) -> int:
+    """Weights (`per_weight` times their size: training keeps more per weight) plus a 20% + 512 MB margin for
+    activations, buffers and the framework."""
+    return int(n_params * per_weight * DTYPE_BYTES[dtype] * 1.2 + 512 * 2**20)
 
 
-def check_fits(name: str, n_params: int, placement: Placement, free: int | None = None) -> int:
-    need = estimate_memory_bytes(n_params, placement.dtype)
+def check_fits(name: str, n_params: int, placement: Placement, free: int | None = None, per_weight: float = 1.0) -> int:
+    """Refuse, before any weight is read, a model of `n_params` parameters that would not fit in the memory free on the
+    placement's device (`estimate_memory_bytes`); the bytes it needs otherwise."""
+    need = estimate_memory_bytes(n_params, placement.dtype, per_weight)
     free = free_memory_bytes(placement.device) if free is None else free
     if need > free:
         raise ModelTooLarge(

@@ -87,13 +87,15 @@ def check(repo_id: str, timeout: float = CHECK_TIMEOUT_S) -> None:
         raise err
 
 
-def snapshot(repo_id: str, timeout: float = TIMEOUT_S) -> Path:
-    """The local snapshot folder of a hub model: from the HF cache, else downloaded within a time limit to first answer."""
+def snapshot(repo_id: str, timeout: float = TIMEOUT_S, pickles: bool = False) -> Path:
+    """The local snapshot folder of a hub model: from the HF cache, else downloaded within a time limit to first answer.
+    Weights are the safetensors files; `pickles` (the user opted in) adds PyTorch's *.bin files."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    patterns = [*PATTERNS, "*.bin"] if pickles else PATTERNS
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=PATTERNS))
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         pass
     err = _ask(repo_id, timeout)
@@ -105,6 +107,6 @@ def snapshot(repo_id: str, timeout: float = TIMEOUT_S) -> Path:
     if err is not None:
         raise err
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=PATTERNS, etag_timeout=timeout))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=timeout))
     except Exception as exc:
         raise ModelUnavailable(f"Downloading {repo_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None

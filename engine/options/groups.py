@@ -201,6 +201,12 @@ class FineTuneOptions(PerMethod):
     class_weighted_loss: bool = option(True, "weight the cross-entropy by inverse label frequency")
     patience: int = option(2, "epochs without a better validation score before stopping", min=1)
     val_size: float = option(0.15, "fraction of the training split used for validation", min=0.05, max=0.5)
+    gradient_checkpointing: bool = option(
+        False,
+        "recompute each block's activations in the backward pass instead of keeping them: far less memory for large models "
+        "and long letters, about a third more time, the same weights",
+        key=False,  # (tests/test_architectures.py: the same training, to the bit, with it on or off)
+    )
 
 
 @dataclass(frozen=True)
