@@ -8,11 +8,10 @@ read this registry and call `run`, so a new method is its module plus one line h
 from __future__ import annotations
 
 from engine.cache.context import StepContext
-from engine.methods import adapt_svc, domain_adapt, harness, linear_probe, logreg, lora, lora_svc, svc, tfidf
+from engine.methods import adapt_svc, domain_adapt, harness, linear_probe, logreg, lora, lora_svc, setfit, svc, tfidf
 from engine.methods.base import Method
 from engine.methods.incontext import FEW_SHOT, ZERO_SHOT
 from engine.methods.instruct_lora import INSTRUCT_LORA
-from engine.methods.setfit import SETFIT
 
 KINDS = {
     k.name: k
@@ -25,7 +24,7 @@ KINDS = {
         lora_svc.METHOD,
         domain_adapt.METHOD,
         adapt_svc.METHOD,
-        SETFIT,
+        setfit.METHOD,
         ZERO_SHOT,
         FEW_SHOT,
         INSTRUCT_LORA,
@@ -42,7 +41,7 @@ REFERENCE = (tfidf.MODEL, tfidf.METHOD.name)
 def run(dataset, model: str, method: str, opts, ctx: StepContext | None = None):
     """One step: `method` of `model` on the letters `dataset` with the options `opts` (an engine.cache.artifacts.StepResult)."""
     kind = KINDS[method]
-    if not isinstance(kind, Method):  # not yet on the harness (setfit and the prompting methods, while they are ported)
+    if not isinstance(kind, Method):  # not yet on the harness (the prompting methods, while they are ported)
         return kind.run(dataset, model, method, opts, ctx)
     if kind.produces == "model":
         return harness.produce(kind, dataset, model, opts, ctx)
