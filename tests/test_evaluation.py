@@ -119,6 +119,8 @@ def test_a_domain_adapted_model_is_not_scored_on_letters_it_read(cache, small_cs
         run_step(ds, adapted, "svc", protocol="cv", max_length=32)
     ok = run_step(ds, adapted, "svc", protocol="holdout", max_length=32)  # the adaptation's own test letters: never read
     assert ok.metrics["protocol"] == "holdout"
+    with pytest.raises(DataError, match=r"domain-adapted on \d+ of the letters this evaluation tests"):  # nor its perplexity
+        run_step(ds, adapted, "domain-adapt", seed=1, epochs=1, max_length=32)
 
 
 def test_n_seeds_runs_each_step_per_seed_and_compare_shows_the_spread(cache, small_csv):

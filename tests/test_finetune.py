@@ -15,7 +15,7 @@ from engine.data.dataset import load_dataset
 from engine.errors import Cancelled, ClinBenchError
 from engine.features import extract
 from engine.finetune import heads, loading, loop
-from engine.methods import domain_adapt, registry
+from engine.methods import registry
 from engine.models import catalog
 from engine.models.devices import choose
 from engine.options.groups import FineTuneOptions, Options
@@ -194,7 +194,7 @@ def test_linear_probe_holdout_classifier_reproduces_its_test_scores(tiny_encoder
 
 
 def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds):
-    res = domain_adapt.domain_adapt_step(ds, str(tiny_decoder), "domain-adapt", OPTS.replace(epochs=1, learning_rate=1e-2))
+    res = registry.run(ds, str(tiny_decoder), "domain-adapt", OPTS.replace(epochs=1, learning_rate=1e-2))
     m = res.metrics
     assert m["perplexity_before"] > 1 and m["perplexity_after"] > 1 and m["head_from_checkpoint"]
     entry = catalog.resolve(m["adapted_model"])
@@ -207,7 +207,7 @@ def test_domain_adaptation_makes_a_registered_feature_extractor(tiny_decoder, ds
 
 def test_masked_lm_needs_a_mask_token(tiny_encoder, ds):
     with pytest.raises(ClinBenchError, match=r"no \[MASK\] token"):
-        domain_adapt.domain_adapt_step(ds, str(tiny_encoder), "domain-adapt", OPTS)
+        registry.run(ds, str(tiny_encoder), "domain-adapt", OPTS)
 
 
 def test_cli_evaluate_linear_probe_json_keys(tiny_encoder, small_csv, tmp_path):

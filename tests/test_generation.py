@@ -11,7 +11,7 @@ import pytest
 
 from engine.data.dataset import load_dataset
 from engine.finetune import generation, loading, loop
-from engine.methods import domain_adapt
+from engine.methods import registry
 from engine.models.devices import choose
 from engine.options.groups import Options
 from tests.conftest import write_csv
@@ -47,7 +47,7 @@ def test_fixed_split_answers_of_test_letters_never_learnt_and_scores_in_range(qa
 
     monkeypatch.setattr(generation, "answer_ids", spy_answers)
     monkeypatch.setattr(loop, "train", spy_train)
-    res = domain_adapt.domain_adapt_step(qa, str(tiny_decoder), "domain-adapt", OPTS)
+    res = registry.run(qa, str(tiny_decoder), "domain-adapt", OPTS)
     test = [i for i, s in enumerate(qa.split) if s == "test"]
     train_rows = [i for i, s in enumerate(qa.split) if s == "train"]
     assert res.manifest["protocol"]["name"] == "fixed" and res.manifest["split"]["n_test"] == len(test) == 10
@@ -67,9 +67,9 @@ def test_fixed_split_answers_of_test_letters_never_learnt_and_scores_in_range(qa
     assert [w["reference"] for w in written] == [qa.answers[i] for i in test] and {"base", "tuned", "row"} <= set(written[0])
     assert "generate_before_s" in res.manifest["timings"]
 
-    again = domain_adapt.domain_adapt_step(qa, str(tiny_decoder), "domain-adapt", OPTS)
+    again = registry.run(qa, str(tiny_decoder), "domain-adapt", OPTS)
     assert again.cache_hit and again.metrics["rouge_l_after"] == m["rouge_l_after"]
-    capped = domain_adapt.domain_adapt_step(qa, str(tiny_decoder), "domain-adapt", OPTS.replace(generate_letters=3))
+    capped = registry.run(qa, str(tiny_decoder), "domain-adapt", OPTS.replace(generate_letters=3))
     assert not capped.cache_hit and capped.metrics["generated_letters"] == 3
 
 

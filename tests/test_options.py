@@ -4,14 +4,16 @@ field's cache-key flag is what the methods' cache keys obey."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import pytest
 
+from engine.cache.context import StepContext
 from engine.errors import SpecError
 from engine.features import extract
 from engine.finetune import loop
-from engine.methods import registry, tfidf, vectors
+from engine.methods import harness, registry, tfidf, vectors
+from engine.methods.base import Job, Method
+from engine.models.devices import choose
 from engine.options import flags, groups
 from engine.options.groups import Options
 from engine.protocols import plans
@@ -114,11 +116,25 @@ def test_to_dict_is_flat_and_round_trips():
 
 
 def _artifact_key(method: str, opts: Options, ds) -> str:
-    """The key under which `method` stores its result for these options (what its step function computes)."""
+    """The key under which `method` stores its result for these options: its own key, plus what the harness adds."""
+    kind = registry.get(method)
+    key = _method_key(method, opts, ds)
+    if not isinstance(kind, Method) or kind.produces != "classifier":
+        return key
+    ds = plans.prepare(ds, opts.protocol)
+    return harness.cache_key(_job(kind, opts, ds), key)
+
+
+def _job(kind: Method, opts: Options, ds) -> Job:
+    opts = kind.options(opts)
+    return Job(kind, ds, "tiny", opts, kind.plan(ds, opts), StepContext(), choose(), 0.0)
+
+
+def _method_key(method: str, opts: Options, ds) -> str:
+    """The key a method computes for these options (what its step function computes)."""
     ds = plans.prepare(ds, opts.protocol)
     if method == "domain-adapt":  # the dataset's own split under fixed, else a hold-out split (+ an answers hash: none here)
-        p = opts.protocol if opts.protocol.protocol == "fixed" else dataclasses.replace(opts.protocol, protocol="holdout")
-        plan = plans.plan(ds, p)
+        plan = registry.get(method).plan(ds, opts)
         return loop.training_key(
             method, IDENTITY, ds.data_hash, opts, "bfloat16", {"domain": groups.key_dict(opts.domain), "plan": plan.hash}
         )
@@ -135,7 +151,8 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
     if method == "setfit":
         from engine.methods import setfit
 
-        return setfit.setfit_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash)
+        carved = _job(setfit.METHOD, opts, ds).needs_decision
+        return setfit.setfit_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash, carved)
     if method in ("zero-shot", "few-shot"):
         from engine.methods import incontext
 
@@ -159,13 +176,15 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
 
 # Options that only act under one protocol (the 600 default letters are scored by holdout under `auto`).
 WHERE_IT_MATTERS = {"cv_folds": {"protocol": "cv"}, "cv_repeats": {"protocol": "cv"}, "test_size": {"protocol": "holdout"}}
+# Options a method reads on two-label tasks with a threshold only (setfit carves its decision letters only then).
+TWO_LABELS_ONLY = {("setfit", "val_size")}
 
 
 @pytest.mark.parametrize("kind", list(registry.KINDS.values()), ids=lambda k: k.name)
 def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds):
     two = default_ds.without([i for i, lab in enumerate(default_ds.labels) if lab not in default_ds.classes[:2]])
     for f in FIELDS:
-        ds = two if f.group == "decision" else default_ds  # a binary task's threshold options act on two labels only
+        ds = two if f.group == "decision" or (kind.name, f.name) in TWO_LABELS_ONLY else default_ds  # (threshold: two labels)
         setting = Options().replace(**WHERE_IT_MATTERS.get(f.name, {}))
         if f.name == "positive_label":
             setting = setting.replace(positive_label=two.classes[0])

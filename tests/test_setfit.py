@@ -1,4 +1,5 @@
-"""The setfit step: pairs and few-shot letters from the training letters only, a tiny encoder end to end, MiniLM few-shot."""
+"""The setfit method: pairs and few-shot letters from the training letters only, a tiny encoder end to end, two labels
+thresholded on a carve the encoder never learnt from, MiniLM few-shot."""
 
 from __future__ import annotations
 
@@ -115,3 +116,25 @@ def test_minilm_with_eight_letters_per_label_beats_the_majority_baseline(cache, 
     )
     m = res.metrics
     assert m["macro_f1"] > m["baseline"]["macro_f1"] + 0.2, m
+
+
+def test_two_labels_choose_the_threshold_on_a_carve_the_encoder_never_learnt_from(cache, ds, tiny_encoder, monkeypatch):
+    two = ds.without([i for i, lab in enumerate(ds.labels) if lab not in ds.classes[:2]])
+    drawn: list[np.ndarray] = []
+    draw = setfit.draw_pairs
+    monkeypatch.setattr(setfit, "draw_pairs", lambda idx, *a, **k: drawn.append(np.asarray(idx)) or draw(idx, *a, **k))
+    res = run_step(two, tiny_encoder, "setfit", **FAST)
+    man, train = res.manifest, plans.plan(two, Options.parse(FAST).protocol, "setfit").folds[0].train
+    val = np.asarray(man["training"]["val_index"])
+    assert len(val) == man["training"]["n_val"] > 0 and set(val.tolist()) < set(train.tolist())
+    assert set(drawn[0].tolist()) == set(train.tolist()) - set(val.tolist()), "the encoder learns from the rest only"
+    assert man["training"]["n_shots"] == len(train) - len(val)
+    assert man["decision"]["rule"] == "best-f1" and 0.0 <= man["decision"]["threshold"] <= 1.0
+    assert res.metrics["threshold"] == man["decision"]["threshold"]
+    clf = classifiers.load(res.artifact)
+    assert clf.threshold == man["decision"]["threshold"] and clf.positive_label == man["decision"]["positive_label"]
+
+    drawn.clear()
+    argmax = run_step(two, tiny_encoder, "setfit", threshold_rule="most-probable", **FAST)
+    assert "val_index" not in argmax.manifest["training"] and set(drawn[0].tolist()) == set(train.tolist())
+    assert argmax.manifest["decision"]["rule"] == "most-probable" and Path(argmax.artifact).name != Path(res.artifact).name

@@ -1,7 +1,7 @@
 """The `adapt-svc` method: domain adaptation inside each fold, then the frozen stage's SVC on the adapted model's vectors.
 
 The design of the clinical-trial study ClinBench reproduces: LoRA on the language-model objective (masked LM for
-encoders, causal LM for decoders; engine.methods.domain_adapt) over each fold's training letters only, the epoch chosen
+encoders, causal LM for decoders; engine.finetune.lm_objective, as domain-adapt) over each fold's training letters only, the epoch chosen
 on the perplexity of a validation carve of them; then every letter embedded with that fold's adapted model (adapter
 merged) and the `svc` classifier fitted on the fold's training letters (engine.methods.vectors; one classifier per label
 on label sets). No adaptation ever reads a letter it is scored on. Under cv one more adaptation over every letter gives
@@ -21,10 +21,10 @@ import numpy as np
 from engine.cache.storage import atomic_dir
 from engine.features import extract
 from engine.finetune import loop
+from engine.finetune.lm_objective import train_lm_adapter
 from engine.finetune.loading import load_adapted_extractor, load_lm_model, lora_manifest
 from engine.methods import vectors
 from engine.methods.base import Job
-from engine.methods.domain_adapt import train_lm_adapter
 from engine.methods.lora_svc import OnCarvedVectors, carve_key
 from engine.methods.vectors import OnVectors, VectorMethod, evaluation_key
 from engine.models import catalog

@@ -17,7 +17,9 @@ decision rule, scoring, refit, manifest, sealing, progress and cancellation) is 
 written once. Like scikit-learn's estimators (fit / predict_proba) beside `cross_val_predict`, the method never loops
 over folds nor scores itself.
 
-A method that produces a model rather than a classifier (domain-adapt) overrides `run` and uses the harness's parts.
+A method that produces a model rather than a classifier (`produces = "model"`: domain-adapt) has no folds nor decision:
+it implements `key`, `folder` (where its model is stored) and `build(job) -> Built` (the training and its figures), and
+the harness's `produce` plans, guards, looks up, frames the manifest and seals around it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from engine.cache.context import StepContext
+from engine.cache.storage import evaluations_dir
 from engine.data.dataset import Dataset
 from engine.data.labels import indicator
 from engine.evaluation import binary
@@ -168,6 +171,16 @@ class Decision:
         )
 
 
+@dataclass
+class Built:
+    """What a method that produces a model built (Method.build): its figures, what its manifest adds to the harness's part,
+    and `write(folder)`, which writes the model's files into the artifact's temporary folder."""
+
+    metrics: dict[str, Any]
+    record: dict[str, Any]
+    write: Callable[[Path], None]
+
+
 class StoredClassifier:
     """What every stored classifier shares (engine.methods.classifiers loads them): `classes_`, `metadata`,
     `predict_proba(texts)`, and answers by its `decision` (`predict`, `decide`); `thresholds` (label sets), `threshold`
@@ -213,6 +226,7 @@ class Method:
     stage: ClassVar[str]  # frozen (the pretrained model), tuned, or reference
     reads: ClassVar[tuple[str, ...]]  # the options it uses: the form shows them, tests check each key option changes its key
     produces: ClassVar[str] = "classifier"  # or "model" (domain-adapt)
+    artifact: ClassVar[str] = "evaluation"  # the kind its manifests record ("domain-adaptation": a model for the catalog)
     label_sets: ClassVar[bool] = False  # it scores multi-label data (several labels per letter, or none)
     # the methods whose artifacts it reuses (logreg: svc's embeddings; lora-svc: lora's adapters): an executor that runs
     # steps in parallel starts it after those steps of the same model, seed and training size (runs.experiment.dependencies)
@@ -230,6 +244,10 @@ class Method:
         """The options it runs with (zero-shot reads no training letter: it drops labels_per_class)."""
         return opts
 
+    def plan(self, dataset: Dataset, opts: Options) -> Plan:
+        """Its folds (domain-adapt: one hold-out split unless the data's own split is asked for)."""
+        return plans.plan(dataset, opts.protocol, self.name)
+
     def setup(self, job: Job) -> None:
         """Before the cache lookup: refuse what it cannot do, and set `job.identity` (the model's identity: its name and
         file hashes, what the key and the manifest record)."""
@@ -237,10 +255,18 @@ class Method:
     def key(self, job: Job) -> str:
         raise NotImplementedError
 
+    def folder(self, job: Job, key: str) -> Path:
+        """Where its artifact under `key` is stored (an evaluation's: cache/evaluations/<key>)."""
+        return evaluations_dir() / key
+
     def prepare(self, job: Job) -> None:
         """After a cache miss, before the first fold: what every fold shares (job.state holds it)."""
 
     def fit(self, job: Job, train: np.ndarray, tag: str, label: str) -> Fitted:
+        raise NotImplementedError
+
+    def build(self, job: Job) -> Built:
+        """A method that produces a model: train it and measure it (its figures, manifest part and files)."""
         raise NotImplementedError
 
     def fold_done(self, job: Job, fitted: Fitted, tag: str) -> None:

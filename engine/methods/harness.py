@@ -18,6 +18,10 @@
    (the stored classifier, with its own decision), the manifest (what every method records, plus the method's
    `record`) and the sealed artifact with predictions.json; progress and cancellation between folds.
 
+`produce(method, dataset, model, opts, ctx)` is a step of a method that produces a model rather than a classifier
+(domain-adapt): the same plan, leakage guard, cache key and lookup (in the method's own folder, `Method.folder`),
+manifest framing and sealing, around the method's `build` (its training and figures) instead of folds and a decision.
+
 Every split inside a fold's training letters (grid search, calibration, thresholds, epoch choice, validation carve) goes
 through `Job.inner_splits` / `Job.carve`, which keep the plan's duplicate groups whole with the plan's own splitter, so
 copies of a letter never sit on both sides of an inner split either.
@@ -33,7 +37,7 @@ import numpy as np
 from engine.cache import artifacts
 from engine.cache.artifacts import StepResult
 from engine.cache.context import StepContext, ensure
-from engine.cache.storage import evaluations_dir, sha256_json
+from engine.cache.storage import sha256_json
 from engine.data.dataset import Dataset
 from engine.evaluation import binary, scoring
 from engine.methods.base import MULTI_LABEL_RULE, Decision, Fitted, Job, Method
@@ -83,6 +87,33 @@ def cache_key(job: Job, base: str) -> str:
     return base if not extra else sha256_json({"key": base, **extra})[:32]
 
 
+def _job(method: Method, dataset: Dataset, model: str, opts: Options, ctx: StepContext, t_start: float) -> Job:
+    """The step's job after the plan, the leakage guard and the method's setup (both entries start so)."""
+    opts = method.options(opts)
+    plan = method.plan(dataset, opts)  # refuses before any work when a class cannot be scored
+    job = Job(method, dataset, model, opts, plan, ctx, choose(), t_start)
+    if method.stage != "reference":
+        scoring.require_unseen(catalog.resolve(model), dataset, plan)
+    method.setup(job)
+    return job
+
+
+def _framing(job: Job, key: str) -> dict[str, Any]:
+    """What every manifest starts with: its kind and key, the model, the method, the options, the letters, the plan."""
+    m = job.method
+    return {
+        "kind": m.artifact,
+        "key": key,
+        "model": job.identity or {"name": m.result_name(job)},
+        "method": m.name,
+        "method_title": m.title,
+        "stage": m.stage,
+        "config": job.opts.to_dict(),
+        "data": artifacts.data_manifest(job.dataset),
+        "protocol": job.plan.manifest(),
+    }
+
+
 def fold_tag(fold) -> str:
     return f"r{fold.repeat}f{fold.fold}"
 
@@ -91,14 +122,10 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
     """One step of `method`: its evaluation under the plan, cached and sealed (see the module docstring)."""
     ctx = ensure(ctx)
     t_start = time.perf_counter()
-    opts = method.options(opts)
-    plan = plans.plan(dataset, opts.protocol, method.name)  # refuses before any work when a class cannot be scored
-    job = Job(method, dataset, model, opts, plan, ctx, choose(), t_start)
-    if method.stage != "reference":
-        scoring.require_unseen(catalog.resolve(model), dataset, plan)
-    method.setup(job)
+    job = _job(method, dataset, model, opts, ctx, t_start)
+    opts, plan = job.opts, job.plan
     key = cache_key(job, method.key(job))
-    folder = evaluations_dir() / key
+    folder = method.folder(job, key)
     if hit := artifacts.stored(folder, method.result_name(job), method.name):
         return hit
     method.prepare(job)
@@ -142,16 +169,8 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
     if two:
         m["threshold"] = final_decision.threshold  # the stored classifier's (the folds' are in fold_thresholds)
     manifest = {
-        "kind": "evaluation",
-        "key": key,
-        "model": job.identity or {"name": method.result_name(job)},
-        "method": method.name,
-        "method_title": method.title,
-        "stage": method.stage,
+        **_framing(job, key),
         "predictor": method.predictor,
-        "config": opts.to_dict(),
-        "data": artifacts.data_manifest(dataset),
-        "protocol": plan.manifest(),
         "refit": "every letter" if plan.name == "cv" else "training split",
         "decision": {
             **final_decision.manifest(dataset.classes),
@@ -171,3 +190,23 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
     method.finish(job, fits)
     ctx.progress(1, 1, "done")
     return StepResult(method.result_name(job), method.name, m, str(folder), False, manifest)
+
+
+def produce(method: Method, dataset: Dataset, model: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
+    """One step of a method that produces a model (domain-adapt): its model, cached and sealed (see the module docstring)."""
+    ctx = ensure(ctx)
+    job = _job(method, dataset, model, opts, ctx, time.perf_counter())
+    key = method.key(job)
+    folder = method.folder(job, key)
+    if hit := artifacts.stored(folder, method.result_name(job), method.name):
+        return hit
+    method.prepare(job)
+    built = method.build(job)
+    manifest = {**_framing(job, key), **built.record}
+    manifest["timings"] = {**manifest.get("timings", {}), "total_s": time.perf_counter() - job.t_start}
+    manifest.update(artifacts.provenance(built.metrics))  # versions, environment, metrics, created
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    manifest = artifacts.write(folder, manifest, built.write)
+    method.finish(job, [])
+    ctx.progress(1, 1, "done")
+    return StepResult(method.result_name(job), method.name, built.metrics, str(folder), False, manifest)
