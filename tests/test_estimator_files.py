@@ -39,7 +39,7 @@ def _stored_kinds() -> dict[str, tuple[object, object]]:
         "logreg + smote, grid": (E.fit(X, y, "logreg", ClassifierOptions(smote=True, grid=True), 0).estimator, X),
         "one-vs-rest (multi-label)": (E.fit_multilabel(X, constant, ["p", "q", "r"], "svc", ClassifierOptions(grid=False), 0).estimator, X),
         "tf-idf pipeline": (tfidf.pipeline(0).fit(texts, y), texts),
-        "tf-idf one-vs-rest": (tfidf._fit_multilabel(texts, Y, ["p", "q", "r"], np.arange(40), 0), texts),
+        "tf-idf one-vs-rest": (tfidf._fit_multilabel(texts, Y, ["p", "q", "r"], np.arange(40), 0, None)[0], texts),
         "linear head": (linear_probe.LinearHead(["a", "b"], rng.normal(size=(2, 8)), np.zeros(2), False), X),
         "linear head (multi-label)": (
             linear_probe.LinearHead(["a", "b", "c"], rng.normal(size=(3, 8)), np.zeros(3), True, [0.4, 0.5, 0.6]),

@@ -89,7 +89,7 @@ def test_fit_multilabel_learns_and_tunes_thresholds_on_training_letters_only():
     X = rng.normal(size=(240, 12))
     Y = (X[:, :3] > 0.6).astype(np.int8)  # three labels, each read from one coordinate
     fitted = estimators.fit_multilabel(
-        X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0, plans.splits_of(Y[:160], None, 3, 0)
+        X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0
     )
     P = fitted.estimator.predict(X[160:])
     assert P.shape == (80, 3) and set(np.unique(P)) <= {0, 1}
@@ -99,7 +99,7 @@ def test_fit_multilabel_learns_and_tunes_thresholds_on_training_letters_only():
     assert np.array_equal(P, (proba >= fitted.estimator.thresholds_).astype(np.int8))
     # other test letters change nothing: thresholds come from the training letters alone
     again = estimators.fit_multilabel(
-        X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0, plans.splits_of(Y[:160], None, 3, 0)
+        X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0
     )
     assert np.array_equal(again.estimator.thresholds_, fitted.estimator.thresholds_)
     assert fitted.smote["enabled"] is False and "not defined" in fitted.smote["why"]

@@ -40,8 +40,10 @@ TRUSTED = (
     "imblearn.pipeline.Pipeline",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
-    "sklearn.model_selection._split.StratifiedKFold",
 )
+# Held only by estimators stored before inner splits kept duplicate groups apart (their calibrated SVCs kept a
+# StratifiedKFold; now they keep the list of grouped splits): trusted so that caches already on disk still load.
+TRUSTED_OLDER = ("sklearn.model_selection._split.StratifiedKFold",)
 
 # Where the classes of stored estimators lived before the engine's packages: ClinBench 0.1 pickled from `engine.methods`
 # (a module then), 0.2 from the flat modules. Read when such a pickle is converted; nothing is imported from these names.
@@ -88,7 +90,7 @@ def load_estimator(folder: Path) -> Any:
         raise PickledClassifier(pickle_message(folder))
     path = verified_file(folder, FILE)
     try:
-        return sio.load(path, trusted=list(TRUSTED))
+        return sio.load(path, trusted=[*TRUSTED, *TRUSTED_OLDER])
     except UntrustedTypesFoundException as exc:
         raise ArtifactError(
             f"{FILE} of {folder.name} holds types no ClinBench classifier holds ({exc}); it was not loaded. Delete {folder.name} "
