@@ -19,7 +19,7 @@ each row). The table is printed and the rows written as JSON (--json) with the d
 Letters are the bundled default dataset's. Each row runs in this one process, in a cache folder of its own (nothing is
 a cache hit). On a machine without CUDA the script prints "no CUDA device" and exits 0.
 
-Not yet measured on a GPU: no GPU was lent to the task that wrote this (see README, "GPU").
+Not yet measured on a GPU: no GPU was lent to the task that wrote this (see docs/benchmarks.md, "GPU").
 """
 
 from __future__ import annotations

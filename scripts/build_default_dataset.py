@@ -2,7 +2,7 @@
 
     python scripts/build_default_dataset.py [--source ../shared/data/mtsamples.csv]
 
-MTSamples (CC0 1.0; see the README) files many transcriptions under several
+MTSamples (CC0 1.0; see docs/data-models.md) files many transcriptions under several
 categories at once: a document-type category ("Surgery", "Consult", "Discharge
 Summary", ...) next to a specialty. We keep five clinically distinct specialties
 and only the letters that belong to exactly one of them, so every label is

@@ -22,7 +22,7 @@ from engine.cli import commands as out
 from engine.errors import ClinBenchError
 from engine.options import flags
 
-EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: README.md."
+EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: README.md and docs/."
 
 
 def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="classify letters over HTTP with the stored classifiers (FastAPI; loopback by default)",
         description="Serve the stored classifiers over HTTP: GET /health, GET /classifiers, POST /classify, POST /classify/batch, "
         "GET /openapi.json. Letters are classified in memory and never stored or logged. Listening on anything but loopback "
-        "needs --token; README.md, section Serve, has curl examples.",
+        "needs --token; docs/serving.md has curl examples.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")

@@ -390,7 +390,7 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
 
 
 def default_dataset() -> Dataset:
-    """The bundled default: MTSamples letters of five specialties (see README)."""
+    """The bundled default: MTSamples letters of five specialties (see docs/data-models.md)."""
     ds = load_dataset(DEFAULT_DATASET, *DEFAULT_COLUMNS)
     ds.source = DEFAULT_NAME
     return ds
