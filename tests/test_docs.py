@@ -75,3 +75,9 @@ def test_the_flag_check_can_fail():
 def test_no_machine_paths_in_docs():
     bad = [p.name for p in _pages() if re.search(r"(?<![\w.])/(work|home|root|tmp)/", p.read_text())]
     assert not bad, f"machine paths in {bad}"
+
+
+def test_every_repository_path_named_exists():
+    path = re.compile(r"`((?:engine|bench|tests|scripts|examples|ui|pages|\.ci)/[\w./-]*)")
+    missing = sorted({f"{p.name}: {m}" for p in _pages() for m in path.findall(p.read_text()) if not (ROOT / m).exists()})
+    assert not missing, f"paths the docs name that the repository lacks: {missing}"
