@@ -1,8 +1,12 @@
 """Methods: every way ClinBench turns a model into a classifier, one module per method, on one harness.
 
+base           the method contract: Method (key, prepare, fit, save, record), Fitted, Job
+harness        the one place that plans, caches, loops over folds, decides and scores, for every method
+vectors        an estimator on letter vectors, as a method: what svc, logreg, lora-svc and adapt-svc share
 estimators     scikit-learn pipelines on letter vectors (SMOTE, search, calibrated SVC, logistic regression)
 prompting      a causal LM as a classifier: prompt template, label words, log-likelihood scoring, calibration
-frozen         svc and logreg: frozen embeddings -> estimator
+svc            frozen embeddings -> calibrated SVC
+logreg         frozen embeddings -> logistic regression
 tfidf          the reference row: tf-idf + logistic regression
 lora           LoRA fine-tuning with a classification head
 linear_probe   a linear head on the cached embeddings
