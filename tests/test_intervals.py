@@ -88,3 +88,15 @@ def test_an_evaluation_resamples_the_plans_duplicate_groups(cache, default_ds):
     assert len(set(pred["group"])) == len(y_true) // 3
     lo_l, hi_l = metrics.bootstrap_macro_f1(y_true, pred["y_pred"], n_boot=1000, labels=ds.classes)
     assert (hi - lo) > 1.3 * (hi_l - lo_l)
+
+
+def test_the_paired_bootstrap_resamples_duplicate_groups():
+    from engine.evaluation import paired
+
+    y, a, groups = _copies(seed=1)
+    _, b, _ = _copies(seed=2)
+    rec = {"test_index": list(range(len(y))), "y_true": y, "classes": ["a", "b", "c"]}
+    pa, pb = {**rec, "y_pred": a}, {**rec, "y_pred": b}
+    letters = paired.paired_comparison(pa, pb, n_boot=1000)["diff_ci"]
+    grouped = paired.paired_comparison({**pa, "group": groups.tolist()}, {**pb, "group": groups.tolist()}, n_boot=1000)["diff_ci"]
+    assert grouped[1] - grouped[0] > 1.4 * (letters[1] - letters[0])

@@ -69,7 +69,7 @@ SIGNIFICANCE_COLUMNS = {
     "verdict": "Verdict",
     "metric": "Metric",
     "difference": "Difference",
-    "diff_ci": "95% CI",
+    "diff_ci": "CI (its test's)",
     "p_holm": "p (Holm)",
     "n_letters": "Letters",
 }
@@ -192,8 +192,9 @@ def verdict_lines(sig: pd.DataFrame) -> list[str]:
 
 
 def significance_table(sig: pd.DataFrame) -> pd.DataFrame:
-    """The verdicts' figures: the difference with its paired-bootstrap CI, the Holm-adjusted p of the test the verdict used
-    (the corrected resampled t-test under cv, the paired bootstrap under holdout), the shared letters."""
+    """The verdicts' figures: the difference with the interval of the test the verdict used (the corrected resampled t-test
+    over folds under cv, the paired cluster bootstrap under holdout; at the level matching its Holm-adjusted p, said in
+    each verdict sentence), that Holm-adjusted p, the shared letters."""
     t = sig.assign(
         diff_ci=[_interval(lo, hi) for lo, hi in zip(sig["diff_ci_low"], sig["diff_ci_high"])], metric=sig["metric"].map(HEADLINES)
     )
