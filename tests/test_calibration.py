@@ -101,3 +101,23 @@ def test_every_task_kind_carries_the_calibration_keys(cache, default_ds, tiny_en
     m = run_step(ml, "tfidf", "tfidf", protocol="holdout", n_boot=100).metrics
     assert m["task"] == "multi-label"
     _check(m, len(ml.classes))
+
+
+def test_the_reliability_diagram_draws_each_evaluations_bins_with_their_counts():
+    from types import SimpleNamespace
+
+    from ui import calibration as ui_calibration
+    from ui import charts
+
+    p, y = _calibrated(2000)
+    m = calibration.calibration(np.column_stack([1 - p, p]), np.eye(2)[y], ["no", "yes"], kind="binary", positive="yes", n_boot=100)
+    evals = [SimpleNamespace(label="tfidf", metrics=m), SimpleNamespace(label="old", metrics={"macro_f1": 0.5})]
+    table = ui_calibration.figures_table(evals)
+    assert list(table["Evaluation"]) == ["tfidf"] and table["Slope (95% CI)"][0].startswith(f"{m['calibration_slope']:.3f} (")
+    fig = charts.reliability_chart(ui_calibration.reliability_rows(evals))
+    line = fig.data[1]
+    assert list(line.x) == [b["mean_predicted"] for b in m["calibration_bins"]] and list(line.y) == [
+        b["observed"] for b in m["calibration_bins"]
+    ]
+    assert [int(t) for t in line.text] == [int(b["n"]) for b in m["calibration_bins"]] and sum(int(t) for t in line.text) == 2000
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text and fig.layout.title.text
