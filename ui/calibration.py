@@ -26,7 +26,7 @@ def _with_ci(m: dict, name: str) -> str:
     value, ci = m.get(name), m.get(f"{name}_ci")
     if value is None or value != value:
         return ""
-    return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+    return f"{value:.3f}" + (f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
 
 
 def figures_table(evals: list) -> pd.DataFrame:

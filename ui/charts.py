@@ -546,7 +546,7 @@ def reliability_chart(rows: list[dict], title: str = "Reliability diagram: predi
                 x=[b["mean_predicted"] for b in bins],
                 y=[b["observed"] for b in bins],
                 mode="lines+markers+text",
-                name=_shorten(f"{r['evaluation']} ({r['kind']})", 80),
+                name=_shorten(f"{r['evaluation']}, {r['kind']}", 80),
                 line=dict(color=PALETTE[i % len(PALETTE)], width=2),
                 marker=dict(size=[7 + 18 * (b["n"] / biggest) ** 0.5 for b in bins], color=PALETTE[i % len(PALETTE)]),
                 text=[f"{b['n']:g}" for b in bins],
@@ -557,8 +557,8 @@ def reliability_chart(rows: list[dict], title: str = "Reliability diagram: predi
                 "mean predicted %{x:.3f}<br>observed %{y:.3f}<extra></extra>",
             )
         )
-    fig.update_xaxes(title="mean predicted probability in the bin", range=[-0.02, 1.02])
-    fig.update_yaxes(title="observed frequency in the bin", range=[-0.02, 1.06])
+    fig.update_xaxes(title="mean predicted probability in the bin", range=[-0.04, 1.04])
+    fig.update_yaxes(title="observed frequency in the bin", range=[-0.05, 1.12])
     fig.update_layout(
         legend=dict(title_text="model · method (number: records in the bin)", orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
         hovermode="closest",
