@@ -3,6 +3,7 @@ evaluation carries, for one label among several, two labels and label sets."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -56,6 +57,10 @@ def test_multiclass_brier_sums_the_classes_and_ece_reads_the_top_label():
 def test_perfectly_separated_letters_give_no_slope_instead_of_a_huge_number():
     _, b = calibration.logistic_recalibration([0.9, 0.95, 0.1, 0.05], [1, 1, 0, 0])
     assert np.isnan(b)
+    P = np.array([[0.1, 0.9], [0.05, 0.95], [0.9, 0.1], [0.95, 0.05]])
+    out = calibration.calibration(P, np.eye(2)[[1, 1, 0, 0]], ["a", "b"], kind="binary", positive="b", n_boot=50)
+    assert out["calibration_slope"] is None and out["calibration_slope_ci"] is None  # null in JSON, not NaN
+    json.dumps(out, allow_nan=False)
 
 
 def _small(default_ds, labels=None):

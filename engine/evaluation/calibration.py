@@ -146,7 +146,7 @@ def calibration(
         order = [1 - j, j]
         P, Y = P[:, order], Y[:, order]
     ones = np.ones(len(P))
-    out = _figures(kind, P, Y, ones, slopes=True)
+    out = {k: (None if v != v else v) for k, v in _figures(kind, P, Y, ones, slopes=True).items()}  # no finite fit: null in JSON
     per_label = (ones @ (P - Y) ** 2) / len(P) if len(P) else np.full(P.shape[1], np.nan)
     names = [classes[i] for i in order] if kind == "binary" else list(classes)
     out["brier_per_label"] = {c: float(v) for c, v in zip(names, per_label, strict=True)}
