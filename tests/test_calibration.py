@@ -85,7 +85,7 @@ def _check(m: dict, n_labels: int) -> None:
         assert set(b) == {"low", "high", "n", "mean_predicted", "observed"} and b["low"] <= b["mean_predicted"] <= b["high"]
 
 
-def test_every_task_kind_carries_the_calibration_keys(cache, default_ds, tiny_encoder):
+def test_every_task_kind_carries_the_calibration_keys(cache, default_ds, tiny_encoder, capsys):
     from tests.conftest import run_step
     from tests.test_multilabel import multi_label_ds
 
@@ -101,6 +101,10 @@ def test_every_task_kind_carries_the_calibration_keys(cache, default_ds, tiny_en
         _check(m, 2)
         for k in ("calibration_intercept", "calibration_slope", "calibration_intercept_ci", "calibration_slope_ci"):
             assert k in m, k
+    from engine.cli.terminal import print_metrics
+
+    print_metrics("logreg", m)
+    assert f"calibration: Brier {m['brier']:.3f} ({m['brier_ci'][0]:.3f} to" in capsys.readouterr().out
 
     ml = multi_label_ds(default_ds)
     m = run_step(ml, "tfidf", "tfidf", protocol="holdout", n_boot=100).metrics
