@@ -59,7 +59,10 @@ def compare_section(evals: list) -> None:
     table = figures_table(evals)
     older = [e.label for e in evals if "brier" not in e.metrics]
     if older:
-        st.caption(f"Made before calibration was recorded (run them again to get it): {', '.join(older)}.")
+        st.caption(
+            f"Stored before calibration was recorded, so without it (a stored evaluation keeps the figures it was made with; "
+            f"repeating the step is a cache hit): {', '.join(older)}."
+        )
     if table.empty:
         return
     common.table(table, "calibration by model and method", "calibration")
