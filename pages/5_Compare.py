@@ -65,10 +65,10 @@ else:
     st.subheader("Per-class F1")
     common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
 
-st.subheader("Are the top models different?")
+st.subheader("Are the models different?")
 sig = None
 try:
-    with st.spinner("Comparing the top models on the letters they share…"):
+    with st.spinner("Comparing the models on the letters they share…"):
         sig = api.significance(evals, metric)
 except ClinBenchError as exc:
     common.error(exc, "Significance")
