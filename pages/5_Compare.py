@@ -1,7 +1,7 @@
 """Compare: macro-F1 with 95% CI for every model x method (with the protocol and letters behind each figure), the
-learning curve when the evaluations hold several training sizes, precision/recall, per-class F1, confusion matrices,
-whether the top models differ on the letters they share, and the letters behind the figures: those one evaluation got
-wrong, those on which models disagree."""
+learning curve when the evaluations hold several training sizes, precision/recall, calibration with a reliability diagram,
+per-class F1, confusion matrices, whether the models differ on the letters they share, and the letters behind the figures:
+those one evaluation got wrong, those on which models disagree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import binary, charts, common, compare, external, multilabel, report
+from ui import binary, calibration, charts, common, compare, external, multilabel, report
 
 common.page(
     "Compare",
@@ -48,6 +48,7 @@ else:
 st.caption(compare.ML_SCORE_NOTE if multi else compare.SCORE_NOTE)
 if binary.is_binary(evals):  # two labels: sensitivity, specificity, PPV, NPV, AUCs with CIs; ROC and PR curves
     binary.compare_section(evals)
+calibration.compare_section(evals)  # Brier, ECE (two labels: intercept, slope) with CIs; the reliability diagram
 with st.expander("Settings and keys of each evaluation"):
     common.table(compare.settings_table(comp), "evaluation settings", "settings")
 spread = api.seed_spread(evals, metric)
@@ -64,10 +65,10 @@ else:
     st.subheader("Per-class F1")
     common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
 
-st.subheader("Are the top models different?")
+st.subheader("Are the models different?")
 sig = None
 try:
-    with st.spinner("Comparing the top models on the letters they share…"):
+    with st.spinner("Comparing the models on the letters they share…"):
         sig = api.significance(evals, metric)
 except ClinBenchError as exc:
     common.error(exc, "Significance")
@@ -75,9 +76,8 @@ if sig is not None and len(sig):
     st.write(compare.SIGNIFICANCE_INTRO + (compare.ML_PAIRED_NOTE if multi else ""))
     for line in compare.verdict_lines(sig):
         st.markdown(line)
-    table = compare.significance_table(sig)  # on screen without the Best column (the same on every row); the CSV keeps it
-    st.caption(f"Each row: the best, **{sig['best'].iloc[0]}**, against another evaluation.")
-    common.table(table, "significance of the top models", "sig", column_order=[c for c in table if c != "Best"])
+    st.caption(compare.family_caption(sig))
+    common.table(compare.significance_table(sig), "significance of the models", "sig")
 elif sig is not None:
     st.caption("Needs at least two evaluations of this dataset scored on the same letters (the same folds or test split).")
 

@@ -133,6 +133,8 @@ def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypa
     comp = at.dataframe[0].value
     assert len(comp) == 2 and comp["Macro-F1"].between(0, 1).all() and "macro_f1" not in comp  # human headers
     assert any("vs" in m.value and "p =" in m.value for m in at.markdown)  # the significance verdict
+    assert any(h.value.startswith("Calibration") for h in at.subheader)  # Brier/ECE table and the reliability diagram
+    assert any("Brier (95% CI)" in df.value for df in at.dataframe)
 
     at = page("6_Classify.py").run()
     at.button[0].click().run()  # load a test letter

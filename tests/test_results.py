@@ -107,15 +107,20 @@ def test_significance_compares_cv_evaluations_on_their_common_folds(stored_predi
         elsewhere=_cv_record(y, [twin]),
     )
     evals = [_eval("best", 0.95), _eval("poor", 0.3), _eval("same", 0.94), _eval("elsewhere", 0.9, data_hash="e" * 64)]
-    sig = comparison.significance(evals, n_boot=300).set_index("other")
-    assert list(sig.index) == ["same", "poor"] and (sig["best"] == "best").all()  # another dataset is never compared
-    assert sig.loc["poor", "n_folds"] == 5 and sig.loc["same", "n_folds"] == 10 and (sig["n_letters"] == 60).all()
+    sig = comparison.significance(evals, n_boot=300)
+    # three evaluations: every pair, one family; another dataset is never compared
+    assert sorted(zip(sig["best"], sig["other"])) == [("best", "poor"), ("best", "same"), ("same", "poor")]
+    assert (sig["n_folds"] == 5).all() and (sig["n_letters"] == 60).all()  # all ranked and tested on repeat 0, which all share
     assert (sig["protocol"] == "cv").all() and sig["p_mcnemar"].isna().all()
-    assert sig.loc["poor", "verdict"] == f"best better by {comparison.fmt_diff(sig.loc['poor', 'difference'])}"
-    assert sig.loc["poor", "difference"] > 0.3 and sig.loc["poor", "significant"]
-    assert sig.loc["same", "verdict"] == "identical predictions" and sig.loc["same", "identical"]
-    assert sig["p_holm"].tolist() == pytest.approx(paired.holm(sig["p_corrected"].tolist()))
+    sig = sig.set_index(["best", "other"])
+    poor = sig.loc[("best", "poor")]
+    assert poor["verdict"] == f"best better by {comparison.fmt_diff(poor['difference'])}"
+    assert poor["difference"] > 0.3 and poor["significant"]
+    assert sig.loc[("best", "same"), "verdict"] == "identical predictions" and sig.loc[("best", "same"), "identical"]
+    tested = sig[~sig["identical"]]  # identical predictions need no test and do not count in the family
+    assert tested["p_holm"].tolist() == pytest.approx(paired.holm(tested["p_corrected"].tolist()))
     assert all("+0.000" not in s and "p =" in s for s in sig["summary"])
+    assert all("Holm-adjusted over all 2 pairwise tests of 3 evaluations" in s for s in tested["summary"])
 
 
 def test_significance_says_no_detectable_difference_and_never_plus_zero(stored_predictions):
@@ -135,6 +140,39 @@ def test_significance_says_no_detectable_difference_and_never_plus_zero(stored_p
     assert not row["significant"] and row["p_holm"] == row["p_bootstrap"]
     assert "+0.000" not in row["summary"] and "-0.000" not in row["summary"] and row["summary"].startswith("no detectable difference")
     assert [comparison.fmt_diff(x) for x in (0.0, 0.0004, -0.00002, 0.0123)] == ["0", "+0.0004", "-2e-05", "+0.012"]
+
+
+def test_the_best_is_ranked_on_the_letters_and_repeats_it_is_tested_on(stored_predictions):
+    rng = np.random.default_rng(5)
+    y = rng.choice(list("abc"), 90)
+    mediocre, perfect, decent = _noisy(rng, y, 0.4), y.copy(), _noisy(rng, y, 0.8)
+    stored_predictions.update(pooled=_cv_record(y, [mediocre, perfect]), steady=_cv_record(y, [decent]))
+    # "pooled" leads on its 5x2 headline, but on repeat 0 -- the letters the test shares -- "steady" is better
+    sig = comparison.significance([_eval("pooled", 0.75), _eval("steady", 0.7)], n_boot=300)
+    row = sig.iloc[0]
+    assert row["best"] == "steady" and row["best_score"] > row["other_score"] and row["difference"] > 0
+
+
+def test_each_verdict_agrees_with_the_interval_of_its_own_test(stored_predictions):
+    rng = np.random.default_rng(7)
+    y = rng.choice(list("abc"), 300)
+    base = _noisy(rng, y, 0.9)
+    names = ["e0", "e1", "e2", "e3", "e4", "e5"]
+    for name, n_flip in zip(names, (0, 3, 6, 40, 60, 80), strict=True):  # six evaluations: each against the best, Holm over five
+        pred = base.copy()
+        flip = rng.choice(300, n_flip, replace=False)
+        pred[flip] = rng.choice(list("abc"), len(flip))
+        stored_predictions[name] = _cv_record(y, [pred, pred])
+    evals = [_eval(n, 0.8 - 0.01 * k) for k, n in enumerate(names)]
+    sig = comparison.significance(evals, n_boot=300)
+    assert len(sig) == 5 and sig["best"].nunique() == 1 and (sig["family"] == "5 tests of every evaluation against the best").all()
+    for _, row in sig.iterrows():
+        assert row["test"] == "corrected resampled t-test over the folds"
+        excludes_zero = not (row["diff_ci_low"] <= 0 <= row["diff_ci_high"])
+        assert excludes_zero == row["significant"] == (row["p_holm"] < 0.05), row["summary"]
+        assert f"{row['ci_level']:.4g}% CI" in row["summary"] and "Holm-adjusted over 5 tests" in row["summary"]
+        assert row["ci_level"] >= 95
+    assert sig["significant"].any() and not sig["significant"].all()
 
 
 def test_significance_skips_evaluations_without_a_shared_fold(stored_predictions):

@@ -1,5 +1,6 @@
 """Helpers of the Streamlit dashboard (outside pages/, so Streamlit does not list them as pages).
 
+calibration  Compare's calibration table and reliability diagram
 charts  plotly figures built from engine results (no streamlit: testable and exportable)
 common  page set-up, error display, chart/table widgets with downloads, shared pickers
 compare the Compare page's column choices, verdict sentences and letter-table captions

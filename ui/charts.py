@@ -526,3 +526,41 @@ def threshold_chart(rows: list[dict], title: str = "Probability of the positive 
     fig.update_yaxes(title="model · method", autorange="reversed", automargin=True)
     fig.update_layout(showlegend=False)
     return _layout(fig, title, height=max(240, 110 + 50 * len(rows)))
+
+
+def reliability_chart(rows: list[dict], title: str = "Reliability diagram: predicted probability against observed frequency") -> go.Figure:
+    """One line per evaluation (`rows`: {"evaluation", "kind", "bins"}, the bins of engine.evaluation.calibration): each
+    non-empty bin's mean predicted probability against the observed frequency, the marker's size and hover giving the
+    records in the bin; the diagonal is perfect calibration."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", line=dict(color="#aaa", dash="dash", width=1), hoverinfo="skip"
+        )
+    )
+    biggest = max((b["n"] for r in rows for b in r["bins"]), default=1) or 1
+    for i, r in enumerate(rows):
+        bins = r["bins"]
+        fig.add_trace(
+            go.Scatter(
+                x=[b["mean_predicted"] for b in bins],
+                y=[b["observed"] for b in bins],
+                mode="lines+markers+text",
+                name=_shorten(f"{r['evaluation']}, {r['kind']}", 80),
+                line=dict(color=PALETTE[i % len(PALETTE)], width=2),
+                marker=dict(size=[7 + 18 * (b["n"] / biggest) ** 0.5 for b in bins], color=PALETTE[i % len(PALETTE)]),
+                text=[f"{b['n']:g}" for b in bins],
+                textposition="top center",
+                textfont=dict(size=10, color=PALETTE[i % len(PALETTE)]),
+                customdata=[[b["low"], b["high"], b["n"]] for b in bins],
+                hovertemplate="bin %{customdata[0]:.1f}-%{customdata[1]:.1f}: %{customdata[2]:g} records<br>"
+                "mean predicted %{x:.3f}<br>observed %{y:.3f}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title="mean predicted probability in the bin", range=[-0.04, 1.04])
+    fig.update_yaxes(title="observed frequency in the bin", range=[-0.05, 1.12])
+    fig.update_layout(
+        legend=dict(title_text="model · method (number: records in the bin)", orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
+        hovermode="closest",
+    )
+    return _layout(fig, title, height=500 + 24 * len(rows))

@@ -57,11 +57,12 @@ SCORE_NOTE = (
     "Baseline: macro-F1 of always answering the most frequent class, on the same letters."
 )
 SIGNIFICANCE_INTRO = (
-    "The best evaluation against the next ones, on the letters and folds they share. Under cv the p-value is the "
-    "Nadeau–Bengio corrected resampled t-test over the shared folds (it allows for folds trained on overlapping letters); "
-    "under holdout, a paired bootstrap over letters, with McNemar's exact test as a second opinion. The 95% CI is a paired "
-    "bootstrap over letters (a letter's predictions in every repeat move together); p-values are Holm-adjusted over the "
-    "comparisons. A difference counts only when its CI excludes 0 and p < 0.05."
+    "One family of paired tests: every pair of up to four evaluations, else each against the best, all ranked and tested on "
+    "the letters and folds they all share. Under cv the p-value is the Nadeau–Bengio corrected resampled t-test over the "
+    "shared folds (it allows for folds trained on overlapping letters); under holdout, a paired bootstrap over duplicate "
+    "groups, with McNemar's exact test as a second opinion. p-values are Holm-adjusted over the family, and the interval "
+    "beside each verdict is its own test's, at the level that matches that adjustment, so it excludes 0 exactly when the "
+    "verdict reports a difference."
 )
 SIGNIFICANCE_COLUMNS = {
     "best": "Best",
@@ -69,7 +70,8 @@ SIGNIFICANCE_COLUMNS = {
     "verdict": "Verdict",
     "metric": "Metric",
     "difference": "Difference",
-    "diff_ci": "95% CI",
+    "diff_ci": "CI (its test's)",
+    "ci_level": "CI level %",
     "p_holm": "p (Holm)",
     "n_letters": "Letters",
 }
@@ -191,9 +193,16 @@ def verdict_lines(sig: pd.DataFrame) -> list[str]:
     return [f"- **{r['best']}** vs **{r['other']}**: {r['summary']}" for _, r in sig.iterrows()]
 
 
+def family_caption(sig: pd.DataFrame) -> str:
+    """Which tests the verdicts' p-values were adjusted over."""
+    family = sig["family"].dropna()
+    return f"Each row: a pair, the higher ranked first (Best). The family: {family.iloc[0]}." if len(family) else ""
+
+
 def significance_table(sig: pd.DataFrame) -> pd.DataFrame:
-    """The verdicts' figures: the difference with its paired-bootstrap CI, the Holm-adjusted p of the test the verdict used
-    (the corrected resampled t-test under cv, the paired bootstrap under holdout), the shared letters."""
+    """The verdicts' figures: the difference with the interval of the test the verdict used (the corrected resampled t-test
+    over folds under cv, the paired cluster bootstrap under holdout; at the level matching its Holm-adjusted p, said in
+    each verdict sentence), that Holm-adjusted p, the shared letters."""
     t = sig.assign(
         diff_ci=[_interval(lo, hi) for lo, hi in zip(sig["diff_ci_low"], sig["diff_ci_high"])], metric=sig["metric"].map(HEADLINES)
     )

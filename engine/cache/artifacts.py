@@ -132,10 +132,22 @@ def verify_tree(directory: Path, prefix: str) -> None:
 
 
 def write_predictions(
-    folder: Path, test_index, y_true, y_pred, classes: list[str], score_kind: str, scores, *, repeat=None, fold=None, protocol="holdout"
+    folder: Path,
+    test_index,
+    y_true,
+    y_pred,
+    classes: list[str],
+    score_kind: str,
+    scores,
+    *,
+    repeat=None,
+    fold=None,
+    protocol="holdout",
+    group=None,
 ) -> None:
     """predictions.json, shared by every method: one record per scored (repeat, letter) with its index, truth, prediction
-    and per-class scores, and the repeat and fold that scored it (holdout: all 0)."""
+    and per-class scores, the repeat and fold that scored it (holdout: all 0), and its duplicate group (`group`, which
+    paired tests resample; absent in files written before it, and where not given)."""
     zeros = [0] * len(test_index)
     (Path(folder) / "predictions.json").write_text(
         json.dumps(
@@ -149,6 +161,7 @@ def write_predictions(
                 "classes": list(classes),
                 "score_kind": score_kind,
                 "scores": np.round(np.asarray(scores, dtype=float), 6).tolist(),
+                **({"group": [int(g) for g in group]} if group is not None else {}),
             }
         )
     )

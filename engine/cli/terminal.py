@@ -66,6 +66,13 @@ def print_metrics(title: str, m: dict, reason: str | None = None) -> None:
             if m.get(k + "_ci")
         ]
         print("  " + ", ".join(aucs))
+    calibration = [
+        f"{label} {m[k]:.3f}" + (f" ({m[k + '_ci'][0]:.3f} to {m[k + '_ci'][1]:.3f})" if m.get(k + "_ci") else "")
+        for k, label in (("brier", "Brier"), ("ece", "ECE"), ("calibration_intercept", "intercept"), ("calibration_slope", "slope"))
+        if m.get(k) is not None
+    ]
+    if calibration:  # evaluations stored before calibration was recorded have none
+        print("  calibration: " + ", ".join(calibration))
     if len(m.get(folds) or []) > 1:
         name = folds.removeprefix("fold_").replace("_f1", "-F1")
         print(f"  per fold: {name} {m[folds + '_mean']:.3f} ± {m[folds + '_sd']:.3f} (mean ± sd of {len(m[folds])} folds)")

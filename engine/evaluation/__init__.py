@@ -1,6 +1,7 @@
 """Evaluation: predictions on test letters turned into figures, and figures compared.
 
-metrics     scores of predictions: per class, macro-F1 CI, baseline; multi-label scores
+metrics     scores of predictions: per class, macro-F1 CI (a stratified cluster bootstrap over duplicate groups), baseline; multi-label scores
+calibration do the probabilities mean what they say: Brier, ECE and its bins, calibration intercept and slope, with CIs
 paired      is A's score different from B's on the same letters: paired bootstrap, corrected t-test, McNemar, Holm
 binary      two-label tasks: the positive label, the operating threshold, sensitivity/specificity/AUCs with CIs
 scoring     out-of-fold predictions under a plan -> the figures every method reports

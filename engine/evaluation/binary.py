@@ -6,7 +6,9 @@
   reaching a target sensitivity, or the lowest reaching a target specificity; its `best_threshold` (the best F1) also
   sets each label's threshold of a multi-label task (engine.estimators, engine.finetune.head);
 * `binary_metrics`: sensitivity, specificity, PPV, NPV of the predictions at that threshold and ROC-AUC, PR-AUC (average precision) of the
-  probabilities, each with a 95% bootstrap CI resampling letters (a letter's records of every repeat move together).
+  probabilities, each with a 95% stratified cluster bootstrap CI resampling duplicate groups (engine.evaluation.metrics.
+  GroupBootstrap: positive and negative groups drawn apart, so both are in every resample; a resample whose denominator is
+  empty, e.g. no letter predicted positive for the PPV, is left out of the interval, never counted as 0).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import Counter
 import numpy as np
 
 from engine.errors import DataError
-from engine.evaluation.metrics import cluster_ids, resample_weights
+from engine.evaluation.metrics import GroupBootstrap, percentile_ci
 
 
 def is_two_label(dataset) -> bool:
@@ -74,12 +76,13 @@ def choose_threshold(p: np.ndarray, y: np.ndarray, rule: str = "best-f1", target
     raise ValueError(f"threshold rule {rule!r}: use best-f1, sensitivity or specificity")
 
 
-def _rates(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> dict[str, float]:
+def _rates(y: np.ndarray, pred: np.ndarray, w: np.ndarray, empty: float = 0.0) -> dict[str, float]:
+    """Sensitivity, specificity, PPV, NPV; `empty` where a denominator is empty (bootstrap resamples: NaN, left out)."""
     tp, fp = w @ (y & pred), w @ ((1 - y) & pred)
     fn, tn = w @ (y & (1 - pred)), w @ ((1 - y) & (1 - pred))
 
     def ratio(a, b):
-        return float(a / b) if b > 0 else 0.0
+        return float(a / b) if b > 0 else empty
 
     return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn)}
 
@@ -100,17 +103,13 @@ def binary_metrics(y, p, pred, *, clusters=None, n_boot: int = 1000, seed: int =
     y, p, pred = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=float), np.asarray(pred, dtype=np.int64)
     ones = np.ones(len(y))
     out = {**_rates(y, pred, ones), **_aucs(y, p, ones)}
-    ids, n_clusters = cluster_ids(clusters, len(y))
-    rng = np.random.default_rng(seed)
+    boot = GroupBootstrap(clusters, y, len(y), seed)  # strata: positive or not, so both are in every resample
     draws = []
     for _ in range(n_boot):
-        w = resample_weights(rng, ids, n_clusters)
-        draws.append({**_rates(y, pred, w), **_aucs(y, p, w)})
-    alpha = (1 - level) / 2
+        w = boot.weights()
+        draws.append({**_rates(y, pred, w, empty=float("nan")), **_aucs(y, p, w)})
     for name in ("sensitivity", "specificity", "ppv", "npv", "roc_auc", "pr_auc"):
-        values = np.array([d[name] for d in draws], dtype=float)
-        values = values[~np.isnan(values)]
-        out[f"{name}_ci"] = [float(np.quantile(values, q)) for q in (alpha, 1 - alpha)] if len(values) else None
+        out[f"{name}_ci"] = percentile_ci([d[name] for d in draws], level)
     return out
 
 

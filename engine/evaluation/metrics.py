@@ -39,9 +39,56 @@ def cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
 
 
 def resample_weights(rng: np.random.Generator, ids: np.ndarray, n_clusters: int) -> np.ndarray:
-    """How often each record enters one bootstrap resample of the clusters (all records of a cluster move together)."""
+    """How often each record enters one plain bootstrap resample of the clusters (all records of a cluster move together)."""
     drawn = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
     return drawn[ids].astype(float)
+
+
+class GroupBootstrap:
+    """A stratified cluster bootstrap: every resample draws, within each stratum, as many clusters as the stratum holds,
+    with replacement; all records of a cluster move together.
+
+    `clusters`: one id per record — the letter's duplicate group (copies share a fold, so their errors move together),
+    which also holds a letter's records of every repeat together; None: every record its own cluster. `strata`: one
+    value per record (the truth label; for label sets see `label_set_strata`); a cluster's stratum is its first record's.
+    Every stratum keeps its number of clusters in every resample, so every class present in the test letters is present
+    in every resample and no resample has an empty class."""
+
+    def __init__(self, clusters, strata, n: int, seed: int = 0):
+        self.ids, self.n_clusters = cluster_ids(clusters, n)
+        self.rng = np.random.default_rng(seed)
+        strata = np.zeros(n, dtype=np.int64) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1].ravel()
+        if len(strata) != n:
+            raise ValueError(f"strata: one value per record is needed ({n} records, {len(strata)} values)")
+        of_cluster = np.full(self.n_clusters, -1, dtype=np.int64)
+        first = np.unique(self.ids, return_index=True)[1]
+        of_cluster[self.ids[first]] = strata[first]
+        self.members = [np.flatnonzero(of_cluster == s) for s in np.unique(of_cluster)]
+
+    def weights(self) -> np.ndarray:
+        """How often each record enters the next resample."""
+        drawn = np.concatenate([m[self.rng.integers(0, len(m), len(m))] for m in self.members])
+        return np.bincount(drawn, minlength=self.n_clusters)[self.ids].astype(float)
+
+
+def label_set_strata(T: np.ndarray) -> np.ndarray:
+    """The stratum of each letter of a label-set task (`T`: letters x labels, 0/1): the rarest of its labels in these
+    letters (-1: no label), so every label that is some letter's rarest is present in every resample."""
+    T = np.asarray(T)
+    counts = T.sum(0)
+    rank = np.where(T > 0, counts[None, :], np.iinfo(np.int64).max)
+    return np.where(T.any(1), rank.argmin(1), -1) if T.shape[1] else np.full(len(T), -1)
+
+
+def percentile_ci(values, level: float = 0.95) -> list[float] | None:
+    """The percentile interval of bootstrap values, NaN values (an empty denominator in that resample) left out; None
+    when no value is left."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return None
+    alpha = (1 - level) / 2
+    return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
 
 
 def weighted_confusion(t: np.ndarray, p: np.ndarray, k: int, weights=None) -> np.ndarray:
@@ -55,33 +102,23 @@ def f1_per_class(cm: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
-def _macro_f1_from_confusion(cm: np.ndarray) -> float:
-    """Macro-F1 over the classes present in truth or prediction (scikit-learn's default label set)."""
-    present = (cm.sum(0) + cm.sum(1)) > 0
-    return float(f1_per_class(cm)[present].mean()) if present.any() else 0.0
-
-
 def bootstrap_macro_f1(
     y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95, *, labels=None, clusters=None
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of macro-F1, resampling test letters with replacement.
+    """Percentile CI of macro-F1 by a stratified cluster bootstrap (GroupBootstrap; strata: the true label).
 
-    `clusters` (one id per record, e.g. the letter's dataset row) resamples clusters instead of
-    records, so the R records of a letter scored under R repeats of cross-validation move together.
-    Each resample's macro-F1 averages over the classes present in that resample's truth or
-    predictions (a class a resample happens to miss is not counted as an F1 of 0): on the rare test
-    set that lacks a class entirely, the CI can then lie above the point estimate made with `labels`.
+    `clusters` (one id per record: the letter's duplicate group) resamples groups instead of records, so copies of a
+    letter, and the R records of a letter scored under R repeats of cross-validation, move together. Every resample's
+    macro-F1 averages over the same classes as the point figure (`labels`; None: the union of truth and predictions),
+    a class without letters or predictions scoring 0 in both, so the interval is about the headline's own statistic.
     """
     y_true, y_pred = [str(v) for v in y_true], [str(v) for v in y_pred]
     labs = label_list(labels, y_true, y_pred)
     t, p, k = codes(y_true, labs), codes(y_pred, labs), len(labs)
-    ids, n_clusters = cluster_ids(clusters, len(t))
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        stats[b] = _macro_f1_from_confusion(weighted_confusion(t, p, k, resample_weights(rng, ids, n_clusters)))
-    alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    boot = GroupBootstrap(clusters, t, len(t), seed)
+    stats = np.array([f1_per_class(weighted_confusion(t, p, k, boot.weights())).mean() for _ in range(n_boot)])
+    lo, hi = percentile_ci(stats, level)
+    return lo, hi
 
 
 def metrics(y_true, y_pred, *, labels=None, clusters=None, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -90,7 +127,7 @@ def metrics(y_true, y_pred, *, labels=None, clusters=None, n_boot: int = 1000, s
     `labels` (all classes of the dataset): per-class rows, the confusion matrix and the macro and
     weighted averages use exactly these classes, so a class never predicted or absent from the test
     letters scores 0 instead of vanishing; None: the sorted union of truth and predictions.
-    `clusters`: see `bootstrap_macro_f1` (the CI resamples letters, not records).
+    `clusters`: see `bootstrap_macro_f1` (the CI resamples duplicate groups, not records).
     """
     y_true, y_pred = [str(v) for v in y_true], [str(v) for v in y_pred]
     if len(y_true) != len(y_pred):
@@ -138,15 +175,15 @@ def majority_baseline(y_train, y_test) -> dict:
 
 
 def multilabel_scores(T: np.ndarray, P: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(micro-F1, macro-F1, samples-F1) of 0/1 matrices, records weighted by `w`. Macro-F1 averages over the labels present
-    in truth or predictions; samples-F1 counts a letter with no label and none predicted as 1 (scikit-learn's zero_division=1)."""
+    """(micro-F1, macro-F1, samples-F1) of 0/1 matrices, records weighted by `w`. Macro-F1 averages over every label (a label
+    with neither letters nor predictions scores 0, as the headline); samples-F1 counts a letter with no label and none
+    predicted as 1 (scikit-learn's zero_division=1)."""
     w = np.ones(len(T)) if w is None else w
     both, t_sum, p_sum = (T & P).astype(float), T.astype(float), P.astype(float)
     tp, t_n, p_n = w @ both, w @ t_sum, w @ p_sum
     denom = t_n + p_n
     micro = float(2 * tp.sum() / denom.sum()) if denom.sum() > 0 else 0.0
-    present = denom > 0
-    macro = float((2 * tp[present] / denom[present]).mean()) if present.any() else 0.0
+    macro = float(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0).mean()) if len(tp) else 0.0
     per_letter_denom = t_sum.sum(1) + p_sum.sum(1)
     per_letter = np.divide(2 * both.sum(1), per_letter_denom, out=np.ones(len(T)), where=per_letter_denom > 0)
     samples = float(w @ per_letter / w.sum()) if w.sum() > 0 else 0.0
@@ -159,8 +196,8 @@ def multilabel_metrics(T, P, classes, *, clusters=None, n_boot: int = 1000, seed
     micro-F1 pools every (letter, label) decision (the BLURB convention for Hallmarks of Cancer: over positive labels);
     macro-F1 averages the F1 of every label of `classes` (a label never predicted nor present scores 0 in the point figure);
     samples-F1 averages each letter's F1 (a letter with no label and none predicted counts 1); subset accuracy: the whole set
-    right; Hamming loss: the share of wrong (letter, label) decisions. micro, macro and samples F1 carry a bootstrap CI
-    resampling letters (`clusters`: one id per record, so a letter's records of every repeat move together)."""
+    right; Hamming loss: the share of wrong (letter, label) decisions. micro, macro and samples F1 carry a stratified cluster
+    bootstrap CI (GroupBootstrap; `clusters`: the letter's duplicate group, one id per record; strata: label_set_strata)."""
     from sklearn.metrics import f1_score, hamming_loss
 
     T, P = np.asarray(T, dtype=np.int8), np.asarray(P, dtype=np.int8)
@@ -174,12 +211,10 @@ def multilabel_metrics(T, P, classes, *, clusters=None, n_boot: int = 1000, seed
         out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(ap), float(ar), float(af)
     out["samples_f1"] = float(f1_score(T, P, average="samples", zero_division=1.0))
     out["hamming_loss"] = float(hamming_loss(T, P))
-    ids, n_clusters = cluster_ids(clusters, len(T))
-    rng = np.random.default_rng(seed)
-    stats = np.array([multilabel_scores(T, P, resample_weights(rng, ids, n_clusters)) for _ in range(n_boot)]).reshape(-1, 3)
-    alpha = (1 - level) / 2
+    boot = GroupBootstrap(clusters, label_set_strata(T), len(T), seed)
+    stats = np.array([multilabel_scores(T, P, boot.weights()) for _ in range(n_boot)]).reshape(-1, 3)
     for j, name in enumerate(("micro_f1", "macro_f1", "samples_f1")):
-        out[f"{name}_ci"] = [float(np.quantile(stats[:, j], q)) for q in (alpha, 1 - alpha)] if n_boot else None
+        out[f"{name}_ci"] = percentile_ci(stats[:, j], level) if n_boot else None
     out["per_label"] = [
         {
             "label": lab,

@@ -15,13 +15,13 @@ import numpy as np
 
 from engine.data.labels import indicator
 from engine.evaluation.metrics import (
-    cluster_ids,
+    GroupBootstrap,
     codes,
     f1_per_class,
     fold_scores,
     label_list,
+    label_set_strata,
     multilabel_scores,
-    resample_weights,
     weighted_confusion,
 )
 
@@ -76,23 +76,50 @@ def _outcome(value):
 
 
 def _records(p: dict, name: str) -> dict[tuple[int, int], tuple]:
-    """{(repeat, test_index): (fold, truth, prediction)} of one predictions.json (older ones: repeat = fold = 0)."""
+    """{(repeat, test_index): (fold, truth, prediction, duplicate group)} of one predictions.json (older ones: repeat =
+    fold = 0, and each letter its own group)."""
     idx, y_true, y_pred = p["test_index"], p["y_true"], p["y_pred"]
     m = len(idx)
-    repeat, fold = p.get("repeat") or [0] * m, p.get("fold") or [0] * m
-    if not len(y_true) == len(y_pred) == len(repeat) == len(fold) == m:
+    repeat, fold, group = p.get("repeat") or [0] * m, p.get("fold") or [0] * m, p.get("group") or [f"letter {i}" for i in idx]
+    if not len(y_true) == len(y_pred) == len(repeat) == len(fold) == len(group) == m:
         raise ValueError(f"paired comparison: predictions {name} has lists of different lengths (test_index has {m})")
     out = {}
-    for r, f, i, t, pr in zip(repeat, fold, idx, y_true, y_pred):
+    for r, f, i, t, pr, g in zip(repeat, fold, idx, y_true, y_pred, group):
         if (int(r), int(i)) in out:
             raise ValueError(f"paired comparison: predictions {name} scores letter {i} twice in repeat {r}")
-        out[int(r), int(i)] = (int(f), _outcome(t), _outcome(pr))
+        out[int(r), int(i)] = (int(f), _outcome(t), _outcome(pr), g)
     return out
+
+
+def fold_rows(p: dict) -> dict[tuple[int, int], frozenset]:
+    """{(repeat, fold): its test letters} of one predictions.json: folds of two evaluations with the same key and letters
+    are the same fold."""
+    return _fold_rows(_records(p, "given"))
+
+
+def score_on(p: dict, labels, metric: str, folds) -> float:
+    """One evaluation's `metric` on the records of `folds` ((repeat, fold) keys) only, over `labels` as the headline (macro:
+    every label, one with neither letters nor predictions scoring 0): the figure a comparison ranks by, on the same
+    records as its tests."""
+    from sklearn.metrics import f1_score
+
+    recs = _records(p, "given")
+    keys = sorted(k for k in recs if (k[0], recs[k][0]) in set(folds))
+    if not keys:
+        raise ValueError("score_on: none of these folds is in the predictions")
+    y_true, y_pred = [recs[k][1] for k in keys], [recs[k][2] for k in keys]
+    if isinstance(y_true[0], tuple):
+        classes = label_list(labels, *({lab for s in col for lab in s} for col in (y_true, y_pred)))
+        T, P = indicator(y_true, classes), indicator(y_pred, classes)
+        average = metric.removesuffix("_f1")
+        return float(f1_score(T, P, average=average, zero_division=1.0 if average == "samples" else 0.0))
+    labs = label_list(labels, y_true, y_pred)
+    return float(f1_per_class(weighted_confusion(codes(y_true, labs), codes(y_pred, labs), len(labs))).mean())
 
 
 def _fold_rows(recs: dict) -> dict[tuple[int, int], frozenset]:
     rows: dict = {}
-    for (r, i), (f, _, _) in recs.items():
+    for (r, i), (f, *_) in recs.items():
         rows.setdefault((r, f), set()).add(i)
     return {k: frozenset(v) for k, v in rows.items()}
 
@@ -109,12 +136,11 @@ def _one_label(y_true, pred_a, pred_b, labels) -> dict:
     labs = label_list(labels, y_true, pred_a, pred_b)
     t, pa, pb, k = codes(y_true, labs), codes(pred_a, labs), codes(pred_b, labs), len(labs)
 
-    def diff(w) -> float:  # each resample averages over the classes present in its truth or either prediction
-        cm_a, cm_b = weighted_confusion(t, pa, k, w), weighted_confusion(t, pb, k, w)
-        present = (cm_a.sum(1) + cm_a.sum(0) + cm_b.sum(0)) > 0
-        return f1_per_class(cm_a)[present].mean() - f1_per_class(cm_b)[present].mean()
+    def diff(w) -> float:  # each resample averages over the same classes as the point figures
+        return f1_per_class(weighted_confusion(t, pa, k, w)).mean() - f1_per_class(weighted_confusion(t, pb, k, w)).mean()
 
     return {
+        "strata": t,
         "a": float(f1_per_class(weighted_confusion(t, pa, k)).mean()),
         "b": float(f1_per_class(weighted_confusion(t, pb, k)).mean()),
         "diff": diff,
@@ -136,6 +162,7 @@ def _label_sets(y_true, pred_a, pred_b, labels, metric: str) -> dict:
 
     every = np.arange(len(T))
     return {
+        "strata": label_set_strata(T),
         "a": score(every, A),
         "b": score(every, B),
         "diff": lambda w: multilabel_scores(T, A, w)[j] - multilabel_scores(T, B, w)[j],
@@ -145,7 +172,7 @@ def _label_sets(y_true, pred_a, pred_b, labels, metric: str) -> dict:
 
 
 def paired_comparison(
-    a: dict, b: dict, labels=None, *, metric: str = "macro_f1", n_boot: int = 2000, seed: int = 0, level: float = 0.95
+    a: dict, b: dict, labels=None, *, metric: str = "macro_f1", n_boot: int = 2000, seed: int = 0, level: float = 0.95, folds=None
 ) -> dict:
     """Is A's score different from B's on the same letters? `a`, `b`: two predictions.json records; `metric`: macro_f1 for
     one label per letter, micro_f1, macro_f1 or samples_f1 for label sets (records whose truth is a list).
@@ -155,9 +182,14 @@ def paired_comparison(
     on repeat 0; records are matched by (repeat, test_index). Returned:
 
     * metric, score_a, score_b; diff: the pooled score (over `labels`) of A minus B over the common records;
-    * diff_ci, p_bootstrap: paired bootstrap over letters (a letter's records of every repeat move
-      together, the same resample for both), percentile CI and a two-sided p from the shifted
-      distribution; each resample's macro-F1 averages over the labels present in its truth or either prediction;
+    `folds` ((repeat, fold) keys; None: every common fold) restricts the comparison to those folds, so a family of
+    comparisons ranks and tests on the same letters and repeats (engine.evaluation.comparison).
+
+    * diff_ci, p_bootstrap: paired stratified cluster bootstrap over duplicate groups (engine.evaluation.metrics.
+      GroupBootstrap: copies of a letter and a letter's records of every repeat move together, every class in every
+      resample, the same resample for both), percentile CI, and the p that inverts it (twice the share of resampled
+      differences on the far side of 0: the CI at level 1 - p just reaches 0); each resample averages the same labels as
+      the point figures; boot_diffs: the resampled differences (for intervals at other levels, `interval`);
     * cv with >= 2 common folds: fold_diffs (the score per fold, A - B), and the Nadeau-Bengio corrected
       t-test on them (p_corrected, t, df, corrected_ci) with n_test = mean fold size and n_train =
       n_letters - n_test; this is the p to trust under CV, because the bootstrap ignores that the
@@ -171,7 +203,7 @@ def paired_comparison(
 
     ra, rb = _records(a, "A"), _records(b, "B")
     fa, fb = _fold_rows(ra), _fold_rows(rb)
-    common = sorted(k for k in fa if fb.get(k) == fa[k])
+    common = sorted(k for k in fa if fb.get(k) == fa[k] and (folds is None or k in set(folds)))
     if not common:
         raise ValueError(
             "paired comparison: the two evaluations share no letters — no fold (repeat, fold) has the same test letters in both, "
@@ -189,13 +221,14 @@ def paired_comparison(
     if metric not in allowed:
         raise ValueError(f"paired comparison: {metric!r} is not a score of this task; use one of {', '.join(allowed)}")
     s = _label_sets(y_true, pred_a, pred_b, labels, metric) if sets else _one_label(y_true, pred_a, pred_b, labels)
-    ids, n_letters = cluster_ids([i for _, i in keys], len(keys))
+    n_letters = len({i for _, i in keys})
+    boot = GroupBootstrap([ra[key][3] for key in keys], s["strata"], len(keys), seed)
     identical = pred_a == pred_b
     observed = 0.0 if identical else s["a"] - s["b"]
-    rng = np.random.default_rng(seed)
-    diffs = np.array([s["diff"](resample_weights(rng, ids, n_letters)) for _ in range(n_boot)])
+    diffs = np.array([s["diff"](boot.weights()) for _ in range(n_boot)])
     alpha = (1 - level) / 2
-    p_boot = (1 + np.sum(np.abs(diffs - observed) >= abs(observed) - 1e-12)) / (n_boot + 1)
+    far = np.sum(diffs <= 0) if observed > 0 else np.sum(diffs >= 0)  # resamples on the other side of 0 from the observed
+    p_boot = 1.0 if observed == 0 else (1 + 2 * far) / (n_boot + 1)
     protocols = {a.get("protocol") or "holdout", b.get("protocol") or "holdout"}
     out = {
         "protocol": protocols.pop() if len(protocols) == 1 else "mixed",
@@ -209,6 +242,8 @@ def paired_comparison(
         "diff_ci": [0.0, 0.0] if identical else [float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))],
         "p_bootstrap": float(min(1.0, p_boot)),
         "n_boot": n_boot,
+        "boot_diffs": [0.0] * n_boot if identical else diffs.tolist(),
+        "se": None,
         "identical": identical,
         "fold_diffs": None,
         "p_corrected": None,
@@ -224,10 +259,28 @@ def paired_comparison(
         n_test = float(np.mean([len(fa[f]) for f in common]))
         if n_letters - n_test > 0:
             tt = corrected_ttest(fold_diffs, n_letters - n_test, n_test, level=level)
-            out.update(fold_diffs=fold_diffs.tolist(), p_corrected=tt["p"], t=tt["t"], df=tt["df"], corrected_ci=tt["ci"])
+            out.update(fold_diffs=fold_diffs.tolist(), p_corrected=tt["p"], t=tt["t"], df=tt["df"], corrected_ci=tt["ci"], se=tt["se"])
+            out["corrected_mean"] = tt["mean"]
     if out["protocol"] in ("holdout", "fixed"):  # one test split
         a_right, b_right = s["right"]
         only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
         p_mcnemar = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
         out.update(p_mcnemar=p_mcnemar, only_a_right=only_a, only_b_right=only_b)
     return out
+
+
+def interval(res: dict, level: float) -> list[float]:
+    """The interval at `level` of the test behind a comparison's p-value (`res`: paired_comparison's answer): under cv with
+    a corrected t-test, its interval over the folds (mean fold difference ± t quantile x corrected se); else the paired
+    bootstrap's percentile interval."""
+    from scipy.stats import t as student
+
+    if res.get("p_corrected") is not None:
+        mean, se = res["corrected_mean"], res["se"]
+        if se <= 1e-12:
+            return [mean, mean]
+        half = float(student.ppf(1 - (1 - level) / 2, res["df"])) * se
+        return [mean - half, mean + half]
+    d = np.asarray(res["boot_diffs"], dtype=float)
+    alpha = (1 - level) / 2
+    return [float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))]

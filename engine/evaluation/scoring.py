@@ -5,7 +5,10 @@ A method gives `fit_predict(fold) -> probabilities of fold.test` (fitted on fold
 out-of-fold predictions into the figures every method reports:
 
 * `macro_f1`: pooled over every scored (repeat, letter), averaged over *all* classes of the dataset;
-* `macro_f1_ci`: 95% bootstrap CI resampling letters (a letter's predictions in every repeat move together);
+* `macro_f1_ci`: 95% stratified cluster bootstrap CI resampling the plan's duplicate groups (copies of a letter, and a
+  letter's predictions in every repeat, move together; every class in every resample; engine.evaluation.metrics);
+* calibration (engine.evaluation.calibration): `brier`, `ece`, `calibration_bins`, per-label Brier and ECE, and for two
+  labels `calibration_intercept` and `calibration_slope`, each figure with its `_ci`;
 * `fold_macro_f1` (one per fold), their mean and sd; the majority-class baseline on the same folds;
 * `task`: single-label; binary (two labels: engine.binary's sensitivity, specificity, PPV, NPV, ROC-AUC, PR-AUC with
   CIs, the positive label and the operating threshold, each fold's chosen on its training letters by the steps that
@@ -14,7 +17,7 @@ out-of-fold predictions into the figures every method reports:
 * `protocol`, `n_letters`, `classes`, and the folds' rows (`folds` under cv, `train_rows`/`test_rows` under
   holdout and fixed, the dataset's own split) as 0-based positions of the data rows of the input file, which scripts read.
 
-`write_predictions` stores one record per scored (repeat, letter) in predictions.json.
+`write_predictions` stores one record per scored (repeat, letter) in predictions.json, with its duplicate group.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from engine.cache.storage import sha256_json
 from engine.data import duplicates
 from engine.data.labels import indicator
 from engine.errors import DataError
-from engine.evaluation import binary, metrics
+from engine.evaluation import binary, calibration, metrics
 from engine.options.groups import MOST_PROBABLE
 from engine.protocols.plans import Fold, Plan
 
@@ -116,7 +119,8 @@ def score(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed: int, decisi
     y = np.asarray(dataset.labels, dtype=str)
     y_true = y[oof.test_index]
     y_pred = np.asarray(classes)[(oof.proba if oof.predicted is None else oof.predicted).argmax(1)]
-    m = metrics.metrics(y_true, y_pred, labels=classes, clusters=oof.test_index, n_boot=n_boot, seed=seed)
+    groups = plan.groups[oof.test_index]  # the bootstrap's clusters: duplicate groups (a letter's repeats move together)
+    m = metrics.metrics(y_true, y_pred, labels=classes, clusters=groups, n_boot=n_boot, seed=seed)
     fold_ids = list(zip(oof.repeat.tolist(), oof.fold.tolist(), strict=True))
     per_fold = metrics.fold_scores(y_true, y_pred, fold_ids, classes)
     majority = np.empty(len(y_true), dtype=object)
@@ -130,17 +134,26 @@ def score(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed: int, decisi
     }
     m.update(_fold_summary("macro_f1", per_fold))
     m.update({"task": "single-label", **_common(dataset, plan, oof)})
-    if binary.is_two_label(dataset):
-        m.update(_score_binary(dataset, oof, y_true, y_pred, decision, thresholds, n_boot=n_boot, seed=seed))
+    two = binary.is_two_label(dataset)
+    if two:
+        m.update(_score_binary(dataset, oof, groups, y_true, y_pred, decision, thresholds, n_boot=n_boot, seed=seed))
+    Y = (y_true[:, None] == np.asarray(classes)[None, :]).astype(np.int8)
+    kind, positive = ("binary", m["positive_label"]) if two else ("single", None)
+    strata = (y_true == positive) if two else y_true
+    m.update(
+        calibration.calibration(
+            oof.proba, Y, classes, kind=kind, positive=positive, clusters=groups, strata=strata, n_boot=n_boot, seed=seed
+        )
+    )
     return _folds_rows(dataset, plan, m)
 
 
-def _score_binary(dataset, oof: OutOfFold, y_true, y_pred, decision, thresholds, *, n_boot: int, seed: int) -> dict:
+def _score_binary(dataset, oof: OutOfFold, groups, y_true, y_pred, decision, thresholds, *, n_boot: int, seed: int) -> dict:
     """A two-label task's figures (engine.binary) and its operating threshold: each fold's, chosen on its training letters
     (`thresholds`, from steps that choose one), else 0.5 on the positive label's probability (the most probable label)."""
     pos = binary.positive_label(dataset.classes, dataset.labels, decision.positive_label if decision else None)
     p = oof.proba[:, dataset.classes.index(pos)]
-    out = binary.binary_metrics(y_true == pos, p, y_pred == pos, clusters=oof.test_index, n_boot=n_boot, seed=seed)
+    out = binary.binary_metrics(y_true == pos, p, y_pred == pos, clusters=groups, n_boot=n_boot, seed=seed)
     tuned = thresholds is not None
     return {
         "task": "binary",
@@ -179,7 +192,13 @@ def _score_multilabel(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed:
     classes = dataset.classes
     T_all = indicator(dataset.labels, classes)
     T, P = T_all[oof.test_index], oof.predicted
-    m = metrics.multilabel_metrics(T, P, classes, clusters=oof.test_index, n_boot=n_boot, seed=seed)
+    groups = plan.groups[oof.test_index]
+    m = metrics.multilabel_metrics(T, P, classes, clusters=groups, n_boot=n_boot, seed=seed)
+    m.update(
+        calibration.calibration(
+            oof.proba, T, classes, kind="multi-label", clusters=groups, strata=metrics.label_set_strata(T), n_boot=n_boot, seed=seed
+        )
+    )
     per_fold = metrics.multilabel_fold_scores(T, P, list(zip(oof.repeat.tolist(), oof.fold.tolist(), strict=True)))
     m.update(_fold_summary("micro_f1", per_fold["micro"]))
     m.update(_fold_summary("macro_f1", per_fold["macro"]))
@@ -267,4 +286,5 @@ def write_predictions(folder, dataset, plan: Plan, oof: OutOfFold, score_kind: s
         repeat=oof.repeat,
         fold=oof.fold,
         protocol=plan.name,
+        group=plan.groups[oof.test_index],
     )
