@@ -88,9 +88,7 @@ def test_fit_multilabel_learns_and_tunes_thresholds_on_training_letters_only():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(240, 12))
     Y = (X[:, :3] > 0.6).astype(np.int8)  # three labels, each read from one coordinate
-    fitted = estimators.fit_multilabel(
-        X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0
-    )
+    fitted = estimators.fit_multilabel(X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0)
     P = fitted.estimator.predict(X[160:])
     assert P.shape == (80, 3) and set(np.unique(P)) <= {0, 1}
     assert f1_score(Y[160:], P, average="micro") > 0.8
@@ -98,9 +96,7 @@ def test_fit_multilabel_learns_and_tunes_thresholds_on_training_letters_only():
     assert ((proba >= 0) & (proba <= 1)).all()
     assert np.array_equal(P, (proba >= fitted.estimator.thresholds_).astype(np.int8))
     # other test letters change nothing: thresholds come from the training letters alone
-    again = estimators.fit_multilabel(
-        X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0
-    )
+    again = estimators.fit_multilabel(X[:160], Y[:160], ["a", "b", "c"], "logreg", ClassifierOptions(), 0)
     assert np.array_equal(again.estimator.thresholds_, fitted.estimator.thresholds_)
     assert fitted.smote["enabled"] is False and "not defined" in fitted.smote["why"]
 

@@ -141,6 +141,13 @@ def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def train_sizes(a: Evaluation, b: Evaluation) -> dict[tuple[int, int], int]:
+    """{(repeat, fold): training letters} of the folds both plans record, the smaller of the two (the corrected t-test's
+    n_train: the training side as it was, cut to labels_per_class where it was, not the letters left out of the test)."""
+    sa, sb = a.fold_train_sizes, b.fold_train_sizes
+    return {k: min(v, sb[k]) for k, v in sa.items() if k in sb}
+
+
 def fmt_diff(x: float) -> str:
     """A difference of macro-F1 as text: +0.012; one too small for 3 decimals keeps 2 significant digits
     (+0.00042), so no text ever reads +0.000."""
@@ -179,7 +186,7 @@ def significance(evals: list[Evaluation], top: int = 4, n_boot: int = 2000, seed
         po = predictions(other)
         labels = _classes(pb, po, best.manifest["data"], other.manifest["data"])
         try:
-            res = paired.paired_comparison(pb, po, labels, metric=metric, n_boot=n_boot, seed=seed)
+            res = paired.paired_comparison(pb, po, labels, metric=metric, n_boot=n_boot, seed=seed, train_sizes=train_sizes(best, other))
         except ValueError:
             continue  # no fold scored on the same letters (another split or plan): not comparable pairwise
         results.append((other, res))

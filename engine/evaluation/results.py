@@ -82,6 +82,12 @@ class Evaluation:
         return round(sum(sizes) / len(sizes) / n_classes, 2) if sizes and n_classes else None
 
     @property
+    def fold_train_sizes(self) -> dict[tuple[int, int], int]:
+        """{(repeat, fold): training letters} of its plan (cut to labels_per_class where it was); {} for older artifacts."""
+        folds = (self.manifest.get("protocol") or {}).get("folds") or []
+        return {(int(f["repeat"]), int(f["fold"])): int(f["n_train"]) for f in folds if f.get("n_train")}
+
+    @property
     def embeddings_key(self) -> str | None:
         return (self.manifest.get("embeddings") or {}).get("key")
 
