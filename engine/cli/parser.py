@@ -59,6 +59,12 @@ def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
         metavar="COL",
         help="column of reference answers (never part of a letter): what domain-adapt's generated answers are scored against",
     )
+    p.add_argument(
+        "--subgroup-column",
+        metavar="COL",
+        help="column of subgroups (site, sex, age band, note type; never part of a letter): the headline metric with its 95%% CI "
+        "for each of its values, and the gap between the best and the worst",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
