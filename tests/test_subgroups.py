@@ -134,3 +134,36 @@ def test_evaluate_json_carries_subgroups(cache, tmp_path, default_ds, tiny_encod
     res = json.loads(out.read_text())
     assert [r["name"] for r in res["subgroups"]] == ["north", "south"] and res["subgroup_gap_ci"] is not None
     assert "subgroup" in done.stdout
+
+
+def _review_page():
+    from engine import api
+    from ui import review
+
+    evals = api.evaluations()[0]
+    review.subgroup_section(evals)
+    review.methods_download(evals)
+
+
+def test_compare_shows_the_subgroup_chart_and_methods_md_reports_the_subgroups(cache, tmp_path, default_ds, tiny_encoder):
+    from streamlit.testing.v1 import AppTest
+
+    from engine import api
+    from ui import charts, report
+
+    ds = experiment.DataSpec(str(_letters_with_sites(default_ds, tmp_path)), "letter", "specialty", subgroup_column="site").load()
+    run_step(ds, tiny_encoder, "logreg", max_length=64, grid=False, n_boot=100)
+    evals = api.evaluations()[0]
+    table = api.subgroup_table(evals)
+    assert list(table["subgroup"]) == ["north", "south"] and list(table["n"]) == [40, 20] and table["too_few"].tolist() == [False, True]
+    fig = charts.subgroup_chart(table)
+    assert [list(t.y) for t in fig.data] == [["north (n=40)", "south (n=20, too few)"]] and fig.data[0].error_x.array is not None
+    assert "macro-F1 by site" in report.figures(evals) and "macro-F1 by site" in report.tables(evals)
+    at = AppTest.from_function(_review_page, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.subheader] == ["By site"] and len(at.get("plotly_chart")) == 1
+    assert any("fewer than 30 letters" in c.value for c in at.caption)
+    text = api.methods_markdown(evals)
+    m = evals[0].metrics
+    assert "### Subgroups" in text and f"north {m['subgroups'][0]['macro_f1']:.3f}" in text and "14 / 23b" in text
+    assert "14 fairness" not in text

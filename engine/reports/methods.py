@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.evaluation.results import Evaluation, comparison_table
+from engine.options import groups
 
 ESSENTIAL_VERSIONS = (
     "python",
@@ -28,8 +29,18 @@ ESSENTIAL_VERSIONS = (
     "sentence-transformers",
     "llama-cpp-python",
 )
-# settings every evaluation records that say nothing of the method (the data's, the run's bookkeeping)
-NOT_SETTINGS = {"n_seeds", "learning_curve", "label_conflicts", "no_label"}
+# settings said elsewhere (data, protocol) or the run's bookkeeping
+NOT_SETTINGS = {"n_seeds", "learning_curve", "label_conflicts", "no_label", "protocol", "seed", "labels_per_class"}
+SHARED_GROUPS = ("protocol", "embedding")  # the options every method reads
+# the option groups a stored classifier's kind reads (its manifest's `predictor`)
+PREDICTOR_GROUPS = {
+    "embedding-classifier": ("classifier",),
+    "text-pipeline": ("classifier",),
+    "sequence-classifier": ("finetune",),
+    "tuned-encoder": ("setfit",),
+    "prompted-lm": ("prompt",),
+    "tuned-lm": ("prompt", "finetune"),
+}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -65,7 +76,11 @@ def _data(evals: list[Evaluation]) -> str:
     multi = " Each letter carries a set of labels (possibly none)." if e.multi_label else ""
     g = p.get("groups") or {}
     dup = (
-        f"Exact copies (identical after normalising case, whitespace and punctuation){' and near-copies (MinHash Jaccard ≥ ' + str(g['near_threshold']) + ')' if g.get('near_threshold') else ''} "
+        "No duplicate letters were found (exact copies after normalising case, whitespace and punctuation"
+        + (f", or near-copies at MinHash Jaccard ≥ {g['near_threshold']}" if g.get("near_threshold") else "")
+        + ")."
+        if g and not g.get("n_duplicate_groups")
+        else f"Exact copies (identical after normalising case, whitespace and punctuation){' and near-copies (MinHash Jaccard ≥ ' + str(g['near_threshold']) + ')' if g.get('near_threshold') else ''} "
         f"were grouped: {g.get('n_duplicate_groups', 'n/a')} groups of copies (the largest of {g.get('largest', 'n/a')} letters) were "
         "kept whole on one side of every split."
         if g
@@ -76,9 +91,9 @@ def _data(evals: list[Evaluation]) -> str:
         "drop": "Copies filed under different labels were left out before scoring.",
         "merge": "Each set of copies filed under different labels was merged into one letter carrying all their labels.",
     }.get(cfg.get("label_conflicts", "group"), "")
-    cut = sorted({(x.label, n) for x in evals if (n := _find(x.manifest, "n_truncated")) is not None})
+    cut = sorted({(_model_name(x.model), n) for x in evals if (n := _find(x.manifest, "n_truncated")) is not None})
     cut_text = (
-        "Letters cut at max_length: " + "; ".join(f"{n} for {label}" for label, n in cut) + "."
+        f"Letters longer than max_length ({cfg.get('max_length')} tokens) and cut: " + "; ".join(f"{n} for {name}" for name, n in cut) + "."
         if cut
         else "The number of letters cut at max_length is not recorded in these evaluations."
     )
@@ -107,16 +122,34 @@ def _by(evals, key) -> dict:
     return out
 
 
+def _model_name(name: str) -> str:
+    """A model's name; a local folder's last part (no machine path in a paper)."""
+    return Path(name).name if "/" in name or "\\" in name else name
+
+
 def _settings(evals: list[Evaluation]) -> str:
-    configs = [{k: v for k, v in e.manifest.get("config", {}).items() if k not in NOT_SETTINGS} for e in evals]
-    shared = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs[1:])}
-    lines = [
-        f"- **{e.label}**: model {e.model} ({e.stage}), method {e.manifest.get('method_title') or e.method}"
-        + (f"; settings that differ: {', '.join(f'{k}={v}' for k, v in sorted(c.items()) if k not in shared)}" if len(evals) > 1 else "")
-        for e, c in zip(evals, configs, strict=True)
-    ]
-    common = ", ".join(f"{k}={v}" for k, v in sorted(shared.items()) if v not in (None, [], {}))
-    return "\n".join(lines) + f"\n\nSettings shared by all: {common}."
+    """Each evaluation's model, method and the settings its kind of classifier reads; the options every method reads once."""
+    shared_names = [n for n in groups.names(*SHARED_GROUPS) if n not in NOT_SETTINGS]
+    configs = [e.manifest.get("config", {}) for e in evals]
+    lines = []
+    for e, cfg in zip(evals, configs, strict=True):
+        own = groups.names(*PREDICTOR_GROUPS.get(e.manifest.get("predictor") or "", ()))
+        shown = ", ".join(f"{k}={cfg[k]}" for k in own if k in cfg and k not in NOT_SETTINGS and cfg[k] not in (None, [], {}))
+        lines.append(
+            f"- **{e.label}**: model {_model_name(e.model)} ({e.stage}), method {e.manifest.get('method_title') or e.method}"
+            + (f"; {shown}" if shown else "")
+            + "."
+        )
+    same = [k for k in shared_names if all(k in c for c in configs) and all(c[k] == configs[0][k] for c in configs)]
+    differ = [k for k in shared_names if k not in same and any(k in c for c in configs)]
+    text = (
+        "\n".join(lines)
+        + "\n\nSettings of every evaluation: "
+        + ", ".join(f"{k}={configs[0][k]}" for k in same if configs[0][k] is not None)
+    )
+    if differ:
+        text += "; differing: " + "; ".join(f"{k} " + ", ".join(str(c.get(k)) for c in configs) for k in differ)
+    return text + "."
 
 
 def _metrics(evals: list[Evaluation], sig: pd.DataFrame | None) -> str:
@@ -183,15 +216,13 @@ def _subgroups(evals: list[Evaluation]) -> str:
         if not m.get("subgroups"):
             continue
         rows = "; ".join(
-            f"{r['name']} {_fmt(r['macro_f1'])} ({_fmt((r['macro_f1_ci'] or [None])[0])}–{_fmt((r['macro_f1_ci'] or [None, None])[1])}, n={r['n']})"
+            f"{r['name']} {_fmt(r['macro_f1'])} ({_fmt((r['macro_f1_ci'] or [None])[0])} to {_fmt((r['macro_f1_ci'] or [None, None])[1])}, n={r['n']})"
             for r in m["subgroups"]
         )
         gap = ""
         if m.get("subgroup_gap") is not None:
             lo, hi = m.get("subgroup_gap_ci") or (None, None)
-            gap = (
-                f"; gap {m['subgroup_gap_between'][0]} − {m['subgroup_gap_between'][1]}: {_fmt(m['subgroup_gap'])} ({_fmt(lo)}–{_fmt(hi)})"
-            )
+            gap = f"; gap {m['subgroup_gap_between'][0]} − {m['subgroup_gap_between'][1]}: {_fmt(m['subgroup_gap'])} ({_fmt(lo)} to {_fmt(hi)})"
         parts.append(f"- {e.label}, by {m['subgroup_column']}: {rows}{gap}.")
     return "\n".join(parts)
 
