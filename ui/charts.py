@@ -133,7 +133,7 @@ def subgroup_chart(table: pd.DataFrame, title: str | None = None) -> go.Figure:
             )
         )
     fig.update_xaxes(title="macro-F1 on the subgroup's scored letters (95% CI)", range=[0, 1.05])
-    fig.update_yaxes(title=dict(text=column, standoff=14), ticksuffix=" ", automargin=True)
+    fig.update_yaxes(title=dict(text=column, standoff=24), ticksuffix="  ", automargin=True)
     fig.update_layout(barmode="group", legend_title_text="evaluation")
     n_rows = table["subgroup"].nunique() * max(1, table["evaluation"].nunique())
     return _layout(fig, title or f"Macro-F1 by {column}", height=max(320, 90 + 30 * n_rows))
