@@ -167,3 +167,24 @@ def test_compare_shows_the_subgroup_chart_and_methods_md_reports_the_subgroups(c
     m = evals[0].metrics
     assert "### Subgroups" in text and f"north {m['subgroups'][0]['macro_f1']:.3f}" in text and "14 / 23b" in text
     assert "14 fairness" not in text
+
+
+def test_label_sets_get_subgroup_figures_over_the_labels_each_subgroup_carries(cache, default_ds):
+    from pathlib import Path
+
+    from engine.data.labels import indicator
+    from tests.test_multilabel import multi_label_ds
+
+    ds = multi_label_ds(default_ds)
+    half = ["early" if i % 2 else "late" for i in range(len(ds))]
+    ds.options, ds.fields = {"subgroup_column": "half"}, {"half": half}
+    res = run_step(ds, "tfidf", "tfidf", protocol="holdout", test_size=0.3, n_boot=100)
+    m = res.metrics
+    pred = json.loads((Path(res.artifact) / "predictions.json").read_text())
+    T, P = indicator(pred["y_true"], ds.classes), indicator(pred["y_pred"], ds.classes)
+    rows = {r["name"]: r for r in m["subgroups"]}
+    for name in ("early", "late"):
+        inside = np.array([half[i] == name for i in pred["test_index"]])
+        present = T[inside].sum(0) > 0
+        want = f1_score(T[inside][:, present], P[inside][:, present], average="macro", zero_division=0)
+        assert rows[name]["n"] == inside.sum() and rows[name]["macro_f1"] == pytest.approx(want)
