@@ -239,3 +239,16 @@ def test_compare_reports_what_differs():
     out = {"macro_f1": {"stored": 0.5, "rerun": 0.5}, "differences": []}
     replication._compare(out, old, {**old, "scores": [[0.9000004, 0.0999996]] * 3})  # within the 1e-6 rounding
     assert out["differences"] == [] and out["n_predictions_differing"] == 0
+
+
+def test_the_compare_page_shows_an_overlap_and_the_unseen_letters_figures(two_evals, tmp_path, default_ds):
+    from streamlit.testing.v1 import AppTest
+
+    ds, (svc, _) = two_evals
+    rows = _external_rows(default_ds)
+    rows.insert(2, {"body": ds.texts[5], "dept": ds.labels[5]})
+    res = api.score_external(svc.artifact, write_csv(tmp_path / "mixed.csv", rows), "body", "dept", allow_overlap=True)
+    at = AppTest.from_function(_external_page, kwargs={"res": res}, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert any("1 of the 21 letters were among its training letters (rows 3)" in w.value for w in at.warning)
+    assert [m.label for m in at.metric].count("macro-F1") == 2 and len(at.dataframe) == 2  # all letters, then the unseen ones

@@ -32,7 +32,7 @@ def _show_label_sets(res: dict) -> None:
         f"Hamming loss {res['hamming_loss']:.3f}; each label decided at the classifier's own threshold."
     )
     table = pd.DataFrame(res["per_label"], columns=["label", "precision", "recall", "f1", "support", "predicted"])
-    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}")
+    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}{res.get('part', '')}")
 
 
 def _overlap_note(res: dict) -> None:
@@ -46,7 +46,7 @@ def _overlap_note(res: dict) -> None:
             "above count them; those on the unseen letters alone follow."
         )
         if res.get("unseen"):
-            _show({**res, **res["unseen"], "unseen": None, "n_overlap": 0})
+            _show_figures({**res, **res["unseen"], "part": "-unseen"})
         else:
             st.caption("Every letter of the file was a training letter: no unseen letter to score.")
 
@@ -76,7 +76,7 @@ def _show_figures(res: dict) -> None:
     st.caption("; ".join(notes) + ".")
     rows = [{"class": c, **v} for c, v in res["per_class"].items()]
     table = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
-    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}")
+    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}{res.get('part', '')}")
 
 
 def external_validation(evals: list) -> None:
