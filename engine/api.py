@@ -472,6 +472,23 @@ browser_path, figure_bytes, table_csv = export.browser_path, export.figure_bytes
 report_zip, slug = export.report_zip, export.slug
 
 
+def methods_markdown(evals: list[Evaluation], with_significance: bool = True) -> str:
+    """methods.md of a comparison (engine.reports.methods): data, protocol, models and methods, metrics and tests,
+    versions, the table with CIs, subgroups, the paired tests' verdicts and the TRIPOD+AI items covered."""
+    from engine.evaluation import comparison
+    from engine.reports import methods
+
+    sig = comparison.significance(evals) if with_significance and len(evals) > 1 else None
+    return methods.methods_markdown(evals, sig)
+
+
+def subgroup_table(evals: list[Evaluation]) -> pd.DataFrame:
+    """One row per evaluation and subgroup (those scored with a subgroup column; engine.evaluation.subgroups)."""
+    from engine.evaluation import results
+
+    return results.subgroup_table(evals)
+
+
 def export_formats() -> dict[str, str]:
     """Chart formats and their MIME types."""
     return dict(export.FORMATS)

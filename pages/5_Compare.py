@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import binary, calibration, charts, common, compare, external, multilabel, report
+from ui import binary, calibration, charts, common, compare, external, multilabel, report, review
 
 common.page(
     "Compare",
@@ -80,6 +80,8 @@ if sig is not None and len(sig):
     common.table(compare.significance_table(sig), "significance of the models", "sig")
 elif sig is not None:
     st.caption("Needs at least two evaluations of this dataset scored on the same letters (the same folds or test split).")
+review.subgroup_section(evals)  # evaluations scored with a subgroup column: macro-F1 per subgroup, the best-worst gap
+review.methods_download(evals)
 
 st.subheader("The letters behind the figures")
 labels = [e.label for e in evals]

@@ -28,14 +28,17 @@ except ClinBenchError as exc:
     st.stop()
 
 st.subheader("Report")
-st.write(f"One zip with {len(figs)} charts (PNG, SVG, HTML), {len(tables)} tables (CSV) and report.json.")
+st.write(f"One zip with {len(figs)} charts (PNG, SVG, HTML), {len(tables)} tables (CSV), methods.md (the methods section) and report.json.")
 if st.button("Build the report", type="primary", disabled=browser is None):
     try:
         with st.spinner("Rendering the charts…"):
             st.session_state["report"] = (
                 tuple(e.key for e in evals),
                 api.report_zip(
-                    figs, tables, {"dataset": ds["source"], "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals]}
+                    figs,
+                    tables,
+                    {"dataset": ds["source"], "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals]},
+                    documents=report.documents(evals),
                 ),
             )
     except ClinBenchError as exc:

@@ -69,3 +69,26 @@ def test_formulas_in_labels_are_exported_as_text_in_csv_and_raw_in_json():
         assert rows[1][1] == "-0.5"  # a number is not text
     meta = json.loads(zipfile.ZipFile(io.BytesIO(export.report_zip({}, {"t": df}, {"label": attacks[0]}))).read("report.json"))
     assert meta["label"] == attacks[0]
+
+
+def test_the_report_zip_holds_methods_md_with_the_figures_of_the_manifests(cache, two_evals):
+    from engine import api
+    from ui import report
+
+    evals, _ = results.list_evaluations()
+    text = report.documents(evals)["methods.md"]
+    zf = zipfile.ZipFile(io.BytesIO(export.report_zip({}, report.tables(evals), formats=("html",), documents=report.documents(evals))))
+    assert zf.read("methods.md").decode() == text and json.loads(zf.read("report.json"))["documents"] == ["methods.md"]
+    first = evals[0].manifest
+    assert f"We used {first['data']['n_letters']} letters from letters.csv" in text and "/" not in text.split("letters.csv")[0][-40:]
+    for e in evals:  # every figure is the manifest's, as written
+        lo, hi = e.metrics["macro_f1_ci"]
+        assert f"| {e.label} | cv | 60 | {e.metrics['macro_f1']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+        assert f"method {e.manifest['method_title']}" in text
+    counts = {c: v["support"] // first["protocol"]["n_repeats"] for c, v in first["metrics"]["per_class"].items()}
+    assert all(f"{c} ({n})" in text for c, n in counts.items()) and sum(counts.values()) == 60
+    n_dup = first["protocol"]["groups"]["n_duplicate_groups"]
+    assert (f"{n_dup} groups of copies" if n_dup else "No duplicate letters were found") in text
+    assert f"torch {first['versions']['torch']}" in text and "corrected resampled t-test" in text
+    assert api.significance(evals)["summary"].iloc[0] in text
+    assert "## TRIPOD+AI" in text and "Yours to write" in text and "14 fairness" in text  # no subgroup column here

@@ -195,3 +195,21 @@ def test_a_metric_the_task_has_not_is_refused():
             _holdout(np.array(list("abab")), np.array(list("abab"))),
             metric="micro_f1",
         )
+
+
+def test_corrected_ttest_uses_the_real_training_size_when_the_training_side_was_cut():
+    """labels_per_class: each fold trained on 6 letters, not the 48 left out of its test fold; the corrected variance
+    (1/k + n_test/n_train) grows, so p does too (the review's 0.047 vs 0.158)."""
+    rng = np.random.default_rng(4)
+    y = rng.choice(list("abc"), 60)
+    a = [np.where(rng.random(60) < 0.75, y, rng.choice(list("abc"), 60)) for _ in range(2)]
+    b = [np.where(rng.random(60) < 0.6, y, rng.choice(list("abc"), 60)) for _ in range(2)]
+    sizes = {(r, f): 6 for r in range(2) for f in range(5)}
+    cut = paired.paired_comparison(_cv(y, a), _cv(y, b), list("abc"), n_boot=100, train_sizes=sizes)
+    every = paired.paired_comparison(_cv(y, a), _cv(y, b), list("abc"), n_boot=100)
+    assert cut["n_train"] == 6 and every["n_train"] == 48
+    assert cut["p_corrected"] == pytest.approx(paired.corrected_ttest(cut["fold_diffs"], 6, 12)["p"])
+    assert cut["p_corrected"] > every["p_corrected"]
+    assert cut["corrected_ci"][1] - cut["corrected_ci"][0] > every["corrected_ci"][1] - every["corrected_ci"][0]
+    partial = paired.paired_comparison(_cv(y, a), _cv(y, b), list("abc"), n_boot=100, train_sizes={(0, 0): 6})
+    assert partial["n_train"] == 48  # sizes of some folds only: the letters left out of the test, as for older artifacts

@@ -134,6 +134,11 @@ def test_the_stored_classifier_answers_like_the_evaluation(method, cache, small_
         and set(calibration) <= set(m["train_rows"])
         and not set(calibration) & set(demos["rows"] if demos else [])
     )
+    from engine.evaluation import overlap  # what it read (its examples and calibration letters) is recorded, nothing else
+
+    read = overlap.trained_on(Path(res.artifact))
+    assert read == set(overlap.hashes([ds.texts[r] for r in calibration + (demos["rows"] if demos else [])]))
+    assert not read & set(overlap.hashes([ds.texts[i] for i in m["test_rows"]]))
     again = run_step(ds, tiny_decoder, method, protocol="holdout", max_length=64, n_boot=100, k_shot=1)
     assert again.cache_hit
 

@@ -123,6 +123,25 @@ def test_significance_compares_cv_evaluations_on_their_common_folds(stored_predi
     assert all("Holm-adjusted over all 2 pairwise tests of 3 evaluations" in s for s in tested["summary"])
 
 
+def test_significance_reads_the_training_size_of_a_cut_training_side(stored_predictions):
+    """Evaluations with labels_per_class 2 (3 labels: 6 training letters a fold): the corrected t-test's n_train is 6,
+    as the plans' folds record it, not the 48 letters outside the test fold."""
+    rng = np.random.default_rng(3)
+    y = rng.choice(list("abc"), 60)
+    good, poor = _noisy(rng, y, 0.8), _noisy(rng, y, 0.6)
+    stored_predictions.update(best=_cv_record(y, [good, good]), poor=_cv_record(y, [poor, poor]))
+    evals = [_eval("best", 0.8), _eval("poor", 0.6)]
+    for e in evals:
+        e.manifest["protocol"] |= {
+            "labels_per_class": 2,
+            "folds": [{"repeat": r, "fold": f, "n_train": 6, "n_test": 12} for r in range(2) for f in range(5)],
+        }
+    row = comparison.significance(evals, n_boot=100).iloc[0]
+    diffs = paired.paired_comparison(stored_predictions["best"], stored_predictions["poor"], list("abc"), n_boot=10)["fold_diffs"]
+    assert row["p_corrected"] == pytest.approx(paired.corrected_ttest(diffs, 6, 12)["p"])
+    assert row["p_corrected"] != pytest.approx(paired.corrected_ttest(diffs, 48, 12)["p"])
+
+
 def test_significance_says_no_detectable_difference_and_never_plus_zero(stored_predictions):
     rng = np.random.default_rng(1)
     y = rng.choice(list("abc"), 200)

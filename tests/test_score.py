@@ -107,6 +107,66 @@ def test_score_cli_prints_like_evaluate_and_writes_json(two_evals, external_csv,
     assert bad.returncode == 2 and "'nope'" in bad.stderr
 
 
+def test_score_refuses_the_classifiers_own_training_letters_unless_allowed(two_evals, tmp_path, default_ds):
+    """Under cv the stored classifier was refit on every letter: its own file is refused (exit 2, naming how many and
+    which rows); --allow-overlap scores it and says so in the JSON."""
+    ds, (svc, _) = two_evals
+    assert svc.manifest["training_letters"]["n"] == len(set(ds.texts))
+    source = svc.manifest["data"]["source"]
+    with pytest.raises(DataError) as err:
+        api.score_external(svc.artifact, source, "letter", "specialty")
+    assert "60 of its 60 letters" in str(err.value) and "rows 1, 2, 3" in str(err.value) and "--allow-overlap" in str(err.value)
+    key = svc.artifact.rsplit("/", 1)[-1]
+    out = tmp_path / "own.json"
+    refused = cli("score", key[:8], "--data", source, "--text-column", "letter", "--label-column", "specialty", "--json", str(out))
+    assert refused.returncode == 2 and "trained on" in refused.stderr and not out.exists()
+    done = cli(
+        "score", key[:8], "--data", source, "--text-column", "letter", "--label-column", "specialty", "--allow-overlap", "--json", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    res = json.loads(out.read_text())
+    assert res["n_overlap"] == 60 and res["overlap_rows"] == list(range(60)) and res["unseen"] is None
+    assert "no unseen letter" in done.stdout
+
+
+def test_allow_overlap_reports_the_unseen_letters_alone(two_evals, tmp_path, default_ds):
+    """A file of 20 unseen letters with 3 training letters (one a copy differing in case and spacing) put in rows 2, 5, 9."""
+    ds, (svc, _) = two_evals
+    rows = _external_rows(default_ds)
+    unseen = write_csv(tmp_path / "unseen.csv", rows)
+    copies = [{"body": "  " + ds.texts[0].upper() + " ", "dept": ds.labels[0]}, {"body": ds.texts[1], "dept": ds.labels[1]}]
+    copies.append({"body": ds.texts[2], "dept": ds.labels[2]})
+    mixed = list(rows)
+    for pos, r in zip((1, 4, 8), copies, strict=True):
+        mixed.insert(pos, r)
+    path = write_csv(tmp_path / "mixed.csv", mixed)
+    with pytest.raises(DataError, match=r"3 of its 23 letters.*rows 2, 5, 9"):
+        api.score_external(svc.artifact, path, "body", "dept")
+    res = api.score_external(svc.artifact, path, "body", "dept", allow_overlap=True)
+    alone = api.score_external(svc.artifact, unseen, "body", "dept")
+    assert res["n_overlap"] == 3 and res["overlap_rows"] == [1, 4, 8] and res["n_letters"] == 23
+    assert alone["n_overlap"] == 0 and alone["overlap_rows"] == [] and alone["overlap_checked"] and alone["unseen"] is None
+    assert res["unseen"]["n_letters"] == 20 and res["unseen"]["macro_f1"] == pytest.approx(alone["macro_f1"])
+    assert res["unseen"]["macro_f1_ci"] == pytest.approx(alone["macro_f1_ci"])
+
+
+def test_a_classifier_stored_before_training_letters_were_recorded_is_scored_unchecked(tmp_path):
+    from engine.cache import artifacts
+    from engine.evaluation import overlap
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    artifacts.seal(old, {"kind": "evaluation"})
+    overlap.write(new, overlap.hashes(["Chest pain, radiating.", "Knee  swelling"]))
+    artifacts.seal(new, {"kind": "evaluation"})
+    assert overlap.trained_on(old) is None
+    seen = overlap.trained_on(new)
+    assert overlap.shared(["knee swelling", "chest pain radiating", "A rash."], seen) == [0, 1]
+    (new / overlap.TRAINING_FILE).write_text('{"letters": []}')  # changed after sealing: refused, not read as "none"
+    with pytest.raises(ClinBenchError, match="does not match the hash"):
+        overlap.trained_on(new)
+
+
 def test_rerun_of_a_stored_evaluation_is_identical(two_evals, tmp_path):
     _, (svc, _) = two_evals
     key = svc.artifact.rsplit("/", 1)[-1]
@@ -179,3 +239,16 @@ def test_compare_reports_what_differs():
     out = {"macro_f1": {"stored": 0.5, "rerun": 0.5}, "differences": []}
     replication._compare(out, old, {**old, "scores": [[0.9000004, 0.0999996]] * 3})  # within the 1e-6 rounding
     assert out["differences"] == [] and out["n_predictions_differing"] == 0
+
+
+def test_the_compare_page_shows_an_overlap_and_the_unseen_letters_figures(two_evals, tmp_path, default_ds):
+    from streamlit.testing.v1 import AppTest
+
+    ds, (svc, _) = two_evals
+    rows = _external_rows(default_ds)
+    rows.insert(2, {"body": ds.texts[5], "dept": ds.labels[5]})
+    res = api.score_external(svc.artifact, write_csv(tmp_path / "mixed.csv", rows), "body", "dept", allow_overlap=True)
+    at = AppTest.from_function(_external_page, kwargs={"res": res}, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert any("1 of the 21 letters were among its training letters (rows 3)" in w.value for w in at.warning)
+    assert [m.label for m in at.metric].count("macro-F1") == 2 and len(at.dataframe) == 2  # all letters, then the unseen ones

@@ -104,6 +104,41 @@ def macro_f1_chart(
     return _layout(fig, title, height=max(320, 90 + 42 * len(t)))
 
 
+def subgroup_chart(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Macro-F1 with its 95% CI for each subgroup (y) and evaluation (one colour each), from engine.api.subgroup_table;
+    a subgroup with too few letters to say much is drawn pale and marked in its label."""
+    column = str(table["column"].iloc[0]) if len(table) else "subgroup"
+    fig = go.Figure()
+    for i, (evaluation, part) in enumerate(table.groupby("evaluation", sort=False)):
+        names = [f"{s} (n={n}{', too few' if few else ''})" for s, n, few in zip(part["subgroup"], part["n"], part["too_few"], strict=True)]
+        fig.add_trace(
+            go.Bar(
+                x=part["macro_f1"],
+                y=names,
+                orientation="h",
+                name=evaluation,
+                marker_color=PALETTE[i % len(PALETTE)],
+                marker_opacity=[0.35 if few else 1.0 for few in part["too_few"]],
+                error_x=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
+                    arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0),
+                    color="#333",
+                ),
+                text=[f"{v:.3f}" for v in part["macro_f1"]],
+                textposition="inside",
+                insidetextanchor="start",
+                hovertemplate="%{y}<br>macro-F1 %{x:.3f}<extra>" + html.escape(str(evaluation)) + "</extra>",
+            )
+        )
+    fig.update_xaxes(title="macro-F1 on the subgroup's scored letters (95% CI)", range=[0, 1.05])
+    fig.update_yaxes(title=dict(text=column, standoff=24), ticksuffix="  ", automargin=True)
+    fig.update_layout(barmode="group", legend_title_text="evaluation")
+    n_rows = table["subgroup"].nunique() * max(1, table["evaluation"].nunique())
+    return _layout(fig, title or f"Macro-F1 by {column}", height=max(320, 90 + 30 * n_rows))
+
+
 def learning_curve_chart(
     points: pd.DataFrame, title: str = "Learning curve: macro-F1 against training letters per label", name: str = "macro-F1"
 ) -> go.Figure:

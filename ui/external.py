@@ -32,10 +32,31 @@ def _show_label_sets(res: dict) -> None:
         f"Hamming loss {res['hamming_loss']:.3f}; each label decided at the classifier's own threshold."
     )
     table = pd.DataFrame(res["per_label"], columns=["label", "precision", "recall", "f1", "support", "predicted"])
-    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}")
+    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}{res.get('part', '')}")
+
+
+def _overlap_note(res: dict) -> None:
+    """What the classifier had read of the file: nothing, some letters (their figures alone below), or unknown."""
+    if not res.get("overlap_checked", True):
+        st.caption("This classifier was stored before ClinBench recorded its training letters: the overlap cannot be checked.")
+    elif res.get("n_overlap"):
+        rows = ", ".join(str(r + 1) for r in res["overlap_rows"][:10]) + (" …" if len(res["overlap_rows"]) > 10 else "")
+        st.warning(
+            f"{res['n_overlap']} of the {res['n_letters']} letters were among its training letters (rows {rows}): the figures "
+            "above count them; those on the unseen letters alone follow."
+        )
+        if res.get("unseen"):
+            _show_figures({**res, **res["unseen"], "part": "-unseen"})
+        else:
+            st.caption("Every letter of the file was a training letter: no unseen letter to score.")
 
 
 def _show(res: dict) -> None:
+    _show_figures(res)
+    _overlap_note(res)
+
+
+def _show_figures(res: dict) -> None:
     if res.get("task") == "multi-label":
         _show_label_sets(res)
         return
@@ -55,7 +76,7 @@ def _show(res: dict) -> None:
     st.caption("; ".join(notes) + ".")
     rows = [{"class": c, **v} for c, v in res["per_class"].items()]
     table = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
-    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}")
+    common.table(table.round(4), f"external validation {res['evaluation']}", f"ext-{res['result'][:10]}{res.get('part', '')}")
 
 
 def external_validation(evals: list) -> None:
@@ -89,11 +110,18 @@ def external_validation(evals: list) -> None:
         sep = None
         if ev.multi_label:  # several labels per letter: a JSON list needs nothing, a text cell its separator
             sep = st.text_input("Label separator (several labels in one cell; empty for a JSON list)", "", key="ext-sep") or None
-        choice = (ev.key, str(path), text_col, label_col, sep)
+        allow = st.checkbox(
+            "Score letters the classifier was trained on too (and report the unseen letters alone)",
+            key="ext-allow-overlap",
+            help="Without it, a file sharing letters with the classifier's training letters is refused: its figures would be "
+            "near-training figures, not an external validation.",
+        )
+        choice = (ev.key, str(path), text_col, label_col, sep, allow)
         if st.button("Score", key="ext-score", type="primary"):
             try:
                 with st.spinner(f"Classifying the letters of {upload.name} with {ev.label}…"):
-                    st.session_state["ext-result"] = (choice, api.score_external(ev.key, path, text_col, label_col, label_sep=sep))
+                    res = api.score_external(ev.key, path, text_col, label_col, label_sep=sep, allow_overlap=allow)
+                    st.session_state["ext-result"] = (choice, res)
             except ClinBenchError as exc:
                 st.session_state.pop("ext-result", None)
                 common.error(exc, "External validation")

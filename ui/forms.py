@@ -98,8 +98,9 @@ def option_widgets(columns: int = 4) -> dict:
 
 def data_option_widgets(columns: list[str]) -> dict:
     """The data options of an uploaded file (engine.data.dataset.DATA_OPTIONS, besides its test-ids file): a text template joining
-    several columns, the file's own train/test split, a column of reference answers. Returns the ones given."""
-    box = st.expander("Letters from several columns · the file's own train/test split · reference answers")
+    several columns, the file's own train/test split, a column of reference answers, a column of subgroups. Returns the
+    ones given."""
+    box = st.expander("Letters from several columns · the file's own train/test split · reference answers · subgroups")
     c1, c2, c3 = box.columns(3)
     template = c1.text_area(
         "Text template",
@@ -119,5 +120,12 @@ def data_option_widgets(columns: list[str]) -> dict:
         key="data-answer",
         help="Reference answers (e.g. a conclusion), never part of a letter: what a tuned model's written answers are scored against.",
     )
-    given = {"text_template": template.strip() or None, "split_column": split, "answer_column": answer}
+    subgroup = c2.selectbox(
+        "Subgroup column",
+        [none, *columns],
+        key="data-subgroup",
+        help="A column such as site, sex, age band or note type, never part of a letter: every evaluation also reports "
+        "macro-F1 with its 95% CI for each of its values, and the gap between the best and the worst (Compare charts them).",
+    )
+    given = {"text_template": template.strip() or None, "split_column": split, "answer_column": answer, "subgroup_column": subgroup}
     return {k: v for k, v in given.items() if v not in (None, none)}

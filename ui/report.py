@@ -32,6 +32,8 @@ def tables(evals: list, with_significance: bool = True, metric: str = "micro_f1"
         }
     if binary.is_binary(evals):
         out["sensitivity specificity by model and method"] = binary.figures_table(evals)
+    if len(sub := api.subgroup_table(evals)):
+        out[f"macro-F1 by {sub['column'].iloc[0]}"] = sub
     if with_significance:
         sig = api.significance(evals, metric if multi else "macro_f1")
         if len(sig):
@@ -69,7 +71,14 @@ def figures(evals: list, confusion_for: list | None = None, metric: str = "micro
         figs["ROC curves"], figs["precision-recall curves"] = charts.roc_chart(curves), charts.pr_chart(curves)
     if compare.has_learning_curve(comp):
         figs["learning curve"] = learning_curve_figure(comp)
+    if len(sub := api.subgroup_table(evals)):
+        figs[f"macro-F1 by {sub['column'].iloc[0]}"] = charts.subgroup_chart(sub)
     for ev in confusion_for if confusion_for is not None else evals:
         if "confusion_matrix" in ev.metrics:  # (multi-label evaluations have none)
             figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}")
     return figs
+
+
+def documents(evals: list) -> dict[str, str]:
+    """The report's text files: methods.md, the methods section written from the manifests (engine.api.methods_markdown)."""
+    return {"methods.md": api.methods_markdown(evals)}

@@ -395,10 +395,21 @@ def cmd_predict(args) -> int:
 
 def cmd_score(args) -> int:
     api = _api()
-    res = api.score_external(args.result, args.data, args.text_column, args.label_column, label_sep=args.label_sep)
+    res = api.score_external(
+        args.result, args.data, args.text_column, args.label_column, label_sep=args.label_sep, allow_overlap=args.allow_overlap
+    )
     print_metrics(f"{res['evaluation']} on {args.data} ({res['n_letters']} letters)", res)
     if res.get("stored_macro_f1") is not None:
         print(f"  in its stored evaluation (its own letters): macro-F1 {res['stored_macro_f1']:.3f}")
+    if not res["overlap_checked"]:
+        print("  its training letters were not recorded (stored before ClinBench recorded them): the overlap cannot be checked")
+    elif res["n_overlap"]:
+        rows = ", ".join(str(r + 1) for r in res["overlap_rows"][:10]) + (" ..." if res["n_overlap"] > 10 else "")
+        print(f"  {res['n_overlap']} of these letters were training letters (rows {rows}); the figures above count them")
+        if res["unseen"]:
+            print_metrics(f"{res['evaluation']} on the {res['unseen']['n_letters']} unseen letters of {args.data}", res["unseen"])
+        else:
+            print("  every letter of the file was a training letter: no unseen letter to score")
     if args.json_out:
         api.write_json(args.json_out, res)
     return 0

@@ -59,6 +59,12 @@ def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
         metavar="COL",
         help="column of reference answers (never part of a letter): what domain-adapt's generated answers are scored against",
     )
+    p.add_argument(
+        "--subgroup-column",
+        metavar="COL",
+        help="column of subgroups (site, sex, age band, note type; never part of a letter): the headline metric with its 95%% CI "
+        "for each of its values, and the gap between the best and the worst",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,13 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a stored classifier on another file of labelled letters (external validation; nothing is retrained). "
         "The file is checked like any dataset; labels the classifier never saw are refused. Prints macro-F1 with its "
         "bootstrap 95% CI (the evaluation's n_boot and seed), accuracy, per-class scores and the baseline of always answering "
-        "the majority label of its training letters. A multi-label classifier takes a file with several labels per letter "
+        "the majority label of its training letters. A file sharing letters with those the classifier was trained on (same text "
+        "after normalising case, whitespace and punctuation) is refused, naming the rows, unless --allow-overlap. A multi-label classifier takes a file with several labels per letter "
         "(a JSON list, or --label-sep) and prints micro-, macro- and samples-F1 with CIs and the per-label table.",
     )
     p.add_argument("result", metavar="RESULT", help="evaluation key (6+ leading characters suffice) or artifact folder")
     _data_args(p)
     p.add_argument(
-        "--json", type=Path, dest="json_out", help="write the result here (result, model, method, data, n_letters, classes, metrics)"
+        "--allow-overlap",
+        action="store_true",
+        help="score a file that shares letters with the classifier's training letters (refused without it: their figures are "
+        "near-training figures); every letter is scored and the figures on the unseen letters alone are printed as well",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        dest="json_out",
+        help="write the result here (result, model, method, data, n_letters, classes, metrics, n_overlap, overlap_rows: 0-based "
+        "data rows the classifier was trained on, unseen: the figures without them)",
     )
 
     p = sub.add_parser(

@@ -79,3 +79,21 @@ def print_metrics(title: str, m: dict, reason: str | None = None) -> None:
     print(f"  {'label':32s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'n':>5s}")
     for lab, r in m["per_class"].items():
         print(f"  {lab[:32]:32s} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:5d}")
+    print_subgroups(m)
+
+
+def print_subgroups(m: dict) -> None:
+    """An evaluation's subgroup figures (engine.evaluation.subgroups), when it has them."""
+    if not m.get("subgroups"):
+        return
+    print(f"  subgroups of {m['subgroup_column']!r} (macro-F1, 95% CI, letters):")
+    for r in m["subgroups"]:
+        ci = f"{r['macro_f1_ci'][0]:.3f}-{r['macro_f1_ci'][1]:.3f}" if r["macro_f1_ci"] else "no CI"
+        f1 = f"{r['macro_f1']:.3f}" if r["macro_f1"] == r["macro_f1"] else "  n/a"
+        print(f"    {r['name'][:30]:30s} {f1} ({ci}) n={r['n']}" + ("  too few letters" if r["too_few"] else ""))
+    if m.get("subgroup_gap") is not None:
+        lo, hi = m["subgroup_gap_ci"] or (float("nan"), float("nan"))
+        best, worst = m["subgroup_gap_between"]
+        print(f"  gap best - worst ({best} - {worst}): {m['subgroup_gap']:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})")
+    for w in m.get("subgroup_warnings") or []:
+        print(f"  warning: {w}")

@@ -11,7 +11,8 @@ Data options (keywords of `load_dataset` and `validate_file`; spec `data:` keys;
 each letter from several columns (engine.data.dataset.tables.template_texts; a text column that holds a {template} is one too);
 `split_column` or `test_ids` give the dataset's own train/test split (`Dataset.split`), which `protocol: fixed` scores;
 `answer_column` names a column of reference answers (e.g. PubMedQA's LONG_ANSWER) that is never part of a letter: what a
-generative model's written answers are scored against. The text template's columns and the answer column are kept beside
+generative model's written answers are scored against; `subgroup_column` a column (site, sex, age band, note type) whose
+values are scored apart (engine.evaluation.subgroups), never part of a letter either. The text template's columns and the answer column are kept beside
 the letters (`Dataset.fields`), so a prompt can lay out the template's columns its own way.
 
 `validate_table` never raises for content problems: it returns a report of every
@@ -37,7 +38,14 @@ from engine.options.config import DEFAULT_DATASET, DEFAULT_NAME
 from engine.options.groups import ProtocolOptions
 
 DEFAULT_COLUMNS = ("text", "label")
-DATA_OPTIONS = ("text_template", "split_column", "test_ids", "answer_column", "label_columns")  # besides path, columns, label_sep
+DATA_OPTIONS = (
+    "text_template",
+    "split_column",
+    "test_ids",
+    "answer_column",
+    "label_columns",
+    "subgroup_column",
+)  # besides path, columns, label_sep
 
 
 @dataclass
@@ -135,8 +143,19 @@ class Dataset:
     @property
     def letter_fields(self) -> dict[str, list[str]] | None:
         """The text template's columns (what a prompt may lay out its own way); never the answer column."""
-        column = (self.options or {}).get("answer_column")
-        return {k: v for k, v in (self.fields or {}).items() if k != column} or None
+        opts = self.options or {}
+        template = tables.template_fields(opts["text_template"]) if opts.get("text_template") else []
+        hidden = {opts.get("answer_column"), *([] if opts.get("subgroup_column") in template else [opts.get("subgroup_column")])}
+        return {k: v for k, v in (self.fields or {}).items() if k not in hidden} or None
+
+    @property
+    def subgroups(self) -> list[str] | None:
+        """Each letter's value of the subgroup column (data option subgroup_column; blank: '(blank)'), or None. Scored
+        apart (engine.evaluation.subgroups); never part of a letter a classifier reads."""
+        column = (self.options or {}).get("subgroup_column")
+        if not column or not self.fields or column not in self.fields:
+            return None
+        return [v.strip() or "(blank)" for v in self.fields[column]]
 
     @property
     def answers(self) -> list[str] | None:
@@ -358,6 +377,7 @@ def load_dataset(
     test_ids: str | Path | None = None,
     answer_column: str | None = None,
     label_columns: list[str] | str | None = None,
+    subgroup_column: str | None = None,
 ) -> Dataset:
     """Load and validate a dataset; raises DataError listing every blocking problem (data options: module docstring).
     With label_columns, label_column is ignored: the dataset's label_column names the label columns ('a, b, c')."""
@@ -365,6 +385,7 @@ def load_dataset(
         return default_dataset()
     cols = labelling.columns_option(label_columns)
     options = {"text_template": text_template, "split_column": split_column, "test_ids": test_ids, "answer_column": answer_column}
+    options["subgroup_column"] = subgroup_column
     df, text_column, split, columns = tables.letters_table(path, text_column, label_column, {**options, "label_columns": cols})
     report, texts, labels = validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep, label_columns=cols)
     report.raise_for_errors()

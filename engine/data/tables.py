@@ -335,7 +335,7 @@ def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
 def letters_table(path, text_column: str, label_column: str, options: dict) -> tuple[pd.DataFrame, str, list[str] | None, dict]:
     """The table of a letters file under the data options (engine.data's docstring): (table, text column, split per row,
     kept columns). A text template adds its letters as a column named by the template;
-    its columns and the answer column are kept (text per row). With `label_columns` (a list) those are the label columns."""
+    its columns, the answer column and the subgroup column are kept (text per row). With `label_columns` (a list) those are the label columns."""
     options = {k: v for k, v in options.items() if v is not None}
     df, name = read_table(path), Path(path).name
     present, label_columns = [str(c) for c in df.columns], list(options.get("label_columns") or [label_column])
@@ -357,5 +357,15 @@ def letters_table(path, text_column: str, label_column: str, options: dict) -> t
         if answer in (*label_columns, text_column) or answer in kept:
             raise DataError(f"The answer column {answer!r} is also the letter or the label: name a column that only holds answers.")
         kept.append(answer)
+    subgroup = options.get("subgroup_column")
+    if subgroup is not None:
+        if subgroup not in df.columns:
+            close = difflib.get_close_matches(str(subgroup), present, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"The subgroup column {subgroup!r} is not in {name}.{hint} Columns present: {', '.join(present)}.")
+        if subgroup in (*label_columns, text_column, answer):
+            raise DataError(f"The subgroup column {subgroup!r} is also the letter, the label or the answer: name a column of subgroups.")
+        if subgroup not in kept:
+            kept.append(subgroup)
     columns = {c: [cell_text(v) for v in df[c].tolist()] for c in kept}
     return df, text_column, split_of(df, options.get("split_column"), options.get("test_ids"), name), columns

@@ -5,6 +5,8 @@ calibration do the probabilities mean what they say: Brier, ECE and its bins, ca
 paired      is A's score different from B's on the same letters: paired bootstrap, corrected t-test, McNemar, Holm
 binary      two-label tasks: the positive label, the operating threshold, sensitivity/specificity/AUCs with CIs
 scoring     out-of-fold predictions under a plan -> the figures every method reports
+subgroups   the headline metric per value of a subgroup column (site, sex, ...), and the best-worst gap, with CIs
+overlap     which letters a stored classifier read, and whether a file to score shares any of them
 results     stored evaluations, comparison tables, the letters behind the figures
 comparison  is one model better than another: paired tests with a verdict, spread across seeds
 """

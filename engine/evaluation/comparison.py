@@ -160,6 +160,13 @@ def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def train_sizes(a: Evaluation, b: Evaluation) -> dict[tuple[int, int], int]:
+    """{(repeat, fold): training letters} of the folds both plans record, the smaller of the two (the corrected t-test's
+    n_train: the training side as it was, cut to labels_per_class where it was, not the letters left out of the test)."""
+    sa, sb = a.fold_train_sizes, b.fold_train_sizes
+    return {k: min(v, sb[k]) for k, v in sa.items() if k in sb}
+
+
 def fmt_diff(x: float) -> str:
     """A difference of macro-F1 as text: +0.012; one too small for 3 decimals keeps 2 significant digits
     (+0.00042), so no text ever reads +0.000."""
@@ -231,7 +238,9 @@ def significance(
         [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))] if every else [(order[0], j) for j in order[1:]]
     )
     results = [
-        (i, j, paired.paired_comparison(preds[i], preds[j], labels, metric=metric, n_boot=n_boot, seed=seed, folds=folds)) for i, j in pairs
+        (i, j, paired.paired_comparison(
+            preds[i], preds[j], labels, metric=metric, n_boot=n_boot, seed=seed, folds=folds, train_sizes=train_sizes(members[i], members[j])
+        )) for i, j in pairs
     ]
     # the family: every pair whose predictions differ (identical predictions need no test and are not counted)
     tested = [k for k, (_, _, res) in enumerate(results) if not res["identical"]]

@@ -117,6 +117,13 @@ def score_on(p: dict, labels, metric: str, folds) -> float:
     return float(f1_per_class(weighted_confusion(codes(y_true, labs), codes(y_pred, labs), len(labs))).mean())
 
 
+def _training_size(train_sizes: dict | None, folds: list, rest: float) -> float:
+    """The mean training letters of `folds` ((repeat, fold) ids) as `train_sizes` records them; `rest` (the letters not
+    tested) when it records none of them."""
+    known = [float(train_sizes[f]) for f in folds if train_sizes and train_sizes.get(f)]
+    return float(np.mean(known)) if len(known) == len(folds) else rest
+
+
 def _fold_rows(recs: dict) -> dict[tuple[int, int], frozenset]:
     rows: dict = {}
     for (r, i), (f, *_) in recs.items():
@@ -172,7 +179,16 @@ def _label_sets(y_true, pred_a, pred_b, labels, metric: str) -> dict:
 
 
 def paired_comparison(
-    a: dict, b: dict, labels=None, *, metric: str = "macro_f1", n_boot: int = 2000, seed: int = 0, level: float = 0.95, folds=None
+    a: dict,
+    b: dict,
+    labels=None,
+    *,
+    metric: str = "macro_f1",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    folds=None,
+    train_sizes: dict | None = None,
 ) -> dict:
     """Is A's score different from B's on the same letters? `a`, `b`: two predictions.json records; `metric`: macro_f1 for
     one label per letter, micro_f1, macro_f1 or samples_f1 for label sets (records whose truth is a list).
@@ -191,7 +207,9 @@ def paired_comparison(
       differences on the far side of 0: the CI at level 1 - p just reaches 0); each resample averages the same labels as
       the point figures; boot_diffs: the resampled differences (for intervals at other levels, `interval`);
     * cv with >= 2 common folds: fold_diffs (the score per fold, A - B), and the Nadeau-Bengio corrected
-      t-test on them (p_corrected, t, df, corrected_ci) with n_test = mean fold size and n_train =
+      t-test on them (p_corrected, t, df, corrected_ci) with n_test = mean fold size and n_train = the mean
+      training letters of the common folds as `train_sizes` gives them ({(repeat, fold): training letters}, the
+      plans' fold sizes: fewer than n_letters - n_test when the training side was cut to labels_per_class), else
       n_letters - n_test; this is the p to trust under CV, because the bootstrap ignores that the
       classifiers were trained on overlapping sets;
     * holdout: p_mcnemar, McNemar's exact test on the letters exactly one of the two got right (label sets: the whole set);
@@ -250,6 +268,7 @@ def paired_comparison(
         "t": None,
         "df": None,
         "corrected_ci": None,
+        "n_train": None,
         "p_mcnemar": None,
         "only_a_right": None,
         "only_b_right": None,
@@ -257,10 +276,11 @@ def paired_comparison(
     if out["protocol"] == "cv" and len(common) >= 2:
         fold_diffs = s["fold_diffs"](folds)
         n_test = float(np.mean([len(fa[f]) for f in common]))
-        if n_letters - n_test > 0:
-            tt = corrected_ttest(fold_diffs, n_letters - n_test, n_test, level=level)
+        n_train = _training_size(train_sizes, common, n_letters - n_test)
+        if n_train > 0:
+            tt = corrected_ttest(fold_diffs, n_train, n_test, level=level)
             out.update(fold_diffs=fold_diffs.tolist(), p_corrected=tt["p"], t=tt["t"], df=tt["df"], corrected_ci=tt["ci"], se=tt["se"])
-            out["corrected_mean"] = tt["mean"]
+            out.update(corrected_mean=tt["mean"], n_train=n_train)
     if out["protocol"] in ("holdout", "fixed"):  # one test split
         a_right, b_right = s["right"]
         only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))

@@ -82,6 +82,12 @@ class Evaluation:
         return round(sum(sizes) / len(sizes) / n_classes, 2) if sizes and n_classes else None
 
     @property
+    def fold_train_sizes(self) -> dict[tuple[int, int], int]:
+        """{(repeat, fold): training letters} of its plan (cut to labels_per_class where it was); {} for older artifacts."""
+        folds = (self.manifest.get("protocol") or {}).get("folds") or []
+        return {(int(f["repeat"]), int(f["fold"])): int(f["n_train"]) for f in folds if f.get("n_train")}
+
+    @property
     def embeddings_key(self) -> str | None:
         return (self.manifest.get("embeddings") or {}).get("key")
 
@@ -224,6 +230,35 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
         )
     df = pd.DataFrame(rows)
     return df.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True) if len(df) else df
+
+
+def subgroup_table(evals: list[Evaluation]) -> pd.DataFrame:
+    """One row per evaluation scored with a subgroup column and per subgroup: the column, the subgroup, its letters, the
+    headline (macro_f1) with its 95% CI, whether it is too small to say much, and the evaluation's best-worst gap with
+    its CI (engine.evaluation.subgroups). Empty when none was."""
+    columns = ["evaluation", "column", "subgroup", "n", "macro_f1", "ci_low", "ci_high", "too_few", "gap", "gap_ci_low", "gap_ci_high"]
+    rows = []
+    for e in evals:
+        m = e.metrics
+        gap_lo, gap_hi = m.get("subgroup_gap_ci") or (None, None)
+        for r in m.get("subgroups") or []:
+            lo, hi = r.get("macro_f1_ci") or (None, None)
+            rows.append(
+                [
+                    e.label,
+                    m["subgroup_column"],
+                    r["name"],
+                    r["n"],
+                    r["macro_f1"],
+                    lo,
+                    hi,
+                    r["too_few"],
+                    m.get("subgroup_gap"),
+                    gap_lo,
+                    gap_hi,
+                ]
+            )
+    return pd.DataFrame(rows, columns=columns)
 
 
 MULTILABEL_SCORES = ("micro_f1", "macro_f1", "samples_f1")  # the F1 scores of a multi-label evaluation that carry a CI

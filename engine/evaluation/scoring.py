@@ -14,6 +14,7 @@ out-of-fold predictions into the figures every method reports:
   CIs, the positive label and the operating threshold, each fold's chosen on its training letters by the steps that
   choose one); multi-label (engine.evaluation.metrics.multilabel_metrics: micro-, macro-, samples-F1 with CIs, subset accuracy,
   Hamming loss, per_label; the predictions made with each fold's per-label thresholds);
+* `subgroups`, `subgroup_gap` (with CIs) when the letters carry a subgroup column (engine.evaluation.subgroups);
 * `protocol`, `n_letters`, `classes`, and the folds' rows (`folds` under cv, `train_rows`/`test_rows` under
   holdout and fixed, the dataset's own split) as 0-based positions of the data rows of the input file, which scripts read.
 
@@ -33,7 +34,7 @@ from engine.cache.storage import sha256_json
 from engine.data import duplicates
 from engine.data.labels import indicator
 from engine.errors import DataError
-from engine.evaluation import binary, calibration, metrics
+from engine.evaluation import binary, calibration, metrics, subgroups
 from engine.options.groups import MOST_PROBABLE
 from engine.protocols.plans import Fold, Plan
 
@@ -114,7 +115,9 @@ def score(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed: int, decisi
     from sklearn.metrics import f1_score
 
     if dataset.multi_label:
-        return _folds_rows(dataset, plan, _score_multilabel(dataset, plan, oof, n_boot=n_boot, seed=seed))
+        m = _score_multilabel(dataset, plan, oof, n_boot=n_boot, seed=seed)
+        T = indicator(dataset.labels, dataset.classes)[oof.test_index]
+        return _folds_rows(dataset, plan, m | _subgroups(dataset, plan, oof, T, oof.predicted, n_boot=n_boot, seed=seed))
     classes = dataset.classes
     y = np.asarray(dataset.labels, dtype=str)
     y_true = y[oof.test_index]
@@ -145,7 +148,20 @@ def score(dataset, plan: Plan, oof: OutOfFold, *, n_boot: int, seed: int, decisi
             oof.proba, Y, classes, kind=kind, positive=positive, clusters=groups, strata=strata, n_boot=n_boot, seed=seed
         )
     )
+    m.update(_subgroups(dataset, plan, oof, Y.astype(bool), y_pred[:, None] == np.asarray(classes)[None, :], n_boot=n_boot, seed=seed))
     return _folds_rows(dataset, plan, m)
+
+
+def _subgroups(dataset, plan: Plan, oof: OutOfFold, T, P, *, n_boot: int, seed: int) -> dict:
+    """The subgroup figures (engine.evaluation.subgroups) when the letters carry a subgroup column; {} otherwise."""
+    values = getattr(dataset, "subgroups", None)
+    if values is None:
+        return {}
+    column = dataset.options["subgroup_column"]
+    recs = oof.test_index
+    return subgroups.subgroup_figures(
+        T, P, np.asarray(values, dtype=object)[recs], recs, plan.groups[recs], column=column, n_boot=n_boot, seed=seed
+    )
 
 
 def _score_binary(dataset, oof: OutOfFold, groups, y_true, y_pred, decision, thresholds, *, n_boot: int, seed: int) -> dict:

@@ -15,7 +15,7 @@
      carve for those that fine-tune); never on a test letter;
    * label sets: one threshold per label, the best F1 on those same probabilities;
 4. scoring of the out-of-fold predictions (engine.evaluation.scoring), under cv a refit on the plan's final letters
-   (the stored classifier, with its own decision), the manifest (what every method records, plus the method's
+   (the stored classifier, with its own decision), the hashes of the letters it read (engine.evaluation.overlap), the manifest (what every method records, plus the method's
    `record`) and the sealed artifact with predictions.json; progress and cancellation between folds.
 
 `produce(method, dataset, model, opts, ctx)` is a step of a method that produces a model rather than a classifier
@@ -39,7 +39,7 @@ from engine.cache.artifacts import StepResult
 from engine.cache.context import StepContext, ensure
 from engine.cache.storage import sha256_json
 from engine.data.dataset import Dataset
-from engine.evaluation import binary, scoring
+from engine.evaluation import binary, overlap, scoring
 from engine.methods.base import MULTI_LABEL_RULE, Decision, Fitted, Job, Method
 from engine.models import catalog
 from engine.models.devices import choose
@@ -168,6 +168,8 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
         final, final_decision = fits[0], decisions[0]
     if two:
         m["threshold"] = final_decision.threshold  # the stored classifier's (the folds' are in fold_thresholds)
+    read = plan.final_train if plan.final_train is not None else plan.folds[0].train  # the stored classifier's letters
+    trained = overlap.hashes([dataset.texts[i] for i in read])
     manifest = {
         **_framing(job, key),
         "predictor": method.predictor,
@@ -177,6 +179,7 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
             "folds": {fold_tag(f): d.manifest(dataset.classes) for f, d in zip(plan.folds, decisions, strict=True)},
         },
         **method.record(job, final, fits),
+        **overlap.manifest_part(trained),
     }
     manifest["timings"] = {**manifest.get("timings", {}), "folds_s": folds_s, "total_s": time.perf_counter() - t_start}
     manifest.update(artifacts.provenance(m))  # versions, environment, metrics, created
@@ -184,6 +187,7 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
     def write_files(tmp):
         method.save(job, final, tmp)
         scoring.write_predictions(tmp, dataset, plan, oof)
+        overlap.write(tmp, trained)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     manifest = artifacts.write(folder, manifest, write_files)

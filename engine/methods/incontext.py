@@ -26,7 +26,7 @@ from engine.cache.artifacts import StepResult
 from engine.cache.context import StepContext, ensure
 from engine.cache.storage import evaluations_dir, sha256_json
 from engine.data.dataset import Dataset
-from engine.evaluation import scoring
+from engine.evaluation import overlap, scoring
 from engine.methods import prompting
 from engine.methods.base import StepKind, StoredClassifier
 from engine.methods.prompting import LM, Scorer, load_lm, softmax
@@ -246,6 +246,8 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
             "prefix_tokens": len(final.ids),
             "fold_rows": [scoring.input_rows(dataset, d.rows) for d in fold_demos],
         }
+    read = [*(final.rows if final is not None else []), *(prior_rows if prior_rows is not None else [])]
+    trained = overlap.hashes([dataset.texts[int(i)] for i in read])  # its examples and calibration letters
     n_scored = len(oof.test_index) if method == "few-shot" else len(np.unique(oof.test_index))
     manifest = {
         "kind": "evaluation",
@@ -265,12 +267,14 @@ def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         else ("examples drawn from every letter" if plan.name == "cv" else "examples drawn from the training split"),
         "placement": {"device": placement.device, "dtype": placement.dtype},
         "timings": {"score_s": score_s, "s_per_letter": score_s / max(1, n_scored), "total_s": time.perf_counter() - t_start},
+        **overlap.manifest_part(trained),
         **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
     def write_files(tmp):
         (tmp / PROMPT_FILE).write_text(json.dumps(stored))
         scoring.write_predictions(tmp, dataset, plan, oof)
+        overlap.write(tmp, trained)
 
     manifest = artifacts.write(folder, manifest, write_files)
     ctx.progress(1, 1, "done")

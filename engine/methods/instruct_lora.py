@@ -29,7 +29,7 @@ from engine.cache.context import StepContext, ensure
 from engine.cache.storage import atomic_dir, evaluations_dir
 from engine.data.dataset import Dataset
 from engine.errors import ClinBenchError
-from engine.evaluation import scoring
+from engine.evaluation import overlap, scoring
 from engine.finetune import loop
 from engine.finetune.heads import class_weights
 from engine.finetune.loading import load_lm_model, lora_config, lora_manifest
@@ -262,6 +262,7 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         "max_length": opts.embedding.max_length,
         "prefix_ids": [],
     }
+    trained = overlap.hashes([dataset.texts[i] for i in plan.final_train])  # the refit's letters (cv) or the training split's
     train_s = final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values())
     manifest = {
         "kind": "evaluation",
@@ -288,6 +289,7 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
             "s_per_letter": timing["score_s"] / max(1, timing["n_scored"]),
             "total_s": time.perf_counter() - t_start,
         },
+        **overlap.manifest_part(trained),
         **artifacts.provenance(m),  # versions, environment, metrics, created
     }
 
@@ -295,6 +297,7 @@ def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx:
         shutil.move(str(staging / final_tag / "adapter"), tmp / "adapter")
         (tmp / PROMPT_FILE).write_text(json.dumps(stored))
         scoring.write_predictions(tmp, dataset, plan, oof)
+        overlap.write(tmp, trained)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     manifest = artifacts.write(folder, manifest, write_files)

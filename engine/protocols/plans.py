@@ -67,7 +67,7 @@ class Plan:
     folds: tuple[Fold, ...]
     groups: np.ndarray  # duplicate group of each letter
     near_threshold: float | None
-    hash: str  # covers the letters, the groups, every fold's indices and labels_per_class
+    hash: str  # covers the letters, the groups, every fold's indices, labels_per_class and the subgroup column (its figures)
     warnings: tuple[str, ...] = ()
     labels_per_class: int | None = None  # at most this many training letters per label (None: all)
     final_train: np.ndarray | None = None  # the letters the stored classifier is trained on (cv: every letter)
@@ -299,6 +299,7 @@ def plan(ds, p: ProtocolOptions, method: str | None = None) -> Plan:
     h = sha256_json(
         [ds.data_hash, name, p.seed, p.near_duplicates, sha256_json(groups.tolist()), [[f.repeat, f.fold, f.test.tolist()] for f in folds]]
         + ([{"labels_per_class": n}] if n is not None else [])  # (without it: the hash of earlier versions, so their keys hold)
+        + ([{"subgroups": sha256_json(sub)}] if (sub := getattr(ds, "subgroups", None)) else [])  # its figures; as labels_per_class
     )
     per_label = round(float(np.mean([len(f.train) for f in folds])) / max(1, len(set(by_label.tolist()))), 2)
     return Plan(

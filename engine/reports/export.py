@@ -1,5 +1,5 @@
 """Exports for papers and meetings: a plotly figure as PNG, SVG or standalone HTML, a table as
-CSV, and a report (zip) bundling a comparison's figures and tables.
+CSV, and a report (zip) bundling a comparison's figures, tables and its methods section (engine.reports.methods).
 
 Every CSV ClinBench writes goes through `table_csv`, which neutralises text cells that a spreadsheet would run as a
 formula (a leading '); report.json and the JSON a caller gets keep the raw text.
@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 import zipfile
+from pathlib import Path
 
 from engine.errors import ClinBenchError
 
@@ -108,11 +109,14 @@ def table_csv(df) -> bytes:
     )  # (RFC 4180: a CR in a cell is quoted)
 
 
-def report_zip(figures: dict, tables: dict, info: dict | None = None, formats=("png", "svg", "html")) -> bytes:
+def report_zip(
+    figures: dict, tables: dict, info: dict | None = None, formats=("png", "svg", "html"), documents: dict[str, str] | None = None
+) -> bytes:
     """A zip with every figure in every format (figures/<name>.<fmt>; the HTML pages share figures/plotly.min.js), every
-    table as CSV (tables/<name>.csv) and report.json (what is inside, when, and `info`)."""
+    table as CSV (tables/<name>.csv), `documents` ({file name: text}, e.g. methods.md) at its top, and report.json (what
+    is inside, when, and `info`)."""
     buf = io.BytesIO()
-    contents = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {}), "figures": [], "tables": []}
+    contents = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {}), "figures": [], "tables": [], "documents": []}
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, fig in figures.items():
             for fmt in formats:
@@ -128,5 +132,8 @@ def report_zip(figures: dict, tables: dict, info: dict | None = None, formats=("
             from plotly.offline import get_plotlyjs
 
             zf.writestr("figures/plotly.min.js", get_plotlyjs())
+        for name, text in (documents or {}).items():
+            zf.writestr(slug(Path(name).stem) + Path(name).suffix, text)
+            contents["documents"].append(slug(Path(name).stem) + Path(name).suffix)
         zf.writestr("report.json", json.dumps(contents, indent=2, default=str))
     return buf.getvalue()

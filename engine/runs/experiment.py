@@ -50,6 +50,7 @@ class DataSpec:
     test_ids: str | None = None
     answer_column: str | None = None
     label_columns: list[str] | None = None  # multi-label as one 0/1 column per label (label_column is then ignored)
+    subgroup_column: str | None = None  # a column whose values are scored apart (site, sex, ...), never read by a classifier
 
     def load(self) -> data_mod.Dataset:
         options = {k: getattr(self, k) for k in data_mod.DATA_OPTIONS}

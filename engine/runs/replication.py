@@ -77,19 +77,34 @@ def _training_majority(ev) -> str | None:
     return str(values[np.argmax(counts)]) if len(values) else None
 
 
-def score_external(ref: str, path: str | Path, text_column: str, label_column: str, label_sep: str | None = None) -> dict:
+def _overlap_error(ev, path, shared_rows: list[int], n_letters: int) -> DataError:
+    shown = ", ".join(str(r + 1) for r in shared_rows[:10])
+    more = f" and {len(shared_rows) - 10} more" if len(shared_rows) > 10 else ""
+    return DataError(
+        f"{Path(path).name}: {len(shared_rows)} of its {n_letters} letters were among the letters the classifier {ev.label} "
+        f"[{ev.key[:10]}] was trained on (rows {shown}{more}; same text after normalising case, whitespace and punctuation), "
+        "so its figures on them would be near-training figures, not an external validation. Score a file of other letters, "
+        "or give --allow-overlap (allow_overlap) to score every letter and also report the figures on the unseen ones alone."
+    )
+
+
+def score_external(
+    ref: str, path: str | Path, text_column: str, label_column: str, label_sep: str | None = None, allow_overlap: bool = False
+) -> dict:
     """The classifier of a stored evaluation (`ref`: key, key prefix or artifact folder) on every letter of another
     labelled file: macro-F1 over all its classes with a bootstrap 95% CI (the evaluation's n_boot and seed), accuracy,
     per-class scores, confusion matrix, and the baseline of always answering its training letters' majority label. The
     file is checked like a dataset (engine.data); labels the classifier never saw are refused. The classifier answers as
     it does on the Classify page: a two-label classifier at its operating threshold. A multi-label classifier's file may
     hold several labels per letter (a JSON list, or --label-sep) or none, and gets the multi-label figures (micro-F1 ...,
-    engine.evaluation.metrics.multilabel_metrics); a single-label classifier refuses a multi-label file."""
-    from sklearn.metrics import f1_score
+    engine.evaluation.metrics.multilabel_metrics); a single-label classifier refuses a multi-label file.
 
+    A file sharing letters with those the classifier was trained on (engine.evaluation.overlap) is refused, naming how
+    many and which rows, unless `allow_overlap`: then every letter is scored and `unseen` holds the same figures on the
+    letters it never read (None when it read them all). `n_overlap` and `overlap_rows` (0-based data rows of the file)
+    say which; `overlap_checked` is False for a classifier stored before its training letters were recorded."""
     from engine.data import dataset
-    from engine.data.labels import indicator
-    from engine.evaluation import metrics
+    from engine.evaluation import overlap, scoring
     from engine.methods import classifiers
 
     (ev,) = find_evaluations([ref])
@@ -103,6 +118,11 @@ def score_external(ref: str, path: str | Path, text_column: str, label_column: s
     labels = [lab for labs in sets for lab in labs] if ev.multi_label else [str(lab) for lab in ds.labels]
     if ev.manifest["data"].get("classes"):  # refuse early, before a model is loaded
         _refuse_unknown_labels(labels, [str(c) for c in ev.manifest["data"]["classes"]], ev, path)
+    seen = overlap.trained_on(ev.folder)
+    shared = overlap.shared(ds.texts, seen) if seen is not None else []
+    shared_rows = scoring.input_rows(ds, shared)
+    if shared and not allow_overlap:
+        raise _overlap_error(ev, path, shared_rows, len(ds))
     clf = classifiers.load(ev.folder)
     classes = [str(c) for c in clf.classes_]
     _refuse_unknown_labels(labels, classes, ev, path)
@@ -110,34 +130,49 @@ def score_external(ref: str, path: str | Path, text_column: str, label_column: s
     cfg = ev.manifest.get("config", {})
     n_boot, seed = int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0))
     out = {"result": ev.key, "evaluation": ev.label, "model": ev.model, "method": ev.method, "data": str(path), "classes": classes}
+    out |= {
+        "overlap_checked": seen is not None,
+        "n_overlap": len(shared),
+        "overlap_rows": shared_rows,
+        "n_training_letters": None if seen is None else len(seen),
+    }
+    every = list(range(len(ds)))
+    figures = _external_figures(ev, ds, sets, answers, classes, every, n_boot, seed)
+    unseen = None
+    if shared:
+        rest = sorted(set(every) - set(shared))
+        unseen = _external_figures(ev, ds, sets, answers, classes, rest, n_boot, seed) if rest else None
+    return {**out, **figures, "unseen": unseen, "protocol": "external", "n_letters": len(ds)}
+
+
+def _external_figures(ev, ds, sets, answers, classes: list[str], rows: list[int], n_boot: int, seed: int) -> dict:
+    """The figures of the letters `rows` of the external file `ds` (`answers`: the classifier's, for every letter)."""
+    from sklearn.metrics import f1_score
+
+    from engine.data.labels import indicator
+    from engine.evaluation import metrics
+
     if ev.multi_label:
-        T, P = indicator(sets, classes), indicator(answers, classes)
+        chosen = [sets[i] for i in rows]
+        T, P = indicator(chosen, classes), indicator([answers[i] for i in rows], classes)
         m = metrics.multilabel_metrics(T, P, classes, n_boot=n_boot, seed=seed)
-        present = sorted({lab for labs in sets for lab in labs})
+        present = sorted({lab for labs in chosen for lab in labs})
         return {
-            **out,
             "task": "multi-label",
             "classes_in_file": present,
             "stored_micro_f1": ev.metrics.get("micro_f1"),
             "stored_macro_f1": ev.metrics.get("macro_f1"),
             **m,
-            "protocol": "external",
-            "n_letters": len(ds),
+            "n_letters": len(rows),
         }
-    y_pred = [str(a) for a in answers]
+    labels = [str(ds.labels[i]) for i in rows]
+    y_pred = [str(answers[i]) for i in rows]
     m = metrics.metrics(labels, y_pred, labels=classes, n_boot=n_boot, seed=seed)  # every class counts, present in the file or not
     if (majority := _training_majority(ev)) in classes:
         base = [majority] * len(labels)
         f1 = f1_score(labels, base, labels=classes, average="macro", zero_division=0)
         m["baseline"] = {"label": majority, "macro_f1": float(f1), "accuracy": sum(t == majority for t in labels) / len(labels)}
-    return {
-        **out,
-        "classes_in_file": ds.classes,
-        "stored_macro_f1": ev.metrics.get("macro_f1"),
-        **m,
-        "protocol": "external",  # every letter of the file scored once by the stored classifier
-        "n_letters": len(ds),
-    }
+    return {"classes_in_file": sorted(set(labels)), "stored_macro_f1": ev.metrics.get("macro_f1"), **m, "n_letters": len(rows)}
 
 
 # --- rerun ------------------------------------------------------------------------------
