@@ -238,9 +238,21 @@ def significance(
         [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))] if every else [(order[0], j) for j in order[1:]]
     )
     results = [
-        (i, j, paired.paired_comparison(
-            preds[i], preds[j], labels, metric=metric, n_boot=n_boot, seed=seed, folds=folds, train_sizes=train_sizes(members[i], members[j])
-        )) for i, j in pairs
+        (
+            i,
+            j,
+            paired.paired_comparison(
+                preds[i],
+                preds[j],
+                labels,
+                metric=metric,
+                n_boot=n_boot,
+                seed=seed,
+                folds=folds,
+                train_sizes=train_sizes(members[i], members[j]),
+            ),
+        )
+        for i, j in pairs
     ]
     # the family: every pair whose predictions differ (identical predictions need no test and are not counted)
     tested = [k for k, (_, _, res) in enumerate(results) if not res["identical"]]
