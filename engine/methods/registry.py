@@ -8,9 +8,21 @@ read this registry and call `run`, so a new method is its module plus one line h
 from __future__ import annotations
 
 from engine.cache.context import StepContext
-from engine.methods import adapt_svc, domain_adapt, harness, linear_probe, logreg, lora, lora_svc, setfit, svc, tfidf
+from engine.methods import (
+    adapt_svc,
+    domain_adapt,
+    few_shot,
+    harness,
+    linear_probe,
+    logreg,
+    lora,
+    lora_svc,
+    setfit,
+    svc,
+    tfidf,
+    zero_shot,
+)
 from engine.methods.base import Method
-from engine.methods.incontext import FEW_SHOT, ZERO_SHOT
 from engine.methods.instruct_lora import INSTRUCT_LORA
 
 KINDS = {
@@ -25,8 +37,8 @@ KINDS = {
         domain_adapt.METHOD,
         adapt_svc.METHOD,
         setfit.METHOD,
-        ZERO_SHOT,
-        FEW_SHOT,
+        zero_shot.METHOD,
+        few_shot.METHOD,
         INSTRUCT_LORA,
     )
 }
@@ -41,7 +53,7 @@ REFERENCE = (tfidf.MODEL, tfidf.METHOD.name)
 def run(dataset, model: str, method: str, opts, ctx: StepContext | None = None):
     """One step: `method` of `model` on the letters `dataset` with the options `opts` (an engine.cache.artifacts.StepResult)."""
     kind = KINDS[method]
-    if not isinstance(kind, Method):  # not yet on the harness (the prompting methods, while they are ported)
+    if not isinstance(kind, Method):  # not yet on the harness (instruct-lora, while it is ported)
         return kind.run(dataset, model, method, opts, ctx)
     if kind.produces == "model":
         return harness.produce(kind, dataset, model, opts, ctx)
