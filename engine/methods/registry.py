@@ -13,6 +13,7 @@ from engine.methods import (
     domain_adapt,
     few_shot,
     harness,
+    instruct_lora,
     linear_probe,
     logreg,
     lora,
@@ -23,7 +24,6 @@ from engine.methods import (
     zero_shot,
 )
 from engine.methods.base import Method
-from engine.methods.instruct_lora import INSTRUCT_LORA
 
 KINDS = {
     k.name: k
@@ -39,7 +39,7 @@ KINDS = {
         setfit.METHOD,
         zero_shot.METHOD,
         few_shot.METHOD,
-        INSTRUCT_LORA,
+        instruct_lora.METHOD,
     )
 }
 # The methods that classify with frozen embeddings only: what the home page's default comparison runs.
