@@ -119,7 +119,7 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
     """The key under which `method` stores its result for these options: its own key, plus what the harness adds."""
     kind = registry.get(method)
     key = _method_key(method, opts, ds)
-    if not isinstance(kind, Method) or kind.produces != "classifier":
+    if kind.produces != "classifier":
         return key
     ds = plans.prepare(ds, opts.protocol)
     return harness.cache_key(_job(kind, opts, ds), key)

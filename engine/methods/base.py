@@ -298,17 +298,3 @@ class Method:
     def result_name(self, job: Job) -> str:
         """The model name a result carries (the pseudo-model `tfidf` for the reference)."""
         return job.identity["name"] if job.identity else job.model
-
-
-@dataclass(frozen=True)
-class StepKind:
-    """A method not yet on the harness: its name, title, stage, the function that runs it and the options it reads."""
-
-    name: str
-    title: str
-    stage: str
-    run: Callable
-    reads: tuple[str, ...]
-    produces: str = "classifier"
-    label_sets: bool = False
-    after: tuple[str, ...] = ()

@@ -25,7 +25,7 @@ from engine.methods import (
 )
 from engine.methods.base import Method
 
-KINDS = {
+KINDS: dict[str, Method] = {
     k.name: k
     for k in (
         tfidf.METHOD,
@@ -53,8 +53,6 @@ REFERENCE = (tfidf.MODEL, tfidf.METHOD.name)
 def run(dataset, model: str, method: str, opts, ctx: StepContext | None = None):
     """One step: `method` of `model` on the letters `dataset` with the options `opts` (an engine.cache.artifacts.StepResult)."""
     kind = KINDS[method]
-    if not isinstance(kind, Method):  # not yet on the harness (instruct-lora, while it is ported)
-        return kind.run(dataset, model, method, opts, ctx)
     if kind.produces == "model":
         return harness.produce(kind, dataset, model, opts, ctx)
     return harness.evaluate(kind, dataset, model, opts, ctx)
