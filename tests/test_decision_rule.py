@@ -5,6 +5,7 @@ to test two evaluations decided under different rules."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,29 @@ def test_compare_refuses_to_test_evaluations_decided_by_different_rules(cache, d
             assert row["verdict"] == "not compared" and "different rules" in row["summary"] and "most-probable" in row["summary"]
         else:
             assert row["verdict"] != "not compared" and row["p_holm"] == row["p_holm"]  # tested: a p-value
+
+
+def test_zero_shot_decides_by_the_rule_svc_decides_by(cache, tmp_path, two_label_csv, tiny_encoder, tiny_decoder):
+    """The prompting methods run on the same harness: on a two-label task under cv zero-shot reports svc's threshold rule,
+    one threshold per fold (chosen on that fold's training letters), and each fold's answers are its threshold's."""
+    common = ["--protocol", "cv", "--cv-folds", "3", "--cv-repeats", "1", "--n-boot", "100", "--max-length", "32"]
+    got, artifact = {}, None
+    for method, model in (("svc", tiny_encoder), ("zero-shot", tiny_decoder)):
+        out = tmp_path / f"{method}.json"
+        r = cli("evaluate", "--data", str(two_label_csv), "--model", str(model), "--method", method, *common, "--json", str(out))
+        assert r.returncode == 0, r.stderr
+        got[method] = json.loads(out.read_text())
+        artifact = next(line.split(": ", 1)[1] for line in r.stdout.splitlines() if line.startswith("artifact: "))
+    z, s = got["zero-shot"], got["svc"]
+    for k in ("task", "positive_label", "threshold_rule", "threshold_target"):
+        assert z[k] == s[k], k
+    assert z["threshold_rule"] == "best-f1" and len(z["fold_thresholds"]) == 3 and isinstance(z["threshold"], float)
+    pred = json.loads((Path(artifact) / "predictions.json").read_text())
+    j = pred["classes"].index(z["positive_label"])
+    for fold, scores, answer in zip(pred["fold"], pred["scores"], pred["y_pred"], strict=True):
+        t = z["fold_thresholds"][fold]
+        if abs(scores[j] - t) > 1e-5:  # (scores are stored to 6 decimals)
+            assert (answer == z["positive_label"]) == (scores[j] >= t)
+    manifest = json.loads((Path(artifact) / "manifest.json").read_text())
+    assert manifest["method"] == "zero-shot" and manifest["decision"]["threshold"] == z["threshold"]
+    assert [manifest["decision"]["folds"][f"r0f{i}"]["threshold"] for i in range(3)] == z["fold_thresholds"]

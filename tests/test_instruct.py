@@ -14,7 +14,7 @@ from engine.cache.storage import evaluations_dir
 from engine.errors import Cancelled, ClinBenchError
 from engine.finetune import loop
 from engine.finetune.loading import load_lm_model
-from engine.methods import classifiers, instruct_lora, prompting
+from engine.methods import classifiers, instruct_lora, prompting, registry
 from engine.methods.prompting import Scorer
 from engine.models.devices import choose
 from engine.options.groups import Options
@@ -124,10 +124,10 @@ def test_cancel_in_epoch_two_then_resume_from_the_checkpoint(ds, cache, tiny_dec
         return calls["n"] > 9  # fold check, 6 batches of epoch 1, its validation, then inside epoch 2
 
     with pytest.raises(Cancelled, match="epoch 2"):
-        instruct_lora.instruct_step(ds, str(tiny_decoder), "instruct-lora", opts, StepContext(should_stop=stop))
+        registry.run(ds, str(tiny_decoder), "instruct-lora", opts, StepContext(should_stop=stop))
     assert not evaluations_dir().exists() or not list(evaluations_dir().iterdir()), "no artifact for a cancelled training"
     again = StepContext()
-    res = instruct_lora.instruct_step(ds, str(tiny_decoder), "instruct-lora", opts, again)
+    res = registry.run(ds, str(tiny_decoder), "instruct-lora", opts, again)
     assert res.manifest["training"]["resumed_from_epoch"] == 1 and res.manifest["training"]["epochs_run"] == 2
     assert len(again.metrics["val_macro_f1"]) == 2, "epoch 1's validation point came back from the checkpoint"
 

@@ -119,7 +119,7 @@ def _artifact_key(method: str, opts: Options, ds) -> str:
     """The key under which `method` stores its result for these options: its own key, plus what the harness adds."""
     kind = registry.get(method)
     key = _method_key(method, opts, ds)
-    if not isinstance(kind, Method) or kind.produces != "classifier":
+    if kind.produces != "classifier":
         return key
     ds = plans.prepare(ds, opts.protocol)
     return harness.cache_key(_job(kind, opts, ds), key)
@@ -153,10 +153,10 @@ def _method_key(method: str, opts: Options, ds) -> str:
 
         carved = _job(setfit.METHOD, opts, ds).needs_decision
         return setfit.setfit_key(IDENTITY, ds.data_hash, opts, "bfloat16", plan.hash, carved)
-    if method in ("zero-shot", "few-shot"):
-        from engine.methods import incontext
-
-        return incontext.evaluation_key(IDENTITY, method, opts, plan.hash, "bfloat16")
+    if method in ("zero-shot", "few-shot"):  # (few-shot keys val_size when it carves the threshold's letters)
+        job = _job(registry.get(method), opts, ds)
+        job.identity = IDENTITY
+        return registry.get(method).key(job)
     if method == "instruct-lora":
         from engine.methods import instruct_lora
 
@@ -176,8 +176,8 @@ def _method_key(method: str, opts: Options, ds) -> str:
 
 # Options that only act under one protocol (the 600 default letters are scored by holdout under `auto`).
 WHERE_IT_MATTERS = {"cv_folds": {"protocol": "cv"}, "cv_repeats": {"protocol": "cv"}, "test_size": {"protocol": "holdout"}}
-# Options a method reads on two-label tasks with a threshold only (setfit carves its decision letters only then).
-TWO_LABELS_ONLY = {("setfit", "val_size")}
+# Options a method reads on two-label tasks with a threshold only (setfit and few-shot carve their decision letters only then).
+TWO_LABELS_ONLY = {("setfit", "val_size"), ("few-shot", "val_size")}
 
 
 @pytest.mark.parametrize("kind", list(registry.KINDS.values()), ids=lambda k: k.name)

@@ -1,8 +1,7 @@
 """An evaluation under a plan: every method's predictions on its test folds become the same figures.
 
-A method gives `fit_predict(fold) -> probabilities of fold.test` (fitted on fold.train only);
-`cross_predict` runs it over the plan's folds (progress, cancellation), and `score` turns the
-out-of-fold predictions into the figures every method reports:
+The harness (engine.methods.harness) fits a method on each fold's training letters and gathers its test letters'
+probabilities and answers (`out_of_fold`); `score` turns the out-of-fold predictions into the figures every method reports:
 
 * `macro_f1`: pooled over every scored (repeat, letter), averaged over *all* classes of the dataset;
 * `macro_f1_ci`: 95% stratified cluster bootstrap CI resampling the plan's duplicate groups (copies of a letter, and a
@@ -11,8 +10,8 @@ out-of-fold predictions into the figures every method reports:
   labels `calibration_intercept` and `calibration_slope`, each figure with its `_ci`;
 * `fold_macro_f1` (one per fold), their mean and sd; the majority-class baseline on the same folds;
 * `task`: single-label; binary (two labels: engine.binary's sensitivity, specificity, PPV, NPV, ROC-AUC, PR-AUC with
-  CIs, the positive label and the operating threshold, each fold's chosen on its training letters by the steps that
-  choose one); multi-label (engine.evaluation.metrics.multilabel_metrics: micro-, macro-, samples-F1 with CIs, subset accuracy,
+  CIs, the positive label and the operating threshold, each fold's chosen on its training letters by the harness's
+  decision rule); multi-label (engine.evaluation.metrics.multilabel_metrics: micro-, macro-, samples-F1 with CIs, subset accuracy,
   Hamming loss, per_label; the predictions made with each fold's per-label thresholds);
 * `subgroups`, `subgroup_gap` (with CIs) when the letters carry a subgroup column (engine.evaluation.subgroups);
 * `protocol`, `n_letters`, `classes`, and the folds' rows (`folds` under cv, `train_rows`/`test_rows` under
@@ -23,13 +22,11 @@ out-of-fold predictions into the figures every method reports:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.cache import artifacts
-from engine.cache.context import StepContext, ensure
 from engine.cache.storage import sha256_json
 from engine.data import duplicates
 from engine.data.labels import indicator
@@ -48,30 +45,6 @@ class OutOfFold:
     fold: np.ndarray
     proba: np.ndarray  # records x classes (multi-label: each label's own probability)
     predicted: np.ndarray | None = None  # multi-label: records x labels, 0/1 (each fold's thresholds applied)
-
-
-def cross_predict(plan: Plan, fit_predict: Callable[[Fold], np.ndarray], n_classes: int, ctx: StepContext | None = None) -> OutOfFold:
-    """`fit_predict(fold)` on every fold of the plan (each fits on fold.train only and returns fold.test's probabilities;
-    a multi-label method returns (probabilities, 0/1 predictions), the predictions made with its own thresholds)."""
-    ctx = ensure(ctx)
-    parts = []
-    for i, fold in enumerate(plan.folds):
-        ctx.check_stop(f"Cancelled before fold {i + 1} of {len(plan.folds)}.")
-        out = fit_predict(fold)
-        proba, predicted = out if isinstance(out, tuple) else (out, None)
-        proba = np.asarray(proba, dtype=float)
-        for name, a in (("probabilities", proba), ("predictions", predicted)):
-            if a is not None and np.shape(a) != (len(fold.test), n_classes):
-                raise RuntimeError(f"fold {i + 1}: expected {name} of shape {(len(fold.test), n_classes)}, got {np.shape(a)}")
-        parts.append((fold, proba, predicted))
-    multi = parts[0][2] is not None
-    return OutOfFold(
-        np.concatenate([f.test for f, _, _ in parts]),
-        np.concatenate([np.full(len(f.test), f.repeat) for f, _, _ in parts]),
-        np.concatenate([np.full(len(f.test), f.fold) for f, _, _ in parts]),
-        np.concatenate([p for _, p, _ in parts]),
-        np.concatenate([np.asarray(q, dtype=np.int8) for _, _, q in parts]) if multi else None,
-    )
 
 
 def out_of_fold(parts: list[tuple[Fold, np.ndarray, np.ndarray | None]]) -> OutOfFold:

@@ -14,7 +14,9 @@ lora_svc       the LoRA-tuned model's embeddings -> SVC
 domain_adapt   LoRA on the language-model objective
 adapt_svc      domain adaptation per fold, then the SVC on the adapted vectors
 setfit         contrastive tuning of a sentence encoder on pairs, then a logistic head
-incontext      zero-shot and few-shot prompting
+incontext      what zero-shot and few-shot share: examples, calibration, the prompted classifier
+zero_shot      a generative model scores each label's words after the prompt
+few_shot       the same, after worked examples from the training letters
 instruct_lora  LoRA on prompt -> label words, then label likelihood
 registry       the methods a spec may name
 classifiers    one interface for every stored classifier: classes_, predict_proba(texts)

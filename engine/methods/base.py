@@ -43,6 +43,12 @@ from engine.protocols import plans
 from engine.protocols.plans import Plan
 
 
+def fold_tag(fold) -> str:
+    """A fold's tag, `r<repeat>f<fold>`: what fits, staging folders and the manifest's decisions are named by (the refit on
+    every letter: `all`)."""
+    return f"r{fold.repeat}f{fold.fold}"
+
+
 @dataclass
 class Job:
     """One step of one method: the letters, the model, the options, the plan, and what the method keeps between folds."""
@@ -97,6 +103,13 @@ class Job:
     def inner_splits(self, rows: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Splits of the training letters `rows` (positions into `rows`), stratified, duplicate groups whole."""
         return plans.inner_splits(self.dataset, rows, self.plan.groups, n_splits, seed)
+
+    def fold_numbers(self, tag: str) -> tuple[int, int]:
+        """(repeat, fold) of the plan's fold tagged `tag` (what seeds a fold's draws); (-1, -1) for the refit (`all`)."""
+        for f in self.plan.folds:
+            if fold_tag(f) == tag:
+                return f.repeat, f.fold
+        return -1, -1
 
     def fold_context(self, label: str) -> StepContext:
         """The step's context for one training among several: progress lines and curve names carry `label`."""
@@ -285,17 +298,3 @@ class Method:
     def result_name(self, job: Job) -> str:
         """The model name a result carries (the pseudo-model `tfidf` for the reference)."""
         return job.identity["name"] if job.identity else job.model
-
-
-@dataclass(frozen=True)
-class StepKind:
-    """A method not yet on the harness: its name, title, stage, the function that runs it and the options it reads."""
-
-    name: str
-    title: str
-    stage: str
-    run: Callable
-    reads: tuple[str, ...]
-    produces: str = "classifier"
-    label_sets: bool = False
-    after: tuple[str, ...] = ()

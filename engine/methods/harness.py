@@ -40,7 +40,7 @@ from engine.cache.context import StepContext, ensure
 from engine.cache.storage import sha256_json
 from engine.data.dataset import Dataset
 from engine.evaluation import binary, overlap, scoring
-from engine.methods.base import MULTI_LABEL_RULE, Decision, Fitted, Job, Method
+from engine.methods.base import MULTI_LABEL_RULE, Decision, Fitted, Job, Method, fold_tag
 from engine.models import catalog
 from engine.models.devices import choose
 from engine.options.groups import MOST_PROBABLE, Options, key_dict
@@ -112,10 +112,6 @@ def _framing(job: Job, key: str) -> dict[str, Any]:
         "data": artifacts.data_manifest(job.dataset),
         "protocol": job.plan.manifest(),
     }
-
-
-def fold_tag(fold) -> str:
-    return f"r{fold.repeat}f{fold.fold}"
 
 
 def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: StepContext | None = None) -> StepResult:

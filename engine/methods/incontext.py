@@ -1,15 +1,16 @@
-"""The zero-shot and few-shot steps: a generative model classifies by the likelihood of each label's words (engine.prompting).
+"""What zero-shot and few-shot share (engine.methods.zero_shot, engine.methods.few_shot): the examples, calibration, the
+cache key, the fold's classifier and the stored one. A generative model classifies by the likelihood of each label's
+words (engine.methods.prompting).
 
-`zero-shot` trains nothing: every letter the plan tests is scored once by the same model (under cv the folds' predictions
-are read from those scores, so a repeat adds nothing: `cv_repeats` defaults to 1), calibrated by a content-free prior
-that reads no letter. `few-shot` puts k worked examples per label before each letter: drawn (seeded by the protocol seed,
-the repeat and the fold) from the fold's *training* letters only, each cut to its first tokens so the examples fit the
-context next to the letter, in label-balanced rounds; the examples' KV cache is computed once per fold and reused for
-every test letter, and the prior is taken on the same examples. Each letter is also scored without the examples (as
-zero-shot, calibrated on the same letters) and the two prompts' log-probabilities are averaged (option with_letter_alone: a tiny
-model copies labels from examples; measured below). The stored classifier (`PromptClassifier`, predictor
-`prompted-lm`) holds the prompt, the label words and, for few-shot, the examples' token ids and both priors; its manifest names the
-rows they came from (under cv drawn from every letter; under holdout those of the training split, as scored).
+`few-shot` examples: k per label, drawn (seeded by the protocol seed, the repeat and the fold) from the fold's
+*training* letters only, each cut to its first tokens so they fit the context next to the letter, in label-balanced
+rounds (`draw`, `demonstrations`). Calibration (`prior_sums`): each label's mean score on calibration letters drawn from
+the training letters that are not examples (or on content-free inputs) is subtracted from its scores. Few-shot also
+scores each letter without the examples and averages the two prompts' log-probabilities (`ensemble`; option
+with_letter_alone: a tiny model copies labels from examples; measured below). A fold's classifier is a `Prompt`; the
+stored classifier (`PromptClassifier`, predictor `prompted-lm`) holds the prompt, the label words and, for few-shot, the
+examples' token ids and both priors; its manifest names the rows they came from (under cv drawn from every letter;
+under holdout those of the training split, as scored).
 """
 
 from __future__ import annotations
@@ -22,19 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from engine.cache import artifacts
-from engine.cache.artifacts import StepResult
-from engine.cache.context import StepContext, ensure
-from engine.cache.storage import evaluations_dir, sha256_json
+from engine.cache.storage import sha256_json
 from engine.data.dataset import Dataset
-from engine.evaluation import overlap, scoring
+from engine.evaluation import scoring
 from engine.methods import prompting
-from engine.methods.base import StepKind, StoredClassifier
+from engine.methods.base import Job, Method, StoredClassifier
 from engine.methods.prompting import LM, Scorer, load_lm, softmax
-from engine.models import catalog
-from engine.models.devices import choose
 from engine.options import groups
 from engine.options.groups import Options
-from engine.protocols import plans
 
 VERSION = 2  # 2: few-shot averages its examples' prompt with the prompt without examples (with_letter_alone)
 PROMPT_FILE = "prompt.json"
@@ -159,126 +155,114 @@ def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, d
     )[:32]
 
 
-def prompted_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """Score the plan's test letters with the prompted model (few-shot: the fold's examples first), store it all."""
-    ctx = ensure(ctx)
-    t_start = time.perf_counter()
-    kind = KINDS[method]
-    opts = opts.replace(labels_per_class=None) if method == "zero-shot" else opts  # it reads no training letter
-    plan = plans.plan(dataset, opts.protocol, method)
-    scoring.require_unseen(catalog.resolve(model), dataset, plan)
-    placement = choose()
-    lm = load_lm(model, placement)
-    identity = {"name": lm.name, **{k: v for k, v in lm.identity.items() if k != "name"}}
-    key = evaluation_key(identity, method, opts, plan.hash, placement.dtype)
-    folder = evaluations_dir() / key
-    if hit := artifacts.stored(folder, lm.name, method):
-        return hit
-    po = opts.prompt
-    template, texts = prompting.with_columns(po.prompt_template, dataset.letter_fields, dataset.texts)  # columns -> {text}
-    scorer = Scorer(lm, dataset.classes, template, po.verbalizers, opts.embedding.max_length)
-    classes = dataset.classes
-    fold_demos: list[Demonstrations] = []
-    t_score = time.perf_counter()
-    y = np.asarray(dataset.labels, dtype=str)
-    priors: list = []  # each fold's (prior sums, calibration rows); the stored classifier keeps the first, or under cv its own
-    zero_priors: list = []  # few-shot with with_letter_alone: each fold's prior of the prompt without examples (same letters)
-    scored = None
-    if method == "zero-shot":
-        tested = np.unique(np.concatenate([f.test for f in plan.folds]))
-        sums = np.zeros((len(texts), len(classes)))
-        sums[tested] = scorer.token_logprobs([texts[i] for i in tested], ctx=ctx)
-        scored = {int(i): sums[i] for i in tested}
+class Prompt:
+    """A prompted classifier of one fold (harness's `Fitted`): the prompt, its prior (each label's mean score on the
+    calibration letters, or content-free inputs) and, for few-shot, the fold's examples and the prompt without them."""
 
-        def fit_predict(fold):
-            priors.append(prior_sums(scorer, texts, y, classes, fold.train, opts, fold.repeat, fold.fold, scored=scored))
-            prior = priors[-1][0]
-            return softmax(scorer.scores(sums[fold.test], po.scoring, prior))
+    def __init__(self, job: Job, label: str, prior, prior_rows, demos=None, alone: bool = False, zero_prior=None, decision_rows=None):
+        self.job, self.label, self.prior, self.prior_rows = job, label, prior, list(prior_rows)
+        self.demos: Demonstrations | None = demos
+        self.alone, self.zero_prior = alone, zero_prior  # few-shot: the letter alone too, with its own prior
+        self.decision_rows = decision_rows  # training letters it read no answer of (None: none)
 
-    else:
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.proba(np.asarray(rows), f"scoring letters {self.label}".strip())
+        if self.demos is not None:  # (zero-shot scored its letters once, before the folds)
+            self.job.state["score_s"] += time.perf_counter() - t0
+            self.job.state["n_scored"] += len(rows)
+        return out
 
-        def fit_predict(fold):
-            demos = demonstrations(scorer, dataset, fold.train, opts, fold.repeat, fold.fold, texts)
-            fold_demos.append(demos)
-            stage = f"scoring letters {scoring.fold_label(plan, fold)}".strip()
-            test = [texts[i] for i in fold.test]
-            s = scorer.token_logprobs(test, demos.ids, ctx, stage)
-            pool = np.setdiff1d(fold.train, demos.rows)
-            priors.append(prior_sums(scorer, texts, y, classes, pool, opts, fold.repeat, fold.fold, demos.ids))
-            parts = [(s, priors[-1][0])]
-            if po.with_letter_alone:  # the same letters without the examples, calibrated on the same calibration letters
-                zero_priors.append(prior_sums(scorer, texts, y, classes, pool, opts, fold.repeat, fold.fold)[0])
-                parts.append((scorer.token_logprobs(test, None, ctx, stage + " without examples"), zero_priors[-1]))
-            return ensemble(scorer, parts, po.scoring)
+    def decision_letters(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.decision_rows is None or not len(self.decision_rows):
+            return None
+        rows = np.asarray(self.decision_rows)
+        return rows, self.proba(rows, f"scoring training letters for the threshold {self.label}".strip())
 
-    oof = scoring.cross_predict(plan, fit_predict, len(classes), ctx)
-    score_s = time.perf_counter() - t_score
-    m = scoring.score(dataset, plan, oof, n_boot=opts.protocol.n_boot, seed=opts.protocol.seed)
-    final, (prior, prior_rows) = None, priors[0]
-    zero_prior = zero_priors[0] if zero_priors else None
-    if method == "few-shot":  # the stored classifier's examples: every letter under cv, the training split under holdout
-        final = fold_demos[0] if plan.name != "cv" else demonstrations(scorer, dataset, plan.final_train, opts, -1, -1, texts)
-    if plan.name == "cv":  # the stored classifier's prior: drawn from every letter (not its examples)
-        pool = np.setdiff1d(plan.final_train, final.rows if final else [])
-        prior, prior_rows = prior_sums(scorer, texts, y, classes, pool, opts, -1, -1, final.ids if final else None, scored)
-        if zero_priors:
-            zero_prior = prior_sums(scorer, texts, y, classes, pool, opts, -1, -1)[0]
-    stored = {
-        "template": scorer.template,
-        "classes": classes,
-        "words": scorer.words,
-        "scoring": po.scoring,
-        "calibration": po.calibration,
-        "calibrate_on": po.calibrate_on,
-        "prior_sums": None if prior is None else np.asarray(prior).tolist(),
-        "max_length": scorer.max_length,
-        "prefix_ids": final.ids if final else [],
-        "with_zero_shot": bool(zero_priors),  # few-shot: also the prompt without examples, averaged (with_letter_alone)
-        "zero_prior_sums": None if zero_prior is None else np.asarray(zero_prior).tolist(),
-    }
-    demo_record = None
-    if final is not None:
-        demo_record = {
-            "k_per_label": final.k,
-            "letter_tokens": final.letter_tokens,
-            "rows": scoring.input_rows(dataset, final.rows),
-            "labels": final.labels,
-            "prefix_tokens": len(final.ids),
-            "fold_rows": [scoring.input_rows(dataset, d.rows) for d in fold_demos],
+    def proba(self, rows: np.ndarray, stage: str) -> np.ndarray:
+        job, po = self.job, self.job.opts.prompt
+        scorer = job.state["scorer"]
+        if self.demos is None:  # zero-shot
+            return softmax(scorer.scores(letter_sums(job, rows), po.scoring, self.prior))
+        texts = [job.state["texts"][i] for i in rows]
+        parts = [(scorer.token_logprobs(texts, self.demos.ids, job.ctx, stage), self.prior)]
+        if self.alone:  # the same letters without the examples, calibrated on the same calibration letters
+            parts.append((scorer.token_logprobs(texts, None, job.ctx, stage + " without examples"), self.zero_prior))
+        return ensemble(scorer, parts, po.scoring)
+
+    def stored(self) -> dict:
+        """What prompt.json holds: all a PromptClassifier needs to answer as this classifier does."""
+        scorer, po = self.job.state["scorer"], self.job.opts.prompt
+        return {
+            "template": scorer.template,
+            "classes": self.job.classes,
+            "words": scorer.words,
+            "scoring": po.scoring,
+            "calibration": po.calibration,
+            "calibrate_on": po.calibrate_on,
+            "prior_sums": None if self.prior is None else np.asarray(self.prior).tolist(),
+            "max_length": scorer.max_length,
+            "prefix_ids": self.demos.ids if self.demos else [],
+            "with_zero_shot": self.alone,  # few-shot: also the prompt without examples, averaged (with_letter_alone)
+            "zero_prior_sums": None if self.zero_prior is None else np.asarray(self.zero_prior).tolist(),
         }
-    read = [*(final.rows if final is not None else []), *(prior_rows if prior_rows is not None else [])]
-    trained = overlap.hashes([dataset.texts[int(i)] for i in read])  # its examples and calibration letters
-    n_scored = len(oof.test_index) if method == "few-shot" else len(np.unique(oof.test_index))
-    manifest = {
-        "kind": "evaluation",
-        "key": key,
-        "model": identity,
-        "method": method,
-        "method_title": kind.title,
-        "stage": kind.stage,
-        "predictor": "prompted-lm",
-        "config": opts.to_dict(),
-        "prompt": {k: v for k, v in stored.items() if k not in ("prefix_ids", "prior_sums", "zero_prior_sums")}
-        | {"demonstrations": demo_record, "calibration_rows": scoring.input_rows(dataset, prior_rows)},
-        "data": artifacts.data_manifest(dataset),
-        "protocol": plan.manifest(),
-        "refit": "no training: the same model scores every letter"
-        if method == "zero-shot"
-        else ("examples drawn from every letter" if plan.name == "cv" else "examples drawn from the training split"),
-        "placement": {"device": placement.device, "dtype": placement.dtype},
-        "timings": {"score_s": score_s, "s_per_letter": score_s / max(1, n_scored), "total_s": time.perf_counter() - t_start},
-        **overlap.manifest_part(trained),
-        **artifacts.provenance(m),  # versions, environment, metrics, created
-    }
 
-    def write_files(tmp):
-        (tmp / PROMPT_FILE).write_text(json.dumps(stored))
-        scoring.write_predictions(tmp, dataset, plan, oof)
-        overlap.write(tmp, trained)
 
-    manifest = artifacts.write(folder, manifest, write_files)
-    ctx.progress(1, 1, "done")
-    return StepResult(lm.name, method, m, str(folder), False, manifest)
+def letter_sums(job: Job, rows: np.ndarray) -> np.ndarray:
+    """Zero-shot's summed label log-likelihoods of the letters `rows`: each letter scored once for every fold."""
+    sums = job.state["sums"]
+    missing = [int(r) for r in rows if int(r) not in sums]
+    if missing:
+        scored = job.state["scorer"].token_logprobs([job.state["texts"][r] for r in missing], ctx=job.ctx, stage="scoring training letters")
+        sums.update(zip(missing, scored, strict=True))
+    return np.array([sums[int(r)] for r in rows]).reshape(len(rows), len(job.classes))
+
+
+class Prompted(Method):
+    """What zero-shot and few-shot share: the model's identity and key, the prompt and its scorer, the stored classifier
+    (prompt.json, predictor `prompted-lm`) and the manifest's `prompt` record."""
+
+    stage = "frozen"
+    predictor = "prompted-lm"
+
+    def setup(self, job: Job) -> None:
+        job.identity = prompting.decoder(job.model, job.placement)[2]  # (refuses an encoder before the cache lookup)
+
+    def key(self, job: Job) -> str:
+        return evaluation_key(job.identity, self.name, job.opts, job.plan.hash, job.placement.dtype)
+
+    def prepare(self, job: Job) -> None:
+        po = job.opts.prompt
+        lm = load_lm(job.model, job.placement)
+        template, texts = prompting.with_columns(po.prompt_template, job.dataset.letter_fields, job.dataset.texts)  # columns -> {text}
+        scorer = Scorer(lm, job.classes, template, po.verbalizers, job.opts.embedding.max_length)
+        job.state.update(scorer=scorer, texts=texts, sums={}, score_s=0.0, n_scored=0)
+
+    def save(self, job: Job, final: Prompt, folder: Path) -> None:
+        (folder / PROMPT_FILE).write_text(json.dumps(final.stored()))
+
+    def refit(self, job: Job) -> str:
+        raise NotImplementedError
+
+    def record(self, job: Job, final: Prompt, fits: list[Prompt]) -> dict:
+        stored, demos = final.stored(), None
+        if final.demos is not None:
+            demos = {
+                "k_per_label": final.demos.k,
+                "letter_tokens": final.demos.letter_tokens,
+                "rows": scoring.input_rows(job.dataset, final.demos.rows),
+                "labels": final.demos.labels,
+                "prefix_tokens": len(final.demos.ids),
+                "fold_rows": [scoring.input_rows(job.dataset, f.demos.rows) for f in fits],
+            }
+        s = job.state
+        return {
+            "prompt": {k: v for k, v in stored.items() if k not in ("prefix_ids", "prior_sums", "zero_prior_sums")}
+            | {"demonstrations": demos, "calibration_rows": scoring.input_rows(job.dataset, final.prior_rows)},
+            "refit": self.refit(job),
+            "placement": {"device": job.placement.device, "dtype": job.placement.dtype},
+            "timings": {"score_s": s["score_s"], "s_per_letter": s["score_s"] / max(1, s["n_scored"])},
+        }
 
 
 class PromptClassifier(StoredClassifier):
@@ -309,15 +293,3 @@ class PromptClassifier(StoredClassifier):
 
 def read_prompt(folder: Path) -> dict:
     return json.loads(artifacts.verified_file(folder, PROMPT_FILE).read_text())
-
-
-READS = (*groups.names("protocol", "prompt"), "max_length")
-ZERO_SHOT = StepKind(
-    "zero-shot",
-    "generative model, zero-shot (label likelihood)",
-    "frozen",
-    prompted_step,
-    tuple(r for r in READS if r not in ("k_shot", "with_letter_alone", "labels_per_class")),
-)
-FEW_SHOT = StepKind("few-shot", "generative model, few-shot (examples from the training letters)", "frozen", prompted_step, READS)
-KINDS = {k.name: k for k in (ZERO_SHOT, FEW_SHOT)}

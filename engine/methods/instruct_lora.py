@@ -1,15 +1,17 @@
-"""The `instruct-lora` step: instruction tuning of a causal LM with LoRA, then classification by label likelihood.
+"""The `instruct-lora` method: instruction tuning of a causal LM with LoRA, then classification by label likelihood.
 
 Each training letter becomes one sequence: the zero-shot prompt around the letter (engine.prompting: the template, the
 letter cut so that prompt + longest label fit `max_length`) followed by its label's words; the loss is the summed
 negative log-likelihood of the answer tokens only (every other position is masked, -100), class-weighted by default.
 LoRA adapters (peft, CAUSAL_LM) on the attention projections are trained by engine.finetune.loop (seeded batches,
-checkpoints, cancel/resume, live curves); the epoch is chosen on a validation carve of the fold's training letters by
-their macro-F1 under label likelihood. The fold's test letters are then scored exactly as zero-shot scores them
-(scoring, contextual calibration: the prompt options) by the base model with the saved adapter merged, the same way
-the stored classifier is loaded (`load_tuned_lm`), so it reproduces the step's predictions.
+checkpoints, cancel/resume, live curves) inside the harness's fold loop (engine.methods.harness); the epoch is chosen on
+a validation carve of the fold's training letters by their macro-F1 under label likelihood. The fold's test letters are
+then scored exactly as zero-shot scores them (scoring, contextual calibration on validation letters: the prompt options)
+by the base model with the saved adapter merged, the same way the stored classifier is loaded (`load_tuned_lm`), so it
+reproduces the step's predictions. Two labels with a threshold rule: the harness chooses the threshold on the same
+merged model's probabilities of the validation carve (letters the training did not learn from).
 
-Under cv one more training on every letter gives the stored classifier; under holdout/fixed the fold's model is it.
+Under cv the harness trains once more on every letter for the stored classifier; under holdout/fixed the fold's model is it.
 The artifact (predictor `tuned-lm`) holds prompt.json (as zero-shot's) and the adapter in peft's format (adapter/).
 """
 
@@ -24,29 +26,26 @@ from pathlib import Path
 import numpy as np
 
 from engine.cache import artifacts
-from engine.cache.artifacts import StepResult
-from engine.cache.context import StepContext, ensure
-from engine.cache.storage import atomic_dir, evaluations_dir
-from engine.data.dataset import Dataset
+from engine.cache.context import StepContext
+from engine.cache.storage import atomic_dir
 from engine.errors import ClinBenchError
-from engine.evaluation import overlap, scoring
 from engine.finetune import loop
 from engine.finetune.heads import class_weights
 from engine.finetune.loading import load_lm_model, lora_config, lora_manifest
 from engine.methods import incontext, prompting
-from engine.methods.base import StepKind
+from engine.methods.base import Job, Method
 from engine.methods.incontext import PROMPT_FILE
 from engine.methods.prompting import LM, Scorer, softmax
 from engine.models import catalog
-from engine.models.devices import Placement, choose
+from engine.models.devices import Placement
 from engine.options import groups
 from engine.options.groups import Options
-from engine.protocols import plans
 
 VERSION = 1
-METHOD = "instruct-lora"
+NAME = "instruct-lora"
 PREDICTOR = "tuned-lm"
 PROMPT_READS = tuple(n for n in groups.names("prompt") if n not in ("k_shot", "with_letter_alone"))  # no examples in the prompt
+READS = (*groups.names("protocol"), *PROMPT_READS, "max_length", *groups.names("finetune"), *groups.names("decision"))
 
 
 def instruct_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_hash: str) -> str:
@@ -59,7 +58,7 @@ def instruct_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan
         "defaults": [prompting.DEFAULT_TEMPLATE, prompting.CONTENT_FREE],
         "plan": plan_hash,
     }
-    return loop.training_key(METHOD, identity, data_hash, opts, dtype, extra=extra)
+    return loop.training_key(NAME, identity, data_hash, opts, dtype, extra=extra)
 
 
 def sequences(scorer: Scorer, texts: list[str], y: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, int]:
@@ -128,182 +127,188 @@ def tuned_prior(scorer: Scorer, texts, y_str, classes, val_idx, opts: Options, r
     return incontext.prior_sums(scorer, texts, y_str, classes, np.asarray(val_idx), opts, repeat, fold, scored=scored)[0]
 
 
-def instruct_step(dataset: Dataset, model: str, method: str, opts: Options, ctx: StepContext | None = None) -> StepResult:
-    """For each fold of the plan: train LoRA on its training letters' prompt -> answer sequences (epoch picked on a
-    validation carve), score its test letters by label likelihood; under cv, train once more on every letter."""
+class TunedLM:
+    """An instruction-tuned model of one fold (harness's `Fitted`): the base model with the fold's adapter merged, as the
+    stored classifier loads it, its prompt scorer and its prior (drawn from the fold's validation letters)."""
+
+    def __init__(self, job: Job, tag: str, label: str, trained: dict):
+        self.job, self.tag, self.label, self.trained = job, tag, label, trained
+        s = job.state
+        self.scorer = Scorer(
+            load_tuned_lm(job.model, staging(job) / tag / "adapter", job.placement),
+            job.classes,
+            s["template"],
+            job.opts.prompt.verbalizers,
+            job.opts.embedding.max_length,
+        )
+        self.template, self.words = self.scorer.template, self.scorer.words
+        self.val = np.asarray(trained["val_index"])
+        repeat, fold = job.fold_numbers(tag)
+        self.prior = tuned_prior(self.scorer, s["texts"], s["y_str"], job.classes, self.val, job.opts, repeat, fold)
+
+    def proba(self, rows: np.ndarray, stage: str) -> np.ndarray:
+        texts = [self.job.state["texts"][i] for i in rows]
+        return label_scores(self.scorer, texts, self.job.opts.prompt, self.prior, self.job.fold_context(self.label), stage)[0]
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.proba(np.asarray(rows), "scoring test letters")
+        self.job.state["score_s"] += time.perf_counter() - t0
+        self.job.state["n_scored"] += len(rows)
+        return out
+
+    def decision_letters(self) -> tuple[np.ndarray, np.ndarray]:
+        """The validation carve: letters the training did not learn from (it chose its epoch on them)."""
+        return self.val, self.proba(self.val, "scoring validation letters for the threshold")
+
+    def stored(self) -> dict:
+        po = self.job.opts.prompt
+        return {
+            "template": self.template,
+            "classes": self.job.classes,
+            "words": self.words,
+            "scoring": po.scoring,
+            "calibration": po.calibration,
+            "calibrate_on": po.calibrate_on,
+            "prior_sums": None if self.prior is None else np.asarray(self.prior).tolist(),
+            "max_length": self.job.opts.embedding.max_length,
+            "prefix_ids": [],
+        }
+
+
+def staging(job: Job) -> Path:
+    return loop.checkpoint_path(job.state["key"]).with_suffix(".folds")
+
+
+def train_on(job: Job, train_idx: np.ndarray, tag: str, label: str) -> dict:
+    """Train fresh adapters on `train_idx` (validation carved from it), seeded by (seed, tag); saved under staging/tag."""
     import torch
     from peft import get_peft_model
     from sklearn.metrics import f1_score
 
-    ctx = ensure(ctx)
-    t_start = time.perf_counter()
-    placement = choose()
-    classes, po, p = dataset.classes, opts.prompt, opts.protocol
-    template, texts = prompting.with_columns(po.prompt_template, dataset.letter_fields, dataset.texts)  # columns -> {text}, as zero-shot
-    plan = plans.plan(dataset, p, method)
-    entry = catalog.resolve(model)
-    scoring.require_unseen(entry, dataset, plan)
-    model_folder, base_identity = catalog.locate(entry)
-    if catalog.model_kind(catalog.load_config(model_folder)) != "decoder":
-        raise ClinBenchError(
-            f"{entry.name} is an encoder; instruction tuning trains a generative (causal) model such as smollm2 to answer with the label."
-        )
-    key = instruct_key(base_identity, dataset.data_hash, opts, placement.dtype, plan.hash)
-    folder = evaluations_dir() / key
-    if hit := artifacts.stored(folder, entry.name, method):
-        return hit
-    ft = opts.finetune.resolved(method)
-    staging = loop.checkpoint_path(key).with_suffix(".folds")
-    y_str = np.asarray(dataset.labels, dtype=str)
-    y_all = np.asarray([classes.index(v) for v in y_str])
-    seqs: dict = {}
+    s, opts, classes, placement = job.state, job.opts, job.classes, job.placement
+    po, texts, template, y_str, y_all = opts.prompt, s["texts"], s["template"], s["y_str"], s["y_all"]
+    ft = opts.finetune.resolved(NAME)
+    fctx = job.fold_context(label)
+    seed = loop.seed_of(opts.protocol.seed, tag)
+    fit_idx, val_idx = job.carve(train_idx)
+    loop.seed_torch(seed)  # the adapters' initial weights
+    fctx.progress(0, 1, "loading model")
+    net, tokenizer, identity, kind, config, _missing = load_lm_model(job.model, placement)
+    for param in net.parameters():
+        param.requires_grad_(False)
+    trained = get_peft_model(net, lora_config(net, ft, "CAUSAL_LM", []))
+    lm = as_lm(job.identity["name"], trained.get_base_model(), tokenizer, identity, placement, config)
+    scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)
+    if "ids" not in s:
+        fctx.progress(0, len(texts), "tokenising")
+        s["ids"], s["n_answer"], s["n_truncated"] = sequences(scorer, texts, y_all)
+    ids, n_answer = s["ids"], s["n_answer"]
+    lengths = np.asarray([len(x) for x in ids])
+    weights = class_weights(y_all[fit_idx], len(classes), ft.class_weighted_loss)
+    w_all = (weights if weights is not None else torch.ones(len(classes)))[torch.from_numpy(y_all)]
 
-    def train_on(train_idx: np.ndarray, tag: str, label: str) -> dict:
-        """Train fresh adapters on `train_idx` (validation carved from it), seeded by (seed, tag); save under staging/tag."""
-        fctx = ctx.labelled(label)
-        seed = loop.seed_of(p.seed, tag)
-        fit_idx, val_idx = plans.carve(dataset, train_idx, plan.groups, ft.val_size, p.seed)
-        loop.seed_torch(seed)  # the adapters' initial weights
-        fctx.progress(0, 1, "loading model")
-        net, tokenizer, identity, kind, config, _missing = load_lm_model(model, placement)
-        for param in net.parameters():
-            param.requires_grad_(False)
-        trained = get_peft_model(net, lora_config(net, ft, "CAUSAL_LM", []))
-        lm = as_lm(entry.name, trained.get_base_model(), tokenizer, identity, placement, config)
-        scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)
-        if not seqs:
-            fctx.progress(0, len(texts), "tokenising")
-            seqs["ids"], seqs["n_answer"], seqs["n_truncated"] = sequences(scorer, texts, y_all)
-        ids, n_answer = seqs["ids"], seqs["n_answer"]
-        lengths = np.asarray([len(x) for x in ids])
-        weights = class_weights(y_all[fit_idx], len(classes), ft.class_weighted_loss)
-        w_all = (weights if weights is not None else torch.ones(len(classes)))[torch.from_numpy(y_all)]
+    def loss_fn(input_ids, mask, batch):
+        labels = answer_labels(input_ids, lengths[batch], n_answer[batch])
+        nll = answer_nll(trained, input_ids, mask, labels)
+        w = w_all[batch].to(nll.device)
+        return (nll * w).sum() / w.sum()
 
-        def loss_fn(input_ids, mask, batch):
-            labels = answer_labels(input_ids, lengths[batch], n_answer[batch])
-            nll = answer_nll(trained, input_ids, mask, labels)
-            w = w_all[batch].to(nll.device)
-            return (nll * w).sum() / w.sum()
+    def validate() -> dict:
+        val_scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)  # (no stale KV cache)
+        with loop.autocast(placement):
+            sums = val_scorer.token_logprobs([texts[i] for i in val_idx], ctx=fctx, stage="validating")
+            scored = {int(i): sums[r] for r, i in enumerate(val_idx)}
+            prior = tuned_prior(val_scorer, texts, y_str, classes, val_idx, opts, 0, 0, scored)
+            proba = softmax(val_scorer.scores(sums, po.scoring, prior))
+        y_val = y_all[val_idx]
+        f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
+        loss = float(-np.mean(sums[np.arange(len(val_idx)), y_val]))  # the right answer's NLL
+        return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
 
-        def validate() -> dict:
-            val_scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)  # (no stale KV cache)
-            with loop.autocast(placement):
-                sums = val_scorer.token_logprobs([texts[i] for i in val_idx], ctx=fctx, stage="validating")
-                scored = {int(i): sums[r] for r, i in enumerate(val_idx)}
-                prior = tuned_prior(val_scorer, texts, y_str, classes, val_idx, opts, 0, 0, scored)
-                proba = softmax(val_scorer.scores(sums, po.scoring, prior))
-            y_val = y_all[val_idx]
-            f1 = float(f1_score(y_val, proba.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0))
-            loss = float(-np.mean(sums[np.arange(len(val_idx)), y_val]))  # the right answer's NLL
-            return {"val_macro_f1": f1, "val_loss": loss, "score": f1 - 1e-6 * loss}
+    state = loop.train(
+        trained, ids, fit_idx, loss_fn, validate, ft, seed, placement, pad_id=tokenizer.pad_token_id, key=f"{s['key']}-{tag}", ctx=fctx
+    )
+    with atomic_dir(staging(job) / tag) as tmp:
+        trained.save_pretrained(tmp / "adapter")
+    n_trainable = sum(q.numel() for q in trained.parameters() if q.requires_grad)
+    training = loop.training_manifest(
+        state,
+        trainable_params=int(n_trainable),
+        **lora_manifest(trained),
+        n_truncated=s["n_truncated"],
+        answer_tokens=[len(a) for a in scorer.label_ids],
+    )
+    rest = {k: v for k, v in identity.items() if k != "name"}
+    job.identity = {"name": job.identity["name"], **rest, "model_type": config.model_type, "kind": kind}
+    return {"training": training, "state": state, "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)), "val_index": val_idx.tolist()}
 
-        state = loop.train(
-            trained, ids, fit_idx, loss_fn, validate, ft, seed, placement, pad_id=tokenizer.pad_token_id, key=f"{key}-{tag}", ctx=fctx
-        )
-        with atomic_dir(staging / tag) as tmp:
-            trained.save_pretrained(tmp / "adapter")
-        n_trainable = sum(q.numel() for q in trained.parameters() if q.requires_grad)
-        training = loop.training_manifest(
-            state,
-            trainable_params=int(n_trainable),
-            **lora_manifest(trained),
-            n_truncated=seqs["n_truncated"],
-            answer_tokens=[len(a) for a in scorer.label_ids],
-        )
-        ident = {"name": entry.name, **{k: v for k, v in identity.items() if k != "name"}, "model_type": config.model_type, "kind": kind}
+
+class InstructLora(Method):
+    """For each fold: LoRA trained on its training letters' prompt -> answer sequences (epoch picked on a validation
+    carve), its test letters scored by label likelihood; under cv the harness trains once more on every letter."""
+
+    name = NAME
+    title = "instruction tuning (LoRA), label likelihood"
+    stage = "tuned"
+    reads = READS
+    predictor = PREDICTOR
+
+    def setup(self, job: Job) -> None:
+        entry = catalog.resolve(job.model)
+        folder, job.state["base_identity"] = catalog.locate(entry)
+        if catalog.model_kind(catalog.load_config(folder)) != "decoder":
+            raise ClinBenchError(
+                f"{entry.name} is an encoder; instruction tuning trains a generative (causal) model such as smollm2 to answer with the label."
+            )
+        job.identity = {"name": entry.name}
+
+    def key(self, job: Job) -> str:
+        s = job.state
+        s["key"] = instruct_key(s["base_identity"], job.dataset.data_hash, job.opts, job.placement.dtype, job.plan.hash)
+        return s["key"]
+
+    def prepare(self, job: Job) -> None:
+        po, ds = job.opts.prompt, job.dataset
+        template, texts = prompting.with_columns(po.prompt_template, ds.letter_fields, ds.texts)  # columns -> {text}, as zero-shot
+        y_str = job.y
+        y_all = np.asarray([job.classes.index(v) for v in y_str])
+        job.state.update(template=template, texts=texts, y_str=y_str, y_all=y_all, score_s=0.0, n_scored=0)
+
+    def fit(self, job: Job, train: np.ndarray, tag: str, label: str) -> TunedLM:
+        return TunedLM(job, tag, label, train_on(job, train, tag, label))
+
+    def fold_done(self, job: Job, fitted: TunedLM, tag: str) -> None:
+        fitted.scorer = None  # the merged model is freed; its adapter stays staged
+
+    def save(self, job: Job, final: TunedLM, folder: Path) -> None:
+        shutil.move(str(staging(job) / final.tag / "adapter"), folder / "adapter")
+        (folder / PROMPT_FILE).write_text(json.dumps(final.stored()))
+
+    def record(self, job: Job, final: TunedLM, fits: list[TunedLM]) -> dict:
+        ft, p, s = job.opts.finetune.resolved(self.name), job.opts.protocol, job.state
+        trainings = {} if job.plan.name != "cv" else {f.tag: f.trained for f in fits}
+        stored = final.stored()
         return {
-            "identity": ident,
-            "training": training,
-            "state": state,
-            "n_fit": int(len(fit_idx)),
-            "n_val": int(len(val_idx)),
-            "val_index": val_idx.tolist(),
+            "model": job.identity,
+            "config": {**job.opts.to_dict(), "train": loop.train_config(ft, p.seed)},
+            "prompt": {k: v for k, v in stored.items() if k not in ("prefix_ids", "prior_sums")} | {"demonstrations": None},
+            **loop.folds_manifest(job.plan.name, final.trained, trainings),  # refit, training, fold_trainings
+            "placement": {
+                "device": job.placement.device,
+                "dtype": job.placement.dtype,
+                "weights": "float32 while training, then merged",
+                "autocast": job.placement.dtype if job.placement.dtype == "bfloat16" else None,
+            },
+            "timings": {
+                "train_s": sum(f.trained["state"]["train_s"] for f in (fits if final in fits else [final, *fits])),
+                "score_s": s["score_s"],
+                "s_per_letter": s["score_s"] / max(1, s["n_scored"]),
+            },
         }
 
-    trainings: dict[str, dict] = {}
-    timing = {"score_s": 0.0, "n_scored": 0}
-    final_words: dict = {}
-    priors: dict = {}
-
-    def fit_predict(fold):
-        tag = f"r{fold.repeat}f{fold.fold}"
-        label = scoring.fold_label(plan, fold)
-        trainings[tag] = train_on(fold.train, tag, label)
-        t0 = time.perf_counter()
-        lm = load_tuned_lm(model, staging / tag / "adapter", placement)  # as the stored classifier loads it
-        scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)
-        final_words.update(template=scorer.template, words=scorer.words)
-        prior = priors[tag] = tuned_prior(scorer, texts, y_str, classes, trainings[tag]["val_index"], opts, fold.repeat, fold.fold)
-        proba, _ = label_scores(scorer, [texts[i] for i in fold.test], po, prior, ctx.labelled(label), "scoring test letters")
-        timing["score_s"] += time.perf_counter() - t0
-        timing["n_scored"] += len(fold.test)
-        return proba
-
-    oof = scoring.cross_predict(plan, fit_predict, len(classes), ctx)
-    m = scoring.score(dataset, plan, oof, n_boot=p.n_boot, seed=p.seed)
-    if plan.name == "cv":
-        ctx.check_stop("Cancelled before training on every letter.")
-        final_tag, final = "all", train_on(plan.final_train, "all", "all letters")
-        scorer = Scorer(
-            load_tuned_lm(model, staging / "all" / "adapter", placement), classes, template, po.verbalizers, opts.embedding.max_length
-        )
-        priors["all"] = tuned_prior(scorer, texts, y_str, classes, final["val_index"], opts, -1, -1)
-    else:
-        final_tag, final = "r0f0", trainings.pop("r0f0")
-    prior = priors[final_tag]
-    stored = {
-        "template": final_words["template"],
-        "classes": classes,
-        "words": final_words["words"],
-        "scoring": po.scoring,
-        "calibration": po.calibration,
-        "calibrate_on": po.calibrate_on,
-        "prior_sums": None if prior is None else np.asarray(prior).tolist(),
-        "max_length": opts.embedding.max_length,
-        "prefix_ids": [],
-    }
-    trained = overlap.hashes([dataset.texts[i] for i in plan.final_train])  # the refit's letters (cv) or the training split's
-    train_s = final["state"]["train_s"] + sum(t["state"]["train_s"] for t in trainings.values())
-    manifest = {
-        "kind": "evaluation",
-        "key": key,
-        "model": final["identity"],
-        "method": method,
-        "method_title": INSTRUCT_LORA.title,
-        "stage": INSTRUCT_LORA.stage,
-        "predictor": PREDICTOR,
-        "config": {**opts.to_dict(), "train": loop.train_config(ft, p.seed)},
-        "prompt": {k: v for k, v in stored.items() if k not in ("prefix_ids", "prior_sums")} | {"demonstrations": None},
-        "data": artifacts.data_manifest(dataset),
-        "protocol": plan.manifest(),
-        **loop.folds_manifest(plan.name, final, trainings),  # refit, training, fold_trainings
-        "placement": {
-            "device": placement.device,
-            "dtype": placement.dtype,
-            "weights": "float32 while training, then merged",
-            "autocast": placement.dtype if placement.dtype == "bfloat16" else None,
-        },
-        "timings": {
-            "train_s": train_s,
-            "score_s": timing["score_s"],
-            "s_per_letter": timing["score_s"] / max(1, timing["n_scored"]),
-            "total_s": time.perf_counter() - t_start,
-        },
-        **overlap.manifest_part(trained),
-        **artifacts.provenance(m),  # versions, environment, metrics, created
-    }
-
-    def write_files(tmp):
-        shutil.move(str(staging / final_tag / "adapter"), tmp / "adapter")
-        (tmp / PROMPT_FILE).write_text(json.dumps(stored))
-        scoring.write_predictions(tmp, dataset, plan, oof)
-        overlap.write(tmp, trained)
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    manifest = artifacts.write(folder, manifest, write_files)
-    loop.discard_staging(key, staging, trainings)
-    ctx.progress(1, 1, "done")
-    return StepResult(entry.name, method, m, str(folder), False, manifest)
+    def finish(self, job: Job, fits: list[TunedLM]) -> None:
+        loop.discard_staging(job.state["key"], staging(job), [f.tag for f in fits])
 
 
 def load_classifier(folder: Path, manifest: dict, placement: Placement):
@@ -318,6 +323,4 @@ def same_base(lm: LM, recorded: dict) -> bool:
     return all(lm.identity.get(k) == v for k, v in recorded.items() if k not in ("name", "model_type", "kind"))
 
 
-READS = (*groups.names("protocol"), *PROMPT_READS, "max_length", *groups.names("finetune"))
-INSTRUCT_LORA = StepKind(METHOD, "instruction tuning (LoRA), label likelihood", "tuned", instruct_step, READS)
-KINDS = {INSTRUCT_LORA.name: INSTRUCT_LORA}
+METHOD = InstructLora()

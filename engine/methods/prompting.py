@@ -56,30 +56,37 @@ class LM:
     path: Path = field(default=Path("."))
 
 
-def load_lm(name: str, placement: Placement | None = None) -> LM:
-    """A decoder with its language-model head; ClinBenchError for an encoder or a model that does not fit."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def decoder(name: str, placement: Placement | None = None) -> tuple[Path, Any, dict]:
+    """(folder, config, identity) of a generative model, without loading its weights; ClinBenchError for an encoder or a
+    model that does not fit. The identity is what cache keys and manifests record: the name first, the model type, "decoder"."""
     entry = catalog.resolve(name)
-    placement = placement or choose()
     folder, identity = catalog.locate(entry)
     config = catalog.load_config(folder)
     if catalog.model_kind(config) != "decoder":
         raise ClinBenchError(
             f"{entry.name} is an encoder; zero-shot and few-shot score label words with a generative (causal) model such as smollm2."
         )
-    catalog.check_fits(entry.name, catalog.count_parameters(config), placement)
+    catalog.check_fits(entry.name, catalog.count_parameters(config), placement or choose())
+    rest = {k: v for k, v in identity.items() if k != "name"}
+    return folder, config, {"name": entry.name, **rest, "model_type": config.model_type, "kind": "decoder"}
+
+
+def load_lm(name: str, placement: Placement | None = None) -> LM:
+    """A decoder with its language-model head; ClinBenchError for an encoder or a model that does not fit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    placement = placement or choose()
+    folder, config, identity = decoder(name, placement)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         net = AutoModelForCausalLM.from_pretrained(folder, dtype=placement.torch_dtype)
     except Exception as exc:  # a damaged file raises its library's own error types
         raise ModelUnavailable(
-            f"Loading {entry.name} from {folder} failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:240]}"
+            f"Loading {identity['name']} from {folder} failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:240]}"
         ) from None
     net.to(placement.device).eval()
     context = int(getattr(config, "max_position_embeddings", None) or DEFAULT_CONTEXT)
-    identity = {**identity, "model_type": config.model_type, "kind": "decoder"}
-    return LM(entry.name, net, tokenizer, identity, placement, context, folder)
+    return LM(identity["name"], net, tokenizer, identity, placement, context, folder)
 
 
 def label_words(classes: list[str], verbalizers: dict[str, str] | None) -> list[str]:

@@ -8,12 +8,24 @@ read this registry and call `run`, so a new method is its module plus one line h
 from __future__ import annotations
 
 from engine.cache.context import StepContext
-from engine.methods import adapt_svc, domain_adapt, harness, linear_probe, logreg, lora, lora_svc, setfit, svc, tfidf
+from engine.methods import (
+    adapt_svc,
+    domain_adapt,
+    few_shot,
+    harness,
+    instruct_lora,
+    linear_probe,
+    logreg,
+    lora,
+    lora_svc,
+    setfit,
+    svc,
+    tfidf,
+    zero_shot,
+)
 from engine.methods.base import Method
-from engine.methods.incontext import FEW_SHOT, ZERO_SHOT
-from engine.methods.instruct_lora import INSTRUCT_LORA
 
-KINDS = {
+KINDS: dict[str, Method] = {
     k.name: k
     for k in (
         tfidf.METHOD,
@@ -25,9 +37,9 @@ KINDS = {
         domain_adapt.METHOD,
         adapt_svc.METHOD,
         setfit.METHOD,
-        ZERO_SHOT,
-        FEW_SHOT,
-        INSTRUCT_LORA,
+        zero_shot.METHOD,
+        few_shot.METHOD,
+        instruct_lora.METHOD,
     )
 }
 # The methods that classify with frozen embeddings only: what the home page's default comparison runs.
@@ -41,8 +53,6 @@ REFERENCE = (tfidf.MODEL, tfidf.METHOD.name)
 def run(dataset, model: str, method: str, opts, ctx: StepContext | None = None):
     """One step: `method` of `model` on the letters `dataset` with the options `opts` (an engine.cache.artifacts.StepResult)."""
     kind = KINDS[method]
-    if not isinstance(kind, Method):  # not yet on the harness (the prompting methods, while they are ported)
-        return kind.run(dataset, model, method, opts, ctx)
     if kind.produces == "model":
         return harness.produce(kind, dataset, model, opts, ctx)
     return harness.evaluate(kind, dataset, model, opts, ctx)

@@ -392,5 +392,5 @@ def key_dict(group_options: Any) -> dict[str, Any]:
 
 
 def names(*groups: str) -> tuple[str, ...]:
-    """The option names of some concerns, e.g. for a StepKind's `reads`."""
+    """The option names of some concerns, e.g. for a method's `reads` (engine.methods.base.Method)."""
     return tuple(s.name for g in groups for s in fields(g))

@@ -101,7 +101,7 @@ class Spec:
 
 def dependencies(steps_: list[dict]) -> list[list[int]]:
     """For each step of Spec.steps(), the earlier steps it waits for when steps run in parallel: those of the same model,
-    seed and training size whose method it reuses (StepKind.after). The local worker runs steps in order, which satisfies them."""
+    seed and training size whose method it reuses (Method.after). The local worker runs steps in order, which satisfies them."""
 
     def same(a: dict, b: dict) -> bool:
         return all(a.get(k) == b.get(k) for k in ("model", "seed", "labels_per_class"))
