@@ -288,6 +288,11 @@ class Method:
     def save(self, job: Job, final: Fitted, folder: Path) -> None:
         """Write the stored classifier's files into the artifact's temporary folder."""
 
+    def letters_read(self, job: Job, final: Fitted, train: np.ndarray) -> np.ndarray:
+        """Which of the stored classifier's training letters (`train`) it read, text or label: what is recorded for external
+        validation (engine.evaluation.overlap). Every one of them unless the method knows it read fewer."""
+        return train
+
     def record(self, job: Job, final: Fitted, fits: list[Fitted]) -> dict[str, Any]:
         """What the manifest adds to the harness's part (predictor files, training curves, timings)."""
         return {}

@@ -164,7 +164,7 @@ def evaluate(method: Method, dataset: Dataset, model: str, opts: Options, ctx: S
         final, final_decision = fits[0], decisions[0]
     if two:
         m["threshold"] = final_decision.threshold  # the stored classifier's (the folds' are in fold_thresholds)
-    read = plan.final_train if plan.final_train is not None else plan.folds[0].train  # the stored classifier's letters
+    read = method.letters_read(job, final, plan.final_train if plan.final_train is not None else plan.folds[0].train)
     trained = overlap.hashes([dataset.texts[i] for i in read])
     manifest = {
         **_framing(job, key),

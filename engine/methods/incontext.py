@@ -244,6 +244,13 @@ class Prompted(Method):
     def refit(self, job: Job) -> str:
         raise NotImplementedError
 
+    def letters_read(self, job: Job, final: Prompt, train: np.ndarray) -> np.ndarray:
+        """Its calibration letters and examples, and the training letters its threshold was chosen on (if one was)."""
+        rows = [*final.prior_rows, *(final.demos.rows if final.demos is not None else [])]
+        if job.needs_decision and final.decision_rows is not None:
+            rows += [int(r) for r in final.decision_rows]
+        return np.unique(np.asarray(rows, dtype=int))
+
     def record(self, job: Job, final: Prompt, fits: list[Prompt]) -> dict:
         stored, demos = final.stored(), None
         if final.demos is not None:
