@@ -11,7 +11,7 @@ of a cached prefix of demonstrations, when given), then each label's remaining t
 calibration (Zhao et al. 2021) subtracts each label's score on content-free inputs (the same prompt around
 "N/A" and "[MASK]", averaged): a prior that reads no letter. Probabilities are the softmax over the scores.
 
-With a chat template (`chat_frame`, option chat_template: auto applies the tokenizer's own when it has one) the prompt
+With a chat template (`chat_frame`, option chat_template, off by default: auto applies the tokenizer's own when it has one) the prompt
 is the user's message and the label words (without a leading space) start the assistant's answer: the template's text
 before and after the message frames the prompt, and its own special tokens replace the tokenizer's leading ones.
 """

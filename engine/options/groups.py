@@ -268,9 +268,10 @@ class PromptOptions:
         "from examples)",
     )
     chat_template: str = option(
-        "auto",
+        "off",
         "wrap the prompt in the tokenizer's chat template, the label words scored as the assistant's answer: auto (when the "
-        "tokenizer has one: instruction-tuned models), on (refuse a model without one), off (the plain prompt)",
+        "tokenizer has one: instruction-tuned models), on (refuse a model without one), off (the plain prompt: the measured "
+        "default; SmolLM2's tokenizer has a chat template, not yet measured with it)",
         choices=CHAT_TEMPLATES,
     )
 
