@@ -191,6 +191,8 @@ def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(k
         base = _artifact_key(kind.name, setting, ds)
         value = 3 if f.name == "cv_repeats" else two.classes[1] if f.name == "positive_label" else another_value(f)
         changed = _artifact_key(kind.name, setting.replace(**{f.name: value}), ds)
+        if f.name == "chat_template":  # keyed by what it resolves to for a model's tokenizer (tests/test_prompting.py)
+            continue
         if f.key and f.name in kind.reads:
             assert changed != base, f"{kind.name}: option {f.name} changes results but not the cache key"
         elif not f.key:

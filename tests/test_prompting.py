@@ -197,3 +197,48 @@ def test_preview_fills_the_template_without_a_model(default_ds):
     assert "' kidney'" in text and "' urology'" not in text  # the answers scored (a verbalizer replaces its label), leading space kept
     with pytest.raises(ClinBenchError, match=r"must contain \{text\}"):
         prompting.preview("no letter here", CLASSES, None, "x")
+
+
+CHAT = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<s>assistant:{% endif %}"
+
+
+def test_chat_template_frames_the_prompt_and_scores_the_label_as_the_assistant_s_answer(cache, tmp_path, small_csv, tiny_decoder):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from engine.runs import experiment
+
+    tok = AutoTokenizer.from_pretrained(tiny_decoder)
+    assert prompting.chat_frame(tok, "auto") is None  # a tokenizer without a chat template: the plain prompt
+    with pytest.raises(ClinBenchError, match="has no chat template"):
+        prompting.chat_frame(tok, "on")
+    chatty = shutil.copytree(tiny_decoder, tmp_path / "chatty")
+    tok.chat_template = CHAT
+    tok.save_pretrained(chatty)
+    frame = prompting.chat_frame(tok, "auto")
+    assert frame == ["<s>user: ", "</s><s>assistant:"] and prompting.chat_frame(tok, "off") is None
+    # the frame enters the key; without one the key is the one made before the option existed
+    ident, base = {"name": "m"}, Options()
+    plain = incontext.evaluation_key(ident, "zero-shot", base, "plan", "float32")
+    assert incontext.evaluation_key(ident, "zero-shot", base.replace(chat_template="off"), "plan", "float32") == plain
+    assert incontext.evaluation_key(ident, "zero-shot", base, "plan", "float32", frame) != plain
+    lm = prompting.load_lm(str(chatty))
+    framed = prompting.Scorer(lm, CLASSES, None, None, 64, frame)
+    assert framed.special == [] and framed.label_ids == [framed.encode(w) for w in framed.words]  # no leading space
+    assert (
+        framed.prompt_ids("a letter", 8)
+        == framed.encode(frame[0] + "Medical transcription:\n") + framed.encode("a letter") + framed.tail_ids
+    )
+    assert framed.tail_ids[-len(framed.encode(frame[1])) :] == framed.encode(frame[1])
+    # end to end: auto applies it, off does not; the stored classifier answers with the same frame
+    ds = experiment.DataSpec(str(small_csv), "letter", "specialty").load()
+    common = {"protocol": "holdout", "max_length": 48, "n_boot": 100}
+    auto, off = (run_step(ds, chatty, "zero-shot", **common, chat_template=c) for c in ("auto", "off"))
+    assert auto.artifact != off.artifact and auto.manifest["prompt"]["chat"] == frame and off.manifest["prompt"]["chat"] is None
+    pred = json.loads((Path(auto.artifact) / "predictions.json").read_text())
+    idx = pred["test_index"][:4]
+    assert np.allclose(classifiers.load(auto.artifact).predict_proba([ds.texts[i] for i in idx]), np.asarray(pred["scores"])[:4], atol=1e-3)
+    assert not np.allclose(
+        np.asarray(pred["scores"]), np.asarray(json.loads((Path(off.artifact) / "predictions.json").read_text())["scores"])
+    )

@@ -131,9 +131,11 @@ def prior_sums(scorer: Scorer, texts, labels, classes, pool, opts: Options, repe
     return scorer.token_logprobs([texts[r] for r in rows], prefix, stage="calibration letters"), rows
 
 
-def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, dtype: str) -> str:
-    """The cache key of a prompted evaluation: the model, the prompt options it reads, max_length, the folds, the protocol."""
+def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, dtype: str, chat: list[str] | None = None) -> str:
+    """The cache key of a prompted evaluation: the model, the prompt options it reads, max_length, the folds, the protocol;
+    and the chat template's frame when one is applied (`chat`: what chat_template resolved to for this model)."""
     prompt = groups.key_dict(opts.prompt)
+    prompt.pop("chat_template")  # (what it resolves to is keyed: keys of plain prompts stay those made before the option)
     if method == "zero-shot":
         prompt.pop("k_shot")
         prompt.pop("with_letter_alone")
@@ -151,6 +153,7 @@ def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, d
             "plan": plan_hash,
             "n_boot": p.n_boot,
             "seed": p.seed,
+            **({"chat": chat} if chat else {}),
         }
     )[:32]
 
@@ -205,6 +208,7 @@ class Prompt:
             "prefix_ids": self.demos.ids if self.demos else [],
             "with_zero_shot": self.alone,  # few-shot: also the prompt without examples, averaged (with_letter_alone)
             "zero_prior_sums": None if self.zero_prior is None else np.asarray(self.zero_prior).tolist(),
+            "chat": scorer.chat,  # the chat template's frame around the prompt (None: the plain prompt)
         }
 
 
@@ -226,16 +230,17 @@ class Prompted(Method):
     predictor = "prompted-lm"
 
     def setup(self, job: Job) -> None:
-        job.identity = prompting.decoder(job.model, job.placement)[2]  # (refuses an encoder before the cache lookup)
+        folder, _config, job.identity = prompting.decoder(job.model, job.placement)  # (refuses an encoder before the cache lookup)
+        job.state["chat"] = prompting.chat_of(folder, job.opts.prompt.chat_template, job.identity["name"])
 
     def key(self, job: Job) -> str:
-        return evaluation_key(job.identity, self.name, job.opts, job.plan.hash, job.placement.dtype)
+        return evaluation_key(job.identity, self.name, job.opts, job.plan.hash, job.placement.dtype, job.state.get("chat"))
 
     def prepare(self, job: Job) -> None:
         po = job.opts.prompt
         lm = load_lm(job.model, job.placement)
         template, texts = prompting.with_columns(po.prompt_template, job.dataset.letter_fields, job.dataset.texts)  # columns -> {text}
-        scorer = Scorer(lm, job.classes, template, po.verbalizers, job.opts.embedding.max_length)
+        scorer = Scorer(lm, job.classes, template, po.verbalizers, job.opts.embedding.max_length, job.state.get("chat"))
         job.state.update(scorer=scorer, texts=texts, sums={}, score_s=0.0, n_scored=0)
 
     def save(self, job: Job, final: Prompt, folder: Path) -> None:
@@ -278,7 +283,8 @@ class PromptClassifier(StoredClassifier):
     def __init__(self, lm: LM, stored: dict, metadata: dict):
         self.lm, self.stored, self.metadata = lm, stored, metadata
         self.classes_ = list(stored["classes"])
-        self.scorer = Scorer(lm, self.classes_, stored["template"], dict(zip(self.classes_, stored["words"])), stored["max_length"])
+        words = dict(zip(self.classes_, stored["words"]))
+        self.scorer = Scorer(lm, self.classes_, stored["template"], words, stored["max_length"], stored.get("chat"))
         self.tokenizer, self.max_length = lm.tokenizer, self.scorer.max_length
         self.prefix = list(stored["prefix_ids"])
         if stored.get("prior_sums") is not None:  # the prior the evaluation used (calibration letters or content-free)

@@ -48,15 +48,16 @@ PROMPT_READS = tuple(n for n in groups.names("prompt") if n not in ("k_shot", "w
 READS = (*groups.names("protocol"), *PROMPT_READS, "max_length", *groups.names("finetune"), *groups.names("decision"))
 
 
-def instruct_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_hash: str) -> str:
+def instruct_key(identity: dict, data_hash: str, opts: Options, dtype: str, plan_hash: str, chat: list[str] | None = None) -> str:
     """The cache key: the training's (model, letters, fine-tuning options, max_length, seed) plus the prompt options it
     reads, the prompt defaults and the plan (its hash covers the folds and labels_per_class)."""
-    prompt = {n: getattr(opts.prompt, n) for n in PROMPT_READS}
+    prompt = {n: getattr(opts.prompt, n) for n in PROMPT_READS if n != "chat_template"}  # (its resolved frame: `chat`)
     extra = {
         "instruct": VERSION,
         "prompt": prompt,
         "defaults": [prompting.DEFAULT_TEMPLATE, prompting.CONTENT_FREE],
         "plan": plan_hash,
+        **({"chat": chat} if chat else {}),
     }
     return loop.training_key(NAME, identity, data_hash, opts, dtype, extra=extra)
 
@@ -140,8 +141,9 @@ class TunedLM:
             s["template"],
             job.opts.prompt.verbalizers,
             job.opts.embedding.max_length,
+            s["chat"],
         )
-        self.template, self.words = self.scorer.template, self.scorer.words
+        self.template, self.words, self.scorer_chat = self.scorer.template, self.scorer.words, self.scorer.chat
         self.val = np.asarray(trained["val_index"])
         repeat, fold = job.fold_numbers(tag)
         self.prior = tuned_prior(self.scorer, s["texts"], s["y_str"], job.classes, self.val, job.opts, repeat, fold)
@@ -173,6 +175,7 @@ class TunedLM:
             "prior_sums": None if self.prior is None else np.asarray(self.prior).tolist(),
             "max_length": self.job.opts.embedding.max_length,
             "prefix_ids": [],
+            "chat": self.scorer_chat,
         }
 
 
@@ -199,7 +202,7 @@ def train_on(job: Job, train_idx: np.ndarray, tag: str, label: str) -> dict:
         param.requires_grad_(False)
     trained = get_peft_model(net, lora_config(net, ft, "CAUSAL_LM", []))
     lm = as_lm(job.identity["name"], trained.get_base_model(), tokenizer, identity, placement, config)
-    scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)
+    scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length, s["chat"])
     if "ids" not in s:
         fctx.progress(0, len(texts), "tokenising")
         s["ids"], s["n_answer"], s["n_truncated"] = sequences(scorer, texts, y_all)
@@ -215,7 +218,7 @@ def train_on(job: Job, train_idx: np.ndarray, tag: str, label: str) -> dict:
         return (nll * w).sum() / w.sum()
 
     def validate() -> dict:
-        val_scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length)  # (no stale KV cache)
+        val_scorer = Scorer(lm, classes, template, po.verbalizers, opts.embedding.max_length, s["chat"])  # (no stale KV cache)
         with loop.autocast(placement):
             sums = val_scorer.token_logprobs([texts[i] for i in val_idx], ctx=fctx, stage="validating")
             scored = {int(i): sums[r] for r, i in enumerate(val_idx)}
@@ -262,10 +265,11 @@ class InstructLora(Method):
                 f"{entry.name} is an encoder; instruction tuning trains a generative (causal) model such as smollm2 to answer with the label."
             )
         job.identity = {"name": entry.name}
+        job.state["chat"] = prompting.chat_of(folder, job.opts.prompt.chat_template, entry.name)
 
     def key(self, job: Job) -> str:
         s = job.state
-        s["key"] = instruct_key(s["base_identity"], job.dataset.data_hash, job.opts, job.placement.dtype, job.plan.hash)
+        s["key"] = instruct_key(s["base_identity"], job.dataset.data_hash, job.opts, job.placement.dtype, job.plan.hash, s["chat"])
         return s["key"]
 
     def prepare(self, job: Job) -> None:

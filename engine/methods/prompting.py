@@ -10,6 +10,10 @@ of a cached prefix of demonstrations, when given), then each label's remaining t
 `mean` (per token) or `norm` (per byte of the label's text, lm-evaluation-harness's acc_norm). Contextual
 calibration (Zhao et al. 2021) subtracts each label's score on content-free inputs (the same prompt around
 "N/A" and "[MASK]", averaged): a prior that reads no letter. Probabilities are the softmax over the scores.
+
+With a chat template (`chat_frame`, option chat_template, off by default: auto applies the tokenizer's own when it has one) the prompt
+is the user's message and the label words (without a leading space) start the assistant's answer: the template's text
+before and after the message frames the prompt, and its own special tokens replace the tokenizer's leading ones.
 """
 
 from __future__ import annotations
@@ -87,6 +91,38 @@ def load_lm(name: str, placement: Placement | None = None) -> LM:
     net.to(placement.device).eval()
     context = int(getattr(config, "max_position_embeddings", None) or DEFAULT_CONTEXT)
     return LM(identity["name"], net, tokenizer, identity, placement, context, folder)
+
+
+CHAT_MARK = "\u2063letter\u2063"  # where the user's message goes when the chat template is rendered (split there)
+
+
+def chat_frame(tokenizer, setting: str, model: str = "the model") -> list[str] | None:
+    """[before the user's message, after it up to where the assistant's answer starts] of the tokenizer's chat template
+    (`setting`: the chat_template option); None for the plain prompt (off, or auto with a tokenizer that has none)."""
+    if setting == "off":
+        return None
+    if not getattr(tokenizer, "chat_template", None):
+        if setting == "on":
+            raise ClinBenchError(f"chat_template is on, but {model}'s tokenizer has no chat template; set chat_template to auto or off.")
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_MARK}], tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # a template that needs other messages (a system turn) raises its own error types
+        raise ClinBenchError(
+            f"{model}'s chat template cannot frame one user message ({type(exc).__name__}: {exc}); set chat_template to off."
+        ) from None
+    if text.count(CHAT_MARK) != 1:
+        raise ClinBenchError(f"{model}'s chat template does not hold the user's message once; set chat_template to off.")
+    return text.split(CHAT_MARK)
+
+
+def chat_of(folder: Path, setting: str, model: str) -> list[str] | None:
+    """chat_frame of the tokenizer in `folder` (not loaded when the option is off)."""
+    if setting == "off":
+        return None
+    from transformers import AutoTokenizer
+
+    return chat_frame(AutoTokenizer.from_pretrained(folder), setting, model)
 
 
 def label_words(classes: list[str], verbalizers: dict[str, str] | None) -> list[str]:
@@ -208,19 +244,25 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 class Scorer:
     """Scores each class's words after a prompt made of one template, for one model and one set of classes."""
 
-    def __init__(self, lm: LM, classes: list[str], template: str | None, verbalizers: dict | None, max_length: int):
+    def __init__(
+        self, lm: LM, classes: list[str], template: str | None, verbalizers: dict | None, max_length: int, chat: list[str] | None = None
+    ):
         self.lm, self.classes, self.max_length = lm, list(classes), int(max_length)
         self.template = template or DEFAULT_TEMPLATE
         self.words = label_words(self.classes, verbalizers)
+        self.chat = chat  # chat_frame: the prompt is the user's message, the label words the assistant's answer
         tok = lm.tokenizer
         head, tail = split_template(self.template, self.words)
-        self.special = self._leading_specials()
+        if chat:  # the template writes its own special tokens (a BOS where it has one); the answer starts the assistant's turn
+            head, tail, lead, self.special = chat[0] + head, tail + chat[1], "", []
+        else:
+            lead, self.special = " ", self._leading_specials()
         self.head_ids, self.tail_ids = self.encode(head), self.encode(tail)
-        self.label_ids = [self.encode(" " + w) for w in self.words]
+        self.label_ids = [self.encode(lead + w) for w in self.words]
         if any(not ids for ids in self.label_ids):
             raise ClinBenchError("A label's words are empty once tokenised; give every label a verbalizer with words.")
         self.n_tokens = np.array([len(ids) for ids in self.label_ids], dtype=float)
-        self.n_bytes = np.array([len((" " + w).encode("utf-8")) for w in self.words], dtype=float)
+        self.n_bytes = np.array([len((lead + w).encode("utf-8")) for w in self.words], dtype=float)
         self.sep_ids = self.encode(SEPARATOR)
         self.tok = tok
         self._kept: tuple[list[int], Any] | None = None

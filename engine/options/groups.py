@@ -141,6 +141,7 @@ class ClassifierOptions:
     k_neighbors: int = option(5, "SMOTE neighbours (lowered to fit the smallest label)", min=1, max=50)
 
 
+CHAT_TEMPLATES = ("auto", "on", "off")
 MOST_PROBABLE = "most-probable"
 THRESHOLD_RULES = ("best-f1", "sensitivity", "specificity", MOST_PROBABLE)
 
@@ -265,6 +266,13 @@ class PromptOptions:
         "few-shot: also score each letter without the examples and average the two calibrated scores (SmolLM2-135M on 60 "
         "training letters: examples alone 0.30 macro-F1, averaged 0.53, the letter alone 0.53: a tiny model copies labels "
         "from examples)",
+    )
+    chat_template: str = option(
+        "off",
+        "wrap the prompt in the tokenizer's chat template, the label words scored as the assistant's answer: auto (when the "
+        "tokenizer has one: instruction-tuned models), on (refuse a model without one), off (the plain prompt: the measured "
+        "default; SmolLM2's tokenizer has a chat template, not yet measured with it)",
+        choices=CHAT_TEMPLATES,
     )
 
 
