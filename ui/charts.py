@@ -18,6 +18,22 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 FONT = dict(family="Arial, Helvetica, sans-serif", size=13)
 
 
+def _ci_bar(part: pd.DataFrame) -> dict:
+    """A horizontal bar's 95% CI whiskers (ci_low, ci_high around macro_f1) and its value written inside the bar."""
+    return dict(
+        error_x=dict(
+            type="data",
+            symmetric=False,
+            array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
+            arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0),
+            color="#333",
+        ),
+        text=[f"{v:.3f}" for v in part["macro_f1"]],
+        textposition="inside",
+        insidetextanchor="start",
+    )
+
+
 def _layout(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, xanchor="left"),
@@ -65,16 +81,7 @@ def macro_f1_chart(
                 orientation="h",
                 name=method,
                 marker_color=PALETTE[i % len(PALETTE)],
-                error_x=dict(
-                    type="data",
-                    symmetric=False,
-                    array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
-                    arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0),
-                    color="#333",
-                ),
-                text=[f"{v:.3f}" for v in part["macro_f1"]],
-                textposition="inside",
-                insidetextanchor="start",
+                **_ci_bar(part),
                 hovertemplate=f"%{{y}}<br>{name} %{{x:.3f}}<extra></extra>",
             )
         )
@@ -119,16 +126,7 @@ def subgroup_chart(table: pd.DataFrame, title: str | None = None) -> go.Figure:
                 name=evaluation,
                 marker_color=PALETTE[i % len(PALETTE)],
                 marker_opacity=[0.35 if few else 1.0 for few in part["too_few"]],
-                error_x=dict(
-                    type="data",
-                    symmetric=False,
-                    array=(part["ci_high"] - part["macro_f1"]).clip(lower=0),
-                    arrayminus=(part["macro_f1"] - part["ci_low"]).clip(lower=0),
-                    color="#333",
-                ),
-                text=[f"{v:.3f}" for v in part["macro_f1"]],
-                textposition="inside",
-                insidetextanchor="start",
+                **_ci_bar(part),
                 hovertemplate="%{y}<br>macro-F1 %{x:.3f}<extra>" + html.escape(str(evaluation)) + "</extra>",
             )
         )

@@ -350,22 +350,24 @@ def letters_table(path, text_column: str, label_column: str, options: dict) -> t
         text_column = template
     answer = options.get("answer_column")
     if answer is not None:
-        if answer not in df.columns:
-            close = difflib.get_close_matches(str(answer), present, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise DataError(f"The answer column {answer!r} is not in {name}.{hint} Columns present: {', '.join(present)}.")
+        _require_column(df, answer, "answer", name, present)
         if answer in (*label_columns, text_column) or answer in kept:
             raise DataError(f"The answer column {answer!r} is also the letter or the label: name a column that only holds answers.")
         kept.append(answer)
     subgroup = options.get("subgroup_column")
     if subgroup is not None:
-        if subgroup not in df.columns:
-            close = difflib.get_close_matches(str(subgroup), present, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise DataError(f"The subgroup column {subgroup!r} is not in {name}.{hint} Columns present: {', '.join(present)}.")
+        _require_column(df, subgroup, "subgroup", name, present)
         if subgroup in (*label_columns, text_column, answer):
             raise DataError(f"The subgroup column {subgroup!r} is also the letter, the label or the answer: name a column of subgroups.")
         if subgroup not in kept:
             kept.append(subgroup)
     columns = {c: [cell_text(v) for v in df[c].tolist()] for c in kept}
     return df, text_column, split_of(df, options.get("split_column"), options.get("test_ids"), name), columns
+
+
+def _require_column(df, column: str, role: str, name: str, present: list[str]) -> None:
+    """Refuse a file without the `role` column (answer, subgroup) it was asked for, suggesting the closest name."""
+    if column not in df.columns:
+        close = difflib.get_close_matches(str(column), present, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"The {role} column {column!r} is not in {name}.{hint} Columns present: {', '.join(present)}.")
