@@ -6,7 +6,8 @@ manifest's `training_letters` says how many): the hash is engine.evaluation.scor
 text normalised as the duplicate key is (engine.data.duplicates.normalize: case, whitespace and punctuation), so a copy
 that differs only in those is the same letter. Under cv that is every letter the refit read, under holdout and fixed the
 training split (a fine-tuned method's validation carve included: it chose the epoch on those letters); few-shot: its
-examples and calibration letters; zero-shot: its calibration letters (often none).
+examples and calibration letters; zero-shot: its calibration letters (often none); both also the training letters a
+two-label threshold was chosen on, when one was (Method.letters_read).
 
 `trained_on(folder)` reads them back (None for a classifier stored before they were recorded: the overlap cannot be
 checked), `shared(texts, seen)` gives the positions of the letters of a file that the classifier read.

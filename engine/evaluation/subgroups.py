@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.evaluation.metrics import cluster_ids
+from engine.evaluation.metrics import cluster_ids, percentile_ci, resample_weights
 
 SMALL_SUBGROUP = 30
 CHUNK = 100  # resamples computed at once
@@ -54,18 +54,19 @@ def subgroup_figures(
         local, n_local = cluster_ids(ids[members[g]].tolist(), len(members[g]))
         for start in range(0, n_boot, CHUNK):
             size = min(CHUNK, n_boot - start)
-            drawn = np.stack([np.bincount(rng.integers(0, n_local, n_local), minlength=n_local) for _ in range(size)])
-            boots[g][start : start + size] = _f1(drawn[:, local].astype(float), *counts[g], present[g])
-    alpha = (1 - level) / 2
-
-    def ci(x: np.ndarray) -> list[float] | None:
-        x = x[np.isfinite(x)]
-        return [float(np.quantile(x, alpha)), float(np.quantile(x, 1 - alpha))] if len(x) else None
+            drawn = np.stack([resample_weights(rng, local, n_local) for _ in range(size)])
+            boots[g][start : start + size] = _f1(drawn, *counts[g], present[g])
 
     letters = np.asarray(letters)
     n_letters = {g: len(np.unique(letters[members[g]])) for g in names}
     rows = [
-        {"name": g, "n": n_letters[g], "macro_f1": point[g], "macro_f1_ci": ci(boots[g]), "too_few": n_letters[g] < SMALL_SUBGROUP}
+        {
+            "name": g,
+            "n": n_letters[g],
+            "macro_f1": point[g],
+            "macro_f1_ci": percentile_ci(boots[g], level),
+            "too_few": n_letters[g] < SMALL_SUBGROUP,
+        }
         for g in names
     ]
     out: dict = {"subgroup_column": column, "subgroups": rows, "subgroup_gap": None, "subgroup_gap_ci": None, "subgroup_gap_between": None}
@@ -73,7 +74,9 @@ def subgroup_figures(
     if len(scored) >= 2:
         best, worst = max(scored, key=lambda g: point[g]), min(scored, key=lambda g: point[g])
         out.update(
-            subgroup_gap=point[best] - point[worst], subgroup_gap_ci=ci(boots[best] - boots[worst]), subgroup_gap_between=[best, worst]
+            subgroup_gap=point[best] - point[worst],
+            subgroup_gap_ci=percentile_ci(boots[best] - boots[worst], level),
+            subgroup_gap_between=[best, worst],
         )
     small = [r for r in rows if r["too_few"]]
     out["subgroup_warnings"] = (
