@@ -18,7 +18,7 @@ NOTE = (
     "given it, the share carrying it; NPV: of the letters not given it, the share without it. These four are read at the "
     "threshold on P(positive label), chosen on training letters only by the rule shown (under cv: the mean of the folds' "
     "thresholds; 'most probable label': a method that chooses none, so 0.5). ROC-AUC and PR-AUC (average precision) "
-    "score the probabilities at every threshold. CIs: 95% bootstrap over letters."
+    "score the probabilities at every threshold. CIs: 95% bootstrap over duplicate groups."
 )
 CURVES_NOTE = (
     "Each line: the evaluation's pooled out-of-sample probabilities of the positive label at every threshold; the dot: "

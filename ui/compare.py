@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over letters)"
+CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over duplicate groups)"
 CURVE_TITLE = "Learning curve: macro-F1 against training letters per label (95% CI)"
 CURVE_NOTE = (
     "Each point: one training size, scored on the same test letters (the sizes' training letters are nested: the 8 per "
@@ -98,7 +98,7 @@ ML_SCORE_NOTE = (
     "Several labels per letter (multi-label). Micro-F1 pools every (letter, label) decision, so frequent labels weigh "
     "more; macro-F1 averages the F1 of each label, so rare labels count as much as frequent ones; samples-F1 averages each "
     "letter's F1 (a letter with no label and none predicted counts 1). Subset accuracy: the whole label set right; Hamming "
-    "loss: the share of wrong (letter, label) decisions (lower is better). CIs: bootstrap over letters. Baseline: always "
+    "loss: the share of wrong (letter, label) decisions (lower is better). CIs: bootstrap over duplicate groups. Baseline: always "
     "answering the most frequent label set of the training letters (often: no label)."
 )
 ML_PAIRED_NOTE = (
@@ -132,7 +132,7 @@ def headline(comp: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def headline_title(metric: str) -> str:
-    return f"{HEADLINES[metric]} per model and method, several labels per letter (95% bootstrap CI over letters)"
+    return f"{HEADLINES[metric]} per model and method, several labels per letter (95% bootstrap CI over duplicate groups)"
 
 
 def multilabel_score_table(comp: pd.DataFrame) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 Two predictions.json records are matched by (repeat, letter) on the folds both scored with the same test letters; the
 difference of one score (macro-F1 for one label per letter; micro-, macro- or samples-F1 for label sets) gets a paired
-bootstrap CI over letters, under cv the Nadeau-Bengio corrected resampled t-test on the per-fold differences, under a
+cluster bootstrap CI over duplicate groups, under cv the Nadeau-Bengio corrected resampled t-test on the per-fold differences, under a
 single test split McNemar's exact test on the letters exactly one of the two got right (the whole label set, for label
 sets), and `holm` adjusts several comparisons' p-values. Pure functions of labels, as engine.metrics.
 """
