@@ -40,7 +40,7 @@ def test_minilm_svc_on_default_dataset_beats_majority_baseline(default_ds):
     assert m["macro_f1_ci"][0] > baseline["macro_f1"]
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="CPU without native bf16")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="CPU without AMX (bf16 is not the default there)")
 @pytest.mark.parametrize("name,n,max_length", [("minilm", 48, 512), ("smollm2", 12, 256)])
 def test_bf16_matches_fp32(default_ds, name, n, max_length):
     texts = default_ds.texts[:n]
