@@ -16,6 +16,11 @@ import pytest
 _SESSION_CACHE = tempfile.mkdtemp(prefix="clinbench-test-cache-")
 os.environ["CLINBENCH_CACHE"] = _SESSION_CACHE
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest-xdist runs one test process per core: each gets its share of the cores, so that torch's threads (and those of the
+# `python -m engine` processes a test starts) do not fight over them; one process running the suite keeps every core.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS)))
 # A model folder's own code (trust_remote_code) is copied here when imported, not into the user's Hugging Face cache.
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="clinbench-test-hf-modules-")
 
