@@ -210,9 +210,10 @@ def significance_table(sig: pd.DataFrame) -> pd.DataFrame:
 
 
 def compared_labels(sig: pd.DataFrame | None, labels: list[str]) -> list[str]:
-    """The evaluations of the significance table (best first), else the first two."""
+    """The evaluations of the significance table (best first, each once: with every pair tested, one is `other` in
+    several rows), else the first two."""
     if sig is not None and len(sig):
-        return [sig["best"].iloc[0], *sig["other"]]
+        return list(dict.fromkeys([sig["best"].iloc[0], *sig["best"], *sig["other"]]))
     return labels[:2]
 
 
