@@ -13,6 +13,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
+from ui import compare
 
 
 def _leave_pages_folder_mode() -> None:
@@ -105,7 +106,7 @@ def table(df: pd.DataFrame, name: str, key: str, letters: bool = True, **kwargs)
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
     st.download_button(
         "CSV" if letters or "Letter" not in df else "CSV (without letter text)",
-        data=api.table_csv(df if letters else df.drop(columns=["Letter"], errors="ignore")),
+        data=api.table_csv(compare.split_intervals(df if letters else df.drop(columns=["Letter"], errors="ignore"))),
         file_name=f"{api.slug(name)}.csv",
         mime="text/csv",
         key=f"dl-{key}-csv",

@@ -3,7 +3,13 @@ sentences, captions of the letter tables. Pure: engine tables in, strings and Da
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
+
+from ui import numbering
+
+_INTERVAL = re.compile(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)–(-?\d+(?:\.\d+)?(?:e-?\d+)?)")  # "0.614–0.707", as _interval writes it
 
 CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over duplicate groups)"
 CURVE_TITLE = "Learning curve: macro-F1 against training letters per label (95% CI)"
@@ -56,6 +62,14 @@ SCORE_NOTE = (
     "the figure (all of them under cv, the test split under holdout). Fold SD: standard deviation of macro-F1 over the folds. "
     "Baseline: macro-F1 of always answering the most frequent class, on the same letters."
 )
+CONFUSION_NOTE = (
+    "Rows: the true label, columns: the predicted one; each letter counted once, so a row adds up to the letters with that "
+    "label. Under cv every letter is scored once per repeat: the cells are the mean over the repeats (hence halves)."
+)
+LETTERS_ONCE = (
+    " Letters: each letter counted once (under cv every letter is scored once per repeat; the counts are divided by the "
+    "repeats, and a predicted-for count is the mean over them)."
+)
 SIGNIFICANCE_INTRO = (
     "One family of paired tests: every pair of up to four evaluations, else each against the best, all ranked and tested on "
     "the letters and folds they all share. Under cv the p-value is the Nadeau–Bengio corrected resampled t-test over the "
@@ -76,7 +90,7 @@ SIGNIFICANCE_COLUMNS = {
     "n_letters": "Letters",
 }
 LETTER_HEADERS = {"row": "Row", "truth": "True label", "prediction": "Predicted", "score": "Probability", "letter": "Letter"}
-LETTER_COLUMNS = {"Letter": {"width": "large"}, "Row": {"help": "0-based row of the letter in the dataset"}}
+LETTER_COLUMNS = {"Letter": {"width": "large"}, "Row": {"help": numbering.HELP}}
 
 
 # Multi-label evaluations (metrics task "multi-label"): three F1 scores with CIs, one of them the headline.
@@ -157,6 +171,23 @@ def _interval(lo, hi) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) else f"{lo:.3f}–{hi:.3f}"
 
 
+def split_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """A table for a CSV: each interval column (one text cell '0.614–0.707', as the screen shows it) as two numbers in
+    '<column> low' and '<column> high' where it stood, so a spreadsheet can compute with them."""
+    out = {}
+    for col in df.columns:
+        values = df[col]
+        found = [_INTERVAL.fullmatch(v) if isinstance(v, str) else None for v in values]
+        if any(found) and all(m or v in ("", None) for m, v in zip(found, values)):
+            out[f"{col} low"] = [float(m.group(1)) if m else None for m in found]
+            out[f"{col} high"] = [float(m.group(2)) if m else None for m in found]
+        else:
+            out[col] = values
+    split = pd.DataFrame(out, index=df.index)
+    split.attrs = df.attrs
+    return split
+
+
 def score_table(comp: pd.DataFrame) -> pd.DataFrame:
     """The comparison as a person reads it: human headers, the CI as one column, figures to 3 decimals."""
     t = comp.assign(
@@ -176,8 +207,9 @@ def per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
 
 
 def letters_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Misclassified/disagreement letters with human headers (per-evaluation prediction columns keep their labels)."""
-    out = df.round(3).rename(columns=LETTER_HEADERS)
+    """Misclassified/disagreement letters with human headers (per-evaluation prediction columns keep their labels) and
+    rows counted from 1 (ui.numbering)."""
+    out = numbering.file_rows(df).round(3).rename(columns=LETTER_HEADERS)
     out.attrs = df.attrs
     return out
 
