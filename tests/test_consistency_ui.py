@@ -134,3 +134,15 @@ def test_charts_keep_labels_whole_and_the_baseline_off_the_values():
     assert list(co.data[0].x) == names and co.layout.xaxis.tickangle == -35  # whole names, slanted: no overlap
     cm = charts.confusion_chart({"labels": ["Cardiovascular / Pulmonary", "Urology"], "matrix": [[3, 1], [0, 4]]}, "cm")
     assert cm.layout.yaxis.automargin and cm.layout.yaxis.ticklabelstandoff > 0
+
+
+def test_cli_results_table_leads_with_the_tasks_headline(capsys):
+    from types import SimpleNamespace
+
+    from engine.cli import commands
+
+    r = {"task": "multi-label", "macro_f1": 0.68, "macro_f1_ci": [0.6, 0.75], "micro_f1": 0.654, "micro_f1_ci": [0.61, 0.695]}
+    step = SimpleNamespace(status="done", result=r, model="minilm", method="svc", title="minilm · svc", detail="")
+    commands._print_results_table(SimpleNamespace(steps=[step]))
+    out = capsys.readouterr().out
+    assert "micro-F1" in out and "0.654  0.610-0.695" in out and "0.680" not in out
