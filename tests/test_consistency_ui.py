@@ -93,6 +93,8 @@ def test_exported_intervals_are_two_numbers():
     out = compare.split_intervals(df)
     assert list(out.columns) == ["Evaluation", "95% CI low", "95% CI high", "Diff CI low", "Diff CI high", "n"]
     assert out["95% CI low"].iloc[0] == 0.614 and out["Diff CI low"].iloc[0] == -0.12 and pd.isna(out["95% CI high"].iloc[1])
+    cal = compare.split_intervals(pd.DataFrame({"Brier (95% CI)": ["0.120 (0.100 to 0.140)", ""]}))  # ui.calibration's cells
+    assert list(cal.columns) == ["Brier", "Brier 95% CI low", "Brier 95% CI high"] and cal.iloc[0].tolist() == [0.12, 0.1, 0.14]
 
 
 def test_report_json_names_the_dataset_without_a_path():

@@ -9,7 +9,9 @@ import pandas as pd
 
 from ui import numbering
 
-_INTERVAL = re.compile(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)–(-?\d+(?:\.\d+)?(?:e-?\d+)?)")  # "0.614–0.707", as _interval writes it
+_NUMBER = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
+_INTERVAL = re.compile(f"{_NUMBER}–{_NUMBER}")  # "0.614–0.707", as _interval writes it
+_VALUE_CI = re.compile(f"{_NUMBER} \\({_NUMBER} to {_NUMBER}\\)")  # "0.120 (0.100 to 0.140)", as ui.calibration writes it
 
 CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over duplicate groups)"
 CURVE_TITLE = "Learning curve: macro-F1 against training letters per label (95% CI)"
@@ -173,19 +175,31 @@ def _interval(lo, hi) -> str:
 
 def split_intervals(df: pd.DataFrame) -> pd.DataFrame:
     """A table for a CSV: each interval column (one text cell '0.614–0.707', as the screen shows it) as two numbers in
-    '<column> low' and '<column> high' where it stood, so a spreadsheet can compute with them."""
+    '<column> low' and '<column> high' where it stood, and a 'value (low to high)' column ('Brier (95% CI)') as three:
+    'Brier', 'Brier 95% CI low', 'Brier 95% CI high'; so a spreadsheet can compute with them."""
     out = {}
     for col in df.columns:
         values = df[col]
-        found = [_INTERVAL.fullmatch(v) if isinstance(v, str) else None for v in values]
-        if any(found) and all(m or v in ("", None) for m, v in zip(found, values)):
-            out[f"{col} low"] = [float(m.group(1)) if m else None for m in found]
-            out[f"{col} high"] = [float(m.group(2)) if m else None for m in found]
+        spans = [_INTERVAL.fullmatch(v) if isinstance(v, str) else None for v in values]
+        pairs = [_VALUE_CI.fullmatch(v) if isinstance(v, str) else None for v in values]
+        empty = [v is None or v == "" for v in values]
+        if any(spans) and all(m or e for m, e in zip(spans, empty)):
+            out[f"{col} low"] = [float(m.group(1)) if m else None for m in spans]
+            out[f"{col} high"] = [float(m.group(2)) if m else None for m in spans]
+        elif any(pairs) and all(m or e or _is_number(v) for m, e, v in zip(pairs, empty, values)):
+            base = str(col).replace(" (95% CI)", "")
+            out[base] = [float(m.group(1)) if m else (float(v) if _is_number(v) else None) for m, v in zip(pairs, values)]
+            out[f"{base} 95% CI low"] = [float(m.group(2)) if m else None for m in pairs]
+            out[f"{base} 95% CI high"] = [float(m.group(3)) if m else None for m in pairs]
         else:
             out[col] = values
     split = pd.DataFrame(out, index=df.index)
     split.attrs = df.attrs
     return split
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, str) and re.fullmatch(_NUMBER, v) is not None
 
 
 def score_table(comp: pd.DataFrame) -> pd.DataFrame:
