@@ -28,6 +28,7 @@ st.caption(
     + (" (several labels per letter, or none)." if multi else ".")
 )
 metric = multilabel.headline_picker("compare") if multi else api.headline(None)  # the one headline (engine.evaluation.headline)
+comp = comp.sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)  # best first by the headline, everywhere
 if multi:
     fig = charts.macro_f1_chart(
         compare.headline(comp, metric), compare.headline_title(metric), compare.HEADLINES[metric], "most frequent label set"

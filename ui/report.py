@@ -22,9 +22,9 @@ def _headline(evals: list, metric: str | None) -> str:
 def tables(evals: list, with_significance: bool = True, metric: str | None = None) -> dict[str, pd.DataFrame]:
     """The comparison's tables; `metric`: the headline the reader chose (None: the task's), what the significance table
     tests."""
-    comp = api.comparison_table(evals)
     multi = compare.is_multi_label(evals)
     metric = _headline(evals, metric)
+    comp = api.comparison_table(evals).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
     if multi:
         out = {
             "micro macro samples F1 by model and method": compare.multilabel_score_table(comp),
