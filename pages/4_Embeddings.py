@@ -103,7 +103,8 @@ for col, stage in zip(cols, stages):
         st.caption(
             "Grey: training letters (holdout); coloured: the test letters."
             if ev.protocol != "cv"
-            else "Cross-validation: every letter is a test letter, coloured by its first repeat's prediction (no grey points)."
+            else "Cross-validation: every letter is a test letter (no grey points)"
+            + ("." if colour_by == "true label" else "; its first repeat's prediction is shown, as Compare's letters.")
         )
         state = common.chart(
             fig,

@@ -103,6 +103,8 @@ def test_report_json_names_the_dataset_without_a_path():
     single = _ev({"macro_f1": 0.5})
     info = report.info([single], {"source": "/home/someone/cache/datasets/letters.csv", "data_hash": "h"})
     assert info["dataset"] == "letters.csv" and info["headline"] == "macro_f1" and "/" not in str(info)
+    saved = report.info([single], {"source": "/home/someone/cache/datasets/3f2a.csv", "data_hash": "h", "name": "ward letters"})
+    assert saved["dataset"] == "ward letters"
 
 
 def test_wrong_letters_are_one_definition_on_compare_and_embeddings(monkeypatch):

@@ -91,10 +91,10 @@ def figures(evals: list, confusion_for: list | None = None, metric: str | None =
 
 
 def info(evals: list, ds: dict, metric: str | None = None) -> dict:
-    """What report.json says about the comparison: the dataset by its file name (never a path of this machine: the cache
-    folder is the user's), its data hash, the evaluations and the headline."""
+    """What report.json says about the comparison: the dataset by its name (a saved dataset's, else its file name; never a
+    path of this machine: the cache folder is the user's), its data hash, the evaluations and the headline."""
     key = _headline(evals, metric)
-    name = str(ds["source"]).replace("\\", "/").rsplit("/", 1)[-1]
+    name = ds.get("name") or str(ds["source"]).replace("\\", "/").rsplit("/", 1)[-1]
     return {"dataset": name, "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals], "headline": key}
 
 
