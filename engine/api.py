@@ -342,7 +342,7 @@ def comparison_table(evals: list[Evaluation]) -> pd.DataFrame:
     return results.comparison_table(evals)
 
 
-def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
+def seed_spread(evals: list[Evaluation], metric: str | None = None) -> pd.DataFrame:
     from engine.evaluation import comparison
 
     return comparison.seed_spread(evals, metric)
@@ -354,7 +354,7 @@ def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
     return results.per_class_table(evals)
 
 
-def significance(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
+def significance(evals: list[Evaluation], metric: str | None = None) -> pd.DataFrame:
     from engine.evaluation import comparison
 
     return comparison.significance(evals, metric=metric)
@@ -370,6 +370,22 @@ def disagreements(evals: list[Evaluation]) -> pd.DataFrame:
     from engine.evaluation import results
 
     return results.disagreements(evals)
+
+
+def headline(task: str | None, chosen: str | None = None) -> str:
+    """The headline score's key for a task (engine.evaluation.headline): macro_f1; micro_f1 for several labels per letter;
+    `chosen` when the reader picked another."""
+    from engine.evaluation import headline as headline_
+
+    return headline_.metric(task, chosen)
+
+
+def scored_letters(ev: Evaluation) -> dict[int, dict]:
+    """Each letter `ev` scored, once (repeat 0 under cv): {dataset position: {truth, prediction, wrong}}; `wrong` is the
+    definition the misclassified letters use too."""
+    from engine.evaluation import results
+
+    return results.scored_letters(ev)
 
 
 def predictions(ev: Evaluation) -> dict:

@@ -8,16 +8,16 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, multilabel
+from ui import charts, common, multilabel, numbering
 
 common.page(
     "Embeddings",
-    "Each point is a letter, placed by UMAP from the model's embedding. Grey points are training letters; "
-    "colours show the test letters. Select a point (click, or box/lasso) to read the letter.",
+    "Each point is a letter, placed by UMAP from the model's embedding; colours show how the evaluation scored it. "
+    "Select a point (click, or box/lasso) to read the letter.",
 )
-warm = api.start_umap_warm_up()
-if warm["state"] == "warming":
-    st.caption("Preparing UMAP in the background (first use after start)…")
+warming = st.empty()  # cleared once a map is drawn
+if api.start_umap_warm_up()["state"] == "warming":
+    warming.caption("Preparing UMAP in the background (first use after start)…")
 evals, ds = common.pick_evaluations("emb")
 if not evals:
     st.info("No evaluations yet: run one on the Runs page, then its letters appear here as a map.")
@@ -39,17 +39,20 @@ if multi:
     label = c3.selectbox("Label", list(ds["classes"]), key="emb-label", help="Several labels per letter: the map shows one at a time.")
     common.to_url("label", label)
     st.caption(
-        f"Several labels per letter: colours show **{label}** only — whether a test letter carries it, was given it, or was right about it."
+        f"Several labels per letter: true and predicted colours show **{label}** only (whether a letter carries it, was given "
+        "it); correct / wrong is about the whole label set, as Compare's list of letters with a wrong label set."
     )
 mine = [e for e in evals if e.model == model and e.embeddings_key]
 stages = [s for s in ("frozen", "tuned") if any(e.stage == s for e in mine)] + sorted({e.stage for e in mine} - {"frozen", "tuned"})
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _letters(key: str) -> tuple[list[str], list[str]]:
+def _letters(key: str) -> tuple[list[str], list[str], list[int]]:
+    """The letters' texts, labels and row numbers as the pages show them (ui.numbering)."""
     ev = next(e for e in api.evaluations()[0] if e.key == key)
     ds_ = api.letters(ev)
-    return ds_.texts, [v if isinstance(v, tuple) else str(v) for v in ds_.labels]
+    numbers = [numbering.file_row(i, ds_.rows) for i in range(len(ds_))]
+    return ds_.texts, [v if isinstance(v, tuple) else str(v) for v in ds_.labels], numbers
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -57,13 +60,13 @@ def _coords(embeddings_key: str) -> np.ndarray:
     return api.umap_map(embeddings_key)
 
 
-def _colours(ev, truth: list[str]) -> tuple[list[str], list[str] | None]:
-    pred = api.predictions(ev)
+def _colours(scored: dict, truth: list[str]) -> tuple[list[str], list[str] | None]:
+    """Each letter's colour from the letters the evaluation scored once (api.scored_letters: wrong as Compare counts it)."""
     if label is not None:
-        return multilabel.colours(pred, truth, label, colour_by)
+        return multilabel.colours(scored, truth, label, colour_by)
     colour = ["training letter"] * len(truth)
-    for i, t, p in zip(pred["test_index"], pred["y_true"], pred["y_pred"]):
-        colour[i] = {"true label": t, "predicted label": p}.get(colour_by, "correct" if t == p else "wrong")
+    for i, s in scored.items():
+        colour[i] = {"true label": s["truth"], "predicted label": s["prediction"]}.get(colour_by, "wrong" if s["wrong"] else "correct")
     order = ["correct", "wrong", "training letter"] if colour_by == "correct / wrong" else sorted(set(truth)) + ["training letter"]
     return colour, order
 
@@ -75,14 +78,16 @@ for col, stage in zip(cols, stages):
         options = {e.key: e for e in mine if e.stage == stage}
         common.from_url(stage, list(options), f"ev-{stage}")
         ev = options[
-            st.selectbox(f"Predictions of ({stage})", list(options), format_func=lambda k, o=options: o[k].label, key=f"ev-{stage}")
+            st.selectbox(f"Evaluation ({stage} embeddings)", list(options), format_func=lambda k, o=options: o[k].label, key=f"ev-{stage}")
         ]
         common.to_url(stage, ev.key)
         try:
-            texts, truth = _letters(ev.key)
+            texts, truth, numbers = _letters(ev.key)
             with st.spinner("Computing the map (UMAP; cached afterwards)…"):
                 coords = _coords(ev.embeddings_key)
-            colour, order = _colours(ev, truth)
+            warming.empty()
+            scored = api.scored_letters(ev)
+            colour, order = _colours(scored, truth)
         except ClinBenchError as exc:
             common.error(exc, f"No map for {ev.label}")
             continue
@@ -93,6 +98,13 @@ for col, stage in zip(cols, stages):
             f"{model} ({stage}) embeddings, UMAP — colour: {colour_by}" + (f" ({label})" if label else ""),
             colour_by,
             order,
+            numbers,
+        )
+        st.caption(
+            "Grey: training letters (holdout); coloured: the test letters."
+            if ev.protocol != "cv"
+            else "Cross-validation: every letter is a test letter (no grey points)"
+            + ("." if colour_by == "true label" else "; its first repeat's prediction is shown, as Compare's letters.")
         )
         state = common.chart(
             fig,
@@ -105,11 +117,9 @@ for col, stage in zip(cols, stages):
         points = (state or {}).get("selection", {}).get("points", []) if state else []
         if points:
             idx = int(points[0]["customdata"] if not isinstance(points[0]["customdata"], list) else points[0]["customdata"][0])
-            pred = api.predictions(ev)
-            where = dict(zip(pred["test_index"], pred["y_pred"]))
-            extra = f" · predicted **{multilabel.label_text(where[idx])}**" if idx in where else " · training letter"
+            extra = f" · predicted **{multilabel.label_text(scored[idx]['prediction'])}**" if idx in scored else " · training letter"
             st.markdown(
-                f"**Letter {idx}** · true label **{multilabel.label_text(truth[idx])}**{extra}"
+                f"**Row {numbers[idx]}** · true label **{multilabel.label_text(truth[idx])}**{extra}"
                 + (f" · {len(points)} points selected, showing the first" if len(points) > 1 else "")
             )
             st.text_area("Letter", texts[idx], height=260, key=f"letter-{stage}-{idx}", disabled=True)

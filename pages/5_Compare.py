@@ -27,7 +27,8 @@ st.caption(
     f"{len(evals)} evaluation(s) on {ds['n_letters']} letters ({compare.protocol_counts(comp)}), labels: {', '.join(ds['classes'])}"
     + (" (several labels per letter, or none)." if multi else ".")
 )
-metric = multilabel.headline_picker("compare") if multi else "macro_f1"  # the headline the charts and tests use
+metric = multilabel.headline_picker("compare") if multi else api.headline(None)  # the one headline (engine.evaluation.headline)
+comp = comp.sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)  # best first by the headline, everywhere
 if multi:
     fig = charts.macro_f1_chart(
         compare.headline(comp, metric), compare.headline_title(metric), compare.HEADLINES[metric], "most frequent label set"
@@ -60,8 +61,9 @@ per_class = api.per_class_table(evals)
 if multi:
     multilabel.per_label_section(per_class)
 else:
-    with st.expander("Per class: precision, recall, F1, support"):
+    with st.expander("Per class: precision, recall, F1, letters"):
         common.table(compare.per_class_table(per_class), "precision recall by class", "perclass")
+        st.caption(compare.LETTERS_ONCE.strip())
     st.subheader("Per-class F1")
     common.chart(charts.per_class_heatmap(per_class), "per-class F1", "heat")
 
@@ -130,7 +132,10 @@ for i, lab in enumerate(picked):
     ev = by_label[lab]
     with cols[i % 2]:
         common.chart(
-            charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {lab}"), f"confusion matrix {lab}", f"cm-{ev.key}"
+            charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {lab}", ev.repeats),
+            f"confusion matrix {lab}",
+            f"cm-{ev.key}",
         )
+st.caption(compare.CONFUSION_NOTE)
 
 external.external_validation(evals)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import binary, charts, common, multilabel
+from ui import binary, charts, common, multilabel, numbering
 
 common.page(
     "Classify",
@@ -30,12 +30,12 @@ def _load_test_letter() -> None:
     try:
         ev = next(e for e in evals if e.key in chosen) if chosen else evals[0]
         pred = api.predictions(ev)
-        texts = api.letters(ev).texts
+        letters = api.letters(ev)
         i = random.Random().choice(pred["test_index"])
-        st.session_state["letter"] = texts[i]
+        st.session_state["letter"] = letters.texts[i]
         seen = " Under cv the stored classifier was refitted on every letter, this one included." if pred.get("protocol") == "cv" else ""
         truth = multilabel.label_text(pred["y_true"][pred["test_index"].index(i)])
-        st.session_state["letter_note"] = f"Test letter {i} (true label: {truth}).{seen}"
+        st.session_state["letter_note"] = f"Test letter: row {numbering.file_row(i, letters.rows)} (true label: {truth}).{seen}"
     except ClinBenchError as exc:
         st.session_state["letter_note"] = f"error: {exc}"
 
@@ -129,8 +129,13 @@ if near:
         "trained on that lie closest to this one (cosine similarity), with their labels — why it may have answered as it did."
     )
     st.dataframe(
-        pd.DataFrame(near).rename(columns={"row": "Row", "label": "Label", "similarity": "Similarity", "letter": "First words"}).round(3),
+        numbering.file_rows(pd.DataFrame(near))
+        .rename(columns={"row": "Row", "label": "Label", "similarity": "Similarity", "letter": "First words"})
+        .round(3),
         hide_index=True,
         width="stretch",
-        column_config={"First words": st.column_config.TextColumn(width="large")},
+        column_config={
+            "First words": st.column_config.TextColumn(width="large"),
+            "Row": st.column_config.NumberColumn(help=numbering.HELP),
+        },
     )

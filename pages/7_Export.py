@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import common, report
+from ui import common, compare, multilabel, report
 
 common.page("Export", "Charts for a paper or a meeting: PNG (2x), SVG, interactive HTML (opens offline); tables as CSV.")
 evals, ds = common.pick_evaluations("export")
@@ -20,9 +20,10 @@ if browser is None:
         "'chromium'), or set BROWSER_PATH to a Chrome/Chromium executable. HTML and CSV downloads work without it."
     )
 
+metric = multilabel.headline_picker("export") if compare.is_multi_label(evals) else None  # the same choice as Compare's
 try:
-    figs = report.figures(evals)
-    tables = report.tables(evals)
+    figs = report.figures(evals, metric=metric)
+    tables = report.tables(evals, metric=metric)
 except ClinBenchError as exc:
     common.error(exc)
     st.stop()
@@ -36,8 +37,8 @@ if st.button("Build the report", type="primary", disabled=browser is None):
                 tuple(e.key for e in evals),
                 api.report_zip(
                     figs,
-                    tables,
-                    {"dataset": ds["source"], "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals]},
+                    {name: compare.split_intervals(df) for name, df in tables.items()},  # a CI as two numbers, as every CSV
+                    report.info(evals, ds, metric),
                     documents=report.documents(evals),
                 ),
             )

@@ -211,3 +211,27 @@ def test_letter_text_leaves_in_downloads_only_when_asked(stored, monkeypatch):
     at.checkbox(key="letters-compare").check().run()
     assert any("patient data" in w.value for w in at.warning)
     assert "CSV (without letter text)" not in [b.proto.label for b in at.get("download_button")]
+
+
+def test_pages_count_rows_from_one_and_agree_on_the_wrong_letters(stored, monkeypatch):
+    """Issue 30: Compare's misclassified letters name the input file's rows from 1, and the Embeddings map colours as
+    wrong exactly the letters Compare lists for the same evaluation; the map's caption fits the protocol."""
+    from engine import api
+
+    cache, _ = stored
+    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
+    at = page("5_Compare.py").run()
+    by_label = {e.label: e for e in api.evaluations()[0]}
+    ev = by_label[at.selectbox(key="compare-wrong").value]
+    table = next(d.value for d in at.dataframe if "Predicted" in d.value.columns and "Row" in d.value.columns)
+    assert list(table["Row"]) == [r + 1 for r in api.misclassified(ev)["row"]] and table["Row"].min() >= 1
+
+    at = page("4_Embeddings.py")
+    at.query_params["colour"] = "correct / wrong"
+    at.query_params["frozen"] = ev.key
+    at.run()
+    assert not at.exception and at.selectbox(key="ev-frozen").label == "Evaluation (frozen embeddings)"
+    legend = [t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert f"wrong ({len(table)})" in legend
+    grey = any("Grey: training letters" in c.value for c in at.caption)
+    assert grey == (ev.protocol != "cv") and not any("Preparing UMAP" in c.value for c in at.caption)

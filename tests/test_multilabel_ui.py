@@ -132,6 +132,7 @@ def test_compare_page_shows_the_multi_label_scores_and_the_per_label_heatmap(ml_
     comp = at.dataframe[0].value
     assert len(comp) == 2 and set(ML_NAMES) <= set(comp.columns) and "Micro-F1 95% CI" in comp
     assert comp["Micro-F1"].between(0, 1).all() and (comp["Hamming loss"] >= 0).all()
+    assert comp["Micro-F1"].is_monotonic_decreasing  # best first by the headline, as the chart
     titles = _titles(at)
     assert titles[0].startswith("Micro-F1 per model and method") and any(
         t.startswith("Per label: precision, recall and F1") for t in titles

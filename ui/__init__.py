@@ -8,6 +8,7 @@ duplicates  the Data page's duplicate groups, near copies and label conflicts
 external    Compare's external validation: a stored classifier scored on another labelled file
 forms   the Runs form's option widgets, drawn from the engine's option fields
 report  a comparison's figures and tables (home page, Export)
+numbering  the one row numbering the pages show (the input file's data rows, from 1)
 runs    the Runs page's step progress and time estimate
 storage the cache's size by run, dataset, model and folder (home page)
 """

@@ -87,14 +87,11 @@ def macro_f1_chart(
         )
     if "baseline_macro_f1" in t and t["baseline_macro_f1"].notna().any():
         base = float(t["baseline_macro_f1"].dropna().iloc[0])
-        fig.add_trace(  # a legend entry rather than an annotation, which sat on the bars
+        # drawn below the bars, so it never runs through a bar's value written inside it; the legend names it
+        fig.add_shape(type="line", x0=base, x1=base, yref="paper", y0=0, y1=1, layer="below", line=dict(dash="dash", color="#888"))
+        fig.add_trace(
             go.Scatter(
-                x=[base, base],
-                y=[t["evaluation"].iloc[0], t["evaluation"].iloc[-1]],
-                mode="lines",
-                line=dict(dash="dash", color="#888"),
-                name=f"{baseline_name} {base:.2f}",
-                hovertemplate=f"{baseline_name}: {name} {base:.3f}<extra></extra>",
+                x=[None], y=[None], mode="lines", line=dict(dash="dash", color="#888"), name=f"{baseline_name} {base:.2f}", hoverinfo="skip"
             )
         )
     fig.update_xaxes(
@@ -252,24 +249,31 @@ def wrap_label(label: str, width: int = 12) -> str:
     return "<br>".join(html.escape(x.strip()) for x in lines)
 
 
-def confusion_chart(cm: dict, title: str) -> go.Figure:
-    """Confusion matrix (rows: true label, columns: predicted), counts annotated."""
-    labels, matrix = cm["labels"], np.asarray(cm["matrix"])
+def _count(v: float) -> str:
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+
+
+def confusion_chart(cm: dict, title: str, repeats: int = 1) -> go.Figure:
+    """Confusion matrix (rows: true label, columns: predicted), letters annotated. Each letter counts once: the stored
+    matrix counts a letter once per repeat under cv, so its cells are divided by `repeats` (the mean over the repeats) and
+    a row adds up to the letters with that label; the colour bar says so."""
+    labels, matrix = cm["labels"], np.asarray(cm["matrix"], dtype=float) / max(1, repeats)
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
             x=[html.escape(str(lab)) for lab in labels],  # slanted below the matrix, so long names do not overlap
             y=[wrap_label(lab) for lab in labels],
             colorscale="Blues",
-            text=matrix,
+            text=[[_count(v) for v in row] for row in matrix],
             texttemplate="%{text}",
-            colorbar=dict(title="letters"),
-            hovertemplate="true %{y}<br>predicted %{x}: %{z}<extra></extra>",
+            colorbar=dict(title=dict(text="letters" if repeats <= 1 else f"letters (mean of {repeats} repeats)", side="right")),
+            hovertemplate="true %{y}<br>predicted %{x}: %{text} letters<extra></extra>",
         )
     )
     fig.update_xaxes(title="predicted label", automargin=True, tickangle=-35)
-    fig.update_yaxes(title="true label", autorange="reversed", automargin=True)
-    return _layout(fig, title, height=max(360, 160 + 45 * len(labels)))
+    fig.update_yaxes(title=dict(text="true label", standoff=10), autorange="reversed", automargin=True, ticklabelstandoff=6)
+    longest = max((len(str(lab)) for lab in labels), default=0)  # the slanted column labels need room below the matrix
+    return _layout(fig, title, height=max(360, 160 + 45 * len(labels) + 5 * min(longest, 40)))
 
 
 def _hover_snippet(text: str, words: int = 25) -> str:
@@ -281,14 +285,22 @@ def _hover_snippet(text: str, words: int = 25) -> str:
 def without_letters(fig: go.Figure) -> go.Figure:
     """A copy of a letter map for download without the letters' words in its hover labels (letter numbers stay)."""
     out = go.Figure(fig)
-    out.update_traces(text=None, hovertemplate="<b>%{fullData.name}</b> · letter %{customdata}<extra></extra>")
+    out.update_traces(text=None, hovertemplate="<b>%{fullData.name}</b> · row %{customdata[1]}<extra></extra>")
     return out
 
 
 def umap_scatter(
-    coords: np.ndarray, colour: list[str], texts: list[str], title: str, colour_title: str, order: list[str] | None = None
+    coords: np.ndarray,
+    colour: list[str],
+    texts: list[str],
+    title: str,
+    colour_title: str,
+    order: list[str] | None = None,
+    rows: list[int] | None = None,
 ) -> go.Figure:
-    """2-D map, one trace per colour group (so the legend names them); customdata = letter index, for selection."""
+    """2-D map, one trace per colour group (so the legend names them); customdata = [letter position, its row number as
+    the pages show it (`rows`, ui.numbering.file_row; default: position + 1)]: the position for selection, the row for the hover."""
+    shown = np.asarray(rows if rows is not None else np.arange(len(colour)) + 1)
     colour = np.asarray(colour, dtype=object)
     groups = order or sorted(set(colour))
     fig = go.Figure()
@@ -303,10 +315,10 @@ def umap_scatter(
                 y=coords[idx, 1],
                 mode="markers",
                 name=f"{g} ({len(idx)})",
-                customdata=idx,
+                customdata=np.column_stack([idx, shown[idx]]),
                 marker=dict(size=6 if grey else 8, color="#c8c8c8" if grey else PALETTE[i % len(PALETTE)], opacity=0.5 if grey else 0.85),
                 text=[_hover_snippet(texts[j]) for j in idx],
-                hovertemplate=f"<b>{g}</b> · letter %{{customdata}}<br>%{{text}}<extra></extra>",
+                hovertemplate=f"<b>{g}</b> · row %{{customdata[1]}}<br>%{{text}}<extra></extra>",
             )
         )
     fig.update_xaxes(title="UMAP 1", showticklabels=False)
@@ -401,7 +413,7 @@ def cooccurrence_heatmap(co: dict, title: str = "Letters carrying both labels") 
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=[wrap_label(lab) for lab in labels],
+            x=[html.escape(str(lab)) for lab in labels],  # slanted below the matrix, so long names do not overlap
             y=[wrap_label(lab, 28) for lab in labels],
             colorscale="Blues",
             text=matrix,
@@ -410,9 +422,10 @@ def cooccurrence_heatmap(co: dict, title: str = "Letters carrying both labels") 
             hovertemplate="%{y} and %{x}: %{z} letters<extra></extra>",
         )
     )
-    fig.update_xaxes(automargin=True, tickangle=0)
-    fig.update_yaxes(autorange="reversed", automargin=True)
-    return _layout(fig, title, height=max(340, 160 + 40 * len(labels)))
+    fig.update_xaxes(automargin=True, tickangle=-35)
+    fig.update_yaxes(autorange="reversed", automargin=True, ticklabelstandoff=6)
+    longest = max((len(str(lab)) for lab in labels), default=0)
+    return _layout(fig, title, height=max(340, 160 + 40 * len(labels) + 5 * min(longest, 40)))
 
 
 def training_curves(metrics: dict[str, list[list[float]]], title: str = "Training curves") -> go.Figure:

@@ -13,6 +13,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
+from ui import compare
 
 
 def _leave_pages_folder_mode() -> None:
@@ -105,7 +106,7 @@ def table(df: pd.DataFrame, name: str, key: str, letters: bool = True, **kwargs)
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
     st.download_button(
         "CSV" if letters or "Letter" not in df else "CSV (without letter text)",
-        data=api.table_csv(df if letters else df.drop(columns=["Letter"], errors="ignore")),
+        data=api.table_csv(compare.split_intervals(df if letters else df.drop(columns=["Letter"], errors="ignore"))),
         file_name=f"{api.slug(name)}.csv",
         mime="text/csv",
         key=f"dl-{key}-csv",
@@ -134,7 +135,7 @@ def to_url(param: str, value) -> None:
 
 
 def pick_evaluations(key: str) -> tuple[list, dict | None]:
-    """Sidebar filter: dataset (by data hash) and run. Returns the chosen evaluations and the dataset row."""
+    """Sidebar filter: dataset (by data hash) and run. Returns the chosen evaluations and the dataset row (with `name`)."""
     evals, skipped = api.evaluations()
     if skipped:
         with st.sidebar.expander(f"{len(skipped)} stored evaluation(s) skipped"):
@@ -161,7 +162,8 @@ def pick_evaluations(key: str) -> tuple[list, dict | None]:
     except ClinBenchError as exc:
         error(exc)
         return [], None
-    return evals, next(d for d in sets if d["data_hash"] == chosen)
+    row = next(d for d in sets if d["data_hash"] == chosen)
+    return evals, {**row, "name": shown(row["source"])}  # name: as the sidebar shows it (a saved dataset's name), no path
 
 
 WOKEN_SHOWN_S = 30.0  # how long the line saying that this page started a worker stays (the live part reruns every 2 s)

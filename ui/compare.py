@@ -3,7 +3,15 @@ sentences, captions of the letter tables. Pure: engine tables in, strings and Da
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
+
+from ui import numbering
+
+_NUMBER = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
+_INTERVAL = re.compile(f"{_NUMBER}–{_NUMBER}")  # "0.614–0.707", as _interval writes it
+_VALUE_CI = re.compile(f"{_NUMBER} \\({_NUMBER} to {_NUMBER}\\)")  # "0.120 (0.100 to 0.140)", as ui.calibration writes it
 
 CHART_TITLE = "Macro-F1 per model and method (95% bootstrap CI over duplicate groups)"
 CURVE_TITLE = "Learning curve: macro-F1 against training letters per label (95% CI)"
@@ -56,6 +64,14 @@ SCORE_NOTE = (
     "the figure (all of them under cv, the test split under holdout). Fold SD: standard deviation of macro-F1 over the folds. "
     "Baseline: macro-F1 of always answering the most frequent class, on the same letters."
 )
+CONFUSION_NOTE = (
+    "Rows: the true label, columns: the predicted one; each letter counted once, so a row adds up to the letters with that "
+    "label. Under cv every letter is scored once per repeat: the cells are the mean over the repeats (hence halves)."
+)
+LETTERS_ONCE = (
+    " Letters: each letter counted once (under cv every letter is scored once per repeat; the counts are divided by the "
+    "repeats, and a predicted-for count is the mean over them)."
+)
 SIGNIFICANCE_INTRO = (
     "One family of paired tests: every pair of up to four evaluations, else each against the best, all ranked and tested on "
     "the letters and folds they all share. Under cv the p-value is the Nadeau–Bengio corrected resampled t-test over the "
@@ -76,7 +92,7 @@ SIGNIFICANCE_COLUMNS = {
     "n_letters": "Letters",
 }
 LETTER_HEADERS = {"row": "Row", "truth": "True label", "prediction": "Predicted", "score": "Probability", "letter": "Letter"}
-LETTER_COLUMNS = {"Letter": {"width": "large"}, "Row": {"help": "0-based row of the letter in the dataset"}}
+LETTER_COLUMNS = {"Letter": {"width": "large"}, "Row": {"help": numbering.HELP}}
 
 
 # Multi-label evaluations (metrics task "multi-label"): three F1 scores with CIs, one of them the headline.
@@ -157,6 +173,35 @@ def _interval(lo, hi) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) else f"{lo:.3f}–{hi:.3f}"
 
 
+def split_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """A table for a CSV: each interval column (one text cell '0.614–0.707', as the screen shows it) as two numbers in
+    '<column> low' and '<column> high' where it stood, and a 'value (low to high)' column ('Brier (95% CI)') as three:
+    'Brier', 'Brier 95% CI low', 'Brier 95% CI high'; so a spreadsheet can compute with them."""
+    out = {}
+    for col in df.columns:
+        values = df[col]
+        spans = [_INTERVAL.fullmatch(v) if isinstance(v, str) else None for v in values]
+        pairs = [_VALUE_CI.fullmatch(v) if isinstance(v, str) else None for v in values]
+        empty = [v is None or v == "" for v in values]
+        if any(spans) and all(m or e for m, e in zip(spans, empty)):
+            out[f"{col} low"] = [float(m.group(1)) if m else None for m in spans]
+            out[f"{col} high"] = [float(m.group(2)) if m else None for m in spans]
+        elif any(pairs) and all(m or e or _is_number(v) for m, e, v in zip(pairs, empty, values)):
+            base = str(col).replace(" (95% CI)", "")
+            out[base] = [float(m.group(1)) if m else (float(v) if _is_number(v) else None) for m, v in zip(pairs, values)]
+            out[f"{base} 95% CI low"] = [float(m.group(2)) if m else None for m in pairs]
+            out[f"{base} 95% CI high"] = [float(m.group(3)) if m else None for m in pairs]
+        else:
+            out[col] = values
+    split = pd.DataFrame(out, index=df.index)
+    split.attrs = df.attrs
+    return split
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, str) and re.fullmatch(_NUMBER, v) is not None
+
+
 def score_table(comp: pd.DataFrame) -> pd.DataFrame:
     """The comparison as a person reads it: human headers, the CI as one column, figures to 3 decimals."""
     t = comp.assign(
@@ -176,8 +221,9 @@ def per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
 
 
 def letters_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Misclassified/disagreement letters with human headers (per-evaluation prediction columns keep their labels)."""
-    out = df.round(3).rename(columns=LETTER_HEADERS)
+    """Misclassified/disagreement letters with human headers (per-evaluation prediction columns keep their labels) and
+    rows counted from 1 (ui.numbering)."""
+    out = numbering.file_rows(df).round(3).rename(columns=LETTER_HEADERS)
     out.attrs = df.attrs
     return out
 
@@ -210,9 +256,10 @@ def significance_table(sig: pd.DataFrame) -> pd.DataFrame:
 
 
 def compared_labels(sig: pd.DataFrame | None, labels: list[str]) -> list[str]:
-    """The evaluations of the significance table (best first), else the first two."""
+    """The evaluations of the significance table (best first, each once: with every pair tested, one is `other` in
+    several rows), else the first two."""
     if sig is not None and len(sig):
-        return [sig["best"].iloc[0], *sig["other"]]
+        return list(dict.fromkeys([sig["best"].iloc[0], *sig["best"], *sig["other"]]))
     return labels[:2]
 
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import common
+from ui import common, numbering
 
 TEXT_GUESSES = ("text", "letter", "transcription", "note", "body")
 LABEL_GUESSES = ("label", "specialty", "class", "category", "department")
@@ -40,7 +40,7 @@ def _overlap_note(res: dict) -> None:
     if not res.get("overlap_checked", True):
         st.caption("This classifier was stored before ClinBench recorded its training letters: the overlap cannot be checked.")
     elif res.get("n_overlap"):
-        rows = ", ".join(str(r + 1) for r in res["overlap_rows"][:10]) + (" …" if len(res["overlap_rows"]) > 10 else "")
+        rows = ", ".join(str(numbering.file_row(r)) for r in res["overlap_rows"][:10]) + (" …" if len(res["overlap_rows"]) > 10 else "")
         st.warning(
             f"{res['n_overlap']} of the {res['n_letters']} letters were among its training letters (rows {rows}): the figures "
             "above count them; those on the unseen letters alone follow."

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine import api
 from ui import charts, common, compare
 
 NO_LABEL = "(no label)"
+HEADLINE_KEY = "headline"  # the session's chosen headline of multi-label comparisons (shared by the pages)
 
 
 def data_summary(report, name: str) -> None:
@@ -35,8 +37,11 @@ def data_summary(report, name: str) -> None:
 
 
 def headline_picker(key: str) -> str:
-    """The headline score of a multi-label comparison (kept in the URL as `metric`)."""
+    """The headline score of a multi-label comparison: the task's own (api.headline: micro-F1) until the reader picks
+    another; the pick is kept in the URL as `metric` and for the session, so Compare and Export lead with the same one."""
     common.from_url("metric", list(compare.HEADLINES), f"{key}-metric")
+    if f"{key}-metric" not in st.session_state:
+        st.session_state[f"{key}-metric"] = st.session_state.get(HEADLINE_KEY) or api.headline("multi-label")
     metric = st.radio(
         "Headline score",
         list(compare.HEADLINES),
@@ -46,6 +51,7 @@ def headline_picker(key: str) -> str:
         help="Micro-F1 pools every (letter, label) decision; macro-F1 averages the labels' F1; samples-F1 averages the letters' F1.",
     )
     common.to_url("metric", metric)
+    st.session_state[HEADLINE_KEY] = metric
     return metric
 
 
@@ -53,23 +59,24 @@ def per_label_section(per_class: pd.DataFrame) -> None:
     """Per label x evaluation: precision, recall, F1 (a heatmap) and the table, with the letters carrying/predicted each label."""
     st.subheader("Per label: precision, recall, F1")
     common.chart(charts.per_label_heatmap(per_class), "precision recall F1 per label", "heat")
-    st.caption(compare.ML_PER_LABEL_NOTE)
+    st.caption(compare.ML_PER_LABEL_NOTE + compare.LETTERS_ONCE)
     with st.expander("Per label: precision, recall, F1, letters with it, letters predicted"):
         common.table(compare.per_label_table(per_class), "precision recall F1 per label", "perclass")
 
 
-def colours(pred: dict, truth: list, label: str, colour_by: str) -> tuple[list[str], list[str]]:
-    """Each letter's colour on the map by one `label`: training letters grey; test letters by whether they carry it (true
-    label), were given it (predicted label), or the decision on it was right (correct / wrong)."""
+def colours(scored: dict, truth: list, label: str, colour_by: str) -> tuple[list[str], list[str]]:
+    """Each letter's colour on the map: training letters grey; test letters (`scored`: api.scored_letters) by whether they
+    carry `label` (true label), were given it (predicted label), or whether their whole label set was right (correct /
+    wrong: the definition Compare's list of letters with a wrong label set uses)."""
     colour = ["training letter"] * len(truth)
-    for i, t, p in zip(pred["test_index"], pred["y_true"], pred["y_pred"]):
-        has, given = label in t, label in p
+    for i, s in scored.items():
+        has, given = label in s["truth"], label in s["prediction"]
         if colour_by == "true label":
             colour[i] = f"has {label}" if has else f"not {label}"
         elif colour_by == "predicted label":
             colour[i] = f"predicted {label}" if given else f"not predicted {label}"
         else:
-            colour[i] = "correct" if has == given else "wrong"
+            colour[i] = "wrong" if s["wrong"] else "correct"
     order = {
         "true label": [f"has {label}", f"not {label}"],
         "predicted label": [f"predicted {label}", f"not predicted {label}"],

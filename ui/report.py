@@ -14,10 +14,17 @@ from engine import api
 from ui import binary, charts, compare
 
 
-def tables(evals: list, with_significance: bool = True, metric: str = "micro_f1") -> dict[str, pd.DataFrame]:
-    """The comparison's tables; `metric`: a multi-label comparison's headline, what its significance table tests."""
-    comp = api.comparison_table(evals)
+def _headline(evals: list, metric: str | None) -> str:
+    """The comparison's headline: `metric` when the reader chose one, else its task's (api.headline)."""
+    return api.headline("multi-label" if compare.is_multi_label(evals) else None, metric)
+
+
+def tables(evals: list, with_significance: bool = True, metric: str | None = None) -> dict[str, pd.DataFrame]:
+    """The comparison's tables; `metric`: the headline the reader chose (None: the task's), what the significance table
+    tests."""
     multi = compare.is_multi_label(evals)
+    metric = _headline(evals, metric)
+    comp = api.comparison_table(evals).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
     if multi:
         out = {
             "micro macro samples F1 by model and method": compare.multilabel_score_table(comp),
@@ -35,7 +42,7 @@ def tables(evals: list, with_significance: bool = True, metric: str = "micro_f1"
     if len(sub := api.subgroup_table(evals)):
         out[f"macro-F1 by {sub['column'].iloc[0]}"] = sub
     if with_significance:
-        sig = api.significance(evals, metric if multi else "macro_f1")
+        sig = api.significance(evals, metric)
         if len(sig):
             out["significance of the top models"] = compare.significance_table(sig)
     return out
@@ -48,9 +55,11 @@ def learning_curve_figure(comp: pd.DataFrame, metric: str = "macro_f1"):
     return charts.learning_curve_chart(points, compare.CURVE_TITLE.replace("macro-F1", name), name)
 
 
-def figures(evals: list, confusion_for: list | None = None, metric: str = "micro_f1") -> dict:
-    """The comparison's charts; `metric`: a multi-label comparison's headline (micro_f1, macro_f1 or samples_f1)."""
+def figures(evals: list, confusion_for: list | None = None, metric: str | None = None) -> dict:
+    """The comparison's charts; `metric`: the headline the reader chose (None: the task's; for label sets micro_f1,
+    macro_f1 or samples_f1)."""
     comp = api.comparison_table(evals)
+    metric = _headline(evals, metric)
     if compare.is_multi_label(evals):
         name = compare.HEADLINES[metric]
         figs = {
@@ -75,8 +84,18 @@ def figures(evals: list, confusion_for: list | None = None, metric: str = "micro
         figs[f"macro-F1 by {sub['column'].iloc[0]}"] = charts.subgroup_chart(sub)
     for ev in confusion_for if confusion_for is not None else evals:
         if "confusion_matrix" in ev.metrics:  # (multi-label evaluations have none)
-            figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}")
+            figs[f"confusion matrix {ev.label}"] = charts.confusion_chart(
+                ev.metrics["confusion_matrix"], f"Confusion matrix: {ev.label}", ev.repeats
+            )
     return figs
+
+
+def info(evals: list, ds: dict, metric: str | None = None) -> dict:
+    """What report.json says about the comparison: the dataset by its name (a saved dataset's, else its file name; never a
+    path of this machine: the cache folder is the user's), its data hash, the evaluations and the headline."""
+    key = _headline(evals, metric)
+    name = ds.get("name") or str(ds["source"]).replace("\\", "/").rsplit("/", 1)[-1]
+    return {"dataset": name, "data_hash": ds["data_hash"], "evaluations": [e.key for e in evals], "headline": key}
 
 
 def documents(evals: list) -> dict[str, str]:

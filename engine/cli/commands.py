@@ -12,6 +12,7 @@ import sys
 import time
 
 from engine.cli.terminal import print_metrics, progress_bars
+from engine.evaluation import headline
 from engine.options import flags
 
 
@@ -244,13 +245,15 @@ def _follow(run_id: int):
 
 
 def _print_results_table(run) -> None:
-    print(f"\n{'model':14s} {'method':12s} {'variant':14s} {'macro-F1':>8s}  {'95% CI':13s}  note")
+    scored = [s.result for s in run.steps if s.status == "done" and s.result and "macro_f1" in s.result]
+    name = headline.of(scored[0])[0] if scored else "macro-F1"  # the task's headline (one dataset per run)
+    print(f"\n{'model':14s} {'method':12s} {'variant':14s} {name:>8s}  {'95% CI':13s}  note")
     for s in run.steps:
         r, variant = s.result, " · ".join(s.title.split(" · ")[2:])[:14]  # seed, training size (title: model · method · ...)
         head = f"{s.model[:14]:14s} {s.method:12s} {variant:14s}"
         if s.status == "done" and r and "macro_f1" in r:
-            lo, hi = r["macro_f1_ci"]
-            print(f"{head} {r['macro_f1']:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
+            _, value, (lo, hi) = headline.of(r)
+            print(f"{head} {value:8.3f}  {lo:.3f}-{hi:.3f}    {'cached' if r.get('cache_hit') else ''}")
         elif s.status == "done" and r:
             print(f"{head} {'-':>8s}  {'':13s}  {s.detail}")
         else:

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from engine.evaluation import paired
+from engine.evaluation import headline, paired
 from engine.evaluation.results import Evaluation, predictions
 from engine.options.groups import MOST_PROBABLE
 
@@ -126,10 +126,16 @@ def _summary(
     return text + "."
 
 
-def seed_spread(evals: list[Evaluation], metric: str = "macro_f1") -> pd.DataFrame:
-    """Evaluations that differ only in their seed (a run's n_seeds), grouped: `metric` (macro_f1; for label sets also
-    micro_f1 or samples_f1) mean, sd, min and max across the seeds, next to the mean width of their 95% CIs (the spread across seeds is a second source of uncertainty: the folds'
+def _headline(evals: list[Evaluation], chosen: str | None) -> str:
+    """The metric compared: `chosen`, else the headline of the evaluations' task (one dataset's are all of one kind)."""
+    return headline.metric(evals[0].metrics.get("task") if evals else None, chosen)
+
+
+def seed_spread(evals: list[Evaluation], metric: str | None = None) -> pd.DataFrame:
+    """Evaluations that differ only in their seed (a run's n_seeds), grouped: `metric` (None: the task's headline,
+    engine.evaluation.headline; for label sets also micro_f1 or samples_f1) mean, sd, min and max across the seeds, next to the mean width of their 95% CIs (the spread across seeds is a second source of uncertainty: the folds'
     shuffle and, for fine-tuning, the initial weights and data order). Groups of one seed are left out."""
+    metric = _headline(evals, metric)
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
         # labels_per_class stays: a learning curve's sizes are different configurations; learning_curve and n_seeds only
@@ -201,9 +207,10 @@ def _family(evals: list[Evaluation], metric: str) -> tuple[list[Evaluation], lis
 
 
 def significance(
-    evals: list[Evaluation], top: int | None = None, n_boot: int = 2000, seed: int = 0, metric: str = "macro_f1"
+    evals: list[Evaluation], top: int | None = None, n_boot: int = 2000, seed: int = 0, metric: str | None = None
 ) -> pd.DataFrame:
-    """Which evaluations differ by `metric` (macro_f1; for label sets also micro_f1 or samples_f1), one family of paired
+    """Which evaluations differ by `metric` (None: the task's headline, engine.evaluation.headline: macro_f1, for label
+    sets micro_f1; for label sets also macro_f1 or samples_f1 when chosen), one family of paired
     tests with one Holm adjustment.
 
     The family: the evaluations of the leading one's dataset (data hash), decided by its rule, that share folds scored on
@@ -224,6 +231,7 @@ def significance(
     """
     if len(evals) < 2:
         return pd.DataFrame()
+    metric = _headline(evals, metric)
     members, preds, (shared,), refused = _family(evals, metric)
     if top is not None:
         members, preds = members[: max(2, top)], preds[: max(2, top)]

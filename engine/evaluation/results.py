@@ -88,6 +88,13 @@ class Evaluation:
         return {(int(f["repeat"]), int(f["fold"])): int(f["n_train"]) for f in folds if f.get("n_train")}
 
     @property
+    def repeats(self) -> int:
+        """How many times each letter was scored: cv_repeats under cv (pooled figures count a letter once per repeat), 1
+        under holdout."""
+        p = self.manifest.get("protocol") or {}
+        return int(p.get("n_repeats") or 1) if self.protocol == "cv" else 1
+
+    @property
     def embeddings_key(self) -> str | None:
         return (self.manifest.get("embeddings") or {}).get("key")
 
@@ -279,14 +286,21 @@ def _multilabel_columns(m: dict) -> dict:
 
 
 def per_class_table(evals: list[Evaluation]) -> pd.DataFrame:
-    """Long table: evaluation, class, precision, recall, F1, support, and (multi-label) how many letters it was predicted for."""
+    """Long table: evaluation, class, precision, recall, F1, support, and (multi-label) how many letters it was predicted
+    for. Letters are counted once: under cv with repeats the stored counts (one per scored record) are divided by the
+    repeats (support: the letters with the label; predicted: the mean over the repeats)."""
     rows = []
     for e in evals:
         per_label = e.metrics.get("per_label")
         if per_label:  # multi-label: one row per label, with the letters it was predicted for
-            rows += [{"evaluation": e.label, "class": r["label"], **{k: v for k, v in r.items() if k != "label"}} for r in per_label]
+            found = [{"evaluation": e.label, "class": r["label"], **{k: v for k, v in r.items() if k != "label"}} for r in per_label]
         else:
-            rows += [{"evaluation": e.label, "class": cls, **vals} for cls, vals in e.metrics.get("per_class", {}).items()]
+            found = [{"evaluation": e.label, "class": cls, **vals} for cls, vals in e.metrics.get("per_class", {}).items()]
+        for r in found:
+            for k in ("support", "predicted"):
+                if r.get(k) is not None and e.repeats > 1:
+                    r[k] = r[k] / e.repeats if r[k] % e.repeats else r[k] // e.repeats
+        rows += found
     return pd.DataFrame(rows, columns=["evaluation", "class", "precision", "recall", "f1", "support", "predicted"])
 
 
@@ -303,34 +317,53 @@ def _first_repeat(p: dict) -> dict[int, int]:
     return {int(i): j for j, (i, r) in enumerate(zip(p["test_index"], repeat, strict=True)) if int(r) == 0}
 
 
-def _previews(ev: Evaluation, texts, width: int) -> tuple[list[str] | None, str | None]:
-    """(the letters' texts, shortened, or None; why they are missing)."""
-    if texts is None:
-        try:
-            texts = letters(ev).texts
-        except ClinBenchError as exc:
-            return None, str(exc)
-    return [" ".join(str(t).split())[:width] + ("…" if len(str(t)) > width else "") for t in texts], None
+def is_wrong(truth, prediction) -> bool:
+    """The one definition of a wrong letter: its prediction is not its label (several labels per letter: not its whole
+    label set)."""
+    return label_text(truth) != label_text(prediction)
+
+
+def scored_letters(ev: Evaluation) -> dict[int, dict]:
+    """Each letter `ev` scored, once: {dataset position: {truth, prediction, wrong}}. Under cv a letter is scored once per
+    repeat; this takes repeat 0 (what the misclassified letters list and the Embeddings map both show); under holdout
+    the test letters."""
+    p = predictions(ev)
+    return {
+        i: {"truth": p["y_true"][j], "prediction": p["y_pred"][j], "wrong": is_wrong(p["y_true"][j], p["y_pred"][j])}
+        for i, j in sorted(_first_repeat(p).items())
+    }
 
 
 def _with_letters(df: pd.DataFrame, ev: Evaluation, texts, width: int) -> pd.DataFrame:
-    shown, note = _previews(ev, texts, width)
+    """The start of each letter beside its row, and `row` turned from dataset positions into the input file's 0-based
+    data rows (they differ when letters were left out, e.g. label conflicts dropped)."""
+    rows, note = None, None
+    if texts is None:
+        try:
+            ds = letters(ev)
+            texts, rows = ds.texts, ds.rows
+        except ClinBenchError as exc:
+            note = str(exc)
+    shown = [" ".join(str(t).split())[:width] + ("…" if len(str(t)) > width else "") for t in texts] if texts is not None else None
     df["letter"] = [shown[r] if shown is not None and r < len(shown) else "" for r in df["row"]]
+    if rows is not None:
+        df["row"] = [int(rows[r]) for r in df["row"]]
     if note:
         df.attrs["note"] = f"Letter texts unavailable: {note}"
     return df
 
 
 def misclassified(ev: Evaluation, texts: list[str] | None = None, width: int = 160) -> pd.DataFrame:
-    """The letters `ev` got wrong: dataset row (0-based), truth, prediction, the predicted class's score, the start of
-    the letter. Under cv, repeat 0's predictions (each letter once). `texts`: the dataset's letters (default: loaded
-    from the evaluation's data file; when it cannot be, the letter column is empty and df.attrs['note'] says why)."""
+    """The letters `ev` got wrong (`is_wrong`): row (the input file's data row, 0-based), truth, prediction, the predicted
+    class's score, the start of the letter. Under cv, repeat 0's predictions (each letter once, as `scored_letters`).
+    `texts`: the dataset's letters (default: loaded from the evaluation's data file, with its rows; when it cannot be,
+    the letter column is empty and df.attrs['note'] says why)."""
     p = predictions(ev)
     classes, scores = [str(c) for c in p.get("classes") or []], p.get("scores")
     rows = []
     for row, j in sorted(_first_repeat(p).items()):
         truth, pred = label_text(p["y_true"][j]), label_text(p["y_pred"][j])
-        if truth != pred:  # multi-label: the label set differs (the score is then left out: each label has its own)
+        if is_wrong(truth, pred):  # multi-label: the label set differs (the score is then left out: each label has its own)
             score = float(scores[j][classes.index(pred)]) if scores and pred in classes else None
             rows.append({"row": row, "truth": truth, "prediction": pred, "score": score})
     df = pd.DataFrame(rows, columns=["row", "truth", "prediction", "score"])
@@ -338,7 +371,7 @@ def misclassified(ev: Evaluation, texts: list[str] | None = None, width: int = 1
 
 
 def disagreements(evals: list[Evaluation], texts: list[str] | None = None, width: int = 160) -> pd.DataFrame:
-    """The letters on which the evaluations (of one dataset) predict different labels: dataset row, truth, each
+    """The letters on which the evaluations (of one dataset) predict different labels: row (as misclassified), truth, each
     evaluation's prediction (a column per evaluation label), the start of the letter. Only letters every one of
     them scored; under cv, repeat 0's predictions."""
     if len({e.data_hash for e in evals}) > 1:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.evaluation import headline
 from engine.evaluation.results import Evaluation, comparison_table
 from engine.options import groups
 
@@ -207,12 +208,17 @@ def _versions(evals: list[Evaluation]) -> str:
 
 
 def _table(evals: list[Evaluation]) -> str:
+    """The comparison on its headline (engine.evaluation.headline: macro-F1; micro-F1 for label sets), best first."""
     comp = comparison_table(evals)
-    lines = ["| evaluation | protocol | letters scored | macro-F1 | 95% CI | majority baseline |", "|---|---|---|---|---|---|"]
-    for r in comp.itertuples():
+    key = headline.metric(evals[0].metrics.get("task") if evals else None)
+    value, lo, hi = (key, "ci_low", "ci_high") if key == "macro_f1" else (key, f"{key}_ci_low", f"{key}_ci_high")
+    comp = comp.sort_values(value, ascending=False, kind="stable") if len(comp) else comp
+    name = headline.SCORES[key]
+    lines = [f"| evaluation | protocol | letters scored | {name} | 95% CI | majority baseline |", "|---|---|---|---|---|---|"]
+    for r in comp.to_dict("records"):
         lines.append(
-            f"| {r.evaluation} | {r.protocol} | {r.n_scored} | {_fmt(r.macro_f1)} | {_fmt(r.ci_low)}–{_fmt(r.ci_high)} | "
-            f"{_fmt(r.baseline_macro_f1)} |"
+            f"| {r['evaluation']} | {r['protocol']} | {r['n_scored']} | {_fmt(r[value])} | {_fmt(r[lo])}–{_fmt(r[hi])} | "
+            f"{_fmt(r[f'baseline_{key}'])} |"
         )
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from engine.cache.context import StepContext
 from engine.errors import Cancelled, ClinBenchError
+from engine.evaluation import headline
 from engine.runs.states import Status
 
 if TYPE_CHECKING:  # (a Ray task imports this module; only the driver opens the store)
@@ -102,7 +103,8 @@ def end_line(status: str, error: str | None, result: dict) -> str:
     if error:
         return f": {error}"
     if "macro_f1" in result:
-        return f": macro-F1 {result['macro_f1']:.3f}" + (" (cached)" if result.get("cache_hit") else "")
+        name, value, _ = headline.of(result)  # the task's headline: macro-F1, or micro-F1 for several labels per letter
+        return f": {name} {value:.3f}" + (" (cached)" if result.get("cache_hit") else "")
     return ""
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.evaluation import headline
 from engine.runs.states import Status, run_status
 
 _STAGE_WORDS = {"": "starting", "starting": "starting: loading the model and the letters"}  # before the first count
@@ -84,9 +85,10 @@ class StepView:
         """One line: the result of a finished step, the stage/rate/ETA of a running one, the error of a failed one."""
         r, p = self.result or {}, self.progress
         if self.status == Status.DONE and "macro_f1" in r:
-            lo, hi = r["macro_f1_ci"]
             n = f", {r['protocol']}, n={r['n_scored']}" if "n_scored" in r else ""
-            return f"macro-F1 {r['macro_f1']:.3f} (95% CI {lo:.3f}–{hi:.3f}{n})" + (" · cached" if r.get("cache_hit") else "")
+            line = headline.text(r)  # the task's headline: macro-F1, or micro-F1 for several labels per letter
+            line = line[:-1] + f"{n})" if line.endswith(")") else line + (f" ({n[2:]})" if n else "")
+            return line + (" · cached" if r.get("cache_hit") else "")
         if self.status == Status.DONE and "perplexity_after" in r:
             return f"held-out perplexity {r['perplexity_before']:.1f} → {r['perplexity_after']:.1f}; new model {r['adapted_model']}"
         if self.status == Status.RUNNING:

@@ -135,7 +135,8 @@ def agreement(rows: list[dict]) -> dict:
 
 def nearest(text: str, ev, k: int = 5, words: int = 30) -> list[dict]:
     """The `k` letters the stored classifier of `ev` (a frozen-embedding evaluation: svc, logreg) was trained on
-    that lie closest to `text` in its model's embedding space, by cosine similarity: row, label, similarity and
+    that lie closest to `text` in its model's embedding space, by cosine similarity: row (the input file's data row,
+    0-based), label, similarity and
     the letter's first `words` words. Trained on: every letter under cv (the refit), the training split under holdout."""
     text = check_letter(text)
     if ev.stage != "frozen" or not ev.embeddings_key:
@@ -158,7 +159,7 @@ def nearest(text: str, ev, k: int = 5, words: int = 30) -> list[dict]:
         first = ds.texts[i].split()
         out.append(
             {
-                "row": i,
+                "row": int(ds.rows[i]) if ds.rows is not None else i,
                 "label": results.label_text(ds.labels[i]),
                 "similarity": float(sims[j]),
                 "letter": " ".join(first[:words]) + (" …" if len(first) > words else ""),
