@@ -66,19 +66,26 @@ def home() -> None:
         )
         st.dataframe(table, hide_index=True, width="stretch")
 
-    st.subheader("Run the default comparison")
+    st.subheader("Compare models")
     spec = api.default_comparison()
-    st.write(
-        f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
-        "It runs in the background; follow it on the **Runs** page."
+    bundled, own = st.columns(2)
+    bundled.write(
+        f"**On the bundled letters**: the bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the "
+        "default dataset. It runs in the background; follow it on the **Runs** page."
     )
-    if st.button("Run the default comparison", type="primary"):
+    own.write(
+        "**On your letters**: upload a CSV, JSON or Excel file of labelled letters on the **Data** page and save it; the "
+        "**Runs** page then starts on it."
+    )
+    own.page_link("pages/1_Data.py", label="Compare models on my letters →")
+    if bundled.button("Run the default comparison", type="primary"):
         try:
             run_id = api.submit(spec)
-            st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
-            st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}")
+            bundled.success(f"Run {run_id} queued. Open the Runs page to watch it.")
+            bundled.page_link("pages/3_Runs.py", label=f"Watch run {run_id}")
         except ClinBenchError as exc:
-            common.error(exc, "The default comparison could not be queued")
+            with bundled:
+                common.error(exc, "The default comparison could not be queued")
     common.worker_status()
     storage.usage()
 

@@ -95,7 +95,7 @@ def upload_section(upload) -> None:
                 saved = api.save_dataset(path, name, text_col, label_col, sep or None, **more)
                 st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). The Runs page has it chosen.")
                 st.session_state["saved-dataset"] = saved.id  # the Runs form starts on it
-                st.page_link("pages/3_Runs.py", label="Compare models on these letters →")
+                common.page_link("pages/3_Runs.py", "Compare models on these letters →")
             except ClinBenchError as exc:
                 common.error(exc, "Not saved")
     elif checked:

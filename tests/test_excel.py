@@ -165,7 +165,9 @@ def test_data_page_reads_a_workbook_sheet_and_keeps_saved_datasets_after_a_read_
     assert [at.selectbox[1].value, at.selectbox[2].value] == ["letter", "specialty"]
     assert any("40 rows, 5 labels: ready to use" in s.value for s in at.success)
     next(b for b in at.button if b.label == "Save dataset").click().run()
+    assert not at.exception, at.exception
     assert any("Saved 'clinic' (40 letters)" in s.value for s in at.success) and at.session_state["saved-dataset"]
+    assert any("Compare models on these letters" in m.value for m in at.markdown)  # a link under the app's navigation
     renamed = workbook(tmp_path / "w.xlsx", letter_rows).read_bytes()
     at.file_uploader(key="upload").upload("renamed.csv", renamed, "text/csv").run()
     shown = " ".join(e.value for e in at.error)
