@@ -86,5 +86,5 @@ def test_a_finished_run_links_to_compare_filtered_on_it(cache):
 def test_a_per_method_default_is_said_below_its_box(cache):
     at = page("3_Runs.py").run()
     repeats = at.number_input(key="opt-cv_repeats")
-    assert repeats.proto.placeholder == "by method (below)"
+    assert repeats.proto.placeholder == "by method ↓"
     assert any(c.value.startswith("Empty: by method:") for c in at.caption)
