@@ -32,6 +32,28 @@ def _default_summary() -> tuple[int, dict, str]:
     return len(ds), dict(pd.Series(ds.labels).value_counts().sort_index()), ds.data_hash[:12]
 
 
+def compare_models() -> None:
+    """The two ways to a comparison: the bundled one (a button) and the user's own letters (to the Data page)."""
+    st.subheader("Compare models")
+    spec = api.default_comparison()
+    st.write(
+        "**On your letters**: upload a CSV, JSON or Excel file of labelled letters on the **Data** page and save it; the "
+        "**Runs** page then starts on it."
+    )
+    st.page_link("pages/1_Data.py", label="Compare models on my letters →")
+    st.write(
+        f"**On the bundled letters**: the bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the "
+        "default dataset. It runs in the background; follow it on the **Runs** page."
+    )
+    if st.button("Run the default comparison", type="primary"):
+        try:
+            run_id = api.submit(spec)
+            st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
+            st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}")
+        except ClinBenchError as exc:
+            common.error(exc, "The default comparison could not be queued")
+
+
 def home() -> None:
     common.page("ClinBench")
     api.start_umap_warm_up()  # compiles UMAP in the background, so the first map on the Embeddings page is quick
@@ -49,36 +71,23 @@ def home() -> None:
         st.write(f"**{n} MTSamples letters** (CC0) from five specialties; text = the transcription only. Hash `{h}`.")
         st.dataframe(pd.DataFrame({"Label": list(counts), "Letters": list(counts.values())}), hide_index=True, width="stretch")
     with right:
-        st.subheader("Models")
-        st.caption(f"Device: {api.device()}")
-        rows = api.model_rows()
-        table = pd.DataFrame(
-            [
-                {
-                    "Name": r["name"],
-                    "Kind": r["kind"],
-                    "Parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
-                    "Offline": "yes" if r["offline"] else "no",
-                    "Why": r["reason"],
-                }
-                for r in rows
-            ]
-        )
-        st.dataframe(table, hide_index=True, width="stretch")
+        compare_models()
 
-    st.subheader("Run the default comparison")
-    spec = api.default_comparison()
-    st.write(
-        f"The bundled models ({', '.join(spec['models'])}) × {', '.join(spec['methods'])} on the default dataset. "
-        "It runs in the background; follow it on the **Runs** page."
+    st.subheader("Models")  # the whole width: a model's "Why" (e.g. not in the local cache: needs one download) is read whole
+    st.caption(f"Device: {api.device()}")
+    table = pd.DataFrame(
+        [
+            {
+                "Name": r["name"],
+                "Kind": r["kind"],
+                "Parameters": f"{r['params'] / 1e6:,.0f}M" if r["params"] else "?",
+                "Offline": "yes" if r["offline"] else "no",
+                "Why": r["reason"],
+            }
+            for r in api.model_rows()
+        ]
     )
-    if st.button("Run the default comparison", type="primary"):
-        try:
-            run_id = api.submit(spec)
-            st.success(f"Run {run_id} queued. Open the Runs page to watch it.")
-            st.page_link("pages/3_Runs.py", label=f"Watch run {run_id}")
-        except ClinBenchError as exc:
-            common.error(exc, "The default comparison could not be queued")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={"Why": st.column_config.TextColumn(width="large")})
     common.worker_status()
     storage.usage()
 

@@ -99,10 +99,18 @@ def forget_dataset(ident: str) -> None:
     return datasets.delete(ident)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
+    """A letters file as a table (`sheet`: the sheet of an .xlsx workbook; default its first); DataError for the file itself."""
     from engine.data import dataset
 
-    return dataset.read_table(path)
+    return dataset.read_table(path, sheet)
+
+
+def sheet_names(path: str | Path) -> list[str] | None:
+    """The sheets of an .xlsx workbook, in order; None for a file of another kind."""
+    from engine.data import tables
+
+    return tables.sheet_names(path)
 
 
 def guess_columns(table: pd.DataFrame) -> tuple[str, str]:
@@ -121,11 +129,13 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
     )
 
 
-def duplicate_summary(path: str | Path, text_col: str, label_col: str, *, label_sep=None, near_threshold=0.8, label_columns=None) -> dict:
+def duplicate_summary(
+    path: str | Path, text_col: str, label_col: str, *, label_sep=None, near_threshold=0.8, label_columns=None, sheet=None
+) -> dict:
     """engine.data.dataset.duplicates.summary of a file's usable letters (duplicate groups, label conflicts), rows as validation numbers them."""
     from engine.data import dataset, duplicates
 
-    df, name = dataset.read_table(path), Path(path).name
+    df, name = dataset.read_table(path, sheet), dataset.tables.shown_name(path)
     report, texts, labels = dataset.validate_table(df, text_col, label_col, path=name, label_sep=label_sep, label_columns=label_columns)
     return duplicates.summary(texts, labels, near_threshold=near_threshold, row_numbers=report.usable_rows)
 

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from engine import api
 from engine.errors import ClinBenchError
-from ui import charts, common, duplicates, forms, multilabel
+from ui import charts, common, datasets, duplicates, forms, multilabel
 
 common.page(
     "Data",
-    "Upload a CSV, TSV, JSONL or JSON file with one letter per row, name the text and label columns, and save it. "
+    "Upload a CSV, TSV, JSONL, JSON or Excel (.xlsx) file with one letter per row, name the text and label columns, and save it. "
     "Files stay in this machine's cache folder.",
 )
 
-upload = st.file_uploader("Letters file", type=["csv", "tsv", "jsonl", "ndjson", "json"], key="upload")
-if upload is not None:
-    try:
-        path = api.store_upload(upload.name, upload.getvalue())
-        table = api.read_table(path)
-        guess_text, guess_label = api.guess_columns(table)
-    except ClinBenchError as exc:
-        common.error(exc, f"{upload.name} cannot be read")
-        st.stop()
+
+def upload_section(upload) -> None:
+    """The uploaded file: columns, validation report, scoring preview, save (returns early when it cannot be read)."""
+    read = datasets.read_upload(upload)
+    if read is None:
+        return
+    path, table, sheet, guess_text, guess_label = read
     columns = [str(c) for c in table.columns]
     st.write(f"**{upload.name}**: {len(table)} rows, columns {', '.join(f'`{c}`' for c in columns)}.")
     c1, c2, c3 = st.columns(3)
@@ -37,7 +34,7 @@ if upload is not None:
         [c for c in columns if c != text_col],
         key="label-columns",
     )
-    more = forms.data_option_widgets(columns) | ({"label_columns": label_cols} if label_cols else {})
+    more = forms.data_option_widgets(columns) | ({"label_columns": label_cols} if label_cols else {}) | ({"sheet": sheet} if sheet else {})
     report = api.validate_file(path, text_col, label_col, label_sep=sep or None, **more)
     st.subheader("Validation report")
     choice = (
@@ -75,7 +72,7 @@ if upload is not None:
         )
     multilabel.data_summary(report, upload.name)  # several labels per letter: labels per letter, no label, co-occurrence
     if report.duplicates is not None:  # the columns exist: duplicate groups, near-copies, label conflicts
-        duplicates.show(path, text_col, label_col, sep or None, {i.message for i in report.warnings}, label_cols)
+        duplicates.show(path, text_col, label_col, sep or None, {i.message for i in report.warnings}, label_cols, sheet)
     if report.ok:
         st.subheader("How these letters would be scored")
         c1, c2, c3 = st.columns(3)
@@ -96,45 +93,20 @@ if upload is not None:
         if st.button("Save dataset", type="primary"):
             try:
                 saved = api.save_dataset(path, name, text_col, label_col, sep or None, **more)
-                st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). It is offered on the Runs page.")
+                st.success(f"Saved '{saved.name}' ({saved.n_letters} letters). The Runs page has it chosen.")
+                st.session_state["saved-dataset"] = saved.id  # the Runs form starts on it
+                common.page_link("pages/3_Runs.py", "Compare models on these letters →")
             except ClinBenchError as exc:
                 common.error(exc, "Not saved")
     elif checked:
         st.info("Fix the errors above in the file and upload it again, or choose other columns. Nothing was saved.")
 
-st.divider()
-st.subheader("Saved datasets")
-saved, skipped = api.saved_datasets()
-for name, why in skipped:
-    st.warning(f"{name}: {why}")
-if saved:
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "name": s.name,
-                    "letters": s.n_letters,
-                    "labels": ", ".join(s.classes),
-                    "text column": s.text_column,
-                    "label column": s.label_column,
-                    "read with": ", ".join(f"{k}: {v}" for k, v in (s.options or {}).items()),
-                    "saved": s.created,
-                    "id": s.id,
-                }
-                for s in saved
-            ]
-        ),
-        hide_index=True,
-        width="stretch",
-    )
-    with st.expander("Forget a saved dataset"):
-        gone = st.selectbox("Dataset", [s.id for s in saved], format_func=lambda i: next(s.name for s in saved if s.id == i))
-        if st.button("Forget it", help="Removes it from this list; the file stays in the cache because runs may refer to it."):
-            api.forget_dataset(gone)
-            st.rerun()
-else:
-    st.caption("None yet: upload a file above.")
 
+upload = st.file_uploader("Letters file", type=datasets.UPLOAD_TYPES, key="upload")
+if upload is not None:
+    upload_section(upload)
+st.divider()
+datasets.saved_list()
 st.subheader("Bundled default dataset")
 
 

@@ -23,17 +23,18 @@ top = st.container()  # the queue and the chosen run's live progress, drawn abov
 st.subheader("New run")
 saved, _ = api.saved_datasets()
 choices = {api.DEFAULT_DATASET: "default: 600 MTSamples letters"} | {s.id: f"{s.name} ({s.n_letters} letters)" for s in saved}
-ds_id = st.columns(2)[0].selectbox("Dataset", list(choices), format_func=choices.get)  # outside the form: the methods offered follow it
+ds_id = runs.dataset_choice(choices)
+data = api.DEFAULT_DATASET if ds_id == api.DEFAULT_DATASET else api.saved_dataset(ds_id).spec_data()
 multi = any(s.multi_label for s in saved if s.id == ds_id)
 with st.form("new-run"):
     name = st.columns(2)[0].text_input("Run name", "comparison")
     chosen = st.multiselect("Models", api.model_names(), default=["minilm"])
     extra = st.text_input("More models: hub ids or local folders, comma-separated", "")
-    methods = forms.method_choices(multi)
-    methods_ = st.multiselect("Methods", list(methods), default=list(methods)[:1], format_func=lambda m: f"{m} — {methods[m]}")
+    methods_ = runs.method_choice(forms.method_choices(multi), data)
     if multi:
         st.caption(forms.LABEL_SET_METHODS)
     option_values = forms.option_widgets()
+    st.caption(runs.REFERENCE_NOTE)
     b1, b2, b3, _ = st.columns([1, 1.2, 1.4, 2.4])
     submitted = b1.form_submit_button("Start run", type="primary")
     estimated = b2.form_submit_button("Estimate time", help="How long this run would take, from this machine's earlier runs.")
@@ -47,7 +48,7 @@ if submitted or estimated or previewed:
         "name": name.strip() or "comparison",
         "models": all_models,
         "methods": methods_,
-        "data": api.DEFAULT_DATASET if ds_id == api.DEFAULT_DATASET else api.saved_dataset(ds_id).spec_data(),
+        "data": data,
         "options": option_values,
     }
     if not methods_ and not previewed:
@@ -110,6 +111,7 @@ def live() -> None:
     st.markdown(f"### Run {run.id}: {run.name} — {run.status}" + (" · on Ray" if run.executor == "ray" else ""))
     for s in run.steps:
         runs.step(s)
+    runs.compare_link(run)
     c1, c2, c3, _ = st.columns([1, 1, 1, 4])
     try:
         if c1.button("Cancel", disabled=run.status.final, key=f"cancel-{run_id}"):

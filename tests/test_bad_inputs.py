@@ -353,7 +353,7 @@ BAD_FILES = {
         ["'rare' (row 17)", "fewer than 2 letters"],
     ),
     "latin1": ("latin1.csv", "letter,specialty\ncaf\xe9 letter,cardio\n".encode("latin-1"), ["not UTF-8", "iconv"]),
-    "unsupported_suffix": ("letters.xlsx", b"PK\x03\x04 not really a workbook", ["letters.xlsx", "unsupported file type"]),
+    "unsupported_suffix": ("letters.xls", b"\xd0\xcf\x11\xe0 an old workbook", ["letters.xls", "unsupported file type", "as .xlsx"]),
     "broken_jsonl_line": (
         "broken.jsonl",
         b'{"letter": "a", "specialty": "cardio"}\n{"letter": "b", \n',

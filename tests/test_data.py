@@ -87,7 +87,8 @@ def test_file_over_size_limit(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "name,content,needle",
     [
-        ("x.xlsx", b"PK", "unsupported file type"),
+        ("x.xls", b"PK", "unsupported file type"),
+        ("x.xlsx", b"PK\x03\x04 damaged", "x.xlsx is not an Excel workbook: it is a ZIP archive"),
         ("empty.csv", b"", "is empty"),
         ("bad.jsonl", b'{"text": "a", "label": "x"}\n{oops\n', "line 2: not valid JSON"),
         ("list.jsonl", b"[1, 2]\n", "expected a JSON object"),

@@ -14,7 +14,7 @@ def test_saved_datasets_round_trip_and_errors(cache, small_csv):
     path = datasets.store_upload("my letters.csv", content)
     assert path.read_bytes() == content and datasets.store_upload("my letters.csv", content) == path
     with pytest.raises(DataError, match="unsupported file type"):
-        datasets.store_upload("letters.xlsx", b"x")
+        datasets.store_upload("letters.xls", b"x")
     with pytest.raises(DataError, match=r"text column 'txt' not found.*Did you mean 'text'|not found"):
         datasets.save(path, "mine", "txt", "specialty")
     saved = datasets.save(path, "mine", "letter", "specialty")

@@ -113,13 +113,14 @@ def test_runs_page_queues_a_run_on_a_multi_label_dataset(cache, default_ds, tmp_
     at = page("3_Runs.py").run()
     _ok(at)
     assert any("SMOTE is not defined for label sets, so it is replaced by class weights per label" in c.value for c in at.caption)
-    assert any(o.startswith("zero-shot") for o in at.multiselect[1].options)  # the default dataset: one label per letter
-    at.selectbox[0].select(saved.id).run()
+    assert any(o.startswith("zero-shot") for o in at.multiselect(key="run-methods").options)  # the default dataset: one label per letter
+    at.selectbox(key="run-dataset").select(saved.id).run()
     _ok(at)  # a multi-label dataset: only the methods that predict label sets are offered, and the form says why
-    offered = [o.split(" — ")[0] for o in at.multiselect[1].options]
+    boxes = [m for m in at.multiselect if m.key in ("run-methods", "run-training")]  # on a CPU, fine-tuning in a box of its own
+    offered = [o.split(" — ")[0] for m in boxes for o in m.options]
     assert "svc" in offered and "lora" in offered and not {"zero-shot", "few-shot", "instruct-lora", "setfit"} & set(offered)
     assert any("only the methods that predict a set of labels are offered" in c.value for c in at.caption)
-    at.multiselect[1].set_value(["svc"])
+    at.multiselect(key="run-methods").set_value(["svc"])
     next(b for b in at.button if b.label == "Start run").click().run()
     _ok(at)
     (run,) = jobs.list_runs()

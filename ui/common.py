@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from engine import api
 from engine.errors import ClinBenchError
@@ -114,6 +115,15 @@ def table(df: pd.DataFrame, name: str, key: str, letters: bool = True, **kwargs)
     )
 
 
+def page_link(page: str, label: str, **kwargs) -> None:
+    """A link to another of the app's pages (`pages/5_Compare.py`); a page run on its own, outside app.py's navigation
+    (AppTest), has no such page: the label is shown as text."""
+    try:
+        st.page_link(page, label=label, **kwargs)
+    except StreamlitPageNotFoundError:
+        st.markdown(label)
+
+
 def _url_value(v) -> str:
     return "all" if v is None else str(v)
 
@@ -149,9 +159,11 @@ def pick_evaluations(key: str) -> tuple[list, dict | None]:
     def shown(source: str) -> str:
         return saved.get(os.path.realpath(source)) or (source if source == "default" else source.rsplit("/", 1)[-1])
 
-    names = {d["data_hash"]: f"{shown(d['source'])} ({d['n_letters']} letters, {d['n_evaluations']} evaluations)" for d in sets}
+    names = {d["data_hash"]: shown(d["source"]) for d in sets}  # short enough for the sidebar's box; the counts below it
     from_url("dataset", list(names), f"{key}-dataset")
     chosen = st.sidebar.selectbox("Dataset", list(names), format_func=names.get, key=f"{key}-dataset")
+    picked = next(d for d in sets if d["data_hash"] == chosen)
+    st.sidebar.caption(f"{names[chosen]}: {picked['n_letters']} letters, {picked['n_evaluations']} evaluation(s)")
     run_ids = [None] + [r.id for r in api.list_runs() if any(s.result for s in r.steps)]
     from_url("run", run_ids, f"{key}-run")
     run_id = st.sidebar.selectbox("Run", run_ids, format_func=lambda r: "all runs" if r is None else f"run {r}", key=f"{key}-run")

@@ -11,9 +11,11 @@ from engine.errors import ClinBenchError
 
 
 @st.cache_data(show_spinner="Looking for near-duplicate letters…", max_entries=16)
-def _summary(path: str, text_col: str, label_col: str, label_sep: str | None, threshold: float, label_columns: tuple = ()) -> dict:
+def _summary(
+    path: str, text_col: str, label_col: str, label_sep: str | None, threshold: float, label_columns: tuple = (), sheet: str | None = None
+) -> dict:
     return api.duplicate_summary(
-        path, text_col, label_col, label_sep=label_sep, near_threshold=threshold, label_columns=list(label_columns) or None
+        path, text_col, label_col, label_sep=label_sep, near_threshold=threshold, label_columns=list(label_columns) or None, sheet=sheet
     )
 
 
@@ -37,10 +39,17 @@ def _group(kind: str, group: dict) -> None:
 
 
 def show(
-    path, text_col: str, label_col: str, label_sep: str | None = None, already_shown: set[str] = frozenset(), label_columns=None
+    path,
+    text_col: str,
+    label_col: str,
+    label_sep: str | None = None,
+    already_shown: set[str] = frozenset(),
+    label_columns=None,
+    sheet: str | None = None,
 ) -> None:
     """The 'Duplicate letters' section; `already_shown`: warning texts the validation report displayed already;
-    `label_columns`: the 0/1 columns of a multi-label file (one per label), when its labels are read that way."""
+    `label_columns`: the 0/1 columns of a multi-label file (one per label), when its labels are read that way; `sheet`:
+    the workbook's sheet."""
     st.subheader("Duplicate letters")
     threshold = st.slider(
         "Near-duplicate threshold (Jaccard similarity of 5-word shingles)",
@@ -53,7 +62,7 @@ def show(
         "and collapsing spacing and punctuation). Lower finds more, and more loosely related, letters.",
     )
     try:
-        s = _summary(str(path), text_col, label_col, label_sep, float(threshold), tuple(label_columns or ()))
+        s = _summary(str(path), text_col, label_col, label_sep, float(threshold), tuple(label_columns or ()), sheet)
     except ClinBenchError as exc:
         st.error(f"Duplicates: {exc}")
         return

@@ -39,7 +39,12 @@ def _number(col, f, key: str, help_text: str):
         kw["format"] = "%g"
     if f.optional:
         kw["placeholder"] = f.describe_default()
-    return col.number_input(_label(f.name), value=None if f.default is None else cast(f.default), **kw)
+    if f.optional and f.default is None and f.per_method:  # "by method: 2 tfidf, 1 svc, ..." would be cut in the box: said below it
+        kw["placeholder"] = "by method ↓"
+    value = col.number_input(_label(f.name), value=None if f.default is None else cast(f.default), **kw)
+    if f.optional and f.default is None and f.per_method:
+        col.caption(f"Empty: {f.describe_default()}.")
+    return value
 
 
 def widget(col, f):

@@ -27,9 +27,12 @@ EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: READ
 
 def _data_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     if positional:
-        p.add_argument("path", help="CSV/TSV/JSONL/JSON file, or 'default'")
+        p.add_argument("path", help="CSV/TSV/JSONL/JSON/XLSX file, or 'default'")
     else:
-        p.add_argument("--data", required=True, help="CSV/TSV/JSONL/JSON file of letters, or 'default' for the bundled dataset")
+        p.add_argument("--data", required=True, help="CSV/TSV/JSONL/JSON/XLSX file of letters, or 'default' for the bundled dataset")
+    p.add_argument(
+        "--sheet", metavar="NAME", help="the sheet of an .xlsx workbook to read (default: its first); formulas read as their saved values"
+    )
     p.add_argument("--text-column", default="text", help="column holding the letter text (default: text)")
     p.add_argument("--label-column", default="label", help="column holding the label (default: label; ignored with --label-columns)")
     p.add_argument("--label-sep", default=None, help="separator of several labels in one cell (multi-label), e.g. '|'")

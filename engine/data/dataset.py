@@ -1,4 +1,4 @@
-"""Labelled letters: loading CSV/JSONL (read by engine.tables) and the validation report (splits are engine.protocols').
+"""Labelled letters: loading CSV/JSONL/XLSX (read by engine.tables) and the validation report (splits are engine.protocols').
 
 A dataset is a table with one letter per row; the user names the text column and the
 label column. A label cell holds one label, or several (multi-label) given as a JSON
@@ -12,7 +12,8 @@ each letter from several columns (engine.data.dataset.tables.template_texts; a t
 `split_column` or `test_ids` give the dataset's own train/test split (`Dataset.split`), which `protocol: fixed` scores;
 `answer_column` names a column of reference answers (e.g. PubMedQA's LONG_ANSWER) that is never part of a letter: what a
 generative model's written answers are scored against; `subgroup_column` a column (site, sex, age band, note type) whose
-values are scored apart (engine.evaluation.subgroups), never part of a letter either. The text template's columns and the answer column are kept beside
+values are scored apart (engine.evaluation.subgroups), never part of a letter either; `sheet` names the sheet of an
+.xlsx workbook to read (default: its first). The text template's columns and the answer column are kept beside
 the letters (`Dataset.fields`), so a prompt can lay out the template's columns its own way.
 
 `validate_table` never raises for content problems: it returns a report of every
@@ -45,6 +46,7 @@ DATA_OPTIONS = (
     "answer_column",
     "label_columns",
     "subgroup_column",
+    "sheet",
 )  # besides path, columns, label_sep
 
 
@@ -378,6 +380,7 @@ def load_dataset(
     answer_column: str | None = None,
     label_columns: list[str] | str | None = None,
     subgroup_column: str | None = None,
+    sheet: str | None = None,
 ) -> Dataset:
     """Load and validate a dataset; raises DataError listing every blocking problem (data options: module docstring).
     With label_columns, label_column is ignored: the dataset's label_column names the label columns ('a, b, c')."""
@@ -385,9 +388,11 @@ def load_dataset(
         return default_dataset()
     cols = labelling.columns_option(label_columns)
     options = {"text_template": text_template, "split_column": split_column, "test_ids": test_ids, "answer_column": answer_column}
-    options["subgroup_column"] = subgroup_column
+    options |= {"subgroup_column": subgroup_column, "sheet": sheet}
     df, text_column, split, columns = tables.letters_table(path, text_column, label_column, {**options, "label_columns": cols})
-    report, texts, labels = validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep, label_columns=cols)
+    report, texts, labels = validate_table(
+        df, text_column, label_column, path=tables.shown_name(path), label_sep=label_sep, label_columns=cols
+    )
     report.raise_for_errors()
     ds = Dataset(texts, labels, str(path), text_column, ", ".join(cols or [label_column]), report.multi_label, report)
     ds.split = [split[r - 1] for r in report.usable_rows] if split is not None else None
@@ -407,7 +412,7 @@ def validate_file(path: str | Path, text_column: str, label_column: str, *, labe
         report = ValidationReport(path=str(path))
         report.error("unreadable_file", str(exc))
         return report
-    return validate_table(df, text_column, label_column, path=Path(path).name, label_sep=label_sep, label_columns=cols)[0]
+    return validate_table(df, text_column, label_column, path=tables.shown_name(path), label_sep=label_sep, label_columns=cols)[0]
 
 
 def default_dataset() -> Dataset:

@@ -4,7 +4,7 @@ Layout (in the cache folder):
 
     datasets/files/<sha16>-<name>     the uploaded bytes, content-addressed (the same upload is stored once)
     datasets/<id>.json                one saved dataset: name, file, text/label columns, label separator, data
-                                      options (text template, split column, answer column, label columns), data
+                                      options (text template, split column, answer column, label columns, sheet), data
                                       hash, letters and classes when saved
 
 A saved dataset is a file plus the columns to read; a run's spec points at the stored file,
@@ -56,9 +56,7 @@ def store_upload(filename: str, content: bytes) -> Path:
     the size limit (CLINBENCH_MAX_DATA_MB) is refused before it is written."""
     suffix = Path(filename).suffix.lower()
     if suffix not in dataset.SUFFIXES:
-        raise DataError(
-            f"{filename}: unsupported file type {suffix or '(none)'!r}. Upload a .csv, .tsv or .jsonl file (one JSON object per line)."
-        )
+        raise DataError(f"{filename}: unsupported file type {suffix or '(none)'!r}. Upload a {tables.FORMATS} file.")
     tables.check_size(Path(filename).name, len(content))  # before anything is written
     path = datasets_dir() / "files" / f"{sha256_bytes(content)[:16]}-{_safe_name(filename)}"
     if not path.exists():

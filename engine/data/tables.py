@@ -1,5 +1,10 @@
 """Reading a letters file into a table: size limit, encoding (UTF-8, byte-order marks, UTF-16), ragged CSV rows,
-JSONL records, .json files; and guessing which columns hold the text and the label.
+JSONL records, .json files, Excel workbooks; and guessing which columns hold the text and the label.
+
+An .xlsx workbook (openpyxl) is read from its first sheet, or the sheet named by the data option `sheet`; its first row
+is the header, formulas are read as the values the spreadsheet program saved with them, and a formula saved without a
+value (a workbook written by a program that does not calculate) is named by cell. A file whose bytes are not what its
+name says (a workbook renamed .csv, a CSV renamed .xlsx, a PDF) gets an error naming what it is.
 
 A .json file is read by its content: an object of objects keyed by id (e.g. PubMedQA's `{PMID: {QUESTION, ...}}`)
 becomes one row per key with the key in an `id` column (`key` when the records hold an `id` of their own); a list
@@ -21,7 +26,9 @@ import difflib
 import io
 import json
 import os
+import re
 import string
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +37,8 @@ from engine.errors import DataError
 
 MAX_FILE_MB_ENV = "CLINBENCH_MAX_DATA_MB"
 DEFAULT_MAX_FILE_MB = 200
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".xlsx": "xlsx"}
+FORMATS = ".csv, .tsv, .jsonl (one JSON object per line), .json or .xlsx (Excel)"
 ID_COLUMN = "id"  # the column a JSON object's keys land in, and that test ids are matched against
 SPLIT_VALUES = ("train", "test")
 BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "UTF-8"), (b"\xff\xfe", "utf-16", "UTF-16"), (b"\xfe\xff", "utf-16", "UTF-16"))
@@ -56,41 +64,170 @@ def check_size(name: str, size: int) -> None:
         )
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV/TSV/JSONL file into a DataFrame of strings (and lists for JSON label lists).
+def shown_name(path: str | Path) -> str:
+    """A file's name as its user knows it: an upload kept in the cache (engine.data.datasets: datasets/files/<sha16>-<name>)
+    without its content-address prefix."""
+    path = Path(path)
+    if path.parent.name == "files" and path.parent.parent.name == "datasets":
+        return re.sub(r"^[0-9a-f]{16}-", "", path.name)
+    return path.name
 
-    Raises DataError for problems with the file itself: missing, too large, unknown format, an encoding
-    other than UTF-8 or UTF-16 with a byte-order mark, ragged CSV rows, or unparsable.
+
+def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL/JSON/XLSX file into a DataFrame of strings (and lists for JSON label lists); `sheet`: the
+    workbook's sheet to read (default: the first).
+
+    Raises DataError for problems with the file itself: missing, too large, unknown format, not what its name says, an
+    encoding other than UTF-8 or UTF-16 with a byte-order mark, ragged CSV rows, or unparsable.
     """
     path = Path(path)
+    name = shown_name(path)
     if not path.exists():
         raise DataError(f"File not found: {path}. Check the path, or upload the file again.")
     if path.is_dir():
-        raise DataError(f"{path} is a folder; give the path of a .csv, .tsv, .jsonl or .json file.")
+        raise DataError(f"{path} is a folder; give the path of a {FORMATS} file.")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise DataError(
-            f"{path.name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as .csv, .tsv, .jsonl (one JSON object per line) or .json."
-        )
+        old = " An old-format .xls workbook: open it in Excel or LibreOffice and save it as .xlsx." if path.suffix.lower() == ".xls" else ""
+        raise DataError(f"{name}: unsupported file type {path.suffix or '(none)'!r}. Save the table as {FORMATS}.{old}")
     size = path.stat().st_size
-    check_size(path.name, size)
-    raw = path.read_bytes()
+    check_size(name, size)
     if size == 0:
-        raise DataError(f"{path.name} is empty. Export the table again with a header row and one letter per row.")
-    text = decode(raw, path.name)
+        raise DataError(f"{name} is empty. Export the table again with a header row and one letter per row.")
+    if sheet and kind != "xlsx":
+        raise DataError(f"A sheet ({sheet!r}) was given for {name}, which is not an Excel workbook: leave the sheet out.")
+    if kind == "xlsx":
+        return _read_xlsx(path, name, sheet)
+    text = decode(path.read_bytes(), name)
     if kind == "jsonl":
-        return _read_jsonl(text, path.name)
+        return _read_jsonl(text, name)
     if kind == "json":
-        return _read_json(text, path.name)
+        return _read_json(text, name)
     sep = "\t" if kind == "tsv" else ","
-    _refuse_unclosed_quote(text, sep, path.name)
-    _refuse_ragged(text, sep, path.name)
+    _refuse_unclosed_quote(text, sep, name)
+    _refuse_ragged(text, sep, name)
     try:
         return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[], index_col=False)
     except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(
-            f"{path.name} could not be parsed as {kind.upper()}: {exc}. Check the quoting of fields that contain commas or line breaks."
+            f"{name} could not be parsed as {kind.upper()}: {exc}. Check the quoting of fields that contain commas or line breaks."
         ) from None
+
+
+def sheet_names(path: str | Path) -> list[str] | None:
+    """The sheets of an .xlsx workbook, in order (None for a file of another kind); DataError when it is no workbook."""
+    path = Path(path)
+    if SUFFIXES.get(path.suffix.lower()) != "xlsx":
+        return None
+    return _workbook(path, shown_name(path), data_only=True).sheetnames
+
+
+def binary_kind(raw: bytes) -> str | None:
+    """What a file whose bytes are not text is, from its first bytes (None: no known binary format)."""
+    if raw.startswith(b"PK\x03\x04"):
+        try:
+            names = set(zipfile.ZipFile(io.BytesIO(raw)).namelist())
+        except zipfile.BadZipFile:
+            return "a ZIP archive"
+        if "xl/workbook.xml" in names:
+            return "an Excel workbook (.xlsx)"
+        if "word/document.xml" in names:
+            return "a Word document (.docx)"
+        return "an OpenDocument file" if "content.xml" in names else "a ZIP archive"
+    for magic, what in (
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-format Microsoft Office file (.xls or .doc)"),
+        (b"%PDF", "a PDF document"),
+        (b"\x1f\x8b", "a gzip-compressed file"),
+    ):
+        if raw.startswith(magic):
+            return what
+    return None
+
+
+def _not_text(name: str, what: str) -> DataError:
+    if what.startswith("an Excel workbook"):
+        how = "Rename it to .xlsx (ClinBench reads a workbook's first sheet, or the sheet you choose)"
+    elif what.startswith("an old-format"):
+        how = "Open it in Excel or LibreOffice and save it as .xlsx"
+    else:
+        how = "Export the letters from it as a table"
+    return DataError(f"{name} is {what}, not text, so it cannot be read as its name says. {how}, or save it as 'CSV UTF-8'.")
+
+
+def _workbook(path: Path, name: str, *, data_only: bool):
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        return openpyxl.load_workbook(path, read_only=True, data_only=data_only)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
+        raw = path.read_bytes()
+        what = binary_kind(raw)
+        if what is None:
+            head = raw[:40].decode("utf-8", errors="replace").splitlines()[0] if raw[:40].strip() else ""
+            what = f"text (it starts {head!r})" if head.isprintable() and head else "neither a workbook nor text"
+            how = "Rename it after what it holds (.csv, .tsv, .jsonl or .json)" if head else "Export the letters again from Excel as .xlsx"
+        elif what.startswith("an Excel workbook"):
+            raise DataError(
+                f"{name} is an Excel workbook that cannot be opened ({exc}): it is damaged. Save it again from Excel."
+            ) from None
+        else:
+            how = (
+                "Open it in Excel or LibreOffice and save it as .xlsx"
+                if what.startswith("an old-format")
+                else "Export the letters as .xlsx"
+            )
+        raise DataError(f"{name} is not an Excel workbook: it is {what}. {how}.") from None
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _read_xlsx(path: Path, name: str, sheet: str | None) -> pd.DataFrame:
+    """One sheet of a workbook (default: the first): its first non-empty row the header, every cell as text, formulas as their saved values."""
+    values = _workbook(path, name, data_only=True)
+    sheets = values.sheetnames
+    chosen = sheet or sheets[0]
+    if chosen not in sheets:
+        close = difflib.get_close_matches(str(sheet), sheets, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"{name} has no sheet {sheet!r}.{hint} Its sheets: {', '.join(map(repr, sheets))}.")
+    rows = [r for r in values[chosen].iter_rows(values_only=True) if any(v is not None and str(v).strip() for v in r)]
+    values.close()
+    if not rows:
+        raise DataError(f"Sheet {chosen!r} of {name} is empty. Put a header row and one letter per row in it, or choose another sheet.")
+    formulas, saved = _workbook(path, name, data_only=False), _workbook(path, name, data_only=True)
+    unsaved = [  # the same XML rows read twice: as written (formulas) and with the values saved with them
+        f.coordinate
+        for frow, vrow in zip(formulas[chosen].iter_rows(), saved[chosen].iter_rows())
+        for f, v in zip(frow, vrow)
+        if getattr(f, "data_type", None) == "f" and v.value is None
+    ]
+    formulas.close()
+    saved.close()
+    if unsaved:
+        shown = ", ".join(unsaved[:8]) + (f" and {len(unsaved) - 8} more" if len(unsaved) > 8 else "")
+        raise DataError(
+            f"Sheet {chosen!r} of {name}: {len(unsaved)} formula cell(s) hold no saved value ({shown}), so their values are unknown "
+            "(the workbook was written by a program that does not calculate). Open it in Excel or LibreOffice and save it, "
+            "or replace the formulas by their values."
+        )
+    width = max(len(r) for r in rows)
+    header = [_cell_text(v).strip() for v in rows[0]] + [""] * (width - len(rows[0]))
+    body = [[_cell_text(v) for v in r] + [""] * (width - len(r)) for r in rows[1:]]
+    keep = [i for i in range(width) if header[i] or any(r[i].strip() for r in body)]
+    from openpyxl.utils import get_column_letter
+
+    columns = [header[i] or f"column {get_column_letter(i + 1)}" for i in keep]
+    if len(set(columns)) < len(columns):
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        raise DataError(f"Sheet {chosen!r} of {name} has two columns named {twice[0]!r}: give every column its own name in the header row.")
+    return pd.DataFrame([[r[i] for i in keep] for r in body], columns=columns, dtype=object)
 
 
 def decode(raw: bytes, name: str) -> str:
@@ -104,6 +241,9 @@ def decode(raw: bytes, name: str) -> str:
                     f"{name} starts with a {label} byte-order mark but byte offset {exc.start} cannot be decoded as {label}. "
                     f"The file is damaged or mixes encodings. {TO_UTF8}"
                 ) from None
+    what = binary_kind(raw)
+    if what is not None:
+        raise _not_text(name, what)
     head = raw[:4096]
     if head.count(0) > len(head) // 4:
         raise DataError(
@@ -313,7 +453,9 @@ def split_of(df: pd.DataFrame, split_column: str | None, test_ids: str | Path | 
 
 def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
     """(text column, label column): the longest free text on average, and the column with the fewest distinct values
-    relative to its rows among the others (at least 2; a usual label name, such as 'label' or 'specialty', first)."""
+    relative to its rows among the others (at least 2; a usual label name, such as 'label' or 'specialty', first).
+    A column of lists (JSON `sentences: [...]`, `labels: [...]`) or of numbers is never proposed as the text while
+    another column is left."""
     columns = [str(c) for c in df.columns]
     if not columns:
         raise DataError("The table has no columns. Export it again with a header row.")
@@ -321,7 +463,8 @@ def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
         c: df[col].map(lambda v: "" if v is None or v != v else str(v) if not isinstance(v, str) else v)
         for c, col in zip(columns, df.columns)
     }
-    text = max(columns, key=lambda c: (cells[c].str.len().mean() if len(df) else 0.0, -columns.index(c)))
+    free = [c for c, col in zip(columns, df.columns) if not _holds_lists(df[col]) and not _numeric(cells[c])] or columns
+    text = max(free, key=lambda c: (cells[c].str.len().mean() if len(df) else 0.0, -columns.index(c)))
     best = None
     for i, c in enumerate(columns):
         if c == text:
@@ -332,12 +475,22 @@ def guess_columns(df: pd.DataFrame) -> tuple[str, str]:
     return text, best[1] if best else text
 
 
+def _holds_lists(column: pd.Series) -> bool:
+    return bool(column.map(lambda v: isinstance(v, (list, tuple, dict))).any())
+
+
+def _numeric(cells: pd.Series) -> bool:
+    """Every non-blank cell is a number (ids, ages, scores): not free text."""
+    filled = cells.str.strip().replace("", None).dropna()
+    return bool(len(filled)) and bool(pd.to_numeric(filled, errors="coerce").notna().all())
+
+
 def letters_table(path, text_column: str, label_column: str, options: dict) -> tuple[pd.DataFrame, str, list[str] | None, dict]:
     """The table of a letters file under the data options (engine.data's docstring): (table, text column, split per row,
     kept columns). A text template adds its letters as a column named by the template;
     its columns, the answer column and the subgroup column are kept (text per row). With `label_columns` (a list) those are the label columns."""
     options = {k: v for k, v in options.items() if v is not None}
-    df, name = read_table(path), Path(path).name
+    df, name = read_table(path, options.get("sheet")), shown_name(path)
     present, label_columns = [str(c) for c in df.columns], list(options.get("label_columns") or [label_column])
     template = options.get("text_template") or (text_column if text_column not in df and is_template(text_column) else None)
     kept: list[str] = []

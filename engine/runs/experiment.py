@@ -51,6 +51,7 @@ class DataSpec:
     answer_column: str | None = None
     label_columns: list[str] | None = None  # multi-label as one 0/1 column per label (label_column is then ignored)
     subgroup_column: str | None = None  # a column whose values are scored apart (site, sex, ...), never read by a classifier
+    sheet: str | None = None  # the sheet of an .xlsx workbook (default: its first)
 
     def load(self) -> data_mod.Dataset:
         options = {k: getattr(self, k) for k in data_mod.DATA_OPTIONS}
