@@ -180,8 +180,26 @@ WHERE_IT_MATTERS = {"cv_folds": {"protocol": "cv"}, "cv_repeats": {"protocol": "
 TWO_LABELS_ONLY = {("setfit", "val_size"), ("few-shot", "val_size")}
 
 
+@pytest.fixture(scope="module")
+def _groups_found_once():
+    """plans.groups_of remembered per (letters, threshold): normalising the 600 letters for each of the ~120 keys of a method
+    was 90% of this file's time, and the groups are the same every time (each key still hashes the plan they make)."""
+    found: dict = {}
+    groups_of = plans.groups_of
+
+    def remembered(ds, near_threshold=None):
+        at = (tuple(ds.texts), near_threshold)
+        if at not in found:
+            found[at] = groups_of(ds, near_threshold)
+        return found[at].copy()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plans, "groups_of", remembered)
+        yield
+
+
 @pytest.mark.parametrize("kind", list(registry.KINDS.values()), ids=lambda k: k.name)
-def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds):
+def test_key_options_a_method_reads_change_its_cache_key_and_the_others_do_not(kind, default_ds, _groups_found_once):
     two = default_ds.without([i for i, lab in enumerate(default_ds.labels) if lab not in default_ds.classes[:2]])
     for f in FIELDS:
         ds = two if f.group == "decision" or (kind.name, f.name) in TWO_LABELS_ONLY else default_ds  # (threshold: two labels)
