@@ -16,6 +16,10 @@ import pytest
 _SESSION_CACHE = tempfile.mkdtemp(prefix="clinbench-test-cache-")
 os.environ["CLINBENCH_CACHE"] = _SESSION_CACHE
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One BLAS thread per process (inherited by the CLI, workers and steps the tests start): the suite runs several processes
+# per core (xdist, workers, steps), and OpenBLAS's threads spinning for a busy core made a 60-letter tf-idf fit 30-60x
+# slower (3 s instead of 0.09 s per LogisticRegression fit on 2 loaded cores). Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # A model folder's own code (trust_remote_code) is copied here when imported, not into the user's Hugging Face cache.
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="clinbench-test-hf-modules-")
 
