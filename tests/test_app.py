@@ -126,6 +126,8 @@ def test_runs_page_says_when_it_started_a_worker_for_queued_steps(empty_cache, m
 
 
 def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypatch):
+    from engine import api
+
     cache, ds = stored
     monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
     at = page("5_Compare.py").run()
@@ -135,6 +137,10 @@ def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypa
     assert any("vs" in m.value and "p =" in m.value for m in at.markdown)  # the significance verdict
     assert any(h.value.startswith("Calibration") for h in at.subheader)  # Brier/ECE table and the reliability diagram
     assert any("Brier (95% CI)" in df.value for df in at.dataframe)
+    # issue 30: the misclassified letters name the input file's rows, counted from 1
+    ev = {e.label: e for e in api.evaluations()[0]}[at.selectbox(key="compare-wrong").value]
+    wrong = next(d.value for d in at.dataframe if "Predicted" in d.value.columns and "Row" in d.value.columns)
+    assert list(wrong["Row"]) == [r + 1 for r in api.misclassified(ev)["row"]] and wrong["Row"].min() >= 1
 
     at = page("6_Classify.py").run()
     at.button[0].click().run()  # load a test letter
@@ -155,9 +161,15 @@ def test_compare_embeddings_classify_export_with_stored_results(stored, monkeypa
     at.button[0].click().run()  # build the report
     assert not at.error
 
-    at = page("4_Embeddings.py").run()
+    at = page("4_Embeddings.py")  # the map colours wrong exactly the letters Compare lists; its caption fits the protocol
+    at.query_params["colour"], at.query_params["frozen"] = "correct / wrong", ev.key
+    at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert len(list((cache / "projections").glob("*.npy"))) == 1
+    assert at.selectbox(key="ev-frozen").label == "Evaluation (frozen embeddings)"
+    assert f"wrong ({len(wrong)})" in [t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    grey = any("Grey: training letters" in c.value for c in at.caption)
+    assert grey == (ev.protocol != "cv") and not any("Preparing UMAP" in c.value for c in at.caption)
 
 
 def test_runs_page_draws_the_curves_a_training_step_logs(empty_cache, monkeypatch):
@@ -211,27 +223,3 @@ def test_letter_text_leaves_in_downloads_only_when_asked(stored, monkeypatch):
     at.checkbox(key="letters-compare").check().run()
     assert any("patient data" in w.value for w in at.warning)
     assert "CSV (without letter text)" not in [b.proto.label for b in at.get("download_button")]
-
-
-def test_pages_count_rows_from_one_and_agree_on_the_wrong_letters(stored, monkeypatch):
-    """Issue 30: Compare's misclassified letters name the input file's rows from 1, and the Embeddings map colours as
-    wrong exactly the letters Compare lists for the same evaluation; the map's caption fits the protocol."""
-    from engine import api
-
-    cache, _ = stored
-    monkeypatch.setenv("CLINBENCH_CACHE", str(cache))
-    at = page("5_Compare.py").run()
-    by_label = {e.label: e for e in api.evaluations()[0]}
-    ev = by_label[at.selectbox(key="compare-wrong").value]
-    table = next(d.value for d in at.dataframe if "Predicted" in d.value.columns and "Row" in d.value.columns)
-    assert list(table["Row"]) == [r + 1 for r in api.misclassified(ev)["row"]] and table["Row"].min() >= 1
-
-    at = page("4_Embeddings.py")
-    at.query_params["colour"] = "correct / wrong"
-    at.query_params["frozen"] = ev.key
-    at.run()
-    assert not at.exception and at.selectbox(key="ev-frozen").label == "Evaluation (frozen embeddings)"
-    legend = [t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
-    assert f"wrong ({len(table)})" in legend
-    grey = any("Grey: training letters" in c.value for c in at.caption)
-    assert grey == (ev.protocol != "cv") and not any("Preparing UMAP" in c.value for c in at.caption)
