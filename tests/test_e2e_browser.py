@@ -264,7 +264,8 @@ def test_a_users_letters_from_upload_to_verdict_in_a_real_browser(server, defaul
             link = page.get_by_role("link", name="Compare the results of run 1")
             expect(link).to_be_visible(timeout=180_000)
             if shots:
-                page.screenshot(path=f"{shots}/e2e-runs-finished.png", full_page=True)
+                link.scroll_into_view_if_needed()
+                page.screenshot(path=f"{shots}/e2e-runs-finished.png")
 
             link.click()
             expect(page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")).to_be_visible(timeout=60_000)
