@@ -209,3 +209,81 @@ def test_multi_label_compare_and_classify_in_a_real_browser(server, monkeypatch,
         for name in ("ml-compare.png", "ml-classify.png"):
             shutil.copy(tmp / name, Path(shots) / name)
     assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"
+
+
+def test_a_users_letters_from_upload_to_verdict_in_a_real_browser(server, default_ds, tiny_encoder):
+    """Issue 30's path, lean (a tiny encoder, 40 letters, svc without the grid, one hold-out split): upload a user's CSV (an id column of
+    numbers, which is never guessed as the text) → its duplicate named by rows counted from 1 → save → the Runs form
+    starts on it and names the tf-idf reference → the finished run's link → Compare filtered on that run → Classify.
+    The two steps run in a worker's processes, so most of its time is theirs."""
+    from collections import Counter
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.conftest import write_csv
+
+    base, tmp = server
+    per, rows = Counter(), []
+    for t, lab in zip(default_ds.texts, default_ds.labels):
+        if per[lab] < 8:
+            per[lab] += 1
+            rows.append({"id": str(1000 + len(rows)), "note": t, "specialty": lab})
+    rows[6]["note"] = rows[2]["note"]  # data rows 3 and 7 hold the same letter (both labelled alike)
+    rows[6]["specialty"] = rows[2]["specialty"]
+    csv = write_csv(tmp / "clinic.csv", rows)
+    shots = os.environ.get("CLINBENCH_SCREENSHOTS")  # a folder: receives the finished run and its Compare view
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        outside = []
+        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
+        try:
+            page.goto(base)
+            page.get_by_role("link", name="Compare models on my letters").click()
+            expect(page.get_by_text("Letters file")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").set_input_files(str(csv))
+            expect(page.get_by_text("40 rows, 5 labels: ready to use")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("rows 3, 7").first).to_be_visible()  # the data rows as a spreadsheet counts them, from 1
+            page.get_by_label("Dataset name").fill("my clinic")
+            page.get_by_role("button", name="Save dataset").click()
+            expect(page.get_by_text("Saved 'my clinic' (40 letters)")).to_be_visible(timeout=60_000)
+            page.get_by_role("link", name="Compare models on these letters").click()
+
+            expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("combobox", name="Dataset")).to_have_value("my clinic (40 letters)")  # just saved, chosen
+            expect(page.get_by_text("one more row in the results", exact=False)).to_be_visible()  # said before Start
+            page.get_by_role("button", name="Remove minilm").first.click()  # the tiny encoder only
+            page.get_by_label("More models: hub ids or local folders, comma-separated").fill(str(tiny_encoder))
+            page.get_by_label("max_length", exact=True).fill("64")
+            page.get_by_label("n_boot", exact=True).fill("100")
+            page.get_by_role("combobox", name="protocol").click()
+            page.get_by_role("option", name="holdout", exact=True).click()  # one fit per step: the quickest protocol
+            page.get_by_text("grid", exact=True).click()  # off: no inner search
+            page.get_by_role("button", name="Start run").click()
+            expect(page.get_by_text("queued with 2 step(s), the tf-idf reference last")).to_be_visible(timeout=60_000)
+            link = page.get_by_role("link", name="Compare the results of run 1")
+            expect(link).to_be_visible(timeout=180_000)
+            if shots:
+                link.scroll_into_view_if_needed()
+                page.screenshot(path=f"{shots}/e2e-runs-finished.png")
+
+            link.click()
+            expect(page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")).to_be_visible(timeout=60_000)
+            assert "run=1" in page.url and "dataset=" in page.url
+            expect(page.get_by_text("my clinic: 40 letters, 2 evaluation(s)")).to_be_visible()
+            _settle(page)
+            if shots:
+                page.screenshot(path=f"{shots}/e2e-compare-run-1.png")
+
+            page.goto(f"{base}/Classify")
+            box = page.get_by_label("Letter", exact=True)
+            expect(box).to_be_visible(timeout=60_000)
+            box.fill(rows[0]["note"])
+            box.press("Control+Enter")
+            _settle(page)
+            page.get_by_role("button", name="Classify", exact=True).click()
+            expect(page.get_by_text("Majority label")).to_be_visible(timeout=60_000)
+            _settle(page)
+        finally:
+            browser.close()
+    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"

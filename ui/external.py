@@ -92,7 +92,7 @@ def external_validation(evals: list) -> None:
         labels = [e.label for e in evals]
         chosen = st.selectbox("Classifier", labels, key="ext-evaluation")
         ev = evals[labels.index(chosen)]
-        upload = st.file_uploader("Labelled letters", type=["csv", "tsv", "jsonl", "ndjson"], key="ext-upload")
+        upload = st.file_uploader("Labelled letters", type=["csv", "tsv", "jsonl", "ndjson", "json", "xlsx"], key="ext-upload")
         if upload is None:
             return
         try:

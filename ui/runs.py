@@ -16,7 +16,7 @@ from engine.errors import ClinBenchError
 from ui import charts, common
 
 REFERENCE_NOTE = (
-    "Every run ends with the **tf-idf reference** (word and bigram tf-idf → linear SVM, no language model): one more row "
+    "Every run ends with the **tf-idf reference** (word 1-2-gram tf-idf → logistic regression, no language model): one more row "
     "in the results, the floor a language model has to beat."
 )
 TRAINING_HELP = (

@@ -399,7 +399,13 @@ def cmd_predict(args) -> int:
 def cmd_score(args) -> int:
     api = _api()
     res = api.score_external(
-        args.result, args.data, args.text_column, args.label_column, label_sep=args.label_sep, allow_overlap=args.allow_overlap
+        args.result,
+        args.data,
+        args.text_column,
+        args.label_column,
+        label_sep=args.label_sep,
+        allow_overlap=args.allow_overlap,
+        sheet=args.sheet,
     )
     print_metrics(f"{res['evaluation']} on {args.data} ({res['n_letters']} letters)", res)
     if res.get("stored_macro_f1") is not None:

@@ -89,7 +89,13 @@ def _overlap_error(ev, path, shared_rows: list[int], n_letters: int) -> DataErro
 
 
 def score_external(
-    ref: str, path: str | Path, text_column: str, label_column: str, label_sep: str | None = None, allow_overlap: bool = False
+    ref: str,
+    path: str | Path,
+    text_column: str,
+    label_column: str,
+    label_sep: str | None = None,
+    allow_overlap: bool = False,
+    sheet: str | None = None,
 ) -> dict:
     """The classifier of a stored evaluation (`ref`: key, key prefix or artifact folder) on every letter of another
     labelled file: macro-F1 over all its classes with a bootstrap 95% CI (the evaluation's n_boot and seed), accuracy,
@@ -108,7 +114,7 @@ def score_external(
     from engine.methods import classifiers
 
     (ev,) = find_evaluations([ref])
-    ds = dataset.load_dataset(path, text_column, label_column, label_sep=label_sep)
+    ds = dataset.load_dataset(path, text_column, label_column, label_sep=label_sep, sheet=sheet)  # (sheet: of an .xlsx workbook)
     if ds.multi_label and not ev.multi_label:
         raise DataError(
             f"{Path(path).name} is multi-label (several labels per letter in column {label_column!r}); the classifier "
