@@ -159,7 +159,7 @@ def test_the_example_spec_runs_the_adaptation_study_end_to_end(tmp_path, default
 
     spec = yaml.safe_load((ROOT / "examples" / "hoc-adaptation.yaml").read_text())
     spec["data"]["path"] = str(_study_letters(tmp_path / "letters.jsonl", default_ds))
-    spec["options"] |= {"cv_folds": 2, "max_length": 48, "epochs": 1, "learning_rate": 1e-3, "n_boot": 100, "grid": False}
+    spec["options"] |= {"cv_folds": 2, "max_length": 32, "epochs": 1, "learning_rate": 1e-3, "n_boot": 100, "grid": False}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
     out = cli("run", str(tmp_path / "study.yaml"), "--json", str(tmp_path / "r.json"), timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -64,9 +64,9 @@ def test_smollm2_gguf_is_converted_once_then_reloaded(monkeypatch):
 def test_smollm2_evaluate_step_on_a_subset(tmp_path, default_ds):
     keep = [i for i, lab in enumerate(default_ds.labels) if i % 6 == 0]  # 100 letters, all 5 labels
     ds = dataset.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
-    res = run_step(ds, "smollm2", "svc", max_length=128, n_boot=300)
+    res = run_step(ds, "smollm2", "svc", max_length=64, n_boot=300)
     m = res.metrics
-    print(f"SmolLM2 SVC (100 letters, 128 tokens) macro-F1 {m['macro_f1']:.3f} vs majority {m['baseline']['macro_f1']:.3f}")
+    print(f"SmolLM2 SVC (100 letters, 64 tokens) macro-F1 {m['macro_f1']:.3f} vs majority {m['baseline']['macro_f1']:.3f}")
     assert m["macro_f1"] > m["baseline"]["macro_f1"]
     assert res.manifest["model"]["name"] == "smollm2" and res.manifest["embeddings"]["n_truncated"] > 0
 
@@ -119,11 +119,11 @@ def test_minilm_lora_on_default_dataset_learns_and_feeds_the_svc(default_ds):
 
 
 def test_smollm2_domain_adaptation_lowers_held_out_perplexity(default_ds):
-    keep = [i for i in range(len(default_ds)) if i % 4 == 0]  # 150 letters
+    keep = [i for i in range(len(default_ds)) if i % 8 == 0]  # 75 letters (perplexity 231 -> 177 at seed 0: falls well past 10%)
     ds = dataset.Dataset([default_ds.texts[i] for i in keep], [default_ds.labels[i] for i in keep], "subset", "text", "label")
     res = experiment.execute(
         experiment.parse_spec(
-            {"models": ["smollm2"], "methods": ["domain-adapt"], "options": {"max_length": 48, "epochs": 1, "learning_rate": 1e-3}}
+            {"models": ["smollm2"], "methods": ["domain-adapt"], "options": {"max_length": 32, "epochs": 1, "learning_rate": 1e-3}}
         ),
         {"model": "smollm2", "method": "domain-adapt"},
         dataset=ds,

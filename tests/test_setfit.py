@@ -112,9 +112,12 @@ def test_setfit_under_cv_refits_on_every_letter(cache, ds, tiny_encoder):
 @pytest.mark.slow
 def test_minilm_with_eight_letters_per_label_beats_the_majority_baseline(cache, ds):
     res = run_step(
-        ds, "minilm", "setfit", protocol="holdout", test_size=0.4, labels_per_class=8, setfit_pairs=160, max_length=256, n_boot=200
+        ds, "minilm", "setfit", protocol="holdout", test_size=0.4, labels_per_class=8, setfit_pairs=80, max_length=128, n_boot=200
     )
     m = res.metrics
+    print(
+        f"MiniLM setfit (8 letters per label, 80 pairs, 128 tokens) macro-F1 {m['macro_f1']:.3f} vs majority {m['baseline']['macro_f1']:.3f}"
+    )
     assert m["macro_f1"] > m["baseline"]["macro_f1"] + 0.2, m
 
 
