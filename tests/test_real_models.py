@@ -19,6 +19,8 @@ from engine.protocols import plans
 from engine.runs import experiment
 from tests.conftest import cli, run_step
 
+pytestmark = pytest.mark.slow
+
 
 def _cosines(a, b):
     a, b = np.asarray(a), np.asarray(b)
