@@ -30,6 +30,10 @@ os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="clinbench-test-hf-modu
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# Each test's fresh cache links the SmolLM2 conversion that scripts/setup.sh made in the repo's cache (models --prepare)
+# instead of converting the GGUF again in every process and cache (tests/test_models.py checks the conversion itself).
+if (ROOT / "cache" / "models").is_dir():
+    os.environ.setdefault("CLINBENCH_CONVERTED_MODELS", str(ROOT / "cache" / "models"))
 
 
 @contextlib.contextmanager

