@@ -110,7 +110,7 @@ def live() -> None:
         return
     st.markdown(f"### Run {run.id}: {run.name} — {run.status}" + (" · on Ray" if run.executor == "ray" else ""))
     for s in run.steps:
-        runs.step(s)
+        runs.step(s, on_ray=run.executor == "ray")
     runs.compare_link(run)
     c1, c2, c3, _ = st.columns([1, 1, 1, 4])
     try:

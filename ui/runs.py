@@ -85,8 +85,9 @@ def compare_link(run: api.RunView) -> None:
         )
 
 
-def step(s: api.StepView) -> None:
-    """A progress bar with the step's state, stage or result and duration; its error; its training curves."""
+def step(s: api.StepView, on_ray: bool = False) -> None:
+    """A progress bar with the step's state, stage or result and duration (and, on a Ray cluster, the node that ran it);
+    its error; its training curves."""
     st.progress(
         s.fraction,
         text=" · ".join(
@@ -95,7 +96,7 @@ def step(s: api.StepView) -> None:
                 f"**{s.index + 1}. {s.title}** — {s.status}",
                 s.detail if s.status != "failed" else "",
                 api.fmt_duration(s.seconds),
-                f"on {s.node}" if s.node else "",
+                f"on Ray node {s.node}" if on_ray and s.node else "",
             )
             if b
         ),
