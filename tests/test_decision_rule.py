@@ -17,6 +17,16 @@ from tests.test_binary import _binary_ds
 NO_GRID = {"svc": ["--no-grid"]}
 
 
+def _evaluate(data, model, method: str, common: list[str], out: Path):
+    """`python -m engine evaluate` of one model and method with the shared options, its JSON written to `out`; the
+    finished process."""
+    r = cli(
+        "evaluate", "--data", str(data), "--model", str(model), "--method", method, *common, *NO_GRID.get(method, []), "--json", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 @pytest.fixture
 def two_label_csv(tmp_path, default_ds):
     ds = _binary_ds(default_ds)
@@ -30,20 +40,7 @@ def test_every_method_reports_its_threshold_rule_and_fold_thresholds_under_cv(ca
     seen = {}
     for method, model in (("svc", tiny_encoder), ("tfidf", "tfidf"), ("linear-probe", tiny_encoder)):
         out = tmp_path / f"{method}.json"
-        r = cli(
-            "evaluate",
-            "--data",
-            str(two_label_csv),
-            "--model",
-            str(model),
-            "--method",
-            method,
-            *common,
-            *NO_GRID.get(method, []),
-            "--json",
-            str(out),
-        )
-        assert r.returncode == 0, r.stderr
+        _evaluate(two_label_csv, model, method, common, out)
         d = json.loads(out.read_text())
         assert d["task"] == "binary" and len(d["fold_thresholds"]) == 3, method
         assert all(0 < t < 1 for t in d["fold_thresholds"]) and isinstance(d["threshold"], float), method
@@ -84,20 +81,7 @@ def test_zero_shot_decides_by_the_rule_svc_decides_by(cache, tmp_path, two_label
     got, artifact = {}, None
     for method, model in (("svc", tiny_encoder), ("zero-shot", tiny_decoder)):
         out = tmp_path / f"{method}.json"
-        r = cli(
-            "evaluate",
-            "--data",
-            str(two_label_csv),
-            "--model",
-            str(model),
-            "--method",
-            method,
-            *common,
-            *NO_GRID.get(method, []),
-            "--json",
-            str(out),
-        )
-        assert r.returncode == 0, r.stderr
+        r = _evaluate(two_label_csv, model, method, common, out)
         got[method] = json.loads(out.read_text())
         artifact = next(line.split(": ", 1)[1] for line in r.stdout.splitlines() if line.startswith("artifact: "))
     z, s = got["zero-shot"], got["svc"]
