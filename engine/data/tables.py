@@ -197,19 +197,19 @@ def _read_xlsx(path: Path, name: str, sheet: str | None) -> pd.DataFrame:
         close = difflib.get_close_matches(str(sheet), sheets, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise DataError(f"{name} has no sheet {sheet!r}.{hint} Its sheets: {', '.join(map(repr, sheets))}.")
-    rows = [r for r in values[chosen].iter_rows(values_only=True) if any(v is not None and str(v).strip() for v in r)]
+    grid = list(values[chosen].iter_rows(values_only=True))
     values.close()
+    rows = [r for r in grid if any(v is not None and str(v).strip() for v in r)]
     if not rows:
         raise DataError(f"Sheet {chosen!r} of {name} is empty. Put a header row and one letter per row in it, or choose another sheet.")
-    formulas, saved = _workbook(path, name, data_only=False), _workbook(path, name, data_only=True)
-    unsaved = [  # the same XML rows read twice: as written (formulas) and with the values saved with them
+    formulas = _workbook(path, name, data_only=False)
+    unsaved = [  # the same XML rows read as written (formulas) beside the values saved with them (grid)
         f.coordinate
-        for frow, vrow in zip(formulas[chosen].iter_rows(), saved[chosen].iter_rows())
+        for frow, vrow in zip(formulas[chosen].iter_rows(), grid)
         for f, v in zip(frow, vrow)
-        if getattr(f, "data_type", None) == "f" and v.value is None
+        if getattr(f, "data_type", None) == "f" and v is None
     ]
     formulas.close()
-    saved.close()
     if unsaved:
         shown = ", ".join(unsaved[:8]) + (f" and {len(unsaved) - 8} more" if len(unsaved) > 8 else "")
         raise DataError(
