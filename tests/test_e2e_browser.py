@@ -9,6 +9,7 @@ skipped on a developer machine and fails in CI (CI=true), so a CI without a brow
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -84,6 +85,24 @@ def server(tmp_path):
     stop_workers(cache)
 
 
+@contextlib.contextmanager
+def _app_page(base: str, **page_options):
+    """A 1280 px page of headless Chromium for the app at `base`; on leaving, no request may have left this machine
+    (letters are private and the app works offline)."""
+    from playwright.sync_api import sync_playwright
+
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, **page_options)
+            page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
+            yield page
+        finally:
+            browser.close()
+    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"
+
+
 def _settle(page, timeout_ms: int = 120_000) -> None:
     """Wait until Streamlit has finished the current script run."""
     page.wait_for_timeout(500)
@@ -92,60 +111,52 @@ def _settle(page, timeout_ms: int = 120_000) -> None:
 
 def test_comparison_compare_png_and_classify_in_a_real_browser(server):
     from PIL import Image
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, tmp = server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        outside = []  # letters are private and the app works offline: no request may leave this machine
-        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
-        try:
-            page.goto(f"{base}/Runs")  # a fresh server's first visit is a page URL: the app's navigation, not Streamlit's "app" list
-            expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
-            expect(page.get_by_role("link", name="Home", exact=True)).to_be_visible()
-            expect(page.get_by_role("link", name="app", exact=True)).to_have_count(0)
-            page.get_by_label("Run name").fill("e2e")
-            page.get_by_label("max_length", exact=True).fill("128")
-            page.get_by_role("button", name="Start run").click()
-            expect(page.get_by_text("queued with 2 step(s), the tf-idf reference last")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("Protocol holdout: one hold-out test split of 120 letters")).to_be_visible()
-            expect(page.get_by_role("heading", name="Run 1: e2e — done")).to_be_visible(timeout=240_000)
-            expect(page.get_by_text("macro-F1", exact=False).first).to_be_visible()
+    with _app_page(base, accept_downloads=True) as page:
+        page.goto(f"{base}/Runs")  # a fresh server's first visit is a page URL: the app's navigation, not Streamlit's "app" list
+        expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("link", name="Home", exact=True)).to_be_visible()
+        expect(page.get_by_role("link", name="app", exact=True)).to_have_count(0)
+        page.get_by_label("Run name").fill("e2e")
+        page.get_by_label("max_length", exact=True).fill("128")
+        page.get_by_role("button", name="Start run").click()
+        expect(page.get_by_text("queued with 2 step(s), the tf-idf reference last")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Protocol holdout: one hold-out test split of 120 letters")).to_be_visible()
+        expect(page.get_by_role("heading", name="Run 1: e2e — done")).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("macro-F1", exact=False).first).to_be_visible()
 
-            page.goto(f"{base}/Compare")
-            chart_title = page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")
-            expect(chart_title).to_be_visible(timeout=60_000)
-            _settle(page)
-            with page.expect_download(timeout=60_000) as dl:
-                page.get_by_role("button", name="PNG ⬇").first.click()
-            png = tmp / "chart.png"
-            dl.value.save_as(png)
-            img = Image.open(io.BytesIO(png.read_bytes()))
-            img.verify()
-            assert img.format == "PNG" and img.size[0] >= 1000, img.size
+        page.goto(f"{base}/Compare")
+        chart_title = page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")
+        expect(chart_title).to_be_visible(timeout=60_000)
+        _settle(page)
+        with page.expect_download(timeout=60_000) as dl:
+            page.get_by_role("button", name="PNG ⬇").first.click()
+        png = tmp / "chart.png"
+        dl.value.save_as(png)
+        img = Image.open(io.BytesIO(png.read_bytes()))
+        img.verify()
+        assert img.format == "PNG" and img.size[0] >= 1000, img.size
 
-            page.goto(f"{base}/Classify")
-            box = page.get_by_label("Letter", exact=True)
-            expect(box).to_be_visible(timeout=60_000)
-            letter = (
-                "HISTORY: The patient is a 64-year-old man with crushing substernal chest pain radiating to the left arm, "
-                "shortness of breath and diaphoresis. ECG shows ST elevation in the inferior leads; troponin is raised. "
-                "Cardiac catheterization showed an occluded right coronary artery, treated with a stent."
-            )
-            box.fill(letter)
-            box.press("Control+Enter")
-            _settle(page)
-            page.get_by_role("button", name="Classify", exact=True).click()
-            expect(page.get_by_text("Majority label")).to_be_visible(timeout=120_000)
-            expect(page.locator("[data-testid='stMetricValue']")).to_have_text("cardiovascular-pulmonary")
-            page.screenshot(path=str(tmp / "classify.png"), full_page=True)
-            page.goto(base)  # the home page, with the app's navigation
-            expect(page.get_by_role("link", name="Compare")).to_be_visible(timeout=60_000)
-            _settle(page)
-        finally:
-            browser.close()
-    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"
+        page.goto(f"{base}/Classify")
+        box = page.get_by_label("Letter", exact=True)
+        expect(box).to_be_visible(timeout=60_000)
+        letter = (
+            "HISTORY: The patient is a 64-year-old man with crushing substernal chest pain radiating to the left arm, "
+            "shortness of breath and diaphoresis. ECG shows ST elevation in the inferior leads; troponin is raised. "
+            "Cardiac catheterization showed an occluded right coronary artery, treated with a stent."
+        )
+        box.fill(letter)
+        box.press("Control+Enter")
+        _settle(page)
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_text("Majority label")).to_be_visible(timeout=120_000)
+        expect(page.locator("[data-testid='stMetricValue']")).to_have_text("cardiovascular-pulmonary")
+        page.screenshot(path=str(tmp / "classify.png"), full_page=True)
+        page.goto(base)  # the home page, with the app's navigation
+        expect(page.get_by_role("link", name="Compare")).to_be_visible(timeout=60_000)
+        _settle(page)
 
 
 def test_multi_label_compare_and_classify_in_a_real_browser(server, monkeypatch, default_ds, tiny_encoder):
@@ -156,7 +167,7 @@ def test_multi_label_compare_and_classify_in_a_real_browser(server, monkeypatch,
     import shutil
     from pathlib import Path
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from engine import api
     from tests.conftest import run_step
@@ -171,44 +182,36 @@ def test_multi_label_compare_and_classify_in_a_real_browser(server, monkeypatch,
     for model, method in ((tiny_encoder, "svc"), ("tfidf", "tfidf")):
         run_step(ds, model, method, protocol="holdout", test_size=0.3, max_length=64, grid=False, n_boot=100)
     shots = os.environ.get("CLINBENCH_SCREENSHOTS")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        outside = []
-        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
-        try:
-            page.goto(f"{base}/Compare")
-            expect(page.locator(".js-plotly-plot .gtitle", has_text="Micro-F1 per model and method")).to_be_visible(timeout=90_000)
-            expect(page.get_by_text("whole label set only one of the two got right")).to_be_visible(timeout=60_000)  # paired tests
-            expect(page.get_by_text("micro-F1 difference").or_(page.get_by_text("better by")).first).to_be_visible()
-            expect(page.locator(".js-plotly-plot .gtitle", has_text="Per label: precision, recall and F1")).to_be_visible()
-            expect(page.get_by_text("Confusion matrices")).to_have_count(0)
-            page.get_by_test_id("stRadioGroup").get_by_text("Samples-F1", exact=True).click()
-            expect(page.locator(".js-plotly-plot .gtitle", has_text="Samples-F1 per model and method")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("samples-F1 difference").or_(page.get_by_text("samples-F1 (95% CI")).first).to_be_visible()
-            _settle(page)
-            page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
-            page.screenshot(path=str(tmp / "ml-compare.png"))
-            page.set_viewport_size({"width": 1280, "height": 900})
+    with _app_page(base) as page:
+        page.goto(f"{base}/Compare")
+        expect(page.locator(".js-plotly-plot .gtitle", has_text="Micro-F1 per model and method")).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("whole label set only one of the two got right")).to_be_visible(timeout=60_000)  # paired tests
+        expect(page.get_by_text("micro-F1 difference").or_(page.get_by_text("better by")).first).to_be_visible()
+        expect(page.locator(".js-plotly-plot .gtitle", has_text="Per label: precision, recall and F1")).to_be_visible()
+        expect(page.get_by_text("Confusion matrices")).to_have_count(0)
+        page.get_by_test_id("stRadioGroup").get_by_text("Samples-F1", exact=True).click()
+        expect(page.locator(".js-plotly-plot .gtitle", has_text="Samples-F1 per model and method")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("samples-F1 difference").or_(page.get_by_text("samples-F1 (95% CI")).first).to_be_visible()
+        _settle(page)
+        page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
+        page.screenshot(path=str(tmp / "ml-compare.png"))
+        page.set_viewport_size({"width": 1280, "height": 900})
 
-            page.goto(f"{base}/Classify")
-            expect(page.get_by_label("Letter", exact=True)).to_be_visible(timeout=60_000)
-            page.get_by_role("button", name="Load a test letter").click()
-            _settle(page)
-            page.get_by_role("button", name="Classify", exact=True).click()
-            expect(page.get_by_text("Majority label set")).to_be_visible(timeout=120_000)
-            expect(page.locator(".js-plotly-plot .gtitle", has_text="Each label's probability and threshold")).to_be_visible()
-            _settle(page)
-            page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
-            page.screenshot(path=str(tmp / "ml-classify.png"))
-            page.set_viewport_size({"width": 1280, "height": 900})
-        finally:
-            browser.close()
+        page.goto(f"{base}/Classify")
+        expect(page.get_by_label("Letter", exact=True)).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Load a test letter").click()
+        _settle(page)
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_text("Majority label set")).to_be_visible(timeout=120_000)
+        expect(page.locator(".js-plotly-plot .gtitle", has_text="Each label's probability and threshold")).to_be_visible()
+        _settle(page)
+        page.set_viewport_size({"width": 1280, "height": 3600})  # the whole page (Streamlit scrolls an inner element)
+        page.screenshot(path=str(tmp / "ml-classify.png"))
+        page.set_viewport_size({"width": 1280, "height": 900})
     if shots:
         Path(shots).mkdir(parents=True, exist_ok=True)
         for name in ("ml-compare.png", "ml-classify.png"):
             shutil.copy(tmp / name, Path(shots) / name)
-    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"
 
 
 def test_a_users_letters_from_upload_to_verdict_in_a_real_browser(server, default_ds, tiny_encoder):
@@ -218,7 +221,7 @@ def test_a_users_letters_from_upload_to_verdict_in_a_real_browser(server, defaul
     The two steps run in a worker's processes, so most of its time is theirs."""
     from collections import Counter
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from tests.conftest import write_csv
 
@@ -232,58 +235,50 @@ def test_a_users_letters_from_upload_to_verdict_in_a_real_browser(server, defaul
     rows[6]["specialty"] = rows[2]["specialty"]
     csv = write_csv(tmp / "clinic.csv", rows)
     shots = os.environ.get("CLINBENCH_SCREENSHOTS")  # a folder: receives the finished run and its Compare view
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        outside = []
-        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
-        try:
-            page.goto(base)
-            page.get_by_role("link", name="Compare models on my letters").click()
-            expect(page.get_by_text("Letters file")).to_be_visible(timeout=60_000)
-            page.locator("input[type=file]").set_input_files(str(csv))
-            expect(page.get_by_text("40 rows, 5 labels: ready to use")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("rows 3, 7").first).to_be_visible()  # the data rows as a spreadsheet counts them, from 1
-            page.get_by_label("Dataset name").fill("my clinic")
-            page.get_by_role("button", name="Save dataset").click()
-            expect(page.get_by_text("Saved 'my clinic' (40 letters)")).to_be_visible(timeout=60_000)
-            page.get_by_role("link", name="Compare models on these letters").click()
+    with _app_page(base) as page:
+        page.goto(base)
+        page.get_by_role("link", name="Compare models on my letters").click()
+        expect(page.get_by_text("Letters file")).to_be_visible(timeout=60_000)
+        page.locator("input[type=file]").set_input_files(str(csv))
+        expect(page.get_by_text("40 rows, 5 labels: ready to use")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("rows 3, 7").first).to_be_visible()  # the data rows as a spreadsheet counts them, from 1
+        page.get_by_label("Dataset name").fill("my clinic")
+        page.get_by_role("button", name="Save dataset").click()
+        expect(page.get_by_text("Saved 'my clinic' (40 letters)")).to_be_visible(timeout=60_000)
+        page.get_by_role("link", name="Compare models on these letters").click()
 
-            expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
-            expect(page.get_by_role("combobox", name="Dataset")).to_have_value("my clinic (40 letters)")  # just saved, chosen
-            expect(page.get_by_text("one more row in the results", exact=False)).to_be_visible()  # said before Start
-            page.get_by_role("button", name="Remove minilm").first.click()  # the tiny encoder only
-            page.get_by_label("More models: hub ids or local folders, comma-separated").fill(str(tiny_encoder))
-            page.get_by_label("max_length", exact=True).fill("64")
-            page.get_by_label("n_boot", exact=True).fill("100")
-            page.get_by_role("combobox", name="protocol").click()
-            page.get_by_role("option", name="holdout", exact=True).click()  # one fit per step: the quickest protocol
-            page.get_by_text("grid", exact=True).click()  # off: no inner search
-            page.get_by_role("button", name="Start run").click()
-            expect(page.get_by_text("queued with 2 step(s), the tf-idf reference last")).to_be_visible(timeout=60_000)
-            link = page.get_by_role("link", name="Compare the results of run 1")
-            expect(link).to_be_visible(timeout=180_000)
-            if shots:
-                link.scroll_into_view_if_needed()
-                page.screenshot(path=f"{shots}/e2e-runs-finished.png")
+        expect(page.get_by_role("heading", name="New run")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("combobox", name="Dataset")).to_have_value("my clinic (40 letters)")  # just saved, chosen
+        expect(page.get_by_text("one more row in the results", exact=False)).to_be_visible()  # said before Start
+        page.get_by_role("button", name="Remove minilm").first.click()  # the tiny encoder only
+        page.get_by_label("More models: hub ids or local folders, comma-separated").fill(str(tiny_encoder))
+        page.get_by_label("max_length", exact=True).fill("64")
+        page.get_by_label("n_boot", exact=True).fill("100")
+        page.get_by_role("combobox", name="protocol").click()
+        page.get_by_role("option", name="holdout", exact=True).click()  # one fit per step: the quickest protocol
+        page.get_by_text("grid", exact=True).click()  # off: no inner search
+        page.get_by_role("button", name="Start run").click()
+        expect(page.get_by_text("queued with 2 step(s), the tf-idf reference last")).to_be_visible(timeout=60_000)
+        link = page.get_by_role("link", name="Compare the results of run 1")
+        expect(link).to_be_visible(timeout=180_000)
+        if shots:
+            link.scroll_into_view_if_needed()
+            page.screenshot(path=f"{shots}/e2e-runs-finished.png")
 
-            link.click()
-            expect(page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")).to_be_visible(timeout=60_000)
-            assert "run=1" in page.url and "dataset=" in page.url
-            expect(page.get_by_text("my clinic: 40 letters, 2 evaluation(s)")).to_be_visible()
-            _settle(page)
-            if shots:
-                page.screenshot(path=f"{shots}/e2e-compare-run-1.png")
+        link.click()
+        expect(page.locator(".js-plotly-plot .gtitle", has_text="Macro-F1 per model and method")).to_be_visible(timeout=60_000)
+        assert "run=1" in page.url and "dataset=" in page.url
+        expect(page.get_by_text("my clinic: 40 letters, 2 evaluation(s)")).to_be_visible()
+        _settle(page)
+        if shots:
+            page.screenshot(path=f"{shots}/e2e-compare-run-1.png")
 
-            page.goto(f"{base}/Classify")
-            box = page.get_by_label("Letter", exact=True)
-            expect(box).to_be_visible(timeout=60_000)
-            box.fill(rows[0]["note"])
-            box.press("Control+Enter")
-            _settle(page)
-            page.get_by_role("button", name="Classify", exact=True).click()
-            expect(page.get_by_text("Majority label")).to_be_visible(timeout=60_000)
-            _settle(page)
-        finally:
-            browser.close()
-    assert outside == [], f"requests left 127.0.0.1: {sorted(set(outside))[:5]}"
+        page.goto(f"{base}/Classify")
+        box = page.get_by_label("Letter", exact=True)
+        expect(box).to_be_visible(timeout=60_000)
+        box.fill(rows[0]["note"])
+        box.press("Control+Enter")
+        _settle(page)
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_text("Majority label")).to_be_visible(timeout=60_000)
+        _settle(page)
