@@ -107,6 +107,18 @@ def test_a_file_that_is_not_what_its_name_says_is_named_for_what_it_is(tmp_path,
         tables.read_table(write_text(tmp_path / "a.csv", "text,label\na,b\n"), "letters")
 
 
+def test_a_workbook_that_expands_past_the_limit_is_refused_before_it_is_read(tmp_path, letter_rows, monkeypatch):
+    path = workbook(tmp_path / "letters.xlsx", letter_rows)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:  # 3 MB of zeros: a few kB on disk
+        zf.writestr("xl/media/padding.bin", b"\0" * 3 * 2**20)
+    assert path.stat().st_size < 2**20
+    assert len(tables.read_table(path, "letters")) == 40  # under 10x the default limit: read
+    monkeypatch.setenv(tables.MAX_FILE_MB_ENV, "0.2")  # 2 MB of expanded parts allowed
+    monkeypatch.setattr(tables, "_workbook", lambda *a, **k: pytest.fail("the workbook was opened"))
+    with pytest.raises(DataError, match=r"letters.xlsx expands to 3 MB when opened, over the 2 MB.*CLINBENCH_MAX_DATA_MB"):
+        tables.read_table(path, "letters")
+
+
 def write_text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

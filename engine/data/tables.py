@@ -154,6 +154,25 @@ def _not_text(name: str, what: str) -> DataError:
     return DataError(f"{name} is {what}, not text, so it cannot be read as its name says. {how}, or save it as 'CSV UTF-8'.")
 
 
+XLSX_EXPANSION = 10  # a workbook's XML may expand to this many times the file size limit (text compresses about 5-10x)
+
+
+def _check_expanded(path: Path, name: str) -> None:
+    """Refuse a workbook whose parts expand past XLSX_EXPANSION x the size limit (a zip bomb) before any part is read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            expanded = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: _workbook names what it is
+    limit_mb = max_file_mb() * XLSX_EXPANSION
+    if expanded > limit_mb * 2**20:
+        raise DataError(
+            f"{name} expands to {expanded / 2**20:,.0f} MB when opened, over the {limit_mb:g} MB a workbook may expand to "
+            f"({XLSX_EXPANSION}x the {max_file_mb():g} MB file limit). Split the letters over smaller workbooks, save them as "
+            f"CSV, or raise the limit with the environment variable {MAX_FILE_MB_ENV}."
+        )
+
+
 def _workbook(path: Path, name: str, *, data_only: bool):
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
@@ -190,6 +209,7 @@ def _cell_text(value) -> str:
 
 def _read_xlsx(path: Path, name: str, sheet: str | None) -> pd.DataFrame:
     """One sheet of a workbook (default: the first): its first non-empty row the header, every cell as text, formulas as their saved values."""
+    _check_expanded(path, name)
     values = _workbook(path, name, data_only=True)
     sheets = values.sheetnames
     chosen = sheet or sheets[0]
