@@ -154,8 +154,11 @@ def _die_with(worker_pid: int) -> None:
         threading.Thread(target=_kill_self_when_ready, args=(fd,), name="dies with its worker", daemon=True).start()
 
 
-def _kill_self_when_ready(fd: int) -> None:
-    select.select([fd], [], [])
+def _kill_self_when_ready(pidfd: int) -> None:
+    waiting = select.poll()
+    waiting.register(pidfd, select.POLLIN)  # readable once the process has exited
+    while not waiting.poll():
+        pass
     os.kill(os.getpid(), signal.SIGKILL)
 
 

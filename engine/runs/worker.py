@@ -17,8 +17,9 @@ Why a process per step:
   terminated with its process tree while the worker lives on;
 * a step the OS kills (out of memory) becomes `failed` with a message, and the next runs;
 * a large model's memory goes back to the system when its step ends.
-The step's process dies with its worker (PR_SET_PDEATHSIG on Linux, plus a check of the
-worker in the stop callback), so a killed worker leaves no orphan writing to the cache. A worker whose store files were
+The step's process dies with its worker (engine.runs.stephost: PR_SET_PDEATHSIG, a forked
+step also waits for the worker's exit on a pidfd; the stop callback checks the worker too),
+so a killed worker leaves no orphan writing to the cache. A worker whose store files were
 deleted or replaced under it exits at once without writing (database.exit_on_change); so does its step. Every read and
 write goes through the run store's RunStore (engine.runs.store.runstore).
 """
