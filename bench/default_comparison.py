@@ -3,6 +3,7 @@
     .venv/bin/python bench/default_comparison.py                    # the worker alone (as `python -m engine run` does)
     .venv/bin/python bench/default_comparison.py --with-dashboard   # then again with the dashboard open on the Runs page
     .venv/bin/python bench/default_comparison.py --mode dashboard --json out.json
+    .venv/bin/python bench/default_comparison.py --step-host both       # steps as fresh interpreters, then forked
 
 Each measurement starts from a fresh, empty cache (CLINBENCH_CACHE in a temporary folder, deleted afterwards): nothing
 is a cache hit, the worker is started on demand, as on a fresh machine after scripts/setup.sh, which has made the bundled
@@ -13,9 +14,16 @@ Streamlit, opens it in headless Chromium (Playwright), clicks **Run the default 
 would, then keeps the Runs page open (it refreshes the run's progress every few seconds) until the run ends. `both`
 runs the two one after the other and reports their ratio.
 
+`--step-host` picks how the worker starts each step's process (engine.runs.stephost, through CLINBENCH_STEP_HOST):
+`fork` (the default) forks it from the worker's warm host, which has already imported torch, transformers and
+scikit-learn; `fresh` starts a new interpreter per step, as before issue 31; `both` measures fresh, then fork, and
+prints their ratio.
+
 Printed per measurement: each step's wall time (the worker's started/finished, so the step's own process start-up is
 in it) with its share of the total, the time outside steps (submission, worker start, between steps), the total from
-submission to the run's end, and the load average before and after (the machine may be shared: compare runs made at
+submission to the run's end, the time in embedding extraction (tokenising and the forward passes, from each step's
+manifest) and outside it as a share of the total (issue 31 aims at 20 % or less), and the load average before and
+after (the machine may be shared: compare runs made at
 a similar load). With the dashboard it also prints the CPU seconds the Streamlit server and the browser used during
 the run (what competes with the worker for the cores). `--json PATH` writes all of it.
 """
@@ -39,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BROWSER = os.environ.get("BROWSER_PATH", "/usr/bin/chromium")
 TIMEOUT_S = 3600
+STEP_HOST_ENV = "CLINBENCH_STEP_HOST"  # engine.runs.stephost: how the worker starts a step's process
+HOSTS = {"fork": "forked from the warm host", "fresh": "each a fresh interpreter"}
 
 
 def _stop_workers() -> None:
@@ -81,6 +91,14 @@ def _wait_for_run(run_id: int | None, t0: float, find=None):
     raise TimeoutError(f"the default comparison did not end within {TIMEOUT_S} s")
 
 
+def _extraction_s(result: dict) -> float:
+    """Seconds the step spent extracting embeddings (tokenising and the forward passes), from its artifact's manifest."""
+    manifest = Path(result["artifact"]) / "manifest.json" if result.get("artifact") else None
+    if manifest is None or not manifest.exists():
+        return 0.0
+    return float(json.loads(manifest.read_text()).get("timings", {}).get("embed_s") or 0.0)
+
+
 def _report(run, mode: str, submitted_wall: float, total_s: float, load_before, load_after) -> dict:
     steps = []
     for s in run.steps:
@@ -96,16 +114,22 @@ def _report(run, mode: str, submitted_wall: float, total_s: float, load_before, 
                 "queued_s": (s.started - submitted_wall) if s.started else None,
                 "macro_f1": result.get("macro_f1"),
                 "embed_cache_hit": result.get("embed_cache_hit"),
+                "extraction_s": _extraction_s(result),
                 "error": s.error,
             }
         )
     in_steps = sum(x["seconds"] or 0 for x in steps)
+    extraction = sum(x["extraction_s"] for x in steps)
     return {
         "mode": mode,
+        "step_host": os.environ.get(STEP_HOST_ENV) or "fork",
         "run_id": run.id,
         "total_s": total_s,
         "in_steps_s": in_steps,
         "outside_steps_s": total_s - in_steps,
+        "extraction_s": extraction,
+        "outside_extraction_s": total_s - extraction,
+        "outside_extraction_share": (total_s - extraction) / total_s,
         "steps": steps,
         "prepare_s": PREPARED.get(os.environ.get("CLINBENCH_CACHE", "")),
         "load_before": load_before,
@@ -116,7 +140,8 @@ def _report(run, mode: str, submitted_wall: float, total_s: float, load_before, 
 
 def _print(rep: dict) -> None:
     print(
-        f"\n{rep['mode']}: the default comparison (run {rep['run_id']}), load average before {rep['load_before']}, after {rep['load_after']}"
+        f"\n{rep['mode']}, steps {HOSTS[rep['step_host']]}: the default comparison (run {rep['run_id']}), "
+        f"load average before {rep['load_before']}, after {rep['load_after']}"
     )
     print(f"  {'model':<10} {'method':<8} {'status':<10} {'seconds':>8} {'share':>6}  {'macro-F1':>8}  embeddings")
     for s in rep["steps"]:
@@ -131,6 +156,12 @@ def _print(rep: dict) -> None:
         f"  {'outside steps (submit, worker start, between steps)':<48} {rep['outside_steps_s']:8.1f} {100 * rep['outside_steps_s'] / rep['total_s']:5.1f}%"
     )
     print(f"  {'total':<48} {rep['total_s']:8.1f}")
+    print(
+        f"  {'in embedding extraction (tokenising, forward passes)':<48} {rep['extraction_s']:8.1f} {100 * rep['extraction_s'] / rep['total_s']:5.1f}%"
+    )
+    print(
+        f"  {'outside extraction (issue 31 aims at <= 20 %)':<48} {rep['outside_extraction_s']:8.1f} {100 * rep['outside_extraction_share']:5.1f}%"
+    )
     if rep.get("prepare_s") is not None:
         print(f"  (before the timer: the bundled models made ready, as scripts/setup.sh does, {rep['prepare_s']:.1f} s)")
     if "server_cpu_s" in rep:
@@ -277,22 +308,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("worker", "dashboard", "both"), default="worker", help="what to measure (default: worker)")
     ap.add_argument("--with-dashboard", action="store_true", help="the same as --mode both: the worker alone, then with the dashboard")
     ap.add_argument("--models", nargs="+", help="only these models (a quicker check; default: the bundled ones, as the home page)")
+    ap.add_argument(
+        "--step-host",
+        choices=("fork", "fresh", "both"),
+        default="fork",
+        help="how the worker starts each step: forked from its warm host (the default), a fresh interpreter (as before "
+        "issue 31), or both, each mode measured with fresh first, then fork",
+    )
     ap.add_argument("--json", dest="json_out", help="write the measurements here")
     args = ap.parse_args(argv)
     mode = "both" if args.with_dashboard else args.mode
+    hosts = ["fresh", "fork"] if args.step_host == "both" else [args.step_host]
     reports = []
-    if mode in ("worker", "both"):
-        reports.append(measure_worker(args.models))
-        _print(reports[-1])
-    if mode in ("dashboard", "both"):
-        reports.append(measure_dashboard(args.models))
-        _print(reports[-1])
+    for host in hosts:
+        os.environ[STEP_HOST_ENV] = host  # the worker that submitting starts inherits it
+        if mode in ("worker", "both"):
+            reports.append(measure_worker(args.models))
+            _print(reports[-1])
+        if mode in ("dashboard", "both"):
+            reports.append(measure_dashboard(args.models))
+            _print(reports[-1])
     out: dict = {"measurements": reports}
-    if len(reports) == 2:
-        out["dashboard_over_worker"] = reports[1]["total_s"] / reports[0]["total_s"]
-        print(
-            f"\ndashboard / worker alone: {out['dashboard_over_worker']:.2f}x ({reports[1]['total_s']:.0f} s / {reports[0]['total_s']:.0f} s)"
-        )
+    by = {(r["mode"], r["step_host"]): r["total_s"] for r in reports}
+    print()
+    for host in hosts:
+        if ("worker", host) in by and ("dashboard", host) in by:
+            ratio = by[("dashboard", host)] / by[("worker", host)]
+            out[f"dashboard_over_worker_{host}"] = ratio
+            print(
+                f"steps {HOSTS[host]}: dashboard / worker alone {ratio:.2f}x ({by[('dashboard', host)]:.0f} s / {by[('worker', host)]:.0f} s)"
+            )
+    for m in ("worker", "dashboard"):
+        if (m, "fork") in by and (m, "fresh") in by:
+            ratio = by[(m, "fork")] / by[(m, "fresh")]
+            out[f"fork_over_fresh_{m}"] = ratio
+            print(f"{m}: forked steps / fresh steps {ratio:.2f}x ({by[(m, 'fork')]:.0f} s / {by[(m, 'fresh')]:.0f} s)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     return 0

@@ -51,7 +51,8 @@ def test_scale_mode_letters_all_differ_and_the_rss_sampler_sees_the_process(benc
     assert sampler.peak >= before + 48 * 2**20 and len(sampler.samples) >= 2 and len(block)
 
 
-def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monkeypatch):
+def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monkeypatch, tmp_path):
+    import json
     from types import SimpleNamespace
 
     from engine.runs.states import Status
@@ -62,15 +63,21 @@ def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monk
     finally:
         sys.path.remove(str(ROOT / "bench"))
 
-    def step(model, started, finished, hit):
+    def step(model, started, finished, hit, embed_s=None):
         result = {"macro_f1": 0.9, "embed_cache_hit": hit}
+        if embed_s is not None:  # the step's artifact, whose manifest has its extraction's seconds
+            (tmp_path / model).mkdir()
+            (tmp_path / model / "manifest.json").write_text(json.dumps({"timings": {"embed_s": embed_s, "fit_s": 3.0}}))
+            result["artifact"] = str(tmp_path / model)
         return SimpleNamespace(model=model, method="svc", status=Status.DONE, started=started, finished=finished, result=result, error=None)
 
-    run = SimpleNamespace(id=7, steps=[step("minilm", 101.0, 131.0, False), step("smollm2", 132.0, 142.0, True)])
+    run = SimpleNamespace(id=7, steps=[step("minilm", 101.0, 131.0, False, embed_s=20.0), step("smollm2", 132.0, 142.0, True)])
+    monkeypatch.setenv("CLINBENCH_STEP_HOST", "fresh")
     rep = bench._report(run, "worker", submitted_wall=100.0, total_s=50.0, load_before=[1, 1, 1], load_after=[2, 2, 2])
     assert rep["in_steps_s"] == 40.0 and rep["outside_steps_s"] == 10.0
     assert [s["share"] for s in rep["steps"]] == [0.6, 0.2] and [s["queued_s"] for s in rep["steps"]] == [1.0, 32.0]
-    assert rep["steps"][1]["embed_cache_hit"] is True and rep["run_id"] == 7
+    assert rep["steps"][1]["embed_cache_hit"] is True and rep["run_id"] == 7 and rep["step_host"] == "fresh"
+    assert rep["extraction_s"] == 20.0 and rep["outside_extraction_s"] == 30.0 and rep["outside_extraction_share"] == 0.6
 
 
 def _gpu_bench(*args: str, timeout: float = 120):

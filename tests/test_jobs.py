@@ -155,6 +155,65 @@ def test_cancel_terminates_a_step_that_does_not_stop(store, tiny_encoder, small_
     assert not list((store / "embeddings").glob("*.npy")) and leftovers(store) == []
 
 
+def _stuck_step(store, tiny_encoder, small_csv, tmp_path, reference: bool = False) -> tuple[int, dict]:
+    """A run whose first step sleeps 60 s after its first batch (it reads no stop flag meanwhile); the run once it has."""
+    spec = write_spec(tmp_path / "stuck.json", small_csv, [str(tiny_encoder)], ["svc"], reference=reference, batch_tokens=64)
+    run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "60"})
+    return run_id, wait_for(lambda r: r if r["steps"][0]["progress"]["done"] > 0 else None, run_id=run_id)
+
+
+def test_a_step_is_forked_from_the_warm_host_with_its_output_in_the_run_log(store, tiny_encoder, small_csv, tmp_path):
+    """Issue 31: steps start from a process that has already imported torch, transformers and scikit-learn (the fork
+    server the worker starts), not as a fresh interpreter; fds 1 and 2 are the run's log, fd 0 reads nothing."""
+    from engine.runs.store import database
+
+    run_id, run = _stuck_step(store, tiny_encoder, small_csv, tmp_path)
+    step = psutil.Process(run["steps"][0]["step_pid"])
+    host = step.parent()
+    assert host.pid != run["worker_pid"] and host.ppid() == run["worker_pid"], (host.cmdline(), run["worker_pid"])
+    assert "multiprocessing.forkserver" in " ".join(host.cmdline()) and "--step" not in step.cmdline()
+    fds = {n: os.readlink(f"/proc/{step.pid}/fd/{n}") for n in (0, 1, 2)}
+    assert fds == {0: os.devnull, 1: str(database.log_path(run_id)), 2: str(database.log_path(run_id))}
+    assert "steps run in a fork of a process that has imported torch" in (store / "runs" / "worker.log").read_text()
+    jobs.cancel(run_id)
+    assert wait_for(finished, timeout=10, run_id=run_id)["status"] == "cancelled"
+
+
+def test_killing_the_worker_kills_a_forked_step_that_never_checks_for_stop(store, tiny_encoder, small_csv, tmp_path):
+    """The step sleeps in a batch and reads no stop flag, and its parent is the fork server, not the worker: it must still
+    die at once (it waits for the worker's exit on a pidfd). No orphan: the fork server leaves too."""
+    run_id, run = _stuck_step(store, tiny_encoder, small_csv, tmp_path)
+    step = psutil.Process(run["steps"][0]["step_pid"])
+    host = step.parent()
+    os.kill(run["worker_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while process_alive(step.pid) and time.monotonic() < deadline:  # dead: gone, or a zombie its host has not reaped yet
+        time.sleep(0.05)
+    assert not process_alive(step.pid), "the step's process must die with its worker"
+    _gone, alive = psutil.wait_procs([host], timeout=60)  # the host leaves too (unloading torch takes it a few seconds)
+    assert not alive, "the warm host outlived its worker"
+    assert show(run_id)["steps"][0]["status"] == "interrupted"
+
+
+def test_a_step_the_os_kills_is_failed_with_the_reason_and_the_next_step_runs(store, tiny_encoder, small_csv, tmp_path):
+    run_id, run = _stuck_step(store, tiny_encoder, small_csv, tmp_path, reference=True)
+    os.kill(run["steps"][0]["step_pid"], signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    worker_pid, run = run["worker_pid"], wait_for(finished, run_id=run_id)
+    killed, reference = run["steps"]
+    assert killed["status"] == "failed" and "killed (SIGKILL)" in killed["error"] and "out of memory" in killed["error"], killed
+    assert reference["status"] == "done" and process_alive(worker_pid), "the worker goes on with the next step"
+    assert leftovers(store) == []
+
+
+def test_with_step_host_fresh_a_step_is_a_new_interpreter(store, small_csv, tmp_path):
+    """CLINBENCH_STEP_HOST=fresh (what bench/default_comparison.py --step-host fresh compares against): the step is
+    `python -m engine worker --step RUN:IDX`, as on a system without the fork server."""
+    spec = write_spec(tmp_path / "fresh.json", small_csv, ["tfidf"], ["tfidf"])
+    run = wait_for(finished, run_id=submit(spec, env_extra={"CLINBENCH_STEP_HOST": "fresh"}))
+    assert run["status"] == "done", jobs.read_log(run["id"])
+    assert "steps run in a fresh process per step" in (store / "runs" / "worker.log").read_text()
+
+
 def test_kill_9_worker_then_resume_recomputes_only_unfinished_steps(store, tiny_encoder, tiny_decoder, small_csv, tmp_path):
     spec = write_spec(tmp_path / "crash.json", small_csv, [str(tiny_encoder), str(tiny_decoder)], ["logreg"], batch_tokens=64)
     run_id = submit(spec, env_extra={"CLINBENCH_BATCH_DELAY_S": "0.1"})

@@ -303,19 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ray-address", help="with --executor ray: the cluster (default: the run's ray_address, $RAY_ADDRESS, or a local instance)"
     )
-    p.add_argument("--step", help=argparse.SUPPRESS)  # internal: RUN:IDX, the child process that executes one step
+    p.add_argument("--step", help=argparse.SUPPRESS)  # internal: RUN:IDX, a step started as a fresh process (engine.runs.stephost)
     return parser
 
 
 def cmd_worker(args) -> int:
-    from engine.runs import worker
+    from engine.runs import stephost, worker
 
     if args.step:
         try:
             run_id, idx = (int(x) for x in args.step.split(":"))
         except ValueError:
             raise ClinBenchError(f"--step expects RUN:IDX (two whole numbers), not {args.step!r}.") from None
-        return worker.execute_child(run_id, idx)
+        return stephost.execute_child(run_id, idx)
     if args.idle_exit < 0:
         raise ClinBenchError("--idle-exit must be 0 (never) or a number of seconds.")
     if args.executor == "ray":

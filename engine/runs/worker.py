@@ -1,47 +1,44 @@
-"""Worker processes: take queued steps from the run store and execute each in a child process.
+"""Worker processes: take queued steps from the run store and execute each in a process of its own.
 
 `python -m engine worker` registers itself in the store (at most max_workers() at once; an
 extra one leaves at once), then takes queued steps in submission order (run id, then step
-index). Each step runs in a fresh child process (`python -m engine worker --step RUN:IDX`)
-that loads the spec and the letters, checks the letters' hash against the one recorded at
-submission, calls `experiment.execute` with a StepContext backed by the store, and writes
-the step's outcome in one transaction: done (with a result summary), failed (a one-line
-message; the traceback goes to the run log) or cancelled. Progress goes to the store at most
-twice a second, metrics (training curves) as they are logged; the cancel flag is read at most
-four times a second, at batch boundaries.
+index). Each step runs in a process of its own (engine.runs.stephost: on Linux forked from a
+warm host that has already imported torch, transformers and scikit-learn, which the worker
+starts when it starts; elsewhere a fresh `python -m engine worker --step RUN:IDX`) that loads
+the spec and the letters, checks the letters' hash against the one recorded at submission,
+calls `experiment.execute` with a StepContext backed by the store, and writes the step's
+outcome in one transaction: done (with a result summary), failed (a one-line message; the
+traceback goes to the run log) or cancelled. Progress goes to the store at most twice a
+second, metrics (training curves) as they are logged; the cancel flag is read at most four
+times a second, at batch boundaries.
 
-Why a child per step:
+Why a process per step:
 * a step that does not stop at a batch boundary within CANCEL_GRACE_S of a cancel is
   terminated with its process tree while the worker lives on;
 * a step the OS kills (out of memory) becomes `failed` with a message, and the next runs;
 * a large model's memory goes back to the system when its step ends.
-The child dies with its worker (PR_SET_PDEATHSIG on Linux, plus a parent check in the
-stop callback), so a killed worker leaves no orphan writing to the cache. A worker whose store files were
+The step's process dies with its worker (engine.runs.stephost: PR_SET_PDEATHSIG, a forked
+step also waits for the worker's exit on a pidfd; the stop callback checks the worker too),
+so a killed worker leaves no orphan writing to the cache. A worker whose store files were
 deleted or replaced under it exits at once without writing (database.exit_on_change); so does its step. Every read and
 write goes through the run store's RunStore (engine.runs.store.runstore).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
-from engine.cache.context import StepContext
 from engine.cache.storage import sweep_orphans
-from engine.options.config import REPO_ROOT
-from engine.runs import stepcall
+from engine.runs import stepcall, stephost
 from engine.runs.states import Status
 from engine.runs.store import database
 from engine.runs.store.liveness import WORKERS_ENV, max_workers
 from engine.runs.store.runstore import RunStore, open_store
 
 CANCEL_GRACE_S = 2.5  # a running step gets this long to stop by itself after a cancel; then it is terminated (all within 5 s)
-STOP_CHECK_EVERY_S = 0.25
 POLL_S = 0.2
 
 
@@ -72,9 +69,10 @@ def serve(idle_exit: float = 0.0) -> int:
     if swept:
         _say(f"removed {len(swept)} half-written file(s) left by killed processes")
     stepcall.Stop.install()
+    host = stephost.start()  # the warm host imports while the loop below makes its first claim
     _say(
         f"serving runs from {database.db_path()} (at most {limit} worker(s); "
-        f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'})"
+        f"{'leaves after ' + format(idle_exit, 'g') + ' s idle' if idle_exit else 'runs until stopped'}; steps run in {host})"
     )
     idle_since = time.monotonic()
     try:
@@ -108,16 +106,8 @@ def _claim(rs: RunStore, worker_pid: int) -> tuple[int, int] | None:
     return step
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the child's stop callback still notices a dead parent
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
+def _kill_tree(proc) -> None:
+    """Terminate a step's process (a stephost.spawn handle) and every process under it; SIGKILL what is left after 0.5 s."""
     import psutil
 
     try:
@@ -152,15 +142,7 @@ def _run_step(rs: RunStore, run_id: int, idx: int, *, worker_pid: int) -> None:
     title, n = rs.step_title(run_id, idx)
     database.append_log(run_id, f"step {idx + 1}/{n} started: {title} (worker pid {worker_pid})")
     _say(f"run {run_id} step {idx + 1}: {title}")
-    with open(database.log_path(run_id), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "worker", "--step", f"{run_id}:{idx}"],
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+    proc = stephost.spawn(run_id, idx, worker_pid, database.log_path(run_id))
     rs.set_step_pid(run_id, idx, proc.pid)
     forced = ""
     last_beat = time.monotonic()
@@ -203,61 +185,3 @@ def _run_step(rs: RunStore, run_id: int, idx: int, *, worker_pid: int) -> None:
             rs.move(run_id, idx, status, expect=Status.RUNNING, error=error)
     detail = stepcall.end_line(status, error, result)
     database.append_log(run_id, f"step {idx + 1}/{n} {status}{detail}")
-
-
-# --- the child process that executes one step ---------------------------------------------
-
-
-class _StopCheck:
-    """should_stop(): True once the run is cancelled or the worker that started us is gone."""
-
-    def __init__(self, rs: RunStore, run_id: int, parent: int):
-        self.rs, self.run_id, self.parent = rs, run_id, parent
-        self.t_check, self.stop = 0.0, False
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if self.stop or now - self.t_check < STOP_CHECK_EVERY_S:
-            return self.stop
-        self.t_check = now
-        self.stop = os.getppid() != self.parent or self.rs.cancel_requested(self.run_id) is not None
-        return self.stop
-
-
-class _Terminated(BaseException):
-    """Raised in a step's process on SIGTERM; a BaseException so that no `except Exception` swallows it."""
-
-
-def _terminated(_signum, _frame) -> None:
-    raise _Terminated()
-
-
-def execute_child(run_id: int, idx: int) -> int:
-    """Body of `python -m engine worker --step RUN:IDX`: execute one claimed step and record its outcome."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is the worker's to handle
-    signal.signal(signal.SIGTERM, _terminated)  # unwind (temporary files are removed) before the worker's SIGKILL follows
-    database.exit_on_change(lambda msg: print(msg, flush=True))
-    parent = os.getppid()
-    with open_store() as rs:
-        claimed = rs.claimed_by(run_id, idx, parent)
-        if claimed is None:
-            print(f"step {run_id}:{idx} is not running under this worker; nothing to do", flush=True)
-            return 1
-        if max_workers() > 1:
-            import torch
-
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_workers()))
-        ctx = StepContext(
-            stepcall.Rate(functools.partial(rs.write_progress, run_id, idx)),
-            _StopCheck(rs, run_id, parent),
-            functools.partial(rs.write_metric, run_id, idx),
-        )
-        spec_json, data_hash = claimed
-        try:
-            outcome = stepcall.call(spec_json, data_hash, idx, ctx, where=f"run {run_id}")
-        except _Terminated:
-            print(f"step {run_id}:{idx} terminated by its worker", flush=True)
-            return 143  # the worker records the outcome
-        stepcall.record(rs, run_id, idx, outcome, parent)
-        sys.stdout.flush()
-    return 0
