@@ -68,6 +68,11 @@ class Parts:
                 p.unlink(missing_ok=True)
         return out
 
+    def listed(self) -> set[int]:
+        """The indices of the chunk files present, unchecked (cheap: for progress; `sealed` is what a reader trusts)."""
+        found = (CHUNK_NAME.match(p.name) for p in self.folder.glob("chunk-*.npy")) if self.folder.is_dir() else ()
+        return {int(m.group(1)) for m in found if m and int(m.group(1)) < self.n_chunks}
+
     def seal(self, i: int, rows: np.ndarray) -> Path:
         """Write chunk `i` (atomically, named by its hash)."""
         buf = io.BytesIO()

@@ -213,14 +213,17 @@ def plan_chunks(batches: list[list[int]], chunk_rows: int) -> list[list[list[int
 @dataclass
 class Plan:
     """What an extraction computes: token rows, the letter of each, batches grouped in chunks, and a hash of all of it with
-    the model and options (the chunks folder's manifest: chunks of another plan are never reused)."""
+    the model and options (the chunks folder's manifest: chunks of another plan are never reused). A shard's plan holds
+    `ids` and `lengths` of its own rows only, by row index."""
 
-    ids: list[np.ndarray]
-    owner: np.ndarray
-    lengths: list[int]
+    ids: list[np.ndarray] | dict[int, np.ndarray]
+    owner: np.ndarray | None
+    lengths: list[int] | dict[int, int]
     chunks: list[list[list[int]]]
     n_truncated: int
     hash: str
+    pooling: str = "mean"
+    identity: dict | None = None  # the model's, as in the cache key
 
 
 def make_plan(loaded, texts: list[str], *, pooling: str, max_length: int, batch_tokens: int | None, windows: int, chunk_rows: int) -> Plan:
@@ -242,7 +245,7 @@ def make_plan(loaded, texts: list[str], *, pooling: str, max_length: int, batch_
         "device": loaded.placement.device,
     }
     plan_hash = sha256_json({**what, "rows": rows.hexdigest(), "owner": sha256_bytes(owner.tobytes()), "chunks": chunks})
-    return Plan(ids, owner, lengths, chunks, n_truncated, plan_hash)
+    return Plan(ids, owner, lengths, chunks, n_truncated, plan_hash, pooling, identity)
 
 
 def embed_chunk(loaded, plan: Plan, chunk: list[list[int]], pooling: str, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -280,9 +283,11 @@ def embed_chunk(loaded, plan: Plan, chunk: list[list[int]], pooling: str, on_bat
     return out
 
 
-# Sends chunks to be embedded elsewhere (e.g. engine.runs.ray_shards: Ray tasks), each sealed into the chunks folder:
-# called with (plan, the indices of the chunks not sealed yet, the chunks folder), returns once they are all sealed.
-Spread = Callable[[Plan, list[int], Parts], None]
+# Sends chunks to be embedded elsewhere (e.g. engine.runs.ray_shards: Ray tasks), each sealed into the chunks folder as it
+# completes: called with (plan, the indices of the chunks not sealed yet, the chunks folder, the step's context), it returns
+# the chunks this process embeds itself and `wait(give_up)`: wait(False) returns once the others are done (a chunk a shard
+# failed to seal is then embedded here), wait(True) stops them (a cancel, an error).
+Spread = Callable[[Plan, list[int], Parts, StepContext], tuple[list[int], Callable[[bool], None]]]
 
 
 def extract(
@@ -328,9 +333,6 @@ def extract(
     ids, lengths, n_chunks = plan.ids, plan.lengths, len(plan.chunks)
     parts = Parts.open(out_path, plan.hash, n_chunks) if resume or spread else None
     sealed = parts.sealed() if parts else {}
-    if spread and len(sealed) < n_chunks:
-        spread(plan, [i for i in range(n_chunks) if i not in sealed], parts)
-        sealed = parts.sealed()
     _keep_freed_memory()
     stage = "embedding" if len(ids) == len(texts) else "embedding windows"
     done = [sum(len(b) for i in sealed for b in plan.chunks[i])]
@@ -346,6 +348,19 @@ def extract(
         done[0] += n
         ctx.progress(done[0], len(ids), stage)  # (rows: a long letter's windows come before its tail)
 
+    if spread and len(sealed) < n_chunks:  # this process's share first, then the shards', all sealed before the merge
+        mine, wait = spread(plan, [i for i in range(n_chunks) if i not in sealed], parts, ctx)
+        finished = False
+        try:
+            for i in mine:
+                on_batch(0)
+                sealed[i] = parts.seal(i, embed_chunk(loaded, plan, plan.chunks[i], pooling, on_batch))
+            wait(False)
+            finished = True
+        finally:
+            if not finished:
+                wait(True)
+        sealed = parts.sealed()
     with atomic_path(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), model.config.hidden_size))
         pooled = windowing.Accumulator(out, plan.owner, lengths)  # a long letter's windows -> its one vector
@@ -460,6 +475,7 @@ def embed(
         windows=windows,
         ctx=ctx,
         resume=use_cache,
+        spread=ctx.shards(model_name_or_loaded, placement) if ctx.shards and isinstance(model_name_or_loaded, str) else None,
     )
     stats.key = key
     atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
