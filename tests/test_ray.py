@@ -265,3 +265,36 @@ def test_an_extraction_sharded_over_ray_tasks_merges_into_the_array_of_a_local_r
     assert any("chunks sealed" in stage for *_, stage in seen)
     assert np.array_equal(np.asarray(vectors), np.load(tmp_path / "local.npy")) and stats.n_tokens == local.n_tokens
     assert not list(embeddings_dir().glob("*.parts")), "the chunks are removed once the array is sealed"
+
+
+def test_a_ray_step_with_extract_shards_embeds_one_share_and_caches_the_local_vectors(cluster, store, tiny_encoder, small_csv, tmp_path):
+    """A run's step (run_task -> ctx.shards -> embed): with extract_shards 2 it embeds every other chunk, a Ray task the rest."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from engine.data.dataset import load_dataset
+    from engine.features import extract
+    from engine.models import catalog
+    from engine.models.devices import Placement
+
+    spec = write_spec(tmp_path / "shards.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray", extract_shards=2, batch_tokens=256)
+    run_id = submit(spec, env_extra={"CLINBENCH_CHUNK_ROWS": "8"})
+    run = wait_for(finished, run_id=run_id, timeout=300)
+    assert run["status"] == "done", jobs.read_log(run_id)[-3000:]
+    (npy,) = (store / "embeddings").glob("*.npy")
+    meta = json.loads(npy.with_suffix(".json").read_text())
+    assert not list((store / "embeddings").glob("*.parts")), "the chunks are removed once the array is sealed"
+    texts = load_dataset(small_csv, "letter", "specialty").texts
+    loaded = catalog.load(str(tiny_encoder), Placement("cpu", meta["stats"]["dtype"]))
+    plan = extract.make_plan(loaded, texts, pooling="mean", max_length=64, batch_tokens=256, windows=1, chunk_rows=8)
+    assert len(plan.chunks) >= 4
+    assert run["steps"][0]["result"]["forward_passes"] == sum(len(c) for c in plan.chunks[::2]), "the step embedded its share only"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray step (step_cpus 1)
+    try:
+        extract.extract(loaded, texts, tmp_path / "local.npy", max_length=64, batch_tokens=256)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.load(npy), np.load(tmp_path / "local.npy"))

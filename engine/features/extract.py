@@ -17,6 +17,7 @@
   order. The chunks can also be computed elsewhere (`spread`, e.g. Ray tasks, engine.runs.ray_shards) and merged here.
 * `CLINBENCH_BATCH_DELAY_S` (testing knob): sleep this long after each batch, so tests
   and demos can cancel or kill a run in the middle of an extraction on a tiny model.
+* `CLINBENCH_CHUNK_ROWS` (testing knob): rows per chunk instead of 512.
 * Content-addressed cache: the key covers model identity (id + weights hash or revision),
   pooling, max_length, windows (when more than 1, with their overlap), dtype and the hash of the letters. A repeated request loads the
   stored vectors and runs no forward pass.
@@ -45,7 +46,9 @@ from engine.options.groups import DEFAULT_MAX_LENGTH, POOLINGS, Options
 
 FEATURES_VERSION = 1  # bump when extraction changes its numbers, to invalidate cached vectors
 
-CHUNK_ROWS = 512  # rows (letters, or windows of long letters) per sealed chunk of a resumable extraction
+# rows (letters, or windows of long letters) per sealed chunk of a resumable extraction; CLINBENCH_CHUNK_ROWS (testing
+# knob, read at import) makes them few, so a test can shard or resume the extraction of a few letters in a run's step
+CHUNK_ROWS = int(os.environ.get("CLINBENCH_CHUNK_ROWS") or 512)
 
 # Counts forward passes in this process; tests use it to prove a cache hit computed nothing.
 FORWARD_PASSES = 0

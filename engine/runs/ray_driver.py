@@ -58,8 +58,16 @@ LOOPBACK = "127.0.0.1"
 # after connect_cluster has set this.
 LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The driver's variables a step's task gets, besides the cache folder: the device and dtype it runs with, the size limit its
-# letters were checked against, the tokenizers' threads and the test knob that slows extraction. Nothing else: never a token.
-TASK_ENV = ("CLINBENCH_DEVICE", "CLINBENCH_DTYPE", "CLINBENCH_MAX_DATA_MB", "CLINBENCH_BATCH_DELAY_S", "TOKENIZERS_PARALLELISM")
+# letters were checked against, the tokenizers' threads and the test knobs that slow extraction and shrink its chunks.
+# Nothing else: never a token.
+TASK_ENV = (
+    "CLINBENCH_DEVICE",
+    "CLINBENCH_DTYPE",
+    "CLINBENCH_MAX_DATA_MB",
+    "CLINBENCH_BATCH_DELAY_S",
+    "CLINBENCH_CHUNK_ROWS",
+    "TOKENIZERS_PARALLELISM",
+)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # steps pass only small dicts through Ray; the default would reserve 30% of RAM
 TASK_RETRIES = 1  # a step whose Ray worker process died runs once more
 CANCEL_GRACE_S = 2.5
