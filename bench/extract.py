@@ -2,6 +2,7 @@
 
     python bench/extract.py [--quick] --json PATH
     python bench/extract.py --scale [N] [--json PATH]      # N letters (default 50,000) streamed to disk: memory and rate
+    python bench/extract.py --scale N --executor ray [--ray-workers 1,2] [--json PATH]   # one extraction sharded over Ray
 
 For MiniLM (encoder) and SmolLM2 (decoder), on the bundled default letters and, when
 present, ../shared/data/mtsamples.csv (column `transcription`), it measures real
@@ -31,6 +32,15 @@ letters (and at least every minute), so a rate that decays or memory that grows 
 3 GB at 50,000 letters. --seconds S stops the extraction after S seconds (cancelled as a run is; no vectors kept):
 every letter is still tokenised and planned up front, so the part of the memory that grows with N is measured in full,
 and the rate over the letters done.
+
+Ray scale mode (--scale N --executor ray): the same N letters, one extraction (`engine.features.extract.embed`, MiniLM,
+max_length 512, mean pooling, the default placement) run as a Ray step does (engine.runs.ray_shards): a Ray task with one
+CPU (one torch thread) that embeds its share of the chunks and sends the others to shards - 1 more such tasks, on a new
+local Ray instance with as many CPUs as workers; then merges them into the cached array. For each worker count
+(--ray-workers, default 1,2; --chunk-rows letters per chunk, default 512), and as the reference the same extraction in this process with one thread (no Ray), it
+prints seconds, letters/s, tokens/s, the speed-up over one Ray worker, and whether the array equals the reference's bit
+for bit. Each row starts in a fresh cache; Ray's start-up is not timed, the model loads in the tasks are. Letters from
+MTSamples when present, else the bundled default letters, repeated and numbered.
 
 Every method's tokens are counted the same way (the tokenizer's counts, truncated at 512).
 Each timing follows warm-up passes. The machine may be shared: before each timing the
@@ -313,11 +323,15 @@ class RssSampler:
 
 
 def scale_letters(path: Path, n: int) -> list[str]:
-    """n letters: the non-empty MTSamples transcriptions repeated, each with its number appended (so every text differs)."""
+    """n letters: the non-empty MTSamples transcriptions (the bundled default letters when that file is absent) repeated,
+    each with its number appended (so every text differs)."""
     import pandas as pd
 
-    col = pd.read_csv(path, usecols=["transcription"])["transcription"]
-    base = [t for t in col.dropna().astype(str) if t.strip()]
+    if Path(path).exists():
+        col = pd.read_csv(path, usecols=["transcription"])["transcription"]
+        base = [t for t in col.dropna().astype(str) if t.strip()]
+    else:
+        base = [t for t in dataset.default_dataset().texts if t.strip()]
     return [f"{base[i % len(base)]} [{i}]" for i in range(n)]
 
 
@@ -432,6 +446,93 @@ def run_scale(args) -> int:
     return 0
 
 
+def _ray_step(texts: list[str], placement, shards: int, chunk_rows: int) -> dict:
+    """A Ray task: one extraction as a Ray step with one CPU runs it, its chunks split into `shards` (engine.runs.ray_shards)."""
+    import hashlib
+
+    from engine.cache.context import StepContext
+    from engine.runs import ray_shards
+
+    torch.set_num_threads(1)
+    extract.CHUNK_ROWS = chunk_rows
+    t0 = time.perf_counter()
+    ctx = StepContext()
+    ctx.shards = lambda model, where: ray_shards.spreader(model, where, shards, 1, 0, 1)
+    vectors, stats = extract.embed("minilm", texts, max_length=MAX_LENGTH, placement=placement, ctx=ctx)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "tokens": stats.n_tokens,
+        "sha256": hashlib.sha256(np.asarray(vectors).tobytes()).hexdigest(),
+    }
+
+
+def run_scale_ray(args) -> int:
+    """--scale N --executor ray: one extraction sharded over 1, 2, ... local Ray workers, against this process alone."""
+    import hashlib
+
+    from _machine import fresh_cache
+
+    from engine.runs import ray_driver
+
+    placement = choose()
+    extract.CHUNK_ROWS = args.chunk_rows
+    texts = scale_letters(Path(args.mtsamples), args.scale)
+    workers = [int(w) for w in args.ray_workers.split(",")]
+    print(f"ray scale: {len(texts):,} letters on {placement.describe()}, chunks of {extract.CHUNK_ROWS} letters, 1 thread per "
+          f"worker; workers {workers}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    rows = []
+    with fresh_cache("ray-scale-local"):  # the reference: this process, one thread, no Ray
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        load0, t0 = os.getloadavg()[0], time.perf_counter()
+        vectors, stats = extract.embed("minilm", texts, max_length=MAX_LENGTH, placement=placement)
+        seconds = time.perf_counter() - t0
+        reference = hashlib.sha256(np.asarray(vectors).tobytes()).hexdigest()
+        torch.set_num_threads(threads)
+        rows.append({"executor": "local", "workers": 1, "seconds": seconds, "tokens": stats.n_tokens, "sha256": reference,
+                     "load_before": load0, "load_after": os.getloadavg()[0]})  # fmt: skip
+        print(f"  local, 1 thread: {seconds:.1f} s", flush=True)
+    for n in workers:
+        with fresh_cache(f"ray-scale-{n}"):
+            ray_driver.connect_cluster(None, num_cpus=n)  # (imports ray once it is kept on loopback)
+            ray = sys.modules["ray"]
+            try:
+                step = ray.remote(num_cpus=1, max_calls=1)(_ray_step)
+                load0 = os.getloadavg()[0]
+                got = ray.get(step.remote(texts, placement, n, args.chunk_rows))
+            finally:
+                ray.shutdown()
+        rows.append({"executor": "ray", "workers": n, **got, "load_before": load0, "load_after": os.getloadavg()[0]})
+        print(f"  ray, {n} worker(s): {got['seconds']:.1f} s", flush=True)
+    one = next((r["seconds"] for r in rows if r["executor"] == "ray" and r["workers"] == 1), None)
+    print(f"\n{'executor':8} {'workers':>7} {'seconds':>8} {'letters/s':>10} {'tokens/s':>9} {'x ray 1':>8} {'load':>9}  same vectors")
+    for r in rows:
+        r.update(letters_per_s=len(texts) / r["seconds"], tokens_per_s=r["tokens"] / r["seconds"], same_as_local=r["sha256"] == reference)
+        r["speedup_vs_ray_1"] = one / r["seconds"] if one else None
+        x = f"{r['speedup_vs_ray_1']:8.2f}" if one else f"{'-':>8}"
+        print(f"{r['executor']:8} {r['workers']:7d} {r['seconds']:8.1f} {r['letters_per_s']:10.1f} {r['tokens_per_s']:9,.0f} {x} "
+              f"{r['load_before']:4.1f}-{r['load_after']:<4.1f}  {'yes' if r['same_as_local'] else 'NO'}")  # fmt: skip
+    print("(load: the 1-minute load average before-after each row; the machine may be shared)")
+    out = {
+        "mode": "scale-ray",
+        "letters": len(texts),
+        "model": "minilm",
+        "max_length": MAX_LENGTH,
+        "device": placement.device,
+        "dtype": placement.dtype,
+        "chunk_rows": extract.CHUNK_ROWS,
+        "threads_per_worker": 1,
+        "cpus": os.cpu_count(),
+        "rows": rows,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0 if all(r["same_as_local"] for r in rows) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="96 letters per dataset, 24 for the naive way (~1-2 min)")
@@ -444,9 +545,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=int, nargs="?", const=50_000, default=None, metavar="N",
                     help="scale mode: N letters (default 50,000) of MTSamples repeated, peak RSS and rate over time")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=None, help="scale mode: stop the extraction after this many seconds")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local", help="scale mode: ray shards one extraction over Ray workers")
+    ap.add_argument("--ray-workers", default="1,2", help="scale mode with --executor ray: the worker counts measured")
+    ap.add_argument("--chunk-rows", type=int, default=extract.CHUNK_ROWS, help="scale mode with --executor ray: letters per chunk")
     args = ap.parse_args(argv)
+    if args.executor == "ray" and not args.scale:
+        ap.error("--executor ray measures the scale mode: give --scale N")
     if args.scale:
-        return run_scale(args)
+        return run_scale_ray(args) if args.executor == "ray" else run_scale(args)
 
     t_start = time.perf_counter()
     placement = choose()

@@ -224,3 +224,77 @@ def test_a_cluster_s_tasks_get_only_the_variables_a_step_needs(cluster, store, t
     assert task_env["CLINBENCH_CACHE"] == str(store) and task_env["CLINBENCH_DEVICE"] == "cpu"
     jobs.cancel(run_id)
     assert wait_for(finished, run_id=run_id, timeout=60)["status"] == "cancelled"
+
+
+def test_an_extraction_sharded_over_ray_tasks_merges_into_the_array_of_a_local_run(
+    cluster, tiny_encoder, default_ds, tmp_path, monkeypatch
+):
+    """extract_shards: the chunks of one extraction spread over Ray tasks (engine.runs.ray_shards), merged bit for bit."""
+    import numpy as np
+    import ray
+    import torch
+
+    from engine.cache.context import StepContext
+    from engine.cache.storage import embeddings_dir
+    from engine.features import extract
+    from engine.models import catalog
+    from engine.models.devices import Placement
+    from engine.runs import ray_driver, ray_shards
+
+    monkeypatch.setenv("CLINBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(extract, "CHUNK_ROWS", 8)
+    threads = torch.get_num_threads()
+    fp32, texts, opts = Placement("cpu", "float32"), default_ds.texts[:48], {"max_length": 24, "batch_tokens": 64}
+    loaded = catalog.load(str(tiny_encoder), fp32)
+    plan = extract.make_plan(loaded, texts, pooling="mean", windows=1, chunk_rows=8, **opts)
+    assert len(plan.chunks) >= 6
+    seen = []
+    ctx = StepContext(progress=lambda *p: seen.append(p))
+    ctx.shards = lambda model, placement: ray_shards.spreader(model, placement, 3, 1, 0, 1)  # the step + 2 Ray tasks, 1 CPU each
+    ray_driver.connect_cluster(cluster)
+    torch.set_num_threads(1)  # as a Ray step with step_cpus 1
+    try:
+        before = extract.FORWARD_PASSES
+        vectors, stats = extract.embed(str(tiny_encoder), texts, **opts, placement=fp32, ctx=ctx)
+        here = extract.FORWARD_PASSES - before
+        local = extract.extract(loaded, texts, tmp_path / "local.npy", **opts)
+    finally:
+        ray.shutdown()
+        torch.set_num_threads(threads)
+    assert here == sum(len(c) for c in plan.chunks[::3]), "the step embedded its share only; the Ray shards the rest"
+    assert any("chunks sealed" in stage for *_, stage in seen)
+    assert np.array_equal(np.asarray(vectors), np.load(tmp_path / "local.npy")) and stats.n_tokens == local.n_tokens
+    assert not list(embeddings_dir().glob("*.parts")), "the chunks are removed once the array is sealed"
+
+
+def test_a_ray_step_with_extract_shards_embeds_one_share_and_caches_the_local_vectors(cluster, store, tiny_encoder, small_csv, tmp_path):
+    """A run's step (run_task -> ctx.shards -> embed): with extract_shards 2 it embeds every other chunk, a Ray task the rest."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from engine.data.dataset import load_dataset
+    from engine.features import extract
+    from engine.models import catalog
+    from engine.models.devices import Placement
+
+    spec = write_spec(tmp_path / "shards.json", small_csv, [str(tiny_encoder)], ["svc"], executor="ray", extract_shards=2, batch_tokens=256)
+    run_id = submit(spec, env_extra={"CLINBENCH_CHUNK_ROWS": "8"})
+    run = wait_for(finished, run_id=run_id, timeout=300)
+    assert run["status"] == "done", jobs.read_log(run_id)[-3000:]
+    (npy,) = (store / "embeddings").glob("*.npy")
+    meta = json.loads(npy.with_suffix(".json").read_text())
+    assert not list((store / "embeddings").glob("*.parts")), "the chunks are removed once the array is sealed"
+    texts = load_dataset(small_csv, "letter", "specialty").texts
+    loaded = catalog.load(str(tiny_encoder), Placement("cpu", meta["stats"]["dtype"]))
+    plan = extract.make_plan(loaded, texts, pooling="mean", max_length=64, batch_tokens=256, windows=1, chunk_rows=8)
+    assert len(plan.chunks) >= 4
+    assert run["steps"][0]["result"]["forward_passes"] == sum(len(c) for c in plan.chunks[::2]), "the step embedded its share only"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray step (step_cpus 1)
+    try:
+        extract.extract(loaded, texts, tmp_path / "local.npy", max_length=64, batch_tokens=256)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.load(npy), np.load(tmp_path / "local.npy"))

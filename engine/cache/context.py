@@ -5,7 +5,8 @@ Every step receives one. It reports progress (`progress(done, total, unit)`), as
 (`log_metric(name, value, step)`) and logs (`logger`). Where these go is the caller's business:
 the background worker writes them into the run store (engine.worker), the CLI draws progress bars,
 a notebook passes nothing. The context also keeps every metric it was given, so a step can store
-its curves with its result.
+its curves with its result. `shards` (set by the Ray executor) says where an embedding extraction may send chunks of
+its work: given a model name and placement, the `spread` that engine.features.extract takes, or None (this process alone).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class StepContext:
         logger: logging.Logger | None = None,
     ):
         self._progress, self._should_stop, self._log_metric = progress, should_stop, log_metric
+        self.shards: Callable[[str, object], Callable | None] | None = None
         self.logger = logger or logging.getLogger("clinbench.step")
         self.metrics: dict[str, list[list[float]]] = {}
 
@@ -49,12 +51,14 @@ class StepContext:
         """This context for one training among several: progress lines and curve names carry `label` (e.g. 'fold 2/5')."""
         if not label:
             return self
-        return StepContext(
+        ctx = StepContext(
             progress=lambda done, total, unit: self.progress(done, total, f"{label}: {unit}"),
             should_stop=self.should_stop,
             log_metric=lambda name, value, step: self.log_metric(f"{name} · {label}", value, step),
             logger=self.logger,
         )
+        ctx.shards = self.shards
+        return ctx
 
     def log_metric(self, name: str, value: float, step: int) -> None:
         """Record one point of a curve (e.g. train_loss at optimiser step 40); kept here and passed on."""

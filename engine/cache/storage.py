@@ -5,6 +5,7 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     models/<name>-<hash>/        bundled models converted for fast reload (SmolLM2 GGUF -> safetensors)
     embeddings/<key>.npy         one row per letter, float32, in the dataset's order
     embeddings/<key>.json        what produced it: model identity, pooling, max_length, dtype, text hash, stats
+    embeddings/<key>.parts/      an extraction in progress: its sealed chunks (engine.cache.chunks), removed once <key>.npy is
     evaluations/<key>/           one evaluation: manifest.json, classifier.skops, predictions.json
                                  (fine-tuning: adapter/ or head.safetensors instead of classifier.skops)
     checkpoints/<key>.pt         the last finished epoch of a training in progress
@@ -131,8 +132,44 @@ def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+PARTS_SUFFIX = ".parts"  # the folder of sealed chunks beside an array being written in chunks (engine.cache.chunks)
+PARTS_MANIFEST = "manifest.json"
+CHUNK_NAME = re.compile(r"^chunk-(\d{6})-([0-9a-f]{16})\.npy$")  # chunk index, first 16 hex digits of the sha256 of its bytes
+PARTS_STALE_S = 7 * 86400  # a chunks folder untouched this long belongs to an extraction nobody resumed
+
+
+def chunk_is_sealed(path: Path) -> bool:
+    """Whether a chunk file's bytes match the hash its name carries (a damaged or foreign file does not)."""
+    m = CHUNK_NAME.match(path.name)
+    try:
+        return bool(m) and sha256_file(path)[:16] == m.group(2)
+    except OSError:
+        return False
+
+
+def _sweep_parts(folder: Path) -> list[Path]:
+    """A chunks folder: all of it when stale (no readable manifest, or untouched for PARTS_STALE_S), else its damaged chunks.
+    A resumable one is kept: an extraction that resumes starts from its sealed chunks."""
+    import time
+
+    try:
+        manifest = json.loads((folder / PARTS_MANIFEST).read_text())
+        newest = max(p.stat().st_mtime for p in [folder, *folder.iterdir()])
+    except (OSError, ValueError):
+        manifest, newest = None, 0.0
+    if not isinstance(manifest, dict) or time.time() - newest > PARTS_STALE_S:
+        shutil.rmtree(folder, ignore_errors=True)
+        return [folder]
+    damaged = [p for p in folder.glob("chunk-*.npy") if not chunk_is_sealed(p)]
+    for p in damaged:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return damaged
+
+
 def sweep_orphans(root: Path | None = None) -> list[Path]:
-    """Delete temporary files and folders under `root` (default: the cache) whose writer process is gone.
+    """Delete temporary files and folders under `root` (default: the cache) whose writer process is gone, and stale or
+    damaged chunks of extractions in progress (`_sweep_parts`; the sealed chunks of a resumable one are kept).
 
     A process killed in the middle of a write (kill -9, out of memory, a forced cancel) cannot
     clean up after itself; workers call this when they start and after terminating a step.
@@ -140,6 +177,9 @@ def sweep_orphans(root: Path | None = None) -> list[Path]:
     import psutil
 
     removed = []
+    for folder in Path(root or cache_dir()).rglob(f"*{PARTS_SUFFIX}"):
+        if folder.is_dir() and not folder.name.startswith("."):
+            removed += _sweep_parts(folder)
     for p in Path(root or cache_dir()).rglob(".*.tmp"):
         m = _TMP_NAME.match(p.name)
         if not m or psutil.pid_exists(int(m.group(1))):

@@ -10,8 +10,14 @@
 * Vectors are written batch by batch into a memory-mapped .npy beside its final name and
   renamed when complete: memory does not grow with the number of letters, and a
   cancelled or crashed extraction leaves no file under a real name.
+* Resumable (`embed`, and `extract(resume=True)`): the plan's batches are grouped, in order, into chunks of CHUNK_ROWS
+  rows, each sealed into the vectors' chunks folder as it completes (engine.cache.chunks). A cancelled, killed or
+  crashed extraction of the same letters, model and options resumes after its sealed chunks, and its vectors are the
+  same, bit for bit, as an uninterrupted run's: a chunk never splits a batch, and every chunk is added in the plan's
+  order. The chunks can also be computed elsewhere (`spread`, e.g. Ray tasks, engine.runs.ray_shards) and merged here.
 * `CLINBENCH_BATCH_DELAY_S` (testing knob): sleep this long after each batch, so tests
   and demos can cancel or kill a run in the middle of an extraction on a tiny model.
+* `CLINBENCH_CHUNK_ROWS` (testing knob): rows per chunk instead of 512.
 * Content-addressed cache: the key covers model identity (id + weights hash or revision),
   pooling, max_length, windows (when more than 1, with their overlap), dtype and the hash of the letters. A repeated request loads the
   stored vectors and runs no forward pass.
@@ -19,6 +25,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cache.chunks import Parts, parts_dir
 from engine.cache.context import StepContext, ensure
-from engine.cache.storage import atomic_path, atomic_write_json, embeddings_dir, sha256_file, sha256_json, sha256_texts
+from engine.cache.storage import atomic_path, atomic_write_json, embeddings_dir, sha256_bytes, sha256_file, sha256_json, sha256_texts
 from engine.errors import ClinBenchError
 from engine.features import windows as windowing
 from engine.models import catalog
@@ -37,6 +45,10 @@ from engine.models.devices import choose
 from engine.options.groups import DEFAULT_MAX_LENGTH, POOLINGS, Options
 
 FEATURES_VERSION = 1  # bump when extraction changes its numbers, to invalidate cached vectors
+
+# rows (letters, or windows of long letters) per sealed chunk of a resumable extraction; CLINBENCH_CHUNK_ROWS (testing
+# knob, read at import) makes them few, so a test can shard or resume the extraction of a few letters in a run's step
+CHUNK_ROWS = int(os.environ.get("CLINBENCH_CHUNK_ROWS") or 512)
 
 # Counts forward passes in this process; tests use it to prove a cache hit computed nothing.
 FORWARD_PASSES = 0
@@ -184,6 +196,103 @@ def pool(hidden, mask, pooling: str):
     raise ClinBenchError(f"Unknown pooling {pooling!r}")
 
 
+def plan_chunks(batches: list[list[int]], chunk_rows: int) -> list[list[list[int]]]:
+    """Consecutive batches of the plan grouped into chunks of at least `chunk_rows` rows (the last may hold fewer).
+
+    A chunk never splits a batch, so every batch - and the padding each row gets - is the same whether the extraction
+    runs in one go, resumes after the last sealed chunk, or is spread over shards."""
+    chunks, current, rows = [], [], 0
+    for batch in batches:
+        current.append(batch)
+        rows += len(batch)
+        if rows >= chunk_rows:
+            chunks.append(current)
+            current, rows = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@dataclass
+class Plan:
+    """What an extraction computes: token rows, the letter of each, batches grouped in chunks, and a hash of all of it with
+    the model and options (the chunks folder's manifest: chunks of another plan are never reused). A shard's plan holds
+    `ids` and `lengths` of its own rows only, by row index."""
+
+    ids: list[np.ndarray] | dict[int, np.ndarray]
+    owner: np.ndarray | None
+    lengths: list[int] | dict[int, int]
+    chunks: list[list[list[int]]]
+    n_truncated: int
+    hash: str
+    pooling: str = "mean"
+    identity: dict | None = None  # the model's, as in the cache key
+
+
+def make_plan(loaded, texts: list[str], *, pooling: str, max_length: int, batch_tokens: int | None, windows: int, chunk_rows: int) -> Plan:
+    """Tokenise `texts` and plan their batches and chunks (deterministic: the same on every run and every node)."""
+    ids, owner, n_truncated = tokenize_rows(loaded.tokenizer, texts, max_length, windows)
+    lengths = [len(x) for x in ids]
+    batches = plan_batches(lengths, batch_tokens or default_batch_tokens(loaded.placement.device), tiebreak=[x.tobytes() for x in ids])
+    chunks = plan_chunks(batches, chunk_rows)
+    rows = hashlib.sha256()
+    for x in ids:
+        rows.update(len(x).to_bytes(8, "little"))
+        rows.update(x.tobytes())
+    identity = {k: v for k, v in loaded.identity.items() if k not in ("model_type", "kind")}
+    what = {
+        "v": FEATURES_VERSION,
+        "model": identity,
+        "pooling": pooling,
+        "dtype": loaded.placement.dtype,
+        "device": loaded.placement.device,
+    }
+    plan_hash = sha256_json({**what, "rows": rows.hexdigest(), "owner": sha256_bytes(owner.tobytes()), "chunks": chunks})
+    return Plan(ids, owner, lengths, chunks, n_truncated, plan_hash, pooling, identity)
+
+
+def embed_chunk(loaded, plan: Plan, chunk: list[list[int]], pooling: str, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """The pooled vectors (float32) of one chunk's rows, batch after batch in the plan's order."""
+    global FORWARD_PASSES
+    import torch
+
+    tok, model, device = loaded.tokenizer, loaded.model, loaded.placement.device
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    # Decoders get no attention mask: with right padding, causal attention already keeps every
+    # real token from seeing the padding after it (positions are 0..n-1 either way), and the
+    # unmasked causal kernel skips the upper triangle. Pooling below still uses the mask.
+    use_mask = loaded.kind != "decoder"
+    delay = float(os.environ.get("CLINBENCH_BATCH_DELAY_S") or 0)
+    out = np.empty((sum(len(b) for b in chunk), model.config.hidden_size), dtype=np.float32)
+    at = 0
+    with torch.inference_mode():
+        for batch in chunk:
+            longest = plan.lengths[batch[0]]  # (rounding up to a multiple of 8 or 16 measured no faster)
+            input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), longest), dtype=np.int64)
+            for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
+                input_ids[row, : plan.lengths[i]] = plan.ids[i]
+                mask[row, : plan.lengths[i]] = 1
+            input_t = torch.from_numpy(input_ids).to(device)
+            mask_t = torch.from_numpy(mask).to(device)
+            hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
+            FORWARD_PASSES += 1
+            out[at : at + len(batch)] = pool(hidden, mask_t, pooling).cpu().numpy()
+            at += len(batch)
+            if on_batch:
+                on_batch(len(batch))
+            if delay:
+                time.sleep(delay)
+    return out
+
+
+# Sends chunks to be embedded elsewhere (e.g. engine.runs.ray_shards: Ray tasks), each sealed into the chunks folder as it
+# completes: called with (plan, the indices of the chunks not sealed yet, the chunks folder, the step's context), it returns
+# the chunks this process embeds itself and `wait(give_up)`: wait(False) returns once the others are done (a chunk a shard
+# failed to seal is then embedded here), wait(True) stops them (a cancel, an error).
+Spread = Callable[[Plan, list[int], Parts, StepContext], tuple[list[int], Callable[[bool], None]]]
+
+
 def extract(
     loaded,
     texts: list[str],
@@ -194,15 +303,20 @@ def extract(
     batch_tokens: int | None = None,
     windows: int = 1,
     ctx: StepContext | None = None,
+    resume: bool = False,
+    chunk_rows: int | None = None,
+    spread: Spread | None = None,
 ) -> EmbedStats:
     """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically); `windows` > 1 reads a letter
-    longer than max_length in up to that many overlapping windows and pools them into its one vector (engine.windows)."""
-    global FORWARD_PASSES
-    import torch
+    longer than max_length in up to that many overlapping windows and pools them into its one vector (engine.windows).
 
+    With `resume`, each chunk of CHUNK_ROWS rows is sealed into `out_path`'s chunks folder (engine.cache.chunks) as it
+    completes, an extraction of the same plan starts after the chunks already sealed, and the folder is removed once
+    `out_path` is written; `spread` computes the missing chunks elsewhere (shards), this process then merges them. The
+    vectors are the same, bit for bit, however the work was cut."""
     ctx = ensure(ctx)
     check_pooling(pooling, loaded.kind)
-    tok, model, placement = loaded.tokenizer, loaded.model, loaded.placement
+    model, placement = loaded.model, loaded.placement
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and max_length > limit and loaded.kind == "encoder":
         raise ClinBenchError(
@@ -210,48 +324,72 @@ def extract(
         )
     t0 = time.perf_counter()
     ctx.progress(0, len(texts), "tokenising")
-    ids, owner, n_truncated = tokenize_rows(tok, texts, max_length, windows)
-    lengths = [len(x) for x in ids]
-    batches = plan_batches(lengths, batch_tokens or default_batch_tokens(placement.device), tiebreak=[x.tobytes() for x in ids])
-    dim = model.config.hidden_size
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    # Decoders get no attention mask: with right padding, causal attention already keeps every
-    # real token from seeing the padding after it (positions are 0..n-1 either way), and the
-    # unmasked causal kernel skips the upper triangle. Pooling below still uses the mask.
-    use_mask = loaded.kind != "decoder"
+    plan = make_plan(
+        loaded,
+        texts,
+        pooling=pooling,
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        windows=windows,
+        chunk_rows=chunk_rows or CHUNK_ROWS,
+    )
+    ids, lengths, n_chunks = plan.ids, plan.lengths, len(plan.chunks)
+    parts = Parts.open(out_path, plan.hash, n_chunks) if resume or spread else None
+    sealed = parts.sealed() if parts else {}
     _keep_freed_memory()
-    delay = float(os.environ.get("CLINBENCH_BATCH_DELAY_S") or 0)
-    rows_done, stage = 0, "embedding" if len(ids) == len(texts) else "embedding windows"
+    stage = "embedding" if len(ids) == len(texts) else "embedding windows"
+    done = [sum(len(b) for i in sealed for b in plan.chunks[i])]
+    if sealed:
+        ctx.progress(done[0], len(ids), f"resumed after {len(sealed)} of {n_chunks} chunks")
+
+    def on_batch(n: int) -> None:
+        ctx.check_stop(
+            f"Embedding extraction was cancelled; {len(sealed)} of {n_chunks} chunks are sealed and a rerun resumes after them."
+            if parts
+            else "Embedding extraction was cancelled; no vectors were stored."
+        )
+        done[0] += n
+        ctx.progress(done[0], len(ids), stage)  # (rows: a long letter's windows come before its tail)
+
+    if spread and len(sealed) < n_chunks:  # this process's share first, then the shards', all sealed before the merge
+        mine, wait = spread(plan, [i for i in range(n_chunks) if i not in sealed], parts, ctx)
+        finished = False
+        try:
+            for i in mine:
+                on_batch(0)
+                sealed[i] = parts.seal(i, embed_chunk(loaded, plan, plan.chunks[i], pooling, on_batch))
+            wait(False)
+            finished = True
+        finally:
+            if not finished:
+                wait(True)
+        sealed = parts.sealed()
     with atomic_path(out_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
-        pooled = windowing.Accumulator(out, owner, lengths)  # a long letter's windows -> its one vector
-        with torch.inference_mode():
-            for batch in batches:
-                ctx.check_stop("Embedding extraction was cancelled; no vectors were stored.")
-                longest = lengths[batch[0]]  # (rounding up to a multiple of 8 or 16 measured no faster)
-                input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), longest), dtype=np.int64)
-                for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
-                    input_ids[row, : lengths[i]] = ids[i]
-                    mask[row, : lengths[i]] = 1
-                input_t = torch.from_numpy(input_ids).to(placement.device)
-                mask_t = torch.from_numpy(mask).to(placement.device)
-                hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
-                FORWARD_PASSES += 1
-                pooled.add(batch, pool(hidden, mask_t, pooling).cpu().numpy())
-                rows_done += len(batch)
-                ctx.progress(rows_done, len(ids), stage)  # (rows: a long letter's windows come before its tail)
-                if delay:
-                    time.sleep(delay)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), model.config.hidden_size))
+        pooled = windowing.Accumulator(out, plan.owner, lengths)  # a long letter's windows -> its one vector
+        for i, chunk in enumerate(plan.chunks):  # in the plan's order, whether computed now or read: the same sums
+            if i in sealed:
+                vectors = parts.read(sealed[i])
+            else:
+                on_batch(0)
+                vectors = embed_chunk(loaded, plan, chunk, pooling, on_batch)
+                if parts:
+                    sealed[i] = parts.seal(i, vectors)
+            at = 0
+            for batch in chunk:
+                pooled.add(batch, vectors[at : at + len(batch)])
+                at += len(batch)
         out.flush()
         del out
+    if parts:
+        parts.remove()
     seconds = time.perf_counter() - t0
     return EmbedStats(
         "",
         len(texts),
-        dim,
+        model.config.hidden_size,
         int(sum(lengths)),
-        n_truncated,
+        plan.n_truncated,
         pooling,
         max_length,
         placement.dtype,
@@ -323,12 +461,25 @@ def embed(
             if vectors.shape[0] == len(texts):
                 stats = EmbedStats(**{**meta["stats"], "seconds": time.perf_counter() - t0, "cache_hit": True})
                 ctx.progress(len(texts), len(texts), "loaded from cache")
+                if parts_dir(npy).exists():  # chunks left by a writer stopped between sealing the vectors and removing them
+                    Parts(parts_dir(npy), "", 0).remove()
                 return vectors, stats
     if isinstance(model_name_or_loaded, LazyModel):
         loaded = model_name_or_loaded.load()
     elif loaded is None:
         loaded = catalog.load(model_name_or_loaded, placement)
-    stats = extract(loaded, texts, npy, pooling=pooling, max_length=max_length, batch_tokens=batch_tokens, windows=windows, ctx=ctx)
+    stats = extract(
+        loaded,
+        texts,
+        npy,
+        pooling=pooling,
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        windows=windows,
+        ctx=ctx,
+        resume=use_cache,
+        spread=ctx.shards(model_name_or_loaded, placement) if ctx.shards and isinstance(model_name_or_loaded, str) else None,
+    )
     stats.key = key
     atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
     return np.load(npy, mmap_mode="r"), stats

@@ -316,6 +316,14 @@ class ExecutionOptions:
         max=8,
         key=False,
     )
+    extract_shards: int = option(
+        1,
+        "ray: shards one step's embedding extraction is split into (1: the step extracts alone); the step embeds one share, "
+        "each other shard is a Ray task asking for step_cpus and step_gpus; the vectors are the same bit for bit",
+        min=1,
+        max=256,
+        key=False,
+    )
 
 
 GROUPS: dict[str, type] = {

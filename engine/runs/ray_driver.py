@@ -8,7 +8,9 @@ object store capped, that stops when the driver leaves) and loops until stopped 
 * claims the queued steps whose inputs are ready (experiment.dependencies: logreg waits for the svc step whose embeddings
   it reuses, lora-svc for its lora step) and submits each as a task with its resources (`resources`: step_cpus CPUs,
   also its torch thread count, so results do not depend on the executor; a GPU for a neural step when the cluster has
-  one). Independent steps (models x methods x seeds) run in parallel as far as the cluster's resources allow.
+  one). Independent steps (models x methods x seeds) run in parallel as far as the cluster's resources allow. With
+  extract_shards > 1, a step's embedding extraction is split into that many shards, the others Ray tasks asking for the
+  same resources (engine.runs.ray_shards).
 * moves what the tasks report through a relay actor (the node and pid a step started on, progress, curves) into the
   store. The driver is the only process that opens the SQLite store: remote steps never do (SQLite's WAL is unsafe on
   network filesystems).
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from engine.cache.storage import sweep_orphans
 from engine.options.config import CACHE_ENV, REPO_ROOT, cache_dir
 from engine.runs import experiment, launch, stepcall
-from engine.runs.ray_task import Relay, resources, run_task
+from engine.runs.ray_task import Relay, resources, run_task, shards
 from engine.runs.states import Status
 from engine.runs.store import database
 from engine.runs.store.runstore import RunStore, open_store
@@ -56,8 +58,16 @@ LOOPBACK = "127.0.0.1"
 # after connect_cluster has set this.
 LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The driver's variables a step's task gets, besides the cache folder: the device and dtype it runs with, the size limit its
-# letters were checked against, the tokenizers' threads and the test knob that slows extraction. Nothing else: never a token.
-TASK_ENV = ("CLINBENCH_DEVICE", "CLINBENCH_DTYPE", "CLINBENCH_MAX_DATA_MB", "CLINBENCH_BATCH_DELAY_S", "TOKENIZERS_PARALLELISM")
+# letters were checked against, the tokenizers' threads and the test knobs that slow extraction and shrink its chunks.
+# Nothing else: never a token.
+TASK_ENV = (
+    "CLINBENCH_DEVICE",
+    "CLINBENCH_DTYPE",
+    "CLINBENCH_MAX_DATA_MB",
+    "CLINBENCH_BATCH_DELAY_S",
+    "CLINBENCH_CHUNK_ROWS",
+    "TOKENIZERS_PARALLELISM",
+)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # steps pass only small dicts through Ray; the default would reserve 30% of RAM
 TASK_RETRIES = 1  # a step whose Ray worker process died runs once more
 CANCEL_GRACE_S = 2.5
@@ -111,9 +121,9 @@ def task_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def connect_cluster(address: str | None) -> dict:
-    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a new local instance with this machine's CPUs, listening on
-    loopback only. Returns its resources."""
+def connect_cluster(address: str | None, num_cpus: int | None = None) -> dict:
+    """ray.init: the cluster at `address` (or $RAY_ADDRESS), else a new local instance with `num_cpus` CPUs (default: this
+    machine's), listening on loopback only. Returns its resources."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"runtime_env": {"env_vars": task_env(os.environ)}, "log_to_driver": False, "include_dashboard": False}
     if address and address != "auto":
@@ -124,7 +134,7 @@ def connect_cluster(address: str | None) -> dict:
         for name in [k for k in os.environ if k.startswith("CLINBENCH_") and k not in (CACHE_ENV, *TASK_ENV)]:
             del os.environ[name]
         os.environ.update(LOCAL_ONLY)
-        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address=LOOPBACK)
+        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address=LOOPBACK)
     import ray
 
     ray.init(address=address or "local", **kwargs)  # "local": a new instance, not one `ray start` left on this machine
@@ -212,7 +222,7 @@ def _loop(rs: RunStore, pid: int, relay, address: str | None, gpus: float, idle_
             spec_json, data_hash = rs.run_input(run_id)
             res = resources(steps[idx], spec.options, gpus)
             ref = task_fn.options(**res, max_retries=TASK_RETRIES).remote(
-                spec_json, data_hash, run_id, idx, relay, int(max(1, res["num_cpus"]))
+                spec_json, data_hash, run_id, idx, relay, int(max(1, res["num_cpus"])), shards(spec.options, res)
             )
             tasks[ref] = _Task(run_id, idx, steps[idx]["title"], len(steps))
             database.append_log(

@@ -17,7 +17,7 @@ import socket
 import time
 
 from engine.cache.context import StepContext
-from engine.runs import stepcall
+from engine.runs import ray_shards, stepcall
 
 STOP_CHECK_EVERY_S = 0.25
 
@@ -59,9 +59,10 @@ class _RelayStop:
         return self.stop
 
 
-def run_task(spec_json: str, data_hash: str, run_id: int, idx: int, relay, threads: int) -> dict:
+def run_task(spec_json: str, data_hash: str, run_id: int, idx: int, relay, threads: int, shards: dict | None = None) -> dict:
     """The body of one step's Ray task: stepcall.call with a context that reports through the relay. Returns the outcome,
-    with the step's output (`log`) and the node it ran on."""
+    with the step's output (`log`) and the node it ran on. `shards` ({n, num_cpus, num_gpus}, n > 1): the step's embedding
+    extraction is split into n shards, n - 1 of them Ray tasks (engine.runs.ray_shards)."""
     import ray
     import torch
 
@@ -74,6 +75,10 @@ def run_task(spec_json: str, data_hash: str, run_id: int, idx: int, relay, threa
         _RelayStop(relay, run_id),
         lambda name, value, step: relay.report.remote("metric", key, name, value, step, time.time()),
     )
+    if shards and shards["n"] > 1:
+        ctx.shards = lambda model, placement: ray_shards.spreader(
+            model, placement, shards["n"], shards["num_cpus"], shards["num_gpus"], threads
+        )
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         outcome = stepcall.call(spec_json, data_hash, idx, ctx, where=f"run {run_id}")
@@ -88,3 +93,9 @@ def resources(step: dict, opts, cluster_gpus: float) -> dict:
     e = opts.execution
     gpus = e.step_gpus if e.step_gpus is not None else (1.0 if cluster_gpus >= 1 and step["model"] != REFERENCE[0] else 0.0)
     return {"num_cpus": e.step_cpus, "num_gpus": gpus}
+
+
+def shards(opts, res: dict) -> dict | None:
+    """How one step's embedding extraction is split (extract_shards > 1), each shard asking what the step asks (`res`)."""
+    n = opts.execution.extract_shards
+    return {"n": n, **res} if n > 1 else None
