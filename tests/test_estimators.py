@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -72,5 +74,60 @@ def test_svc_is_calibrated_inside_its_training_data():
 def test_config_key_is_what_cache_keys_use():
     assert estimators.config_key("logreg", ClassifierOptions(), 0) == {
         "method": "logreg", "seed": 0, "smote": True, "class_weight": None, "grid": True, "inner_folds": 3, "k_neighbors": 5,
+        "oversample_limit": 2.0, "search": "warm-started C path",
     }  # fmt: skip
     assert estimators.config_key("svc", ClassifierOptions(), 0)["probabilities"] == "calibrated-sigmoid"
+
+
+def test_class_weights_replace_smote_when_oversampling_would_multiply_the_letters():
+    X, y = blobs([60, 10, 10])  # SMOTE would make 180 rows of 80: growth 2.25 > the default limit 2
+    res = estimators.fit(X, y, "logreg", NO_GRID, seed=0)
+    assert res.smote["enabled"] is False and res.smote["requested"] is True and res.smote["growth"] == 2.25
+    assert "smote" not in res.estimator.named_steps and res.estimator.named_steps["clf"].class_weight == "balanced"
+    X, y = blobs([30, 20, 20])  # growth 90 / 70 = 1.29: SMOTE as before
+    res = estimators.fit(X, y, "logreg", NO_GRID, seed=0)
+    assert res.smote["enabled"] is True and "smote" in res.estimator.named_steps
+    assert res.estimator.named_steps["clf"].class_weight is None
+    # the limit is an option: a higher one keeps SMOTE on the first letters; no SMOTE asked for: no weights either
+    X, y = blobs([60, 10, 10])
+    assert estimators.fit(X, y, "logreg", ClassifierOptions(grid=False, oversample_limit=3.0), seed=0).smote["enabled"] is True
+    off = estimators.fit(X, y, "logreg", ClassifierOptions(grid=False, smote=False), seed=0)
+    assert off.estimator.named_steps["clf"].class_weight is None and "instead" not in off.smote
+
+
+def test_the_balance_is_decided_on_the_training_letters_alone():
+    y = np.array(["a"] * 60 + ["b"] * 10 + ["c"] * 10)
+    assert estimators.balance(y, ClassifierOptions()).smote is False
+    assert estimators.balance(y[:20].tolist() + y[60:].tolist(), ClassifierOptions()).smote is True  # 20/10/10: 1.5
+
+
+@pytest.mark.parametrize("estimator", estimators.ESTIMATORS)
+def test_a_fit_is_the_same_to_the_bit_twice_and_serial_or_parallel(estimator, monkeypatch):
+    X, y = blobs([30, 12, 8], spread=1.0, seed=4)
+    runs = []
+    for jobs in (1, 1, 2):
+        monkeypatch.setattr(estimators, "inner_jobs", lambda tasks, jobs=jobs: min(jobs, tasks))
+        res = estimators.fit(X, y, estimator, ClassifierOptions(), seed=0)
+        runs.append((res.best_params, res.inner_cv_macro_f1, res.estimator.predict_proba(X)))
+    for params, score, proba in runs[1:]:
+        assert params == runs[0][0] and score == runs[0][1] and np.array_equal(proba, runs[0][2])
+
+
+def test_the_warm_started_path_chooses_c_as_an_independent_search_would():
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = blobs([40, 25, 15], spread=0.8, seed=5)
+    opts = ClassifierOptions(smote=False)
+    res = estimators.fit(X, y, "logreg", opts, seed=0)
+    cv = estimators.plans.splits_of(y, None, opts.inner_folds, 0)
+    grid = GridSearchCV(estimators.build_pipeline("logreg", opts, 0), estimators.param_grid("logreg"), scoring="f1_macro", cv=cv)
+    grid.fit(X, y)
+    assert res.best_params == grid.best_params_ and abs(res.inner_cv_macro_f1 - grid.best_score_) < 0.01
+
+
+def test_inner_jobs_follow_the_thread_budget(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert estimators.inner_jobs(5) == 1  # a pytest-xdist worker on 2 cores with 2 workers: serial
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert estimators.inner_jobs(5) == 3 and estimators.inner_jobs(2) == 2

@@ -139,6 +139,15 @@ class ClassifierOptions:
     grid: bool = option(True, "choose C (and the SVC kernel) by cross-validation inside the training split")
     inner_folds: int = option(3, "folds of the cross-validation inside the training split (search, calibration)", min=2, max=20)
     k_neighbors: int = option(5, "SMOTE neighbours (lowered to fit the smallest label)", min=1, max=50)
+    oversample_limit: float = option(
+        2.0,
+        "smote: oversample only when it grows the training letters by at most this factor (labels x the largest label's "
+        "letters / letters, counted on each fitting's training letters); above it the labels are weighted (balanced) "
+        "instead: more synthetic letters than real ones, and a fit that many times slower. 1: never SMOTE on unequal labels",
+        min=1.0,
+        max=1000.0,
+        step=0.5,
+    )
 
 
 CHAT_TEMPLATES = ("auto", "on", "off")
