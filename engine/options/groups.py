@@ -274,6 +274,12 @@ class PromptOptions:
         "default; SmolLM2's tokenizer has a chat template, not yet measured with it)",
         choices=CHAT_TEMPLATES,
     )
+    allowed_hosts: list[str] | None = option(
+        None,
+        "a model on a server (openai-compat:MODEL@URL): the hosts besides this machine (loopback) that letters may be sent "
+        "to, with those in CLINBENCH_ALLOWED_HOSTS; a server on any other host is refused before anything is sent",
+        key=False,  # (where the server runs is in the model's identity)
+    )
 
 
 @dataclass(frozen=True)
