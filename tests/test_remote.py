@@ -120,6 +120,115 @@ def test_label_sum_counts_the_tokens_from_the_prompt_s_end_and_the_one_straddlin
     ]
 
 
+# --- a stand-in server: the tiny random decoder behind the OpenAI completions API (runs everywhere) ------------------
+
+
+class TinyServer:
+    """An OpenAI-compatible server on loopback answering /v1/models and /v1/completions (echo + logprobs, one prompt or a
+    list) with a local transformers model: what the remote path reads, with tokenisation that equals the local
+    scorer's (a word-level tokenizer), so the two paths must agree to float precision. Counts the prompts it scored."""
+
+    def __init__(self, folder: Path):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(folder)
+        self.net = AutoModelForCausalLM.from_pretrained(folder).eval()
+        self.prompts, self.lock = 0, threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, obj, status=200):
+                raw = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.endswith("/completions") or self.path.endswith("/chat/completions"):
+                    return self._send({"error": "not here"}, 404)
+                texts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+                with outer.lock, torch.inference_mode():
+                    choices = [{"index": i, "text": "", "logprobs": outer.echo(t)} for i, t in enumerate(texts)]
+                    outer.prompts += len(texts)
+                self._send({"object": "text_completion", "model": body["model"], "choices": choices})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.model = f"openai-compat:tiny@http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def echo(self, text: str) -> dict:
+        import torch
+
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        logits = torch.log_softmax(self.net(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        lps = [None] + [float(logits[i - 1, ids[i]]) for i in range(1, len(ids))]
+        return {"tokens": [text[a:b] for a, b in offsets], "token_logprobs": lps, "text_offset": [a for a, _ in offsets]}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def tiny_server(tiny_decoder):
+    s = TinyServer(tiny_decoder)
+    yield s
+    s.close()
+
+
+def test_a_server_s_label_likelihoods_equal_the_local_scorer_s(tiny_server, tiny_decoder, default_ds, monkeypatch):
+    from engine.methods import prompting
+
+    monkeypatch.setenv("CLINBENCH_DTYPE", "float32")  # as the stand-in server computes (bf16 on an AMX CPU differs by ~1e-3)
+    texts = [t[:300] for t in default_ds.texts[:6]]
+    local = prompting.Scorer(prompting.load_lm(str(tiny_decoder)), default_ds.classes, None, None, 512)
+    lm = prompting.load_remote(tiny_server.model)
+    assert lm.identity["mode"] == remote.ECHO and lm.identity["served"] == {"id": "tiny", "owned_by": "test"}
+    far = prompting.make_scorer(lm, default_ds.classes, None, None, 512)
+    np.testing.assert_allclose(far.token_logprobs(texts), local.token_logprobs(texts), atol=1e-4)
+    np.testing.assert_array_equal(far.n_tokens, local.n_tokens)
+    np.testing.assert_allclose(far.prior(), local.prior(), atol=1e-4)
+    assert lm.client.lists and tiny_server.prompts == len(default_ds.classes) * (len(texts) + 2) + 1  # (+1: the mode probe)
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "few-shot"])
+def test_zero_shot_and_few_shot_run_through_a_server_and_its_stored_classifier_answers_alike(method, tiny_server, cache, small_csv):
+    from engine.api import load_classifier
+    from engine.data.dataset import load_dataset
+    from tests.conftest import run_step
+
+    ds = load_dataset(small_csv, "letter", "specialty")
+    opts = {"protocol": "holdout", "max_length": 64, "n_boot": 100, "calibration_letters": 2, "k_shot": 1}
+    res = run_step(ds, tiny_server.model, method, **opts)
+    m = res.manifest
+    assert m["model"]["source"] == "remote" and m["server"]["mode"] == remote.ECHO and m["placement"]["dtype"] == "server"
+    assert m["server"]["letters_sent_to"] == f"http://127.0.0.1:{tiny_server.port}/v1"
+    if method == "few-shot":
+        assert m["prompt"]["demonstrations"]["k_per_label"] >= 1 and m["prompt"]["demonstrations"]["prefix_tokens"] > 0
+    sent = tiny_server.prompts
+    assert run_step(ds, tiny_server.model, method, **opts).cache_hit
+    assert tiny_server.prompts == sent + 1, "a cache hit only asks how the server scores (its mode), nothing is scored again"
+    clf = load_classifier(res.artifact)
+    preds = json.loads((Path(res.artifact) / "predictions.json").read_text())
+    rows = preds["test_index"][:4]
+    assert clf.predict([ds.texts[i] for i in rows]) == preds["y_pred"][:4]
+
+
 # --- a real server -------------------------------------------------------------------------------------------------
 
 HAS_SERVER = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None

@@ -481,7 +481,7 @@ class RemoteScorer(Scorer):
         return list(text)
 
     def letter_budget(self, prefix_len: int = 0) -> int:
-        room = min(self.max_length, self.lm.context) * CHARS_PER_TOKEN - prefix_len
+        room = min(self.max_length * CHARS_PER_TOKEN, self.lm.context * CHARS_PER_TOKEN - prefix_len)  # (as Scorer's, in characters)
         budget = room - len(self.head_ids) - len(self.tail_ids) - max(len(ids) for ids in self.label_ids)
         if budget < 1:
             raise ClinBenchError(
