@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,6 +113,10 @@ def test_label_sum_counts_the_tokens_from_the_prompt_s_end_and_the_one_straddlin
     assert remote.label_sum(lp, 10, len(text)) == (-3.5, 2)
     straddle = {"tokens": ["Specialty", ": card", "iology"], "token_logprobs": [None, -4.0, -0.5], "text_offset": [0, 9, 15]}
     assert remote.label_sum(straddle, 10, len(text)) == (-4.5, 2)
+    # llama-cpp-python leaves a BOS it was sent out of the echo and counts offsets from after it
+    sent = "<|im_start|>" + text
+    shifted = {"tokens": lp["tokens"], "token_logprobs": lp["token_logprobs"], "text_offset": lp["text_offset"]}
+    assert remote.label_sum(shifted, 22, len(sent), sent) == (-3.5, 2)
     assert remote._first_token_scores(
         [{"token": " card", "logprob": -1.0}, {"token": "x", "logprob": -3.0}], ["cardiology", "neurology"]
     ) == [
@@ -128,7 +133,7 @@ class TinyServer:
     list) with a local transformers model: what the remote path reads, with tokenisation that equals the local
     scorer's (a word-level tokenizer), so the two paths must agree to float precision. Counts the prompts it scored."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, echo: bool = True, fail_first: int = 0):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -137,7 +142,7 @@ class TinyServer:
 
         self.tok = AutoTokenizer.from_pretrained(folder)
         self.net = AutoModelForCausalLM.from_pretrained(folder).eval()
-        self.prompts, self.lock = 0, threading.Lock()
+        self.prompts, self.lock, self.failures, self.requests = 0, threading.Lock(), fail_first, 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -152,13 +157,27 @@ class TinyServer:
                 self.end_headers()
                 self.wfile.write(raw)
 
+            def busy(self) -> bool:
+                with outer.lock:
+                    outer.requests += 1
+                    if outer.failures > 0:  # a server briefly overloaded
+                        outer.failures -= 1
+                        self._send({"error": "busy"}, 503)
+                        return True
+                return False
+
             def do_GET(self):
-                self._send({"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]})
+                if not self.busy():
+                    self._send({"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not self.path.endswith("/completions") or self.path.endswith("/chat/completions"):
-                    return self._send({"error": "not here"}, 404)
+                if self.busy():
+                    return
+                if self.path.endswith("/chat/completions"):
+                    return self._send(outer.chat(body["messages"][0]["content"]))
+                if not echo:  # (as servers without prompt log-probabilities answer)
+                    return self._send({"error": "echo is not supported"}, 400)
                 texts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
                 with outer.lock, torch.inference_mode():
                     choices = [{"index": i, "text": "", "logprobs": outer.echo(t)} for i, t in enumerate(texts)]
@@ -178,6 +197,25 @@ class TinyServer:
         logits = torch.log_softmax(self.net(input_ids=torch.tensor([ids])).logits[0].float(), -1)
         lps = [None] + [float(logits[i - 1, ids[i]]) for i in range(1, len(ids))]
         return {"tokens": [text[a:b] for a, b in offsets], "token_logprobs": lps, "text_offset": [a for a, _ in offsets]}
+
+    def chat(self, prompt: str) -> dict:
+        """The first answer token's top 5 log-probabilities after the prompt (a chat template is not applied)."""
+        import torch
+
+        with torch.inference_mode():
+            ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
+            lp = torch.log_softmax(self.net(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        top = torch.topk(lp, 5)
+        tokens = [{"token": self.tok.decode([int(i)]), "logprob": float(v)} for v, i in zip(top.values, top.indices, strict=True)]
+        return {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": tokens[0]["token"]},
+                    "logprobs": {"content": [{"token": tokens[0]["token"], "logprob": tokens[0]["logprob"], "top_logprobs": tokens}]},
+                }
+            ]
+        }
 
     def close(self):
         self.httpd.shutdown()
@@ -206,6 +244,24 @@ def test_a_server_s_label_likelihoods_equal_the_local_scorer_s(tiny_server, tiny
     assert lm.client.lists and tiny_server.prompts == len(default_ds.classes) * (len(texts) + 2) + 1  # (+1: the mode probe)
 
 
+def test_a_server_without_echo_is_scored_on_the_first_token_and_a_busy_one_is_retried(tiny_decoder, default_ds):
+    from engine.methods import prompting
+
+    srv = TinyServer(tiny_decoder, echo=False, fail_first=2)
+    try:
+        t0 = time.monotonic()
+        lm = prompting.load_remote(srv.model)  # /models answered 503 twice: retried after 0.5 and 1 s
+        assert time.monotonic() - t0 >= sum(remote.BACKOFF_S[:2]) and srv.requests >= 3
+        assert lm.identity["mode"] == remote.FIRST_TOKEN
+        scorer = prompting.make_scorer(lm, default_ds.classes, None, None, 512)
+        texts = [t[:200] for t in default_ds.texts[:3]]
+        sums = scorer.token_logprobs(texts)
+        assert sums.shape == (3, len(default_ds.classes)) and np.isfinite(sums).all()
+        assert (scorer.n_tokens == 1).all()  # one token scored per label
+    finally:
+        srv.close()
+
+
 @pytest.mark.parametrize("method", ["zero-shot", "few-shot"])
 def test_zero_shot_and_few_shot_run_through_a_server_and_its_stored_classifier_answers_alike(method, tiny_server, cache, small_csv):
     from engine.api import load_classifier
@@ -231,6 +287,7 @@ def test_zero_shot_and_few_shot_run_through_a_server_and_its_stored_classifier_a
 
 # --- a real server -------------------------------------------------------------------------------------------------
 
+BOS = "<|im_start|>"  # SmolLM2's first special token: its GGUF's tokenizer adds none, so the prompt carries it
 HAS_SERVER = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None
 needs_server = pytest.mark.skipif(
     not HAS_SERVER, reason="llama-cpp-python (its server extra) is not installed: scripts/setup.sh --dev installs it"
@@ -263,11 +320,13 @@ class Server:
     def start(self, timeout: float = 90) -> Server:
         args = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--model_alias", "smollm2"]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--logits_all", "true", "--n_ctx", "2048", "--n_threads", "1"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop(); a pipe would fill with the start-up log and block the server
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited {self.proc.returncode}: {self.proc.stderr.read()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"llama_cpp.server exited {self.proc.returncode}: {self.log.read()[-2000:]}")
             try:
                 remote.served_models(remote.parse(self.model), retries=0)
                 return self
@@ -280,8 +339,8 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
+        if self.proc is not None:
+            self.log.close()
         self.proc = None
 
 
@@ -321,6 +380,7 @@ def test_the_server_scores_labels_like_the_local_model(server, default_ds):
     assert lm.identity["mode"] == remote.ECHO and lm.identity["served"]["id"] == "smollm2"
     far = prompting.make_scorer(lm, default_ds.classes, None, None, 512)
     assert isinstance(far, prompting.RemoteScorer)
+    far.server_prefix = BOS  # (without it llama-cpp-python echoes log-probabilities one token out of place)
     a, b = local.token_logprobs(texts), far.token_logprobs(texts)
     assert np.array_equal(far.n_tokens, local.n_tokens), "the server tokenises each label as the local tokenizer does"
     prior_a, prior_b = local.prior(), far.prior()
@@ -342,10 +402,11 @@ def test_cli_zero_shot_through_the_server_gives_the_local_model_s_answers(server
     texts, labels = _short_letters(default_ds, per_label=4)
     csv = write_csv(tmp_path / "letters.csv", [{"letter": t, "specialty": y} for t, y in zip(texts, labels, strict=True)])
     common = ["--data", str(csv), "--text-column", "letter", "--label-column", "specialty", "--method", "zero-shot"]
-    common += ["--calibrate-on", "content-free", "--n-boot", "100"]
+    common += ["--calibrate-on", "content-free", "--n-boot", "100", "--protocol", "holdout", "--test-size", "0.5"]
     answers = {}
     for model in (server.model, "smollm2"):
-        out = cli("evaluate", "--model", model, *common, "--json", str(tmp_path / "r.json"), timeout=600)
+        extra = ["--server-prefix", BOS] if model == server.model else []
+        out = cli("evaluate", "--model", model, *common, *extra, "--json", str(tmp_path / "r.json"), timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
         folder = Path(json.loads((tmp_path / "r.json").read_text())["artifact"])
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -378,7 +439,7 @@ def test_a_server_killed_mid_run_fails_the_step_within_seconds_and_the_run_resum
                 "data": {"path": str(csv), "text_column": "letter", "label_column": "specialty"},
                 "models": [srv.model],
                 "methods": ["zero-shot"],
-                "options": {"calibrate_on": "content-free", "n_boot": 100},
+                "options": {"calibrate_on": "content-free", "n_boot": 100, "protocol": "holdout", "test_size": 0.5, "server_prefix": BOS},
                 "reference": False,
             }
         )

@@ -137,6 +137,8 @@ def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, d
     and the chat template's frame when one is applied (`chat`: what chat_template resolved to for this model)."""
     prompt = groups.key_dict(opts.prompt)
     prompt.pop("chat_template")  # (what it resolves to is keyed: keys of plain prompts stay those made before the option)
+    if prompt["server_prefix"] is None:
+        prompt.pop("server_prefix")  # (keys made before the option stay)
     if method == "zero-shot":
         prompt.pop("k_shot")
         prompt.pop("with_letter_alone")
@@ -210,6 +212,7 @@ class Prompt:
             "with_zero_shot": self.alone,  # few-shot: also the prompt without examples, averaged (with_letter_alone)
             "zero_prior_sums": None if self.zero_prior is None else np.asarray(self.zero_prior).tolist(),
             "chat": scorer.chat,  # the chat template's frame around the prompt (None: the plain prompt)
+            "server_prefix": getattr(scorer, "server_prefix", ""),  # a server model: the text before every prompt
         }
 
 
@@ -254,6 +257,7 @@ class Prompted(Method):
         lm = job.state.pop("lm", None) or load_lm(job.model, job.placement)
         template, texts = prompting.with_columns(po.prompt_template, job.dataset.letter_fields, job.dataset.texts)  # columns -> {text}
         scorer = make_scorer(lm, job.classes, template, po.verbalizers, job.opts.embedding.max_length, job.state.get("chat"))
+        scorer.server_prefix = po.server_prefix or ""  # (a server model's; a local one has its tokenizer's special tokens)
         job.state.update(scorer=scorer, texts=texts, sums={}, score_s=0.0, n_scored=0)
 
     def save(self, job: Job, final: Prompt, folder: Path) -> None:
@@ -313,6 +317,7 @@ class PromptClassifier(StoredClassifier):
         self.classes_ = list(stored["classes"])
         words = dict(zip(self.classes_, stored["words"]))
         self.scorer = make_scorer(lm, self.classes_, stored["template"], words, stored["max_length"], stored.get("chat"))
+        self.scorer.server_prefix = stored.get("server_prefix") or ""
         self.tokenizer, self.max_length = lm.tokenizer, self.scorer.max_length
         self.prefix = list(stored["prefix_ids"])
         if stored.get("prior_sums") is not None:  # the prior the evaluation used (calibration letters or content-free)

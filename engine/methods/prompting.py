@@ -455,6 +455,7 @@ class RemoteScorer(Scorer):
     asked of the server (engine.models.remote.Client). Scores, calibration and examples are the Scorer's."""
 
     per_token = CHARS_PER_TOKEN
+    server_prefix = ""  # text before every prompt (option server_prefix)
 
     def __init__(self, lm: RemoteLM, classes, template, verbalizers, max_length: int, chat: list[str] | None = None):
         if chat:
@@ -494,6 +495,7 @@ class RemoteScorer(Scorer):
         ctx = ensure(ctx)
         head = "".join(prefix or [])
         budget = self.letter_budget(len(head))
+        head = self.server_prefix + head
         continuations = ["".join(ids) for ids in self.label_ids]
         out = np.zeros((len(texts), len(self.classes)))
         step = remote.BATCH

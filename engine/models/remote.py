@@ -190,7 +190,7 @@ def call(
     )
 
 
-def served_models(remote: Remote, allowed: list[str] | None = None, retries: int = 1) -> list[dict]:
+def served_models(remote: Remote, allowed: list[str] | None = None, retries: int = 3) -> list[dict]:
     """The server's /models list (each entry as the server gives it: id, owned_by, created, ...)."""
     data = call(remote, "GET", "/models", allowed=allowed, retries=retries, timeout=10.0).get("data")
     return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
@@ -199,13 +199,25 @@ def served_models(remote: Remote, allowed: list[str] | None = None, retries: int
 # --- log-likelihoods -------------------------------------------------------------------------------------------------
 
 
-def label_sum(logprobs: dict, start: int, end: int) -> tuple[float, int]:
+def _offset_shift(text: str, tokens: list[str], offsets: list[int]) -> int:
+    """How far the server's text offsets lag the text sent: 0, or the length of a leading special token's text that the
+    echo leaves out (llama-cpp-python drops a BOS it was sent, and counts offsets from after it)."""
+    first = next(((t, o) for t, o in zip(tokens, offsets, strict=True) if t), None)
+    if first is None or text[first[1] : first[1] + len(first[0])] == first[0]:
+        return 0
+    found = text.find(first[0])
+    return max(0, found - first[1]) if found >= 0 else 0
+
+
+def label_sum(logprobs: dict, start: int, end: int, text: str | None = None) -> tuple[float, int]:
     """(summed log-probability, tokens) of the echoed tokens that cover text[start:end]: tokens at or after `start`
     (and one that begins before it and ends after it: the prompt's end merged with the label's first characters),
-    before `end` (a generated token after the label is not counted)."""
+    before `end` (a generated token after the label is not counted). `text`: what was sent (to find the offsets' shift)."""
     tokens, lps, offsets = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or [], logprobs.get("text_offset") or []
     if not (len(tokens) == len(lps) == len(offsets)) or not tokens:
         raise ModelUnavailable("The server's echoed logprobs lack tokens, token_logprobs or text_offset; it cannot score labels exactly.")
+    shift = _offset_shift(text, tokens, offsets) if text is not None else 0
+    offsets = [o + shift for o in offsets]
     total, n = 0.0, 0
     for tok, lp, off in zip(tokens, lps, offsets, strict=True):
         if off >= end:
@@ -268,7 +280,7 @@ class Client:
         """ECHO when /completions echoes prompt log-probabilities, else FIRST_TOKEN when chat completions give top logprobs."""
         try:
             lp = self._completions(["Hello world"])[0]
-            label_sum(lp, len("Hello"), len("Hello world"))
+            label_sum(lp, len("Hello"), len("Hello world"), "Hello world")
             return ECHO
         except ServerError as exc:
             if exc.status >= 500:
@@ -318,7 +330,7 @@ class Client:
             echoed += self._completions(texts[i : i + BATCH])
         sums, counts = [], []
         for i, p in enumerate(prompts):
-            row = [label_sum(echoed[i * len(continuations) + j], len(p), len(p) + len(c)) for j, c in enumerate(continuations)]
+            row = [label_sum(echoed[i * len(continuations) + j], len(p), len(p) + len(c), p + c) for j, c in enumerate(continuations)]
             sums.append([s for s, _ in row])
             counts.append([n for _, n in row])
         return sums, counts
