@@ -202,16 +202,33 @@ def describe_model(name: str) -> dict:
     return catalog.describe_name(name)
 
 
+def check_server(url: str, model: str = "", allowed_hosts: list[str] | None = None) -> dict:
+    """An OpenAI-compatible server tested (engine.models.remote.probe): the model id to use (`name`,
+    openai-compat:MODEL@URL), the models it serves, and whether it gives exact label likelihoods or the first token's only
+    (`mode`, `scoring`). Letters are never sent here; a host not allowed is refused before anything is sent."""
+    from engine.models import remote
+
+    return remote.probe(url, model, allowed_hosts)
+
+
 # --- methods and options ----------------------------------------------------------------
 
 
 def methods() -> list[dict]:
     """Every method, in display order: name, title, stage, what it produces, the options it reads, whether it takes
-    multi-label data."""
+    multi-label data, whether it can use a model on a server."""
     from engine.methods import registry
 
     return [
-        {"name": k.name, "title": k.title, "stage": k.stage, "produces": k.produces, "reads": list(k.reads), "label_sets": k.label_sets}
+        {
+            "name": k.name,
+            "title": k.title,
+            "stage": k.stage,
+            "produces": k.produces,
+            "reads": list(k.reads),
+            "label_sets": k.label_sets,
+            "remote_models": k.remote_models,
+        }
         for k in registry.KINDS.values()
     ]
 

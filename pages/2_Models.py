@@ -52,3 +52,27 @@ if name.strip():
             )
     except ClinBenchError as exc:
         common.error(exc)
+
+st.subheader("A model on a server (OpenAI-compatible API)")
+st.markdown(
+    "A generative model that runs on a GPU server (vLLM, llama.cpp, Ollama, TGI) behind an OpenAI-compatible API. "
+    "**Letters are sent to that server** when zero-shot or few-shot runs with it (the only methods it can run: they need "
+    "label log-likelihoods, not the weights). Only this machine (loopback) and the hosts listed in the option "
+    "allowed_hosts or in CLINBENCH_ALLOWED_HOSTS may be contacted."
+)
+s1, s2 = st.columns([2, 1])
+url = s1.text_input("Server URL (its OpenAI API base)", placeholder="http://127.0.0.1:8000/v1", key="server-url")
+served = s2.text_input("Model name on the server (empty: the first it serves)", key="server-model")
+hosts = st.text_input("Allowed hosts besides this machine, comma-separated (option allowed_hosts)", key="server-hosts")
+if st.button("Test connection", disabled=not url.strip()):
+    try:
+        with st.spinner("Asking the server…"):
+            got = api.check_server(url, served, [h.strip() for h in hosts.split(",") if h.strip()] or None)
+        st.write(f"It serves: {', '.join(got['served']) or '(no list)'}.")
+        ok = st.success if got["mode"] == "echo" else st.warning
+        ok(f"{got['model']}: {got['scoring']}.")
+        st.code(got["name"], language=None)
+        st.caption("Use this model id on the Runs page (with zero-shot or few-shot), in a spec's models or on the command line.")
+        st.session_state["servers"] = sorted({*st.session_state.get("servers", []), got["name"]})
+    except ClinBenchError as exc:
+        common.error(exc)

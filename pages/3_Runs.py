@@ -30,6 +30,7 @@ with st.form("new-run"):
     name = st.columns(2)[0].text_input("Run name", "comparison")
     chosen = st.multiselect("Models", api.model_names(), default=["minilm"])
     extra = st.text_input("More models: hub ids or local folders, comma-separated", "")
+    servers = runs.server_choice()
     methods_ = runs.method_choice(forms.method_choices(multi), data)
     if multi:
         st.caption(forms.LABEL_SET_METHODS)
@@ -43,7 +44,7 @@ with st.form("new-run"):
     )
 
 if submitted or estimated or previewed:
-    all_models = chosen + [m.strip() for m in extra.split(",") if m.strip()]
+    all_models = chosen + [m.strip() for m in extra.split(",") if m.strip()] + servers
     spec = {
         "name": name.strip() or "comparison",
         "models": all_models,

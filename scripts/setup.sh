@@ -15,7 +15,9 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" -r requirements.txt
 "${PIP[@]}" --no-deps -r requirements-bundled.txt
 if [ "${1:-}" = "--dev" ]; then
-    "${PIP[@]}" -r requirements-dev.txt
+    # llama-cpp-python (the tests' OpenAI-compatible server) compiles llama.cpp from source on first install (cmake and a
+    # C++ compiler; pip keeps the built wheel): portable code, not tuned to this CPU, so the build runs on any CI machine.
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${PIP[@]}" -r requirements-dev.txt
 fi
 if [ "${1:-}" = "--dev" ] || [ "${1:-}" = "--ray" ]; then
     "${PIP[@]}" -r requirements-ray.txt

@@ -48,6 +48,23 @@ def _training_estimates(data, model: str, methods: tuple[str, ...]) -> dict[str,
     return {s["method"]: api.fmt_duration(r.seconds) for s, r in zip(steps, rows) if s["method"] in methods and r.seconds is not None}
 
 
+def server_choice() -> list[str]:
+    """The form's models on a server (those the Models page's "test connection" reached in this session), offered for the
+    methods that can use one (zero-shot, few-shot); the spec check refuses any other method with them."""
+    known = st.session_state.get("servers", [])
+    if not known:
+        st.caption("A model on a server (OpenAI-compatible API): test its connection on the Models page first.")
+        return []
+    can = ", ".join(m["name"] for m in api.methods() if m["remote_models"])
+    return st.multiselect(
+        f"Models on a server (for {can} only)",
+        known,
+        default=[],
+        key="run-servers",
+        help=f"Letters are sent to that server. Only {can} can use a server model: the other methods need the weights.",
+    )
+
+
 def method_choice(choices: dict[str, str], data, model: str = "minilm") -> list[str]:
     """The form's methods (inside the form). On a CPU, the fine-tuning methods in a box of their own, each with its
     estimated time for `model` on this dataset (module docstring)."""

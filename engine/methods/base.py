@@ -250,6 +250,8 @@ class Method:
     inner_splits: ClassVar[bool] = False
     # Its keys held the decision options of two-label tasks before ClinBench 0.3 (it chose a threshold then already).
     keyed_decision: ClassVar[bool] = False
+    # It can use a model on a server (openai-compat:MODEL@URL): it needs only label log-likelihoods, no weights here.
+    remote_models: ClassVar[bool] = False
 
     # -- what a method implements -------------------------------------------------------------------------------------
 

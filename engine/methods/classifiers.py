@@ -215,6 +215,13 @@ def _load_tuned_encoder(folder: Path, manifest: dict, placement) -> EmbeddingCla
 
 def _load_prompted_lm(folder: Path, manifest: dict, placement) -> incontext.PromptClassifier:
     """zero-shot, few-shot: the causal LM itself, with the stored prompt, label words and examples."""
+    if manifest["model"].get("source") == "remote":  # a server model: the same server, serving the same model the same way
+        lm = prompting.load_remote(manifest["model"]["name"], (manifest.get("config") or {}).get("allowed_hosts"))
+        if lm.identity != manifest["model"]:
+            raise ArtifactError(
+                f"The server of {lm.name} now serves another model or scores otherwise than for this evaluation; re-run it."
+            )
+        return incontext.PromptClassifier(lm, incontext.read_prompt(folder), _metadata(folder, manifest))
     lm = shared_model(f"lm:{manifest['model']['name']}", lambda: prompting.load_lm(manifest["model"]["name"], placement))
     if not _same_model(lm, {k: v for k, v in manifest["model"].items() if k not in ("model_type", "kind")}):
         raise ArtifactError(f"The files of model {manifest['model']['name']} changed since this evaluation; re-run it.")

@@ -28,7 +28,7 @@ from engine.data.dataset import Dataset
 from engine.evaluation import scoring
 from engine.methods import prompting
 from engine.methods.base import Job, Method, StoredClassifier
-from engine.methods.prompting import LM, Scorer, load_lm, softmax
+from engine.methods.prompting import LM, RemoteLM, Scorer, load_lm, make_scorer, softmax
 from engine.options import groups
 from engine.options.groups import Options
 
@@ -60,12 +60,13 @@ class Demonstrations:
 
 def k_per_label(scorer: Scorer, n_classes: int, k_shot: int | None) -> tuple[int, int]:
     """(examples per label, letter tokens per example): k_shot at DEMO_TOKENS each, shortened to fit; none: as many as fit."""
-    room = min(scorer.lm.context, DEMO_CONTEXT) - scorer.max_length - len(scorer.special)
+    unit = scorer.per_token  # (a server model's scorer counts characters)
+    room = (min(scorer.lm.context, DEMO_CONTEXT) - scorer.max_length) * unit - len(scorer.special)
     frame = len(scorer.head_ids) + len(scorer.tail_ids) + len(scorer.sep_ids) + max(len(ids) for ids in scorer.label_ids)
     per_example = room // n_classes
-    k = k_shot or max(1, per_example // (frame + DEMO_TOKENS))
-    tokens = min(DEMO_TOKENS, room // (n_classes * k) - frame)
-    if tokens < 8:
+    k = k_shot or max(1, per_example // (frame + DEMO_TOKENS * unit))
+    tokens = min(DEMO_TOKENS * unit, room // (n_classes * k) - frame)
+    if tokens < 8 * unit:
         raise ValueError(
             f"{k} examples per label do not fit next to a {scorer.max_length}-token letter in {min(scorer.lm.context, DEMO_CONTEXT)} tokens; "
             "lower k_shot or max_length."
@@ -136,6 +137,8 @@ def evaluation_key(identity: dict, method: str, opts: Options, plan_hash: str, d
     and the chat template's frame when one is applied (`chat`: what chat_template resolved to for this model)."""
     prompt = groups.key_dict(opts.prompt)
     prompt.pop("chat_template")  # (what it resolves to is keyed: keys of plain prompts stay those made before the option)
+    if prompt["server_prefix"] is None:
+        prompt.pop("server_prefix")  # (keys made before the option stay)
     if method == "zero-shot":
         prompt.pop("k_shot")
         prompt.pop("with_letter_alone")
@@ -209,6 +212,7 @@ class Prompt:
             "with_zero_shot": self.alone,  # few-shot: also the prompt without examples, averaged (with_letter_alone)
             "zero_prior_sums": None if self.zero_prior is None else np.asarray(self.zero_prior).tolist(),
             "chat": scorer.chat,  # the chat template's frame around the prompt (None: the plain prompt)
+            "server_prefix": getattr(scorer, "server_prefix", ""),  # a server model: the text before every prompt
         }
 
 
@@ -229,18 +233,31 @@ class Prompted(Method):
     stage = "frozen"
     predictor = "prompted-lm"
 
+    remote_models = True  # it can use a model on a server (engine.models.remote): it needs label log-likelihoods, not weights
+
     def setup(self, job: Job) -> None:
+        if prompting.remote.is_remote(job.model):  # the server checked (allow-list first) and its identity read
+            job.state["lm"] = lm = prompting.load_remote(job.model, job.opts.prompt.allowed_hosts)
+            job.identity = lm.identity
+            if job.opts.prompt.chat_template == "on":
+                raise prompting.ClinBenchError(
+                    f"chat_template is on, but {lm.name} is on a server whose tokenizer is not here; set chat_template to off or auto."
+                )
+            job.state["chat"] = None
+            return
         folder, _config, job.identity = prompting.decoder(job.model, job.placement)  # (refuses an encoder before the cache lookup)
         job.state["chat"] = prompting.chat_of(folder, job.opts.prompt.chat_template, job.identity["name"])
 
     def key(self, job: Job) -> str:
-        return evaluation_key(job.identity, self.name, job.opts, job.plan.hash, job.placement.dtype, job.state.get("chat"))
+        dtype = "server" if job.identity.get("source") == "remote" else job.placement.dtype  # (the server's, not this machine's)
+        return evaluation_key(job.identity, self.name, job.opts, job.plan.hash, dtype, job.state.get("chat"))
 
     def prepare(self, job: Job) -> None:
         po = job.opts.prompt
-        lm = load_lm(job.model, job.placement)
+        lm = job.state.pop("lm", None) or load_lm(job.model, job.placement)
         template, texts = prompting.with_columns(po.prompt_template, job.dataset.letter_fields, job.dataset.texts)  # columns -> {text}
-        scorer = Scorer(lm, job.classes, template, po.verbalizers, job.opts.embedding.max_length, job.state.get("chat"))
+        scorer = make_scorer(lm, job.classes, template, po.verbalizers, job.opts.embedding.max_length, job.state.get("chat"))
+        scorer.server_prefix = po.server_prefix or ""  # (a server model's; a local one has its tokenizer's special tokens)
         job.state.update(scorer=scorer, texts=texts, sums={}, score_s=0.0, n_scored=0)
 
     def save(self, job: Job, final: Prompt, folder: Path) -> None:
@@ -272,19 +289,35 @@ class Prompted(Method):
             "prompt": {k: v for k, v in stored.items() if k not in ("prefix_ids", "prior_sums", "zero_prior_sums")}
             | {"demonstrations": demos, "calibration_rows": scoring.input_rows(job.dataset, final.prior_rows)},
             "refit": self.refit(job),
-            "placement": {"device": job.placement.device, "dtype": job.placement.dtype},
+            "placement": {"device": job.placement.device, "dtype": job.placement.dtype}
+            if job.identity.get("source") != "remote"
+            else {"device": job.identity["url"], "dtype": "server"},
+            **({"server": _server_record(job.identity)} if job.identity.get("source") == "remote" else {}),
             "timings": {"score_s": s["score_s"], "s_per_letter": s["score_s"] / max(1, s["n_scored"])},
         }
+
+
+def _server_record(identity: dict) -> dict:
+    """What a manifest says of a server model: where letters were sent, and whether label likelihoods were exact."""
+    return {
+        "url": identity["url"],
+        "model": identity["server_model"],
+        "mode": identity["mode"],
+        "scoring": prompting.remote.MODES[identity["mode"]],
+        "letters_sent_to": identity["url"],
+        "letter_cut": f"{prompting.CHARS_PER_TOKEN} characters per token of max_length (the tokenizer is the server's)",
+    }
 
 
 class PromptClassifier(StoredClassifier):
     """A stored zero-shot or few-shot evaluation as a classifier: the same prompt, label words, examples and scoring."""
 
-    def __init__(self, lm: LM, stored: dict, metadata: dict):
+    def __init__(self, lm: LM | RemoteLM, stored: dict, metadata: dict):
         self.lm, self.stored, self.metadata = lm, stored, metadata
         self.classes_ = list(stored["classes"])
         words = dict(zip(self.classes_, stored["words"]))
-        self.scorer = Scorer(lm, self.classes_, stored["template"], words, stored["max_length"], stored.get("chat"))
+        self.scorer = make_scorer(lm, self.classes_, stored["template"], words, stored["max_length"], stored.get("chat"))
+        self.scorer.server_prefix = stored.get("server_prefix") or ""
         self.tokenizer, self.max_length = lm.tokenizer, self.scorer.max_length
         self.prefix = list(stored["prefix_ids"])
         if stored.get("prior_sums") is not None:  # the prior the evaluation used (calibration letters or content-free)

@@ -11,6 +11,11 @@ of a cached prefix of demonstrations, when given), then each label's remaining t
 calibration (Zhao et al. 2021) subtracts each label's score on content-free inputs (the same prompt around
 "N/A" and "[MASK]", averaged): a prior that reads no letter. Probabilities are the softmax over the scores.
 
+A model on an OpenAI-compatible server (`openai-compat:MODEL@URL`, engine.models.remote) answers the same interface:
+`RemoteScorer` (made by `make_scorer` for a `RemoteLM`) builds the same prompt as text and asks the server for each
+label's log-likelihood after it. Its tokenizer is the server's, so its units are characters: the letter is cut at
+CHARS_PER_TOKEN characters per token of max_length (and of the examples' budget), and each prompt is sent whole.
+
 With a chat template (`chat_frame`, option chat_template, off by default: auto applies the tokenizer's own when it has one) the prompt
 is the user's message and the label words (without a leading space) start the assistant's answer: the template's text
 before and after the message frames the prompt, and its own special tokens replace the tokenizer's leading ones.
@@ -29,7 +34,7 @@ import numpy as np
 
 from engine.cache.context import StepContext, ensure
 from engine.errors import ClinBenchError, ModelUnavailable
-from engine.models import catalog
+from engine.models import catalog, remote
 from engine.models.devices import Placement, choose
 
 # Picked on 100 training letters of the default data (bench/prompting.py compares it with the others in PROMPTS).
@@ -45,6 +50,7 @@ CONTENT_FREE = ("N/A", "[MASK]")
 SCORINGS = ("sum", "mean", "norm")
 DEFAULT_CONTEXT = 2048  # when a config names no max_position_embeddings
 SEPARATOR = "\n\n"  # between demonstrations
+CHARS_PER_TOKEN = 4  # a server model: characters of text per token of max_length (English prose averages about 4)
 
 
 @dataclass
@@ -244,6 +250,8 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 class Scorer:
     """Scores each class's words after a prompt made of one template, for one model and one set of classes."""
 
+    per_token = 1  # units of the ids it works in per token (RemoteScorer: characters)
+
     def __init__(
         self, lm: LM, classes: list[str], template: str | None, verbalizers: dict | None, max_length: int, chat: list[str] | None = None
     ):
@@ -382,3 +390,122 @@ class Scorer:
 
     def proba(self, sums: np.ndarray, scoring: str, prior_sums: np.ndarray | None = None) -> np.ndarray:
         return softmax(self.scores(sums, scoring, prior_sums))
+
+
+# --- a model on a server ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RemoteLM:
+    """A generative model on an OpenAI-compatible server: its client (engine.models.remote), identity and context (tokens)."""
+
+    name: str
+    client: remote.Client
+    identity: dict
+    context: int = DEFAULT_CONTEXT
+    tokenizer: Any = None  # (the server's)
+
+
+def _context_of(listing: dict) -> int:
+    """The context length a /models entry states (vLLM: max_model_len; llama.cpp: meta.n_ctx_train), else DEFAULT_CONTEXT."""
+    meta = listing.get("meta") if isinstance(listing.get("meta"), dict) else {}
+    for value in (listing.get("max_model_len"), meta.get("n_ctx_train")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return DEFAULT_CONTEXT
+
+
+def load_remote(name: str, allowed: list[str] | None = None) -> RemoteLM:
+    """A server model, checked: the host allowed (before anything is sent), the server answering, the model served, and how
+    it gives log-probabilities (`mode`). Its identity (cache keys, manifests) holds the URL, the served model's stable
+    listing fields and the mode; the weights behind a name cannot be hashed from here."""
+    r = remote.parse(name)
+    remote.check_allowed(r, allowed)
+    client = remote.Client(r, allowed)
+    listing = remote.served_models(r, allowed)
+    served = [m.get("id") for m in listing]
+    entry = next((m for m in listing if m.get("id") == r.model), None)
+    if listing and entry is None:
+        raise ModelUnavailable(f"The server at {r.url} does not serve {r.model!r}; it serves {', '.join(map(str, served))}.")
+    entry = entry or {}
+    stable = {k: entry[k] for k in ("id", "owned_by", "max_model_len") if k in entry}
+    if isinstance(entry.get("meta"), dict):
+        stable["meta"] = entry["meta"]
+    mode = client.ensure_mode()
+    identity = {
+        "name": r.name,
+        "source": "remote",
+        "url": r.url,
+        "server_model": r.model,
+        "served": stable,
+        "mode": mode,
+        "kind": "decoder",
+    }
+    return RemoteLM(r.name, client, identity, _context_of(entry))
+
+
+def make_scorer(lm, classes: list[str], template: str | None, verbalizers: dict | None, max_length: int, chat: list[str] | None = None):
+    """A Scorer for a local LM, a RemoteScorer for a server model: the same interface."""
+    cls = RemoteScorer if isinstance(lm, RemoteLM) else Scorer
+    return cls(lm, classes, template, verbalizers, max_length, chat)
+
+
+class RemoteScorer(Scorer):
+    """A Scorer whose model is on a server: the same prompts as text (units: characters), each label's log-likelihood
+    asked of the server (engine.models.remote.Client). Scores, calibration and examples are the Scorer's."""
+
+    per_token = CHARS_PER_TOKEN
+    server_prefix = ""  # text before every prompt (option server_prefix)
+
+    def __init__(self, lm: RemoteLM, classes, template, verbalizers, max_length: int, chat: list[str] | None = None):
+        if chat:
+            raise ClinBenchError(
+                f"chat_template applies a tokenizer's chat template on this machine; {lm.name} is on a server, whose tokenizer is "
+                "not here. Set chat_template to off (or auto) for a server model."
+            )
+        self.lm, self.classes, self.max_length, self.chat = lm, list(classes), int(max_length), None
+        self.template = template or DEFAULT_TEMPLATE
+        self.words = label_words(self.classes, verbalizers)
+        head, tail = split_template(self.template, self.words)
+        self.special, self.tok = [], None
+        self.head_ids, self.tail_ids, self.sep_ids = list(head), list(tail), list(SEPARATOR)
+        self.label_ids = [list(" " + w) for w in self.words]
+        if any(not w for w in self.words):
+            raise ClinBenchError("A label's words are empty; give every label a verbalizer with words.")
+        self.n_tokens = np.ones(len(self.words))  # replaced by the server's token counts on the first answer
+        self._counted = False
+        self.n_bytes = np.array([len((" " + w).encode("utf-8")) for w in self.words], dtype=float)
+        self._kept = None
+        self._lock = threading.Lock()
+
+    def encode(self, text: str) -> list[str]:
+        return list(text)
+
+    def letter_budget(self, prefix_len: int = 0) -> int:
+        room = min(self.max_length * CHARS_PER_TOKEN, self.lm.context * CHARS_PER_TOKEN - prefix_len)  # (as Scorer's, in characters)
+        budget = room - len(self.head_ids) - len(self.tail_ids) - max(len(ids) for ids in self.label_ids)
+        if budget < 1:
+            raise ClinBenchError(
+                f"The prompt leaves no room for the letter within {room} characters (max_length {self.max_length} tokens at "
+                f"{CHARS_PER_TOKEN} characters each); raise max_length or shorten the prompt template and label words."
+            )
+        return budget
+
+    def token_logprobs(self, texts, prefix=None, ctx: StepContext | None = None, stage: str = "scoring letters") -> np.ndarray:
+        ctx = ensure(ctx)
+        head = "".join(prefix or [])
+        budget = self.letter_budget(len(head))
+        head = self.server_prefix + head
+        continuations = ["".join(ids) for ids in self.label_ids]
+        out = np.zeros((len(texts), len(self.classes)))
+        step = remote.BATCH
+        for i in range(0, len(texts), step):
+            ctx.check_stop(f"Cancelled after scoring {i} of {len(texts)} letters.")
+            ctx.progress(i, len(texts), stage)
+            prompts = [head + "".join(self.prompt_ids(t, budget)) for t in texts[i : i + step]]
+            sums, counts = self.lm.client.label_logprobs(prompts, continuations, self.words)
+            out[i : i + len(prompts)] = sums
+            if not self._counted and counts:
+                self.n_tokens, self._counted = np.array(counts[0], dtype=float), True
+        ctx.progress(len(texts), len(texts), stage)
+        return out

