@@ -479,7 +479,7 @@ def _killed_and_resumed(srv, csv: Path, options: dict, cache: Path, wait_s: floa
             time.sleep(0.5)
         done = step()
         assert done["status"] == "done", done
-        assert done["metrics"]["macro_f1"] >= 0 and jobs.get_run(run_id).to_dict()["status"] == "done"
+        assert done["result"]["macro_f1"] >= 0 and jobs.get_run(run_id).to_dict()["status"] == "done"
     finally:
         srv.stop()
         stop_workers(cache)
