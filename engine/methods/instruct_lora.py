@@ -44,7 +44,8 @@ from engine.options.groups import Options
 VERSION = 1
 NAME = "instruct-lora"
 PREDICTOR = "tuned-lm"
-PROMPT_READS = tuple(n for n in groups.names("prompt") if n not in ("k_shot", "with_letter_alone"))  # no examples in the prompt
+# no examples in the prompt; no server model (it tunes weights here), so neither its prefix nor its allowed hosts
+PROMPT_READS = tuple(n for n in groups.names("prompt") if n not in ("k_shot", "with_letter_alone", "server_prefix", "allowed_hosts"))
 READS = (*groups.names("protocol"), *PROMPT_READS, "max_length", *groups.names("finetune"), *groups.names("decision"))
 
 
