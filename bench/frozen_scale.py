@@ -119,14 +119,14 @@ def load(df):
         return dataset.load_dataset(path, "transcription", "medical_specialty")
 
 
-def mtsamples():
+def mtsamples(path: Path):
     """The notes with a transcription (label: medical_specialty; the other columns name the specialty, so they are left
     out), and MiniLM's vectors of them (cached)."""
     import pandas as pd
 
     from engine.features import extract
 
-    df = pd.read_csv(MTSAMPLES)
+    df = pd.read_csv(path)
     df = df[df["transcription"].fillna("").str.strip() != ""][["transcription", "medical_specialty"]]
     ds = load(df)
     X, _ = extract.embed("minilm", ds.texts, pooling="mean")
@@ -182,6 +182,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="two sizes and two label counts only")
     ap.add_argument("--before-max-rows", type=int, default=8000, help="skip the former path above this many SMOTE rows")
     ap.add_argument("--no-real", action="store_true", help="skip MTSamples even when it is present")
+    ap.add_argument("--mtsamples", type=Path, default=MTSAMPLES, help="the MTSamples CSV (default: ../shared/data/mtsamples.csv)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the synthetic sweep")
     ap.add_argument("--compare", action="store_true", help="MTSamples: also score both paths under cv on a subset")
     ap.add_argument("--json", help="write the measurements here")
@@ -196,8 +197,8 @@ def main() -> int:
         for k in labels:
             X, y = zipf_labels(n, k)
             rows += row("synthetic", X, y, args.before_max_rows)
-    if MTSAMPLES.exists() and not args.no_real:
-        df, ds, X = mtsamples()
+    if args.mtsamples.exists() and not args.no_real:
+        df, ds, X = mtsamples(args.mtsamples)
         train = cv_plan(ds).folds[0].train
         rows += row("mtsamples", X[train], np.asarray(ds.labels, dtype=str)[train], args.before_max_rows)
         compared = compare(df, ds, X) if args.compare else None
