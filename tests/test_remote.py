@@ -297,9 +297,14 @@ def test_zero_shot_and_few_shot_run_through_a_server_and_its_stored_classifier_a
 
 BOS = "<|im_start|>"  # SmolLM2's first special token: its GGUF's tokenizer adds none, so the prompt carries it
 HAS_SERVER = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None
-needs_server = pytest.mark.skipif(
+_no_server = pytest.mark.skipif(
     not HAS_SERVER, reason="llama-cpp-python (its server extra) is not installed: scripts/setup.sh --dev installs it"
 )
+
+
+def needs_server(test):
+    """A test against the real server: skipped without llama-cpp-python, and slow (its file starts first under xdist)."""
+    return pytest.mark.slow(_no_server(test))
 
 
 def _free_port() -> int:
@@ -497,7 +502,7 @@ def test_a_stand_in_server_stopped_mid_run_fails_the_step_within_seconds_and_the
 def test_a_server_killed_mid_run_fails_the_step_within_seconds_and_the_run_resumes(default_ds, tmp_path, cache):
     from tests.conftest import write_csv
 
-    texts, labels = _short_letters(default_ds, per_label=8)
+    texts, labels = _short_letters(default_ds, per_label=8, chars=100)  # 24 letters: the kill comes after the first batch of 8
     csv = write_csv(tmp_path / "letters.csv", [{"letter": t, "specialty": y} for t, y in zip(texts, labels, strict=True)])
     _killed_and_resumed(Server().start(), csv, {"server_prefix": BOS}, cache, wait_s=600)
 
