@@ -197,10 +197,28 @@ def extract(
 ) -> EmbedStats:
     """Embed `texts` with a loaded model into the .npy file `out_path` (written atomically); `windows` > 1 reads a letter
     longer than max_length in up to that many overlapping windows and pools them into its one vector (engine.windows)."""
+    t0 = time.perf_counter()
+    with atomic_path(out_path) as tmp:
+        open_out = lambda n, dim: np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))  # noqa: E731
+        out, stats = _embed_into(open_out, loaded, texts, pooling, max_length, batch_tokens, windows, ensure(ctx))
+        out.flush()
+        del out
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def vectors(loaded, texts: list[str], *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH, windows: int = 1) -> np.ndarray:
+    """The vectors of a few letters, in memory (float32, one row per letter), computed exactly as `extract` computes them:
+    for letters being classified (never written to disk, nor to the embeddings cache)."""
+    out, _ = _embed_into(lambda n, dim: np.zeros((n, dim), np.float32), loaded, texts, pooling, max_length, None, windows, ensure(None))
+    return out
+
+
+def _embed_into(open_out, loaded, texts, pooling, max_length, batch_tokens, windows, ctx) -> tuple[np.ndarray, EmbedStats]:
+    """Tokenise, plan and embed `texts` into the array `open_out(rows, dim)` gives; (that array, the stats)."""
     global FORWARD_PASSES
     import torch
 
-    ctx = ensure(ctx)
     check_pooling(pooling, loaded.kind)
     tok, model, placement = loaded.tokenizer, loaded.model, loaded.placement
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -222,31 +240,27 @@ def extract(
     _keep_freed_memory()
     delay = float(os.environ.get("CLINBENCH_BATCH_DELAY_S") or 0)
     rows_done, stage = 0, "embedding" if len(ids) == len(texts) else "embedding windows"
-    with atomic_path(out_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
-        pooled = windowing.Accumulator(out, owner, lengths)  # a long letter's windows -> its one vector
-        with torch.inference_mode():
-            for batch in batches:
-                ctx.check_stop("Embedding extraction was cancelled; no vectors were stored.")
-                longest = lengths[batch[0]]  # (rounding up to a multiple of 8 or 16 measured no faster)
-                input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), longest), dtype=np.int64)
-                for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
-                    input_ids[row, : lengths[i]] = ids[i]
-                    mask[row, : lengths[i]] = 1
-                input_t = torch.from_numpy(input_ids).to(placement.device)
-                mask_t = torch.from_numpy(mask).to(placement.device)
-                hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
-                FORWARD_PASSES += 1
-                pooled.add(batch, pool(hidden, mask_t, pooling).cpu().numpy())
-                rows_done += len(batch)
-                ctx.progress(rows_done, len(ids), stage)  # (rows: a long letter's windows come before its tail)
-                if delay:
-                    time.sleep(delay)
-        out.flush()
-        del out
-    seconds = time.perf_counter() - t0
-    return EmbedStats(
+    out = open_out(len(texts), dim)
+    pooled = windowing.Accumulator(out, owner, lengths)  # a long letter's windows -> its one vector
+    with torch.inference_mode():
+        for batch in batches:
+            ctx.check_stop("Embedding extraction was cancelled; no vectors were stored.")
+            longest = lengths[batch[0]]  # (rounding up to a multiple of 8 or 16 measured no faster)
+            input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), longest), dtype=np.int64)
+            for row, i in enumerate(batch):  # right padding: positions of real tokens start at 0
+                input_ids[row, : lengths[i]] = ids[i]
+                mask[row, : lengths[i]] = 1
+            input_t = torch.from_numpy(input_ids).to(placement.device)
+            mask_t = torch.from_numpy(mask).to(placement.device)
+            hidden = model(input_ids=input_t, attention_mask=mask_t if use_mask else None).last_hidden_state
+            FORWARD_PASSES += 1
+            pooled.add(batch, pool(hidden, mask_t, pooling).cpu().numpy())
+            rows_done += len(batch)
+            ctx.progress(rows_done, len(ids), stage)  # (rows: a long letter's windows come before its tail)
+            if delay:
+                time.sleep(delay)
+    stats = EmbedStats(
         "",
         len(texts),
         dim,
@@ -256,11 +270,12 @@ def extract(
         max_length,
         placement.dtype,
         placement.device,
-        seconds,
+        time.perf_counter() - t0,
         cache_hit=False,
         windows=windows,
         n_windows=len(ids),
     )
+    return out, stats
 
 
 def read_meta(key: str) -> dict:
