@@ -17,8 +17,9 @@ Then it starts the real server (`python -m engine serve`, a free loopback port) 
 * after an abandoned batch - a client sends a `--batch`-letter batch and hangs up 0.5 s later; the wait of the next
                single letter (the server drops the departed batch at its next turn).
 
-With `--threads default,1` (a comma-separated list; `default`: no --threads flag) it measures a server per setting, one
-after the other in the same run, so the settings compare as ratios under the same load.
+With `--threads default,1,default:active` (a comma-separated list of THREADS[:WAIT]; `default`: no --threads flag; WAIT:
+the server's $OMP_WAIT_POLICY, e.g. `active`, the spinning it had before `serve` chose passive) it measures a server per
+setting, one after the other in the same run, so the settings compare as ratios under the same load.
 
 Any non-200 answer (other than a batch's 503 when it runs out of the server's --timeout) is an error and fails the
 benchmark (exit 1). The machine may be shared: each timing waits
@@ -193,7 +194,12 @@ def main() -> int:
         default=",".join(f"{m}-{e}" for m, e in CLASSIFIERS),
         help="which to store and measure, e.g. minilm-logreg (default: all three)",
     )
-    ap.add_argument("--threads", default="default", help="server settings to measure in turn: default and/or thread counts, e.g. default,1")
+    ap.add_argument(
+        "--threads",
+        default="default",
+        help="server settings to measure in turn, THREADS[:WAIT] each: default or a thread count, and an "
+        "OMP_WAIT_POLICY, e.g. default,1,default:active",
+    )
     ap.add_argument("--cache", type=Path, help="cache folder to use (default: a new temporary one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -211,12 +217,14 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rows = {}
-    for threads in args.threads.split(","):
+    for setting in args.threads.split(","):
+        threads, _, wait = setting.partition(":")
         flag = [] if threads == "default" else ["--threads", threads]
-        suffix = "" if threads == "default" else f" t={threads}"
+        suffix = ("" if threads == "default" else f" t={threads}") + (f" {wait}" if wait else "")
         log = (workdir / "server.log").open("w")
         cmd = [sys.executable, "-m", "engine", "serve", "--port", str(port), *flag]
-        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+        server_env = {**env, "OMP_WAIT_POLICY": wait.upper()} if wait else env
+        server = subprocess.Popen(cmd, cwd=ROOT, env=server_env, stdout=log, stderr=log)
         base = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
@@ -229,7 +237,7 @@ def main() -> int:
                     time.sleep(0.1)
             for (model, method), cid in keys.items():
                 name = f"{model}->{method}{suffix}"
-                rows[name] = {"model": model, "method": method, "classifier": cid, "threads": threads}
+                rows[name] = {"model": model, "method": method, "classifier": cid, "threads": threads, "omp_wait_policy": wait or None}
                 row = rows[name]
                 row.update(measure(base, cid, letters, args.requests, args.clients, args.concurrent_requests))
                 for extra in (
