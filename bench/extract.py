@@ -533,6 +533,157 @@ def run_scale_ray(args) -> int:
     return 0 if all(r["same_as_local"] for r in rows) else 1
 
 
+# --- ONNX Runtime (--runtime onnx) ------------------------------------------------------------------------------------
+
+
+def _onnx_export(loaded, path: Path) -> list[str]:
+    """The loaded model's last hidden state in ONNX (torch.onnx's dynamo exporter; batch and length dynamic); its inputs.
+    A decoder takes the token ids alone, as the engine runs it (no attention mask: right padding, causal attention)."""
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    class Decoder(Encoder):
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).last_hidden_state
+
+    ids = torch.randint(5, 1000, (2, 33))
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    names = ["input_ids"] if loaded.kind == "decoder" else ["input_ids", "attention_mask"]
+    module = (Decoder if loaded.kind == "decoder" else Encoder)(loaded.model).eval()
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens")}
+    torch.onnx.export(module, (ids, mask)[: len(names)], str(path), dynamo=True, input_names=names, output_names=["hidden"],
+                      dynamic_shapes=dict.fromkeys(names, dims), external_data=False)  # fmt: skip
+    return names
+
+
+def _ort_bf16_matmul() -> str | None:
+    """None when ONNX Runtime's CPU provider runs a bf16 MatMul; else why not (its error, one line)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    bf16 = TensorProto.BFLOAT16
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
+                              [helper.make_tensor_value_info(n, bf16, [4, 4]) for n in "ab"],
+                              [helper.make_tensor_value_info("c", bf16, [4, 4])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # (onnx writes a newer IR version than onnxruntime 1.30 reads)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return None
+    except Exception as exc:  # (onnxruntime raises its own exception types)
+        return " ".join(str(exc).split())[:200]
+
+
+def _ort_vectors(session, names: list[str], tokenizer, texts: list[str]) -> tuple[np.ndarray, int]:
+    """Mean-pooled vectors of `texts` through an ONNX Runtime session, batched and padded exactly as the engine's extractor
+    (extract.tokenize, plan_batches, right padding, extract.pool); and the real tokens read."""
+    ids, _ = extract.tokenize(tokenizer, texts, MAX_LENGTH)
+    lengths = [len(x) for x in ids]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = {}
+    for batch in extract.plan_batches(lengths, extract.default_batch_tokens("cpu"), tiebreak=[x.tobytes() for x in ids]):
+        longest = lengths[batch[0]]
+        input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        for row, i in enumerate(batch):
+            input_ids[row, : lengths[i]] = ids[i]
+            mask[row, : lengths[i]] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        hidden = session.run(None, {n: feed[n] for n in names})[0]
+        pooled = extract.pool(torch.from_numpy(hidden), torch.from_numpy(mask), "mean").numpy()
+        rows.update(zip(batch, pooled))
+    return np.stack([rows[i] for i in range(len(texts))]), int(sum(lengths))
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+ONNX_ADOPT_SPEEDUP, ONNX_ADOPT_COSINE = 1.3, 0.999  # adopt ONNX Runtime only if this much faster than the engine, this close
+
+
+def run_onnx(args) -> int:
+    """--runtime onnx: each model's engine extraction in PyTorch (fp32, and the default placement) against ONNX Runtime
+    (fp32, dynamic int8; bf16 where its CPU provider has the kernels) on the same letters, batches and pooling: tokens/s
+    and the minimum cosine of the pooled vectors to PyTorch fp32."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        print(f"--runtime onnx: skipped, onnxruntime is not importable ({exc}); install onnxruntime and onnx (e.g. into a "
+              "folder of their own on PYTHONPATH) to measure it.")  # fmt: skip
+        return 0
+    threads = torch.get_num_threads()
+    default = choose()
+    texts = list(dataset.default_dataset().texts)[: args.letters or (32 if args.quick else 96)]
+    bf16_problem = _ort_bf16_matmul()
+    print(f"ONNX Runtime {ort.__version__} against PyTorch {torch.__version__} ({default.describe()} by default), {threads} "
+          f"threads, {len(texts)} default letters, max_length {MAX_LENGTH}, mean pooling", flush=True)  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            fp32 = catalog.load(name, choose(dtype="float32"))
+            measured = {}  # (runtime, precision) -> (vectors, tokens, seconds, other CPU s)
+            for label, loaded in (("float32", fp32), (default.dtype, catalog.load(name, default) if default.dtype != "float32" else None)):
+                if loaded is None or ("pytorch", label) in measured:
+                    continue
+                extract.extract(loaded, texts[:4], Path(tmp) / "warm.npy", max_length=MAX_LENGTH)
+                with Timer() as t:
+                    stats = extract.extract(loaded, texts, Path(tmp) / "v.npy", max_length=MAX_LENGTH)
+                measured[("pytorch", label)] = (np.load(Path(tmp) / "v.npy"), stats.n_tokens, t.seconds, t.other_cpu_s)
+            t0 = time.perf_counter()
+            path = Path(tmp) / f"{name}.onnx"
+            names = _onnx_export(fp32, path)
+            export_s = time.perf_counter() - t0
+            quantize_dynamic(str(path), str(Path(tmp) / f"{name}-int8.onnx"), weight_type=QuantType.QInt8)
+            for label, file in (("float32", path), ("int8 (dynamic)", Path(tmp) / f"{name}-int8.onnx")):
+                so = ort.SessionOptions()
+                so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+                session = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
+                _ort_vectors(session, names, fp32.tokenizer, texts[:4])  # warm-up
+                with Timer() as t:
+                    vecs, tokens = _ort_vectors(session, names, fp32.tokenizer, texts)
+                measured[("onnxruntime", label)] = (vecs, tokens, t.seconds, t.other_cpu_s)
+            reference = measured[("pytorch", "float32")][0]
+            engine_rate = measured[("pytorch", default.dtype)][1] / measured[("pytorch", default.dtype)][2]
+            for (runtime, label), (vecs, tokens, seconds, other) in measured.items():
+                rows.append({"model": name, "runtime": runtime, "precision": label, "tokens": tokens, "seconds": seconds,
+                             "tokens_per_s": tokens / seconds, "x_engine_default": tokens / seconds / engine_rate,
+                             "min_cosine_to_pytorch_fp32": _min_cosine(vecs, reference), "other_cpu_s": round(other, 2),
+                             "export_s": export_s if runtime == "onnxruntime" else None})  # fmt: skip
+            rows.append({"model": name, "runtime": "onnxruntime", "precision": "bfloat16", "tokens_per_s": None,
+                         "not_measured": bf16_problem or "the CPU provider has bf16 MatMul, but no converter to bf16 was run"})  # fmt: skip
+            del fp32
+    print(f"\n{'model':8} {'runtime':12} {'precision':15} {'tokens/s':>9} {'x engine':>8} {'min cos':>8} {'other CPU s':>11}")
+    for r in rows:
+        if r["tokens_per_s"] is None:
+            print(f"{r['model']:8} {r['runtime']:12} {r['precision']:15} {'-':>9}  not measured: {r['not_measured']}")
+            continue
+        print(f"{r['model']:8} {r['runtime']:12} {r['precision']:15} {r['tokens_per_s']:9.0f} {r['x_engine_default']:8.2f} "
+              f"{r['min_cosine_to_pytorch_fp32']:8.5f} {r['other_cpu_s']:11.1f}")  # fmt: skip
+    best = [r for r in rows if r["runtime"] == "onnxruntime" and r["tokens_per_s"] is not None]
+    adopt = [r for r in best if r["x_engine_default"] >= ONNX_ADOPT_SPEEDUP and r["min_cosine_to_pytorch_fp32"] >= ONNX_ADOPT_COSINE]
+    print(f"\nadopt ONNX Runtime (>= {ONNX_ADOPT_SPEEDUP}x the engine's default at min cosine >= {ONNX_ADOPT_COSINE}): "
+          + (", ".join(f"{r['model']} {r['precision']}" for r in adopt) or "no"))  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"mode": "onnx", "letters": len(texts), "max_length": MAX_LENGTH, "threads": threads,
+                                         "engine_default": default.dtype, "cpu": platform.processor() or platform.machine(),
+                                         "load_average": os.getloadavg()[0], "onnxruntime": ort.__version__,
+                                         "torch": torch.__version__, "rows": rows, "adopt": [f"{r['model']} {r['precision']}" for r in adopt]},
+                                        indent=2))  # fmt: skip
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="96 letters per dataset, 24 for the naive way (~1-2 min)")
@@ -548,11 +699,16 @@ def main(argv=None) -> int:
     ap.add_argument("--executor", choices=("local", "ray"), default="local", help="scale mode: ray shards one extraction over Ray workers")
     ap.add_argument("--ray-workers", default="1,2", help="scale mode with --executor ray: the worker counts measured")
     ap.add_argument("--chunk-rows", type=int, default=extract.CHUNK_ROWS, help="scale mode with --executor ray: letters per chunk")
+    ap.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                    help="onnx: the engine (PyTorch fp32 and default) against ONNX Runtime fp32 / int8 on the default letters "
+                    "(--letters, default 96; quick 32): tokens/s and min cosine to PyTorch fp32; skipped without onnxruntime")  # fmt: skip
     args = ap.parse_args(argv)
     if args.executor == "ray" and not args.scale:
         ap.error("--executor ray measures the scale mode: give --scale N")
     if args.scale:
         return run_scale_ray(args) if args.executor == "ray" else run_scale(args)
+    if args.runtime == "onnx":
+        return run_onnx(args)
 
     t_start = time.perf_counter()
     placement = choose()

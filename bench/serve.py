@@ -1,7 +1,7 @@
 """Latency and throughput of `python -m engine serve` over loopback.
 
     python bench/serve.py [--requests 30] [--clients 4] [--concurrent-requests 40] [--batch 32] [--cache DIR]
-                          [--classifiers minilm-logreg,...] --json PATH
+                          [--classifiers minilm-logreg,...] [--threads default,1] --json PATH
 
 In a temporary cache (or --cache DIR), it first stores three classifiers of the bundled default letters with
 `python -m engine evaluate --max-length 256 --protocol holdout`: MiniLM -> logreg, MiniLM -> SVC, SmolLM2 -> logreg.
@@ -16,6 +16,10 @@ Then it starts the real server (`python -m engine serve`, a free loopback port) 
                should wait for one turn, not the batch), and the batches' own time;
 * after an abandoned batch - a client sends a `--batch`-letter batch and hangs up 0.5 s later; the wait of the next
                single letter (the server drops the departed batch at its next turn).
+
+With `--threads default,1,default:active` (a comma-separated list of THREADS[:WAIT]; `default`: no --threads flag; WAIT:
+the server's $OMP_WAIT_POLICY, e.g. `active`, the spinning it had before `serve` chose passive) it measures a server per
+setting, one after the other in the same run, so the settings compare as ratios under the same load.
 
 Any non-200 answer (other than a batch's 503 when it runs out of the server's --timeout) is an error and fails the
 benchmark (exit 1). The machine may be shared: each timing waits
@@ -190,6 +194,12 @@ def main() -> int:
         default=",".join(f"{m}-{e}" for m, e in CLASSIFIERS),
         help="which to store and measure, e.g. minilm-logreg (default: all three)",
     )
+    ap.add_argument(
+        "--threads",
+        default="default",
+        help="server settings to measure in turn, THREADS[:WAIT] each: default or a thread count, and an "
+        "OMP_WAIT_POLICY, e.g. default,1,default:active",
+    )
     ap.add_argument("--cache", type=Path, help="cache folder to use (default: a new temporary one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -206,33 +216,40 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = (workdir / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
     rows = {}
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    sys.exit(f"the server stopped: {(workdir / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-        for (model, method), cid in keys.items():
-            rows[f"{model}->{method}"] = {"model": model, "method": method, "classifier": cid}
-            row = rows[f"{model}->{method}"]
-            row.update(measure(base, cid, letters, args.requests, args.clients, args.concurrent_requests))
-            for extra in (
-                under_batch(base, cid, letters, args.requests, args.batch),
-                after_abandoned_batch(base, cid, letters, args.batch),
-            ):
-                errors = extra.pop("errors")
-                row.update(extra)
-                row["errors"] += errors
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    for setting in args.threads.split(","):
+        threads, _, wait = setting.partition(":")
+        flag = [] if threads == "default" else ["--threads", threads]
+        suffix = ("" if threads == "default" else f" t={threads}") + (f" {wait}" if wait else "")
+        log = (workdir / "server.log").open("w")
+        cmd = [sys.executable, "-m", "engine", "serve", "--port", str(port), *flag]
+        server_env = {**env, "OMP_WAIT_POLICY": wait.upper()} if wait else env
+        server = subprocess.Popen(cmd, cwd=ROOT, env=server_env, stdout=log, stderr=log)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(base + "/health", timeout=2).close()
+                    break
+                except OSError:
+                    if server.poll() is not None:
+                        sys.exit(f"the server stopped: {(workdir / 'server.log').read_text()[-2000:]}")
+                    time.sleep(0.1)
+            for (model, method), cid in keys.items():
+                name = f"{model}->{method}{suffix}"
+                rows[name] = {"model": model, "method": method, "classifier": cid, "threads": threads, "omp_wait_policy": wait or None}
+                row = rows[name]
+                row.update(measure(base, cid, letters, args.requests, args.clients, args.concurrent_requests))
+                for extra in (
+                    under_batch(base, cid, letters, args.requests, args.batch),
+                    after_abandoned_batch(base, cid, letters, args.batch),
+                ):
+                    errors = extra.pop("errors")
+                    row.update(extra)
+                    row["errors"] += errors
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     print(
         f"\n{'classifier':18s} {'p50 ms':>7s} {'p95 ms':>7s} {'server p50':>10s} {'req/s x' + str(args.clients):>9s} "
         f"{'conc p50':>8s} {'target':>7s} {'other CPU s':>11s} errors"
@@ -263,6 +280,7 @@ def main() -> int:
             "batch": args.batch,
             "max_length": 256,
             "protocol": "holdout",
+            "threads": args.threads,
         },
         "classifiers": rows,
     }

@@ -51,6 +51,29 @@ def test_scale_mode_letters_all_differ_and_the_rss_sampler_sees_the_process(benc
     assert sampler.peak >= before + 48 * 2**20 and len(sampler.samples) >= 2 and len(block)
 
 
+def test_onnx_runtime_mode_is_skipped_with_a_message_without_onnxruntime(bench_extract, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name.startswith("onnxruntime"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    assert bench_extract.main(["--runtime", "onnx"]) == 0
+    assert "--runtime onnx: skipped, onnxruntime is not importable" in capsys.readouterr().out
+
+
+def test_min_cosine_is_the_worst_row(bench_extract):
+    import numpy as np
+
+    a = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert bench_extract._min_cosine(a, a) == pytest.approx(1.0)
+    assert bench_extract._min_cosine(a, np.array([[1.0, 0.0], [1.0, -1.0]])) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_default_comparison_report_splits_the_total_into_steps_and_the_rest(monkeypatch, tmp_path):
     import json
     from types import SimpleNamespace

@@ -171,7 +171,7 @@ def test_real_server_over_loopback(stored, stored_cache):
     cache = stored_cache[0]
     port = _free_port()
     env = {**os.environ, "CLINBENCH_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "engine", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "engine", "serve", "--port", str(port), "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -202,10 +202,49 @@ def test_real_server_over_loopback(stored, stored_cache):
     finally:
         proc.terminate()
         logs, _ = proc.communicate(timeout=30)
+    assert "1 thread(s)" in logs  # --threads reached the server
     assert "POST /classify 200" in logs and "GET /health 200" in logs and "GET /classifiers 400" in logs
     assert SECRET not in logs and "Bramblewick" not in logs and "note=" not in logs  # no query strings, no client addresses
     requests = [line for line in logs.splitlines() if " /" in line and ("GET" in line or "POST" in line)]
     assert requests and not any("127.0.0.1" in line for line in requests)  # method, path, status: no client address
+
+
+def test_served_answers_equal_the_extractors_vectors_through_the_estimator(client, stored, tmp_path):
+    """Issue 31: a letter is embedded in memory (extract.vectors) instead of through a .npy file; the vectors, and so the
+    served probabilities, are the extractor's (extract.extract, as every stored vector is made) to the bit."""
+    from engine.features import extract
+
+    ds, _, logreg_id, _, logreg = stored
+    clf = classifiers.load(logreg.artifact)
+    texts = [ds.texts[i] for i in (0, 7, 11)]
+    extract.extract(clf.loaded, texts, tmp_path / "v.npy", pooling=clf.pooling, max_length=clf.max_length, windows=clf.windows)
+    on_disk = np.load(tmp_path / "v.npy")
+    assert np.array_equal(clf.embed(texts), on_disk)
+    expected = clf.estimator.predict_proba(on_disk[1:2])[0]
+    body = client.post("/classify", json={"text": texts[1], "classifier": logreg_id}).json()
+    assert [body["scores"][c] for c in clf.classes_] == [float(p) for p in expected]
+    kw = {"pooling": "mean", "max_length": 16, "windows": 3}  # long letters read in windows, pooled in memory the same way
+    extract.extract(clf.loaded, texts, tmp_path / "w.npy", **kw)
+    assert np.array_equal(extract.vectors(clf.loaded, texts, **kw), np.load(tmp_path / "w.npy"))
+
+
+def test_threads_sets_torch_and_blas_threads_and_is_checked_at_start():
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from tests.conftest import cli
+
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # (restores the BLAS limits on leaving)
+        try:
+            server.use_threads(1)
+            assert torch.get_num_threads() == 1
+            assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+        finally:
+            torch.set_num_threads(before)
+    r = cli("serve", "--port", "1", "--threads", "0", timeout=60)
+    assert r.returncode == 2 and "--threads" in r.stderr and "between 1 and 256" in r.stderr
+    assert "--threads INT" in cli("serve", "--help", timeout=60).stdout
 
 
 def test_non_loopback_without_token_is_refused_at_start():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.cli import commands as out
 from engine.errors import ClinBenchError
-from engine.options import flags
+from engine.options import flags, serving
 
 EPILOG = "Cache folder: cache/ at the repo root, or $CLINBENCH_CACHE. Docs: README.md and docs/."
 
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-batch-chars", type=int, default=200_000, help="refuse batches of more characters than this with 413 (default: 200000)"
     )
+    flags.add_fields(p, serving.FIELDS, "process options", serving.ServeOptions.__doc__ or "")
 
     p = sub.add_parser(
         "worker",

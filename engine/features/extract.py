@@ -315,13 +315,8 @@ def extract(
     `out_path` is written; `spread` computes the missing chunks elsewhere (shards), this process then merges them. The
     vectors are the same, bit for bit, however the work was cut."""
     ctx = ensure(ctx)
-    check_pooling(pooling, loaded.kind)
+    _check_readable(loaded, pooling, max_length)
     model, placement = loaded.model, loaded.placement
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and max_length > limit and loaded.kind == "encoder":
-        raise ClinBenchError(
-            f"max_length {max_length} exceeds what {loaded.entry.name} can read ({limit} tokens). Use --max-length {limit} or less."
-        )
     t0 = time.perf_counter()
     ctx.progress(0, len(texts), "tokenising")
     plan = make_plan(
@@ -375,10 +370,7 @@ def extract(
                 vectors = embed_chunk(loaded, plan, chunk, pooling, on_batch)
                 if parts:
                     sealed[i] = parts.seal(i, vectors)
-            at = 0
-            for batch in chunk:
-                pooled.add(batch, vectors[at : at + len(batch)])
-                at += len(batch)
+            _pool_chunk(pooled, chunk, vectors)
         out.flush()
         del out
     if parts:
@@ -399,6 +391,35 @@ def extract(
         windows=windows,
         n_windows=len(ids),
     )
+
+
+def vectors(loaded, texts: list[str], *, pooling: str = "mean", max_length: int = DEFAULT_MAX_LENGTH, windows: int = 1) -> np.ndarray:
+    """The vectors of a few letters, in memory (float32, one row per letter), computed exactly as `extract` computes them
+    (the same plan, batches and pooling): for letters being classified, never written to disk nor to the embeddings cache."""
+    _check_readable(loaded, pooling, max_length)
+    plan = make_plan(loaded, texts, pooling=pooling, max_length=max_length, batch_tokens=None, windows=windows, chunk_rows=CHUNK_ROWS)
+    out = np.zeros((len(texts), loaded.model.config.hidden_size), np.float32)
+    pooled = windowing.Accumulator(out, plan.owner, plan.lengths)
+    for chunk in plan.chunks:
+        _pool_chunk(pooled, chunk, embed_chunk(loaded, plan, chunk, pooling))
+    return out
+
+
+def _check_readable(loaded, pooling: str, max_length: int) -> None:
+    check_pooling(pooling, loaded.kind)
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if limit and max_length > limit and loaded.kind == "encoder":
+        raise ClinBenchError(
+            f"max_length {max_length} exceeds what {loaded.entry.name} can read ({limit} tokens). Use --max-length {limit} or less."
+        )
+
+
+def _pool_chunk(pooled, chunk: list[list[int]], vectors: np.ndarray) -> None:
+    """A chunk's rows (its batches' rows in order) into the accumulator of the letters' vectors."""
+    at = 0
+    for batch in chunk:
+        pooled.add(batch, vectors[at : at + len(batch)])
+        at += len(batch)
 
 
 def read_meta(key: str) -> dict:

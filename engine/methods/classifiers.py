@@ -20,7 +20,6 @@ shared between classifiers in a small in-process cache, so a second letter pays 
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -93,11 +92,8 @@ class EmbeddingClassifier(_Base):
         self.decision = legacy_decision(estimator, self.classes_)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """The letters' vectors, made as its training letters' were (model, pooling, max_length, windows)."""
-        with tempfile.TemporaryDirectory(prefix="clinbench-letters-") as tmp:
-            out = Path(tmp) / "letters.npy"
-            extract.extract(self.loaded, list(texts), out, pooling=self.pooling, max_length=self.max_length, windows=self.windows)
-            return np.array(np.load(out))
+        """The letters' vectors, made as its training letters' were (model, pooling, max_length, windows), in memory."""
+        return extract.vectors(self.loaded, list(texts), pooling=self.pooling, max_length=self.max_length, windows=self.windows)
 
     def truncated(self, texts: list[str]) -> list[bool]:
         """Whether each letter is cut: longer than max_length, or under windows longer than the windows reach."""

@@ -56,6 +56,7 @@ from engine.cache.storage import evaluations_dir
 from engine.errors import ClinBenchError
 from engine.evaluation import results
 from engine.methods import classifiers
+from engine.options import serving as serve_options
 from engine.options.config import cache_dir
 from engine.serving import predict
 
@@ -495,10 +496,32 @@ def create_app(
     return app
 
 
+def use_threads(threads: int | None) -> None:
+    """This process's torch intra-op threads and its BLAS libraries' threads (threadpoolctl): `threads` (--threads), or
+    the defaults (one per core) when None. Inference threads started later use the same count."""
+    if threads is None:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+
+
+def prefer_passive_waits() -> None:
+    """OpenMP threads that sleep between parallel regions instead of spinning ($OMP_WAIT_POLICY PASSIVE, unless set), for
+    this process: read once, when torch loads libgomp, so it must come first. On a 2-core machine shared with other work
+    (load average 8), bench/serve.py measured SmolLM2 -> logreg at p50 7.9 s per letter with spinning threads and 0.52 s
+    with passive ones, in one run (docs/serving.md). Answers do not change, only the waiting."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def cmd_serve(args) -> int:
     """The body of `python -m engine serve`."""
+    prefer_passive_waits()  # (before anything imports torch)
     import uvicorn
 
+    options = serve_options.from_args(args)
     token = read_token(args.token, args.token_file)
     check_bind(args.host, token)
     if not 0 <= args.port <= 65535:
@@ -510,6 +533,7 @@ def cmd_serve(args) -> int:
     if args.max_batch_chars < 1:
         raise ClinBenchError(f"--max-batch-chars must be a positive number of characters, not {args.max_batch_chars}.")
     hosts = allowed_hosts(args.host, args.allowed_host)
+    use_threads(options.threads)
     app = create_app(token=token, max_bytes=args.max_bytes, hosts=hosts, timeout_s=args.timeout, max_batch_chars=args.max_batch_chars)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
@@ -517,6 +541,8 @@ def cmd_serve(args) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     where = "token required" if token else "no token: loopback only"
+    if options.threads is not None:
+        where += f"; {options.threads} thread(s)"
     print(
         f"ClinBench serving stored classifiers on http://{args.host}:{args.port} ({where}; Host header: {', '.join(hosts)}); "
         "letters are never stored or logged."
