@@ -390,7 +390,7 @@ def test_the_server_scores_labels_like_the_local_model(server, default_ds):
     Q4_1 weights): per-letter label log-likelihoods close, and the calibrated zero-shot answers the same."""
     from engine.methods import prompting
 
-    texts, _ = _short_letters(default_ds)
+    texts, _ = _short_letters(default_ds, per_label=2, chars=150)  # 6 letters: each echoed request costs seconds
     classes = default_ds.classes[:N_LABELS]
     local = prompting.Scorer(prompting.load_lm("smollm2"), classes, None, None, 512)
     lm = prompting.load_remote(server.model)
