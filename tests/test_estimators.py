@@ -95,6 +95,12 @@ def test_class_weights_replace_smote_when_oversampling_would_multiply_the_letter
     assert off.estimator.named_steps["clf"].class_weight is None and "instead" not in off.smote
 
 
+def test_the_svc_keeps_smote_above_the_limit_since_its_calibration_would_undo_class_weights():
+    X, y = blobs([60, 10, 10])  # growth 2.25 > 2: logreg weights its classes, the SVC still oversamples
+    res = estimators.fit(X, y, "svc", NO_GRID, seed=0)
+    assert res.smote["enabled"] is True and res.smote["k_used"] >= 1 and "instead" not in res.smote
+
+
 def test_the_balance_is_decided_on_the_training_letters_alone():
     y = np.array(["a"] * 60 + ["b"] * 10 + ["c"] * 10)
     assert estimators.balance(y, ClassifierOptions()).smote is False

@@ -143,7 +143,8 @@ class ClassifierOptions:
         2.0,
         "smote: oversample only when it grows the training letters by at most this factor (labels x the largest label's "
         "letters / letters, counted on each fitting's training letters); above it the labels are weighted (balanced) "
-        "instead: more synthetic letters than real ones, and a fit that many times slower. 1: never SMOTE on unequal labels",
+        "instead: more synthetic letters than real ones, and a fit that many times slower. 1: never SMOTE on unequal labels. "
+        "logreg only: svc keeps SMOTE (its calibration would undo class weights)",
         min=1.0,
         max=1000.0,
         step=0.5,
