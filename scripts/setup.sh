@@ -14,6 +14,14 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -r requirements.txt
 "${PIP[@]}" --no-deps -r requirements-bundled.txt
+if [ "${1:-}" = "--dev" ] && ! command -v c++ >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+        echo "Installing a C++ compiler and cmake (Debian packages) to build llama-cpp-python for the tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ cmake >/dev/null
+    else
+        echo "NOTE: no C++ compiler: the test set-up builds llama-cpp-python from source (sudo apt-get install g++ cmake)." >&2
+    fi
+fi
 if [ "${1:-}" = "--dev" ]; then
     # llama-cpp-python (the tests' OpenAI-compatible server) compiles llama.cpp from source on first install (cmake and a
     # C++ compiler; pip keeps the built wheel): portable code, not tuned to this CPU, so the build runs on any CI machine.
