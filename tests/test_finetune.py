@@ -138,6 +138,7 @@ def test_cancel_mid_epoch_leaves_no_adapter_and_resume_keeps_finished_epochs(tin
 
         return should_stop
 
+    registry.run(ds, str(tiny_encoder), "svc", opts)  # the vectors cached first: the stop checks counted below are training's
     before = set(evaluations_dir().iterdir())
     with pytest.raises(Cancelled, match="cancelled in epoch 1"):
         registry.run(ds, str(tiny_encoder), "linear-probe", opts, StepContext(should_stop=stop_after(2)))

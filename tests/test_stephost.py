@@ -24,6 +24,7 @@ def host():
     ctx = stephost._fork_server()
     if ctx is None:
         pytest.skip("no fork server on this system: steps start as fresh processes")
+    forkserver._forkserver._stop()  # one an earlier test of this process started (another cwd, sys.path or environment)
     yield ctx
     forkserver._forkserver._stop()
 
