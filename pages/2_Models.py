@@ -72,7 +72,11 @@ if st.button("Test connection", disabled=not url.strip()):
         ok = st.success if got["mode"] == "echo" else st.warning
         ok(f"{got['model']}: {got['scoring']}.")
         st.code(got["name"], language=None)
-        st.caption("Use this model id on the Runs page (with zero-shot or few-shot), in a spec's models or on the command line.")
+        st.caption(
+            "Use this model id on the Runs page (with zero-shot or few-shot), in a spec's models or on the command line. "
+            "llama-cpp-python's server reports echoed log-probabilities one token out of place for a model whose tokenizer "
+            "adds no BOS (SmolLM2, for one): set the option server_prefix to the model's first special token for it."
+        )
         st.session_state["servers"] = sorted({*st.session_state.get("servers", []), got["name"]})
     except ClinBenchError as exc:
         common.error(exc)
