@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,11 @@ def host():
     if ctx is None:
         pytest.skip("no fork server on this system: steps start as fresh processes")
     forkserver._forkserver._stop()  # one an earlier test of this process started (another cwd, sys.path or environment)
-    yield ctx
+    with pytest.MonkeyPatch.context() as mp:
+        # A forked process re-runs its parent's __main__ file when it has one: after a Streamlit AppTest.from_function in
+        # this process that is its temporary script, which fails outside AppTest. The worker (python -m engine) has a module.
+        mp.delattr(sys.modules["__main__"], "__file__", raising=False)
+        yield ctx
     forkserver._forkserver._stop()
 
 
