@@ -41,6 +41,12 @@ def _chunks(path):
     return sorted(parts_dir(path).glob("chunk-*.npy"))
 
 
+def _cancel_after(loaded, texts, out, sealed: int, match: str | None = None, **kw) -> None:
+    """A resumable extraction into `out`, cancelled once `sealed` chunks are sealed."""
+    with pytest.raises(Cancelled, match=match):
+        extract.extract(loaded, texts, out, **OPTS, **kw, resume=True, ctx=StepContext(should_stop=lambda: len(_chunks(out)) >= sealed))
+
+
 @pytest.mark.parametrize(("windows", "dtype"), [(1, "float32"), (3, "bfloat16")])
 def test_a_cancelled_extraction_resumes_after_its_sealed_chunks_with_the_same_vectors(
     encoders, default_ds, tmp_path, monkeypatch, windows, dtype
@@ -52,10 +58,7 @@ def test_a_cancelled_extraction_resumes_after_its_sealed_chunks_with_the_same_ve
     plan = extract.make_plan(loaded, texts, pooling="mean", windows=windows, chunk_rows=CHUNK_ROWS, **OPTS)
     assert len(plan.chunks) >= 4
 
-    with pytest.raises(Cancelled, match=r"2 of \d+ chunks are sealed"):
-        extract.extract(
-            loaded, texts, out, **OPTS, windows=windows, resume=True, ctx=StepContext(should_stop=lambda: len(_chunks(out)) >= 2)
-        )
+    _cancel_after(loaded, texts, out, 2, match=r"2 of \d+ chunks are sealed", windows=windows)
     assert not out.exists() and len(_chunks(out)) == 2  # no vectors under the real name; the two sealed chunks kept
 
     before, seen = extract.FORWARD_PASSES, []
@@ -71,8 +74,7 @@ def test_chunks_of_another_plan_are_not_reused(encoders, default_ds, tmp_path, m
     loaded, texts = encoders["float32"], default_ds.texts[:30]
     monkeypatch.setattr(extract, "CHUNK_ROWS", CHUNK_ROWS)
     out = tmp_path / "v.npy"
-    with pytest.raises(Cancelled):
-        extract.extract(loaded, texts, out, **OPTS, resume=True, ctx=StepContext(should_stop=lambda: len(_chunks(out)) >= 1))
+    _cancel_after(loaded, texts, out, 1)
     other = {**OPTS, "batch_tokens": 128}  # other batches: other padding, so the sealed chunk's numbers may differ
     before = extract.FORWARD_PASSES
     extract.extract(loaded, texts, out, **other, resume=True)
@@ -151,8 +153,7 @@ def test_the_sweep_removes_damaged_chunks_and_stale_chunk_folders(encoders, defa
     loaded, texts = encoders["float32"], default_ds.texts[:30]
     monkeypatch.setattr(extract, "CHUNK_ROWS", CHUNK_ROWS)
     out = tmp_path / "v.npy"
-    with pytest.raises(Cancelled):
-        extract.extract(loaded, texts, out, **OPTS, resume=True, ctx=StepContext(should_stop=lambda: len(_chunks(out)) >= 2))
+    _cancel_after(loaded, texts, out, 2)
     first, second = _chunks(out)
     kept = first.read_bytes()
     data = bytearray(second.read_bytes())
