@@ -388,3 +388,20 @@ def test_data_changed_after_submission_fails_the_step(store, tiny_encoder, small
     launch.ensure_worker()
     run = wait_for(finished, run_id=run_id)
     assert run["status"] == "failed" and "changed after this run was submitted" in run["steps"][0]["error"]
+
+
+def test_progress_is_throttled_but_a_stage_s_first_step_forward_is_written_at_once(monkeypatch):
+    """A slow first batch (a large model, a busy machine) shows as soon as it is done, not one batch later; after it,
+    at most one write per PROGRESS_EVERY_S, and the stage's end always."""
+    from engine.runs import stepcall
+
+    now = [100.0]
+    monkeypatch.setattr(stepcall.time, "monotonic", lambda: now[0])
+    written = []
+    rate = stepcall.Rate(lambda done, total, stage, r, eta: written.append((stage, done)))
+    for done, t in [(0, 0.0), (4, 0.01), (8, 0.02), (12, 0.6), (16, 0.61), (20, 0.62)]:
+        now[0] = 100.0 + t
+        rate(done, 20, "embedding")
+    rate(0, 3, "training")
+    rate(1, 3, "training")
+    assert written == [("embedding", 0), ("embedding", 4), ("embedding", 12), ("embedding", 20), ("training", 0), ("training", 1)]

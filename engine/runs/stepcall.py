@@ -4,8 +4,8 @@
   changed since submission, execute the step and turn what happened into an outcome: `{"status": done, "result": ...}`,
   or failed / cancelled with one line a user understands (the traceback goes to stdout, which is the run log).
   A BaseException (the worker's SIGTERM, Ray's cancel) is not an outcome: it propagates.
-* `Rate`: progress(done, total, stage) throttled to one report per PROGRESS_EVERY_S (and every new stage), with the
-  stage's rate and ETA.
+* `Rate`: progress(done, total, stage) throttled to one report per PROGRESS_EVERY_S (and every new stage and its first
+  step forward), with the stage's rate and ETA.
 * `record(rs, run_id, idx, outcome, worker_pid)`: the outcome into the run store (RunStore.move, one durable transaction),
   only if the step is still running under that worker (a cancel or a recovery that came first wins); `end_line` is its
   run-log line.
@@ -80,18 +80,20 @@ def call(spec_json: str, data_hash: str, idx: int, ctx: StepContext, where: str)
 
 class Rate:
     """progress(done, total, stage) -> write(done, total, stage, rate, eta_s), at most every PROGRESS_EVERY_S (and on every new
-    stage, and at the end of one)."""
+    stage, on its first step forward, and at the end of one): a slow first batch shows as soon as it is done, not one
+    batch later."""
 
     def __init__(self, write: Callable[[int, int, str, float | None, float | None], None]):
         self.write = write
-        self.stage, self.t_stage, self.done0, self.t_write = None, 0.0, 0, 0.0
+        self.stage, self.t_stage, self.done0, self.t_write, self.moved = None, 0.0, 0, 0.0, False
 
     def __call__(self, done: int, total: int, stage: str) -> None:
         now = time.monotonic()
         if stage != self.stage:
-            self.stage, self.t_stage, self.done0 = stage, now, done
-        elif now - self.t_write < PROGRESS_EVERY_S and done < total:
+            self.stage, self.t_stage, self.done0, self.moved = stage, now, done, False
+        elif now - self.t_write < PROGRESS_EVERY_S and done < total and (self.moved or done == self.done0):
             return
+        self.moved = self.moved or done > self.done0
         elapsed = now - self.t_stage
         rate = (done - self.done0) / elapsed if elapsed > 0.2 and done > self.done0 else None
         self.write(done, total, stage, rate, (total - done) / rate if rate else None)
