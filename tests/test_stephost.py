@@ -55,6 +55,21 @@ def test_torch_is_preloaded_and_set_num_threads_applies_in_a_forked_step(host, t
     assert after == 1 and before == torch.get_num_threads(), "the host ran no torch operation, so a step starts with the default pool"
 
 
+def test_stop_pools_ends_joblib_s_idle_workers():
+    """joblib's loky workers wait 300 s for more work, and a forked step ends through multiprocessing, which joins its
+    children without loky's exit hook: a step that ran inner folds in parallel must stop them itself (the default
+    comparison's logreg step once sat idle for minutes after its result was stored)."""
+    import multiprocessing
+
+    from joblib import Parallel, delayed
+
+    assert sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4))) == 6  # as GridSearchCV(n_jobs=2) does
+    assert [p for p in multiprocessing.active_children() if "Loky" in p.name], "joblib kept no idle workers to stop"
+    stephost.stop_pools()
+    assert not [p for p in multiprocessing.active_children() if "Loky" in p.name]
+    stephost.stop_pools()  # none left: nothing to do, and no pool started to stop
+
+
 def _parent_of_a_sleeper(pid_file: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a step that does not unwind: the worker's SIGKILL must follow
     child = subprocess.Popen(["sleep", "60"])

@@ -177,7 +177,22 @@ def _forked_step(run_id: int, idx: int, worker_pid: int, log_path: str) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     os.chdir(REPO_ROOT)
-    sys.exit(execute_child(run_id, idx, worker_pid))
+    try:
+        code = execute_child(run_id, idx, worker_pid)
+    finally:
+        stop_pools()
+    sys.exit(code)
+
+
+def stop_pools() -> None:
+    """Stop joblib's process pool (loky's reusable executor: the parallel inner folds of engine.methods.estimators), if
+    this process started one. A fresh interpreter does this as it exits; a forked step leaves through multiprocessing,
+    which waits for its child processes without that, and loky's idle workers would hold the step (and the worker's
+    next step) for their idle timeout of 300 s."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)  # (get_reusable_executor() would start one where there is none)
+    if executor is not None:
+        executor.shutdown(wait=True)
 
 
 # --- the step's process --------------------------------------------------------------
