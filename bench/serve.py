@@ -250,10 +250,6 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(
-        f"\n{'classifier':18s} {'p50 ms':>7s} {'p95 ms':>7s} {'server p50':>10s} {'req/s x' + str(args.clients):>9s} "
-        f"{'conc p50':>8s} {'target':>7s} {'other CPU s':>11s} errors"
-    )
     print(f"\n{'classifier':18s} {'batch':>5s} {'single p50':>10s} {'p95':>7s} {'batch p50 s':>11s} {'503s':>4s} {'after hang-up':>13s}")
     for name, r in rows.items():
         print(
@@ -261,6 +257,10 @@ def main() -> int:
             f"{r['single_under_batch_p95_ms'] or float('nan'):7.1f} {(r['batch_p50_ms'] or float('nan')) / 1e3:11.1f} "
             f"{r['batches_503']:4d} {r['after_abandoned_batch_ms'] or float('nan'):13.1f}"
         )
+    print(
+        f"\n{'classifier':18s} {'p50 ms':>7s} {'p95 ms':>7s} {'server p50':>10s} {'req/s x' + str(args.clients):>9s} "
+        f"{'conc p50':>8s} {'target':>7s} {'other CPU s':>11s} errors"
+    )
     failed = False
     for name, r in rows.items():
         target = TARGET_P50_MS[r["model"]]
