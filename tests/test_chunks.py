@@ -173,3 +173,29 @@ def test_the_sweep_removes_damaged_chunks_and_stale_chunk_folders(encoders, defa
         os.utime(p, (old, old))
     (broken / storage.PARTS_MANIFEST).write_text("{not json")
     assert sorted(storage.sweep_orphans(tmp_path)) == sorted([stale, broken]) and not stale.exists() and not broken.exists()
+
+
+def test_two_steps_asking_for_the_same_vectors_at_once_extract_them_once(tiny_encoder, default_ds, cache, monkeypatch):
+    """Two seeds of a grid (or two runs) on the same letters start together: one extracts, the other waits and loads the
+    cached vectors. Before, both wrote the same chunks folder and the first to finish removed it under the other
+    (FileNotFoundError in a Ray grid of the full suite)."""
+    import threading
+
+    monkeypatch.setattr(extract, "CHUNK_ROWS", CHUNK_ROWS)
+    monkeypatch.setenv("CLINBENCH_BATCH_DELAY_S", "0.05")  # the first is still extracting when the second asks
+    texts, fp32 = default_ds.texts[:40], Placement("cpu", "float32")
+    out, stages = {}, []
+
+    def step(name: str) -> None:
+        ctx = StepContext(progress=lambda done, total, stage: stages.append(stage))
+        out[name] = extract.embed(str(tiny_encoder), texts, **OPTS, placement=fp32, ctx=ctx)
+
+    steps = [threading.Thread(target=step, args=(name,)) for name in ("a", "b")]
+    for t in steps:
+        t.start()
+    for t in steps:
+        t.join(120)
+    assert sorted(stats.cache_hit for _, stats in out.values()) == [False, True], "one extracts, the other loads its vectors"
+    assert np.array_equal(out["a"][0], out["b"][0])
+    assert "waiting for another step that embeds the same letters" in stages
+    assert sorted(p.suffix for p in storage.embeddings_dir().iterdir()) == [".json", ".npy"]

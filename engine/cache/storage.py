@@ -16,6 +16,7 @@ Layout of the cache folder (`cache/`, or $CLINBENCH_CACHE):
     datasets/files/<sha16>-<name> letters files uploaded in the dashboard (engine.datasets)
     datasets/<id>.json           a saved dataset: its file and the text/label columns to read
     projections/<key>.npy        2-D UMAP coordinates of one embeddings file (+ <key>.json: parameters, source hash)
+    locks/<name>.lock            file locks: one writer at a time for a file that two steps may compute at once (`sole_writer`)
     hashes.json                  memo of weight-file hashes keyed by (path, size, mtime)
 
 Every file is written to a temporary name beside its destination and renamed when
@@ -34,7 +35,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,10 @@ def projections_dir() -> Path:
 
 def checkpoints_dir() -> Path:
     return _sub("checkpoints")
+
+
+def locks_dir() -> Path:
+    return _sub("locks")
 
 
 def _sub(name: str) -> Path:
@@ -150,8 +156,6 @@ def chunk_is_sealed(path: Path) -> bool:
 def _sweep_parts(folder: Path) -> list[Path]:
     """A chunks folder: all of it when stale (no readable manifest, or untouched for PARTS_STALE_S), else its damaged chunks.
     A resumable one is kept: an extraction that resumes starts from its sealed chunks."""
-    import time
-
     try:
         manifest = json.loads((folder / PARTS_MANIFEST).read_text())
         newest = max(p.stat().st_mtime for p in [folder, *folder.iterdir()])
@@ -259,6 +263,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+@contextlib.contextmanager
+def sole_writer(path: Path, waiting: Callable[[], None]) -> Iterator[bool]:
+    """One writer at a time for `path` across processes: an exclusive file lock (locks/<name>.lock; the kernel releases
+    it if its holder dies). A second writer calls `waiting()` every 0.2 s while it waits (to report, or to raise on a
+    cancel) and gets True: the first may have written `path` meanwhile, so it looks again before computing it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: two writers both compute, as before
+        yield False
+        return
+    waited = False
+    with open(locks_dir() / f"{Path(path).name}.lock", "a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waiting()
+                waited = True
+                time.sleep(0.2)
+        try:
+            yield waited
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

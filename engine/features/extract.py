@@ -20,7 +20,9 @@
 * `CLINBENCH_CHUNK_ROWS` (testing knob): rows per chunk instead of 512.
 * Content-addressed cache: the key covers model identity (id + weights hash or revision),
   pooling, max_length, windows (when more than 1, with their overlap), dtype and the hash of the letters. A repeated request loads the
-  stored vectors and runs no forward pass.
+  stored vectors and runs no forward pass. One extraction per array at a time (`storage.sole_writer`): a step that
+  asks for vectors another step is computing (two seeds of a grid, two runs on the same letters) waits for them and
+  loads them, instead of racing it for the same chunks.
 """
 
 from __future__ import annotations
@@ -37,7 +39,16 @@ import numpy as np
 
 from engine.cache.chunks import Parts, parts_dir
 from engine.cache.context import StepContext, ensure
-from engine.cache.storage import atomic_path, atomic_write_json, embeddings_dir, sha256_bytes, sha256_file, sha256_json, sha256_texts
+from engine.cache.storage import (
+    atomic_path,
+    atomic_write_json,
+    embeddings_dir,
+    sha256_bytes,
+    sha256_file,
+    sha256_json,
+    sha256_texts,
+    sole_writer,
+)
 from engine.errors import ClinBenchError
 from engine.features import windows as windowing
 from engine.models import catalog
@@ -471,36 +482,52 @@ def embed(
         identity = {k: v for k, v in loaded.identity.items() if k not in ("model_type", "kind")}
     key = embedding_key(identity, pooling, max_length, placement.dtype, sha256_texts(texts), windows)
     npy, meta_path = embeddings_dir() / f"{key}.npy", embeddings_dir() / f"{key}.json"
-    if use_cache and meta_path.exists() and npy.exists():
-        t0 = time.perf_counter()
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (ValueError, OSError):  # a damaged .json: a cache miss, the vectors are extracted again
-            meta = {}
-        if isinstance(meta, dict) and isinstance(meta.get("stats"), dict) and meta.get("npy_sha256") == sha256_file(npy):
-            vectors = np.load(npy, mmap_mode="r")
-            if vectors.shape[0] == len(texts):
-                stats = EmbedStats(**{**meta["stats"], "seconds": time.perf_counter() - t0, "cache_hit": True})
-                ctx.progress(len(texts), len(texts), "loaded from cache")
-                if parts_dir(npy).exists():  # chunks left by a writer stopped between sealing the vectors and removing them
-                    Parts(parts_dir(npy), "", 0).remove()
-                return vectors, stats
-    if isinstance(model_name_or_loaded, LazyModel):
-        loaded = model_name_or_loaded.load()
-    elif loaded is None:
-        loaded = catalog.load(model_name_or_loaded, placement)
-    stats = extract(
-        loaded,
-        texts,
-        npy,
-        pooling=pooling,
-        max_length=max_length,
-        batch_tokens=batch_tokens,
-        windows=windows,
-        ctx=ctx,
-        resume=use_cache,
-        spread=ctx.shards(model_name_or_loaded, placement) if ctx.shards and isinstance(model_name_or_loaded, str) else None,
-    )
-    stats.key = key
-    atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
-    return np.load(npy, mmap_mode="r"), stats
+    if use_cache and (hit := _cached(npy, meta_path, len(texts), ctx)):
+        return hit
+
+    def waiting() -> None:  # another step (another run, a seed of this grid) is embedding the same letters
+        ctx.check_stop("Embedding extraction was cancelled while another step embedded the same letters; nothing was stored.")
+        ctx.progress(0, len(texts), "waiting for another step that embeds the same letters")
+
+    with sole_writer(npy, waiting) as waited:  # one extraction per array: two writers' chunks would race
+        if use_cache and waited and (hit := _cached(npy, meta_path, len(texts), ctx)):
+            return hit
+        if isinstance(model_name_or_loaded, LazyModel):
+            loaded = model_name_or_loaded.load()
+        elif loaded is None:
+            loaded = catalog.load(model_name_or_loaded, placement)
+        stats = extract(
+            loaded,
+            texts,
+            npy,
+            pooling=pooling,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            windows=windows,
+            ctx=ctx,
+            resume=use_cache,
+            spread=ctx.shards(model_name_or_loaded, placement) if ctx.shards and isinstance(model_name_or_loaded, str) else None,
+        )
+        stats.key = key
+        atomic_write_json(meta_path, {"key": key, "model": identity, "stats": asdict(stats), "npy_sha256": sha256_file(npy)})
+        return np.load(npy, mmap_mode="r"), stats
+
+
+def _cached(npy: Path, meta_path: Path, n: int, ctx: StepContext) -> tuple[np.ndarray, EmbedStats] | None:
+    """The cached vectors and their stats, if `npy` holds the `n` rows its metadata vouches for."""
+    if not (meta_path.exists() and npy.exists()):
+        return None
+    t0 = time.perf_counter()
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, OSError):  # a damaged .json: a cache miss, the vectors are extracted again
+        meta = {}
+    if isinstance(meta, dict) and isinstance(meta.get("stats"), dict) and meta.get("npy_sha256") == sha256_file(npy):
+        vectors = np.load(npy, mmap_mode="r")
+        if vectors.shape[0] == n:
+            stats = EmbedStats(**{**meta["stats"], "seconds": time.perf_counter() - t0, "cache_hit": True})
+            ctx.progress(n, n, "loaded from cache")
+            if parts_dir(npy).exists():  # chunks left by a writer stopped between sealing the vectors and removing them
+                Parts(parts_dir(npy), "", 0).remove()
+            return vectors, stats
+    return None
