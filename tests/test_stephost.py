@@ -58,7 +58,7 @@ def test_torch_is_preloaded_and_set_num_threads_applies_in_a_forked_step(host, t
 def test_stop_pools_ends_joblib_s_idle_workers():
     """joblib's loky workers wait 300 s for more work, and a forked step ends through multiprocessing, which joins its
     children without loky's exit hook: a step that ran inner folds in parallel must stop them itself (the default
-    comparison's logreg step once sat idle for minutes after its result was stored)."""
+    comparison's MiniLM → SVC step once sat idle for minutes after its result was stored)."""
     import multiprocessing
 
     from joblib import Parallel, delayed
