@@ -1,8 +1,9 @@
 """Seconds per fit of the frozen classifiers (svc, logreg) against the number of letters and labels, before and after
-the scaling defaults (class weights where SMOTE would multiply the rows, logistic regression's warm-started C path,
-inner folds in parallel).
+the scaling defaults (where SMOTE would multiply the rows: class weights for logreg, SMOTE capped at the growth limit for
+the SVC; logistic regression's warm-started C path; inner folds in parallel).
 
-    python bench/frozen_scale.py [--quick] [--before-max-rows N] [--json PATH]
+    python bench/frozen_scale.py [--quick] [--before-max-rows N] [--no-sweep] [--compare [--compare-labels K]
+                                 [--compare-letters N] [--compare-methods svc,logreg]] [--json PATH]
 
 One fit is what a cv evaluation repeats folds x repeats + 1 times (11 under the defaults): the search of C (and the
 SVC's kernel) on the inner folds, the refit, and the SVC's calibration, all on one training part. The sweep fits
@@ -13,7 +14,8 @@ rows by, an independent GridSearchCV fit per C, one fit at a time; it is skipped
 training part (the first fold of the default cv plan) of MiniLM's vectors of its 4,966 notes (mean pooling, the
 default max_length; embedded once into the ClinBench cache, not timed), and with --compare scores the former and the
 new path under the default cv plan (5 folds x 2 repeats, the same folds for both) on a subset where the former finishes:
-the 8 largest specialties, 1,200 notes drawn stratified (seed 0), macro-F1 with its 95% CI. Prints tables, writes JSON.
+the K largest specialties (default 8), N notes drawn stratified (seed 0; default 1,200), macro-F1 with its 95% CI.
+Prints tables, writes JSON.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def timed(fn) -> tuple[float, float]:
     return wall, (s1 - s0) / max(b1 - b0, 1e-9)
 
 
+def balance_name(bal) -> str:
+    if not bal.smote:
+        return "class weights"
+    return "smote capped" if bal.cap is not None and bal.growth > bal.cap else "smote"
+
+
 def row(source: str, X, y, before_max_rows: int) -> list[dict]:
     g = estimators.growth(y)
     out = []
@@ -92,7 +100,7 @@ def row(source: str, X, y, before_max_rows: int) -> list[dict]:
                 "letters": len(y),
                 "labels": len(set(y.tolist())),
                 "smote_growth": round(g, 2),
-                "balance": "smote" if estimators.balance(y, ClassifierOptions()).smote else "class weights",
+                "balance": balance_name(estimators.balance(y, ClassifierOptions(), est)),
                 "after_s": after_s,
                 "before_s": before_s,
                 "speed_up": before_s / after_s if before_s else None,
@@ -139,15 +147,17 @@ def cv_plan(ds):
     return plans.plan(ds, ProtocolOptions(protocol="cv", cv_repeats=2))
 
 
-def compare(df, full_ds, X) -> list[dict]:
-    """Former vs new path, cv macro-F1 (95% CI) and seconds, on the 8 largest specialties, 1,200 notes (stratified, seed 0)."""
+def compare(df, full_ds, X, labels: int = 8, letters: int = 1200, estimators_: tuple = estimators.ESTIMATORS) -> list[dict]:
+    """Former vs new path, cv macro-F1 (95% CI) and seconds, on the `labels` largest specialties, `letters` notes
+    (stratified, seed 0)."""
     from sklearn.model_selection import train_test_split
 
     from engine.evaluation import scoring
 
-    top = df["medical_specialty"].value_counts().index[:8]
+    top = df["medical_specialty"].value_counts().index[:labels]
     sub = df[df["medical_specialty"].isin(top)]
-    sub, _ = train_test_split(sub, train_size=1200, stratify=sub["medical_specialty"], random_state=0)
+    if letters < len(sub):
+        sub, _ = train_test_split(sub, train_size=letters, stratify=sub["medical_specialty"], random_state=0)
     ds = load(sub.sort_index())
     row_of = {t: i for i, t in enumerate(full_ds.texts)}
     Xs = X[[row_of[t] for t in ds.texts]]
@@ -156,7 +166,7 @@ def compare(df, full_ds, X) -> list[dict]:
     print(f"\nsubset: {len(ds)} notes, {len(ds.classes)} specialties, SMOTE growth {estimators.growth(y):.2f}, {len(plan.folds)} folds")
     print(f"{'method':7s} {'path':7s} {'macro-F1':>8s} {'95% CI':>13s} {'seconds':>8s} {'load':>5s}")
     out = []
-    for est in estimators.ESTIMATORS:
+    for est in estimators_:
         for path in ("before", "after"):
             t0 = time.perf_counter()
             parts = []
@@ -181,10 +191,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="two sizes and two label counts only")
     ap.add_argument("--before-max-rows", type=int, default=8000, help="skip the former path above this many SMOTE rows")
-    ap.add_argument("--no-real", action="store_true", help="skip MTSamples even when it is present")
+    ap.add_argument("--no-real", action="store_true", help="skip the MTSamples fit timing (--compare still runs)")
     ap.add_argument("--mtsamples", type=Path, default=MTSAMPLES, help="the MTSamples CSV (default: ../shared/data/mtsamples.csv)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the synthetic sweep")
     ap.add_argument("--compare", action="store_true", help="MTSamples: also score both paths under cv on a subset")
+    ap.add_argument("--compare-labels", type=int, default=8, help="--compare: the subset's largest specialties (default 8)")
+    ap.add_argument("--compare-letters", type=int, default=1200, help="--compare: the subset's notes, drawn stratified (default 1200)")
+    ap.add_argument("--compare-methods", default=",".join(estimators.ESTIMATORS), help="--compare: which of svc,logreg")
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args()
     sizes, labels = ((500, 2000), (5, 40)) if args.quick else ((500, 1000, 2000, 4000), (5, 10, 20, 40))
@@ -197,11 +210,13 @@ def main() -> int:
         for k in labels:
             X, y = zipf_labels(n, k)
             rows += row("synthetic", X, y, args.before_max_rows)
-    if args.mtsamples.exists() and not args.no_real:
+    if args.mtsamples.exists() and (args.compare or not args.no_real):
         df, ds, X = mtsamples(args.mtsamples)
         train = cv_plan(ds).folds[0].train
-        rows += row("mtsamples", X[train], np.asarray(ds.labels, dtype=str)[train], args.before_max_rows)
-        compared = compare(df, ds, X) if args.compare else None
+        if not args.no_real:
+            rows += row("mtsamples", X[train], np.asarray(ds.labels, dtype=str)[train], args.before_max_rows)
+        if args.compare:
+            compared = compare(df, ds, X, args.compare_labels, args.compare_letters, tuple(args.compare_methods.split(",")))
     if args.json:
         out = {"dim": DIM, "cores": len(os.sched_getaffinity(0)), "rows": rows, "subset_cv": compared}
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -76,7 +77,9 @@ def test_config_key_is_what_cache_keys_use():
         "method": "logreg", "seed": 0, "smote": True, "class_weight": None, "grid": True, "inner_folds": 3, "k_neighbors": 5,
         "oversample_limit": 2.0, "search": "warm-started C path",
     }  # fmt: skip
-    assert estimators.config_key("svc", ClassifierOptions(), 0)["probabilities"] == "calibrated-sigmoid"
+    svc = estimators.config_key("svc", ClassifierOptions(), 0)
+    assert svc["probabilities"] == "calibrated-sigmoid" and svc["smote_growth"] == estimators.SVC_SMOTE
+    assert "smote_growth" not in estimators.config_key("svc", ClassifierOptions(smote=False), 0)
 
 
 def test_class_weights_replace_smote_when_oversampling_would_multiply_the_letters():
@@ -96,9 +99,38 @@ def test_class_weights_replace_smote_when_oversampling_would_multiply_the_letter
 
 
 def test_the_svc_keeps_smote_above_the_limit_since_its_calibration_would_undo_class_weights():
-    X, y = blobs([60, 10, 10])  # growth 2.25 > 2: logreg weights its classes, the SVC still oversamples
+    X, y = blobs([60, 10, 10])  # growth 2.25 > 2: logreg weights its classes, the SVC still oversamples, up to the limit
     res = estimators.fit(X, y, "svc", NO_GRID, seed=0)
     assert res.smote["enabled"] is True and res.smote["k_used"] >= 1 and "instead" not in res.smote
+    assert res.smote["raised_to"] == 50 and "capped" in res.smote  # 60 + 50 + 50 = 160 rows = 2 x 80 letters
+    final = res.estimator.calibrated_classifiers_[0].estimator
+    assert final.named_steps["clf"].class_weight is None and final.named_steps["smote"].growth_limit == 2.0
+
+
+def test_smote_target_is_the_highest_common_count_within_the_growth_limit():
+    assert estimators.smote_target([60, 10, 10], 2.0) == 50  # 60 + 50 + 50 = 160 = 2 x 80; 51 would make 162
+    assert estimators.smote_target([60, 10, 10], None) == 60  # no limit: every label raised to the largest
+    assert estimators.smote_target([60, 10, 10], 1000.0) == 60  # a limit above the growth: the same
+    assert estimators.smote_target([60, 10, 10], 1.0) == 10  # no room: nothing to add
+    assert estimators.smote_target([100, 40, 5, 5], 1.5) == 41  # 100 + 3 x 41 = 223 <= 225; 42 would make 226
+    counts = [100, 40, 5, 5]
+    for limit in (1.0, 1.2, 1.5, 2.0, 3.0, 4.0):
+        t = estimators.smote_target(counts, limit)
+        rows = sum(max(c, t) for c in counts)
+        assert rows <= limit * sum(counts) or t == min(counts)
+        assert t == max(counts) or sum(max(c, t + 1) for c in counts) > limit * sum(counts)  # the highest such count
+
+
+def test_capped_smote_raises_the_smaller_labels_to_the_target_and_leaves_the_rest_as_smote_does():
+    X, y = blobs([60, 10, 10])
+    Xr, yr = estimators.AdaptiveSMOTE(random_state=0, growth_limit=2.0).fit_resample(X, y)
+    assert Counter(yr.tolist()) == {"c0": 60, "c1": 50, "c2": 50}
+    assert np.array_equal(Xr[: len(X)], X)  # the real letters kept, the synthetic ones added
+    X, y = blobs([30, 20, 20])  # growth 1.29 <= 2: exactly SMOTE's own resampling, to the bit
+    capped = estimators.AdaptiveSMOTE(random_state=0, growth_limit=2.0).fit_resample(X, y)
+    plain = estimators.AdaptiveSMOTE(random_state=0).fit_resample(X, y)
+    assert np.array_equal(capped[0], plain[0]) and np.array_equal(capped[1], plain[1])
+    assert Counter(capped[1].tolist()) == {"c0": 30, "c1": 30, "c2": 30}
 
 
 def test_the_balance_is_decided_on_the_training_letters_alone():

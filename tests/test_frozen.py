@@ -42,10 +42,11 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
 # results shows up here. Embedding keys are those of ClinBench 0.1: vectors stored then are still found. Evaluation keys
 # changed on purpose in 0.3 (cross-validation plans, duplicate groups): they now carry the plan's hash; and again when
 # svc/logreg began weighting labels where SMOTE would multiply the letters (oversample_limit) and logreg's C search
-# became a warm-started path: their results changed, so stored ones must not be reused.
+# became a warm-started path: their results changed, so stored ones must not be reused; svc's again when its SMOTE was
+# capped at oversample_limit (its results change where SMOTE would grow the letters more).
 IDENTITY = {"name": "tiny", "source": "local", "path": "/models/tiny", "weights_sha256": "ab" * 32}
 GOLDEN = {"embedding": "5d79bfa0638ba8426318a5f5a1deeabe", "eval-logreg": "ffbedc256e6f2cf103608d9bd977b840",
-          "eval-svc": "3b38acbff46e67eb5367e22a6cc51524"}  # fmt: skip
+          "eval-svc": "4b9b3cd446dfb07190474a55a5f208ba"}  # fmt: skip
 
 
 def test_cache_keys_are_pinned(default_ds):

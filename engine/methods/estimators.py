@@ -23,7 +23,9 @@ SMOTE raises every class to the largest, so it multiplies the rows by labels x l
 MTSamples' 40 specialties, where a fit then sees 34,800 rows for 4,000 letters. `balance` decides, from the training
 letters of each fitting alone, SMOTE while that factor is at most `oversample_limit` and balanced class weights (the
 same total weight per class, no synthetic rows) above it; the inner folds of that fitting use the same choice. Logistic
-regression only: the SVC's calibration sigmoid would undo the weights (see `balance`), so it keeps SMOTE.
+regression only: the SVC's calibration sigmoid would undo the weights (see `balance`), so it keeps SMOTE, capped: above
+the limit the smaller labels are raised to the highest common count that grows the letters by at most the limit
+(`smote_target`, counted on the letters each SMOTE step is fitted on), not to the largest label's.
 
 The search is cheap where it can be: logistic regression walks its C grid as a warm-started regularisation path on
 each inner split (the scaler and SMOTE fitted once per split, not once per C), and the inner splits of every search
@@ -59,6 +61,7 @@ from engine.protocols import plans
 ESTIMATORS = ("svc", "logreg")
 SVC_CALIBRATION = "sigmoid"
 LOGREG_SEARCH = "warm-started C path"  # (cache keys) C chosen along one warm-started path per inner split
+SVC_SMOTE = "capped at oversample_limit"  # (cache keys) the SVC's SMOTE grows each fitting's letters by at most the limit
 
 
 def config_key(estimator: str, opts: ClassifierOptions, seed: int) -> dict:
@@ -67,21 +70,51 @@ def config_key(estimator: str, opts: ClassifierOptions, seed: int) -> dict:
     out = {"method": estimator, "seed": seed, **key_dict(opts)}
     if estimator == "svc":
         out["probabilities"] = f"calibrated-{SVC_CALIBRATION}"
+        if opts.smote:
+            out["smote_growth"] = SVC_SMOTE
     if estimator == "logreg" and opts.grid:
         out["search"] = LOGREG_SEARCH
     return out
 
 
+def smote_target(counts, limit: float | None) -> int:
+    """The letters every smaller label is raised to: the largest label's count when that grows the letters by at most
+    `limit` (or no limit), else the highest count T at which raising every label below T to T grows them by at most
+    `limit` (the largest labels keep their letters; T = the smallest count when `limit` allows no synthetic letter)."""
+    counts = sorted(int(c) for c in counts)
+    lo, hi = counts[0], counts[-1]
+    if limit is None:
+        return hi
+    budget = limit * sum(counts)
+    while lo < hi:  # the rows after raising every label to T grow with T: the highest T within the budget
+        mid = (lo + hi + 1) // 2
+        if sum(max(c, mid) for c in counts) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class AdaptiveSMOTE(SMOTE):
-    """SMOTE whose k_neighbors shrinks to the smallest class it is fitted on (and which skips when a class has 1 letter)."""
+    """SMOTE whose k_neighbors shrinks to the smallest class it is fitted on (and which skips when a class has 1 letter).
+    `growth_limit`: the letters it is fitted on grow by at most this factor (`smote_target`: the smaller labels are raised
+    to a common count below the largest's); None: every label raised to the largest, as SMOTE does."""
+
+    def __init__(self, *, sampling_strategy="auto", random_state=None, k_neighbors=5, growth_limit: float | None = None):
+        super().__init__(sampling_strategy=sampling_strategy, random_state=random_state, k_neighbors=k_neighbors)
+        self.growth_limit = growth_limit
 
     def _fit_resample(self, X, y):
-        smallest = min(Counter(y).values())
+        counts = Counter(y)
+        smallest = min(counts.values())
         requested = self.k_neighbors
+        self.target_ = smote_target(counts.values(), self.growth_limit)
         if smallest < 2:
             self.k_used_, self.skipped_ = 0, True
             return X, y
         self.k_used_, self.skipped_ = min(requested, smallest - 1), False
+        if self.target_ < max(counts.values()):  # capped: the labels below the target raised to it, not to the largest
+            self.sampling_strategy_ = {c: self.target_ - n for c, n in sorted(counts.items()) if n < self.target_}
         self.k_neighbors = self.k_used_
         try:
             return super()._fit_resample(X, y)
@@ -96,11 +129,14 @@ class Balance:
     smote: bool
     class_weight: str | None
     growth: float  # what SMOTE would multiply the training rows by
+    cap: float | None = None  # SMOTE raises the smaller labels only so far that the rows grow by at most this (the SVC)
 
     def manifest(self, opts: ClassifierOptions) -> dict:
         out = {"enabled": self.smote, "requested": opts.smote, "growth": round(self.growth, 3), "limit": opts.oversample_limit}
         if opts.smote and not self.smote:
             out["instead"] = "class_weight balanced (SMOTE would multiply the training letters by more than the limit)"
+        if self.smote and self.cap is not None and self.growth > self.cap:
+            out["capped"] = "the smaller labels raised to a common count below the largest's, growing the letters by at most the limit"
         return out
 
 
@@ -111,15 +147,17 @@ def growth(y) -> float:
 
 
 def balance(y, opts: ClassifierOptions, estimator: str = "logreg") -> Balance:
-    """SMOTE when asked for and it grows the training letters `y` by at most opts.oversample_limit; above it balanced class
-    weights instead (a user's class_weight always holds). Decided on training letters alone. The SVC always keeps SMOTE:
-    its probabilities come from a sigmoid fitted on the training letters' own label frequencies, which undoes class
-    weights (measured on 1,200 MTSamples notes of 8 specialties, growth 2.6, the same folds: macro-F1 0.443 with weights
-    against 0.506 with SMOTE; logistic regression 0.510 against 0.502, 15x faster; docs/benchmarks.md)."""
+    """SMOTE when asked for and it grows the training letters `y` by at most opts.oversample_limit; above it, logistic
+    regression weights its classes (balanced) instead (a user's class_weight always holds). Decided on training letters
+    alone. The SVC keeps SMOTE, capped at the limit (`smote_target`; each fitting's letters, inner folds included): its
+    probabilities come from a sigmoid fitted on the training letters' own label frequencies, which undoes class weights
+    (measured on 1,200 MTSamples notes of 8 specialties, growth 2.6, the same folds: macro-F1 0.443 with weights against
+    0.506 with SMOTE; logistic regression 0.510 against 0.502, 15x faster; docs/benchmarks.md)."""
     g = growth(y)
-    smote = opts.smote and (g <= opts.oversample_limit or estimator == "svc")
+    svc = estimator == "svc"
+    smote = opts.smote and (g <= opts.oversample_limit or svc)
     weight = opts.class_weight or ("balanced" if opts.smote and not smote else None)
-    return Balance(smote, weight, g)
+    return Balance(smote, weight, g, opts.oversample_limit if svc else None)
 
 
 def inner_jobs(tasks: int) -> int:
@@ -141,7 +179,7 @@ def build_pipeline(estimator: str, opts: ClassifierOptions, seed: int, bal: Bala
     bal = bal or Balance(opts.smote, opts.class_weight, 1.0)
     steps = [("scale", StandardScaler())]
     if bal.smote:
-        steps.append(("smote", AdaptiveSMOTE(k_neighbors=opts.k_neighbors, random_state=seed)))
+        steps.append(("smote", AdaptiveSMOTE(k_neighbors=opts.k_neighbors, random_state=seed, growth_limit=bal.cap)))
     if estimator == "svc":
         clf = SVC(kernel="rbf", C=1.0, class_weight=bal.class_weight, random_state=seed)
     elif estimator == "logreg":
@@ -205,6 +243,7 @@ def fit(X: np.ndarray, y, estimator: str, opts: ClassifierOptions, seed: int, gr
     if bal.smote:
         sm = final.named_steps["smote"]
         smote_info.update(k_requested=opts.k_neighbors, k_used=int(sm.k_used_), skipped=bool(sm.skipped_), smallest_class=int(smallest))
+        smote_info["raised_to"] = int(sm.target_)  # the letters each smaller label was raised to (the final fit)
     train_proba = _out_of_fold(estimator, best_params, opts, X, y, groups, cv, seed, bal) if oof and cv is not None else None
     return FitResult(
         fitted,

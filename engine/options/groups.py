@@ -141,10 +141,10 @@ class ClassifierOptions:
     k_neighbors: int = option(5, "SMOTE neighbours (lowered to fit the smallest label)", min=1, max=50)
     oversample_limit: float = option(
         2.0,
-        "smote: oversample only when it grows the training letters by at most this factor (labels x the largest label's "
-        "letters / letters, counted on each fitting's training letters); above it the labels are weighted (balanced) "
-        "instead: more synthetic letters than real ones, and a fit that many times slower. 1: never SMOTE on unequal labels. "
-        "logreg only: svc keeps SMOTE (its calibration would undo class weights)",
+        "smote: the most it may grow the training letters (labels x the largest label's letters / letters, counted on "
+        "each fitting's training letters): above it logreg weights the labels (balanced) instead, and svc raises the "
+        "smaller labels only to a common count below the largest's (its calibration would undo class weights); more "
+        "synthetic letters than real ones make a fit that many times slower. 1: never SMOTE on unequal labels",
         min=1.0,
         max=1000.0,
         step=0.5,
