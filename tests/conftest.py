@@ -168,13 +168,37 @@ def tiny_model(tmp_path_factory, default_ds):
     return get
 
 
-def cli(*args, timeout: float = 300, env_extra: dict | None = None):
-    """`python -m engine ARGS` as a user runs it (this session's cache, plus `env_extra`); the CompletedProcess."""
+def cli(*args, timeout: float = 300, env_extra: dict | None = None, in_process: bool = False):
+    """`python -m engine ARGS` as a user runs it (this session's cache, plus `env_extra`); the CompletedProcess.
+    `in_process`: the entry point's own function (engine.cli.parser.main, which `python -m engine` exits with) called in
+    this process, its output captured: the same status and messages without a new interpreter's imports (about a second
+    a call), for commands that are refused or are quick. An exception main() does not turn into a message propagates (as
+    a traceback would end the real command). The real entry point stays covered by the tests that run it."""
     import subprocess
     import sys
 
+    if in_process:
+        return _cli_here(list(args), env_extra or {})
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _cli_here(argv: list[str], env_extra: dict):
+    import io
+    import subprocess
+
+    from engine.cli.parser import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name, value in env_extra.items():
+            mp.setenv(name, value)
+        mp.chdir(ROOT)
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's refusals (status 2) and --help (0)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return subprocess.CompletedProcess(["python", "-m", "engine", *argv], code, out.getvalue(), err.getvalue())
 
 
 def evaluate_cli(csv, model, *extra, **kw):

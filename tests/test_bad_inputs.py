@@ -14,6 +14,17 @@ from engine.errors import ClinBenchError, DataError, ModelUnavailable, SpecError
 from tests.conftest import cli, evaluate_cli
 
 
+def here(*args, **kw):
+    """The CLI's refusals are checked on its entry function in this process (tests.conftest.cli(in_process=True): the same
+    status and messages, a second less each); the real `python -m engine` runs where a command's time is bounded (the
+    YAML bomb, serve) and in test_negative_seed_is_refused."""
+    return cli(*args, in_process=True, **kw)
+
+
+def evaluate_here(csv, model, *extra, **kw):
+    return evaluate_cli(csv, model, *extra, in_process=True, **kw)
+
+
 def _refused(out, *needles: str) -> str:
     """The CLI refused cleanly: status 2, one `error:` line naming every needle, no traceback."""
     assert out.returncode == 2, out.stderr[-2000:]
@@ -47,7 +58,7 @@ def test_negative_seed_is_refused(seeded, small_csv):
 def test_too_few_bootstrap_resamples_are_refused(seeded, small_csv, n):
     """0 resamples would give no CI (and NaN bounds downstream): the minimum is 100, with a message that says so."""
     with unchanged(seeded):
-        _refused(evaluate_cli(small_csv, "tfidf", "--n-boot", n), "--n-boot", "at least 100")
+        _refused(evaluate_here(small_csv, "tfidf", "--n-boot", n), "--n-boot", "at least 100")
     with pytest.raises(SpecError, match="n_boot"):
         from engine.options.groups import Options
 
@@ -57,7 +68,7 @@ def test_too_few_bootstrap_resamples_are_refused(seeded, small_csv, n):
 @pytest.mark.parametrize("n", ["0", "-5"])
 def test_embed_max_length_out_of_range_is_refused(seeded, small_csv, tiny_encoder, n):
     with unchanged(seeded):
-        out = cli(
+        out = here(
             "embed", "--data", str(small_csv), "--text-column", "letter", "--label-column", "specialty", "--model", str(tiny_encoder),
             "--max-length", n,
         )  # fmt: skip
@@ -70,7 +81,9 @@ def test_embed_max_length_out_of_range_is_refused(seeded, small_csv, tiny_encode
 def test_unknown_lora_target_module_is_refused_before_training(seeded, small_csv, tiny_encoder):
     t0 = time.monotonic()
     with unchanged(seeded):
-        out = evaluate_cli(small_csv, tiny_encoder, "--method", "lora", "--target-modules", "nosuch", "--max-length", "64", "--epochs", "1")
+        out = evaluate_here(
+            small_csv, tiny_encoder, "--method", "lora", "--target-modules", "nosuch", "--max-length", "64", "--epochs", "1"
+        )
     err = _refused(out, "nosuch", "query")  # names the bad module and some of the model's linear modules
     assert "\n" not in err
     assert time.monotonic() - t0 < 60
@@ -92,14 +105,14 @@ def test_spec_that_is_a_folder(seeded, tmp_path):
     folder = tmp_path / "spec.yaml"
     folder.mkdir()
     with unchanged(seeded):
-        _refused(cli("submit", str(folder), "--no-worker"), "spec.yaml", "folder")
+        _refused(here("submit", str(folder), "--no-worker"), "spec.yaml", "folder")
 
 
 def test_spec_that_is_not_utf8(seeded, tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: caf\xe9\nmodels: [tfidf]\n".encode("latin-1"))
     with unchanged(seeded):
-        _refused(cli("submit", str(path), "--no-worker"), "latin1.yaml", "UTF-8")
+        _refused(here("submit", str(path), "--no-worker"), "latin1.yaml", "UTF-8")
 
 
 def test_yaml_alias_bomb_fails_fast(seeded, tmp_path):
@@ -169,7 +182,7 @@ def test_garbage_model_folder_is_refused_at_submit(request, seeded, tmp_path, sm
 def test_garbage_model_folder_is_refused_by_evaluate(request, seeded, small_csv, which, file):
     folder = request.getfixturevalue(which)
     with unchanged(seeded):
-        _refused(evaluate_cli(small_csv, folder, "--max-length", "64", "--no-grid"), str(folder), file)
+        _refused(evaluate_here(small_csv, folder, "--max-length", "64", "--no-grid"), str(folder), file)
 
 
 # --- hub ids while offline ----------------------------------------------------------------------------
@@ -198,7 +211,7 @@ def test_hub_id_offline_is_refused_by_cli_submit(seeded, tmp_path, small_csv):
     path = tmp_path / "hub.json"
     path.write_text(json.dumps(_spec(tmp_path, small_csv, ["clinbench-test/not-cached"])), encoding="utf-8")
     with unchanged(seeded):
-        _refused(cli("submit", str(path), "--no-worker", timeout=60), "clinbench-test/not-cached")
+        _refused(here("submit", str(path), "--no-worker", timeout=60), "clinbench-test/not-cached")
 
 
 @pytest.mark.parametrize("max_length", [0, -5])
@@ -368,7 +381,7 @@ def test_bad_letters_file_is_refused_and_nothing_is_written(seeded, tmp_path, ca
     path = tmp_path / name
     path.write_bytes(content)
     with unchanged(seeded):
-        err = _refused(evaluate_cli(path, "tfidf", "--n-boot", "100"), *needles)
+        err = _refused(evaluate_here(path, "tfidf", "--n-boot", "100"), *needles)
     assert "\n" not in err.split("\n  - ")[0]  # the first line says what is wrong; listed problems follow
 
 
@@ -378,7 +391,7 @@ def test_file_over_the_size_limit_is_refused_before_reading(seeded, tmp_path):
     path.write_bytes(_csv_bytes(_letters({"cardio": 1, "neuro": 1})) + b"x" * (3 * 2**19) + b",cardio\n")
     with unchanged(seeded):
         _refused(
-            evaluate_cli(path, "tfidf", env_extra={"CLINBENCH_MAX_DATA_MB": "1"}),
+            evaluate_here(path, "tfidf", env_extra={"CLINBENCH_MAX_DATA_MB": "1"}),
             "big.csv",
             "1.5 MB",
             "over the 1 MB limit",
@@ -398,7 +411,7 @@ def test_a_very_long_letter_under_the_limit_is_read_whole(seeded, tmp_path):
     rows[0]["letter"] = "chest pain " * 300_000  # 3.3 MB, one field
     path = tmp_path / "long.csv"
     path.write_bytes(_csv_bytes(rows))
-    res = cli("data", "validate", str(path), "--text-column", "letter", "--label-column", "specialty", timeout=120)
+    res = here("data", "validate", str(path), "--text-column", "letter", "--label-column", "specialty", timeout=120)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     from engine.data import dataset
 
@@ -445,7 +458,7 @@ def test_bad_evaluate_argument_is_refused_and_nothing_is_written(seeded, tmp_pat
             rest += [flag, value]
     argv = [x for kv in args.items() for x in kv] + rest
     with unchanged(seeded):
-        _refused(cli("evaluate", *argv, "--n-boot", "100"), *needles)
+        _refused(here("evaluate", *argv, "--n-boot", "100"), *needles)
 
 
 @pytest.mark.parametrize("kind", ["folder", "missing"])
@@ -454,7 +467,7 @@ def test_data_path_that_is_a_folder_or_missing(seeded, tmp_path, kind):
     if kind == "folder":
         path.mkdir()
     with unchanged(seeded):
-        _refused(evaluate_cli(path, "tfidf"), str(path), "folder" if kind == "folder" else "File not found")
+        _refused(evaluate_here(path, "tfidf"), str(path), "folder" if kind == "folder" else "File not found")
 
 
 def test_a_class_with_two_letters_is_scored_in_every_fold_or_refused(cache, tmp_path):
@@ -494,7 +507,7 @@ def test_bad_spec_is_refused_by_cli_and_api(seeded, tmp_path, two_labels_csv, ch
     path.write_text(json.dumps(spec), encoding="utf-8")
     runs = [r.id for r in api.list_runs()]
     with unchanged(seeded):
-        _refused(cli("submit", str(path), "--no-worker", timeout=60), "spec.json", *needles)
+        _refused(here("submit", str(path), "--no-worker", timeout=60), "spec.json", *needles)
     with unchanged(seeded):
         with pytest.raises(SpecError) as exc:
             api.submit(spec, start_worker=False)
@@ -546,7 +559,7 @@ def test_html_and_script_in_letters_and_labels_are_carried_as_text(cache, tmp_pa
         if r["specialty"] == "neuro":
             r["specialty"] = "<b>neuro</b>"
     path = write_csv(tmp_path / "html.csv", rows)
-    res = evaluate_cli(path, "tfidf", "--cv-folds", "2", "--cv-repeats", "1", "--n-boot", "100")
+    res = evaluate_here(path, "tfidf", "--cv-folds", "2", "--cv-repeats", "1", "--n-boot", "100")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     (ev,), _ = api.evaluations()
     preds = json.loads((ev.folder / "predictions.json").read_text())
@@ -569,7 +582,7 @@ def test_predict_refuses_a_letter_with_nothing_to_classify(seeded, text, needle)
     """`"\\u200b"` and `"!!!"` were each given a label at probability 0.97; the CLI now refuses them (and a lone surrogate, which
     is how undecodable bytes on the command line arrive) before loading or converting anything."""
     with unchanged(seeded):
-        _refused(cli("predict", "--evaluation", _key(seeded)[:10], "--convert-pickles", "--text", text, timeout=120), needle)
+        _refused(here("predict", "--evaluation", _key(seeded)[:10], "--convert-pickles", "--text", text, timeout=120), needle)
 
 
 def test_predict_refuses_standard_input_that_is_not_utf8(seeded):
@@ -669,8 +682,8 @@ def test_a_pickled_classifier_is_not_loaded_or_converted_without_the_flag(tmp_pa
     logreg = next(e for e in api.evaluations()[0] if e.method == "logreg")
     letter = "Chest pain radiating to the left arm; troponin raised."
     with unchanged(cache):
-        out = cli("predict", "--evaluation", logreg.key[:10], "--text", letter, timeout=120)
+        out = here("predict", "--evaluation", logreg.key[:10], "--text", letter, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr and "--convert-pickles" in out.stdout, out.stdout + out.stderr
-    out = cli("predict", "--evaluation", logreg.key[:10], "--convert-pickles", "--text", letter, timeout=120)
+    out = here("predict", "--evaluation", logreg.key[:10], "--convert-pickles", "--text", letter, timeout=120)
     assert out.returncode == 0 and "converted 1 classifier(s)" in out.stderr, out.stderr[-2000:]
     assert (logreg.folder / "classifier.skops").exists() and not (logreg.folder / "classifier.joblib").exists()
