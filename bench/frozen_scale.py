@@ -81,7 +81,7 @@ def timed(fn) -> tuple[float, float]:
 def balance_name(bal) -> str:
     if not bal.smote:
         return "class weights"
-    return "smote capped" if bal.cap is not None and bal.growth > bal.cap else "smote"
+    return "smote capped" if bal.capped else "smote"
 
 
 def row(source: str, X, y, before_max_rows: int) -> list[dict]:

@@ -173,7 +173,8 @@ def cli(*args, timeout: float = 300, env_extra: dict | None = None, in_process: 
     `in_process`: the entry point's own function (engine.cli.parser.main, which `python -m engine` exits with) called in
     this process, its output captured: the same status and messages without a new interpreter's imports (about a second
     a call), for commands that are refused or are quick. An exception main() does not turn into a message propagates (as
-    a traceback would end the real command). The real entry point stays covered by the tests that run it."""
+    a traceback would end the real command); `timeout` does not apply (pytest-timeout bounds the test). The real entry
+    point stays covered by the tests that run it."""
     import subprocess
     import sys
 

@@ -211,7 +211,7 @@ def test_hub_id_offline_is_refused_by_cli_submit(seeded, tmp_path, small_csv):
     path = tmp_path / "hub.json"
     path.write_text(json.dumps(_spec(tmp_path, small_csv, ["clinbench-test/not-cached"])), encoding="utf-8")
     with unchanged(seeded):
-        _refused(here("submit", str(path), "--no-worker", timeout=60), "clinbench-test/not-cached")
+        _refused(here("submit", str(path), "--no-worker"), "clinbench-test/not-cached")
 
 
 @pytest.mark.parametrize("max_length", [0, -5])
@@ -411,7 +411,7 @@ def test_a_very_long_letter_under_the_limit_is_read_whole(seeded, tmp_path):
     rows[0]["letter"] = "chest pain " * 300_000  # 3.3 MB, one field
     path = tmp_path / "long.csv"
     path.write_bytes(_csv_bytes(rows))
-    res = here("data", "validate", str(path), "--text-column", "letter", "--label-column", "specialty", timeout=120)
+    res = here("data", "validate", str(path), "--text-column", "letter", "--label-column", "specialty")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     from engine.data import dataset
 
@@ -507,7 +507,7 @@ def test_bad_spec_is_refused_by_cli_and_api(seeded, tmp_path, two_labels_csv, ch
     path.write_text(json.dumps(spec), encoding="utf-8")
     runs = [r.id for r in api.list_runs()]
     with unchanged(seeded):
-        _refused(here("submit", str(path), "--no-worker", timeout=60), "spec.json", *needles)
+        _refused(here("submit", str(path), "--no-worker"), "spec.json", *needles)
     with unchanged(seeded):
         with pytest.raises(SpecError) as exc:
             api.submit(spec, start_worker=False)
@@ -582,7 +582,7 @@ def test_predict_refuses_a_letter_with_nothing_to_classify(seeded, text, needle)
     """`"\\u200b"` and `"!!!"` were each given a label at probability 0.97; the CLI now refuses them (and a lone surrogate, which
     is how undecodable bytes on the command line arrive) before loading or converting anything."""
     with unchanged(seeded):
-        _refused(here("predict", "--evaluation", _key(seeded)[:10], "--convert-pickles", "--text", text, timeout=120), needle)
+        _refused(here("predict", "--evaluation", _key(seeded)[:10], "--convert-pickles", "--text", text), needle)
 
 
 def test_predict_refuses_standard_input_that_is_not_utf8(seeded):
@@ -682,8 +682,8 @@ def test_a_pickled_classifier_is_not_loaded_or_converted_without_the_flag(tmp_pa
     logreg = next(e for e in api.evaluations()[0] if e.method == "logreg")
     letter = "Chest pain radiating to the left arm; troponin raised."
     with unchanged(cache):
-        out = here("predict", "--evaluation", logreg.key[:10], "--text", letter, timeout=120)
+        out = here("predict", "--evaluation", logreg.key[:10], "--text", letter)
     assert out.returncode == 1 and "Traceback" not in out.stderr and "--convert-pickles" in out.stdout, out.stdout + out.stderr
-    out = here("predict", "--evaluation", logreg.key[:10], "--convert-pickles", "--text", letter, timeout=120)
+    out = here("predict", "--evaluation", logreg.key[:10], "--convert-pickles", "--text", letter)
     assert out.returncode == 0 and "converted 1 classifier(s)" in out.stderr, out.stderr[-2000:]
     assert (logreg.folder / "classifier.skops").exists() and not (logreg.folder / "classifier.joblib").exists()

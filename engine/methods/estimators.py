@@ -131,11 +131,16 @@ class Balance:
     growth: float  # what SMOTE would multiply the training rows by
     cap: float | None = None  # SMOTE raises the smaller labels only so far that the rows grow by at most this (the SVC)
 
+    @property
+    def capped(self) -> bool:
+        """SMOTE stops short of the largest label on these letters (their growth is above the cap)."""
+        return self.smote and self.cap is not None and self.growth > self.cap
+
     def manifest(self, opts: ClassifierOptions) -> dict:
         out = {"enabled": self.smote, "requested": opts.smote, "growth": round(self.growth, 3), "limit": opts.oversample_limit}
         if opts.smote and not self.smote:
             out["instead"] = "class_weight balanced (SMOTE would multiply the training letters by more than the limit)"
-        if self.smote and self.cap is not None and self.growth > self.cap:
+        if self.capped:
             out["capped"] = "the smaller labels raised to a common count below the largest's, growing the letters by at most the limit"
         return out
 
@@ -243,7 +248,8 @@ def fit(X: np.ndarray, y, estimator: str, opts: ClassifierOptions, seed: int, gr
     if bal.smote:
         sm = final.named_steps["smote"]
         smote_info.update(k_requested=opts.k_neighbors, k_used=int(sm.k_used_), skipped=bool(sm.skipped_), smallest_class=int(smallest))
-        smote_info["raised_to"] = int(sm.target_)  # the letters each smaller label was raised to (the final fit)
+        if not sm.skipped_:
+            smote_info["raised_to"] = int(sm.target_)  # the letters each smaller label was raised to (the final fit)
     train_proba = _out_of_fold(estimator, best_params, opts, X, y, groups, cv, seed, bal) if oof and cv is not None else None
     return FitResult(
         fitted,
