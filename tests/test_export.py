@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
+
+import pytest
 
 from engine.evaluation import results
 from engine.reports import export
@@ -92,3 +95,51 @@ def test_the_report_zip_holds_methods_md_with_the_figures_of_the_manifests(cache
     assert f"torch {first['versions']['torch']}" in text and "corrected resampled t-test" in text
     assert api.significance(evals)["summary"].iloc[0] in text
     assert "## TRIPOD+AI" in text and "Yours to write" in text and "14 fairness" in text  # no subgroup column here
+
+
+def test_a_browser_page_that_never_loads_fails_the_render_in_time_and_the_next_render_works(monkeypatch):
+    """The CI hang of 2026-12-07: kaleido's page waited for a script from outside and its sync server waited without a
+    limit. A page script served by a socket that never answers stands in for a network that drops packets."""
+    import socket
+
+    import kaleido
+    import plotly.graph_objects as go
+
+    from engine.reports.renderer import Renderer, RenderTimeout
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    real, opened = kaleido.Kaleido, []
+
+    def stalled(**kwargs):
+        opened.append(real(**{**kwargs, "mathjax": f"http://127.0.0.1:{silent.getsockname()[1]}/tex.js"}))
+        return opened[-1]
+
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    renderer = Renderer(start_timeout=5, render_timeout=5)
+    try:
+        monkeypatch.setattr(kaleido, "Kaleido", stalled)
+        with pytest.raises(RenderTimeout, match="opening the browser took longer than 5 s"):
+            renderer.render(fig, "png", 400, 300, 1)
+        assert opened[0].subprocess.poll() is not None  # the stalled browser was killed, not left behind
+        monkeypatch.setattr(kaleido, "Kaleido", real)
+        assert renderer.render(fig, "png", 400, 300, 1).startswith(b"\x89PNG")  # a fresh browser renders
+        page = Path(renderer._kaleido._index.removeprefix("file://")).read_text()
+        assert "<script" in page and "http://" not in page and "https://" not in page  # every script is a file here
+    finally:
+        renderer.close()
+        silent.close()
+
+
+def test_figure_bytes_reports_an_overrun_render_as_an_export_error(monkeypatch):
+    from engine.reports import renderer
+
+    def overran(*args, **kwargs):
+        raise renderer.RenderTimeout("rendering the chart took longer than 60 s")
+
+    monkeypatch.setattr(renderer.RENDERER, "render", overran)
+    import plotly.graph_objects as go
+
+    with pytest.raises(export.ExportError, match=r"RenderTimeout: rendering the chart took longer than 60 s.*HTML export works"):
+        export.figure_bytes(go.Figure(), "svg")

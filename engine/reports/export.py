@@ -6,7 +6,8 @@ formula (a leading '); report.json and the JSON a caller gets keep the raw text.
 
 PNG and SVG are rendered by kaleido (v1), which drives a local Chrome/Chromium: it finds
 `chromium` on PATH (Debian's package, installed by scripts/setup.sh), or the executable named
-by BROWSER_PATH. HTML embeds plotly.js, so it opens offline and fetches nothing.
+by BROWSER_PATH; engine.reports.renderer keeps that browser and bounds every render in time. HTML embeds plotly.js,
+so it opens offline and fetches nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from __future__ import annotations
 import io
 import json
 import re
-import threading
 import time
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from engine.errors import ClinBenchError
 
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}
 EXPORT_WIDTH, EXPORT_HEIGHT, PNG_SCALE = 1100, 650, 2
-_KALEIDO_LOCK = threading.Lock()  # one render at a time: each starts a browser; 2 cores do not gain from more
 
 
 class ExportError(ClinBenchError):
@@ -55,42 +53,22 @@ def figure_bytes(fig, fmt: str) -> bytes:
         return fig.to_html(include_plotlyjs=True, full_html=True).encode()
     if fmt not in ("png", "svg"):
         raise ValueError(f"unknown format {fmt!r}; use png, svg or html")
+    from engine.reports.renderer import RENDERER
+
     try:
-        with _KALEIDO_LOCK:
-            _start_renderer()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # plotly warns that kaleido options are ignored with a running server
-                return fig.to_image(
-                    format=fmt,
-                    width=fig.layout.width or EXPORT_WIDTH,
-                    height=fig.layout.height or EXPORT_HEIGHT,
-                    scale=PNG_SCALE if fmt == "png" else 1,
-                )
-    except Exception as exc:  # kaleido raises several kinds when no browser is found or it crashes
+        return RENDERER.render(
+            fig,
+            fmt,
+            width=fig.layout.width or EXPORT_WIDTH,
+            height=fig.layout.height or EXPORT_HEIGHT,
+            scale=PNG_SCALE if fmt == "png" else 1,
+        )
+    except Exception as exc:  # kaleido raises several kinds when no browser is found, it crashes or it overruns
         raise ExportError(
             f"Rendering the chart as {fmt.upper()} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
             "PNG/SVG export needs Chromium: run scripts/setup.sh (it installs the Debian package 'chromium'), or set "
             "BROWSER_PATH to a Chrome/Chromium executable. HTML export works without it."
         ) from None
-
-
-_RENDERER = {"started": False}
-
-
-def _start_renderer() -> None:
-    """Keep one headless browser for all renders (the first render pays ~2 s to start it; later ones ~0.2 s)."""
-    if _RENDERER["started"]:
-        return
-    import atexit
-    import warnings
-
-    import kaleido
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        kaleido.start_sync_server(silence_warnings=True)
-    _RENDERER["started"] = True
-    atexit.register(kaleido.stop_sync_server, silence_warnings=True)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP "CSV Injection")
