@@ -1,4 +1,5 @@
-"""The benchmarks' own logic: the extraction bench's attention bound and scale mode, the default comparison's report."""
+"""The benchmarks' own logic: the extraction bench's attention bound and scale mode, the default comparison's report, the
+SVC calibration comparison."""
 
 from __future__ import annotations
 
@@ -140,3 +141,22 @@ def test_gpu_bench_cpu_check_runs_every_row_of_the_gpu_path(tmp_path):
         ("lora epoch + checkpointing", "random"),
     ]
     assert report["cpu_check"] and all(r["tokens_per_s"] > 0 for r in report["rows"] if "tokens_per_s" in r)
+
+
+def test_svc_calibration_bench_scores_both_calibrations_of_one_searched_svc():
+    import numpy as np
+
+    from bench import svc_calibration
+
+    rng = np.random.default_rng(0)
+    sizes = [60, 30, 10, 10, 10]
+    X = np.vstack([rng.normal(loc=1.2 * k, size=(n, 8)) for k, n in enumerate(sizes)])
+    y = np.repeat([f"c{k}" for k in range(len(sizes))], sizes)
+    test = np.arange(0, len(y), 4)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    row = svc_calibration.fold_row(X, y, np.arange(len(y)), train, test)
+    assert row["n_train"] == len(train) and row["n_test"] == len(test) and "clf__C" in row["best_params"]
+    for m in ("sigmoid", "temperature"):
+        s = row[m]
+        assert 0 <= s["macro_f1"] <= 1 and 0 < s["accuracy"] <= 1 and 0 <= s["brier"] <= 2 and s["log_loss"] > 0
+    assert row["temperature"]["is_svc_answer"] >= 0.95  # one temperature keeps the order of the decision values

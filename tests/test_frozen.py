@@ -35,7 +35,7 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
     proba = np.asarray(predictions["scores"])
     assert predictions["score_kind"] == "probability" and np.allclose(proba.sum(1), 1, atol=1e-5)
     assert [predictions["classes"][i] for i in proba.argmax(1)] == predictions["y_pred"]
-    assert manifest["predictor"] == "embedding-classifier" and manifest["classifier"]["calibration"]["method"] == "sigmoid"
+    assert manifest["predictor"] == "embedding-classifier" and manifest["classifier"]["calibration"]["method"] == "temperature"
 
 
 # Cache keys pinned for the same inputs, so a change that would silently recompute (or, worse, wrongly reuse) stored
@@ -43,10 +43,11 @@ def test_evaluate_step_writes_checked_artifacts_and_caches(tiny_encoder, small_c
 # changed on purpose in 0.3 (cross-validation plans, duplicate groups): they now carry the plan's hash; and again when
 # svc/logreg began weighting labels where SMOTE would multiply the letters (oversample_limit) and logreg's C search
 # became a warm-started path: their results changed, so stored ones must not be reused; svc's again when its SMOTE was
-# capped at oversample_limit (its results change where SMOTE would grow the letters more).
+# capped at oversample_limit (its results change where SMOTE would grow the letters more); and again when its
+# probabilities over more than two labels came from temperature scaling instead of a sigmoid per label.
 IDENTITY = {"name": "tiny", "source": "local", "path": "/models/tiny", "weights_sha256": "ab" * 32}
 GOLDEN = {"embedding": "5d79bfa0638ba8426318a5f5a1deeabe", "eval-logreg": "ffbedc256e6f2cf103608d9bd977b840",
-          "eval-svc": "4b9b3cd446dfb07190474a55a5f208ba"}  # fmt: skip
+          "eval-svc": "f524cae133d425dbbb3c1de23c4a7e2d"}  # fmt: skip
 
 
 def test_cache_keys_are_pinned(default_ds):

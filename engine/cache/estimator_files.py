@@ -40,6 +40,7 @@ TRUSTED = (
     "imblearn.pipeline.Pipeline",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    "sklearn.calibration._TemperatureScaling",
 )
 # Held only by estimators stored before inner splits kept duplicate groups apart (their calibrated SVCs kept a
 # StratifiedKFold; now they keep the list of grouped splits): trusted so that caches already on disk still load.

@@ -6,9 +6,10 @@ searched by cross-validation inside the training data only, on the inner splits 
 (engine.protocols.plans.inner_splits: stratified, duplicate groups kept whole).
 
 Every fitted estimator answers `predict_proba`: logistic regression natively, the SVC through
-`CalibratedClassifierCV` (Platt's sigmoid fitted on cross-validated decision values of the
-training data, one final SVC on all of it), so no screen mixes decision values with
-probabilities. Its prediction is the most probable label.
+`CalibratedClassifierCV` (fitted on cross-validated decision values of the training data, one final SVC on all of
+it; Platt's sigmoid for two labels, temperature scaling for more: svc_calibration), so no screen mixes decision values
+with probabilities. Its prediction is the most probable label, which for the SVC is its own answer (ties in its
+one-vs-one votes go to the larger decision value).
 
 Multi-label letters get `OneVsRest` (fit_multilabel): one binary classifier per label with class weights per label
 (SMOTE is not defined for label sets), Platt probabilities and one threshold per label, all from iteratively
@@ -59,7 +60,9 @@ from engine.options.groups import ClassifierOptions, key_dict
 from engine.protocols import plans
 
 ESTIMATORS = ("svc", "logreg")
-SVC_CALIBRATION = "sigmoid"
+SVC_CALIBRATION = "sigmoid"  # two labels (and each label of a label set): Platt's sigmoid on the decision value
+SVC_CALIBRATION_MULTICLASS = "temperature"  # more labels: one temperature for the softmax of the SVC's decision values
+SVC_PROBABILITIES = "calibrated: sigmoid for two labels, temperature for more"  # (cache keys) how the SVC's probabilities are made
 LOGREG_SEARCH = "warm-started C path"  # (cache keys) C chosen along one warm-started path per inner split
 SVC_SMOTE = "capped at oversample_limit"  # (cache keys) the SVC's SMOTE grows each fitting's letters by at most the limit
 
@@ -69,7 +72,7 @@ def config_key(estimator: str, opts: ClassifierOptions, seed: int) -> dict:
     for the SVC how its probabilities are made, and for logistic regression how C is searched."""
     out = {"method": estimator, "seed": seed, **key_dict(opts)}
     if estimator == "svc":
-        out["probabilities"] = f"calibrated-{SVC_CALIBRATION}"
+        out["probabilities"] = SVC_PROBABILITIES
         if opts.smote:
             out["smote_growth"] = SVC_SMOTE
     if estimator == "logreg" and opts.grid:
@@ -308,16 +311,26 @@ def _out_of_fold(
     return out
 
 
+def svc_calibration(n_classes: int) -> str:
+    """How the SVC's decision values become probabilities: Platt's sigmoid for two labels; temperature scaling for more.
+    Platt's sigmoid per label, normalised, moves the most probable label away from the SVC's own answer towards the large
+    labels (on 3 folds of the 4,966 MTSamples notes, 40 specialties: macro-F1 0.24-0.27 against 0.35-0.39 with one
+    temperature); one temperature keeps the order of the decision values, so the most probable label is the SVC's
+    answer (where its one-vs-one votes tie: the larger decision value). Figures: docs/benchmarks.md."""
+    return SVC_CALIBRATION if n_classes <= 2 else SVC_CALIBRATION_MULTICLASS
+
+
 def _calibrate(pipe: Pipeline, X: np.ndarray, y: np.ndarray, cv) -> tuple[CalibratedClassifierCV, dict]:
-    """Platt scaling of an (unfitted) SVC pipeline inside the training data: cross-validated decision values fit the sigmoid,
-    one final SVC is fitted on all of it. With a label of a single letter no CV is possible: the sigmoid is then fitted on the
-    training letters' own decision values (said in the manifest)."""
+    """Calibration of an (unfitted) SVC pipeline inside the training data (svc_calibration says which): cross-validated
+    decision values fit it, one final SVC is fitted on all of it. With a label of a single letter no CV is possible: it
+    is then fitted on the training letters' own decision values (said in the manifest)."""
+    method = svc_calibration(len(np.unique(y)))
     if cv is not None:
-        cal = CalibratedClassifierCV(pipe, method=SVC_CALIBRATION, cv=cv, ensemble=False, n_jobs=inner_jobs(len(cv))).fit(X, y)
-        return cal, {"method": SVC_CALIBRATION, "folds": len(cv), "on": "cross-validated decision values of the training letters"}
+        cal = CalibratedClassifierCV(pipe, method=method, cv=cv, ensemble=False, n_jobs=inner_jobs(len(cv))).fit(X, y)
+        return cal, {"method": method, "folds": len(cv), "on": "cross-validated decision values of the training letters"}
     # a frozen SVC's decision values do not depend on the folds: two plain folds just walk through the letters once
-    cal = CalibratedClassifierCV(FrozenEstimator(pipe.fit(X, y)), method=SVC_CALIBRATION, cv=list(KFold(2).split(X))).fit(X, y)
-    return cal, {"method": SVC_CALIBRATION, "folds": 0, "on": "the training letters themselves (a label has a single training letter)"}
+    cal = CalibratedClassifierCV(FrozenEstimator(pipe.fit(X, y)), method=method, cv=list(KFold(2).split(X))).fit(X, y)
+    return cal, {"method": method, "folds": 0, "on": "the training letters themselves (a label has a single training letter)"}
 
 
 # Multi-label: one binary classifier per label, each with its own decision threshold, all chosen inside the training letters.
