@@ -16,7 +16,6 @@ import concurrent.futures
 import os
 import signal
 import threading
-import warnings
 
 START_TIMEOUT_S = 60.0  # opening the browser: ~2 s on an idle 2-core machine
 RENDER_TIMEOUT_S = 60.0  # one chart: ~0.2 s once the browser is open
@@ -56,9 +55,7 @@ class Renderer:
     async def _open(self):
         import kaleido
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            browser = kaleido.Kaleido(mathjax=False, timeout=self.render_timeout)
+        browser = kaleido.Kaleido(mathjax=False, timeout=self.render_timeout)  # (no catch_warnings: not thread-safe)
         self._opening = browser
         await browser.open()
         return browser
