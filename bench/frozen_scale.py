@@ -118,13 +118,14 @@ def row(source: str, X, y, before_max_rows: int) -> list[dict]:
     return out
 
 
-def load(df):
+def load(df, text: str = "transcription", label: str = "medical_specialty"):
+    """The letters of a data frame, read as ClinBench reads a CSV (through a temporary file)."""
     from engine.data import dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "letters.csv"
         df.to_csv(path, index=False)
-        return dataset.load_dataset(path, "transcription", "medical_specialty")
+        return dataset.load_dataset(path, text, label)
 
 
 def mtsamples(path: Path):

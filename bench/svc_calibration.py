@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,17 +34,14 @@ DATA = ROOT.parent / "shared" / "data"
 def letters(path: Path, text: str, label: str, max_letters: int | None):
     import pandas as pd
 
-    from engine.data import dataset
+    from bench.frozen_scale import load
     from engine.features import extract
 
     df = pd.read_csv(path)
     df = df[df[text].fillna("").astype(str).str.strip() != ""][[text, label]].dropna()
     if max_letters and len(df) > max_letters:
         df = df.sample(max_letters, random_state=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        csv = Path(tmp) / "letters.csv"
-        df.to_csv(csv, index=False)
-        ds = dataset.load_dataset(csv, text, label)
+    ds = load(df, text, label)
     X, _ = extract.embed("minilm", ds.texts, pooling="mean")
     return ds, np.asarray(X)
 

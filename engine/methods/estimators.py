@@ -24,7 +24,7 @@ SMOTE raises every class to the largest, so it multiplies the rows by labels x l
 MTSamples' 40 specialties, where a fit then sees 34,800 rows for 4,000 letters. `balance` decides, from the training
 letters of each fitting alone, SMOTE while that factor is at most `oversample_limit` and balanced class weights (the
 same total weight per class, no synthetic rows) above it; the inner folds of that fitting use the same choice. Logistic
-regression only: the SVC's calibration sigmoid would undo the weights (see `balance`), so it keeps SMOTE, capped: above
+regression only: class weights scored lower for the SVC (see `balance`), so it keeps SMOTE, capped: above
 the limit the smaller labels are raised to the highest common count that grows the letters by at most the limit
 (`smote_target`, counted on the letters each SMOTE step is fitted on), not to the largest label's.
 
@@ -158,9 +158,10 @@ def balance(y, opts: ClassifierOptions, estimator: str = "logreg") -> Balance:
     """SMOTE when asked for and it grows the training letters `y` by at most opts.oversample_limit; above it, logistic
     regression weights its classes (balanced) instead (a user's class_weight always holds). Decided on training letters
     alone. The SVC keeps SMOTE, capped at the limit (`smote_target`; each fitting's letters, inner folds included): its
-    probabilities come from a sigmoid fitted on the training letters' own label frequencies, which undoes class weights
-    (measured on 1,200 MTSamples notes of 8 specialties, growth 2.6, the same folds: macro-F1 0.443 with weights against
-    0.506 with SMOTE; logistic regression 0.510 against 0.502, 15x faster; docs/benchmarks.md)."""
+    probabilities then came from a sigmoid per label fitted on the training letters' own label frequencies, which undid
+    class weights (measured on 1,200 MTSamples notes of 8 specialties, growth 2.6, the same folds: macro-F1 0.443 with
+    weights against 0.506 with SMOTE; logistic regression 0.510 against 0.502, 15x faster; docs/benchmarks.md); not
+    measured again since more than two labels are calibrated by temperature scaling."""
     g = growth(y)
     svc = estimator == "svc"
     smote = opts.smote and (g <= opts.oversample_limit or svc)

@@ -143,7 +143,7 @@ class ClassifierOptions:
         2.0,
         "smote: the most it may grow the training letters (labels x the largest label's letters / letters, counted on "
         "each fitting's training letters): above it logreg weights the labels (balanced) instead, and svc raises the "
-        "smaller labels only to a common count below the largest's (its calibration would undo class weights); more "
+        "smaller labels only to a common count below the largest's (class weights scored lower for svc); more "
         "synthetic letters than real ones make a fit that many times slower. 1: never SMOTE on unequal labels",
         min=1.0,
         max=1000.0,

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from engine.errors import ClinBenchError
+from engine.reports.renderer import RENDERER
 
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}
 EXPORT_WIDTH, EXPORT_HEIGHT, PNG_SCALE = 1100, 650, 2
@@ -53,8 +54,6 @@ def figure_bytes(fig, fmt: str) -> bytes:
         return fig.to_html(include_plotlyjs=True, full_html=True).encode()
     if fmt not in ("png", "svg"):
         raise ValueError(f"unknown format {fmt!r}; use png, svg or html")
-    from engine.reports.renderer import RENDERER
-
     try:
         return RENDERER.render(
             fig,
